@@ -1,0 +1,101 @@
+"""Local user accounts, as managed by `memory-mcp users ...`.
+
+These functions fire no revocation listeners: the CLI usually runs without a server in the
+process. `AuthorizationServer.remove_user` wraps `remove_user` for the running server. Removing a
+user deletes its tokens and browser sessions in the store, so a running server refuses them on
+the next request either way; the listeners only make live MCP sessions end sooner.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+
+from auth.models import User
+from auth.passwords import hash_password
+from auth.store import AuthStore, UserExistsError
+
+USERNAME_RULE = "usernames are 1-64 characters of letters, digits, '.', '_', '@' and '-'"
+PASSWORD_MIN = 8
+PASSWORD_MAX = 1024
+_USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
+class AccountError(Exception):
+    """An account operation was refused; the message says which rule and is safe to print."""
+
+
+class InvalidUsernameError(AccountError):
+    pass
+
+
+class InvalidPasswordError(AccountError):
+    pass
+
+
+class DuplicateUserError(AccountError):
+    pass
+
+
+class UnknownUserError(AccountError):
+    pass
+
+
+def valid_username(username: str) -> bool:
+    return _USERNAME.fullmatch(username) is not None
+
+
+def check_username(username: str) -> None:
+    if not valid_username(username):
+        raise InvalidUsernameError(f"invalid username {username!r}: {USERNAME_RULE}")
+
+
+def check_password(password: str) -> None:
+    if len(password) < PASSWORD_MIN:
+        raise InvalidPasswordError(f"passwords must be at least {PASSWORD_MIN} characters long")
+    if len(password) > PASSWORD_MAX:
+        raise InvalidPasswordError(f"passwords must be at most {PASSWORD_MAX} characters long")
+
+
+async def add_user(store: AuthStore, username: str, password: str) -> User:
+    check_username(username)
+    check_password(password)
+    # A fresh random id, never the username: a removed then re-created username must not inherit
+    # the old account's memory or tokens.
+    user = User(id=secrets.token_hex(16), username=username, password_hash=await hash_password(password),
+                created_at=time.time())
+    try:
+        await store.add_user(user)
+    except UserExistsError as exc:
+        raise DuplicateUserError(f"user {username!r} already exists") from exc
+    return user
+
+
+async def list_users(store: AuthStore) -> list[User]:
+    return await store.list_users()
+
+
+async def _get(store: AuthStore, username: str) -> User:
+    user = await store.get_user_by_name(username)
+    if user is None:
+        raise UnknownUserError(f"no user named {username!r}")
+    return user
+
+
+async def remove_user(store: AuthStore, username: str) -> User:
+    """Delete the account with its codes, tokens and browser logins."""
+    user = await _get(store, username)
+    await store.remove_user(user.id)
+    return user
+
+
+async def set_password(store: AuthStore, username: str, password: str) -> User:
+    """Change the password. Existing logins and tokens stay valid; revoke them separately
+    (`AuthorizationServer.revoke_subject`) when the old password may have leaked."""
+    check_password(password)
+    user = await _get(store, username)
+    password_hash = await hash_password(password)
+    if not await store.set_password_hash(user.id, password_hash):
+        raise UnknownUserError(f"no user named {username!r}")
+    return User(id=user.id, username=user.username, password_hash=password_hash, created_at=user.created_at)

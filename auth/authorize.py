@@ -1,0 +1,200 @@
+"""The authorization endpoint (RFC 6749 section 4.1, OAuth 2.1): `GET /authorize`, `POST /consent`.
+
+Order of checks: client and redirect URI first, and a failure there is an HTML page, never a
+redirect (RFC 6749 section 4.1.2.1; otherwise /authorize is an open redirector). Only once the
+redirect URI is known to belong to the client are errors sent back to it, with `state` and the
+RFC 9207 `iss`. Consent is asked on every authorization, logged in or not: a silent approval lets
+any registered client obtain tokens for whoever is logged in (FastMCP GHSA-6x8h-498w-gv8c).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode, urlsplit
+
+from aiohttp import web
+from aiohttp_session import Session
+from pydantic import BaseModel
+
+from auth import browser, csrf, pages, rfc7636
+from auth.crypto import hash_secret, new_secret
+from auth.http import BadRequest, read_form, single_query
+from auth.models import AuthorizationCode, Client, User
+from auth.rfc8252 import is_loopback, matches, origin
+from auth.rfc8707 import is_our_resource, normalize_resource
+from auth.scopes import granted, join
+from auth.server import AUTH_SERVER, AuthorizationServer
+
+
+class AuthorizationRequest(BaseModel):
+    """A validated request, sealed into the login and consent forms (auth.browser)."""
+
+    client_id: str
+    redirect_uri: str
+    redirect_uri_explicit: bool
+    state: str | None
+    code_challenge: str
+    scopes: tuple[str, ...]
+    resource: str
+    # Set in consent seals: the approval must come from the user the page was shown to.
+    subject: str | None = None
+
+    def query(self) -> str:
+        """An equivalent /authorize query, to resume after login."""
+        params = {"response_type": "code", "client_id": self.client_id}
+        if self.redirect_uri_explicit:
+            params["redirect_uri"] = self.redirect_uri
+        if self.state is not None:
+            params["state"] = self.state
+        params.update(code_challenge=self.code_challenge, code_challenge_method="S256",
+                      scope=join(self.scopes), resource=self.resource)
+        return urlencode(params)
+
+
+class PageError(Exception):
+    """Shown to the user; the client's redirect URI is not (yet) trusted."""
+
+
+class RedirectError(Exception):
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+def with_params(uri: str, params: dict[str, str]) -> str:
+    query = urlencode(params)
+    if uri.endswith("?"):
+        return uri + query
+    return uri + ("&" if urlsplit(uri).query else "?") + query
+
+
+def redirect(location: str) -> web.Response:
+    # 303 after a POST (the browser must GET the callback), also fine after a GET.
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store",
+                                             "Referrer-Policy": "no-referrer"})
+
+
+def error_redirect(server: AuthorizationServer, redirect_uri: str, state: str | None, error: str,
+                   description: str) -> web.Response:
+    params = {"error": error, "error_description": description}
+    if state is not None:
+        params["state"] = state
+    params["iss"] = server.settings.issuer
+    return redirect(with_params(redirect_uri, params))
+
+
+async def resolve_client(server: AuthorizationServer, params: dict[str, str]) -> tuple[Client, str, bool]:
+    client_id = params.get("client_id")
+    if not client_id:
+        raise PageError("The request has no client_id.")
+    client = await server.store.get_client(client_id)
+    if client is None:
+        raise PageError("Unknown client. The application may need to register again.")
+    requested = params.get("redirect_uri")
+    if requested is None:
+        if len(client.redirect_uris) != 1:
+            raise PageError("The request has no redirect_uri and the client registered several.")
+        return client, client.redirect_uris[0], False
+    if not matches(requested, client.redirect_uris):
+        raise PageError("The redirect_uri is not registered for this client.")
+    return client, requested, True
+
+
+def validate(server: AuthorizationServer, params: dict[str, str], client: Client, redirect_uri: str,
+             explicit: bool) -> AuthorizationRequest:
+    response_type = params.get("response_type")
+    if not response_type:
+        raise RedirectError("invalid_request", "response_type is required")
+    if response_type != "code":
+        raise RedirectError("unsupported_response_type", "only response_type=code is supported")
+    challenge = params.get("code_challenge")
+    if not challenge:
+        raise RedirectError("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256")
+    if params.get("code_challenge_method") != "S256":
+        raise RedirectError("invalid_request", "code_challenge_method must be S256")
+    if not rfc7636.valid_challenge(challenge):
+        raise RedirectError("invalid_request", "code_challenge is not a valid S256 challenge")
+    resource = params.get("resource") or server.settings.url("/mcp")
+    canonical = normalize_resource(resource)
+    if canonical is None or not is_our_resource(resource, server.settings.resources):
+        raise RedirectError("invalid_target", "the resource is not served by this server")
+    return AuthorizationRequest(
+        client_id=client.client_id, redirect_uri=redirect_uri, redirect_uri_explicit=explicit,
+        state=params.get("state"), code_challenge=challenge, scopes=granted(params.get("scope"), server.settings),
+        resource=canonical,
+    )
+
+
+def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationRequest, client: Client,
+                 user: User) -> web.Response:
+    bound = req.model_copy(update={"subject": user.id})
+    redirect_origin = origin(req.redirect_uri)
+    return pages.consent(
+        csrf.token(sess), browser.seal(server.sealer, bound), username=user.username,
+        client_name=client.client_name, client_id=client.client_id,
+        redirect_host=urlsplit(req.redirect_uri).netloc, loopback=is_loopback(req.redirect_uri),
+        scopes=req.scopes, resource=req.resource,
+        form_action=(redirect_origin,) if redirect_origin else None,
+    )
+
+
+async def handle_authorize(request: web.Request) -> web.Response:
+    server = request.app[AUTH_SERVER]
+    try:
+        params = single_query(request)
+        client, redirect_uri, explicit = await resolve_client(server, params)
+    except (BadRequest, PageError) as exc:
+        return pages.error(str(exc))
+    state = params.get("state")
+    try:
+        req = validate(server, params, client, redirect_uri, explicit)
+    except RedirectError as exc:
+        return error_redirect(server, redirect_uri, state, exc.error, exc.description)
+    sess = await browser.session(request)
+    user = await browser.current_user(request)
+    if params.get("prompt") == "none":
+        # We never approve silently, so a non-interactive request always fails (OIDC semantics).
+        error = "login_required" if user is None else "consent_required"
+        return error_redirect(server, redirect_uri, state, error, "user interaction is required")
+    if user is None:
+        return pages.login(csrf.token(sess), browser.seal(server.sealer, req))
+    return consent_page(server, sess, req, client, user)
+
+
+async def handle_consent(request: web.Request) -> web.Response:
+    server = request.app[AUTH_SERVER]
+    sess = await browser.session(request)
+    try:
+        form = await read_form(request)
+    except BadRequest as exc:
+        return pages.error(exc.description, exc.status)
+    if not csrf.valid(sess, form.get(csrf.FIELD)):
+        return pages.error("The form was not submitted from this browser session (CSRF check failed). "
+                           "Make sure cookies are enabled.", 403)
+    req = browser.unseal(server.sealer, form.get("request"), AuthorizationRequest)
+    if req is None:
+        return pages.error("This authorization request has expired or is invalid.")
+    user = await browser.current_user(request)
+    if user is None or user.id != req.subject:
+        # Logged out (or in as someone else) since the page was shown: ask again.
+        return redirect(server.settings.url("/authorize?" + req.query()))
+    client = await server.store.get_client(req.client_id)
+    if client is None:
+        return pages.error("Unknown client. The application may need to register again.")
+    decision = form.get("decision")
+    if decision == "deny":
+        return error_redirect(server, req.redirect_uri, req.state, "access_denied", "the user denied the request")
+    if decision != "approve":
+        return pages.error("Choose approve or deny.")
+    code = new_secret()
+    now = server.clock()
+    await server.store.save_code(AuthorizationCode(
+        code_hash=hash_secret(code), client_id=client.client_id, redirect_uri=req.redirect_uri,
+        code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=user.id,
+        auth_time=now, expires_at=now + server.settings.code_ttl,
+    ))
+    params = {"code": code}
+    if req.state is not None:
+        params["state"] = req.state
+    params["iss"] = server.settings.issuer
+    return redirect(with_params(req.redirect_uri, params))

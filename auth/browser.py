@@ -1,0 +1,143 @@
+"""The browser side of the authorization server: the login cookie and sealed pending requests.
+
+Cookie: aiohttp-session's `EncryptedCookieStorage` (Fernet), HttpOnly, SameSite=Lax, and Secure
+with the `__Host-` prefix when the issuer is https (no Domain, Path=/: it cannot be planted by a
+sibling subdomain). It holds only a random login id and the CSRF token. The login id is also
+recorded server-side (hashed) with `create_browser_session`, so logout and user removal end a
+login although the cookie lives on in the browser.
+
+Pending authorization requests are *not* kept in the cookie: a validated request is sealed
+(Fernet, 10-minute TTL) into a hidden field of the login and consent forms. A cookie would cap
+the request at ~4 KB (registered redirect URIs may be 2,000 characters, `state` is unbounded),
+evict one tab's pending request when another tab starts one, and a store table would let
+unauthenticated GETs write to the database. The seal makes the fields tamper-proof; the CSRF
+token and the subject bound into a consent seal tie the POST to this browser and this login.
+
+The session middleware only runs on the browser paths: elsewhere (`/mcp`, `/sse`) it would cost a
+cookie decryption per request for nothing, and it raises on prepared (streamed) `web.Response`s.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TypeVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from aiohttp_session import Session, get_session, new_session, session_middleware
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import BaseModel, ValidationError
+
+from auth.crypto import hash_secret, new_secret
+from auth.models import User
+from auth.server import AUTH_SERVER
+from auth.settings import AuthSettings
+
+BROWSER_PATHS = frozenset({"/authorize", "/login", "/consent", "/logout"})
+SEAL_TTL = 600
+_LOGIN_KEY = "login"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _key_material(cookie_key: bytes) -> bytes:
+    """Accept 32 raw bytes or a Fernet key (its urlsafe base64 form, as `Fernet.generate_key()`
+    returns). aiohttp-session would base64 the latter once more and fail (DECISIONS #6)."""
+    if len(cookie_key) == 32:
+        return bytes(cookie_key)
+    try:
+        raw = base64.urlsafe_b64decode(cookie_key)
+    except ValueError as exc:
+        raise ValueError("cookie_key must be 32 raw bytes or a Fernet key") from exc
+    if len(raw) != 32:
+        raise ValueError("cookie_key must be 32 raw bytes or a Fernet key")
+    return raw
+
+
+def derive_fernet(cookie_key: bytes, purpose: str) -> Fernet:
+    """Separate keys per purpose, so a sealed request can never be replayed as a cookie."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=f"memory-mcp {purpose}".encode())
+    return Fernet(base64.urlsafe_b64encode(hkdf.derive(_key_material(cookie_key))))
+
+
+def cookie_storage(settings: AuthSettings, cookie_key: bytes) -> EncryptedCookieStorage:
+    secure = settings.secure_cookies
+    return EncryptedCookieStorage(
+        derive_fernet(cookie_key, "session cookie"),
+        cookie_name="__Host-memory-mcp-login" if secure else "memory-mcp-login",
+        max_age=settings.login_ttl,
+        path="/",
+        secure=secure,
+        httponly=True,
+        samesite="Lax",
+    )
+
+
+def middleware(storage: EncryptedCookieStorage) -> Middleware:
+    inner = session_middleware(storage)
+
+    @web.middleware
+    async def browser_session(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in BROWSER_PATHS:
+            return await handler(request)
+        return await inner(request, handler)
+
+    return browser_session
+
+
+async def session(request: web.Request) -> Session:
+    return await get_session(request)
+
+
+async def current_user(request: web.Request) -> User | None:
+    """The logged-in user, if the cookie's login is still recorded server-side."""
+    sess = await get_session(request)
+    login_id = sess.get(_LOGIN_KEY)
+    if not isinstance(login_id, str):
+        return None
+    server = request.app[AUTH_SERVER]
+    user_id = await server.store.get_browser_session_user(hash_secret(login_id), server.clock())
+    user = await server.store.get_user(user_id) if user_id else None
+    if user is None:
+        del sess[_LOGIN_KEY]
+    return user
+
+
+async def log_in(request: web.Request, user: User) -> Session:
+    """Start a new session for `user`: a new cookie and CSRF token, so that nothing an attacker
+    planted before the login (session fixation) survives it."""
+    server = request.app[AUTH_SERVER]
+    old = (await get_session(request)).get(_LOGIN_KEY)
+    if isinstance(old, str):
+        await server.store.delete_browser_session(hash_secret(old))
+    login_id = new_secret()
+    now = server.clock()
+    await server.store.create_browser_session(hash_secret(login_id), user.id, now, now + server.settings.login_ttl)
+    sess = await new_session(request)
+    sess[_LOGIN_KEY] = login_id
+    return sess
+
+
+async def log_out(request: web.Request) -> None:
+    sess = await get_session(request)
+    login_id = sess.get(_LOGIN_KEY)
+    if isinstance(login_id, str):
+        await request.app[AUTH_SERVER].store.delete_browser_session(hash_secret(login_id))
+    sess.invalidate()
+
+
+def seal(fernet: Fernet, model: BaseModel) -> str:
+    return fernet.encrypt(model.model_dump_json().encode()).decode("ascii")
+
+
+def unseal(fernet: Fernet, sealed: str | None, model: type[M]) -> M | None:
+    if not sealed:
+        return None
+    try:
+        data = fernet.decrypt(sealed.encode("ascii", "replace"), ttl=SEAL_TTL)
+        return model.model_validate_json(data)
+    except (InvalidToken, ValidationError):
+        return None

@@ -1,0 +1,66 @@
+"""Client authentication at /token and /revoke (RFC 6749 section 2.3), public clients only.
+
+A public client identifies itself with `client_id` in the body (what every MCP client does) or
+with HTTP Basic and an empty secret (what some generic OAuth libraries do). We issue no secrets,
+so any presented secret is refused rather than ignored: a client that believes it has a secret is
+misconfigured, and silently accepting it would hide that.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+
+from auth.http import oauth_error
+from auth.models import Client
+from auth.server import AuthorizationServer
+
+
+class ClientAuthError(Exception):
+    def __init__(self, error: str, description: str, status: int = 401, basic: bool = False) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.basic = basic
+
+    def response(self) -> web.Response:
+        # Section 5.2: a 401 after Basic authentication must carry a matching challenge.
+        headers = {"WWW-Authenticate": 'Basic realm="memory-mcp"'} if self.basic and self.status == 401 else None
+        return oauth_error(self.error, self.description, self.status, headers)
+
+
+def _basic_client_id(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        raise ClientAuthError("invalid_client", "malformed Basic credentials", basic=True) from exc
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or secret:
+        raise ClientAuthError("invalid_client", "this server issues no client secrets; authenticate with client_id "
+                              "only", basic=True)
+    return unquote_plus(client_id)  # section 2.3.1: credentials are form-encoded before Basic
+
+
+async def authenticate(server: AuthorizationServer, request: web.Request, form: dict[str, str]) -> Client:
+    basic_id = _basic_client_id(request.headers.get("Authorization"))
+    body_id = form.get("client_id")
+    if basic_id is not None and body_id and basic_id != body_id:
+        raise ClientAuthError("invalid_request", "client_id in the body and in Basic credentials differ", 400)
+    client_id = basic_id or body_id
+    if not client_id:
+        raise ClientAuthError("invalid_client", "client_id is required")
+    if form.get("client_secret"):
+        raise ClientAuthError("invalid_client", "this server issues no client secrets; send client_id only")
+    client = await server.store.get_client(client_id)
+    if client is None:
+        raise ClientAuthError("invalid_client", "unknown client; register again", basic=basic_id is not None)
+    return client

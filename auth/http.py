@@ -1,0 +1,133 @@
+"""HTTP plumbing shared by the OAuth endpoints: bounded body reading, strict form parsing, JSON
+errors and CORS.
+
+Bodies are read from the stream with our own limit rather than `request.post()`: that one accepts
+multipart, silently merges repeated parameters and is bounded only by the app-wide
+`client_max_size`, which the MCP transports may need to raise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+FORM_LIMIT = 64 * 1024
+JSON_LIMIT = 64 * 1024
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, MCP-Protocol-Version",
+    "Access-Control-Max-Age": "86400",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """A request the endpoint refuses before looking at its meaning (size, encoding, syntax)."""
+
+    def __init__(self, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.description = description
+        self.status = status
+
+
+def oauth_error(error: str, description: str, status: int = 400,
+                headers: dict[str, str] | None = None) -> web.Response:
+    """RFC 6749 section 5.2 error: JSON, never cached (the same shape serves RFC 7591 and 7009)."""
+    return web.json_response({"error": error, "error_description": description}, status=status,
+                             headers={**NO_STORE, **(headers or {})})
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest("request body too large", 413)
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(8192):
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest("request body too large", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _media_type(request: web.Request) -> str:
+    # `request.content_type` defaults to application/octet-stream when the header is absent.
+    if "Content-Type" not in request.headers:
+        return ""
+    return request.content_type.lower()
+
+
+async def read_form(request: web.Request, limit: int = FORM_LIMIT) -> dict[str, str]:
+    """An `application/x-www-form-urlencoded` body as a dict; repeated parameters are refused
+    (RFC 6749 section 3.1: "MUST NOT be included more than once")."""
+    if _media_type(request) not in ("", "application/x-www-form-urlencoded"):
+        raise BadRequest("the body must be application/x-www-form-urlencoded", 415)
+    body = await read_body(request, limit)
+    try:
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100,
+                          encoding="utf-8", errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest("the body is not valid UTF-8 form data") from exc
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise BadRequest(f"parameter {name!r} is repeated")
+        form[name] = value
+    return form
+
+
+async def read_json_object(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, object]:
+    if _media_type(request) != "application/json":
+        raise BadRequest("the body must be application/json", 415)
+    body = await read_body(request, limit)
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadRequest("the body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("the body must be a JSON object")
+    return data
+
+
+def single_query(request: web.Request) -> dict[str, str]:
+    """Query parameters, refusing repeats (same rule as for forms)."""
+    params: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name in params:
+            raise BadRequest(f"parameter {name!r} is repeated")
+        params[name] = value
+    return params
+
+
+def with_cors(handler: Handler) -> Handler:
+    """Browser-based clients (MCP Inspector) call discovery, /register, /token and /revoke
+    cross-origin. None of these use cookies, so a wildcard origin grants nothing extra."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            exc.headers.update(CORS_HEADERS)
+            raise
+        response.headers.update(CORS_HEADERS)
+        return response
+
+    return wrapped
+
+
+async def json_method_not_allowed(request: web.Request) -> web.Response:
+    """Clients parse whatever /token says as JSON; aiohttp's own 405 is plain text."""
+    return oauth_error("invalid_request", f"{request.method} is not allowed here; use POST", 405,
+                       {"Allow": "POST, OPTIONS", **CORS_HEADERS})
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers=CORS_HEADERS)

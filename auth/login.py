@@ -1,0 +1,83 @@
+"""`/login` and `/logout`: the browser login that the consent page relies on.
+
+A failed login says only "invalid username or password", with the same status and the same
+argon2 work whether the user exists or not (no user enumeration). Logout ends the browser login
+only (cookie and server-side record): tokens already issued to MCP clients stay valid, so no
+revocation listener fires. Ending those is `/revoke` or `AuthorizationServer.revoke_subject`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from auth import browser, csrf, pages
+from auth.accounts import PASSWORD_MAX, valid_username
+from auth.authorize import AuthorizationRequest, redirect
+from auth.http import BadRequest, read_form
+from auth.passwords import hash_password, needs_rehash, verify_password
+from auth.server import AUTH_SERVER
+
+log = logging.getLogger(__name__)
+
+_CSRF_FAILED = ("The form was not submitted from this browser session (CSRF check failed). "
+                "Make sure cookies are enabled and try again.")
+
+
+async def handle_login_page(request: web.Request) -> web.Response:
+    sess = await browser.session(request)
+    user = await browser.current_user(request)
+    if user is not None:
+        return pages.signed_in(csrf.token(sess), user.username)
+    return pages.login(csrf.token(sess), None)
+
+
+async def handle_login(request: web.Request) -> web.Response:
+    server = request.app[AUTH_SERVER]
+    sess = await browser.session(request)
+    try:
+        form = await read_form(request)
+    except BadRequest as exc:
+        return pages.error(exc.description, exc.status, "Sign-in failed")
+    if not csrf.valid(sess, form.get(csrf.FIELD)):
+        return pages.error(_CSRF_FAILED, 403, "Sign-in failed")
+    sealed = form.get("request")
+    pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
+    if sealed and pending is None:
+        return pages.error("This authorization request has expired; start again from your application.")
+    username = form.get("username", "")
+    password = form.get("password", "")
+    user = await server.store.get_user_by_name(username) if valid_username(username) else None
+    # Oversized passwords are verified against the dummy hash: same work, no special response.
+    plausible = user is not None and len(password) <= PASSWORD_MAX
+    ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX])
+    if not ok or user is None:
+        # One line per failure, for fail2ban-style throttling in front of the server.
+        log.warning("failed login for %r from %s", username[:64], request.remote)
+        return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
+    if needs_rehash(user.password_hash):
+        await server.store.set_password_hash(user.id, await hash_password(password))
+    new = await browser.log_in(request, user)
+    csrf.token(new)
+    if pending is None:
+        return redirect(server.settings.url("/login"))
+    return redirect(server.settings.url("/authorize?" + pending.query()))
+
+
+async def handle_logout_page(request: web.Request) -> web.Response:
+    sess = await browser.session(request)
+    user = await browser.current_user(request)
+    return pages.logout_confirm(csrf.token(sess), user.username if user else None)
+
+
+async def handle_logout(request: web.Request) -> web.Response:
+    sess = await browser.session(request)
+    try:
+        form = await read_form(request)
+    except BadRequest as exc:
+        return pages.error(exc.description, exc.status, "Sign-out failed")
+    if not csrf.valid(sess, form.get(csrf.FIELD)):
+        return pages.error(_CSRF_FAILED, 403, "Sign-out failed")
+    await browser.log_out(request)
+    return pages.signed_out()

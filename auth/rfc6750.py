@@ -1,0 +1,85 @@
+"""RFC 6750 bearer tokens, from the resource server's side: who is calling `/mcp` and `/sse`.
+
+Every 401 carries a `WWW-Authenticate: Bearer` challenge pointing at the protected resource
+metadata of the path that was called, with the scopes needed for normal use: Codex only refreshes
+on a 401 that has it, and all clients start discovery from it (protocol-checklist B.2, G2).
+`error="invalid_token"` is added only when a token was actually presented (RFC 6750 section 3.1).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from aiohttp import web
+
+from auth.crypto import hash_secret
+from auth.models import AccessGrant, Principal
+from auth.rfc8707 import normalize_resource
+from auth.rfc9728 import metadata_url
+from auth.scopes import join
+from auth.settings import AuthSettings
+from auth.store import AuthStore
+
+# RFC 6750 section 2.1 b64token; anything else cannot be one of our tokens, so no lookup is spent.
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
+
+
+class BearerError(Exception):
+    """A refused request; `response()` is what the resource server sends back."""
+
+    def __init__(self, status: int, challenge: str, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.headers = {"WWW-Authenticate": challenge, "Cache-Control": "no-store"}
+        self.body = {"error": error, "error_description": description}
+
+    def response(self) -> web.Response:
+        return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+class BearerVerifier:
+    def __init__(self, settings: AuthSettings, store: AuthStore) -> None:
+        self.settings = settings
+        self.store = store
+        self._resources = frozenset(r for r in map(normalize_resource, settings.resources) if r)
+
+    def _unauthorized(self, resource_path: str, error: str | None, description: str) -> BearerError:
+        challenge = (f'Bearer resource_metadata="{metadata_url(self.settings, resource_path)}", '
+                     f'scope="{join(self.settings.scopes_supported)}"')
+        if error is not None:
+            challenge += f', error="{error}", error_description="{description}"'
+        return BearerError(401, challenge, error or "invalid_request", description)
+
+    def insufficient_scope(self, resource_path: str, scope: str) -> BearerError:
+        """403 asking for `scope` (the full set needed, already granted scopes included: clients
+        re-authorize with exactly what the challenge names)."""
+        challenge = (f'Bearer error="insufficient_scope", scope="{scope}", '
+                     f'resource_metadata="{metadata_url(self.settings, resource_path)}"')
+        return BearerError(403, challenge, "insufficient_scope", f"this request needs the scope {scope!r}")
+
+    async def verify(self, authorization: str | None, resource_path: str) -> AccessGrant:
+        if not authorization:
+            raise self._unauthorized(resource_path, None, "an access token is required")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            # Another scheme is not a presented bearer token: a plain challenge (section 3.1).
+            raise self._unauthorized(resource_path, None, "use the Bearer authentication scheme")
+        token = token.strip()
+        if _B64TOKEN.fullmatch(token) is None:
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is malformed")
+        now = time.time()
+        record = await self.store.get_token(hash_secret(token), now)
+        if record is None or record.kind != "access" or record.expires_at <= now:
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired")
+        if normalize_resource(record.resource) not in self._resources:
+            # Audience check (RFC 8707, MCP "token passthrough"): a token minted for another
+            # resource is not ours to honour, even if this store happens to know it.
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is for another resource")
+        return AccessGrant(
+            principal=Principal(self.settings.issuer, record.subject, record.client_id),
+            scopes=frozenset(record.scopes),
+            resource=record.resource,
+            expires_at=record.expires_at,
+            grant_id=record.grant_id,
+        )

@@ -1,0 +1,52 @@
+"""Installs the authorization server on an aiohttp application (all paths at the root).
+
+    GET  /.well-known/oauth-authorization-server       RFC 8414 (CORS)
+    GET  /.well-known/oauth-protected-resource[/mcp|/sse]  RFC 9728 (CORS)
+    POST /register                                     RFC 7591 (CORS)
+    GET  /authorize                                    login or consent page
+    GET  /login, POST /login                           browser login
+    POST /consent                                      approve / deny -> redirect with code
+    GET  /logout, POST /logout                         end the browser login
+    POST /token                                        RFC 6749 code + refresh grants (CORS)
+    POST /revoke                                       RFC 7009 (CORS)
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from auth import authorize, browser, login, rfc7009, rfc7591, rfc8414, rfc9728, token
+from auth.http import Handler, json_method_not_allowed, preflight, with_cors
+from auth.server import AUTH_SERVER, AuthorizationServer, Revocation
+from auth.settings import AuthSettings
+from auth.store import AuthStore
+
+__all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
+
+
+def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
+            cookie_key: bytes) -> AuthorizationServer:
+    server = AuthorizationServer(settings=settings, store=store,
+                                 sealer=browser.derive_fernet(cookie_key, "pending authorization"))
+    app[AUTH_SERVER] = server
+    app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
+
+    def cors(path: str, method: str, handler: Handler) -> None:
+        app.router.add_route(method, path, with_cors(handler))
+        app.router.add_route("OPTIONS", path, preflight)
+
+    cors(rfc8414.PATH, "GET", rfc8414.handle)
+    cors(rfc9728.PREFIX, "GET", rfc9728.handler_for(""))
+    for path in settings.resource_paths:
+        cors(rfc9728.PREFIX + path, "GET", rfc9728.handler_for(path))
+    for path, handler in (("/register", rfc7591.handle), ("/token", token.handle), ("/revoke", rfc7009.handle)):
+        cors(path, "POST", handler)
+        app.router.add_route("*", path, json_method_not_allowed)
+
+    app.router.add_get("/authorize", authorize.handle_authorize)
+    app.router.add_post("/consent", authorize.handle_consent)
+    app.router.add_get("/login", login.handle_login_page)
+    app.router.add_post("/login", login.handle_login)
+    app.router.add_get("/logout", login.handle_logout_page)
+    app.router.add_post("/logout", login.handle_logout)
+    return server

@@ -1,0 +1,128 @@
+"""Wiring: storage, the authorization server, the MCP transports and the memory tools in one app."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator, Hashable
+from pathlib import Path
+
+from aiohttp import web
+
+from auth.models import Principal
+from auth.rfc6750 import BearerError, BearerVerifier
+from auth.routes import install
+from auth.server import Revocation
+from auth.settings import AuthSettings
+from server.config import Settings
+from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
+from server.storage.sqlite import SQLiteStorage
+from transports.caller import Caller, Refusal
+from transports.registry import Session, SessionRegistry
+from transports.sse import SSEEndpoint
+from transports.streamable_http import StreamableHTTPEndpoint
+
+log = logging.getLogger(__name__)
+
+STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
+REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+
+
+def cookie_key(data_dir: Path) -> bytes:
+    """The browser-session encryption key: generated once into the data directory, so that logins
+    survive a restart and nobody has to invent a secret to start the server."""
+    path = data_dir / "session.key"
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+    if len(key) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes; delete it to generate a new one "
+                         "(browser logins will end)")
+    return key
+
+
+def owner_label(owner: Hashable) -> str:
+    assert isinstance(owner, Principal)
+    return f"{owner.subject} via {owner.client_id}"
+
+
+def auth_settings(settings: Settings) -> AuthSettings:
+    return AuthSettings(issuer=settings.issuer, access_token_ttl=settings.access_token_ttl,
+                        refresh_token_ttl=settings.refresh_token_ttl)
+
+
+def open_storage(settings: Settings) -> SQLiteStorage:
+    return SQLiteStorage(settings.database_path)
+
+
+def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.Application:
+    storage = storage or open_storage(settings)
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[STORAGE] = storage
+    auth_conf = auth_settings(settings)
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
+    verifier = BearerVerifier(auth_conf, storage)
+
+    mcp_server = build_mcp_server(storage)
+    registry = SessionRegistry(
+        mcp_server, storage, owner_label=owner_label,
+        idle_timeout=settings.session_idle_timeout, max_sessions=settings.max_sessions,
+        max_sessions_per_user=settings.max_sessions_per_user)
+    app[REGISTRY] = registry
+
+    async def authenticate(request: web.Request, resource_path: str) -> Caller:
+        try:
+            grant = await verifier.verify(request.headers.get("Authorization"), resource_path)
+        except BearerError as exc:
+            raise Refusal(exc.response()) from None
+        return caller_from_grant(grant)
+
+    async def end_sessions(revocation: Revocation) -> None:
+        def doomed(session: Session) -> bool:
+            owner = session.owner
+            return isinstance(owner, Principal) and owner.subject == revocation.subject and (
+                revocation.client_id is None or owner.client_id == revocation.client_id)
+        closed = await registry.close_where(doomed)
+        if closed:
+            log.info("ended %d MCP session(s) after a revocation", closed)
+
+    authorization_server.revocation_listeners.append(end_sessions)
+
+    allowed_origins = frozenset({settings.issuer, *settings.allowed_origins})
+    mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier),
+                                 allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)
+    for path in ("/mcp", "/mcp/"):
+        app.router.add_route("*", path, mcp.handle)
+    sse = SSEEndpoint(registry, mcp_server, authenticate, scope_guard(verifier),
+                      allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)
+    app.router.add_route("*", "/sse", sse.stream)
+    app.router.add_route("*", "/messages", sse.message)
+    app.router.add_route("*", "/messages/", sse.message)
+    app.router.add_get("/healthz", _health)
+
+    async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
+        await registry.start()
+        yield
+        await registry.stop()
+        await storage.close()
+
+    async def on_shutdown(_app: web.Application) -> None:
+        # Before aiohttp waits for handlers: open SSE streams never finish on their own, so end
+        # every session first and the process exits at once (sdk-notes P6).
+        await registry.close_where(lambda _s: True)
+
+    app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(on_shutdown)
+    return app
+
+
+async def _health(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})

@@ -1,0 +1,158 @@
+"""The server's configuration: one typed object, validated at start-up.
+
+Sources, later ones winning: defaults < TOML file (`--config` / `MEMORY_MCP_CONFIG`) < environment
+(`MEMORY_MCP_<NAME>`) < command-line flags (`--<name>`). A bad value stops the server with a
+message naming the setting, where it came from, and what is allowed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "MEMORY_MCP_"
+
+
+def default_data_dir() -> Path:
+    # Not the working directory: the official memory server lost users' data by resolving its
+    # file relative to wherever it happened to run (anchors.md 8.3).
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "memory-mcp"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0 picks a free one)")
+    public_url: str | None = Field(
+        None, description="origin clients use to reach the server (issuer and resource); "
+        "default http://<host>:<port>; required when host is a wildcard address")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where the SQLite file and keys live")
+    allowed_origins: tuple[str, ...] = Field(
+        (), description="browser origins allowed to call /mcp and /sse besides the public URL (comma-separated)")
+    session_idle_timeout: float = Field(1800, gt=0, description="seconds before an idle MCP session ends")
+    max_sessions: int = Field(10_000, gt=0, description="MCP sessions the server holds at most")
+    max_sessions_per_user: int = Field(100, gt=0, description="MCP sessions one user holds at most")
+    max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
+    access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
+    refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds")
+    log_level: str = Field("info", description="debug, info, warning or error")
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in ("debug", "info", "warning", "error"):
+            raise ValueError("must be one of debug, info, warning, error")
+        return value.lower()
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(canonical_origin(v, "an allowed origin") for v in value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        return None if value is None else canonical_origin(value, "the public URL")
+
+    @model_validator(mode="after")
+    def _default_public(self) -> Settings:
+        if self.public_url is None:
+            if _is_wildcard(self.host):
+                raise ValueError(f"host {self.host!r} listens on every address, so the public URL cannot be "
+                                 "guessed: set public_url (e.g. --public-url https://memory.example.com)")
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            object.__setattr__(self, "public_url", canonical_origin(f"http://{host}:{self.port}", "the public URL"))
+        return self
+
+    @property
+    def issuer(self) -> str:
+        assert self.public_url is not None
+        return self.public_url
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "memory.sqlite3"
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return host == ""
+
+
+def canonical_origin(url: str, what: str) -> str:
+    """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
+    no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} {url!r} must look like https://host[:port]")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{what} {url!r} must be an origin only (no path, query, fragment or user info)")
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{what} {url!r} has an invalid port") from exc
+    default = 443 if parts.scheme == "https" else 80
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message says which, where it came from and what to do."""
+
+
+def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    """Merge file, environment and flags (flags given as field name -> value, None = not given)."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    config_path = flags.pop("config", None) or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        try:
+            with open(config_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_path} is not valid TOML: {exc}") from exc
+        for key, value in data.items():
+            values[key.replace("-", "_")] = value
+            origin[key.replace("-", "_")] = f"config file {config_path}"
+    for name in Settings.model_fields:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = environ[env_name]
+            origin[name] = f"environment variable {env_name}"
+    for name, value in flags.items():
+        if value is not None:
+            values[name] = value
+            origin[name] = f"flag --{name.replace('_', '-')}"
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"]) or "settings"
+            source = origin.get(field.split(".")[0], "the defaults")
+            given = f"={values[field]!r}" if field in values else ""
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{field}{given} (from {source}): {message}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

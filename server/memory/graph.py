@@ -1,0 +1,113 @@
+"""The knowledge graph each user keeps, and the storage contract every backend implements.
+
+The data model and semantics follow the official `@modelcontextprotocol/server-memory`, so that a
+client written against it works unchanged. Contract every `GraphStore` keeps:
+
+* Every method takes `owner` (the user's OAuth subject) first and sees only that owner's rows;
+  two owners may use the same entity names without ever touching each other's data.
+* An entity name is case-sensitive and unique per owner. `create_entities` skips names that exist,
+  and later duplicates within the same call (the first one wins). Observations are a set per entity
+  kept in insertion order: an observation equal to one the entity already has, or to an earlier one
+  in the same call, is not stored twice.
+* Relations are identified by the exact (from, to, relationType) triple; duplicates are skipped.
+  Like the official server, relations may name entities that do not exist.
+* Results come back in creation order: entities in the order they were created, each entity's
+  observations in the order they were added, relations in the order they were created.
+* Each mutation is all-or-nothing: `add_observations` with any unknown entity raises
+  `EntityNotFoundError` and stores nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+
+class Entity(BaseModel):
+    name: str
+    entityType: str
+    observations: list[str]
+
+
+class Relation(BaseModel):
+    # `from` is a Python keyword: the attribute is `from_`, the wire name `from`. A validation
+    # alias (not `alias`) keeps `Relation(from_=...)` valid for type checkers without a plugin.
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True)
+
+    from_: str = Field(validation_alias=AliasChoices("from", "from_"), serialization_alias="from")
+    to: str
+    relationType: str
+
+
+class KnowledgeGraph(BaseModel):
+    entities: list[Entity]
+    relations: list[Relation]
+
+
+class ObservationAddition(BaseModel):
+    entityName: str
+    contents: list[str]
+
+
+class AddedObservations(BaseModel):
+    entityName: str
+    addedObservations: list[str]
+
+
+class ObservationDeletion(BaseModel):
+    entityName: str
+    observations: list[str]
+
+
+class EntityNotFoundError(Exception):
+    """An operation that needs existing entities named one that the owner does not have."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = list(names)
+        if len(self.names) == 1:
+            message = f"Entity with name {self.names[0]} not found"
+        else:
+            message = "Entities with names " + ", ".join(self.names) + " not found"
+        super().__init__(message)
+
+
+class GraphStore(Protocol):
+    async def create_entities(self, owner: str, entities: Sequence[Entity]) -> list[Entity]:
+        """Store the entities whose names are new; return exactly those, as stored."""
+        ...
+
+    async def create_relations(self, owner: str, relations: Sequence[Relation]) -> list[Relation]:
+        """Store the relations that are new; return exactly those."""
+        ...
+
+    async def add_observations(self, owner: str, additions: Sequence[ObservationAddition]) -> list[AddedObservations]:
+        """One result per addition, listing what was actually new.
+
+        Raises `EntityNotFoundError` (naming every missing entity) before storing anything.
+        """
+        ...
+
+    async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
+        """Delete the entities, their observations, and every relation from or to any of the names."""
+        ...
+
+    async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
+        """Exact-string removal; unknown entities and observations are ignored."""
+        ...
+
+    async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
+        """Exact-triple removal; unknown relations are ignored."""
+        ...
+
+    async def read_graph(self, owner: str) -> KnowledgeGraph: ...
+
+    async def search_nodes(self, owner: str, query: str) -> KnowledgeGraph:
+        """Entities whose name, type or any observation contains `query`, ignoring case, plus every
+        relation with at least one endpoint among them."""
+        ...
+
+    async def open_nodes(self, owner: str, names: Sequence[str]) -> KnowledgeGraph:
+        """The named entities that exist, plus every relation with at least one endpoint among them."""
+        ...

@@ -1,0 +1,25 @@
+"""The embedded storage backend: one SQLite file under the data directory.
+
+Each table group lives in its own module with its schema documented beside the code that uses
+it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
+`sessions.py` (MCP session records).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.storage.sqlite.auth import AuthTables
+from server.storage.sqlite.db import Database
+from server.storage.sqlite.graph import GraphTables
+from server.storage.sqlite.sessions import SessionTables
+
+
+class SQLiteStorage(AuthTables, GraphTables, SessionTables):
+    def __init__(self, path: Path) -> None:
+        self.db = Database(path)
+        for schema in (AuthTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA):
+            self.db.apply_schema(schema)
+
+    async def close(self) -> None:
+        self.db.close()

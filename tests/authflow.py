@@ -1,0 +1,181 @@
+"""Helpers for the auth tests: a real app on a loopback port, real SQLite, and a browser-like
+driver of the authorization flow (the same requests the MCP SDK's OAuthClientProvider makes,
+with the user's clicks in between)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from auth.models import User
+from auth.passwords import hash_password
+from auth.routes import install
+from auth.server import AuthorizationServer, Revocation
+from auth.settings import AuthSettings
+from server.storage.sqlite.auth import AuthTables
+from server.storage.sqlite.db import Database
+
+USERNAME = "alice"
+PASSWORD = "correct horse battery"
+COOKIE_KEY = bytes(range(32))
+
+
+_alice_hash: str | None = None
+
+
+async def add_alice(store: Store) -> User:
+    """The test user, hashed once per run: argon2id costs ~0.3 s by design."""
+    global _alice_hash
+    if _alice_hash is None:
+        _alice_hash = await hash_password(PASSWORD)
+    user = User(id=secrets.token_hex(16), username=USERNAME, password_hash=_alice_hash, created_at=time.time())
+    await store.add_user(user)
+    return user
+
+
+class Store(AuthTables):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+
+@dataclass
+class Env:
+    client: TestClient[Any, Any]
+    server: AuthorizationServer
+    store: Store
+    db: Database
+    issuer: str
+    revocations: list[Revocation] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return self.issuer + path
+
+
+async def make_env(aiohttp_server: Any, aiohttp_client: Any, port: int, tmp_path: Path, **overrides: Any) -> Env:
+    issuer = f"http://127.0.0.1:{port}"
+    settings = AuthSettings(issuer=issuer, **overrides)
+    db = Database(tmp_path / "auth.sqlite3")
+    db.apply_schema(AuthTables.SCHEMA)
+    store = Store(db)
+    await add_alice(store)
+    app = web.Application()
+    server = install(app, settings=settings, store=store, cookie_key=COOKIE_KEY)
+    env_revocations: list[Revocation] = []
+
+    async def listener(revocation: Revocation) -> None:
+        env_revocations.append(revocation)
+
+    server.revocation_listeners.append(listener)
+    test_server = await aiohttp_server(app, port=port)
+    client = await aiohttp_client(test_server)
+    return Env(client, server, store, db, issuer, env_revocations)
+
+
+def pkce() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(64)[:96]
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    return verifier, challenge
+
+
+def hidden_fields(page: str) -> dict[str, str]:
+    return {html.unescape(n): html.unescape(v)
+            for n, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page)}
+
+
+def query_of(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query, keep_blank_values=True).items()}
+
+
+def path_of(location: str) -> str:
+    parts = urlsplit(location)
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+async def register(env: Env, redirect_uris: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    body = {"client_name": "Test Client", "redirect_uris": redirect_uris or ["http://127.0.0.1:9/callback"],
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            "token_endpoint_auth_method": "none", **extra}
+    resp = await env.client.post("/register", json=body)
+    assert resp.status == 201, await resp.text()
+    data: dict[str, Any] = await resp.json()
+    return data
+
+
+def authorize_path(client_id: str, redirect_uri: str | None, challenge: str | None, **params: str) -> str:
+    query: dict[str, str] = {"response_type": "code", "client_id": client_id, "state": "st-123"}
+    if redirect_uri is not None:
+        query["redirect_uri"] = redirect_uri
+    if challenge is not None:
+        query.update(code_challenge=challenge, code_challenge_method="S256")
+    query.update(params)
+    return "/authorize?" + urlencode({k: v for k, v in query.items() if v is not None})
+
+
+async def login(env: Env, page: str, username: str = USERNAME, password: str = PASSWORD) -> Any:
+    form = hidden_fields(page)
+    form.update(username=username, password=password)
+    return await env.client.post("/login", data=form, allow_redirects=False)
+
+
+async def approve(env: Env, path: str, decision: str = "approve", *, logged_in: bool | None = None) -> str:
+    """Drive the browser from GET /authorize to the redirect back to the client; return Location."""
+    resp = await env.client.get(path, allow_redirects=False)
+    assert resp.status == 200, await resp.text()
+    page = await resp.text()
+    if logged_in is not None:
+        assert ('name="password"' not in page) == logged_in
+    if 'name="password"' in page:
+        resp = await login(env, page)
+        assert resp.status == 303, await resp.text()
+        resp = await env.client.get(path_of(resp.headers["Location"]), allow_redirects=False)
+        assert resp.status == 200, await resp.text()
+        page = await resp.text()
+    assert 'value="approve"' in page
+    form = hidden_fields(page)
+    form["decision"] = decision
+    resp = await env.client.post("/consent", data=form, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    location: str = resp.headers["Location"]
+    return location
+
+
+@dataclass
+class Grant:
+    client_id: str
+    redirect_uri: str
+    verifier: str
+    tokens: dict[str, Any]
+
+
+async def obtain_code(env: Env, redirect_uri: str = "http://127.0.0.1:9/callback",
+                      **params: str) -> tuple[str, str, str]:
+    """Register a client and complete the browser flow; returns (client_id, code, verifier)."""
+    client = await register(env, [redirect_uri])
+    verifier, challenge = pkce()
+    location = await approve(env, authorize_path(client["client_id"], redirect_uri, challenge, **params))
+    query = query_of(location)
+    assert query["state"] == "st-123" and query["iss"] == env.issuer
+    return client["client_id"], query["code"], verifier
+
+
+async def token_request(env: Env, **form: str) -> Any:
+    return await env.client.post("/token", data=form)
+
+
+async def obtain_tokens(env: Env, redirect_uri: str = "http://127.0.0.1:9/callback", **params: str) -> Grant:
+    client_id, code, verifier = await obtain_code(env, redirect_uri, **params)
+    resp = await token_request(env, grant_type="authorization_code", code=code, code_verifier=verifier,
+                               client_id=client_id, redirect_uri=redirect_uri, resource=env.url("/mcp"))
+    assert resp.status == 200, await resp.text()
+    return Grant(client_id, redirect_uri, verifier, await resp.json())

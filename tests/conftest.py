@@ -1,0 +1,171 @@
+"""Shared fixtures: a real server on a loopback socket, real SQLite, real MCP SDK clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from aiohttp import web
+from mcp import Client
+from mcp.client.auth import OAuthClientProvider
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+
+from auth import accounts
+from server.app import REGISTRY, STORAGE, build_app
+from server.config import Settings
+from server.storage.sqlite import SQLiteStorage
+from tests.browser import Browser
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def storage(self) -> SQLiteStorage:
+        return self.app[STORAGE]
+
+    @property
+    def registry(self) -> Any:
+        return self.app[REGISTRY]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def start_server(data_dir: Path, port: int | None = None, **overrides: Any) -> RunningServer:
+    """Start the real app on 127.0.0.1 as `memory-mcp serve` would (no handler cancellation)."""
+    sock = free_socket() if port is None else None
+    if sock is None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+    port = sock.getsockname()[1]
+    settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
+    app = build_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return RunningServer(settings.issuer, app, runner)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
+    running = await start_server(data_dir)
+    await accounts.add_user(running.storage, "alice", "alice-password-1")
+    await accounts.add_user(running.storage, "bob", "bob-password-22")
+    yield running
+    await running.stop()
+
+
+class MemoryTokenStorage:
+    """The client's token store (what Codex keeps in .credentials.json)."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+@dataclass
+class OAuthUser:
+    """One person with one MCP client: the SDK's OAuthClientProvider, a browser for the login."""
+
+    base_url: str
+    username: str
+    password: str
+    storage: MemoryTokenStorage = field(default_factory=MemoryTokenStorage)
+    redirects: list[str] = field(default_factory=list)
+    _pending: asyncio.Future[AuthorizationCodeResult] | None = None
+
+    def provider(self, path: str = "/mcp") -> OAuthClientProvider:
+        async def redirect_handler(url: str) -> None:
+            self.redirects.append(url)
+            browser = Browser(self.username, self.password)
+            try:
+                result = await browser.authorize(url, self.base_url)
+            finally:
+                await browser.close()
+            params = result.params
+            self._pending = asyncio.get_running_loop().create_future()
+            self._pending.set_result(AuthorizationCodeResult(
+                code=params["code"], state=params.get("state"), iss=params.get("iss")))
+
+        async def callback_handler() -> AuthorizationCodeResult:
+            assert self._pending is not None
+            return await self._pending
+
+        metadata = OAuthClientMetadata(
+            client_name=f"pytest client of {self.username}",
+            redirect_uris=["http://127.0.0.1:33418/callback"],
+            grant_types=["authorization_code", "refresh_token"],
+            response_types=["code"],
+        )
+        return OAuthClientProvider(self.base_url + path, metadata, self.storage,
+                                   redirect_handler=redirect_handler, callback_handler=callback_handler)
+
+    def client(self, mode: str = "legacy", provider: OAuthClientProvider | None = None
+               ) -> AbstractAsyncContextManager[tuple[Client, OAuthClientProvider]]:
+        oauth = provider or self.provider()
+
+        @asynccontextmanager
+        async def connect() -> AsyncIterator[tuple[Client, OAuthClientProvider]]:
+            async with httpx2.AsyncClient(auth=oauth, timeout=30) as http:
+                transport = streamable_http_client(self.base_url + "/mcp", http_client=http)
+                async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+                    yield client, oauth
+
+        return connect()
+
+
+@pytest.fixture
+def oauth_user(server: RunningServer) -> Callable[[str, str], OAuthUser]:
+    def make(username: str, password: str) -> OAuthUser:
+        return OAuthUser(server.url, username, password)
+
+    return make
+
+
+Check = Callable[[], Awaitable[None]]
+
+
+async def access_token(server: RunningServer, username: str, password: str) -> str:
+    """Log in through the real flow and return the access token the client got."""
+    user = OAuthUser(server.url, username, password)
+    async with user.client() as (client, _):
+        await client.list_tools()
+    assert user.storage.tokens is not None
+    return user.storage.tokens.access_token

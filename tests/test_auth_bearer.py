@@ -1,0 +1,216 @@
+"""BearerVerifier (the resource server's gate), secrets at rest, and account management."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auth import accounts
+from auth.crypto import hash_secret
+from auth.models import AuthorizationCode, Token
+from auth.rfc6750 import BearerError, BearerVerifier
+from auth.settings import AuthSettings
+from server.storage.sqlite.auth import AuthTables
+from server.storage.sqlite.db import Database
+from tests.authflow import Env, Store, make_env, obtain_tokens
+
+ISSUER = "https://mcp.example.com"
+META = ISSUER + "/.well-known/oauth-protected-resource"
+SCOPE = 'scope="memory:read memory:write"'
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    db = Database(tmp_path / "auth.sqlite3")
+    db.apply_schema(AuthTables.SCHEMA)
+    return Store(db)
+
+
+@pytest.fixture
+def verifier(store: Store) -> BearerVerifier:
+    return BearerVerifier(AuthSettings(issuer=ISSUER), store)
+
+
+async def save_access(store: Store, secret: str, resource: str = ISSUER + "/mcp", ttl: float = 3600,
+                      kind: str = "access") -> None:
+    now = time.time()
+    await store.save_tokens([Token(hash_secret(secret), kind, "grant-1", "client-1", "user-1",  # type: ignore[arg-type]
+                                   ("memory:read", "memory:write"), resource, now, now + ttl)])
+
+
+async def refused(verifier: BearerVerifier, authorization: str | None, path: str = "/mcp") -> BearerError:
+    with pytest.raises(BearerError) as info:
+        await verifier.verify(authorization, path)
+    return info.value
+
+
+async def test_valid_token(store: Store, verifier: BearerVerifier) -> None:
+    await save_access(store, "good-token")
+    grant = await verifier.verify("Bearer good-token", "/mcp")
+    assert grant.principal.issuer == ISSUER and grant.principal.subject == "user-1"
+    assert grant.principal.client_id == "client-1" and grant.grant_id == "grant-1"
+    assert grant.scopes == frozenset({"memory:read", "memory:write"})
+    for header in ("bearer good-token", "BEARER good-token", "  Bearer   good-token  "):
+        assert (await verifier.verify(header, "/sse")).principal.subject == "user-1"
+
+
+async def test_missing_token_challenge(verifier: BearerVerifier) -> None:
+    error = await refused(verifier, None)
+    assert error.status == 401
+    assert error.headers["WWW-Authenticate"] == f'Bearer resource_metadata="{META}/mcp", {SCOPE}'
+    response = error.response()
+    assert response.status == 401 and response.headers["WWW-Authenticate"] == error.headers["WWW-Authenticate"]
+    assert response.content_type == "application/json"
+    assert set(error.body) == {"error", "error_description"}
+
+
+@pytest.mark.parametrize(("path", "document"), [("/mcp", "/mcp"), ("/sse", "/sse"), ("/messages", "/sse")])
+async def test_challenge_points_at_the_path_document(verifier: BearerVerifier, path: str, document: str) -> None:
+    error = await refused(verifier, "Bearer unknown-token", path)
+    assert error.headers["WWW-Authenticate"] == (
+        f'Bearer resource_metadata="{META}{document}", {SCOPE}, error="invalid_token", '
+        'error_description="the access token is invalid or expired"')
+    assert error.body["error"] == "invalid_token"
+
+
+@pytest.mark.parametrize("header", ["Basic dXNlcjpwYXNz", "Token abc", "Bearer", "Bearer ", ""])
+async def test_not_a_bearer_token(verifier: BearerVerifier, header: str) -> None:
+    error = await refused(verifier, header)
+    assert error.status == 401
+    assert error.headers["WWW-Authenticate"].startswith(f'Bearer resource_metadata="{META}/mcp"')
+
+
+@pytest.mark.parametrize("token", ["a b", "tok\x00en", "ä" * 10, "x" * 600, "a=b"])
+async def test_garbage_token(verifier: BearerVerifier, token: str) -> None:
+    error = await refused(verifier, f"Bearer {token}")
+    assert error.status == 401 and 'error="invalid_token"' in error.headers["WWW-Authenticate"]
+
+
+async def test_expired_refresh_and_foreign_tokens(store: Store, verifier: BearerVerifier) -> None:
+    await save_access(store, "expired", ttl=-1)
+    await save_access(store, "refresh", kind="refresh")
+    await save_access(store, "foreign", resource="https://other.example/mcp")
+    await save_access(store, "lookalike", resource="https://mcp.example.com.evil/mcp")
+    for token in ("expired", "refresh", "foreign", "lookalike"):
+        error = await refused(verifier, f"Bearer {token}")
+        assert error.status == 401 and 'error="invalid_token"' in error.headers["WWW-Authenticate"]
+    error = await refused(verifier, "Bearer foreign")
+    assert error.body["error_description"] == "the access token is for another resource"
+
+
+@pytest.mark.parametrize("resource", ["https://mcp.example.com/mcp/", "HTTPS://MCP.EXAMPLE.COM/mcp",
+                                      "https://mcp.example.com:443/mcp", "https://mcp.example.com",
+                                      "https://mcp.example.com/", "https://mcp.example.com/sse"])
+async def test_resource_normalisation(store: Store, verifier: BearerVerifier, resource: str) -> None:
+    await save_access(store, "tok", resource=resource)
+    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "user-1"
+
+
+async def test_insufficient_scope(verifier: BearerVerifier) -> None:
+    error = verifier.insufficient_scope("/sse", "memory:read memory:write")
+    assert error.status == 403
+    assert error.headers["WWW-Authenticate"] == (
+        f'Bearer error="insufficient_scope", scope="memory:read memory:write", resource_metadata="{META}/sse"')
+    assert error.body["error"] == "insufficient_scope"
+
+
+# Secrets at rest
+
+
+async def test_sqlite_file_holds_no_plaintext_secret(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,
+                                                     tmp_path: Path) -> None:
+    env: Env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+    grant = await obtain_tokens(env)
+    resp = await env.client.post("/token", data={"grant_type": "refresh_token", "client_id": grant.client_id,
+                                                 "refresh_token": grant.tokens["refresh_token"]})
+    rotated = await resp.json()
+    from tests.authflow import obtain_code
+    _, pending_code, _ = await obtain_code(env)
+    verifier = BearerVerifier(env.server.settings, env.store)
+    assert (await verifier.verify("Bearer " + rotated["access_token"], "/mcp")).principal.client_id == grant.client_id
+    env.db.conn.execute("PRAGMA wal_checkpoint(FULL)")
+    secrets = [grant.tokens["access_token"], grant.tokens["refresh_token"], rotated["access_token"],
+               rotated["refresh_token"], pending_code]
+    blobs = b"".join(p.read_bytes() for p in tmp_path.glob("auth.sqlite3*"))
+    for secret in secrets:
+        assert secret.encode() not in blobs
+    dump = "\n".join(sqlite3.connect(tmp_path / "auth.sqlite3").iterdump())
+    for secret in secrets:
+        assert secret not in dump
+    assert hash_secret(rotated["access_token"]) in dump
+    assert accounts.USERNAME_RULE and "correct horse" not in dump
+
+
+# Store behaviour the flows rely on
+
+
+async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
+    now = time.time()
+    code = AuthorizationCode("h1", "c", "http://127.0.0.1/cb", "x" * 43, ("memory:read",), ISSUER + "/mcp", "u",
+                             now, now + 60)
+    await store.save_code(code)
+    results = await asyncio.gather(*(store.consume_code("h1", now) for _ in range(5)))
+    assert [r for r in results if r is not None] == [code]
+    await store.save_code(AuthorizationCode("h2", "c", "u", "x", (), "r", "s", now - 10, now - 1))
+    assert await store.consume_code("h2", now) is None
+
+
+async def test_rotate_refresh_is_atomic(store: Store) -> None:
+    await save_access(store, "r1", kind="refresh")
+    now = time.time()
+    new = [Token(hash_secret("r2"), "refresh", "grant-1", "client-1", "user-1", (), ISSUER, now, now + 60)]
+    assert await store.rotate_refresh_token(hash_secret("r1"), new, now)
+    assert not await store.rotate_refresh_token(hash_secret("r1"), new, now)
+    assert await store.get_token(hash_secret("r2"), now) is not None
+
+
+async def test_remove_user_and_delete_client_cascade(store: Store) -> None:
+    user = await accounts.add_user(store, "bob", "password-1234")
+    now = time.time()
+    await store.save_tokens([Token(hash_secret("t"), "access", "g", "client-1", user.id, (), ISSUER, now, now + 60),
+                             Token(hash_secret("u"), "access", "g2", "client-2", "other", (), ISSUER, now, now + 60)])
+    await store.create_browser_session("s", user.id, now, now + 60)
+    assert await store.get_browser_session_user("s", now) == user.id
+    assert (await accounts.remove_user(store, "bob")).id == user.id
+    assert await store.get_token(hash_secret("t"), now) is None
+    assert await store.get_browser_session_user("s", now) is None
+    assert await store.delete_client("client-2") is False  # never registered, tokens still go
+    assert await store.get_token(hash_secret("u"), now) is None
+
+
+# Accounts
+
+
+async def test_accounts_lifecycle(store: Store) -> None:
+    user = await accounts.add_user(store, "carol.x@home-1", "a long password")
+    assert [u.username for u in await accounts.list_users(store)] == ["carol.x@home-1"]
+    with pytest.raises(accounts.DuplicateUserError, match="already exists"):
+        await accounts.add_user(store, "carol.x@home-1", "another password")
+    # Case-sensitive usernames.
+    await accounts.add_user(store, "Carol.x@home-1", "another password")
+    changed = await accounts.set_password(store, "carol.x@home-1", "new password!")
+    assert changed.id == user.id and changed.password_hash != user.password_hash
+    removed = await accounts.remove_user(store, "carol.x@home-1")
+    assert removed.id == user.id
+    with pytest.raises(accounts.UnknownUserError, match="no user named"):
+        await accounts.remove_user(store, "carol.x@home-1")
+    with pytest.raises(accounts.UnknownUserError):
+        await accounts.set_password(store, "nobody", "password123")
+
+
+@pytest.mark.parametrize("username", ["", "a" * 65, "with space", "slash/", "ümlaut", "semi;colon"])
+async def test_invalid_usernames(store: Store, username: str) -> None:
+    with pytest.raises(accounts.InvalidUsernameError, match="1-64 characters"):
+        await accounts.add_user(store, username, "good password")
+
+
+@pytest.mark.parametrize(("password", "rule"), [("short", "at least 8"), ("x" * 1025, "at most 1024")])
+async def test_invalid_passwords(store: Store, password: str, rule: str) -> None:
+    with pytest.raises(accounts.InvalidPasswordError, match=rule):
+        await accounts.add_user(store, "dave", password)
+    assert await store.get_user_by_name("dave") is None

@@ -1,0 +1,148 @@
+"""The whole path a user takes, with the mcp SDK's own client and OAuthClientProvider: discovery,
+registration, login, consent, tokens, every memory tool, refresh, isolation, restart."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.conftest import OAuthUser, RunningServer, start_server
+
+TOOL_NAMES = {"create_entities", "create_relations", "add_observations", "delete_entities",
+              "delete_observations", "delete_relations", "read_graph", "search_nodes", "open_nodes"}
+
+
+def structured(result: Any) -> Any:
+    assert not result.is_error, result.content
+    text = json.loads(result.content[0].text)
+    assert result.structured_content == text
+    return text
+
+
+async def test_login_and_every_tool(server: RunningServer) -> None:
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    async with alice.client() as (client, _oauth):
+        tools = (await client.list_tools()).tools
+        assert {t.name for t in tools} == TOOL_NAMES
+        assert all(t.annotations is not None for t in tools)
+
+        made = structured(await client.call_tool("create_entities", {"entities": [
+            {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
+            {"name": "Analytical Engine", "entityType": "machine", "observations": []},
+        ]}))
+        assert [e["name"] for e in made["entities"]] == ["Ada", "Analytical Engine"]
+        rel = {"from": "Ada", "to": "Analytical Engine", "relationType": "programmed"}
+        assert structured(await client.call_tool("create_relations", {"relations": [rel]}))["relations"] == [rel]
+        added = structured(await client.call_tool("add_observations", {"observations": [
+            {"entityName": "Analytical Engine", "contents": ["designed by Babbage"]}]}))
+        assert added["results"] == [{"entityName": "Analytical Engine", "addedObservations": ["designed by Babbage"]}]
+        found = structured(await client.call_tool("search_nodes", {"query": "BABBAGE"}))
+        assert [e["name"] for e in found["entities"]] == ["Analytical Engine"]
+        assert found["relations"] == [rel]
+        opened = structured(await client.call_tool("open_nodes", {"names": ["Ada", "nobody"]}))
+        assert [e["name"] for e in opened["entities"]] == ["Ada"]
+        structured(await client.call_tool("delete_observations", {"deletions": [
+            {"entityName": "Ada", "observations": ["wrote the first program"]}]}))
+        structured(await client.call_tool("delete_relations", {"relations": [rel]}))
+        structured(await client.call_tool("delete_entities", {"entityNames": ["Analytical Engine"]}))
+        graph = structured(await client.call_tool("read_graph", {}))
+        assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}],
+                         "relations": []}
+
+    # One login: discovery, registration, authorization and token exchange happened exactly once,
+    # and the authorization request carried PKCE S256 and the resource of /mcp.
+    assert len(alice.redirects) == 1
+    assert "code_challenge_method=S256" in alice.redirects[0]
+    assert "resource=" in alice.redirects[0]
+    assert alice.storage.tokens is not None and alice.storage.tokens.refresh_token
+
+
+async def test_refresh_keeps_the_session(server: RunningServer) -> None:
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    async with alice.client() as (client, oauth):
+        await client.call_tool("create_entities", {"entities": [{"name": "x", "entityType": "t", "observations": []}]})
+        [session] = server.registry.sessions()
+        before = alice.storage.tokens
+        assert before is not None
+        oauth.context.token_expiry_time = 1.0  # the client now believes its token expired
+        graph = structured(await client.call_tool("read_graph", {}))
+        assert [e["name"] for e in graph["entities"]] == ["x"]
+        after = alice.storage.tokens
+        assert after is not None
+        assert after.access_token != before.access_token and after.refresh_token != before.refresh_token
+        assert [s.session_id for s in server.registry.sessions()] == [session.session_id]
+    assert len(alice.redirects) == 1
+    # The rotated refresh token is dead: presenting it again is refused.
+    async with httpx2.AsyncClient() as http:
+        info = alice.storage.client_info
+        assert info is not None
+        resp = await http.post(server.url + "/token", data={
+            "grant_type": "refresh_token", "refresh_token": before.refresh_token, "client_id": info.client_id})
+        assert resp.status_code == 400 and resp.json()["error"] == "invalid_grant"
+
+
+async def test_users_are_isolated(server: RunningServer) -> None:
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    bob = OAuthUser(server.url, "bob", "bob-password-22")
+    async with alice.client() as (a, _), bob.client() as (b, _):
+        await a.call_tool("create_entities", {"entities": [{"name": "secret", "entityType": "note",
+                                                              "observations": ["alice only"]}]})
+        await b.call_tool("create_entities", {"entities": [{"name": "bobs", "entityType": "note",
+                                                              "observations": []}]})
+        assert structured(await b.call_tool("search_nodes", {"query": "alice"}))["entities"] == []
+        assert structured(await b.call_tool("open_nodes", {"names": ["secret"]}))["entities"] == []
+        await b.call_tool("delete_entities", {"entityNames": ["secret"]})
+        assert [e["name"] for e in structured(await a.call_tool("read_graph", {}))["entities"]] == ["secret"]
+        assert [e["name"] for e in structured(await b.call_tool("read_graph", {}))["entities"]] == ["bobs"]
+
+        # Bob's valid token on Alice's session id: the same 404 as an unknown session.
+        bob_user = await server.storage.get_user_by_name("bob")
+        assert bob_user is not None
+        alice_session = next(s for s in server.registry.sessions() if s.user != bob_user.id)
+        assert bob.storage.tokens is not None
+        headers = {"Authorization": f"Bearer {bob.storage.tokens.access_token}",
+                   "Mcp-Session-Id": alice_session.session_id, "MCP-Protocol-Version": "2025-11-25",
+                   "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with httpx2.AsyncClient() as http:
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "read_graph", "arguments": {}}}
+            stolen = await http.post(server.url + "/mcp", json=ping, headers=headers)
+            unknown = await http.post(server.url + "/mcp", json=ping,
+                                      headers={**headers, "Mcp-Session-Id": "no-such-session"})
+            assert stolen.status_code == unknown.status_code == 404
+            assert stolen.json() == unknown.json()
+            deleted = await http.delete(server.url + "/mcp", headers=headers)
+            assert deleted.status_code == 404
+        # Alice's session survived the attempts.
+        assert [e["name"] for e in structured(await a.call_tool("read_graph", {}))["entities"]] == ["secret"]
+
+
+async def test_restart_keeps_tokens_and_memory(server: RunningServer) -> None:
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    async with alice.client() as (client, _):
+        await client.call_tool("create_entities", {"entities": [
+            {"name": "durable", "entityType": "fact", "observations": ["survives restarts"]}]})
+    data_dir = server.storage.db.path.parent
+    port = int(server.url.rsplit(":", 1)[1])
+    await server.stop()
+
+    restarted = await start_server(data_dir, port=port)
+    try:
+        async with alice.client() as (client, _):
+            graph = structured(await client.call_tool("read_graph", {}))
+        assert graph["entities"] == [{"name": "durable", "entityType": "fact",
+                                      "observations": ["survives restarts"]}]
+        assert len(alice.redirects) == 1  # no second login: the old tokens still work
+    finally:
+        await restarted.stop()
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+async def test_client_modes_end_on_the_handshake_era(server: RunningServer, mode: str) -> None:
+    """The SDK's auto mode probes 2026-07-28 with server/discover first; it must fall back."""
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    async with alice.client(mode=mode) as (client, _):
+        assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES

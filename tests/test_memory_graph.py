@@ -1,0 +1,423 @@
+"""The SQLite knowledge graph (GraphTables) against the behaviour of the official server-memory."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server.memory.graph import (
+    AddedObservations,
+    Entity,
+    EntityNotFoundError,
+    KnowledgeGraph,
+    ObservationAddition,
+    ObservationDeletion,
+    Relation,
+)
+from server.storage.sqlite.db import Database
+from server.storage.sqlite.graph import GraphTables
+
+ALICE = "alice-subject"
+BOB = "bob-subject"
+
+
+class Store(GraphTables):
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+
+def open_store(path: Path) -> Store:
+    db = Database(path)
+    db.apply_schema(GraphTables.SCHEMA)
+    return Store(db)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = open_store(tmp_path / "m.sqlite3")
+    yield s
+    s.db.close()
+
+
+def ent(name: str, entity_type: str = "person", *observations: str) -> Entity:
+    return Entity(name=name, entityType=entity_type, observations=list(observations))
+
+
+def rel(source: str, target: str, relation_type: str = "knows") -> Relation:
+    return Relation(from_=source, to=target, relationType=relation_type)
+
+
+def names(graph: KnowledgeGraph) -> list[str]:
+    return [e.name for e in graph.entities]
+
+
+def assert_search_index_intact(store: Store) -> None:
+    # For external-content FTS tables this compares the index with the rows it was built from.
+    for table in ("memory_entity_search", "memory_observation_search"):
+        store.db.conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")  # noqa: S608
+
+
+# --- create_entities ---------------------------------------------------------------------------
+
+
+async def test_create_entities_returns_only_new_ones(store: Store) -> None:
+    first = await store.create_entities(ALICE, [ent("Ada", "person", "likes tea")])
+    assert first == [ent("Ada", "person", "likes tea")]
+
+    second = await store.create_entities(ALICE, [ent("Ada", "robot", "other"), ent("Grace", "person")])
+    assert second == [ent("Grace", "person")]
+    graph = await store.read_graph(ALICE)
+    assert graph.entities == [ent("Ada", "person", "likes tea"), ent("Grace", "person")]
+
+
+async def test_create_entities_keeps_first_of_duplicates_in_one_call(store: Store) -> None:
+    created = await store.create_entities(ALICE, [ent("Ada", "person", "a"), ent("Ada", "cat", "b")])
+    assert created == [ent("Ada", "person", "a")]
+    assert (await store.read_graph(ALICE)).entities == [ent("Ada", "person", "a")]
+
+
+async def test_create_entities_stores_repeated_observations_once(store: Store) -> None:
+    created = await store.create_entities(ALICE, [ent("Ada", "person", "x", "y", "x")])
+    assert created == [ent("Ada", "person", "x", "y")]
+    assert (await store.read_graph(ALICE)).entities[0].observations == ["x", "y"]
+
+
+async def test_entity_names_are_case_sensitive(store: Store) -> None:
+    created = await store.create_entities(ALICE, [ent("ada"), ent("Ada"), ent("ADA")])
+    assert names(KnowledgeGraph(entities=created, relations=[])) == ["ada", "Ada", "ADA"]
+    assert names(await store.open_nodes(ALICE, ["Ada"])) == ["Ada"]
+
+
+# --- create_relations --------------------------------------------------------------------------
+
+
+async def test_create_relations_skips_existing_and_repeated(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("A"), ent("B")])
+    assert await store.create_relations(ALICE, [rel("A", "B")]) == [rel("A", "B")]
+    created = await store.create_relations(ALICE, [rel("A", "B"), rel("A", "B", "likes"), rel("A", "B", "likes")])
+    assert created == [rel("A", "B", "likes")]
+    assert (await store.read_graph(ALICE)).relations == [rel("A", "B"), rel("A", "B", "likes")]
+
+
+async def test_create_relations_does_not_require_endpoints(store: Store) -> None:
+    created = await store.create_relations(ALICE, [rel("Ghost", "Nobody")])
+    assert created == [rel("Ghost", "Nobody")]
+    graph = await store.read_graph(ALICE)
+    assert graph.entities == []
+    assert graph.relations == [rel("Ghost", "Nobody")]
+
+
+# --- add_observations --------------------------------------------------------------------------
+
+
+async def test_add_observations_skips_present_ones(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("Ada", "person", "old")])
+    results = await store.add_observations(
+        ALICE,
+        [
+            ObservationAddition(entityName="Ada", contents=["old", "new", "new"]),
+            ObservationAddition(entityName="Ada", contents=["new", "newer"]),
+        ],
+    )
+    assert results == [
+        AddedObservations(entityName="Ada", addedObservations=["new"]),
+        AddedObservations(entityName="Ada", addedObservations=["newer"]),
+    ]
+    assert (await store.read_graph(ALICE)).entities[0].observations == ["old", "new", "newer"]
+
+
+async def test_add_observations_is_all_or_nothing(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("Ada", "person", "old")])
+    with pytest.raises(EntityNotFoundError) as raised:
+        await store.add_observations(
+            ALICE,
+            [
+                ObservationAddition(entityName="Ada", contents=["would be new"]),
+                ObservationAddition(entityName="Missing", contents=["x"]),
+            ],
+        )
+    assert str(raised.value) == "Entity with name Missing not found"
+    assert raised.value.names == ["Missing"]
+    assert (await store.read_graph(ALICE)).entities == [ent("Ada", "person", "old")]
+    assert (await store.search_nodes(ALICE, "would be new")).entities == []
+
+
+async def test_add_observations_names_every_missing_entity(store: Store) -> None:
+    with pytest.raises(EntityNotFoundError, match="Entities with names X, Y not found"):
+        await store.add_observations(
+            ALICE,
+            [ObservationAddition(entityName=n, contents=["o"]) for n in ("X", "Y", "X")],
+        )
+
+
+# --- deletes -----------------------------------------------------------------------------------
+
+
+async def test_delete_entities_removes_their_relations_and_observations(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("A", "t", "a1"), ent("B", "t", "b1"), ent("C", "t", "c1")])
+    await store.create_relations(ALICE, [rel("A", "B"), rel("B", "C"), rel("C", "A"), rel("C", "C")])
+    await store.delete_entities(ALICE, ["A", "Unknown"])
+    graph = await store.read_graph(ALICE)
+    assert graph.entities == [ent("B", "t", "b1"), ent("C", "t", "c1")]
+    assert graph.relations == [rel("B", "C"), rel("C", "C")]
+    assert (await store.search_nodes(ALICE, "a1")).entities == []
+    count = store.db.conn.execute("SELECT count(*) FROM memory_observations").fetchone()[0]
+    assert count == 2
+    assert_search_index_intact(store)
+
+
+async def test_delete_entities_clears_relations_to_names_never_created(store: Store) -> None:
+    await store.create_relations(ALICE, [rel("Ghost", "X"), rel("Y", "Z")])
+    await store.delete_entities(ALICE, ["Ghost"])
+    assert (await store.read_graph(ALICE)).relations == [rel("Y", "Z")]
+
+
+async def test_recreated_entity_starts_empty(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("A", "t", "old fact")])
+    await store.delete_entities(ALICE, ["A"])
+    await store.create_entities(ALICE, [ent("A", "u")])
+    assert (await store.read_graph(ALICE)).entities == [ent("A", "u")]
+    assert (await store.search_nodes(ALICE, "old fact")).entities == []
+
+
+async def test_delete_observations_is_exact_and_silent(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("A", "t", "one", "two", "three"), ent("B", "t", "one")])
+    await store.delete_observations(
+        ALICE,
+        [
+            ObservationDeletion(entityName="A", observations=["one", "TWO", "thre", "absent"]),
+            ObservationDeletion(entityName="Nobody", observations=["one"]),
+        ],
+    )
+    graph = await store.read_graph(ALICE)
+    assert graph.entities == [ent("A", "t", "two", "three"), ent("B", "t", "one")]
+    assert names(await store.search_nodes(ALICE, "one")) == ["B"]
+    assert_search_index_intact(store)
+
+
+async def test_delete_relations_matches_the_exact_triple(store: Store) -> None:
+    await store.create_relations(ALICE, [rel("A", "B"), rel("A", "B", "likes"), rel("B", "A")])
+    await store.delete_relations(ALICE, [rel("A", "B"), rel("A", "b"), rel("X", "Y")])
+    assert (await store.read_graph(ALICE)).relations == [rel("A", "B", "likes"), rel("B", "A")]
+
+
+# --- read_graph / order ------------------------------------------------------------------------
+
+
+async def test_read_graph_keeps_creation_order(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("zeta", "t", "z2", "z1"), ent("alpha", "t", "a9")])
+    await store.create_relations(ALICE, [rel("zeta", "alpha", "r2"), rel("alpha", "zeta", "r1")])
+    await store.create_entities(ALICE, [ent("mid", "t")])
+    await store.add_observations(ALICE, [ObservationAddition(entityName="zeta", contents=["z0"])])
+    await store.add_observations(ALICE, [ObservationAddition(entityName="alpha", contents=["a1"])])
+    await store.create_relations(ALICE, [rel("mid", "zeta", "r0")])
+
+    graph = await store.read_graph(ALICE)
+    assert graph.entities == [ent("zeta", "t", "z2", "z1", "z0"), ent("alpha", "t", "a9", "a1"), ent("mid", "t")]
+    assert [r.relationType for r in graph.relations] == ["r2", "r1", "r0"]
+
+
+async def test_read_graph_of_a_new_owner_is_empty(store: Store) -> None:
+    assert await store.read_graph(ALICE) == KnowledgeGraph(entities=[], relations=[])
+
+
+# --- search_nodes ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def searchable(store: Store) -> Store:
+    await store.create_entities(
+        ALICE,
+        [
+            ent("Ada Lovelace", "Mathematician", "Wrote the first program", "Worked with Babbage"),
+            ent("Charles Babbage", "inventor", "Designed the Analytical Engine"),
+            ent("Zürich", "City", "Lies on the LIMMAT river", 'Says "Grüezi"'),
+            ent("Loner", "thing", "nothing in common"),
+        ],
+    )
+    await store.create_relations(
+        ALICE,
+        [rel("Ada Lovelace", "Charles Babbage", "worked_with"), rel("Loner", "Zürich", "visits"), rel("X", "Y")],
+    )
+    return store
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("ada", ["Ada Lovelace"]),  # name, other case
+        ("MATHEMATICIAN", ["Ada Lovelace"]),  # type
+        ("analytical engine", ["Charles Babbage"]),  # observation
+        ("babbage", ["Ada Lovelace", "Charles Babbage"]),  # observation of one, name of the other
+        ("ZÜRICH", ["Zürich"]),  # non-ASCII case folding
+        ("grüezi", ["Zürich"]),
+        ('"grü', ["Zürich"]),  # a quote is just a character
+        ("limmat river", ["Zürich"]),
+        ("program Worked", []),  # never across two observations
+        ("Lovelace Mathematician", []),  # nor across name and type
+        ("zz", []),  # short queries take the scan path
+        ("ng", ["Ada Lovelace", "Charles Babbage", "Loner"]),
+        ("ü", ["Zürich"]),
+        ("no such thing", []),
+    ],
+)
+async def test_search_nodes_matches_substrings_ignoring_case(
+    searchable: Store, query: str, expected: list[str]
+) -> None:
+    assert names(await searchable.search_nodes(ALICE, query)) == expected
+
+
+async def test_search_nodes_with_empty_query_returns_everything(searchable: Store) -> None:
+    result = await searchable.search_nodes(ALICE, "")
+    full = await searchable.read_graph(ALICE)
+    assert result.entities == full.entities
+    assert result.relations == [r for r in full.relations if r.from_ != "X"]
+
+
+async def test_search_nodes_returns_relations_touching_any_match(searchable: Store) -> None:
+    result = await searchable.search_nodes(ALICE, "loner")
+    assert names(result) == ["Loner"]
+    assert result.entities[0].observations == ["nothing in common"]
+    assert result.relations == [rel("Loner", "Zürich", "visits")]
+
+    result = await searchable.search_nodes(ALICE, "charles")
+    assert result.relations == [rel("Ada Lovelace", "Charles Babbage", "worked_with")]
+
+
+async def test_search_nodes_agrees_with_a_plain_python_search(store: Store) -> None:
+    """Random text and queries, both search paths (index and scan), against the reference semantics."""
+    rng = random.Random(7)
+    alphabet = "abcAB Çç\"'%_*"
+    entities = [
+        ent(
+            f"{rng.choice(['N', 'n'])}{i}",
+            "".join(rng.choices(alphabet, k=4)),
+            *("".join(rng.choices(alphabet, k=rng.randint(0, 12))) for _ in range(rng.randint(0, 4))),
+        )
+        for i in range(150)
+    ]
+    await store.create_entities(ALICE, entities)
+    stored = (await store.read_graph(ALICE)).entities
+    queries = ["".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(150)]
+    for query in queries:
+        q = query.lower()
+        expected = [
+            e.name
+            for e in stored
+            if q in e.name.lower() or q in e.entityType.lower() or any(q in o.lower() for o in e.observations)
+        ]
+        assert names(await store.search_nodes(ALICE, query)) == expected, query
+
+
+# --- open_nodes --------------------------------------------------------------------------------
+
+
+async def test_open_nodes_fetches_exact_names_with_touching_relations(searchable: Store) -> None:
+    result = await searchable.open_nodes(ALICE, ["Zürich", "Charles Babbage", "missing", "ada lovelace", "Zürich"])
+    assert names(result) == ["Charles Babbage", "Zürich"]  # creation order, not request order
+    assert result.entities[1].observations == ["Lies on the LIMMAT river", 'Says "Grüezi"']
+    assert result.relations == [
+        rel("Ada Lovelace", "Charles Babbage", "worked_with"),
+        rel("Loner", "Zürich", "visits"),
+    ]
+
+
+async def test_open_nodes_of_unknown_names_is_empty(searchable: Store) -> None:
+    assert await searchable.open_nodes(ALICE, ["X", "Y"]) == KnowledgeGraph(entities=[], relations=[])
+    assert await searchable.open_nodes(ALICE, []) == KnowledgeGraph(entities=[], relations=[])
+
+
+# --- owners, persistence, concurrency ----------------------------------------------------------
+
+
+async def test_owners_are_isolated(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("Shared", "alice-type", "alice secret")])
+    await store.create_relations(ALICE, [rel("Shared", "Shared", "alice-rel")])
+    # The same name is a different entity for Bob: he can create it and nothing of Alice's shows.
+    assert await store.create_entities(BOB, [ent("Shared", "bob-type", "bob note")]) == [
+        ent("Shared", "bob-type", "bob note")
+    ]
+    assert await store.read_graph(BOB) == KnowledgeGraph(entities=[ent("Shared", "bob-type", "bob note")], relations=[])
+    assert (await store.search_nodes(BOB, "alice")).entities == []
+    assert (await store.open_nodes(BOB, ["Shared"])).relations == []
+    with pytest.raises(EntityNotFoundError):
+        await store.add_observations(BOB, [ObservationAddition(entityName="Only Alice", contents=["x"])])
+
+    await store.add_observations(BOB, [ObservationAddition(entityName="Shared", contents=["alice secret"])])
+    await store.delete_observations(BOB, [ObservationDeletion(entityName="Shared", observations=["alice secret"])])
+    await store.delete_relations(BOB, [rel("Shared", "Shared", "alice-rel")])
+    await store.delete_entities(BOB, ["Shared"])
+
+    assert await store.read_graph(ALICE) == KnowledgeGraph(
+        entities=[ent("Shared", "alice-type", "alice secret")], relations=[rel("Shared", "Shared", "alice-rel")]
+    )
+    assert await store.read_graph(BOB) == KnowledgeGraph(entities=[], relations=[])
+    assert names(await store.search_nodes(ALICE, "secret")) == ["Shared"]
+    assert_search_index_intact(store)
+
+
+async def test_graph_survives_closing_and_reopening_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    first = open_store(path)
+    await first.create_entities(ALICE, [ent("A", "t", "fact one"), ent("B", "t")])
+    await first.create_relations(ALICE, [rel("A", "B")])
+    await first.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["fact two"])])
+    before = await first.read_graph(ALICE)
+    first.db.close()
+
+    second = open_store(path)  # applying the schema again must keep the data
+    try:
+        assert await second.read_graph(ALICE) == before
+        assert names(await second.search_nodes(ALICE, "FACT TWO")) == ["B"]
+        assert await second.create_entities(ALICE, [ent("A")]) == []
+    finally:
+        second.db.close()
+
+
+async def test_concurrent_calls_lose_nothing(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("hub")])
+    creates = [store.create_entities(ALICE, [ent(f"e{i}", "t", f"first {i}")]) for i in range(50)]
+    adds = [
+        store.add_observations(ALICE, [ObservationAddition(entityName="hub", contents=[f"fact {i}"])])
+        for i in range(50)
+    ]
+    relations = [store.create_relations(ALICE, [rel("hub", f"e{i}")]) for i in range(50)]
+    await asyncio.gather(*creates, *adds, *relations)
+
+    graph = await store.read_graph(ALICE)
+    assert sorted(names(graph)) == sorted(["hub", *(f"e{i}" for i in range(50))])
+    assert sorted(graph.entities[0].observations) == sorted(f"fact {i}" for i in range(50))
+    assert len(graph.relations) == 50
+    assert len(names(await store.search_nodes(ALICE, "first"))) == 50
+
+
+async def test_large_graph(store: Store) -> None:
+    """10,000 entities with 50,000 observations for one owner, and a second owner beside them."""
+    entities = [
+        ent(f"Entity {i:05d}", ("person", "project")[i % 2], *(f"note {j} about item {i} color-{i % 7}" for j in range(5)))
+        for i in range(10_000)
+    ]
+    for start in range(0, len(entities), 1000):
+        await store.create_entities(ALICE, entities[start : start + 1000])
+    await store.create_entities(BOB, [ent("Entity 00042", "person", "note 1 about item 42 color-0")])
+    await store.create_relations(ALICE, [rel(f"Entity {i:05d}", f"Entity {i + 1:05d}") for i in range(0, 9999, 10)])
+
+    result = await store.search_nodes(ALICE, "ITEM 4242 ")
+    assert names(result) == ["Entity 04242"]
+    assert len(result.entities[0].observations) == 5
+    assert result.relations == [rel("Entity 04240", "Entity 04241")] or result.relations == []
+
+    result = await store.search_nodes(ALICE, "entity 0424")
+    assert names(result) == [f"Entity {i:05d}" for i in range(4240, 4250)]
+    assert result.relations == [rel("Entity 04240", "Entity 04241")]
+
+    assert len((await store.search_nodes(ALICE, "color-3")).entities) == len(range(3, 10_000, 7))
+    assert names(await store.open_nodes(ALICE, ["Entity 09999", "Entity 00000"])) == ["Entity 00000", "Entity 09999"]
+    graph = await store.read_graph(ALICE)
+    assert len(graph.entities) == 10_000
+    assert sum(len(e.observations) for e in graph.entities) == 50_000
+    assert graph.entities[1234] == entities[1234]

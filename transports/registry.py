@@ -1,0 +1,236 @@
+"""The session registry: which live MCP session belongs to whom, and the tasks that serve them.
+
+Why our own registry and not the SDK's `StreamableHTTPSessionManager` (DECISIONS.md #1): the
+manager shares one event store across sessions (replaying other sessions' events) and keeps
+private what we need: teardown of one user's sessions when their access ends, per-user caps,
+session records in storage.
+
+Every session task runs in one anyio task group that a single holder task owns (anyio task groups
+are bound to the task that entered them; entering one from aiohttp's cleanup_ctx fails at
+teardown, sdk-notes P2). Handlers hand work to the group with `TaskGroup.start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from mcp.server.lowlevel.server import Server
+from mcp.server.runner import serve_loop
+from mcp.server.streamable_http import StreamableHTTPServerTransport
+
+from transports.caller import Caller
+from transports.store import SessionRecord, SessionStore
+
+log = logging.getLogger(__name__)
+
+# A session's record is rewritten at most this often; a write per request would cost more than
+# the request itself.
+TOUCH_INTERVAL_SECONDS = 60.0
+
+
+class SessionLimitError(Exception):
+    def __init__(self, message: str, *, per_user: bool) -> None:
+        super().__init__(message)
+        self.per_user = per_user
+
+
+@dataclass(eq=False)
+class Session:
+    session_id: str
+    owner: Hashable
+    user: str
+    kind: str
+    transport: StreamableHTTPServerTransport | None
+    created_at: float
+    last_seen_at: float
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+    cancel: Callable[[], Awaitable[None]] | None = None
+    """How to end a session whose transport is not a StreamableHTTPServerTransport (SSE)."""
+
+
+class SessionRegistry:
+    def __init__(
+        self,
+        server: Server[Any],
+        store: SessionStore,
+        *,
+        owner_label: Callable[[Hashable], str],
+        idle_timeout: float,
+        max_sessions: int,
+        max_sessions_per_user: int,
+        json_response: bool = False,
+    ) -> None:
+        self._server = server
+        self._store = store
+        self._owner_label = owner_label
+        self.idle_timeout = idle_timeout
+        self.max_sessions = max_sessions
+        self.max_sessions_per_user = max_sessions_per_user
+        self.json_response = json_response
+        self._sessions: dict[str, Session] = {}
+        self._per_user: dict[str, int] = {}
+        self._tg: TaskGroup | None = None
+        self._lifespan_state: Any = None
+        self._holder: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def hold() -> None:
+            try:
+                async with self._server.lifespan(self._server) as state, anyio.create_task_group() as tg:
+                    self._lifespan_state, self._tg = state, tg
+                    started.set_result(None)
+                    await self._stop.wait()
+                    tg.cancel_scope.cancel()
+            except BaseException as exc:
+                if not started.done():
+                    started.set_exception(exc)
+                raise
+            finally:
+                self._tg = None
+
+        await self._store.purge_sessions()
+        self._holder = asyncio.create_task(hold(), name="mcp-session-registry")
+        await started
+
+    async def stop(self) -> None:
+        """End every session (open streams close at once), then the task group."""
+        await self.close_where(lambda _s: True)
+        self._stop.set()
+        if self._holder is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._holder
+
+    # -- lookup ------------------------------------------------------------------------------
+
+    @property
+    def lifespan_state(self) -> Any:
+        return self._lifespan_state
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def lookup(self, session_id: str, owner: Hashable) -> Session | None:
+        """The session, if it exists and belongs to `owner`. Unknown and foreign ids are
+        indistinguishable to the caller: both are None (no oracle for guessing ids)."""
+        session = self._sessions.get(session_id)
+        if session is None or session.owner != owner:
+            return None
+        return session
+
+    def sessions(self) -> list[Session]:
+        return list(self._sessions.values())
+
+    async def seen(self, session: Session) -> None:
+        now = time.time()
+        if now - session.last_seen_at >= TOUCH_INTERVAL_SECONDS:
+            session.last_seen_at = now
+            await self._store.touch_session(session.session_id, now)
+        else:
+            session.last_seen_at = now
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def _admit(self, caller: Caller, kind: str, transport: StreamableHTTPServerTransport | None,
+               session_id: str) -> Session:
+        if len(self._sessions) >= self.max_sessions:
+            raise SessionLimitError(
+                f"the server holds its maximum of {self.max_sessions} MCP sessions; retry later "
+                "(operators: raise max_sessions)", per_user=False)
+        if self._per_user.get(caller.user, 0) >= self.max_sessions_per_user:
+            raise SessionLimitError(
+                f"this user already has {self.max_sessions_per_user} open MCP sessions; close one "
+                "(clients send DELETE on exit) or wait for idle ones to expire", per_user=True)
+        now = time.time()
+        session = Session(session_id, caller.owner, caller.user, kind, transport, now, now)
+        self._sessions[session_id] = session
+        self._per_user[caller.user] = self._per_user.get(caller.user, 0) + 1
+        return session
+
+    async def open_streamable(self, caller: Caller) -> Session:
+        """Create a session and start the task that serves it; the caller then passes the
+        initialize request to `session.transport`."""
+        if self._tg is None:
+            raise RuntimeError("the session registry is not running")
+        session_id = secrets.token_urlsafe(32)
+        transport = StreamableHTTPServerTransport(
+            mcp_session_id=session_id,
+            is_json_response_enabled=self.json_response,
+            idle_timeout=self.idle_timeout,
+        )
+        session = self._admit(caller, "streamable-http", transport, session_id)
+        try:
+            await self._tg.start(self._serve_streamable, session)
+        except BaseException:
+            await self.forget(session)
+            raise
+        return session
+
+    async def _serve_streamable(self, session: Session, *, task_status: TaskStatus[None]) -> None:
+        transport = session.transport
+        assert transport is not None
+        try:
+            async with transport.connect() as (read_stream, write_stream):
+                task_status.started()
+                idle_scope = transport.idle_scope or anyio.CancelScope()
+                with idle_scope:
+                    await serve_loop(self._server, read_stream, write_stream,
+                                     lifespan_state=self._lifespan_state, session_id=session.session_id)
+                if idle_scope.cancelled_caught:
+                    log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+        except Exception:
+            log.exception("MCP session %s… crashed", session.session_id[:8])
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.forget(session)
+
+    async def established(self, session: Session, protocol_version: str | None) -> None:
+        """The opening request succeeded: record the session."""
+        await self._store.save_session(SessionRecord(
+            session_id=session.session_id, owner=self._owner_label(session.owner), user=session.user,
+            transport=session.kind, protocol_version=protocol_version,
+            created_at=session.created_at, last_seen_at=session.last_seen_at))
+
+    def admit(self, caller: Caller, kind: str, session_id: str) -> Session:
+        return self._admit(caller, kind, None, session_id)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def forget(self, session: Session) -> None:
+        """Stop tracking the session and end its transport. The id answers 404 from the first line
+        on; the rest is shielded so that it completes even while the caller is being cancelled."""
+        if self._sessions.get(session.session_id) is session:
+            del self._sessions[session.session_id]
+            remaining = self._per_user.get(session.user, 1) - 1
+            if remaining:
+                self._per_user[session.user] = remaining
+            else:
+                self._per_user.pop(session.user, None)
+        if session.closed.is_set():
+            return
+        session.closed.set()
+        with anyio.CancelScope(shield=True):
+            if session.transport is not None and not session.transport.is_terminated:
+                await session.transport.terminate()
+            if session.cancel is not None:
+                await session.cancel()
+            await self._store.delete_session(session.session_id)
+
+    async def close_where(self, predicate: Callable[[Session], bool]) -> int:
+        doomed = [s for s in self._sessions.values() if predicate(s)]
+        for session in doomed:
+            await self.forget(session)
+        return len(doomed)

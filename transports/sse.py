@@ -1,0 +1,138 @@
+"""The 2024-11-05 HTTP+SSE transport: `GET /sse` opens a session, `POST /messages` feeds it.
+
+Each session gets its own `SseServerTransport`, so the session id the SDK announces in the
+`endpoint` event is the only one that transport knows; the registry binds that id to the caller
+who opened the stream, and a message posted with another principal's token gets the same 404 as
+an unknown id. The stream lives as long as the GET request; ending the session (revocation,
+shutdown) cancels it, which closes the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from aiohttp import web
+from mcp.server.lowlevel.server import Server
+from mcp.server.runner import serve_loop
+from mcp.server.sse import SseServerTransport
+
+from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi
+from transports.caller import Authenticate, GuardMessage, Refusal, current_caller
+from transports.http import check_origin, parse_json, read_body
+from transports.registry import Session, SessionLimitError, SessionRegistry
+
+log = logging.getLogger(__name__)
+
+MESSAGES_PATH = "/messages"
+_ENDPOINT_EVENT = re.compile(rb"event: endpoint\r?\ndata: [^\r\n]*session_id=([0-9a-f]{32})")
+
+
+class SSEEndpoint:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        server: Server[Any],
+        authenticate: Authenticate,
+        guard: GuardMessage,
+        *,
+        allowed_origins: frozenset[str],
+        max_body_bytes: int,
+    ) -> None:
+        self._registry = registry
+        self._server = server
+        self._authenticate = authenticate
+        self._guard = guard
+        self._allowed_origins = allowed_origins
+        self._max_body = max_body_bytes
+        self._transports: dict[str, SseServerTransport] = {}
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """GET /sse."""
+        check_origin(request, self._allowed_origins)
+        try:
+            caller = await self._authenticate(request, "/sse")
+        except Refusal as refusal:
+            return refusal.response
+        if request.method != "GET":
+            # Streamable-HTTP-first clients (mcp-remote) POST here first; 405 makes them fall back
+            # to GET (protocol-checklist 3.I.3).
+            raise web.HTTPMethodNotAllowed(request.method, ["GET"])
+        current_caller.set(caller)
+        transport = SseServerTransport(MESSAGES_PATH)
+        cancel_scope = anyio.CancelScope()
+        announced: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        holder: dict[str, Session] = {}
+        lifespan_state = self._registry.lifespan_state
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            async def watch(message: Message) -> None:
+                if not announced.done() and message["type"] == "http.response.body":
+                    found = _ENDPOINT_EVENT.search(message.get("body", b""))
+                    if found:
+                        announced.set_result(found.group(1).decode())
+                await send(message)
+
+            with cancel_scope:
+                async with transport.connect_sse(scope, receive, watch) as (read_stream, write_stream):
+                    await serve_loop(self._server, read_stream, write_stream, lifespan_state=lifespan_state)
+
+        async def admit_when_announced() -> None:
+            session_id = await announced
+            try:
+                session = self._registry.admit(caller, "sse", session_id)
+            except SessionLimitError as exc:
+                log.warning("closing SSE stream: %s", exc)
+                cancel_scope.cancel()
+                return
+            session.cancel = _canceller(cancel_scope)
+            holder["session"] = session
+            self._transports[session_id] = transport
+            await self._registry.established(session, "2024-11-05")
+
+        watcher = asyncio.create_task(admit_when_announced())
+        try:
+            return await call_asgi(app, request, b"", {"caller": caller})
+        finally:
+            watcher.cancel()
+            session = holder.get("session")
+            if session is not None:
+                self._transports.pop(session.session_id, None)
+                await self._registry.forget(session)
+
+    async def message(self, request: web.Request) -> web.StreamResponse:
+        """POST /messages?session_id=..."""
+        check_origin(request, self._allowed_origins)
+        try:
+            caller = await self._authenticate(request, "/sse")
+        except Refusal as refusal:
+            return refusal.response
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        session_id = request.query.get("session_id")
+        if not session_id:
+            raise web.HTTPBadRequest(text="session_id query parameter is required (from the endpoint event)")
+        session = self._registry.lookup(session_id, caller.owner)
+        transport = self._transports.get(session_id)
+        if session is None or transport is None:
+            raise web.HTTPNotFound(text="Could not find session: it ended or never existed; open /sse again")
+        body = await read_body(request, self._max_body)
+        message = parse_json(body)
+        if isinstance(message, dict):
+            blocked = self._guard(caller, "/sse", message)
+            if blocked is not None:
+                return blocked
+        current_caller.set(caller)
+        await self._registry.seen(session)
+        return await call_asgi(transport.handle_post_message, request, body, {"caller": caller})
+
+
+def _canceller(scope: anyio.CancelScope) -> Callable[[], Awaitable[None]]:
+    async def cancel() -> None:
+        scope.cancel()
+
+    return cancel

@@ -1,0 +1,39 @@
+"""What the transports store: a record per live MCP session.
+
+The record is what outlives the process: it lets operators list and revoke sessions
+(`memory-mcp sessions`), and a later backend can move a session between instances. The transport
+object itself (queues, streams) only lives in the process that serves the session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: str
+    owner: str
+    """The session owner in printable form (server/ decides the encoding)."""
+    user: str
+    transport: str
+    """"streamable-http" or "sse"."""
+    protocol_version: str | None
+    created_at: float
+    last_seen_at: float
+
+
+class SessionStore(Protocol):
+    async def save_session(self, record: SessionRecord) -> None: ...
+
+    async def touch_session(self, session_id: str, now: float) -> None: ...
+
+    async def delete_session(self, session_id: str) -> None: ...
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
+
+    async def purge_sessions(self) -> int:
+        """Forget every record: called at start-up by a single-instance deployment, whose
+        transports died with the previous process."""
+        ...

@@ -1,0 +1,106 @@
+"""The Streamable HTTP endpoint (`/mcp`): authentication, session routing, then the SDK transport.
+
+Order of checks (protocol-checklist 3.B.1): Origin (403), bearer token (401), method (405),
+body limits (413/415), era (400 for versions we do not serve), session (400 missing / 404
+unknown), and only then the SDK's `StreamableHTTPServerTransport` of that session. Authentication
+comes before everything a client could learn something from: Codex probes an unauthenticated
+`GET /mcp` and Claude Code an unauthenticated `server/discover`, and both must see 401.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from transports.asgi_bridge import call_asgi
+from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
+from transports.http import check_origin, jsonrpc_error, parse_json, read_body
+from transports.registry import SessionLimitError, SessionRegistry
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+
+
+class StreamableHTTPEndpoint:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        authenticate: Authenticate,
+        guard: GuardMessage,
+        *,
+        allowed_origins: frozenset[str],
+        max_body_bytes: int,
+        resource_path: str = "/mcp",
+    ) -> None:
+        self._registry = registry
+        self._authenticate = authenticate
+        self._guard = guard
+        self._allowed_origins = allowed_origins
+        self._max_body = max_body_bytes
+        self._resource_path = resource_path
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        check_origin(request, self._allowed_origins)
+        try:
+            caller = await self._authenticate(request, self._resource_path)
+        except Refusal as refusal:
+            return refusal.response
+        if request.method not in ("GET", "POST", "DELETE"):
+            raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "DELETE"])
+        body = await read_body(request, self._max_body) if request.method == "POST" else b""
+
+        version = request.headers.get(VERSION_HEADER)
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # A plain invalid-request error, not one of the 2026-07-28 codes: clients probing the
+            # newest era (Claude Code's server/discover, the SDK's auto mode) read it as "this
+            # server speaks the handshake era" and fall back to initialize (checklist 3.J).
+            return jsonrpc_error(400, -32600, f"Unsupported MCP-Protocol-Version {version!r}; this server "
+                                 f"speaks {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)} (send initialize)")
+
+        message = parse_json(body)
+        current_caller.set(caller)
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            if request.method == "POST" and isinstance(message, dict) and message.get("method") == "initialize":
+                return await self._open(request, caller, body, message)
+            if request.method == "POST" and message is None:
+                return jsonrpc_error(400, -32700, "Parse error: the body is not valid JSON")
+            return jsonrpc_error(400, -32600, f"Bad Request: missing {SESSION_HEADER} header (send initialize "
+                                 "first, then the session id it returns on every request)")
+
+        session = self._registry.lookup(session_id, caller.owner)
+        if session is None or session.transport is None:
+            return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize "
+                                 "to start a new session")
+        if isinstance(message, dict):
+            blocked = self._guard(caller, self._resource_path, message)
+            if blocked is not None:
+                return blocked
+        await self._registry.seen(session)
+        response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        if session.transport.is_terminated:
+            await self._registry.forget(session)
+        return response
+
+    async def _open(self, request: web.Request, caller: Caller, body: bytes,
+                    message: Mapping[str, Any]) -> web.StreamResponse:
+        try:
+            session = await self._registry.open_streamable(caller)
+        except SessionLimitError as exc:
+            status = 429 if exc.per_user else 503
+            return jsonrpc_error(status, -32600, f"Too many sessions: {exc}", headers={"Retry-After": "60"})
+        assert session.transport is not None
+        response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        if response.status >= 400:
+            await self._registry.forget(session)
+        else:
+            params = message.get("params")
+            requested = params.get("protocolVersion") if isinstance(params, dict) else None
+            await self._registry.established(session, requested if isinstance(requested, str) else None)
+        return response
