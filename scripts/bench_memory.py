@@ -105,7 +105,7 @@ async def main() -> None:
         )
 
         owner = owners[0]
-        for query in ("entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person"):
+        for query in ("entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person", "qx"):
             result = await store.search_nodes(owner, query)
             samples = await timed(lambda q=query: store.search_nodes(owner, q), args.repeat)  # type: ignore[misc]
             report(f"search_nodes {query!r} -> {len(result.entities)} entities", samples)

@@ -58,12 +58,8 @@ def auth_settings(settings: Settings) -> AuthSettings:
                         refresh_token_ttl=settings.refresh_token_ttl)
 
 
-def open_storage(settings: Settings) -> SQLiteStorage:
-    return SQLiteStorage(settings.database_path)
-
-
 def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.Application:
-    storage = storage or open_storage(settings)
+    storage = storage or SQLiteStorage(settings.database_path)
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage

@@ -10,11 +10,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
-
 from auth import accounts
-from server.app import build_app, open_storage
 from server.config import ConfigError, Settings, load
+from server.storage.sqlite import SQLiteStorage
 
 log = logging.getLogger("memory_mcp")
 
@@ -66,7 +64,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 async def _users(args: argparse.Namespace, settings: Settings) -> int:
-    storage = open_storage(settings)
+    storage = SQLiteStorage(settings.database_path)
     try:
         if args.action == "add":
             user = await accounts.add_user(storage, args.username, _read_password(args.password_stdin))
@@ -88,8 +86,14 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _serve(settings: Settings) -> int:
+    # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
+    # error should not pay.
+    from aiohttp import web
+
+    from server.app import build_app
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    storage = open_storage(settings)
+    storage = SQLiteStorage(settings.database_path)
     users = asyncio.run(accounts.list_users(storage))
     if not users:
         print("No users yet. Add one (the password is read from standard input):\n"

@@ -13,6 +13,7 @@ from typing import Any
 import httpx2
 import pytest
 from aiohttp import web
+from pydantic import AnyUrl
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
@@ -130,7 +131,7 @@ class OAuthUser:
 
         metadata = OAuthClientMetadata(
             client_name=f"pytest client of {self.username}",
-            redirect_uris=["http://127.0.0.1:33418/callback"],
+            redirect_uris=[AnyUrl("http://127.0.0.1:33418/callback")],
             grant_types=["authorization_code", "refresh_token"],
             response_types=["code"],
         )
@@ -145,7 +146,7 @@ class OAuthUser:
         async def connect() -> AsyncIterator[tuple[Client, OAuthClientProvider]]:
             async with httpx2.AsyncClient(auth=oauth, timeout=30) as http:
                 transport = streamable_http_client(self.base_url + "/mcp", http_client=http)
-                async with Client(transport, mode=mode) as client:  # type: ignore[arg-type]
+                async with Client(transport, mode=mode) as client:
                     yield client, oauth
 
         return connect()
@@ -169,3 +170,33 @@ async def access_token(server: RunningServer, username: str, password: str) -> s
         await client.list_tools()
     assert user.storage.tokens is not None
     return user.storage.tokens.access_token
+
+
+async def tokens_by_hand(server: RunningServer, username: str, password: str, scope: str) -> dict[str, Any]:
+    """The authorization code flow step by step (register, authorize, token), for a chosen scope."""
+    import base64
+    import hashlib
+    import secrets
+    from urllib.parse import urlencode
+
+    redirect_uri = "http://127.0.0.1:9/callback"
+    async with httpx2.AsyncClient() as http:
+        client = (await http.post(server.url + "/register", json={
+            "client_name": "by hand", "redirect_uris": [redirect_uri]})).json()
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        query = urlencode({"response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri,
+                           "code_challenge": challenge, "code_challenge_method": "S256", "scope": scope,
+                           "state": "s", "resource": server.url + "/mcp"})
+        browser = Browser(username, password)
+        try:
+            redirect = await browser.authorize(f"{server.url}/authorize?{query}", server.url)
+        finally:
+            await browser.close()
+        resp = await http.post(server.url + "/token", data={
+            "grant_type": "authorization_code", "code": redirect.params["code"], "code_verifier": verifier,
+            "client_id": client["client_id"], "redirect_uri": redirect_uri, "resource": server.url + "/mcp"})
+        assert resp.status_code == 200, resp.text
+        tokens: dict[str, Any] = resp.json()
+        tokens["client_id"] = client["client_id"]
+        return tokens

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import RunningServer, access_token
+from tests.conftest import RunningServer, access_token, tokens_by_hand
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
@@ -146,3 +146,35 @@ async def test_foreign_origin_is_refused(http: httpx2.AsyncClient, server: Runni
     same = await http.post(server.url + "/mcp", json=INIT, headers={
         **ACCEPT, "Authorization": f"Bearer {token}", "Origin": server.url})
     assert same.status_code == 200
+
+
+async def test_read_only_token_cannot_write(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    tokens = await tokens_by_hand(server, "alice", "alice-password-1", "memory:read")
+    assert tokens["scope"] == "memory:read"
+    session = await open_session(http, server, tokens["access_token"])
+    read = await http.post(server.url + "/mcp", headers=session, json={
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
+    assert read.status_code == 200 and "result" in sse_or_json(read)
+    write = await http.post(server.url + "/mcp", headers=session, json={
+        "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_entities", "arguments": {
+            "entities": [{"name": "x", "entityType": "t", "observations": []}]}}})
+    assert write.status_code == 403
+    challenge = write.headers["www-authenticate"]
+    assert challenge.startswith("Bearer ") and 'error="insufficient_scope"' in challenge
+    assert 'scope="memory:read memory:write"' in challenge
+    assert f'resource_metadata="{server.url}/.well-known/oauth-protected-resource/mcp"' in challenge
+    graph = await server.storage.read_graph((await server.storage.get_user_by_name("alice")).id)  # type: ignore[union-attr]
+    assert graph.entities == []
+
+
+async def test_revoking_the_refresh_token_ends_live_sessions(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    tokens = await tokens_by_hand(server, "alice", "alice-password-1", "memory:read memory:write")
+    session = await open_session(http, server, tokens["access_token"])
+    assert len(server.registry) == 1
+    revoked = await http.post(server.url + "/revoke", data={
+        "token": tokens["refresh_token"], "client_id": tokens["client_id"]})
+    assert revoked.status_code == 200
+    assert len(server.registry) == 0
+    after = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
+                                                                         "method": "tools/list"})
+    assert after.status_code == 401 and 'error="invalid_token"' in after.headers["www-authenticate"]

@@ -260,7 +260,7 @@ async def searchable(store: Store) -> Store:
         ("program Worked", []),  # never across two observations
         ("Lovelace Mathematician", []),  # nor across name and type
         ("zz", []),  # short queries take the scan path
-        ("ng", ["Ada Lovelace", "Charles Babbage", "Loner"]),
+        ("ng", ["Charles Babbage", "Loner"]),  # "eNGine", "nothiNG"
         ("ü", ["Zürich"]),
         ("no such thing", []),
     ],
@@ -398,7 +398,11 @@ async def test_concurrent_calls_lose_nothing(store: Store) -> None:
 async def test_large_graph(store: Store) -> None:
     """10,000 entities with 50,000 observations for one owner, and a second owner beside them."""
     entities = [
-        ent(f"Entity {i:05d}", ("person", "project")[i % 2], *(f"note {j} about item {i} color-{i % 7}" for j in range(5)))
+        ent(
+            f"Entity {i:05d}",
+            ("person", "project")[i % 2],
+            *(f"note {j} about item {i} color-{i % 7}" for j in range(5)),
+        )
         for i in range(10_000)
     ]
     for start in range(0, len(entities), 1000):
@@ -409,7 +413,7 @@ async def test_large_graph(store: Store) -> None:
     result = await store.search_nodes(ALICE, "ITEM 4242 ")
     assert names(result) == ["Entity 04242"]
     assert len(result.entities[0].observations) == 5
-    assert result.relations == [rel("Entity 04240", "Entity 04241")] or result.relations == []
+    assert result.relations == []
 
     result = await store.search_nodes(ALICE, "entity 0424")
     assert names(result) == [f"Entity {i:05d}" for i in range(4240, 4250)]
@@ -421,3 +425,17 @@ async def test_large_graph(store: Store) -> None:
     assert len(graph.entities) == 10_000
     assert sum(len(e.observations) for e in graph.entities) == 50_000
     assert graph.entities[1234] == entities[1234]
+
+
+async def test_delete_graph_forgets_one_owner_only(store: Store) -> None:
+    for owner in ("alice", "bob"):
+        await store.create_entities(owner, [Entity(name="a", entityType="t", observations=["one", "two"]),
+                                            Entity(name="b", entityType="t", observations=[])])
+        await store.create_relations(owner, [Relation.model_validate({"from": "a", "to": "ghost",
+                                                                       "relationType": "r"})])
+    assert await store.delete_graph("alice") == 2
+    assert await store.read_graph("alice") == KnowledgeGraph(entities=[], relations=[])
+    assert (await store.search_nodes("alice", "one")).entities == []
+    bob = await store.read_graph("bob")
+    assert [e.name for e in bob.entities] == ["a", "b"] and len(bob.relations) == 1
+    assert (await store.search_nodes("bob", "two")).entities[0].name == "a"

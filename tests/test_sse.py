@@ -17,7 +17,7 @@ async def test_sse_client_logs_in_and_calls_tools(server: RunningServer) -> None
     provider = alice.provider("/sse")
     sessions: list[str] = []
     transport = sse_client(server.url + "/sse", auth=provider, on_session_created=sessions.append)
-    async with Client(transport, mode="legacy") as client:  # type: ignore[arg-type]
+    async with Client(transport, mode="legacy") as client:
         assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES
         await client.call_tool("create_entities", {"entities": [{"name": "via sse", "entityType": "t",
                                                                  "observations": []}]})

@@ -111,3 +111,8 @@ class GraphStore(Protocol):
     async def open_nodes(self, owner: str, names: Sequence[str]) -> KnowledgeGraph:
         """The named entities that exist, plus every relation with at least one endpoint among them."""
         ...
+
+    async def delete_graph(self, owner: str) -> int:
+        """Forget everything `owner` stored (the account is being removed); returns how many
+        entities there were. Not a tool: only `memory-mcp users remove` calls it."""
+        ...

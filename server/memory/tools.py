@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Generic, TypeVar, get_args, get_origin
 
 import mcp_types as types
 from mcp.shared.exceptions import MCPError
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from auth.settings import READ_SCOPE, WRITE_SCOPE
@@ -46,18 +46,9 @@ MAX_QUERY_LENGTH: Final = MAX_OBSERVATION_LENGTH
 # --- argument models ---------------------------------------------------------------------------
 
 
-def _valid_unicode(value: str) -> str:
-    # JSON can carry lone surrogates (e.g. "\ud800"); SQLite cannot store them as text.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text contains an unpaired UTF-16 surrogate; send valid Unicode text") from None
-    return value
-
-
-Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH), AfterValidator(_valid_unicode)]
-Text = Annotated[str, Field(max_length=MAX_OBSERVATION_LENGTH), AfterValidator(_valid_unicode)]
-Query = Annotated[str, Field(max_length=MAX_QUERY_LENGTH), AfterValidator(_valid_unicode)]
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+Text = Annotated[str, Field(max_length=MAX_OBSERVATION_LENGTH)]
+Query = Annotated[str, Field(max_length=MAX_QUERY_LENGTH)]
 T = TypeVar("T")
 Items = Annotated[list[T], Field(max_length=MAX_ITEMS_PER_CALL)]
 
@@ -267,10 +258,22 @@ def _error(message: str) -> types.CallToolResult:
 # --- messages for invalid arguments ------------------------------------------------------------
 
 _MAX_REPORTED_PROBLEMS = 5
-_JSON_TYPE_NAMES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number",
-                    float: "a number", type(None): "null"}
-_EXPECTED = {"string_type": "a string", "list_type": "an array", "model_type": "an object", "dict_type": "an object",
-             "model_attributes_type": "an object"}
+_JSON_TYPE_NAMES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "null",
+}
+_EXPECTED = {
+    "string_type": "a string",
+    "list_type": "an array",
+    "model_type": "an object",
+    "dict_type": "an object",
+    "model_attributes_type": "an object",
+}
 
 
 def _describe_invalid(tool: str, model: type[BaseModel], exc: ValidationError) -> str:
@@ -301,6 +304,9 @@ def _describe_problem(model: type[BaseModel], error: ErrorDetails) -> str:
         limit = error.get("ctx", {}).get("max_length")
         size = len(given) if isinstance(given, list) else "?"
         return f"{where} has {size} items; at most {limit} are accepted per call, so split it into several calls"
+    if kind == "string_unicode":
+        # JSON can carry lone surrogates ("\ud800"), which are not text and cannot be stored.
+        return f"{where} contains an unpaired UTF-16 surrogate; send valid Unicode text"
     if kind == "value_error":
         # Raised by our own validators, whose message is already written for the caller.
         return f"{where}: {error['msg'].removeprefix('Value error, ')}"

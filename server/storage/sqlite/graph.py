@@ -3,15 +3,16 @@
 Schema
 ------
 
-    memory_entities      (id INTEGER PRIMARY KEY, owner, name, entity_type, name_fold, type_fold,
-                          UNIQUE (owner, name), UNIQUE (owner, id))
+    memory_entities      (id INTEGER PRIMARY KEY, owner, name, entity_type, name_fold, type_fold)
+        UNIQUE INDEX memory_entities_name  (owner, name)
+        UNIQUE INDEX memory_entities_order (owner, id)
     memory_observations  (id INTEGER PRIMARY KEY, owner, entity_id, content, content_fold,
                           FOREIGN KEY (owner, entity_id) REFERENCES memory_entities (owner, id)
                           ON DELETE CASCADE)
-                          INDEX memory_observations_entity (owner, entity_id)
-    memory_relations     (id INTEGER PRIMARY KEY, owner, from_name, to_name, relation_type,
-                          UNIQUE (owner, from_name, to_name, relation_type))
-                          INDEX memory_relations_to (owner, to_name)
+        INDEX memory_observations_entity (owner, entity_id)
+    memory_relations     (id INTEGER PRIMARY KEY, owner, from_name, to_name, relation_type)
+        UNIQUE INDEX memory_relations_identity (owner, from_name, to_name, relation_type)
+        INDEX memory_relations_to (owner, to_name)
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
     memory_observation_search  FTS5 (content_fold), trigram, external content memory_observations
 
@@ -26,35 +27,39 @@ Why it looks like this
   insertion; an id freed by deleting the newest row may be reused, but it still sorts after every
   row that exists, which is all "creation order" needs. No AUTOINCREMENT: its bookkeeping table
   buys nothing here.
-* `UNIQUE (owner, name)` makes the entity name a per-owner primary key: it implements create's
-  "skip existing names" (`ON CONFLICT DO NOTHING`) and every lookup by name (open_nodes,
-  add_observations, deletes). `UNIQUE (owner, id)` is the parent key of the observations' foreign
-  key and lists an owner's entities in creation order without a sort (read_graph).
+* `memory_entities_name` makes the entity name a per-owner primary key (case-sensitive: BINARY
+  collation): it implements create's "skip existing names" (`ON CONFLICT DO NOTHING`) and every
+  lookup by name (open_nodes, add_observations, deletes). `memory_entities_order` is the parent
+  key of the observations' foreign key and lists an owner's entities in creation order without a
+  sort (read_graph).
 * `memory_observations_entity (owner, entity_id)`, with the implicit trailing rowid, returns an
   entity's observations in insertion order and backs the foreign key (no table scan per deleted
   entity). Observations are unique per entity by construction, checked in the same transaction;
   there is no unique index because it would store every observation (up to 16 KiB) once more.
 * Relations reference entities by name, not id, exactly like the official server: they may name
-  entities that do not exist, and they outlive nothing (deleting an entity deletes them). The
-  unique key is the identity of a relation (duplicates skipped) and, through its (owner, from_name)
-  prefix, finds relations by source; `memory_relations_to` finds them by target, so "relations
-  touching these entities" is two index range scans.
+  entities that do not exist, and deleting an entity deletes every relation naming it.
+  `memory_relations_identity` is the identity of a relation (duplicates skipped) and, through its
+  (owner, from_name) prefix, finds relations by source; `memory_relations_to` finds them by
+  target, so "relations touching these entities" is two index seeks per entity.
 * Search is a case-insensitive substring match. `*_fold` columns hold Python's `str.lower()` of
   the text, folded once on write: SQLite's `lower()` folds ASCII only, and the official server
-  folds all of Unicode (JavaScript `toLowerCase`). A substring match is a scan for a B-tree, so
-  the folded text is also indexed by FTS5 with the trigram tokenizer (`case_sensitive 1`: the
-  text is already folded): a quoted phrase of three or more characters is then an exact
-  substring match answered from the index. The index costs about as much space as the text; it
-  turns a 50,000-observation scan (tens of ms) into well under a millisecond for a selective query
-  (scripts/bench_memory.py). Queries shorter than three characters, which trigrams cannot
-  answer, fall back to an `instr` scan of the owner's folded columns.
-* The FTS tables are external-content tables over the folded columns and are kept in step by this
-  module, in the same transaction as the rows (triggers are out: `Database.apply_schema` splits on
-  ';'). A deleted row is unindexed with the folded text read back from its row, so the index
-  always receives exactly the text it was given. `INSERT INTO memory_observation_search
-  (memory_observation_search) VALUES ('integrity-check')` verifies them, and `('rebuild')`
-  regenerates them from the tables. FTS hits are not owner-scoped; they are joined back to the
-  owner's rows.
+  folds all of Unicode (JavaScript `toLowerCase`). A substring match is a full scan for a B-tree
+  (about 20-50 ms over 50,000 observations), so the folded text is also indexed by FTS5 with the
+  trigram tokenizer (`case_sensitive 1`, as the text is already folded): a quoted phrase of three
+  or more characters is then an exact substring match answered from the index, in well under a
+  millisecond for a selective query (scripts/bench_memory.py). The index costs about as much space
+  as the text it indexes. Queries shorter than three characters, which trigrams cannot answer,
+  fall back to an `instr` scan of the owner's folded columns.
+* The FTS tables are external-content tables over the folded columns, kept in step by this module
+  in the same transaction as the rows (no triggers: `Database.apply_schema` splits on ';'). A
+  deleted row is unindexed with the folded text read back from its row, so the index is always
+  told exactly the text it was given. `INSERT INTO memory_observation_search
+  (memory_observation_search) VALUES ('integrity-check')` verifies an index against its table and
+  `('rebuild')` regenerates it. FTS hits are not owner-scoped; they are joined back to the owner's
+  rows.
+* The planner has no statistics (nothing runs ANALYZE), and in a few places it would rather walk
+  every row of the owner in an index that saves a sort than seek a handful of names. Those queries
+  name their index (`INDEXED BY`) or fix the join order (`CROSS JOIN`); see the comments there.
 * Lists of names or ids go to SQLite as one JSON array (`json_each(?)`): one statement whatever
   the list length, no SQL built from strings, no bound-parameter limit.
 
@@ -261,6 +266,16 @@ class GraphTables:
     # --- queries -----------------------------------------------------------------------------
     # No explicit transaction: no other coroutine can write between the statements of a method,
     # and another process's write is one atomic commit that a read sees entirely or not at all.
+
+    async def delete_graph(self, owner: str) -> int:
+        # Through delete_entities, which keeps the search index in step, then whatever relations
+        # name entities that never existed. Each step is its own transaction; re-running finishes
+        # an interrupted removal.
+        names = [row["name"] for row in self.db.conn.execute(
+            "SELECT name FROM memory_entities WHERE owner = ?", (owner,))]
+        await self.delete_entities(owner, names)
+        self.db.conn.execute("DELETE FROM memory_relations WHERE owner = ?", (owner,))
+        return len(names)
 
     async def read_graph(self, owner: str) -> KnowledgeGraph:
         conn = self.db.conn

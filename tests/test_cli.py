@@ -1,0 +1,131 @@
+"""The command line as a new user meets it: real processes, real files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.conftest import OAuthUser, free_socket
+from tests.test_end_to_end import structured
+
+CLI = [sys.executable, "-m", "server"]
+
+
+def run(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_users_lifecycle(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    added = run("users", "add", "alice", "--password-stdin", "--data-dir", data, stdin="a long password\n")
+    assert added.returncode == 0, added.stderr
+    assert "a long password" not in added.stdout + added.stderr
+
+    again = run("users", "add", "alice", "--password-stdin", "--data-dir", data, stdin="another password\n")
+    assert again.returncode == 1 and "alice" in again.stderr and "exist" in again.stderr
+
+    short = run("users", "add", "bob", "--password-stdin", "--data-dir", data, stdin="short\n")
+    assert short.returncode == 1 and "8" in short.stderr
+    bad_name = run("users", "add", "bob smith", "--password-stdin", "--data-dir", data, stdin="long enough pw\n")
+    assert bad_name.returncode == 1 and "username" in bad_name.stderr.lower()
+
+    assert run("users", "list", "--data-dir", data).stdout.split() == ["alice"]
+    assert run("users", "list", env={"MEMORY_MCP_DATA_DIR": data}).stdout.split() == ["alice"]
+    assert run("users", "passwd", "alice", "--password-stdin", "--data-dir", data,
+               stdin="a new long password\n").returncode == 0
+    assert run("users", "passwd", "carol", "--password-stdin", "--data-dir", data,
+               stdin="a new long password\n").returncode == 1
+    removed = run("users", "remove", "alice", "--data-dir", data)
+    assert removed.returncode == 0, removed.stderr
+    assert run("users", "list", "--data-dir", data).stdout.split() == []
+    assert oct((tmp_path / "data" / "memory.sqlite3").stat().st_mode & 0o777) == "0o600"
+
+
+@pytest.mark.parametrize("args,env,needle", [
+    (["--public-url", "ftp://example.com"], {}, "public_url='ftp://example.com' (from flag --public-url)"),
+    (["--public-url", "https://example.com/mcp"], {}, "origin only"),
+    (["--port", "99999"], {}, "port='99999' (from flag --port)"),
+    ([], {"MEMORY_MCP_ACCESS_TOKEN_TTL": "60"}, "environment variable MEMORY_MCP_ACCESS_TOKEN_TTL"),
+    (["--host", "0.0.0.0"], {}, "set public_url"),
+    (["--config", "/nonexistent.toml"], {}, "cannot read config file"),
+])
+def test_bad_configuration_is_explained(tmp_path: Path, args: list[str], env: dict[str, str], needle: str) -> None:
+    result = run("serve", "--data-dir", str(tmp_path), *args, env=env)
+    assert result.returncode == 2
+    assert needle in result.stderr, result.stderr
+
+
+class Process:
+    def __init__(self, data: Path, port: int) -> None:
+        self.data, self.port = data, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    async def start(self) -> None:
+        self.proc = subprocess.Popen([*CLI, "serve", "--port", str(self.port), "--data-dir", str(self.data)],
+                                     stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        async with httpx2.AsyncClient() as http:
+            for _ in range(100):
+                try:
+                    if (await http.get(self.url + "/healthz")).status_code == 200:
+                        return
+                except httpx2.TransportError:
+                    await asyncio.sleep(0.1)
+        raise AssertionError("server did not start")
+
+    def stop(self) -> tuple[float, str]:
+        assert self.proc is not None
+        began = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        _, err = self.proc.communicate(timeout=30)
+        return time.monotonic() - began, err
+
+
+@pytest.fixture
+async def process(tmp_path: Path) -> AsyncIterator[Process]:
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = Process(tmp_path / "data", port)
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.proc.kill()
+        proc.proc.wait()
+
+
+async def test_serve_as_a_new_user_would(process: Process) -> None:
+    await process.start()
+    _, err = process.stop()
+    assert "memory-mcp users add" in err  # no users yet: it says how to add one
+
+    assert run("users", "add", "alice", "--password-stdin", "--data-dir", str(process.data),
+               stdin="alice-password-1\n").returncode == 0
+    await process.start()
+    alice = OAuthUser(process.url, "alice", "alice-password-1")
+    async with alice.client() as (client, _):
+        await client.call_tool("create_entities", {"entities": [{"name": "kept", "entityType": "t",
+                                                                 "observations": ["across restarts"]}]})
+        # SIGTERM with a live session: every session ends and the process exits promptly.
+        elapsed, err = process.stop()
+    assert elapsed < 2.5, f"shutdown took {elapsed:.1f}s"
+    assert "Traceback" not in err, err
+    assert alice.storage.tokens is not None
+    assert alice.storage.tokens.access_token not in err
+    assert alice.storage.tokens.refresh_token and alice.storage.tokens.refresh_token not in err
+
+    await process.start()
+    async with alice.client() as (client, _):
+        graph = structured(await client.call_tool("read_graph", {}))
+    assert [e["name"] for e in graph["entities"]] == ["kept"]
+    assert len(alice.redirects) == 1
+    process.stop()
