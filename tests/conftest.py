@@ -13,11 +13,11 @@ from typing import Any
 import httpx2
 import pytest
 from aiohttp import web
-from pydantic import AnyUrl
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from pydantic import AnyUrl
 
 from auth import accounts
 from server.app import REGISTRY, STORAGE, build_app
