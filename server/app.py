@@ -38,7 +38,7 @@ def cookie_key(data_dir: Path) -> bytes:
         key = path.read_bytes()
     except FileNotFoundError:
         key = secrets.token_bytes(32)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
