@@ -140,9 +140,17 @@ async def test_restart_keeps_tokens_and_memory(server: RunningServer) -> None:
         await restarted.stop()
 
 
-@pytest.mark.parametrize("mode", ["legacy", "auto"])
-async def test_client_modes_end_on_the_handshake_era(server: RunningServer, mode: str) -> None:
-    """The SDK's auto mode probes 2026-07-28 with server/discover first; it must fall back."""
+@pytest.mark.parametrize("mode,era", [("legacy", "2025-11-25"), ("auto", "2026-07-28")])
+async def test_each_protocol_era(server: RunningServer, mode: str, era: str) -> None:
+    """Legacy mode opens a session (initialize); the SDK's default auto mode probes server/discover
+    and ends on the stateless 2026-07-28 era, where no session exists and every request is
+    authenticated on its own."""
     alice = OAuthUser(server.url, "alice", "alice-password-1")
     async with alice.client(mode=mode) as (client, _):
+        assert client.protocol_version == era
         assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES
+        await client.call_tool("create_entities", {"entities": [{"name": era, "entityType": "era",
+                                                                 "observations": []}]})
+        graph = structured(await client.call_tool("read_graph", {}))
+        assert [e["name"] for e in graph["entities"]] == [era]
+        assert len(server.registry) == (1 if mode == "legacy" else 0)

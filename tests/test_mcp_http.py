@@ -71,14 +71,31 @@ async def test_codex_status_probe_gets_401(http: httpx2.AsyncClient, server: Run
     assert resp.status_code == 401 and "resource_metadata=" in resp.headers["www-authenticate"]
 
 
-async def test_modern_probe_falls_back(http: httpx2.AsyncClient, server: RunningServer, token: str) -> None:
-    resp = await http.post(server.url + "/mcp", headers={**ACCEPT, "Authorization": f"Bearer {token}",
-                                                          "MCP-Protocol-Version": "2026-07-28"},
-                           json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}})
-    assert resp.status_code == 400
-    error = resp.json()["error"]
-    assert error["code"] not in (-32020, -32021, -32022)
+async def test_modern_discover_is_served_without_a_session(
+        http: httpx2.AsyncClient, server: RunningServer, token: str) -> None:
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": "2026-07-28",
+               "Mcp-Method": "server/discover"}
+    resp = await http.post(server.url + "/mcp", headers=headers,
+                           json={"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": {
+                               "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                               "io.modelcontextprotocol/clientCapabilities": {}}}})
+    assert resp.status_code == 200, resp.text
+    result = sse_or_json(resp)["result"]
+    assert "2026-07-28" in result["supportedVersions"]
+    assert "mcp-session-id" not in resp.headers
     assert len(server.registry) == 0
+    for method in ("GET", "DELETE"):
+        assert (await http.request(method, server.url + "/mcp", headers=headers)).status_code == 405
+
+
+async def test_unsupported_protocol_version(http: httpx2.AsyncClient, server: RunningServer, token: str) -> None:
+    session = await open_session(http, server, token)
+    resp = await http.post(server.url + "/mcp", headers={**session, "MCP-Protocol-Version": "1999-01-01"},
+                           json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert "1999-01-01" in error["message"] and "2025-11-25" in error["message"]
+    assert error["code"] not in (-32020, -32021, -32022)
 
 
 async def test_session_rules(http: httpx2.AsyncClient, server: RunningServer, token: str) -> None:

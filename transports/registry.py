@@ -26,6 +26,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.lowlevel.server import Server
 from mcp.server.runner import serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from transports.caller import Caller
 from transports.store import SessionRecord, SessionStore
@@ -78,6 +79,10 @@ class SessionRegistry:
         self.json_response = json_response
         self._sessions: dict[str, Session] = {}
         self._per_user: dict[str, int] = {}
+        # The 2026-07-28 era has no sessions: each request is served on its own by the SDK's
+        # stateless path, which its session manager exposes publicly.
+        self._stateless = StreamableHTTPSessionManager(server, json_response=json_response, stateless=True,
+                                                       session_idle_timeout=None, max_sessions=None)
         self._tg: TaskGroup | None = None
         self._lifespan_state: Any = None
         self._holder: asyncio.Task[None] | None = None
@@ -90,7 +95,8 @@ class SessionRegistry:
 
         async def hold() -> None:
             try:
-                async with self._server.lifespan(self._server) as state, anyio.create_task_group() as tg:
+                async with (self._server.lifespan(self._server) as state, self._stateless.run(),
+                            anyio.create_task_group() as tg):
                     self._lifespan_state, self._tg = state, tg
                     started.set_result(None)
                     await self._stop.wait()
@@ -115,6 +121,10 @@ class SessionRegistry:
                 await self._holder
 
     # -- lookup ------------------------------------------------------------------------------
+
+    @property
+    def stateless(self) -> StreamableHTTPSessionManager:
+        return self._stateless
 
     @property
     def lifespan_state(self) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
@@ -55,16 +55,24 @@ class StreamableHTTPEndpoint:
             raise web.HTTPMethodNotAllowed(request.method, ["GET", "POST", "DELETE"])
         body = await read_body(request, self._max_body) if request.method == "POST" else b""
 
-        version = request.headers.get(VERSION_HEADER)
-        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
-            # A plain invalid-request error, not one of the 2026-07-28 codes: clients probing the
-            # newest era (Claude Code's server/discover, the SDK's auto mode) read it as "this
-            # server speaks the handshake era" and fall back to initialize (checklist 3.J).
-            return jsonrpc_error(400, -32600, f"Unsupported MCP-Protocol-Version {version!r}; this server "
-                                 f"speaks {', '.join(HANDSHAKE_PROTOCOL_VERSIONS)} (send initialize)")
-
         message = parse_json(body)
         current_caller.set(caller)
+        if isinstance(message, dict):
+            blocked = self._guard(caller, self._resource_path, message)
+            if blocked is not None:
+                return blocked
+
+        version = request.headers.get(VERSION_HEADER)
+        if version in MODERN_PROTOCOL_VERSIONS:
+            # 2026-07-28: no session, no handshake; the request is authenticated (above) and served
+            # on its own by the SDK's stateless path.
+            return await call_asgi(self._registry.stateless.handle_request, request, body, {"caller": caller})
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # A plain invalid-request code, not a 2026-07-28 one: a client reads it as "use another
+            # version", never as "this server is modern-only" (protocol-checklist 3.J).
+            return jsonrpc_error(400, -32600, f"Unsupported MCP-Protocol-Version {version!r}; this server speaks "
+                                 f"{', '.join((*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS))}")
+
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is None:
             if request.method == "POST" and isinstance(message, dict) and message.get("method") == "initialize":
@@ -78,10 +86,6 @@ class StreamableHTTPEndpoint:
         if session is None or session.transport is None:
             return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize "
                                  "to start a new session")
-        if isinstance(message, dict):
-            blocked = self._guard(caller, self._resource_path, message)
-            if blocked is not None:
-                return blocked
         await self._registry.seen(session)
         response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
         if session.transport.is_terminated:

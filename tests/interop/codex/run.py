@@ -1,0 +1,251 @@
+"""Drive the real OpenAI Codex CLI against a real `memory-mcp serve`, all on loopback.
+
+Meant to run as `unshare --net -- python run.py --work DIR` (tests/test_interop_codex.py does
+that): inside a fresh network namespace only loopback exists, so nothing Codex tries at start-up
+can leave the machine, and every port is free. The steps are what a user does:
+
+1. `memory-mcp users add alice --password-stdin` and `memory-mcp serve` (access log kept);
+2. the model stand-in (model_stub.py) on loopback, configured as Codex's model provider;
+3. `codex mcp add memory --url .../mcp`: Codex discovers our authorization server, registers a
+   client, opens the authorization URL with $BROWSER (browser_hook.py logs in and consents),
+   receives the code on its loopback callback and stores the tokens in $CODEX_HOME;
+4. `codex exec` with a prompt; the stand-in model makes Codex call create_entities, then
+   read_graph, on our server with the stored token; then the final message ends the turn.
+
+The driver asserts nothing: it leaves every artifact under --work (server log, Codex output,
+stub and browser records, CODEX_HOME, the SQLite data directory) and writes a summary to
+WORK/result.json; the test asserts on those. Every process it starts is stopped before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[2]
+SERVER_NAME = "memory"
+USERNAME = "alice"
+PASSWORD = "alice-password-1"  # noqa: S105 - a throwaway account in a temporary data directory
+PROMPT = "Remember that Ada Lovelace wrote the first published computer program."
+
+
+def default_codex() -> Path:
+    return HERE / "node_modules" / ".bin" / "codex"
+
+
+def free_port() -> int:
+    # A fresh network namespace has no other listeners, so the port stays free until used.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Every long-running child, stopped (TERM, then KILL) in reverse order on exit."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+        out = log.open("wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+        self.running.append((proc, out))
+        return proc
+
+    def stop_all(self) -> None:
+        for proc, out in reversed(self.running):
+            stop(proc)
+            out.close()
+        self.running.clear()
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} answered")
+        try:
+            with opener.open(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def run_step(name: str, argv: list[str], work: Path, env: dict[str, str], timeout: float,
+             results: dict[str, Any], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run one command to completion, its output kept in WORK/<name>.out/.err and the summary."""
+    started = time.monotonic()
+    # A new session: if the command times out, its whole group (Codex and its helpers) is killed.
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(stdin, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        err += f"\n[run.py] timed out after {timeout}s\n"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # helpers it left behind (e.g. the browser hook)
+        except ProcessLookupError:
+            pass
+    (work / f"{name}.out").write_text(out)
+    (work / f"{name}.err").write_text(err)
+    results["steps"].append({"name": name, "argv": argv, "returncode": proc.returncode,
+                             "seconds": round(time.monotonic() - started, 2)})
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def write_codex_config(codex_home: Path, stub_port: int, callback_port: int) -> None:
+    codex_home.mkdir(parents=True, exist_ok=True)
+    (codex_home / "config.toml").write_text(f"""\
+# The model is the loopback stand-in; Codex needs no OpenAI account for it.
+model = "stub-model"
+model_provider = "stub"
+# Tokens in $CODEX_HOME/.credentials.json rather than the OS keyring (none in CI).
+mcp_oauth_credentials_store = "file"
+# A fixed callback port, so the redirect URI is known and the log readable.
+mcp_oauth_callback_port = {callback_port}
+check_for_update_on_startup = false
+
+[model_providers.stub]
+name = "loopback stand-in"
+base_url = "http://127.0.0.1:{stub_port}/v1"
+wire_api = "responses"
+requires_openai_auth = false
+request_max_retries = 0
+stream_max_retries = 0
+
+# Start-up features that reach the internet; off, as the namespace has none anyway.
+[features]
+plugins = false
+apps = false
+remote_plugin = false
+in_app_updates = false
+""")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--work", type=Path, required=True, help="an empty directory for every artifact")
+    parser.add_argument("--codex", type=Path, default=default_codex())
+    parser.add_argument("--python", default=sys.executable, help="the interpreter with memory-mcp installed")
+    args = parser.parse_args()
+    work: Path = args.work.resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"steps": []}
+    try:
+        drive(work, args.codex, args.python, results)
+    except Exception as exc:
+        results["error"] = repr(exc)
+    (work / "result.json").write_text(json.dumps(results, indent=2))
+    return 0 if "error" not in results else 1
+
+
+def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
+    # Only loopback exists in the new namespace, and it starts down.
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    memory_mcp = str(Path(python).parent / "memory-mcp")
+    data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
+    cwd.mkdir(exist_ok=True)
+    port, callback_port = free_port(), free_port()
+    origin = f"http://127.0.0.1:{port}"
+    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home),
+                   callback_port=callback_port)
+
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
+
+    added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
+                                   str(data_dir)], work, env, 60, results, stdin=PASSWORD + "\n")
+    if added.returncode != 0:
+        raise RuntimeError(f"users add failed: {added.stderr}")
+
+    with processes() as procs:
+        server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir)],
+                             work / "server.log", env=env)
+        wait_http(origin + "/healthz", 60, server)
+
+        stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
+                           work / "model-stub.log", env=env)
+        stub_port = wait_stub_port(work / "model-stub.log", stub)
+        results["stub_port"] = stub_port
+        write_codex_config(codex_home, stub_port, callback_port)
+
+        # $BROWSER: a one-line script, since Codex runs it with the URL as its only argument.
+        hook_config = work / "browser-hook.json"
+        hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
+                                           "log": str(work / "browser.jsonl")}))
+        browser = work / "browser.sh"
+        browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE / 'browser_hook.py'))} "
+                           f"--config {shlex.quote(str(hook_config))} \"$@\"\n")
+        browser.chmod(0o755)
+        env["BROWSER"] = str(browser)
+
+        codex_bin = str(codex)
+        run_step("codex-version", [codex_bin, "--version"], work, env, 60, results)
+        run_step("codex-mcp-add", [codex_bin, "mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
+                                   "--oauth-client-registration", "dcr"], work, env, 90, results)
+        run_step("codex-mcp-list", [codex_bin, "mcp", "list", "--json"], work, env, 60, results)
+        run_step("codex-exec", [
+            codex_bin, "exec", "--skip-git-repo-check", "--json", "--cd", str(cwd),
+            "-c", f'mcp_servers.{SERVER_NAME}.default_tools_approval_mode="approve"',
+            PROMPT], work, env, 120, results)
+    results["server_log"] = str(work / "server.log")
+
+
+def wait_stub_port(log: Path, proc: subprocess.Popen[bytes]) -> int:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines():
+            if line.startswith("PORT "):
+                return int(line.split()[1])
+        if proc.poll() is not None:
+            raise RuntimeError(f"model stub exited with {proc.returncode}: {log.read_text()}")
+        time.sleep(0.05)
+    raise RuntimeError("model stub did not report its port")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
