@@ -29,7 +29,8 @@ from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
 from transports.caller import Caller
-from transports.store import SessionRecord, SessionStore
+from transports.events import SessionEventStore
+from transports.store import SessionRecord, TransportStore
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class SessionRegistry:
     def __init__(
         self,
         server: Server[Any],
-        store: SessionStore,
+        store: TransportStore,
         *,
         owner_label: Callable[[Hashable], str],
         idle_timeout: float,
@@ -179,6 +180,7 @@ class SessionRegistry:
         transport = StreamableHTTPServerTransport(
             mcp_session_id=session_id,
             is_json_response_enabled=self.json_response,
+            event_store=SessionEventStore(self._store, session_id),
             idle_timeout=self.idle_timeout,
         )
         session = self._admit(caller, "streamable-http", transport, session_id)
@@ -238,6 +240,7 @@ class SessionRegistry:
             if session.cancel is not None:
                 await session.cancel()
             await self._store.delete_session(session.session_id)
+            await self._store.delete_events(session.session_id)
 
     async def close_where(self, predicate: Callable[[Session], bool]) -> int:
         doomed = [s for s in self._sessions.values() if predicate(s)]

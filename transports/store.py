@@ -37,3 +37,28 @@ class SessionStore(Protocol):
         """Forget every record: called at start-up by a single-instance deployment, whose
         transports died with the previous process."""
         ...
+
+
+class EventLog(Protocol):
+    """Resumability (Streamable HTTP `Last-Event-ID`): the messages sent on each SSE stream of a
+    session, so that a client that lost its connection can ask for what it missed.
+
+    Every call names the session: an event id only means something inside the session that
+    produced it. A client can never replay another session's events by presenting their ids
+    (the bug class of sdk-notes P8 and the TS SDK's cross-session replay IDOR).
+    """
+
+    async def append_event(self, session_id: str, stream_id: str, message: str | None) -> str:
+        """Store one message (JSON text; None for a priming event) and return its event id."""
+        ...
+
+    async def events_after(self, session_id: str, event_id: str) -> tuple[str, list[tuple[str, str | None]]] | None:
+        """The stream `event_id` belongs to and the events after it on that stream, oldest first;
+        None when this session has no such event."""
+        ...
+
+    async def delete_events(self, session_id: str) -> None: ...
+
+
+class TransportStore(SessionStore, EventLog, Protocol):
+    """Everything `transports/` stores."""

@@ -2,7 +2,7 @@
 
 Each table group lives in its own module with its schema documented beside the code that uses
 it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
-`sessions.py` (MCP session records).
+`sessions.py` (MCP session records and their resumable event streams).
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph import GraphTables
-from server.storage.sqlite.sessions import SessionTables
+from server.storage.sqlite.sessions import EventTables, SessionTables
 
 
-class SQLiteStorage(AuthTables, GraphTables, SessionTables):
+class SQLiteStorage(AuthTables, GraphTables, SessionTables, EventTables):
     def __init__(self, path: Path) -> None:
         self.db = Database(path)
-        for schema in (AuthTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA):
+        for schema in (AuthTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA, EventTables.SCHEMA):
             self.db.apply_schema(schema)
 
     async def close(self) -> None:

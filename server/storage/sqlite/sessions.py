@@ -52,4 +52,65 @@ class SessionTables:
         return [SessionRecord(**dict(row)) for row in rows]
 
     async def purge_sessions(self) -> int:
-        return self.db.conn.execute("DELETE FROM mcp_sessions").rowcount
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM mcp_events")
+            return conn.execute("DELETE FROM mcp_sessions").rowcount
+
+
+EVENTS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS mcp_events (
+    event_id INTEGER PRIMARY KEY,
+    session_id TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    message TEXT
+);
+CREATE INDEX IF NOT EXISTS mcp_events_stream ON mcp_events(session_id, stream_id, event_id)
+"""
+
+# Events a session keeps: enough for a client to catch up after a dropped connection, bounded so
+# that a long-lived session does not grow without end.
+EVENTS_KEPT_PER_SESSION = 1000
+
+
+class EventTables:
+    """`transports.store.EventLog` on SQLite.
+
+        mcp_events(event_id INTEGER PK, session_id, stream_id, message JSON or NULL for priming)
+        index (session_id, stream_id, event_id): the replay query is one range scan.
+
+    Event ids are the rowid: unique across sessions, but every lookup also names the session, so
+    another session's id finds nothing. Events are deleted with their session, and trimmed to the
+    newest EVENTS_KEPT_PER_SESSION of a session every hundredth event.
+    """
+
+    SCHEMA = EVENTS_SCHEMA
+    db: Database
+
+    async def append_event(self, session_id: str, stream_id: str, message: str | None) -> str:
+        cursor = self.db.conn.execute(
+            "INSERT INTO mcp_events (session_id, stream_id, message) VALUES (?, ?, ?)",
+            (session_id, stream_id, message))
+        event_id = cursor.lastrowid
+        assert event_id is not None
+        if event_id % 100 == 0:
+            self.db.conn.execute(
+                "DELETE FROM mcp_events WHERE session_id = ? AND event_id <= ?",
+                (session_id, event_id - EVENTS_KEPT_PER_SESSION))
+        return str(event_id)
+
+    async def events_after(self, session_id: str, event_id: str) -> tuple[str, list[tuple[str, str | None]]] | None:
+        if not event_id.isdigit():
+            return None
+        row = self.db.conn.execute(
+            "SELECT stream_id FROM mcp_events WHERE event_id = ? AND session_id = ?",
+            (int(event_id), session_id)).fetchone()
+        if row is None:
+            return None
+        stream_id = str(row["stream_id"])
+        rows = self.db.conn.execute(
+            "SELECT event_id, message FROM mcp_events WHERE session_id = ? AND stream_id = ? AND event_id > ?"
+            " ORDER BY event_id", (session_id, stream_id, int(event_id))).fetchall()
+        return stream_id, [(str(r["event_id"]), r["message"]) for r in rows]
+
+    async def delete_events(self, session_id: str) -> None:
+        self.db.conn.execute("DELETE FROM mcp_events WHERE session_id = ?", (session_id,))

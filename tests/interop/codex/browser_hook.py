@@ -51,7 +51,8 @@ def run(config: dict[str, Any], url: str) -> None:
         # The callback is Codex's own listener on 127.0.0.1; no proxy may sit in between.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(callback, timeout=30) as resp:
-            log(record, {"event": "callback", "status": resp.status, "body": resp.read(2000).decode("utf-8", "replace")})
+            page = resp.read(2000).decode("utf-8", "replace")
+            log(record, {"event": "callback", "status": resp.status, "body": page})
     except Exception as exc:
         log(record, {"event": "error", "error": repr(exc), "traceback": traceback.format_exc()})
 

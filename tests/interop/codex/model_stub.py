@@ -50,7 +50,7 @@ def find_tool(tools: list[dict[str, Any]], name: str) -> dict[str, str] | None:
 
 
 def outputs_by_call(body: dict[str, Any]) -> dict[str, Any]:
-    return {item.get("call_id"): item.get("output") for item in body.get("input", [])
+    return {str(item.get("call_id")): item.get("output") for item in body.get("input", [])
             if isinstance(item, dict) and item.get("type") == "function_call_output"}
 
 
@@ -109,7 +109,7 @@ class Handler(BaseHTTPRequestHandler):
     server: Stub
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write("model-stub: " + format % args + "\n")
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:

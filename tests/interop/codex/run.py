@@ -20,11 +20,14 @@ WORK/result.json; the test asserts on those. Every process it starts is stopped 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
+import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -39,12 +42,24 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SERVER_NAME = "memory"
 USERNAME = "alice"
-PASSWORD = "alice-password-1"  # noqa: S105 - a throwaway account in a temporary data directory
-PROMPT = "Remember that Ada Lovelace wrote the first published computer program."
+PASSWORD = "alice-password-1"  # a throwaway account in a temporary data directory
+# model_stub.py picks its script by "Remember that" in the prompt.
+REMEMBER_PROMPT = "Remember that Ada Lovelace wrote the first published computer program."
+RECALL_PROMPT = "What do you know about Ada Lovelace?"
 
 
 def default_codex() -> Path:
     return HERE / "node_modules" / ".bin" / "codex"
+
+
+def loopback_up() -> None:
+    """`ip link set lo up`, without needing iproute2: a new network namespace's only interface is
+    loopback, and it starts down."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)  # struct ifreq: name, then flags in the union
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
 
 
 def free_port() -> int:
@@ -135,7 +150,7 @@ def run_step(name: str, argv: list[str], work: Path, env: dict[str, str], timeou
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def write_codex_config(codex_home: Path, stub_port: int, callback_port: int) -> None:
+def write_codex_config(codex_home: Path, stub_port: int) -> None:
     codex_home.mkdir(parents=True, exist_ok=True)
     (codex_home / "config.toml").write_text(f"""\
 # The model is the loopback stand-in; Codex needs no OpenAI account for it.
@@ -143,8 +158,6 @@ model = "stub-model"
 model_provider = "stub"
 # Tokens in $CODEX_HOME/.credentials.json rather than the OS keyring (none in CI).
 mcp_oauth_credentials_store = "file"
-# A fixed callback port, so the redirect URI is known and the log readable.
-mcp_oauth_callback_port = {callback_port}
 check_for_update_on_startup = false
 
 [model_providers.stub]
@@ -182,15 +195,13 @@ def main() -> int:
 
 
 def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
-    # Only loopback exists in the new namespace, and it starts down.
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    loopback_up()
     memory_mcp = str(Path(python).parent / "memory-mcp")
     data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
     cwd.mkdir(exist_ok=True)
-    port, callback_port = free_port(), free_port()
+    port = free_port()
     origin = f"http://127.0.0.1:{port}"
-    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home),
-                   callback_port=callback_port)
+    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home))
 
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
@@ -209,7 +220,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
                            work / "model-stub.log", env=env)
         stub_port = wait_stub_port(work / "model-stub.log", stub)
         results["stub_port"] = stub_port
-        write_codex_config(codex_home, stub_port, callback_port)
+        write_codex_config(codex_home, stub_port)
 
         # $BROWSER: a one-line script, since Codex runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
@@ -222,14 +233,32 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
         env["BROWSER"] = str(browser)
 
         codex_bin = str(codex)
-        run_step("codex-version", [codex_bin, "--version"], work, env, 60, results)
-        run_step("codex-mcp-add", [codex_bin, "mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
-                                   "--oauth-client-registration", "dcr"], work, env, 90, results)
-        run_step("codex-mcp-list", [codex_bin, "mcp", "list", "--json"], work, env, 60, results)
-        run_step("codex-exec", [
-            codex_bin, "exec", "--skip-git-repo-check", "--json", "--cd", str(cwd),
-            "-c", f'mcp_servers.{SERVER_NAME}.default_tools_approval_mode="approve"',
-            PROMPT], work, env, 120, results)
+        server_log = work / "server.log"
+
+        def codex_step(name: str, argv: list[str], timeout: float) -> None:
+            """One Codex command; the server's access-log lines it caused and the credentials after it."""
+            first = len(server_log.read_text().splitlines())
+            run_step(name, [codex_bin, *argv], work, env, timeout, results)
+            time.sleep(0.2)  # the access log is written after the response is sent
+            results["steps"][-1]["server_log_lines"] = server_log.read_text().splitlines()[first:]
+            credentials = codex_home / ".credentials.json"
+            if credentials.exists():
+                shutil.copy(credentials, work / f"credentials-after-{name}.json")
+
+        codex_step("codex-version", ["--version"], 60)
+        # `mcp add` notices the server wants OAuth and logs in right away (browser_hook.py).
+        codex_step("codex-mcp-add", ["mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
+                                     "--oauth-client-registration", "dcr"], 90)
+        codex_step("codex-mcp-list", ["mcp", "list", "--json"], 60)
+        exec_argv = ["exec", "--skip-git-repo-check", "--json", "--cd", str(cwd),
+                     # Without this Codex asks for approval of every MCP tool call, and exec has no one to ask.
+                     "-c", f'mcp_servers.{SERVER_NAME}.default_tools_approval_mode="approve"']
+        codex_step("codex-exec-remember", [*exec_argv, REMEMBER_PROMPT], 120)
+        # Log out and in again with `codex mcp login`: a new client registration, new tokens, and a
+        # new process that must reach the same user's memory with them.
+        codex_step("codex-mcp-logout", ["mcp", "logout", SERVER_NAME], 60)
+        codex_step("codex-mcp-login", ["mcp", "login", SERVER_NAME, "--oauth-client-registration", "dcr"], 90)
+        codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 120)
     results["server_log"] = str(work / "server.log")
 
 

@@ -1,0 +1,90 @@
+"""Resumable SSE streams (Streamable HTTP `Last-Event-ID`), one event store per session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.conftest import RunningServer, access_token
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+VERSION = "2025-11-25"  # priming events (and so resumption of POST streams) start with this version
+
+
+def events(text: str) -> list[dict[str, Any]]:
+    found, current = [], {}
+    for line in text.splitlines():
+        if not line:
+            if current:
+                found.append(current)
+            current = {}
+        elif ":" in line:
+            key, _, value = line.partition(":")
+            current[key] = current.get(key, "") + value.removeprefix(" ")
+    if current:
+        found.append(current)
+    return found
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        yield client
+
+
+async def session(http: httpx2.AsyncClient, server: RunningServer, token: str) -> dict[str, str]:
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    init = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": VERSION, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    assert init.status_code == 200
+    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": VERSION})
+    assert (await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "method": "notifications/initialized"})).status_code == 202
+    return headers
+
+
+async def test_a_lost_response_is_replayed_to_its_session_only(http: httpx2.AsyncClient,
+                                                               server: RunningServer) -> None:
+    alice = await session(http, server, await access_token(server, "alice", "alice-password-1"))
+    posted = await http.post(server.url + "/mcp", headers=alice, json={
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
+    assert posted.headers["content-type"].startswith("text/event-stream")
+    stream = events(posted.text)
+    priming = stream[0]
+    assert priming["id"] and not priming.get("data")  # the priming event: an id, no message
+
+    # The client "lost" the response after the priming event: it resumes with GET + Last-Event-ID.
+    async with http.stream("GET", server.url + "/mcp", headers={**alice, "Last-Event-ID": priming["id"]}) as resumed:
+        assert resumed.status_code == 200
+        text = ""
+        async for chunk in resumed.aiter_text():
+            text += chunk
+            if '"id":7' in text.replace(" ", ""):
+                break
+    replayed = [e for e in events(text) if e.get("data")]
+    assert replayed and '"id":7' in replayed[0]["data"].replace(" ", "")
+
+    # Bob, in his own session, presents Alice's event id: nothing of hers comes back.
+    bob = await session(http, server, await access_token(server, "bob", "bob-password-22"))
+    async with http.stream("GET", server.url + "/mcp", headers={**bob, "Last-Event-ID": priming["id"]}) as other:
+        text = ""
+        async for chunk in other.aiter_text():
+            text += chunk
+            break
+    assert '"id":7' not in text.replace(" ", "")
+    assert all("read_graph" not in e.get("data", "") for e in events(text))
+
+
+async def test_events_are_deleted_with_their_session(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    alice = await session(http, server, await access_token(server, "alice", "alice-password-1"))
+    await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    sid = alice["Mcp-Session-Id"]
+    count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+    assert count.fetchone()[0] > 0
+    assert (await http.delete(server.url + "/mcp", headers=alice)).status_code == 200
+    count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+    assert count.fetchone()[0] == 0
