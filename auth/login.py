@@ -1,9 +1,10 @@
 """`/login` and `/logout`: the browser login that the consent page relies on.
 
 A failed login says only "invalid username or password", with the same status and the same
-argon2 work whether the user exists or not (no user enumeration). Logout ends the browser login
-only (cookie and server-side record): tokens already issued to MCP clients stay valid, so no
-revocation listener fires. Ending those is `/revoke` or `AuthorizationServer.revoke_subject`.
+argon2 work whether the user exists or not (no user enumeration). Logout signs the user out
+everywhere: it ends the browser login (cookie and server-side record) and revokes every token
+issued to the user's clients, which ends their live MCP sessions through the revocation
+listeners. A person who signs out expects their agents to lose access too.
 """
 
 from __future__ import annotations
@@ -79,5 +80,8 @@ async def handle_logout(request: web.Request) -> web.Response:
         return pages.error(exc.description, exc.status, "Sign-out failed")
     if not csrf.valid(sess, form.get(csrf.FIELD)):
         return pages.error(_CSRF_FAILED, 403, "Sign-out failed")
+    user = await browser.current_user(request)
     await browser.log_out(request)
+    if user is not None:
+        await request.app[AUTH_SERVER].revoke_subject(user.id)
     return pages.signed_out()

@@ -114,9 +114,11 @@ def logout_form(csrf_token: str) -> str:
 def logout_confirm(csrf_token: str, username: str | None) -> web.Response:
     if username is None:
         return render("Signed out", "<p>You are not signed in.</p>")
-    return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> from this browser? Tokens "
-                              "already given to applications stay valid.</p>" + logout_form(csrf_token))
+    return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> everywhere? This also "
+                              "disconnects every application you approved; each will ask you to sign in "
+                              "again.</p>" + logout_form(csrf_token))
 
 
 def signed_out() -> web.Response:
-    return render("Signed out", "<p>You are signed out in this browser.</p>")
+    return render("Signed out", "<p>You are signed out, and the applications you had approved are "
+                                "disconnected.</p>")

@@ -13,7 +13,8 @@ from aiohttp import web
 from auth.clientauth import ClientAuthError, authenticate
 from auth.crypto import hash_secret
 from auth.http import NO_STORE, BadRequest, oauth_error, read_form
-from auth.server import AUTH_SERVER, Revocation
+from auth.models import Revocation
+from auth.server import AUTH_SERVER
 
 REVOKE_FORM_LIMIT = 16 * 1024
 

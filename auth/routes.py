@@ -17,7 +17,8 @@ from aiohttp import web
 
 from auth import authorize, browser, login, rfc7009, rfc7591, rfc8414, rfc9728, token
 from auth.http import Handler, json_method_not_allowed, preflight, with_cors
-from auth.server import AUTH_SERVER, AuthorizationServer, Revocation
+from auth.models import Revocation
+from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.settings import AuthSettings
 from auth.store import AuthStore
 

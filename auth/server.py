@@ -11,26 +11,11 @@ from aiohttp import web
 from cryptography.fernet import Fernet
 
 from auth import accounts
-from auth.models import User
+from auth.models import Revocation, User
 from auth.settings import AuthSettings
 from auth.store import AuthStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class Revocation:
-    """Credentials that stopped being valid, so that resource servers can drop live sessions.
-
-    `client_id`/`grant_id` None mean "every client" / "every grant" of that subject. A revoked
-    access token reports its grant although the grant's refresh token may still be alive: the
-    client is expected to refresh, and a listener closing the sessions of that grant is what
-    makes the revocation take effect immediately.
-    """
-
-    subject: str
-    client_id: str | None
-    grant_id: str | None
 
 
 RevocationListener = Callable[[Revocation], Awaitable[None]]
@@ -46,6 +31,9 @@ class AuthorizationServer:
     clock: Callable[[], float] = time.time
 
     async def notify(self, revocation: Revocation) -> None:
+        # Recorded for the other processes that serve the same store (and `memory-mcp` commands
+        # run beside the server), then told to this process's listeners at once.
+        await self.store.record_revocation(revocation, self.clock())
         # A listener failure must not turn a successful revocation into an error response:
         # the credentials are already gone from the store.
         for listener in list(self.revocation_listeners):

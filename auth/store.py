@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from auth.models import AuthorizationCode, Client, Token, User
+from auth.models import AuthorizationCode, Client, Revocation, Token, User
 
 
 class UserExistsError(Exception):
@@ -81,5 +81,18 @@ class BrowserSessionStore(Protocol):
     async def delete_browser_session(self, session_hash: str) -> None: ...
 
 
-class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, Protocol):
+class RevocationLog(Protocol):
+    """Revocations in the order they happened, for every process that serves this store: a
+    server learns within a second that a `memory-mcp` command (or another instance) revoked a
+    user's access, and ends that user's live sessions."""
+
+    async def record_revocation(self, revocation: Revocation, now: float) -> None: ...
+
+    async def revocations_after(self, cursor: int | None) -> tuple[int, list[Revocation]]:
+        """Revocations recorded after `cursor`, and the cursor to ask with next time. Cursor None
+        asks only for the current end of the log ("from now on")."""
+        ...
+
+
+class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, RevocationLog, Protocol):
     """Everything `auth/` stores."""

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from pathlib import Path
 
 from aiohttp import web
 
-from auth.models import Principal
+from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
-from auth.server import Revocation
 from auth.settings import AuthSettings
+from auth.store import RevocationLog
 from server.config import Settings
 from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
 from server.storage.sqlite import SQLiteStorage
@@ -24,6 +26,8 @@ from transports.sse import SSEEndpoint
 from transports.streamable_http import StreamableHTTPEndpoint
 
 log = logging.getLogger(__name__)
+
+REVOCATION_POLL_SECONDS = 1.0
 
 STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
@@ -106,7 +110,11 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()
+        follower = asyncio.create_task(follow_revocations(storage, end_sessions), name="revocation-follower")
         yield
+        follower.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await follower
         await registry.stop()
         await storage.close()
 
@@ -118,6 +126,21 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revocation], Awaitable[None]]) -> None:
+    """End the sessions of revocations made elsewhere (`memory-mcp users remove` run beside the
+    server, another instance): the log is polled once a second. This process's own revocations
+    come through the listener at once and again here, where ending no session is harmless."""
+    cursor, _ = await revocations.revocations_after(None)
+    while True:
+        await asyncio.sleep(REVOCATION_POLL_SECONDS)
+        try:
+            cursor, found = await revocations.revocations_after(cursor)
+            for revocation in found:
+                await apply(revocation)
+        except Exception:
+            log.exception("reading the revocation log failed; retrying")
 
 
 async def _health(_request: web.Request) -> web.Response:

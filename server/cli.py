@@ -7,10 +7,12 @@ import asyncio
 import getpass
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from auth import accounts
+from auth.models import Revocation
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
 
@@ -74,6 +76,8 @@ async def _users(args: argparse.Namespace, settings: Settings) -> int:
             print(f"changed the password of {args.username}")
         elif args.action == "remove":
             user = await accounts.remove_user(storage, args.username)
+            # A running server reads this and ends the user's live sessions within a second.
+            await storage.record_revocation(Revocation(user.id, None, None), time.time())
             graph_gone = await storage.delete_graph(user.id)
             print(f"removed user {user.username} with their tokens, sessions and memory "
                   f"({graph_gone} entities)")

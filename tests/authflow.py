@@ -21,7 +21,8 @@ from aiohttp.test_utils import TestClient
 from auth.models import User
 from auth.passwords import hash_password
 from auth.routes import install
-from auth.server import AuthorizationServer, Revocation
+from auth.models import Revocation
+from auth.server import AuthorizationServer
 from auth.settings import AuthSettings
 from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database

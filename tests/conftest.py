@@ -172,8 +172,10 @@ async def access_token(server: RunningServer, username: str, password: str) -> s
     return user.storage.tokens.access_token
 
 
-async def tokens_by_hand(server: RunningServer, username: str, password: str, scope: str) -> dict[str, Any]:
-    """The authorization code flow step by step (register, authorize, token), for a chosen scope."""
+async def tokens_by_hand(server: RunningServer, username: str, password: str, scope: str,
+                         browser: Browser | None = None) -> dict[str, Any]:
+    """The authorization code flow step by step (register, authorize, token), for a chosen scope.
+    Pass a `browser` to keep its login (cookies) for later steps."""
     import base64
     import hashlib
     import secrets
@@ -188,11 +190,13 @@ async def tokens_by_hand(server: RunningServer, username: str, password: str, sc
         query = urlencode({"response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri,
                            "code_challenge": challenge, "code_challenge_method": "S256", "scope": scope,
                            "state": "s", "resource": server.url + "/mcp"})
-        browser = Browser(username, password)
+        own = browser is None
+        browser = browser or Browser(username, password)
         try:
             redirect = await browser.authorize(f"{server.url}/authorize?{query}", server.url)
         finally:
-            await browser.close()
+            if own:
+                await browser.close()
         resp = await http.post(server.url + "/token", data={
             "grant_type": "authorization_code", "code": redirect.params["code"], "code_verifier": verifier,
             "client_id": client["client_id"], "redirect_uri": redirect_uri, "resource": server.url + "/mcp"})

@@ -15,7 +15,8 @@ VERSION = "2025-11-25"  # priming events (and so resumption of POST streams) sta
 
 
 def events(text: str) -> list[dict[str, Any]]:
-    found, current = [], {}
+    found: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
     for line in text.splitlines():
         if not line:
             if current:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from auth.models import AuthorizationCode, Client, Token, User
+from auth.models import AuthorizationCode, Client, Revocation, Token, User
 from auth.store import UserExistsError
 from server.storage.sqlite.db import Database
 
@@ -77,8 +77,18 @@ CREATE TABLE IF NOT EXISTS auth_browser_sessions (
     expires_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS auth_browser_sessions_user ON auth_browser_sessions (user_id);
-CREATE INDEX IF NOT EXISTS auth_browser_sessions_expiry ON auth_browser_sessions (expires_at)
+CREATE INDEX IF NOT EXISTS auth_browser_sessions_expiry ON auth_browser_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS auth_revocations (
+    id INTEGER PRIMARY KEY,
+    subject TEXT NOT NULL,
+    client_id TEXT,
+    grant_id TEXT,
+    created_at REAL NOT NULL
+)
 """
+
+# How long a revocation stays in the log: far longer than any reader's polling interval.
+REVOCATION_LOG_SECONDS = 3600
 
 
 def _scopes(value: str) -> tuple[str, ...]:
@@ -264,3 +274,20 @@ class AuthTables:
 
     async def delete_browser_session(self, session_hash: str) -> None:
         self.db.conn.execute("DELETE FROM auth_browser_sessions WHERE session_hash = ?", (session_hash,))
+
+    async def record_revocation(self, revocation: Revocation, now: float) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM auth_revocations WHERE created_at < ?", (now - REVOCATION_LOG_SECONDS,))
+            conn.execute("INSERT INTO auth_revocations (subject, client_id, grant_id, created_at) VALUES (?, ?, ?, ?)",
+                         (revocation.subject, revocation.client_id, revocation.grant_id, now))
+
+    async def revocations_after(self, cursor: int | None) -> tuple[int, list[Revocation]]:
+        if cursor is None:
+            row = self.db.conn.execute("SELECT coalesce(max(id), 0) FROM auth_revocations").fetchone()
+            return int(row[0]), []
+        rows = self.db.conn.execute(
+            "SELECT id, subject, client_id, grant_id FROM auth_revocations WHERE id > ? ORDER BY id",
+            (cursor,)).fetchall()
+        if not rows:
+            return cursor, []
+        return int(rows[-1]["id"]), [Revocation(r["subject"], r["client_id"], r["grant_id"]) for r in rows]
