@@ -91,7 +91,7 @@ async def test_user_removed_from_the_command_line_is_disconnected(http: httpx2.A
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "server", "users", "remove", "bob", "--data-dir", str(data_dir),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out, err = await proc.communicate()
+        _, err = await proc.communicate()
         assert proc.returncode == 0, err
 
     took = await stream_ends(http, server.url + "/mcp", session, asyncio.ensure_future(remove()), within=10)
