@@ -108,9 +108,15 @@ def test_streamable_http_never_fails_badly(threaded: ThreadedServer, http: httpx
     headers = {**ACCEPT, "Authorization": f"Bearer {threaded.token}", "Content-Type": content_type}
     if version is not None:
         headers["MCP-Protocol-Version"] = version
-    session_id = {"valid": lambda: open_session(http, base, threaded.token), "stale": lambda: "0" * 43,
-                  "missing": lambda: None, "garbage": lambda: "\x7f\x01 bad",
-                  "other-user": lambda: open_session(http, base, threaded.bob_token)}[which]()
+    session_id: str | None = None
+    if which == "valid":
+        session_id = open_session(http, base, threaded.token)
+    elif which == "other-user":
+        session_id = open_session(http, base, threaded.bob_token)
+    elif which == "stale":
+        session_id = "0" * 43
+    elif which == "garbage":
+        session_id = "\x7f\x01 bad"
     if session_id is not None and session_id.isprintable():
         headers["Mcp-Session-Id"] = session_id
     body = garbage if raw else json.dumps(message).encode()
@@ -183,7 +189,7 @@ def test_client_disconnects_leak_nothing(threaded: ThreadedServer) -> None:
                         break
             await client.delete(base + "/mcp", headers=headers)
         # A body that promises more than it sends, then the socket closes.
-        reader, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        _, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
         writer.write(b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Authorization: Bearer " + threaded.token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{")
         await writer.drain()

@@ -120,12 +120,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        # Codex may refresh its model list; an empty list keeps it on the configured model.
+        # Codex 0.171 sends none; recorded so that a new one shows up in the record.
         self.server.log({"method": "GET", "path": self.path})
-        if self.path.split("?")[0].endswith("/models"):
-            self._send(200, json.dumps({"object": "list", "data": [], "models": []}).encode(), "application/json")
-        else:
-            self._send(404, b"{}", "application/json")
+        self._send(404, b"{}", "application/json")
 
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))

@@ -1,8 +1,10 @@
 """Drive the real OpenAI Codex CLI against a real `memory-mcp serve`, all on loopback.
 
-Meant to run as `unshare --net -- python run.py --work DIR` (tests/test_interop_codex.py does
-that): inside a fresh network namespace only loopback exists, so nothing Codex tries at start-up
-can leave the machine, and every port is free. The steps are what a user does:
+Meant to run as `unshare --net --pid --fork --kill-child -- python run.py --work DIR`
+(tests/test_interop_codex.py does that): inside a fresh network namespace only loopback exists, so
+nothing Codex tries at start-up can leave the machine, and every port is free; in a fresh PID
+namespace the kernel kills whatever is left when this driver, its PID 1, ends. The steps are what
+a user does:
 
 1. `memory-mcp users add alice --password-stdin` and `memory-mcp serve` (access log kept);
 2. the model stand-in (model_stub.py) on loopback, configured as Codex's model provider;
@@ -10,7 +12,9 @@ can leave the machine, and every port is free. The steps are what a user does:
    client, opens the authorization URL with $BROWSER (browser_hook.py logs in and consents),
    receives the code on its loopback callback and stores the tokens in $CODEX_HOME;
 4. `codex exec` with a prompt; the stand-in model makes Codex call create_entities, then
-   read_graph, on our server with the stored token; then the final message ends the turn.
+   read_graph, on our server with the stored token; then the final message ends the turn;
+5. `codex mcp logout`, `codex mcp login` (a second login), and a second `codex exec` that only
+   reads the graph, with the new tokens.
 
 The driver asserts nothing: it leaves every artifact under --work (server log, Codex output,
 stub and browser records, CODEX_HOME, the SQLite data directory) and writes a summary to
@@ -31,6 +35,7 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -39,7 +44,8 @@ from pathlib import Path
 from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[2]
+# Bounds the whole run (about 10 s when healthy); each step also has its own, shorter timeout.
+RUN_DEADLINE = 150.0
 SERVER_NAME = "memory"
 USERNAME = "alice"
 PASSWORD = "alice-password-1"  # a throwaway account in a temporary data directory
@@ -128,6 +134,7 @@ def run_step(name: str, argv: list[str], work: Path, env: dict[str, str], timeou
              results: dict[str, Any], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run one command to completion, its output kept in WORK/<name>.out/.err and the summary."""
     started = time.monotonic()
+    timeout = max(1.0, min(timeout, results["deadline"] - started))
     # A new session: if the command times out, its whole group (Codex and its helpers) is killed.
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=work,
@@ -174,6 +181,14 @@ plugins = false
 apps = false
 remote_plugin = false
 in_app_updates = false
+
+# Telemetry: by default Codex exports metrics to OpenAI at exit, and in the namespace that waits
+# ~5 s for a connection that cannot happen.
+[otel]
+metrics_exporter = "none"
+
+[analytics]
+enabled = false
 """)
 
 
@@ -185,18 +200,25 @@ def main() -> int:
     args = parser.parse_args()
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"steps": []}
+    results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
         drive(work, args.codex, args.python, results)
     except Exception as exc:
         results["error"] = repr(exc)
+        results["traceback"] = traceback.format_exc()
+    del results["deadline"]
     (work / "result.json").write_text(json.dumps(results, indent=2))
     return 0 if "error" not in results else 1
 
 
 def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
     loopback_up()
+    # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
+    if not Path(memory_mcp).exists():
+        raise RuntimeError(f"{memory_mcp} missing: install the project (pip install -e .) into that venv")
+    if not codex.exists():
+        raise RuntimeError(f"{codex} missing: run tests/interop/codex/install.sh")
     data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
     cwd.mkdir(exist_ok=True)
     port = free_port()
@@ -214,7 +236,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
     with processes() as procs:
         server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir)],
                              work / "server.log", env=env)
-        wait_http(origin + "/healthz", 60, server)
+        wait_http(origin + "/healthz", 30, server)
 
         stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
                            work / "model-stub.log", env=env)
@@ -245,20 +267,20 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
             if credentials.exists():
                 shutil.copy(credentials, work / f"credentials-after-{name}.json")
 
-        codex_step("codex-version", ["--version"], 60)
+        codex_step("codex-version", ["--version"], 30)
         # `mcp add` notices the server wants OAuth and logs in right away (browser_hook.py).
         codex_step("codex-mcp-add", ["mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
-                                     "--oauth-client-registration", "dcr"], 90)
-        codex_step("codex-mcp-list", ["mcp", "list", "--json"], 60)
+                                     "--oauth-client-registration", "dcr"], 60)
+        codex_step("codex-mcp-list", ["mcp", "list", "--json"], 30)
         exec_argv = ["exec", "--skip-git-repo-check", "--json", "--cd", str(cwd),
                      # Without this Codex asks for approval of every MCP tool call, and exec has no one to ask.
                      "-c", f'mcp_servers.{SERVER_NAME}.default_tools_approval_mode="approve"']
-        codex_step("codex-exec-remember", [*exec_argv, REMEMBER_PROMPT], 120)
+        codex_step("codex-exec-remember", [*exec_argv, REMEMBER_PROMPT], 60)
         # Log out and in again with `codex mcp login`: a new client registration, new tokens, and a
         # new process that must reach the same user's memory with them.
-        codex_step("codex-mcp-logout", ["mcp", "logout", SERVER_NAME], 60)
-        codex_step("codex-mcp-login", ["mcp", "login", SERVER_NAME, "--oauth-client-registration", "dcr"], 90)
-        codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 120)
+        codex_step("codex-mcp-logout", ["mcp", "logout", SERVER_NAME], 30)
+        codex_step("codex-mcp-login", ["mcp", "login", SERVER_NAME, "--oauth-client-registration", "dcr"], 60)
+        codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 60)
     results["server_log"] = str(work / "server.log")
 
 
