@@ -119,9 +119,10 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
         await storage.close()
 
     async def on_shutdown(_app: web.Application) -> None:
-        # Before aiohttp waits for handlers: open SSE streams never finish on their own, so end
-        # every session first and the process exits at once (sdk-notes P6).
-        await registry.close_where(lambda _s: True)
+        # Before aiohttp waits for handlers: open SSE streams never finish on their own, so close
+        # every session first and the process exits at once (sdk-notes P6). Their records stay,
+        # so that the next start serves them again.
+        await registry.close_where(lambda _s: True, keep_records=True)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

@@ -120,24 +120,26 @@ async def test_users_are_isolated(server: RunningServer) -> None:
         assert [e["name"] for e in structured(await a.call_tool("read_graph", {}))["entities"]] == ["secret"]
 
 
-async def test_restart_keeps_tokens_and_memory(server: RunningServer) -> None:
+async def test_restart_keeps_tokens_sessions_and_memory(server: RunningServer) -> None:
+    """A server restart is invisible to a connected client: same tokens, same MCP session, same graph."""
     alice = OAuthUser(server.url, "alice", "alice-password-1")
+    data_dir = server.storage.db.path.parent
+    port = int(server.url.rsplit(":", 1)[1])
     async with alice.client() as (client, _):
         await client.call_tool("create_entities", {"entities": [
             {"name": "durable", "entityType": "fact", "observations": ["survives restarts"]}]})
-    data_dir = server.storage.db.path.parent
-    port = int(server.url.rsplit(":", 1)[1])
-    await server.stop()
+        [before] = server.registry.sessions()
+        await server.stop()
 
-    restarted = await start_server(data_dir, port=port)
-    try:
-        async with alice.client() as (client, _):
+        restarted = await start_server(data_dir, port=port)
+        try:
             graph = structured(await client.call_tool("read_graph", {}))
-        assert graph["entities"] == [{"name": "durable", "entityType": "fact",
-                                      "observations": ["survives restarts"]}]
-        assert len(alice.redirects) == 1  # no second login: the old tokens still work
-    finally:
-        await restarted.stop()
+            assert graph["entities"] == [{"name": "durable", "entityType": "fact",
+                                          "observations": ["survives restarts"]}]
+            assert [s.session_id for s in restarted.registry.sessions()] == [before.session_id]
+        finally:
+            await restarted.stop()
+    assert len(alice.redirects) == 1  # no second login: the old tokens still work
 
 
 @pytest.mark.parametrize("mode,era", [("legacy", "2025-11-25"), ("auto", "2026-07-28")])

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.conftest import RunningServer, access_token
+from tests.conftest import RunningServer, access_token, start_server
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-11-25"  # priming events (and so resumption of POST streams) start with this version
@@ -89,3 +90,41 @@ async def test_events_are_deleted_with_their_session(http: httpx2.AsyncClient, s
     assert (await http.delete(server.url + "/mcp", headers=alice)).status_code == 200
     count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
     assert count.fetchone()[0] == 0
+
+
+async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    """The session record and its event log are in storage: after a restart the same session id
+    keeps working for its owner (no new handshake), replays what was sent before the restart,
+    and stays invisible to everyone else."""
+    alice = await session(http, server, await access_token(server, "alice", "alice-password-1"))
+    bob_token = await access_token(server, "bob", "bob-password-22")
+    posted = await http.post(server.url + "/mcp", headers=alice, json={
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
+    priming = events(posted.text)[0]["id"]
+    data_dir, port = server.storage.db.path.parent, int(server.url.rsplit(":", 1)[1])
+    await server.stop()
+
+    restarted = await start_server(data_dir, port=port)
+    try:
+        assert len(restarted.registry) == 0
+        stolen = await http.post(restarted.url + "/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"},
+                                 headers={**alice, "Authorization": f"Bearer {bob_token}"})
+        assert stolen.status_code == 404 and len(restarted.registry) == 0
+
+        listed = await http.post(restarted.url + "/mcp", headers=alice,
+                                 json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
+        assert listed.status_code == 200, listed.text
+        assert [s.session_id for s in restarted.registry.sessions()] == [alice["Mcp-Session-Id"]]
+        assert len(json.loads([e for e in events(listed.text) if e.get("data")][-1]["data"])["result"]["tools"]) == 9
+
+        async with http.stream("GET", restarted.url + "/mcp", headers={**alice, "Last-Event-ID": priming}) as again:
+            text = ""
+            async for chunk in again.aiter_text():
+                text += chunk
+                if '"id":3' in text.replace(" ", ""):
+                    break
+        assert '"id":3' in text.replace(" ", "")
+        assert (await http.delete(restarted.url + "/mcp", headers=alice)).status_code == 200
+        assert await restarted.storage.get_session(alice["Mcp-Session-Id"]) is None
+    finally:
+        await restarted.stop()

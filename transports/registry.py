@@ -23,10 +23,14 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
+from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_loop
+from mcp.server.runner import serve_connection, serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
+from mcp.shared.transport_context import TransportContext
+from mcp_types import InitializeRequestParams
 
 from transports.caller import Caller
 from transports.events import SessionEventStore
@@ -88,6 +92,7 @@ class SessionRegistry:
         self._lifespan_state: Any = None
         self._holder: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._restoring: dict[str, asyncio.Event] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,13 +114,14 @@ class SessionRegistry:
             finally:
                 self._tg = None
 
-        await self._store.purge_sessions()
+        await self._store.purge_sessions(time.time() - self.idle_timeout)
         self._holder = asyncio.create_task(hold(), name="mcp-session-registry")
         await started
 
     async def stop(self) -> None:
-        """End every session (open streams close at once), then the task group."""
-        await self.close_where(lambda _s: True)
+        """Close every stream at once, then the task group. Session records stay in the store:
+        the next process restores the sessions their clients use again (`restore`)."""
+        await self.close_where(lambda _s: True, keep_records=True)
         self._stop.set()
         if self._holder is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -174,9 +180,42 @@ class SessionRegistry:
     async def open_streamable(self, caller: Caller) -> Session:
         """Create a session and start the task that serves it; the caller then passes the
         initialize request to `session.transport`."""
+        return await self._start(caller, secrets.token_urlsafe(32), None)
+
+    async def restore(self, session_id: str, caller: Caller) -> Session | None:
+        """Serve again a session that this process does not hold but the store remembers (the
+        server restarted, or the session was opened by another instance), when it belongs to
+        `caller` and has not expired. The client's initialize params come from the record, so
+        the session continues without a new handshake and keeps its event log."""
+        record = await self._store.get_session(session_id)
+        if (record is None or record.transport != "streamable-http" or record.client_params is None
+                or record.owner != self._owner_label(caller.owner)
+                or record.last_seen_at < time.time() - self.idle_timeout):
+            return None
+        pending = self._restoring.get(session_id)
+        if pending is not None:  # another request is restoring it right now
+            await pending.wait()
+            return self.lookup(session_id, caller.owner)
+        self._restoring[session_id] = done = asyncio.Event()
+        try:
+            if session_id in self._sessions:
+                return self.lookup(session_id, caller.owner)
+            try:
+                params = InitializeRequestParams.model_validate_json(record.client_params)
+            except ValueError:
+                return None
+            version = record.protocol_version or params.protocol_version
+            session = await self._start(caller, session_id, (params, version))
+            log.info("MCP session %s… restored from storage", session_id[:8])
+            return session
+        finally:
+            del self._restoring[session_id]
+            done.set()
+
+    async def _start(self, caller: Caller, session_id: str,
+                     restored: tuple[InitializeRequestParams, str] | None) -> Session:
         if self._tg is None:
             raise RuntimeError("the session registry is not running")
-        session_id = secrets.token_urlsafe(32)
         transport = StreamableHTTPServerTransport(
             mcp_session_id=session_id,
             is_json_response_enabled=self.json_response,
@@ -185,13 +224,14 @@ class SessionRegistry:
         )
         session = self._admit(caller, "streamable-http", transport, session_id)
         try:
-            await self._tg.start(self._serve_streamable, session)
+            await self._tg.start(self._serve_streamable, session, restored)
         except BaseException:
             await self.forget(session)
             raise
         return session
 
-    async def _serve_streamable(self, session: Session, *, task_status: TaskStatus[None]) -> None:
+    async def _serve_streamable(self, session: Session, restored: tuple[InitializeRequestParams, str] | None, *,
+                                task_status: TaskStatus[None]) -> None:
         transport = session.transport
         assert transport is not None
         try:
@@ -199,8 +239,11 @@ class SessionRegistry:
                 task_status.started()
                 idle_scope = transport.idle_scope or anyio.CancelScope()
                 with idle_scope:
-                    await serve_loop(self._server, read_stream, write_stream,
-                                     lifespan_state=self._lifespan_state, session_id=session.session_id)
+                    if restored is None:
+                        await serve_loop(self._server, read_stream, write_stream,
+                                         lifespan_state=self._lifespan_state, session_id=session.session_id)
+                    else:
+                        await self._serve_initialized(session.session_id, read_stream, write_stream, *restored)
                 if idle_scope.cancelled_caught:
                     log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
         except Exception:
@@ -209,21 +252,33 @@ class SessionRegistry:
             with anyio.CancelScope(shield=True):
                 await self.forget(session)
 
-    async def established(self, session: Session, protocol_version: str | None) -> None:
+    async def _serve_initialized(self, session_id: str, read_stream: Any, write_stream: Any,
+                                 params: InitializeRequestParams, protocol_version: str) -> None:
+        """What `serve_loop` does, with the handshake already done (a restored session)."""
+        dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
+            read_stream, write_stream, inline_methods=frozenset({"initialize"}))
+        connection = Connection(dispatcher, protocol_version=protocol_version, session_id=session_id,
+                                client_params=params)
+        connection.initialized.set()
+        await serve_connection(self._server, dispatcher, connection=connection, lifespan_state=self._lifespan_state)
+
+    async def established(self, session: Session, protocol_version: str | None,
+                          client_params: str | None = None) -> None:
         """The opening request succeeded: record the session."""
         await self._store.save_session(SessionRecord(
             session_id=session.session_id, owner=self._owner_label(session.owner), user=session.user,
             transport=session.kind, protocol_version=protocol_version,
-            created_at=session.created_at, last_seen_at=session.last_seen_at))
+            created_at=session.created_at, last_seen_at=session.last_seen_at, client_params=client_params))
 
     def admit(self, caller: Caller, kind: str, session_id: str) -> Session:
         return self._admit(caller, kind, None, session_id)
 
     # -- closing -----------------------------------------------------------------------------
 
-    async def forget(self, session: Session) -> None:
+    async def forget(self, session: Session, *, keep_record: bool = False) -> None:
         """Stop tracking the session and end its transport. The id answers 404 from the first line
-        on; the rest is shielded so that it completes even while the caller is being cancelled."""
+        on; the rest is shielded so that it completes even while the caller is being cancelled.
+        `keep_record` (shutdown) leaves the stored record and events for a later restore."""
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
             remaining = self._per_user.get(session.user, 1) - 1
@@ -239,11 +294,12 @@ class SessionRegistry:
                 await session.transport.terminate()
             if session.cancel is not None:
                 await session.cancel()
-            await self._store.delete_session(session.session_id)
-            await self._store.delete_events(session.session_id)
+            if not keep_record:
+                await self._store.delete_session(session.session_id)
+                await self._store.delete_events(session.session_id)
 
-    async def close_where(self, predicate: Callable[[Session], bool]) -> int:
+    async def close_where(self, predicate: Callable[[Session], bool], *, keep_records: bool = False) -> int:
         doomed = [s for s in self._sessions.values() if predicate(s)]
         for session in doomed:
-            await self.forget(session)
+            await self.forget(session, keep_record=keep_records)
         return len(doomed)

@@ -22,10 +22,15 @@ class SessionRecord:
     protocol_version: str | None
     created_at: float
     last_seen_at: float
+    client_params: str | None = None
+    """The client's `initialize` params (JSON): what a restarted server needs to serve the
+    session again without a new handshake."""
 
 
 class SessionStore(Protocol):
     async def save_session(self, record: SessionRecord) -> None: ...
+
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
     async def touch_session(self, session_id: str, now: float) -> None: ...
 
@@ -33,9 +38,9 @@ class SessionStore(Protocol):
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
 
-    async def purge_sessions(self) -> int:
-        """Forget every record: called at start-up by a single-instance deployment, whose
-        transports died with the previous process."""
+    async def purge_sessions(self, idle_before: float) -> int:
+        """Forget the sessions last seen before `idle_before` (expired while nobody served
+        them) with their events; called at start-up."""
         ...
 
 

@@ -9,12 +9,13 @@ comes before everything a client could learn something from: Codex probes an una
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
@@ -83,6 +84,11 @@ class StreamableHTTPEndpoint:
                                  "first, then the session id it returns on every request)")
 
         session = self._registry.lookup(session_id, caller.owner)
+        if session is None:
+            try:
+                session = await self._registry.restore(session_id, caller)
+            except SessionLimitError as exc:
+                return _too_many(exc)
         if session is None or session.transport is None:
             return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize "
                                  "to start a new session")
@@ -97,8 +103,7 @@ class StreamableHTTPEndpoint:
         try:
             session = await self._registry.open_streamable(caller)
         except SessionLimitError as exc:
-            status = 429 if exc.per_user else 503
-            return jsonrpc_error(status, -32600, f"Too many sessions: {exc}", headers={"Retry-After": "60"})
+            return _too_many(exc)
         assert session.transport is not None
         response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
         if response.status >= 400:
@@ -106,5 +111,11 @@ class StreamableHTTPEndpoint:
         else:
             params = message.get("params")
             requested = params.get("protocolVersion") if isinstance(params, dict) else None
-            await self._registry.established(session, requested if isinstance(requested, str) else None)
+            version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+            await self._registry.established(session, version, json.dumps(params))
         return response
+
+
+def _too_many(exc: SessionLimitError) -> web.Response:
+    return jsonrpc_error(429 if exc.per_user else 503, -32600, f"Too many sessions: {exc}",
+                         headers={"Retry-After": "60"})

@@ -1,6 +1,7 @@
 """MCP session records on SQLite (`transports.store.SessionStore`).
 
-    mcp_sessions(session_id PK, owner, user, transport, protocol_version, created_at, last_seen_at)
+    mcp_sessions(session_id PK, owner, user, transport, protocol_version, created_at, last_seen_at,
+                 client_params: the initialize params, JSON)
     index on user: `memory-mcp sessions list --user` and teardown of one user's sessions.
 
 The session id is not a credential (every request is authenticated by its bearer token and the
@@ -20,7 +21,8 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
     transport TEXT NOT NULL,
     protocol_version TEXT,
     created_at REAL NOT NULL,
-    last_seen_at REAL NOT NULL
+    last_seen_at REAL NOT NULL,
+    client_params TEXT
 );
 CREATE INDEX IF NOT EXISTS mcp_sessions_user ON mcp_sessions(user)
 """
@@ -33,9 +35,13 @@ class SessionTables:
     async def save_session(self, record: SessionRecord) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO mcp_sessions VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO mcp_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (record.session_id, record.owner, record.user, record.transport, record.protocol_version,
-                 record.created_at, record.last_seen_at))
+                 record.created_at, record.last_seen_at, record.client_params))
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        row = self.db.conn.execute("SELECT * FROM mcp_sessions WHERE session_id = ?", (session_id,)).fetchone()
+        return None if row is None else SessionRecord(**dict(row))
 
     async def touch_session(self, session_id: str, now: float) -> None:
         self.db.conn.execute("UPDATE mcp_sessions SET last_seen_at = ? WHERE session_id = ?", (now, session_id))
@@ -51,10 +57,13 @@ class SessionTables:
                 "SELECT * FROM mcp_sessions WHERE user = ? ORDER BY created_at", (user,)).fetchall()
         return [SessionRecord(**dict(row)) for row in rows]
 
-    async def purge_sessions(self) -> int:
+    async def purge_sessions(self, idle_before: float) -> int:
         with self.db.transaction() as conn:
-            conn.execute("DELETE FROM mcp_events")
-            return conn.execute("DELETE FROM mcp_sessions").rowcount
+            # An SSE session is its open stream: it cannot outlive the process that held it.
+            gone = conn.execute("DELETE FROM mcp_sessions WHERE last_seen_at < ? OR transport = 'sse'",
+                                (idle_before,)).rowcount
+            conn.execute("DELETE FROM mcp_events WHERE session_id NOT IN (SELECT session_id FROM mcp_sessions)")
+            return gone
 
 
 EVENTS_SCHEMA = """
