@@ -131,3 +131,9 @@ async def json_method_not_allowed(request: web.Request) -> web.Response:
 
 async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=CORS_HEADERS)
+
+
+def client_address(request: web.Request) -> str:
+    """The address a request came from, for rate limits and logs. The socket peer, never a
+    forwarding header: a header is whatever the client chose to send unless a trusted proxy set it."""
+    return request.remote or "unknown"

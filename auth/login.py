@@ -16,7 +16,7 @@ from aiohttp import web
 from auth import browser, csrf, pages
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect
-from auth.http import BadRequest, read_form
+from auth.http import BadRequest, client_address, read_form
 from auth.passwords import hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 
@@ -55,7 +55,7 @@ async def handle_login(request: web.Request) -> web.Response:
     ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX])
     if not ok or user is None:
         # One line per failure, for fail2ban-style throttling in front of the server.
-        log.warning("failed login for %r from %s", username[:64], request.remote)
+        log.warning("failed login for %r from %s", username[:64], client_address(request))
         return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
     if needs_rehash(user.password_hash):
         await server.store.set_password_hash(user.id, await hash_password(password))

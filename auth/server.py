@@ -12,6 +12,7 @@ from cryptography.fernet import Fernet
 
 from auth import accounts
 from auth.models import Revocation, User
+from auth.ratelimit import MemoryRateLimiter, RateLimiter
 from auth.settings import AuthSettings
 from auth.store import AuthStore
 
@@ -29,6 +30,7 @@ class AuthorizationServer:
     sealer: Fernet
     revocation_listeners: list[RevocationListener] = field(default_factory=list)
     clock: Callable[[], float] = time.time
+    limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
 
     async def notify(self, revocation: Revocation) -> None:
         # Recorded for the other processes that serve the same store (and `memory-mcp` commands
