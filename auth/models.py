@@ -126,12 +126,13 @@ class AccessGrant:
 class Revocation:
     """Credentials that stopped being valid, so that resource servers can drop live sessions.
 
-    `client_id`/`grant_id` None mean "every client" / "every grant" of that subject. A revoked
+    `client_id`/`grant_id` None mean "every client" / "every grant" of that subject; `subject`
+    None means every user of that client (the client was removed). A revoked
     access token reports its grant although the grant's refresh token may still be alive: the
     client is expected to refresh, and a listener closing the sessions of that grant is what
     makes the revocation take effect immediately.
     """
 
-    subject: str
+    subject: str | None
     client_id: str | None
     grant_id: str | None

@@ -66,7 +66,9 @@ class GrantStore(Protocol):
 
     async def revoke_grant(self, grant_id: str) -> int: ...
 
-    async def revoke_subject(self, subject: str) -> int: ...
+    async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
+        """Delete the user's tokens and codes (only those of `client_id` when given)."""
+        ...
 
 
 class BrowserSessionStore(Protocol):

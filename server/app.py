@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -19,6 +19,7 @@ from auth.settings import AuthSettings
 from auth.store import RevocationLog
 from server.config import Settings
 from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
+from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
 from transports.caller import Caller, Refusal
 from transports.registry import Session, SessionRegistry
@@ -52,11 +53,6 @@ def cookie_key(data_dir: Path) -> bytes:
     return key
 
 
-def owner_label(owner: Hashable) -> str:
-    assert isinstance(owner, Principal)
-    return f"{owner.subject} via {owner.client_id}"
-
-
 def auth_settings(settings: Settings) -> AuthSettings:
     return AuthSettings(issuer=settings.issuer, access_token_ttl=settings.access_token_ttl,
                         refresh_token_ttl=settings.refresh_token_ttl)
@@ -88,7 +84,8 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
     async def end_sessions(revocation: Revocation) -> None:
         def doomed(session: Session) -> bool:
             owner = session.owner
-            return isinstance(owner, Principal) and owner.subject == revocation.subject and (
+            return isinstance(owner, Principal) and (
+                revocation.subject is None or owner.subject == revocation.subject) and (
                 revocation.client_id is None or owner.client_id == revocation.client_id)
         closed = await registry.close_where(doomed)
         if closed:

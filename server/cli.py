@@ -7,12 +7,11 @@ import asyncio
 import getpass
 import logging
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from auth import accounts
-from auth.models import Revocation
+from server import admin
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
 
@@ -34,22 +33,42 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
     _add_settings_flags(serve, list(Settings.model_fields))
 
-    users = commands.add_parser("users", help="manage local accounts")
-    users.add_argument("--config", default=argparse.SUPPRESS,
-                       help="TOML file with settings (env MEMORY_MCP_CONFIG)")
-    _add_settings_flags(users, ["data_dir"])
-    actions = users.add_subparsers(dest="action", required=True)
-    for action, text in (("add", "create an account"), ("passwd", "change a password")):
-        sub = actions.add_parser(action, help=text)
-        sub.add_argument("username")
-        sub.add_argument("--password-stdin", action="store_true",
-                         help="read the password from standard input instead of prompting")
+    def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+        parser = commands.add_parser(name, help=text)
+        parser.add_argument("--config", default=argparse.SUPPRESS,
+                            help="TOML file with settings (env MEMORY_MCP_CONFIG)")
+        _add_settings_flags(parser, ["data_dir"])
+        return parser.add_subparsers(dest="action", required=True)
+
+    def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
+               *args: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=text)
+        for arg in args:
+            sub.add_argument(arg)
         _add_settings_flags(sub, ["data_dir"])
-    sub = actions.add_parser("remove", help="delete an account, its tokens, sessions and memory")
-    sub.add_argument("username")
-    _add_settings_flags(sub, ["data_dir"])
-    sub = actions.add_parser("list", help="list accounts")
-    _add_settings_flags(sub, ["data_dir"])
+        return sub
+
+    users = group("users", "manage local accounts")
+    for name, text in (("add", "create an account"), ("passwd", "change a password")):
+        action(users, name, text, "username").add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input instead of prompting")
+    action(users, "remove", "delete an account, its tokens, sessions and memory", "username")
+    action(users, "list", "list accounts")
+
+    clients = group("clients", "registered OAuth clients")
+    action(clients, "list", "list registered clients")
+    action(clients, "remove", "delete a client and revoke its tokens", "client_id")
+
+    sessions = group("sessions", "live MCP sessions")
+    action(sessions, "list", "list MCP sessions").add_argument("--user", help="only this user's")
+    revoke = action(sessions, "revoke", "end a session (revoking its client's tokens for that user), or every "
+                    "session of --user")
+    revoke.add_argument("session_id", nargs="?")
+    revoke.add_argument("--user")
+
+    tokens = group("tokens", "issued tokens")
+    action(tokens, "revoke", "revoke every token of a user and end their sessions").add_argument(
+        "--user", required=True)
     return parser
 
 
@@ -65,28 +84,38 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
-async def _users(args: argparse.Namespace, settings: Settings) -> int:
+async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     storage = SQLiteStorage(settings.database_path)
     try:
-        if args.action == "add":
-            user = await accounts.add_user(storage, args.username, _read_password(args.password_stdin))
-            print(f"added user {user.username}")
-        elif args.action == "passwd":
-            await accounts.set_password(storage, args.username, _read_password(args.password_stdin))
-            print(f"changed the password of {args.username}")
-        elif args.action == "remove":
-            user = await accounts.remove_user(storage, args.username)
-            # A running server reads this and ends the user's live sessions within a second.
-            await storage.record_revocation(Revocation(user.id, None, None), time.time())
-            graph_gone = await storage.delete_graph(user.id)
-            print(f"removed user {user.username} with their tokens, sessions and memory "
-                  f"({graph_gone} entities)")
-        else:
-            for user in await accounts.list_users(storage):
-                print(user.username)
+        print(await _run_command(storage, args.command, args.action, args))
     finally:
         await storage.close()
     return 0
+
+
+async def _run_command(storage: SQLiteStorage, command: str, action: str, args: argparse.Namespace) -> str:
+    match command, action:
+        case "users", "add":
+            user = await accounts.add_user(storage, args.username, _read_password(args.password_stdin))
+            return f"added user {user.username}"
+        case "users", "passwd":
+            await accounts.set_password(storage, args.username, _read_password(args.password_stdin))
+            return f"changed the password of {args.username}"
+        case "users", "remove":
+            return await admin.users_remove(storage, args.username)
+        case "users", "list":
+            return "\n".join(user.username for user in await accounts.list_users(storage))
+        case "clients", "list":
+            return await admin.clients_list(storage)
+        case "clients", "remove":
+            return await admin.clients_remove(storage, args.client_id)
+        case "sessions", "list":
+            return await admin.sessions_list(storage, args.user)
+        case "sessions", "revoke":
+            return await admin.sessions_revoke(storage, args.session_id, args.user)
+        case "tokens", "revoke":
+            return await admin.tokens_revoke(storage, args.user)
+    raise AssertionError(f"unhandled command {command} {action}")
 
 
 def _serve(settings: Settings) -> int:
@@ -122,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings)
-        return asyncio.run(_users(args, settings))
-    except accounts.AccountError as exc:
+        return asyncio.run(_administer(args, settings))
+    except (accounts.AccountError, admin.AdminError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

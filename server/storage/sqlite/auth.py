@@ -80,7 +80,7 @@ CREATE INDEX IF NOT EXISTS auth_browser_sessions_user ON auth_browser_sessions (
 CREATE INDEX IF NOT EXISTS auth_browser_sessions_expiry ON auth_browser_sessions (expires_at);
 CREATE TABLE IF NOT EXISTS auth_revocations (
     id INTEGER PRIMARY KEY,
-    subject TEXT NOT NULL,
+    subject TEXT,
     client_id TEXT,
     grant_id TEXT,
     created_at REAL NOT NULL
@@ -248,10 +248,12 @@ class AuthTables:
     async def revoke_grant(self, grant_id: str) -> int:
         return int(self.db.conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (grant_id,)).rowcount)
 
-    async def revoke_subject(self, subject: str) -> int:
+    async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
+        where = "subject = ?" if client_id is None else "subject = ? AND client_id = ?"
+        params = (subject,) if client_id is None else (subject, client_id)
         with self.db.transaction() as conn:
-            tokens = conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (subject,)).rowcount
-            codes = conn.execute("DELETE FROM auth_codes WHERE subject = ?", (subject,)).rowcount
+            tokens = conn.execute(f"DELETE FROM auth_tokens WHERE {where}", params).rowcount  # noqa: S608
+            codes = conn.execute(f"DELETE FROM auth_codes WHERE {where}", params).rowcount  # noqa: S608
         return int(tokens + codes)
 
     # Browser logins

@@ -1,0 +1,100 @@
+"""`memory-mcp clients|sessions|tokens`: run beside a live server, effective on live sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import httpx2
+import pytest
+
+from tests.conftest import RunningServer, tokens_by_hand
+from tests.test_mcp_http import open_session
+
+BOTH = "memory:read memory:write"
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        yield client
+
+
+async def cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", *args, "--data-dir", str(server.storage.db.path.parent),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
+
+
+async def ended(server: RunningServer, session_id: str, within: float = 5.0) -> bool:
+    for _ in range(int(within / 0.1)):
+        if all(s.session_id != session_id for s in server.registry.sessions()):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_clients_list_and_remove(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
+    session = await open_session(http, server, tokens["access_token"])
+    listed = await cli(server, "clients", "list")
+    assert listed.returncode == 0 and tokens["client_id"] in listed.stdout and "by hand" in listed.stdout
+
+    removed = await cli(server, "clients", "remove", tokens["client_id"])
+    assert removed.returncode == 0, removed.stderr
+    assert await ended(server, session["Mcp-Session-Id"])
+    after = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
+                                                                         "method": "tools/list"})
+    assert after.status_code == 401
+    assert tokens["client_id"] not in (await cli(server, "clients", "list")).stdout
+    missing = await cli(server, "clients", "remove", tokens["client_id"])
+    assert missing.returncode == 1 and "clients list" in missing.stderr
+
+
+async def test_sessions_list_and_revoke_one(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    alice = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
+    bob = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
+    alice_session = await open_session(http, server, alice["access_token"])
+    bob_session = await open_session(http, server, bob["access_token"])
+
+    listed = await cli(server, "sessions", "list")
+    assert alice_session["Mcp-Session-Id"] in listed.stdout and "alice" in listed.stdout
+    only_bob = await cli(server, "sessions", "list", "--user", "bob")
+    assert bob_session["Mcp-Session-Id"] in only_bob.stdout and alice_session["Mcp-Session-Id"] not in only_bob.stdout
+
+    revoked = await cli(server, "sessions", "revoke", alice_session["Mcp-Session-Id"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert await ended(server, alice_session["Mcp-Session-Id"])
+    assert [s.session_id for s in server.registry.sessions()] == [bob_session["Mcp-Session-Id"]]
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    assert (await http.post(server.url + "/mcp", headers=alice_session, json=call)).status_code == 401
+    assert (await http.post(server.url + "/mcp", headers=bob_session, json=call)).status_code == 200
+
+    unknown = await cli(server, "sessions", "revoke", "nope")
+    assert unknown.returncode == 1 and "sessions list" in unknown.stderr
+    neither = await cli(server, "sessions", "revoke")
+    assert neither.returncode == 1 and "--user" in neither.stderr
+
+
+async def test_sessions_revoke_user_and_tokens_revoke(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    bob = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
+    bob_session = await open_session(http, server, bob["access_token"])
+    done = await cli(server, "sessions", "revoke", "--user", "bob")
+    assert done.returncode == 0, done.stderr
+    assert await ended(server, bob_session["Mcp-Session-Id"])
+
+    alice = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
+    alice_session = await open_session(http, server, alice["access_token"])
+    done = await cli(server, "tokens", "revoke", "--user", "alice")
+    assert done.returncode == 0 and "revoked" in done.stdout
+    assert await ended(server, alice_session["Mcp-Session-Id"])
+    refresh = await http.post(server.url + "/token", data={
+        "grant_type": "refresh_token", "refresh_token": alice["refresh_token"], "client_id": alice["client_id"]})
+    assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
+    nobody = await cli(server, "tokens", "revoke", "--user", "carol")
+    assert nobody.returncode == 1 and "users list" in nobody.stderr
