@@ -22,6 +22,7 @@ from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
 from transports.caller import Caller, Refusal
+from transports.http import add_cors_headers
 from transports.registry import Session, SessionRegistry
 from transports.sse import SSEEndpoint
 from transports.streamable_http import StreamableHTTPEndpoint
@@ -29,6 +30,7 @@ from transports.streamable_http import StreamableHTTPEndpoint
 log = logging.getLogger(__name__)
 
 REVOCATION_POLL_SECONDS = 1.0
+MCP_PATHS = frozenset({"/mcp", "/mcp/", "/sse", "/messages", "/messages/"})
 
 STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
@@ -104,6 +106,12 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
     app.router.add_route("*", "/messages", sse.message)
     app.router.add_route("*", "/messages/", sse.message)
     app.router.add_get("/healthz", _health)
+
+    async def cors(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path in MCP_PATHS:
+            add_cors_headers(request, response, allowed_origins)
+
+    app.on_response_prepare.append(cors)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()

@@ -195,3 +195,24 @@ async def test_revoking_the_refresh_token_ends_live_sessions(http: httpx2.AsyncC
     after = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
                                                                          "method": "tools/list"})
     assert after.status_code == 401 and 'error="invalid_token"' in after.headers["www-authenticate"]
+
+
+async def test_browser_clients_get_cors_for_allowed_origins_only(http: httpx2.AsyncClient, server: RunningServer,
+                                                                 token: str) -> None:
+    preflight = await http.options(server.url + "/mcp", headers={
+        "Origin": server.url, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, mcp-protocol-version"})
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == server.url
+    assert "mcp-session-id" in preflight.headers["access-control-allow-headers"].lower()
+    foreign = await http.options(server.url + "/mcp", headers={"Origin": "https://evil.example",
+                                                               "Access-Control-Request-Method": "POST"})
+    assert foreign.status_code == 403 and "access-control-allow-origin" not in foreign.headers
+
+    resp = await http.post(server.url + "/mcp", json=INIT, headers={
+        **ACCEPT, "Authorization": f"Bearer {token}", "Origin": server.url})
+    assert resp.headers["access-control-allow-origin"] == server.url
+    assert "mcp-session-id" in resp.headers["access-control-expose-headers"].lower()
+    unauthenticated = await http.post(server.url + "/mcp", json=INIT, headers={**ACCEPT, "Origin": server.url})
+    assert unauthenticated.status_code == 401
+    assert "www-authenticate" in unauthenticated.headers["access-control-expose-headers"].lower()

@@ -15,6 +15,35 @@ def jsonrpc_error(status: int, code: int, message: str, *, headers: Mapping[str,
     return web.json_response(body, status=status, headers=headers)
 
 
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Accept, MCP-Protocol-Version, Mcp-Session-Id, Mcp-Method, Last-Event-ID"
+)
+CORS_EXPOSE_HEADERS = "Mcp-Session-Id, WWW-Authenticate, MCP-Protocol-Version"
+
+
+def cors_preflight(request: web.Request, allowed: frozenset[str], methods: str) -> web.Response:
+    """Answer a browser's preflight without authentication (the preflight carries no token, and
+    browser clients such as the MCP Inspector stop at a 401 here). Only allowed origins get the
+    permission headers; the request itself is still authenticated."""
+    check_origin(request, allowed)
+    headers = {"Access-Control-Allow-Methods": methods, "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+               "Access-Control-Max-Age": "600", "Vary": "Origin"}
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        headers["Access-Control-Allow-Origin"] = origin
+    return web.Response(status=204, headers=headers)
+
+
+def add_cors_headers(request: web.Request, response: web.StreamResponse, allowed: frozenset[str]) -> None:
+    """On every answer to an allowed browser origin (streams included: this runs as the response is
+    prepared), let the page read the session id and the auth challenge."""
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.rstrip("/").lower() in allowed:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        response.headers.add("Vary", "Origin")
+
+
 def check_origin(request: web.Request, allowed: frozenset[str]) -> None:
     """DNS-rebinding defence (MCP transports spec): a browser page on another origin must not reach
     the endpoint. Non-browser clients send no Origin header and pass."""

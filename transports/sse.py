@@ -23,7 +23,7 @@ from mcp.server.sse import SseServerTransport
 
 from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi
 from transports.caller import Authenticate, GuardMessage, Refusal, current_caller
-from transports.http import check_origin, parse_json, read_body
+from transports.http import check_origin, cors_preflight, parse_json, read_body
 from transports.registry import Session, SessionLimitError, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,8 @@ class SSEEndpoint:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """GET /sse."""
+        if request.method == "OPTIONS":
+            return cors_preflight(request, self._allowed_origins, "GET")
         check_origin(request, self._allowed_origins)
         try:
             caller = await self._authenticate(request, "/sse")
@@ -106,6 +108,8 @@ class SSEEndpoint:
 
     async def message(self, request: web.Request) -> web.StreamResponse:
         """POST /messages?session_id=..."""
+        if request.method == "OPTIONS":
+            return cors_preflight(request, self._allowed_origins, "POST")
         check_origin(request, self._allowed_origins)
         try:
             caller = await self._authenticate(request, "/sse")

@@ -19,7 +19,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
-from transports.http import check_origin, jsonrpc_error, parse_json, read_body
+from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import SessionLimitError, SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class StreamableHTTPEndpoint:
         self._resource_path = resource_path
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method == "OPTIONS":
+            return cors_preflight(request, self._allowed_origins, "GET, POST, DELETE")
         check_origin(request, self._allowed_origins)
         try:
             caller = await self._authenticate(request, self._resource_path)

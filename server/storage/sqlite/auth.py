@@ -9,6 +9,9 @@ Schema and the reasons for it:
 * `auth_codes`, `auth_tokens`, `auth_browser_sessions` are keyed by the SHA-256 of the secret, never
   the secret: a copy of this file yields no usable credential, and a bearer check is one primary
   key lookup. Secondary indexes exist only for the bulk deletes (grant, subject, client, expiry).
+* `auth_consents`: approvals a user asked to remember (`auth.consent`), keyed by everything a
+  request must match (user, client, redirect URI, resource, scope set as sorted space-joined
+  string). Plain identifiers, no secret: nothing here lets anyone act as the user.
 * No foreign keys: rows are created in an order the auth flow controls, and deletes cascade
   explicitly inside one transaction, which keeps the contract identical to the Redis backend.
 * Expired rows are never returned (every read checks `expires_at`) and are purged lazily when new
@@ -25,7 +28,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from auth.models import AuthorizationCode, Client, Revocation, Token, User
+from auth.models import AuthorizationCode, Client, RememberedConsent, Revocation, Token, User
 from auth.store import UserExistsError
 from server.storage.sqlite.db import Database
 
@@ -78,6 +81,18 @@ CREATE TABLE IF NOT EXISTS auth_browser_sessions (
 );
 CREATE INDEX IF NOT EXISTS auth_browser_sessions_user ON auth_browser_sessions (user_id);
 CREATE INDEX IF NOT EXISTS auth_browser_sessions_expiry ON auth_browser_sessions (expires_at);
+CREATE TABLE IF NOT EXISTS auth_consents (
+    user_id TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (user_id, client_id, redirect_uri, resource, scopes)
+);
+CREATE INDEX IF NOT EXISTS auth_consents_client ON auth_consents (client_id);
+CREATE INDEX IF NOT EXISTS auth_consents_expiry ON auth_consents (expires_at);
 CREATE TABLE IF NOT EXISTS auth_revocations (
     id INTEGER PRIMARY KEY,
     subject TEXT,
@@ -120,6 +135,19 @@ def _token(row: sqlite3.Row) -> Token:
     )
 
 
+def _consent_scopes(scopes: tuple[str, ...]) -> str:
+    # A set: the same scopes in another order are the same approval.
+    return " ".join(sorted(set(scopes)))
+
+
+def _consent(row: sqlite3.Row) -> RememberedConsent:
+    return RememberedConsent(
+        user_id=row["user_id"], client_id=row["client_id"], redirect_uri=row["redirect_uri"],
+        resource=row["resource"], scopes=_scopes(row["scopes"]), created_at=row["created_at"],
+        expires_at=row["expires_at"],
+    )
+
+
 _INSERT_TOKEN = """INSERT INTO auth_tokens (token_hash, kind, grant_id, client_id, subject, scopes, resource,
                    issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""  # noqa: S105 - SQL, not a secret
 
@@ -157,6 +185,7 @@ class AuthTables:
             deleted = conn.execute("DELETE FROM auth_clients WHERE client_id = ?", (client_id,)).rowcount
             conn.execute("DELETE FROM auth_tokens WHERE client_id = ?", (client_id,))
             conn.execute("DELETE FROM auth_codes WHERE client_id = ?", (client_id,))
+            conn.execute("DELETE FROM auth_consents WHERE client_id = ?", (client_id,))
         return deleted > 0
 
     # Users
@@ -192,6 +221,7 @@ class AuthTables:
             conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
             conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
             conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
+            conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
         return deleted > 0
 
     # Codes and tokens
@@ -276,6 +306,46 @@ class AuthTables:
 
     async def delete_browser_session(self, session_hash: str) -> None:
         self.db.conn.execute("DELETE FROM auth_browser_sessions WHERE session_hash = ?", (session_hash,))
+
+    # Remembered consents
+
+    async def remember_consent(self, consent: RememberedConsent) -> None:
+        with self.db.transaction() as conn:
+            conn.execute("DELETE FROM auth_consents WHERE expires_at <= ?", (consent.created_at,))
+            conn.execute(
+                """INSERT INTO auth_consents (user_id, client_id, redirect_uri, resource, scopes, created_at,
+                   expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (user_id, client_id, redirect_uri, resource, scopes)
+                   DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at""",
+                (consent.user_id, consent.client_id, consent.redirect_uri, consent.resource,
+                 _consent_scopes(consent.scopes), consent.created_at, consent.expires_at),
+            )
+
+    async def find_consent(self, user_id: str, client_id: str, redirect_uri: str, resource: str,
+                           scopes: tuple[str, ...], now: float) -> RememberedConsent | None:
+        row = self.db.conn.execute(
+            """SELECT * FROM auth_consents WHERE user_id = ? AND client_id = ? AND redirect_uri = ?
+               AND resource = ? AND scopes = ? AND expires_at > ?""",
+            (user_id, client_id, redirect_uri, resource, _consent_scopes(scopes), now),
+        ).fetchone()
+        return _consent(row) if row else None
+
+    async def list_consents(self, user_id: str, now: float) -> list[RememberedConsent]:
+        rows = self.db.conn.execute(
+            "SELECT * FROM auth_consents WHERE user_id = ? AND expires_at > ? ORDER BY client_id, created_at",
+            (user_id, now))
+        return [_consent(r) for r in rows]
+
+    async def withdraw_consents(self, user_id: str, client_id: str) -> int:
+        with self.db.transaction() as conn:
+            forgotten = conn.execute("DELETE FROM auth_consents WHERE user_id = ? AND client_id = ?",
+                                     (user_id, client_id)).rowcount
+            conn.execute("DELETE FROM auth_tokens WHERE subject = ? AND client_id = ?", (user_id, client_id))
+            conn.execute("DELETE FROM auth_codes WHERE subject = ? AND client_id = ?", (user_id, client_id))
+        return int(forgotten)
+
+    async def forget_consents(self, user_id: str) -> int:
+        return int(self.db.conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,)).rowcount)
 
     async def record_revocation(self, revocation: Revocation, now: float) -> None:
         with self.db.transaction() as conn:
