@@ -76,9 +76,14 @@ class BearerProxy:
                 if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
                     response.headers.add(key, value)
             await response.prepare(request)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:
+                # The client hung up mid-stream (an SSE reader that got what it wanted); leaving the
+                # block closes the upstream stream, which is all a proxy owes the server.
+                pass
             return response
 
 

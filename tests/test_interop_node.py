@@ -1,0 +1,500 @@
+"""Real MCP clients from the Node ecosystem against memory-mcp, each signing in the way it does for
+a person: mcp-remote (the stdio bridge Claude Desktop, Cursor and others launch) over Streamable
+HTTP and over HTTP+SSE, the MCP Inspector CLI, the TypeScript SDK's own client, and the MCP
+conformance suite's server scenarios.
+
+The clients are pinned in tests/interop/node/package-lock.json and installed by
+tests/interop/node/install.sh; when they are missing these tests fail rather than skip, so a CI
+that forgot the install step shows red. The person at the browser is tests/browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+
+from auth import accounts
+from server.storage.sqlite import SQLiteStorage
+from tests.browser import Browser
+from tests.conftest import RunningServer, free_socket, start_server, tokens_by_hand
+from tests.interop.bearer_proxy import BearerProxy
+from tests.test_end_to_end import TOOL_NAMES
+
+NODE_DIR = Path(__file__).parent / "interop" / "node"
+BIN = NODE_DIR / "node_modules" / ".bin"
+TS_SDK_CLIENT = NODE_DIR / "ts_sdk_client.mjs"
+PASSWORD = "alice-password-1"
+# One bound for any single wait on a client: generous for a loaded CI machine, far below pytest's patience.
+STEP = 60.0
+
+
+def installed(path: Path) -> str:
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run tests/interop/node/install.sh (CI must run it before pytest)")
+    return str(path)
+
+
+def tool(name: str) -> list[str]:
+    """The command that runs a pinned Node tool with the pinned Node 22 binary (the Inspector and
+    the conformance suite need Node >= 22; the machine's node may be older)."""
+    return [installed(BIN / "node"), installed(BIN / name)]
+
+
+def client_env(home: Path) -> dict[str, str]:
+    """The environment of a person's desktop, minus the desktop: a browser that opens nothing
+    (xdg-open honours BROWSER when there is no display), and a private home for client state."""
+    home.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "NODE_OPTIONS")}
+    env.update(HOME=str(home), BROWSER="true", NO_COLOR="1", MCP_REMOTE_CONFIG_DIR=str(home / "mcp-auth"))
+    return env
+
+
+@contextlib.asynccontextmanager
+async def spawn(cmd: list[str], env: dict[str, str], *,
+                stdin: bool = False) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A child in its own process group, so whatever it starts (a browser opener) ends with it."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, env=env, start_new_session=True, stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 5)
+                break
+
+
+async def run(cmd: list[str], env: dict[str, str], timeout: float = STEP) -> tuple[int, str, str]:
+    async with spawn(cmd, env) as proc:
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            pytest.fail(f"{' '.join(cmd[1:3])} did not finish within {timeout}s")
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+
+def structured(result: dict[str, Any]) -> Any:
+    """A tool result as the wire carries it: no error, text and structured content agree."""
+    assert result.get("isError") is not True, result
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+    return result["structuredContent"]
+
+
+async def alice_graph(storage: SQLiteStorage) -> dict[str, Any]:
+    """Alice's memory read straight from storage, independent of any client."""
+    user = await storage.get_user_by_name("alice")
+    assert user is not None
+    return (await storage.read_graph(user.id)).model_dump()
+
+
+async def click_through(authorize_url: str, origin: str) -> str:
+    """The person: log in as alice, approve, and return where the browser was sent."""
+    browser = Browser("alice", PASSWORD)
+    try:
+        return (await browser.authorize(authorize_url, origin)).url
+    finally:
+        await browser.close()
+
+
+# --- memory-mcp started from its command line, as a user runs it ---------------------------------
+
+
+@dataclass
+class CliServer:
+    tmp: Path
+    port: int = 0
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.tmp / "server.log"
+
+    @staticmethod
+    def command() -> list[str]:
+        script = Path(sys.executable).with_name("memory-mcp")
+        # The console script exists once the project is pip-installed (scripts/test does); the module
+        # is the same entry point for a checkout that was not.
+        return [str(script)] if script.exists() else [sys.executable, "-m", "server"]
+
+    async def start(self) -> None:
+        add = await asyncio.create_subprocess_exec(
+            *self.command(), "users", "add", "alice", "--password-stdin", "--data-dir", str(self.data_dir),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(add.communicate(PASSWORD.encode() + b"\n"), STEP)
+        assert add.returncode == 0, err.decode()
+        self.port = free_port()
+        with self.log.open("wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                *self.command(), "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                stdout=log, stderr=log)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(150):
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                assert self.proc.returncode is None, self.log.read_text()
+                await asyncio.sleep(0.1)
+        pytest.fail(f"memory-mcp serve did not become healthy:\n{self.log.read_text()}")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    async def graph(self) -> dict[str, Any]:
+        # A second connection to the database file, as `memory-mcp users` opens one beside a server.
+        storage = SQLiteStorage(self.data_dir / "memory.sqlite3")
+        try:
+            return await alice_graph(storage)
+        finally:
+            await storage.close()
+
+
+@pytest.fixture
+async def cli_server(tmp_path: Path) -> AsyncIterator[CliServer]:
+    server = CliServer(tmp_path / "server")
+    server.tmp.mkdir()
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.stop()
+
+
+# --- mcp-remote ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Person:
+    """Reads a client's terminal (stderr) for the sign-in URL, signs in as alice in the browser,
+    and lets the browser load the client's loopback callback, as a person would."""
+
+    origin: str
+    lines: list[str] = field(default_factory=list)
+    authorize_urls: list[str] = field(default_factory=list)
+    callbacks: list[tuple[str, int, str]] = field(default_factory=list)
+
+    async def watch(self, stream: asyncio.StreamReader | None) -> None:
+        assert stream is not None
+        async for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            self.lines.append(line)
+            start = line.find(self.origin + "/authorize?")
+            if start < 0:
+                continue
+            url = line[start:].split()[0]
+            self.authorize_urls.append(url)
+            redirect = await click_through(url, self.origin)
+            async with aiohttp.ClientSession() as http, http.get(redirect) as resp:
+                self.callbacks.append((redirect, resp.status, await resp.text()))
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-40:])
+
+
+@dataclass
+class StdioPeer:
+    """Speaks newline-delimited JSON-RPC to a stdio MCP server (here mcp-remote's local side), as
+    Claude Desktop does."""
+
+    proc: asyncio.subprocess.Process
+    person: Person
+    _next_id: int = 0
+
+    async def send(self, message: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(message).encode() + b"\n")
+        await self.proc.stdin.drain()
+
+    async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        self._next_id += 1
+        await self.send({"jsonrpc": "2.0", "id": self._next_id, "method": method, **({"params": params} if params
+                                                                                      is not None else {})})
+        assert self.proc.stdout is not None
+        while True:
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), STEP)
+            except TimeoutError:
+                pytest.fail(f"no answer to {method} within {STEP}s; stderr:\n" + self.person.tail())
+            assert line, f"mcp-remote exited before answering {method}; stderr:\n" + self.person.tail()
+            message = json.loads(line)
+            if message.get("id") == self._next_id:
+                assert "error" not in message, message
+                result: dict[str, Any] = message["result"]
+                return result
+
+    async def initialize(self) -> dict[str, Any]:
+        result = await self.request("initialize", {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "pytest-as-claude-desktop", "version": "1.0"}})
+        await self.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return result
+
+    async def close(self) -> int:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        return await asyncio.wait_for(self.proc.wait(), 15)
+
+
+@contextlib.asynccontextmanager
+async def mcp_remote(server_url: str, callback_port: int, home: Path, *flags: str) -> AsyncIterator[StdioPeer]:
+    origin = server_url.rsplit("/", 1)[0]
+    cmd = [*tool("mcp-remote"), server_url, str(callback_port), *flags]
+    async with spawn(cmd, client_env(home), stdin=True) as proc:
+        peer = StdioPeer(proc, Person(origin))
+        watcher = asyncio.create_task(peer.person.watch(proc.stderr))
+        try:
+            yield peer
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+
+def free_port() -> int:
+    with free_socket() as sock:
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def remember_through_mcp_remote(server: CliServer, tmp_path: Path, callback_port: int, path: str, entity: str,
+                                      *flags: str) -> StdioPeer:
+    async with mcp_remote(server.url + path, callback_port, tmp_path / "home", *flags) as peer:
+        init = await peer.initialize()
+        assert init["serverInfo"]["name"] == "memory-mcp"
+        assert "tools" in init["capabilities"]
+        assert {t["name"] for t in (await peer.request("tools/list"))["tools"]} == TOOL_NAMES
+        created = structured(await peer.request("tools/call", {"name": "create_entities", "arguments": {
+            "entities": [{"name": entity, "entityType": "test", "observations": ["sent through mcp-remote"]}]}}))
+        assert [e["name"] for e in created["entities"]] == [entity]
+        graph = structured(await peer.request("tools/call", {"name": "read_graph", "arguments": {}}))
+        assert entity in [e["name"] for e in graph["entities"]]
+        assert await peer.close() == 0, peer.person.tail()
+
+    # One sign-in: the person saw one URL, with PKCE and the resource of the endpoint, approved it,
+    # and mcp-remote's callback page accepted the code.
+    assert len(peer.person.authorize_urls) == 1, peer.person.tail()
+    query = parse_qs(urlsplit(peer.person.authorize_urls[0]).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["resource"] == [server.url + path]
+    assert query["redirect_uri"] == [f"http://localhost:{callback_port}/oauth/callback"]
+    [(redirect, status, body)] = peer.person.callbacks
+    assert status == 200 and "Authorization successful" in body, body
+    assert parse_qs(urlsplit(redirect).query)["iss"] == [server.url]
+    assert {e["name"]: e["observations"] for e in (await server.graph())["entities"]} == {
+        entity: ["sent through mcp-remote"]}
+    return peer
+
+
+async def test_mcp_remote_streamable_http(cli_server: CliServer, tmp_path: Path) -> None:
+    callback_port = free_port()
+    first = await remember_through_mcp_remote(cli_server, tmp_path, callback_port, "/mcp", "via mcp-remote over /mcp")
+    assert any("Connected to remote server using StreamableHTTPClientTransport" in line for line in first.person.lines)
+
+    # The desktop app restarts: mcp-remote finds its stored tokens and asks the person nothing.
+    async with mcp_remote(cli_server.url + "/mcp", callback_port, tmp_path / "home") as again:
+        await again.initialize()
+        graph = structured(await again.request("tools/call", {"name": "read_graph", "arguments": {}}))
+        assert [e["name"] for e in graph["entities"]] == ["via mcp-remote over /mcp"]
+        assert await again.close() == 0, again.person.tail()
+    assert again.person.authorize_urls == [], again.person.tail()
+
+
+async def test_mcp_remote_sse(cli_server: CliServer, tmp_path: Path) -> None:
+    peer = await remember_through_mcp_remote(cli_server, tmp_path, free_port(), "/sse", "via mcp-remote over /sse",
+                                             "--transport", "sse-only")
+    assert any("Connected to remote server using SSEClientTransport" in line for line in peer.person.lines)
+
+
+# --- MCP Inspector CLI ---------------------------------------------------------------------------
+
+
+async def test_inspector_cli(server: RunningServer, tmp_path: Path) -> None:
+    token = (await tokens_by_hand(server, "alice", PASSWORD, "memory:read memory:write"))["access_token"]
+    env = client_env(tmp_path / "home")
+
+    async def inspector(url: str, header: str, *args: str) -> tuple[int, Any, str]:
+        code, out, err = await run([*tool("mcp-inspector"), "--cli", url, "--header", header,
+                                    "--stored-auth-only", "--format", "json", *args], env)
+        return code, (json.loads(out) if out.strip() else None), err
+
+    bearer = f"Authorization: Bearer {token}"
+    code, listed, err = await inspector(server.url + "/mcp", bearer, "--method", "tools/list")
+    assert code == 0, err
+    assert {t["name"] for t in listed["result"]["tools"]} == TOOL_NAMES
+
+    code, called, err = await inspector(
+        server.url + "/mcp", bearer, "--method", "tools/call", "--tool-name", "create_entities",
+        "--tool-args-json", json.dumps({"entities": [{"name": "via inspector", "entityType": "test",
+                                                      "observations": ["sent by the Inspector CLI"]}]}))
+    assert code == 0, err
+    assert [e["name"] for e in structured(called["result"])["entities"]] == ["via inspector"]
+
+    # The Inspector picks the legacy transport from the /sse path; same token, same memory.
+    code, read, err = await inspector(server.url + "/sse", bearer, "--method", "tools/call",
+                                      "--tool-name", "read_graph")
+    assert code == 0, err
+    assert [e["name"] for e in structured(read["result"])["entities"]] == ["via inspector"]
+
+    # The header is what authenticates: a wrong token gets the auth error, not a tool list.
+    code, refused, err = await inspector(server.url + "/mcp", "Authorization: Bearer not-a-token",
+                                         "--method", "tools/list")
+    assert code != 0 and refused is None
+    # The CLI's error envelope goes to stderr; it carries the server's own RFC 6750 answer.
+    envelope = json.loads(err.strip().splitlines()[-1])
+    assert envelope["error"]["code"] == "auth_required" and "invalid_token" in envelope["error"]["message"], err
+
+    assert (await alice_graph(server.storage))["entities"] == [
+        {"name": "via inspector", "entityType": "test", "observations": ["sent by the Inspector CLI"]}]
+
+
+async def test_inspector_cli_signs_in_itself(server: RunningServer, tmp_path: Path) -> None:
+    """No token by hand: the Inspector discovers, registers, sends the person to the login page and
+    takes the code on its own loopback callback."""
+    callback = f"http://127.0.0.1:{free_port()}/oauth/callback"
+    # Without a TTY the CLI refuses interactive OAuth unless told that opening a browser is fine;
+    # the secret store is chosen explicitly because a test machine has no OS keychain.
+    env = {**client_env(tmp_path / "home"), "MCP_AUTO_OPEN_ENABLED": "true", "MCP_INSPECTOR_SECRET_STORE": "memory"}
+    cmd = [*tool("mcp-inspector"), "--cli", server.url + "/mcp", "--callback-url", callback,
+           "--method", "tools/call", "--tool-name", "create_entities", "--format", "json", "--tool-args-json",
+           json.dumps({"entities": [{"name": "via inspector login", "entityType": "test", "observations": []}]})]
+    person = Person(server.url)
+    async with spawn(cmd, env) as proc:
+        assert proc.stdout is not None
+        watcher = asyncio.create_task(person.watch(proc.stderr))
+        try:
+            out = await asyncio.wait_for(proc.stdout.read(), STEP)
+            code = await asyncio.wait_for(proc.wait(), STEP)
+            await asyncio.wait_for(watcher, STEP)
+        finally:
+            watcher.cancel()
+    assert code == 0, person.tail()
+    assert [e["name"] for e in structured(json.loads(out)["result"])["entities"]] == ["via inspector login"]
+    [url] = person.authorize_urls
+    query = parse_qs(urlsplit(url).query)
+    assert query["redirect_uri"] == [callback] and query["code_challenge_method"] == ["S256"]
+    assert query["resource"] == [server.url + "/mcp"]
+    [(_, status, _)] = person.callbacks
+    assert status == 200
+    assert [e["name"] for e in (await alice_graph(server.storage))["entities"]] == ["via inspector login"]
+
+
+# --- TypeScript SDK ------------------------------------------------------------------------------
+
+
+async def test_typescript_sdk_client(server: RunningServer, tmp_path: Path) -> None:
+    cmd = [installed(BIN / "node"), str(TS_SDK_CLIENT), server.url + "/mcp", "via the TypeScript SDK"]
+    events: dict[str, dict[str, Any]] = {}
+    async with spawn(cmd, client_env(tmp_path / "home"), stdin=True) as proc:
+        assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
+        while True:
+            line = await asyncio.wait_for(proc.stdout.readline(), STEP)
+            if not line:
+                break
+            event = json.loads(line)
+            events[event["event"]] = event
+            if event["event"] == "authorize":
+                redirect = await click_through(event["url"], server.url)
+                proc.stdin.write(json.dumps({"redirect": redirect}).encode() + b"\n")
+                await proc.stdin.drain()
+        err = (await proc.stderr.read()).decode()
+        assert await asyncio.wait_for(proc.wait(), STEP) == 0, err
+    assert "done" in events, (events, err)
+
+    query = parse_qs(urlsplit(events["authorize"]["url"]).query)
+    assert query["code_challenge_method"] == ["S256"]
+    assert query["resource"] == [server.url + "/mcp"]
+    connected = events["connected"]
+    assert connected["server"]["name"] == "memory-mcp"
+    assert connected["tokenType"].lower() == "bearer" and connected["hasRefreshToken"]
+    assert set(events["tools"]["names"]) == TOOL_NAMES
+    assert [e["name"] for e in structured(events["created"]["result"])["entities"]] == ["via the TypeScript SDK"]
+    assert [e["name"] for e in structured(events["graph"]["result"])["entities"]] == ["via the TypeScript SDK"]
+    assert [e["name"] for e in (await alice_graph(server.storage))["entities"]] == ["via the TypeScript SDK"]
+
+
+# --- MCP conformance suite -----------------------------------------------------------------------
+
+# The scenarios that test a server with no fixture tools: each must pass in full, with these checks.
+# Why every other scenario does not apply: tests/interop/node/CONFORMANCE.md.
+APPLICABLE = {
+    "server-initialize": {"server-initialize"},
+    "ping": {"ping"},
+    "tools-list": {"tools-list"},
+    "server-sse-multiple-streams": {"server-accepts-multiple-post-streams", "server-sse-streams-functional"},
+    "dns-rebinding-protection": {"localhost-host-rebinding-rejected", "localhost-host-valid-accepted"},
+}
+
+
+async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> None:
+    # The suite cannot send a token, so a proxy adds one; memory-mcp is configured with the proxy's
+    # origin as its public URL, as it would be behind any reverse proxy.
+    sock = free_socket()
+    proxy_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = await start_server(data_dir, public_url=proxy_url)
+    proxy = BearerProxy(f"http://127.0.0.1:{server.runner.addresses[0][1]}", token="")
+    try:
+        await accounts.add_user(server.storage, "alice", PASSWORD)
+        await proxy.start(sock)
+        assert server.url == proxy_url
+        proxy.token = (await tokens_by_hand(server, "alice", PASSWORD, "memory:read memory:write"))["access_token"]
+        out_dir = tmp_path / "conformance"
+        # Its exit status counts the scenarios that need fixture tools too: the checks are read below.
+        _, out, err = await run([*tool("conformance"), "server", "--url", proxy_url + "/mcp", "--suite", "all",
+                                 "-o", str(out_dir)], client_env(tmp_path / "home"), timeout=120)
+    finally:
+        await proxy.stop()
+        await server.stop()
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    for checks in out_dir.glob("*/checks.json"):
+        # The suite names each result folder server-<scenario>-<timestamp>.
+        scenario = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z$", "", checks.parent.name.removeprefix("server-"))
+        results[scenario] = json.loads(checks.read_text())
+    assert set(APPLICABLE) <= set(results), (sorted(results), out[-3000:], err[-3000:])
+    failed = {name: [(c["id"], c["status"], c.get("errorMessage")) for c in results[name] if c["status"] != "SUCCESS"]
+              for name in APPLICABLE}
+    assert not any(failed.values()), failed
+    for name, ids in APPLICABLE.items():
+        assert {c["id"] for c in results[name]} == ids, (name, results[name])
+
+    # Two of these checks would pass on a server that answered nothing useful; their details
+    # show that real work was done.
+    [listed] = results["tools-list"]
+    assert set(listed["details"]["tools"]) == TOOL_NAMES
+    multiple = {c["id"]: c for c in results["server-sse-multiple-streams"]}
+    assert multiple["server-accepts-multiple-post-streams"]["details"]["statuses"] == [200, 200, 200]
+    rebinding = {c["id"]: c for c in results["dns-rebinding-protection"]}
+    assert rebinding["localhost-host-rebinding-rejected"]["details"]["statusCode"] == 403
+    # Everything went through the proxy with alice's token, none of it around it.
+    assert any(added for _, path, added in proxy.requests if path.startswith("/mcp"))
