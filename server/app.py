@@ -9,8 +9,10 @@ import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from mcp.server import Server
 
 from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
@@ -57,10 +59,16 @@ def cookie_key(data_dir: Path) -> bytes:
 
 def auth_settings(settings: Settings) -> AuthSettings:
     return AuthSettings(issuer=settings.issuer, access_token_ttl=settings.access_token_ttl,
-                        refresh_token_ttl=settings.refresh_token_ttl)
+                        refresh_token_ttl=settings.refresh_token_ttl,
+                        refresh_token_max_lifetime=settings.refresh_token_max_lifetime,
+                        registration_rate_limit=settings.registration_rate_limit,
+                        client_id_metadata_documents=settings.client_id_metadata_documents)
 
 
-def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.Application:
+def build_app(settings: Settings, storage: SQLiteStorage | None = None,
+              mcp_server: Server[Any] | None = None) -> web.Application:
+    """The whole server. `mcp_server` replaces the memory tools with another MCP server on the
+    same transports and authentication (the conformance suite's fixture server does)."""
     storage = storage or SQLiteStorage(settings.database_path)
     app = web.Application()
     app[SETTINGS] = settings
@@ -69,7 +77,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None) -> web.A
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     verifier = BearerVerifier(auth_conf, storage)
 
-    mcp_server = build_mcp_server(storage)
+    mcp_server = mcp_server or build_mcp_server(storage)
     registry = SessionRegistry(
         mcp_server, storage, owner_label=owner_label,
         idle_timeout=settings.session_idle_timeout, max_sessions=settings.max_sessions,

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # A session's record is rewritten at most this often; a write per request would cost more than
 # the request itself.
 TOUCH_INTERVAL_SECONDS = 60.0
+SSE_RETRY_MILLISECONDS = 1000
 
 
 class SessionLimitError(Exception):
@@ -220,6 +221,9 @@ class SessionRegistry:
             mcp_session_id=session_id,
             is_json_response_enabled=self.json_response,
             event_store=SessionEventStore(self._store, session_id),
+            # Sent as the SSE `retry` field: how soon a client whose stream dropped comes back
+            # with Last-Event-ID.
+            retry_interval=SSE_RETRY_MILLISECONDS,
             idle_timeout=self.idle_timeout,
         )
         session = self._admit(caller, "streamable-http", transport, session_id)
