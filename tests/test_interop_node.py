@@ -17,7 +17,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +25,19 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from auth import accounts
+from server.app import build_app
+from server.config import Settings
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
 from tests.conftest import RunningServer, free_socket, start_server, tokens_by_hand
 from tests.interop.bearer_proxy import BearerProxy
+from tests.interop.conformance_fixture import ERROR_TEXT, LOG_MESSAGES, RECONNECTION_TEXT, SIMPLE_TEXT, Fixture
+from tests.interop.conformance_fixture import TOOLS as FIXTURE_TOOLS
 from tests.test_end_to_end import TOOL_NAMES
+from transports.registry import SSE_RETRY_MILLISECONDS
 
 NODE_DIR = Path(__file__).parent / "interop" / "node"
 BIN = NODE_DIR / "node_modules" / ".bin"
@@ -456,6 +462,20 @@ APPLICABLE = {
 }
 
 
+async def run_conformance(proxy_url: str, tmp_path: Path) -> tuple[dict[str, list[dict[str, Any]]], str, str]:
+    """`conformance server --suite all` against the server behind the proxy: the checks of each
+    scenario by name (from the suite's output files), and its stdout and stderr."""
+    out_dir = tmp_path / "conformance"
+    _, out, err = await run([*tool("conformance"), "server", "--url", proxy_url + "/mcp", "--suite", "all",
+                             "-o", str(out_dir)], client_env(tmp_path / "home"), timeout=120)
+    results: dict[str, list[dict[str, Any]]] = {}
+    for checks in out_dir.glob("*/checks.json"):
+        # The suite names each result folder server-<scenario>-<timestamp>.
+        scenario = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z$", "", checks.parent.name.removeprefix("server-"))
+        results[scenario] = json.loads(checks.read_text())
+    return results, out, err
+
+
 async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> None:
     # The suite cannot send a token, so a proxy adds one; memory-mcp is configured with the proxy's
     # origin as its public URL, as it would be behind any reverse proxy.
@@ -468,19 +488,12 @@ async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> N
         await proxy.start(sock)
         assert server.url == proxy_url
         proxy.token = (await tokens_by_hand(server, "alice", PASSWORD, "memory:read memory:write"))["access_token"]
-        out_dir = tmp_path / "conformance"
         # Its exit status counts the scenarios that need fixture tools too: the checks are read below.
-        _, out, err = await run([*tool("conformance"), "server", "--url", proxy_url + "/mcp", "--suite", "all",
-                                 "-o", str(out_dir)], client_env(tmp_path / "home"), timeout=120)
+        results, out, err = await run_conformance(proxy_url, tmp_path)
     finally:
         await proxy.stop()
         await server.stop()
 
-    results: dict[str, list[dict[str, Any]]] = {}
-    for checks in out_dir.glob("*/checks.json"):
-        # The suite names each result folder server-<scenario>-<timestamp>.
-        scenario = re.sub(r"-\d{4}-\d\d-\d\dT[\d-]+Z$", "", checks.parent.name.removeprefix("server-"))
-        results[scenario] = json.loads(checks.read_text())
     assert set(APPLICABLE) <= set(results), (sorted(results), out[-3000:], err[-3000:])
     failed = {name: [(c["id"], c["status"], c.get("errorMessage")) for c in results[name] if c["status"] != "SUCCESS"]
               for name in APPLICABLE}
@@ -498,3 +511,163 @@ async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> N
     assert rebinding["localhost-host-rebinding-rejected"]["details"]["statusCode"] == 403
     # Everything went through the proxy with alice's token, none of it around it.
     assert any(added for _, path, added in proxy.requests if path.startswith("/mcp"))
+
+
+# The scenarios that need the suite's fixture tools, resources and prompts, run against
+# tests/interop/conformance_fixture.py mounted on memory-mcp's transports and OAuth: scenario ->
+# the checks it must report, every one SUCCESS. server-sse-polling is asserted on its own below.
+FIXTURE_SCENARIOS: dict[str, set[str]] = {
+    **{name: {name} for name in (
+        "tools-call-simple-text", "tools-call-image", "tools-call-audio", "tools-call-embedded-resource",
+        "tools-call-mixed-content", "tools-call-error", "tools-call-with-progress", "tools-call-with-logging",
+        "tools-call-sampling", "tools-call-elicitation", "logging-set-level", "completion-complete",
+        "resources-list", "resources-read-text", "resources-read-binary", "resources-templates-read",
+        "resources-subscribe", "resources-unsubscribe", "prompts-list", "prompts-get-simple",
+        "prompts-get-with-args", "prompts-get-embedded-resource", "prompts-get-with-image")},
+    "elicitation-sep1034-defaults": {f"elicitation-sep1034-{kind}-default"
+                                     for kind in ("string", "integer", "number", "enum", "boolean")},
+    "elicitation-sep1330-enums": {f"elicitation-sep1330-{kind}" for kind in (
+        "untitled-single", "titled-single", "legacy-enumnames", "untitled-multi", "titled-multi")},
+    "json-schema-2020-12": {"json-schema-2020-12-tool-found", "json-schema-2020-12-$schema",
+                            "json-schema-2020-12-$defs", "json-schema-2020-12-additionalProperties"},
+}
+
+
+async def start_fixture_server(fixture: Fixture, data_dir: Path, public_url: str) -> RunningServer:
+    """The whole app as `start_server` builds it, with the fixture in place of the memory tools."""
+    sock = free_socket()
+    settings = Settings.model_validate({"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": data_dir,
+                                        "public_url": public_url})
+    app = build_app(settings, mcp_server=fixture.server)
+    runner = web.AppRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    return RunningServer(settings.issuer, app, runner)
+
+
+# The fixture sends logs and sampling requests, which the SDK marks deprecated as of 2026-07-28;
+# the scenarios speak 2025-11-25.
+@pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning")
+async def test_conformance_fixture_scenarios(data_dir: Path, tmp_path: Path) -> None:
+    fixture = Fixture()
+    sock = free_socket()
+    proxy_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = await start_fixture_server(fixture, data_dir, proxy_url)
+    proxy = BearerProxy(f"http://127.0.0.1:{server.runner.addresses[0][1]}", token="")
+    try:
+        await accounts.add_user(server.storage, "alice", PASSWORD)
+        await proxy.start(sock)
+        proxy.token = (await tokens_by_hand(server, "alice", PASSWORD, "memory:read memory:write"))["access_token"]
+        results, out, err = await run_conformance(proxy_url, tmp_path)
+        resumed = await reconnection_at_2025_11_25(proxy_url)
+    finally:
+        await proxy.stop()
+        await server.stop()
+
+    assert any(added for _, path, added in proxy.requests if path.startswith("/mcp"))
+    # The generic scenarios pass here too: the same transports, another server behind them.
+    expected = FIXTURE_SCENARIOS | APPLICABLE
+    assert set(expected) | {"server-sse-polling"} <= set(results), (sorted(results), out[-3000:], err[-3000:])
+    failed = {name: [(c["id"], c["status"], c.get("errorMessage")) for c in results[name] if c["status"] != "SUCCESS"]
+              for name in expected}
+    assert not any(failed.values()), failed
+    for name, ids in expected.items():
+        assert {c["id"] for c in results[name]} == ids, (name, results[name])
+
+    # Every fixture was really used, once per scenario that needs it (subscribe: two scenarios).
+    tools = {t.name for t in FIXTURE_TOOLS} - {"json_schema_2020_12_tool", "test_reconnection"}
+    assert {name: fixture.calls[name] for name in tools} == dict.fromkeys(tools, 1), fixture.calls
+    assert fixture.calls["resources/subscribe"] == 2 and fixture.calls["resources/unsubscribe"] == 1
+    # resources-subscribe's session stays subscribed; resources-unsubscribe's does not.
+    assert sorted(map(sorted, fixture.subscriptions.values())) == [[], ["test://watched-resource"]]
+    assert fixture.calls["completion/complete"] == 1 and fixture.calls["logging/setLevel"] == 2
+    # The two checks that any server answering an unknown tool with an isError text result passes
+    # (as MCPServer does): the fixture ran, and its own words came back.
+    [simple] = results["tools-call-simple-text"]
+    assert simple["details"]["result"]["content"] == [{"type": "text", "text": SIMPLE_TEXT}]
+    [error] = results["tools-call-error"]
+    assert error["details"]["result"] == {"content": [{"type": "text", "text": ERROR_TEXT}], "isError": True}
+    # The server-to-client flows went both ways on the tool call's own stream.
+    [progress] = results["tools-call-with-progress"]
+    assert [n["progress"] for n in progress["details"]["progressNotifications"]] == [0, 50, 100]
+    [logged] = results["tools-call-with-logging"]
+    assert [entry["data"] for entry in logged["details"]["logs"]] == list(LOG_MESSAGES)
+    [sampling] = results["tools-call-sampling"]
+    assert sampling["details"]["result"]["content"] == [
+        {"type": "text", "text": "LLM response: This is a test response from the client"}]
+    [elicited] = results["tools-call-elicitation"]
+    assert '"username": "testuser"' in elicited["details"]["result"]["content"][0]["text"]
+
+    # server-sse-polling: the suite 0.1.16 probes with `MCP-Protocol-Version: 2025-03-26` although the
+    # session negotiated 2025-11-25, and SDKs (Python and TypeScript) send priming events and offer
+    # close_sse_stream only from 2025-11-25 on (fixed upstream: modelcontextprotocol/conformance#366).
+    # So the tool answers on the open stream and the suite warns about priming and retry, nothing else.
+    polling = results["server-sse-polling"]
+    assert {c["id"]: c["status"] for c in polling if c["status"] != "INFO"} == {
+        "server-sse-priming-event": "WARNING", "server-sse-retry-field": "WARNING"}, polling
+    assert fixture.calls["test_reconnection:open"] == 1
+    assert any(c["id"] == "server-sse-disconnect-resume" and c["details"]["receivedToolResponse"] for c in polling)
+    # The same flow at the negotiated version, by hand: a priming event (id, empty data, retry) and
+    # nothing else on the POST stream, which the tool closes mid-call; the result comes from the
+    # session's event store on a GET with Last-Event-ID.
+    assert fixture.calls["test_reconnection:closed"] == 1
+    [priming] = resumed["posted"]
+    assert priming["data"] == "" and priming["id"] and priming["retry"] == str(SSE_RETRY_MILLISECONDS), resumed
+    assert resumed["status"] == 200, resumed
+    [result] = [json.loads(e["data"]) for e in resumed["resumed"] if e.get("data")]
+    assert result == {"jsonrpc": "2.0", "id": 1, "result": {
+        "content": [{"type": "text", "text": RECONNECTION_TEXT}], "isError": False}}
+
+async def sse_events(resp: aiohttp.ClientResponse, until: Callable[[dict[str, str]], bool] | None = None,
+                     timeout: float = 10.0) -> list[dict[str, str]]:
+    """The events of an SSE response (`id`, `data`, `retry` as sent), to its end or to the first
+    one `until` accepts."""
+    events: list[dict[str, str]] = []
+    event: dict[str, str] = {}
+    async with asyncio.timeout(timeout):
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\r\n")
+            if line:
+                name, _, value = line.partition(":")
+                event[name] = event.get(name, "") + value.removeprefix(" ")
+                continue
+            if event:
+                events.append(event)
+                if until is not None and until(event):
+                    break
+            event = {}
+    return events
+
+
+async def reconnection_at_2025_11_25(proxy_url: str) -> dict[str, Any]:
+    """The suite's server-sse-polling flow with the protocol version the session negotiated
+    (the suite's own probe says 2025-03-26, for which servers send no priming event): call
+    test_reconnection, see the stream end without the result, resume with Last-Event-ID."""
+    version = "2025-11-25"
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STEP)) as http:
+        async with http.post(proxy_url + "/mcp", headers=headers, json={
+                "jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
+                             ) as resp:
+            assert resp.status == 200, await resp.text()
+            session = resp.headers["Mcp-Session-Id"]
+            [init] = [json.loads(e["data"]) for e in await sse_events(resp) if e.get("data")]
+        assert init["result"]["protocolVersion"] == version
+        headers.update({"Mcp-Session-Id": session, "MCP-Protocol-Version": version})
+        async with http.post(proxy_url + "/mcp", headers=headers,
+                             json={"jsonrpc": "2.0", "method": "notifications/initialized"}) as resp:
+            assert resp.status == 202
+        async with http.post(proxy_url + "/mcp", headers=headers, json={
+                "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                "params": {"name": "test_reconnection", "arguments": {}}}) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            posted = await sse_events(resp)
+        resume = {k: v for k, v in headers.items() if k != "Content-Type"} | {
+            "Accept": "text/event-stream", "Last-Event-ID": posted[-1]["id"] if posted else ""}
+        async with http.get(proxy_url + "/mcp", headers=resume) as resp:
+            status = resp.status
+            resumed = await sse_events(resp, lambda e: '"id":1' in e.get("data", "")) if status == 200 else []
+        async with http.delete(proxy_url + "/mcp", headers={**headers, "Accept": "*/*"}) as resp:
+            assert resp.status in (200, 204), resp.status
+    return {"posted": posted, "status": status, "resumed": resumed}
