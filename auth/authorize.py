@@ -4,7 +4,12 @@ Order of checks: client and redirect URI first, and a failure there is an HTML p
 redirect (RFC 6749 section 4.1.2.1; otherwise /authorize is an open redirector). Only once the
 redirect URI is known to belong to the client are errors sent back to it, with `state` and the
 RFC 9207 `iss`. Consent is asked on every authorization, logged in or not: a silent approval lets
-any registered client obtain tokens for whoever is logged in (FastMCP GHSA-6x8h-498w-gv8c).
+any registered client obtain tokens for whoever is logged in (FastMCP GHSA-6x8h-498w-gv8c). The
+one exception is an approval the user explicitly chose to remember, for exactly this client,
+redirect URI, resource and scopes, on a first-party navigation (`auth.consent`).
+
+Every sealed request carries the hash of the browser-binding cookie (`auth.browser`), so the
+login and consent forms can only be completed by the browser that opened `/authorize`.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from aiohttp import web
 from aiohttp_session import Session
 from pydantic import BaseModel
 
-from auth import browser, csrf, pages, rfc7636
+from auth import browser, cimd, consent, csrf, pages, rfc7636
 from auth.crypto import hash_secret, new_secret
-from auth.http import BadRequest, read_form, single_query
+from auth.http import BadRequest, client_address, read_form, single_query
 from auth.models import AuthorizationCode, Client, User
 from auth.rfc8252 import is_loopback, matches, origin
 from auth.rfc8707 import is_our_resource, normalize_resource
@@ -37,6 +42,13 @@ class AuthorizationRequest(BaseModel):
     resource: str
     # Set in consent seals: the approval must come from the user the page was shown to.
     subject: str | None = None
+    # OpenID Connect: echoed in the ID token (auth.oidc_core), so it travels with the code.
+    nonce: str | None = None
+    # SHA-256 of the browser-binding cookie of the browser that opened /authorize.
+    binding: str = ""
+    # The consent page must be shown even for a remembered approval: `prompt=consent`, or the
+    # flow was not started by a first-party navigation (kept through the login, auth.consent).
+    prompt_consent: bool = False
 
     def query(self) -> str:
         """An equivalent /authorize query, to resume after login."""
@@ -47,6 +59,10 @@ class AuthorizationRequest(BaseModel):
             params["state"] = self.state
         params.update(code_challenge=self.code_challenge, code_challenge_method="S256",
                       scope=join(self.scopes), resource=self.resource)
+        if self.nonce is not None:
+            params["nonce"] = self.nonce
+        if self.prompt_consent:
+            params["prompt"] = "consent"
         return urlencode(params)
 
 
@@ -83,11 +99,17 @@ def error_redirect(server: AuthorizationServer, redirect_uri: str, state: str | 
     return redirect(with_params(redirect_uri, params))
 
 
-async def resolve_client(server: AuthorizationServer, params: dict[str, str]) -> tuple[Client, str, bool]:
+async def resolve_client(server: AuthorizationServer, params: dict[str, str],
+                         address: str = "unknown") -> tuple[Client, str, bool]:
     client_id = params.get("client_id")
     if not client_id:
         raise PageError("The request has no client_id.")
-    client = await server.store.get_client(client_id)
+    try:
+        # A registered client, or one described by its metadata document (auth.cimd, fetched
+        # with the caller's address counted against the registration budget).
+        client = await cimd.lookup_client(server, client_id, address)
+    except cimd.ClientMetadataError as exc:
+        raise PageError(f"The application's client ID metadata document cannot be used: {exc.description}") from exc
     if client is None:
         raise PageError("Unknown client. The application may need to register again.")
     requested = params.get("redirect_uri")
@@ -121,7 +143,7 @@ def validate(server: AuthorizationServer, params: dict[str, str], client: Client
     return AuthorizationRequest(
         client_id=client.client_id, redirect_uri=redirect_uri, redirect_uri_explicit=explicit,
         state=params.get("state"), code_challenge=challenge, scopes=granted(params.get("scope"), server.settings),
-        resource=canonical,
+        resource=canonical, nonce=params.get("nonce"),
     )
 
 
@@ -133,16 +155,39 @@ def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationR
         csrf.token(sess), browser.seal(server.sealer, bound), username=user.username,
         client_name=client.client_name, client_id=client.client_id,
         redirect_host=urlsplit(req.redirect_uri).netloc, loopback=is_loopback(req.redirect_uri),
-        scopes=req.scopes, resource=req.resource,
+        scopes=req.scopes, resource=req.resource, verified_host=client.verified_domain,
         form_action=(redirect_origin,) if redirect_origin else None,
     )
 
 
+async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, user: User) -> web.Response:
+    code = new_secret()
+    now = server.clock()
+    await server.store.save_code(AuthorizationCode(
+        code_hash=hash_secret(code), client_id=req.client_id, redirect_uri=req.redirect_uri,
+        code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=user.id,
+        auth_time=now, expires_at=now + server.settings.code_ttl, nonce=req.nonce,
+    ))
+    params = {"code": code}
+    if req.state is not None:
+        params["state"] = req.state
+    params["iss"] = server.settings.issuer
+    return redirect(with_params(req.redirect_uri, params))
+
+
 async def handle_authorize(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
+    value = browser.binding(request)
+    response = await _authorize(request, server, value)
+    # Refreshed on every visit, so that it outlives the seals of the page it comes with.
+    browser.set_binding(response, server.settings, value)
+    return response
+
+
+async def _authorize(request: web.Request, server: AuthorizationServer, binding: str) -> web.Response:
     try:
         params = single_query(request)
-        client, redirect_uri, explicit = await resolve_client(server, params)
+        client, redirect_uri, explicit = await resolve_client(server, params, client_address(request))
     except (BadRequest, PageError) as exc:
         return pages.error(str(exc))
     state = params.get("state")
@@ -150,10 +195,18 @@ async def handle_authorize(request: web.Request) -> web.Response:
         req = validate(server, params, client, redirect_uri, explicit)
     except RedirectError as exc:
         return error_redirect(server, redirect_uri, state, exc.error, exc.description)
+    prompts = frozenset(params.get("prompt", "").split())
+    first_party = consent.first_party_navigation(request)
+    req = req.model_copy(update={"binding": hash_secret(binding),
+                                 "prompt_consent": "consent" in prompts or not first_party})
     sess = await browser.session(request)
     user = await browser.current_user(request)
-    if params.get("prompt") == "none":
-        # We never approve silently, so a non-interactive request always fails (OIDC semantics).
+    if (user is not None and not req.prompt_consent
+            and await consent.is_remembered(server, user, req.client_id, req.redirect_uri, req.resource,
+                                            req.scopes)):
+        return await issue_code(server, req, user)
+    if "none" in prompts:
+        # Without a usable remembered approval a non-interactive request fails (OIDC semantics).
         error = "login_required" if user is None else "consent_required"
         return error_redirect(server, redirect_uri, state, error, "user interaction is required")
     if user is None:
@@ -169,11 +222,12 @@ async def handle_consent(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return pages.error(exc.description, exc.status)
     if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error("The form was not submitted from this browser session (CSRF check failed). "
-                           "Make sure cookies are enabled.", 403)
+        return pages.error(pages.CSRF_FAILED, 403)
     req = browser.unseal(server.sealer, form.get("request"), AuthorizationRequest)
     if req is None:
         return pages.error("This authorization request has expired or is invalid.")
+    if not browser.bound(request, req.binding):
+        return pages.error(pages.OTHER_BROWSER, 403)
     user = await browser.current_user(request)
     if user is None or user.id != req.subject:
         # Logged out (or in as someone else) since the page was shown: ask again.
@@ -186,15 +240,6 @@ async def handle_consent(request: web.Request) -> web.Response:
         return error_redirect(server, req.redirect_uri, req.state, "access_denied", "the user denied the request")
     if decision != "approve":
         return pages.error("Choose approve or deny.")
-    code = new_secret()
-    now = server.clock()
-    await server.store.save_code(AuthorizationCode(
-        code_hash=hash_secret(code), client_id=client.client_id, redirect_uri=req.redirect_uri,
-        code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=user.id,
-        auth_time=now, expires_at=now + server.settings.code_ttl,
-    ))
-    params = {"code": code}
-    if req.state is not None:
-        params["state"] = req.state
-    params["iss"] = server.settings.issuer
-    return redirect(with_params(req.redirect_uri, params))
+    if form.get(consent.REMEMBER_FIELD) == "1":
+        await consent.remember(server, user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+    return await issue_code(server, req, user)

@@ -13,6 +13,16 @@ evict one tab's pending request when another tab starts one, and a store table w
 unauthenticated GETs write to the database. The seal makes the fields tamper-proof; the CSRF
 token and the subject bound into a consent seal tie the POST to this browser and this login.
 
+Browser binding (FastMCP GHSA-rww4-4w9c-7733): a seal must only be completable by the browser
+that started the authorization, not by whoever obtains the sealed field (copied from a page,
+leaked by a proxy log, or planted in a victim's form by an attacker who started the flow with
+its own PKCE challenge). `/authorize` gives the browser a random value in a dedicated cookie
+(`__Host-` and Secure over https, HttpOnly, SameSite=Lax, lifetime of a pending request) and
+seals its hash into the request; `/login` and `/consent` refuse a seal whose hash differs from
+the cookie they receive. It is a cookie of its own, not a session-cookie entry, because the
+session is replaced at login (session fixation) while the pending request must survive it. The
+value is reused while the cookie lives, so several tabs can authorize at once.
+
 The session middleware only runs on the browser paths: elsewhere (`/mcp`, `/sse`) it would cost a
 cookie decryption per request for nothing, and it raises on prepared (streamed) `web.Response`s.
 """
@@ -20,6 +30,7 @@ cookie decryption per request for nothing, and it raises on prepared (streamed) 
 from __future__ import annotations
 
 import base64
+import re
 from typing import TypeVar
 
 from aiohttp import web
@@ -31,13 +42,16 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ValidationError
 
-from auth.crypto import hash_secret, new_secret
+from auth.crypto import hash_secret, new_secret, same
 from auth.models import User
 from auth.server import AUTH_SERVER
 from auth.settings import AuthSettings
 
-BROWSER_PATHS = frozenset({"/authorize", "/login", "/consent", "/logout"})
+BROWSER_PATHS = frozenset({"/authorize", "/login", "/consent", "/logout", "/consents"})
 SEAL_TTL = 600
+# Outlives any seal it binds: it is set again (same value) at every /authorize.
+BINDING_TTL = 2 * SEAL_TTL
+_BINDING_VALUE = re.compile(r"[A-Za-z0-9_-]{43}")
 _LOGIN_KEY = "login"
 
 M = TypeVar("M", bound=BaseModel)
@@ -127,6 +141,27 @@ async def log_out(request: web.Request) -> None:
     if isinstance(login_id, str):
         await request.app[AUTH_SERVER].store.delete_browser_session(hash_secret(login_id))
     sess.invalidate()
+
+
+def binding_cookie_name(settings: AuthSettings) -> str:
+    return "__Host-memory-mcp-binding" if settings.secure_cookies else "memory-mcp-binding"
+
+
+def binding(request: web.Request) -> str:
+    """This browser's binding value: the one its cookie holds, or a new one."""
+    value = request.cookies.get(binding_cookie_name(request.app[AUTH_SERVER].settings), "")
+    return value if _BINDING_VALUE.fullmatch(value) else new_secret()
+
+
+def set_binding(response: web.StreamResponse, settings: AuthSettings, value: str) -> None:
+    response.set_cookie(binding_cookie_name(settings), value, max_age=BINDING_TTL, path="/",
+                        secure=settings.secure_cookies, httponly=True, samesite="Lax")
+
+
+def bound(request: web.Request, binding_hash: str) -> bool:
+    """Does this request come from the browser whose binding value hashes to `binding_hash`?"""
+    value = request.cookies.get(binding_cookie_name(request.app[AUTH_SERVER].settings), "")
+    return bool(binding_hash) and bool(_BINDING_VALUE.fullmatch(value)) and same(hash_secret(value), binding_hash)
 
 
 def seal(fernet: Fernet, model: BaseModel) -> str:

@@ -14,7 +14,8 @@ from urllib.parse import unquote_plus
 
 from aiohttp import web
 
-from auth.http import oauth_error
+from auth import cimd
+from auth.http import client_address, oauth_error
 from auth.models import Client
 from auth.server import AuthorizationServer
 
@@ -60,7 +61,12 @@ async def authenticate(server: AuthorizationServer, request: web.Request, form: 
         raise ClientAuthError("invalid_client", "client_id is required")
     if form.get("client_secret"):
         raise ClientAuthError("invalid_client", "this server issues no client secrets; send client_id only")
-    client = await server.store.get_client(client_id)
+    try:
+        # Registered, or known by its metadata document (auth.cimd); a stored document serves
+        # when a re-fetch fails transiently, so a refresh survives the document host blinking.
+        client = await cimd.lookup_client(server, client_id, client_address(request), allow_stale=True)
+    except cimd.ClientMetadataError as exc:
+        raise ClientAuthError("invalid_client", exc.description, basic=basic_id is not None) from exc
     if client is None:
         raise ClientAuthError("invalid_client", "unknown client; register again", basic=basic_id is not None)
     return client

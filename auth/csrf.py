@@ -1,4 +1,6 @@
-"""CSRF tokens for the login, consent and logout forms (synchronizer token pattern).
+"""CSRF tokens for every form that changes state (synchronizer token pattern): login, consent,
+logout, and withdrawing a remembered approval on /consents. The GET forms (the consent page's
+"Not you? Sign out") only lead to a page that asks again with a POST.
 
 The token lives in the encrypted session cookie and in the form; a POST must carry both, equal.
 A fresh login starts a new session and so a new token. SameSite=Lax on the cookie already keeps

@@ -9,6 +9,7 @@ multipart, silently merges repeated parameters and is bounded only by the app-wi
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qsl
 
@@ -84,12 +85,29 @@ async def read_form(request: web.Request, limit: int = FORM_LIMIT) -> dict[str, 
     return form
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as infinity
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def parse_json(data: bytes | str) -> object:
+    """Strict JSON: no NaN or Infinity, which Python accepts by default and would echo back in a
+    response that strict parsers reject (RFC 8259)."""
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
 async def read_json_object(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, object]:
     if _media_type(request) != "application/json":
         raise BadRequest("the body must be application/json", 415)
     body = await read_body(request, limit)
     try:
-        data = json.loads(body)
+        data = parse_json(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise BadRequest("the body is not valid JSON") from exc
     if not isinstance(data, dict):

@@ -1,10 +1,16 @@
 """`/login` and `/logout`: the browser login that the consent page relies on.
 
 A failed login says only "invalid username or password", with the same status and the same
-argon2 work whether the user exists or not (no user enumeration). Logout signs the user out
-everywhere: it ends the browser login (cookie and server-side record) and revokes every token
-issued to the user's clients, which ends their live MCP sessions through the revocation
-listeners. A person who signs out expects their agents to lose access too.
+argon2 work whether the user exists or not (no user enumeration). Attempts are throttled per
+account and per source address before any of that work (`auth.throttle`: 429 with
+`Retry-After`, the same for unknown users). A login starts a new session: new cookie, new login
+id, new CSRF token (`auth.browser.log_in`, session fixation). A login that resumes an
+authorization must come from the browser that opened it (binding cookie, `auth.browser`).
+
+Logout signs the user out everywhere: it ends the browser login (cookie and server-side record),
+forgets the user's remembered approvals (`auth.consent`) and revokes every token issued to the
+user's clients, which ends their live MCP sessions through the revocation listeners. A person
+who signs out expects their agents to lose access too, and not to come back without asking.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 
 from aiohttp import web
 
-from auth import browser, csrf, pages
+from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect
 from auth.http import BadRequest, client_address, read_form
@@ -21,9 +27,6 @@ from auth.passwords import hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 
 log = logging.getLogger(__name__)
-
-_CSRF_FAILED = ("The form was not submitted from this browser session (CSRF check failed). "
-                "Make sure cookies are enabled and try again.")
 
 
 async def handle_login_page(request: web.Request) -> web.Response:
@@ -42,21 +45,30 @@ async def handle_login(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return pages.error(exc.description, exc.status, "Sign-in failed")
     if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(_CSRF_FAILED, 403, "Sign-in failed")
+        return pages.error(pages.CSRF_FAILED, 403, "Sign-in failed")
     sealed = form.get("request")
     pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
     if sealed and pending is None:
         return pages.error("This authorization request has expired; start again from your application.")
+    if pending is not None and not browser.bound(request, pending.binding):
+        return pages.error(pages.OTHER_BROWSER, 403, "Sign-in failed")
     username = form.get("username", "")
     password = form.get("password", "")
+    address = client_address(request)
+    wait = await throttle.begin(server.limiter, username, address)
+    if wait is not None:
+        log.warning("throttled login for %r from %s (%d s)", username[:64], address, wait)
+        return pages.login(csrf.token(sess), sealed, username=username, retry_after=wait)
     user = await server.store.get_user_by_name(username) if valid_username(username) else None
     # Oversized passwords are verified against the dummy hash: same work, no special response.
     plausible = user is not None and len(password) <= PASSWORD_MAX
     ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX])
     if not ok or user is None:
+        await throttle.failed(server.limiter, address)
         # One line per failure, for fail2ban-style throttling in front of the server.
-        log.warning("failed login for %r from %s", username[:64], client_address(request))
+        log.warning("failed login for %r from %s", username[:64], address)
         return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
+    await throttle.succeeded(server.limiter, username)
     if needs_rehash(user.password_hash):
         await server.store.set_password_hash(user.id, await hash_password(password))
     new = await browser.log_in(request, user)
@@ -79,9 +91,11 @@ async def handle_logout(request: web.Request) -> web.Response:
     except BadRequest as exc:
         return pages.error(exc.description, exc.status, "Sign-out failed")
     if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(_CSRF_FAILED, 403, "Sign-out failed")
+        return pages.error(pages.CSRF_FAILED, 403, "Sign-out failed")
     user = await browser.current_user(request)
     await browser.log_out(request)
     if user is not None:
-        await request.app[AUTH_SERVER].revoke_subject(user.id)
+        server = request.app[AUTH_SERVER]
+        await server.store.forget_consents(user.id)
+        await server.revoke_subject(user.id)
     return pages.signed_out()

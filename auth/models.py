@@ -56,6 +56,12 @@ class Client(BaseModel):
     client_name: str | None = None
     scope: str | None = None
     metadata: dict[str, object] = {}
+    # Set for a client known by its Client ID Metadata Document (auth.cimd), never for a DCR one.
+    # `verified_domain` is the host that serves the document and so vouches for the name and
+    # redirect URIs: the consent page shows it (a DCR client's name is only self-asserted).
+    # `metadata_expires_at` is when the cached document must be fetched again.
+    verified_domain: str | None = None
+    metadata_expires_at: float | None = None
 
     def registration_response(self) -> dict[str, object]:
         body: dict[str, object] = dict(self.metadata)
@@ -87,6 +93,24 @@ class AuthorizationCode:
     subject: str
     auth_time: float
     expires_at: float
+    # OpenID Connect: the /authorize `nonce`, echoed in the ID token.
+    nonce: str | None = None
+    # Set when the code is redeemed: the grant its tokens belong to. The redeemed record is kept
+    # until the code would have expired, so a replay can revoke that grant (RFC 9700 4.2.1).
+    grant_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    """What `GrantStore.consume_code` did.
+
+    "redeemed": this call redeemed the code (`code`, with `grant_id` set). "replayed": the code
+    had been redeemed before; its grant's tokens were just deleted (`code` says whose they were).
+    "invalid": unknown or expired.
+    """
+
+    status: Literal["redeemed", "replayed", "invalid"]
+    code: AuthorizationCode | None = None
 
 
 TokenKind = Literal["access", "refresh"]
@@ -109,6 +133,42 @@ class Token:
     resource: str
     issued_at: float
     expires_at: float
+    # When the user authenticated for this grant: the ID token's `auth_time`, and where the
+    # absolute lifetime cap of the grant counts from. None only for tokens made outside the flows.
+    auth_time: float | None = None
+    # Refresh tokens only: when it was rotated. A superseded token is not live (`get_token` skips
+    # it); it is kept until it would have expired, to tell a retry from a replay.
+    superseded_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What `GrantStore.rotate_refresh_token` did.
+
+    "rotated": the new tokens were stored. "retry": the old token had been rotated within the
+    grace window and its successor is still live; `successor` is the sealed response of that
+    rotation (only the old token's holder can open it). "replayed": rotated before the window;
+    the whole grant was just deleted. "invalid": unknown or expired, or a retry whose successor
+    has itself been rotated already (refused without revoking: still inside the window).
+    """
+
+    status: Literal["rotated", "retry", "replayed", "invalid"]
+    successor: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A key that signs ID tokens (`auth.rfc7517`). The private JWK is stored encrypted; the
+    public one in the clear for the JWKS. A retired key signs nothing more but stays published
+    until `published_until`, so that tokens it signed still verify."""
+
+    kid: str
+    alg: str
+    public_jwk: str
+    private_jwk: str
+    created_at: float
+    retired_at: float | None = None
+    published_until: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +180,21 @@ class AccessGrant:
     resource: str
     expires_at: float
     grant_id: str = field(default="")
+
+
+@dataclass(frozen=True, slots=True)
+class RememberedConsent:
+    """An approval the user asked to remember (`auth.consent`). It stands in for the consent page
+    only for a request whose user, client, redirect URI, resource and scope set are all equal to
+    these: plain identifiers, no secret, so it is stored as is."""
+
+    user_id: str
+    client_id: str
+    redirect_uri: str
+    resource: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The HTML the authorization server shows: login, consent, logout and error pages.
+"""The HTML the authorization server shows: login, consent, remembered approvals, logout, errors.
 
 Self-contained (inline CSS, no scripts, no third-party resources) and locked down by headers:
 CSP `default-src 'none'`, no framing (clickjacking a consent button is the classic attack), no
@@ -14,6 +14,9 @@ the consent page omits `form-action` altogether; the page has no scripts and pos
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 from aiohttp import web
@@ -25,6 +28,11 @@ h1{font-size:1.4rem}form{margin-top:1.5rem}label{display:block;margin:.8rem 0 .2
 input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
 button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0}.error{color:#b00020}.muted{color:#666;font-size:.9rem}
 code{background:#f3f3f3;padding:0 .2rem}"""
+
+CSRF_FAILED = ("The form was not submitted from this browser session (CSRF check failed). "
+               "Make sure cookies are enabled and try again.")
+OTHER_BROWSER = ("This authorization was started in another browser (or its cookie expired). "
+                 "Start again from your application, in the browser you want to use.")
 
 SCOPE_DESCRIPTIONS = {
     "memory:read": "Read your memory (entities, relations, observations)",
@@ -68,9 +76,21 @@ def error(message: str, status: int = 400, title: str = "Authorization failed") 
                          '<p class="muted">Go back to your application and start the login again.</p>', status)
 
 
+def _duration(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} seconds"
+    return f"{-(-seconds // 60)} minutes"
+
+
 def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-          status: int = 200) -> web.Response:
+          status: int = 200, retry_after: int | None = None) -> web.Response:
+    """`retry_after`: throttled (auth.throttle), a 429 with `Retry-After`; the message names no
+    account, so it reads the same for a user who does not exist."""
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
+    if retry_after is not None:
+        status = 429
+        message = (f'<p class="error">Too many failed sign-in attempts. Try again in '
+                   f"{_duration(retry_after)}.</p>")
     fields = _hidden(csrf.FIELD, csrf_token) + (_hidden("request", request_seal) if request_seal else "")
     body = (f'{message}<form method="post" action="/login">{fields}'
             f'<label for="username">Username</label>'
@@ -79,22 +99,32 @@ def login(csrf_token: str, request_seal: str | None, *, username: str = "", fail
             f'<label for="password">Password</label>'
             f'<input type="password" id="password" name="password" autocomplete="current-password" required>'
             f'<button type="submit">Sign in</button></form>')
-    return render("Sign in to memory-mcp", body, status)
+    response = render("Sign in to memory-mcp", body, status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def consent(csrf_token: str, request_seal: str, *, username: str, client_name: str | None, client_id: str,
             redirect_host: str, loopback: bool, scopes: tuple[str, ...], resource: str,
-            form_action: tuple[str, ...] | None) -> web.Response:
+            form_action: tuple[str, ...] | None, verified_host: str | None = None) -> web.Response:
+    """`verified_host`: the host a Client ID Metadata Document was fetched from, the one name on
+    this page a client cannot choose freely. The "remember" box is off by default (auth.consent)."""
     name = escape(client_name) if client_name else "An unnamed application"
+    verified = (f"<p>Its description is published by <strong>{escape(verified_host)}</strong> "
+                "(client metadata document).</p>" if verified_host else "")
     scope_items = "".join(f"<li>{escape(SCOPE_DESCRIPTIONS.get(s, s))} <code>{escape(s)}</code></li>" for s in scopes)
     where = ("an application on this computer" if loopback else f"<strong>{escape(redirect_host)}</strong>")
     body = (f"<p><strong>{name}</strong> wants to access your memory as <strong>{escape(username)}</strong>.</p>"
-            f"<p>It will receive the authorization at {where} "
+            f"{verified}<p>It will receive the authorization at {where} "
             f'(<code>{escape(redirect_host)}</code>).</p>'
             f"<ul>{scope_items}</ul>"
             f'<p class="muted">Resource: <code>{escape(resource)}</code><br>Client id: <code>{escape(client_id)}</code>'
             "<br>Only approve if you started this login yourself.</p>"
             f'<form method="post" action="/consent">{_hidden(csrf.FIELD, csrf_token)}{_hidden("request", request_seal)}'
+            '<label><input type="checkbox" name="remember" value="1"> Remember this approval: do not ask '
+            'again for this application, address and access (you can withdraw it on the '
+            '<a href="/consents">remembered approvals</a> page)</label>'
             '<button type="submit" name="decision" value="approve">Approve</button>'
             '<button type="submit" name="decision" value="deny">Deny</button></form>'
             '<form method="get" action="/logout"><button type="submit">Not you? Sign out</button></form>')
@@ -103,7 +133,46 @@ def consent(csrf_token: str, request_seal: str, *, username: str, client_name: s
 
 def signed_in(csrf_token: str, username: str) -> web.Response:
     return render("Signed in", f"<p>You are signed in as <strong>{escape(username)}</strong>.</p>"
+                              '<p><a href="/consents">Remembered approvals</a></p>'
                               + logout_form(csrf_token))
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentEntry:
+    """One remembered approval, as the /consents page lists it."""
+
+    client_id: str
+    client_name: str | None
+    redirect_uri: str
+    resource: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+def consents(csrf_token: str, username: str, entries: Sequence[ConsentEntry]) -> web.Response:
+    """Remembered approvals grouped by client, one "forget and disconnect" form per client."""
+    if not entries:
+        body = (f"<p>No remembered approvals for <strong>{escape(username)}</strong>: every application "
+                "asks for your approval when it connects.</p>")
+        return render("Remembered approvals", body + logout_form(csrf_token))
+    by_client: dict[str, list[ConsentEntry]] = {}
+    for entry in entries:
+        by_client.setdefault(entry.client_id, []).append(entry)
+    sections = []
+    for client_id, items in by_client.items():
+        name = items[0].client_name
+        title = escape(name) if name else "An unnamed application"
+        rows = "".join(
+            f"<li>to <code>{escape(e.redirect_uri)}</code> for <code>{escape(' '.join(e.scopes))}</code> "
+            f"on <code>{escape(e.resource)}</code>, until "
+            f"{escape(time.strftime('%Y-%m-%d', time.gmtime(e.expires_at)))}</li>" for e in items)
+        sections.append(
+            f"<h2>{title}</h2><p class=\"muted\">Client id: <code>{escape(client_id)}</code></p><ul>{rows}</ul>"
+            f'<form method="post" action="/consents">{_hidden(csrf.FIELD, csrf_token)}{_hidden("client_id", client_id)}'
+            '<button type="submit">Forget and disconnect</button></form>')
+    body = (f"<p>Applications that connect as <strong>{escape(username)}</strong> without asking. Forgetting "
+            "one also disconnects it: it will ask for your approval next time.</p>" + "".join(sections))
+    return render("Remembered approvals", body)
 
 
 def logout_form(csrf_token: str) -> str:

@@ -30,6 +30,12 @@ class RateLimiter(Protocol):
         """Forget `key` (a successful login clears its failures)."""
         ...
 
+    async def recent(self, key: str, window: float) -> list[float]:
+        """How many seconds ago each action of `key` counted in the last `window` seconds was,
+        newest first; counts nothing. Ages rather than times, so callers need not share this
+        limiter's clock. For policies `hit` cannot express (login backoff, `auth.throttle`)."""
+        ...
+
 
 class MemoryRateLimiter:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -51,3 +57,7 @@ class MemoryRateLimiter:
 
     async def reset(self, key: str) -> None:
         self._hits.pop(key, None)
+
+    async def recent(self, key: str, window: float) -> list[float]:
+        now = self._clock()
+        return [now - t for t in reversed(self._hits.get(key, ())) if t > now - window]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -39,9 +40,10 @@ class BearerError(Exception):
 
 
 class BearerVerifier:
-    def __init__(self, settings: AuthSettings, store: AuthStore) -> None:
+    def __init__(self, settings: AuthSettings, store: AuthStore, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
         self._resources = frozenset(r for r in map(normalize_resource, settings.resources) if r)
 
     def _unauthorized(self, resource_path: str, error: str | None, description: str) -> BearerError:
@@ -68,7 +70,7 @@ class BearerVerifier:
         token = token.strip()
         if _B64TOKEN.fullmatch(token) is None:
             raise self._unauthorized(resource_path, "invalid_token", "the access token is malformed")
-        now = time.time()
+        now = self.clock()
         record = await self.store.get_token(hash_secret(token), now)
         if record is None or record.kind != "access" or record.expires_at <= now:
             raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired")

@@ -4,6 +4,8 @@ Revoking a refresh token ends its whole grant (every access and refresh token of
 revoking an access token ends that token. Unknown tokens, and tokens of another client, get the
 same 200 as a success (section 2.2): the answer must not tell a caller which tokens exist.
 `token_type_hint` is accepted and needs no use: one lookup by hash finds either kind.
+A refresh token already rotated is no longer live (`auth.token`): revoking it is such an
+unknown token; the client revokes the one it holds, which takes the family down.
 """
 
 from __future__ import annotations

@@ -28,7 +28,9 @@ class RedirectURIError(ValueError):
     pass
 
 
-def _valid_host(host: str) -> bool:
+def valid_host(host: str) -> bool:
+    """A DNS name in ASCII or an IPv6 literal (as `urlsplit().hostname` gives them; IPv4 literals
+    are DNS-name shaped)."""
     if ":" in host:
         if "%" in host:  # zone ids are meaningful only on the client's machine
             return False
@@ -63,7 +65,7 @@ def check_registrable(uri: str) -> None:
         raise RedirectURIError(f"{uri!r}: only https, or http on a loopback host, is allowed")
     if not parts.hostname:
         raise RedirectURIError(f"{uri!r} has no host")
-    if not _valid_host(parts.hostname):
+    if not valid_host(parts.hostname):
         raise RedirectURIError(f"{uri!r}: the host must be a DNS name or an IP address")
     if "@" in parts.netloc:
         raise RedirectURIError("redirect URIs may not contain user information")
@@ -96,7 +98,7 @@ def origin(uri: str) -> str | None:
     """`scheme://host[:port]` of a valid redirect URI, as a CSP source expression; None for IPv6
     literals, which CSP host-source grammar cannot express."""
     parts = _split(uri)
-    if parts.hostname is None or ":" in parts.hostname or not _valid_host(parts.hostname):
+    if parts.hostname is None or ":" in parts.hostname or not valid_host(parts.hostname):
         return None
     port = f":{parts.port}" if parts.port is not None else ""
     return f"{parts.scheme.lower()}://{parts.hostname}{port}"

@@ -7,15 +7,32 @@
     GET  /login, POST /login                           browser login
     POST /consent                                      approve / deny -> redirect with code
     GET  /logout, POST /logout                         end the browser login
+    GET  /consents, POST /consents                     remembered approvals, withdraw one
     POST /token                                        RFC 6749 code + refresh grants (CORS)
     POST /revoke                                       RFC 7009 (CORS)
+    GET  /.well-known/openid-configuration             OpenID Connect Discovery (CORS)
+    GET  /.well-known/jwks.json                        RFC 7517 ID-token signing keys (CORS)
+    GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from auth import authorize, browser, login, rfc7009, rfc7591, rfc8414, rfc9728, token
+from auth import (
+    authorize,
+    browser,
+    consent,
+    login,
+    oidc_core,
+    oidc_discovery,
+    rfc7009,
+    rfc7517,
+    rfc7591,
+    rfc8414,
+    rfc9728,
+    token,
+)
 from auth.http import Handler, json_method_not_allowed, preflight, with_cors
 from auth.models import Revocation
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -28,7 +45,8 @@ __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
 def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
             cookie_key: bytes) -> AuthorizationServer:
     server = AuthorizationServer(settings=settings, store=store,
-                                 sealer=browser.derive_fernet(cookie_key, "pending authorization"))
+                                 sealer=browser.derive_fernet(cookie_key, "pending authorization"),
+                                 key_sealer=rfc7517.private_key_cipher(cookie_key))
     app[AUTH_SERVER] = server
     app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
 
@@ -40,6 +58,10 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
     cors(rfc9728.PREFIX, "GET", rfc9728.handler_for(""))
     for path in settings.resource_paths:
         cors(rfc9728.PREFIX + path, "GET", rfc9728.handler_for(path))
+    cors(oidc_discovery.PATH, "GET", oidc_discovery.handle)
+    cors(rfc7517.PATH, "GET", rfc7517.handle)
+    cors(oidc_core.USERINFO_PATH, "GET", oidc_core.handle_userinfo)
+    app.router.add_post(oidc_core.USERINFO_PATH, with_cors(oidc_core.handle_userinfo))
     for path, handler in (("/register", rfc7591.handle), ("/token", token.handle), ("/revoke", rfc7009.handle)):
         cors(path, "POST", handler)
         app.router.add_route("*", path, json_method_not_allowed)
@@ -50,4 +72,6 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
     app.router.add_post("/login", login.handle_login)
     app.router.add_get("/logout", login.handle_logout_page)
     app.router.add_post("/logout", login.handle_logout)
+    app.router.add_get("/consents", consent.handle_consents_page)
+    app.router.add_post("/consents", consent.handle_withdraw)
     return server

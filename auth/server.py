@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from cryptography.fernet import Fernet
@@ -15,6 +16,9 @@ from auth.models import Revocation, User
 from auth.ratelimit import MemoryRateLimiter, RateLimiter
 from auth.settings import AuthSettings
 from auth.store import AuthStore
+
+if TYPE_CHECKING:  # auth.cimd imports this module (through auth.rfc7591)
+    from auth.cimd import DocumentFetcher
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +32,14 @@ class AuthorizationServer:
     store: AuthStore
     # Seals pending authorization requests into the login and consent forms (auth.browser).
     sealer: Fernet
+    # Encrypts the private ID-token signing keys at rest (auth.rfc7517).
+    key_sealer: Fernet
     revocation_listeners: list[RevocationListener] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
+    # Fetches Client ID Metadata Documents; None = auth.cimd's default. Tests put one here that
+    # trusts their local CA.
+    cimd_fetcher: DocumentFetcher | None = None
 
     async def notify(self, revocation: Revocation) -> None:
         # Recorded for the other processes that serve the same store (and `memory-mcp` commands

@@ -3,10 +3,14 @@
 Contract every backend must keep (the shared test suite in `tests/test_storage.py` checks it):
 
 * Lookups by secret take the SHA-256 hash, never the secret.
-* `consume_code` is atomic: of two concurrent redemptions of one code, exactly one gets the record.
-* `rotate_refresh_token` is atomic: the old refresh token is deleted and the new tokens inserted in
-  one step, and it returns False (inserting nothing) when the old token was already gone.
+* `consume_code` is atomic: of two concurrent redemptions of one code, exactly one gets the record;
+  a later one revokes the grant the first one started (see the method).
+* `rotate_refresh_token` is atomic: deciding between rotation, retry and replay, and acting on it,
+  is one step (SQLite: one transaction; Redis: one script over the old token's key, its
+  successor's key and the grant's index).
 * Expired records are never returned; backends may purge them lazily.
+* `save_tokens`, `save_code_tokens` and `rotate_refresh_token` record the tokens' `issued_at` as
+  their client's last use: `purge_clients` tells unused registrations from used ones by it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from auth.models import AuthorizationCode, Client, Revocation, Token, User
+from auth.models import (
+    AuthorizationCode,
+    Client,
+    Redemption,
+    RememberedConsent,
+    Revocation,
+    Rotation,
+    SigningKey,
+    Token,
+    User,
+)
 
 
 class UserExistsError(Exception):
@@ -22,7 +36,10 @@ class UserExistsError(Exception):
 
 
 class ClientStore(Protocol):
-    async def save_client(self, client: Client) -> None: ...
+    async def save_client(self, client: Client) -> None:
+        """Insert, or replace the registration of an existing `client_id` (a re-fetched metadata
+        document), keeping its recorded last use."""
+        ...
 
     async def get_client(self, client_id: str) -> Client | None: ...
 
@@ -30,6 +47,14 @@ class ClientStore(Protocol):
 
     async def delete_client(self, client_id: str) -> bool:
         """Delete the client and every token issued to it."""
+        ...
+
+    async def purge_clients(self, unused_issued_before: float, idle_before: float, now: float,
+                            limit: int) -> int:
+        """Delete (as `delete_client` does) at most `limit` clients that hold no unexpired token
+        or code and either never obtained a token and were registered before
+        `unused_issued_before`, or last obtained one before `idle_before`. Returns how many.
+        Bounded so that it can run inline in a request (auth.rfc7591)."""
         ...
 
 
@@ -54,13 +79,40 @@ class UserStore(Protocol):
 class GrantStore(Protocol):
     async def save_code(self, code: AuthorizationCode) -> None: ...
 
-    async def consume_code(self, code_hash: str, now: float) -> AuthorizationCode | None: ...
+    async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
+        """Redeem an unexpired code for the new grant `grant_id`: the record is kept, marked with
+        it, until the code would have expired. Presented again ("replayed"), the record and every
+        token of its grant are deleted in the same step (RFC 6749 4.1.2, RFC 9700 4.2.1)."""
+        ...
+
+    async def save_code_tokens(self, code_hash: str, tokens: Sequence[Token]) -> bool:
+        """Store the first tokens of a grant, unless its code was replayed (and so deleted) since
+        `consume_code`: then store nothing and return False. Closes the race in which a replay
+        lands between redemption and issuance and the tokens would outlive the revocation."""
+        ...
 
     async def save_tokens(self, tokens: Sequence[Token]) -> None: ...
 
-    async def get_token(self, token_hash: str, now: float) -> Token | None: ...
+    async def get_token(self, token_hash: str, now: float) -> Token | None:
+        """A live token: unexpired and, for refresh tokens, not superseded."""
+        ...
 
-    async def rotate_refresh_token(self, old_hash: str, new_tokens: Sequence[Token], now: float) -> bool: ...
+    async def get_refresh_token(self, token_hash: str, now: float) -> Token | None:
+        """An unexpired refresh token, superseded or not (`superseded_at` tells)."""
+        ...
+
+    async def rotate_refresh_token(self, old_hash: str, new_tokens: Sequence[Token], successor: str,
+                                   now: float, grace: float) -> Rotation:
+        """Exchange a refresh token, atomically (RFC 9700 4.14.2, with a grace window):
+
+        * live: mark it superseded at `now` with `successor` (the response, sealed under the old
+          token) and the new refresh token's hash, store `new_tokens` -> "rotated";
+        * superseded at most `grace` seconds ago and its successor refresh token still live ->
+          "retry" with the stored `successor` (nothing stored);
+        * superseded longer ago -> delete every token of its grant -> "replayed";
+        * otherwise "invalid", nothing changed.
+        """
+        ...
 
     async def delete_token(self, token_hash: str) -> Token | None: ...
 
@@ -83,6 +135,32 @@ class BrowserSessionStore(Protocol):
     async def delete_browser_session(self, session_hash: str) -> None: ...
 
 
+class ConsentStore(Protocol):
+    """Approvals a user asked to remember (`auth.consent`), and their withdrawal. Removing the user
+    or the client forgets them too."""
+
+    async def remember_consent(self, consent: RememberedConsent) -> None:
+        """Insert, or renew the times of the approval with equal user, client, redirect URI,
+        resource and scope set."""
+        ...
+
+    async def find_consent(self, user_id: str, client_id: str, redirect_uri: str, resource: str,
+                           scopes: tuple[str, ...], now: float) -> RememberedConsent | None:
+        """The unexpired approval equal on every field (scopes compared as a set), exact strings."""
+        ...
+
+    async def list_consents(self, user_id: str, now: float) -> list[RememberedConsent]: ...
+
+    async def withdraw_consents(self, user_id: str, client_id: str) -> int:
+        """Forget the user's approvals of the client and, in the same step, delete the codes and
+        tokens issued to that client for that user. Returns the number of approvals forgotten."""
+        ...
+
+    async def forget_consents(self, user_id: str) -> int:
+        """Forget every approval of the user (sign-out everywhere)."""
+        ...
+
+
 class RevocationLog(Protocol):
     """Revocations in the order they happened, for every process that serves this store: a
     server learns within a second that a `memory-mcp` command (or another instance) revoked a
@@ -96,5 +174,21 @@ class RevocationLog(Protocol):
         ...
 
 
-class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, RevocationLog, Protocol):
+class SigningKeyStore(Protocol):
+    """The keys that sign ID tokens (`auth.rfc7517`)."""
+
+    async def signing_keys(self, now: float) -> list[SigningKey]:
+        """The current key first (if any), then retired keys still published, newest first."""
+        ...
+
+    async def add_signing_key(self, key: SigningKey, now: float, retire_until: float, *, replace: bool) -> bool:
+        """Make `key` the current key, atomically. replace=False: only if there is none (two
+        processes starting at once keep one key; returns False and stores nothing otherwise).
+        replace=True: the current key is retired at `now` and published until `retire_until`;
+        retired keys past their date are dropped."""
+        ...
+
+
+class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, ConsentStore, SigningKeyStore,
+                RevocationLog, Protocol):
     """Everything `auth/` stores."""

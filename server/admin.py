@@ -10,9 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
-from auth import accounts
+from auth import accounts, rfc7517
 from auth.models import Revocation
+from auth.settings import AuthSettings
+from server.keyfile import cookie_key
 from server.principals import parse_owner_label
 from server.storage.sqlite import SQLiteStorage
 
@@ -105,3 +108,10 @@ async def users_remove(storage: SQLiteStorage, username: str) -> str:
     await _revoke(storage, Revocation(user.id, None, None))
     entities = await storage.delete_graph(user.id)
     return f"removed user {user.username} with their tokens, sessions and memory ({entities} entities)"
+
+
+async def keys_rotate(storage: SQLiteStorage, data_dir: Path, auth_settings: AuthSettings) -> str:
+    kid = await rfc7517.rotate_signing_key(storage, rfc7517.private_key_cipher(cookie_key(data_dir)), time.time(),
+                                           auth_settings.id_token_ttl)
+    return (f"new ID-token signing key {kid}; the previous one stays published until the tokens it signed expire. "
+            "Running servers use the new key from now on.")

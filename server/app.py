@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +17,7 @@ from auth.routes import install
 from auth.settings import AuthSettings
 from auth.store import RevocationLog
 from server.config import Settings
+from server.keyfile import cookie_key
 from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
@@ -37,24 +35,6 @@ MCP_PATHS = frozenset({"/mcp", "/mcp/", "/sse", "/messages", "/messages/"})
 STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-
-
-def cookie_key(data_dir: Path) -> bytes:
-    """The browser-session encryption key: generated once into the data directory, so that logins
-    survive a restart and nobody has to invent a secret to start the server."""
-    path = data_dir / "session.key"
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-    if len(key) != 32:
-        raise ValueError(f"{path} must hold exactly 32 bytes; delete it to generate a new one "
-                         "(browser logins will end)")
-    return key
 
 
 def auth_settings(settings: Settings) -> AuthSettings:

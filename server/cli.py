@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from auth import accounts
+from auth.settings import AuthSettings
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
@@ -66,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("session_id", nargs="?")
     revoke.add_argument("--user")
 
+    keys = group("keys", "ID-token signing keys")
+    action(keys, "rotate", "start signing with a new key (the old one stays published while its tokens live)")
+
     tokens = group("tokens", "issued tokens")
     action(tokens, "revoke", "revoke every token of a user and end their sessions").add_argument(
         "--user", required=True)
@@ -87,7 +91,10 @@ def _read_password(from_stdin: bool) -> str:
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     storage = SQLiteStorage(settings.database_path)
     try:
-        print(await _run_command(storage, args.command, args.action, args))
+        if (args.command, args.action) == ("keys", "rotate"):
+            print(await admin.keys_rotate(storage, settings.data_dir, AuthSettings(issuer=settings.issuer)))
+        else:
+            print(await _run_command(storage, args.command, args.action, args))
     finally:
         await storage.close()
     return 0

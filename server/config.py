@@ -42,7 +42,17 @@ class Settings(BaseModel):
     max_sessions_per_user: int = Field(100, gt=0, description="MCP sessions one user holds at most")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
     access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
-    refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds")
+    refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
+                                   "renewed by each refresh (sliding)")
+    refresh_token_max_lifetime: int = Field(
+        365 * 86400, ge=3600, description="seconds after a login beyond which its tokens cannot be refreshed "
+        "(absolute cap; the user logs in again)")
+    registration_rate_limit: int = Field(
+        20, ge=0, description="client registrations (and metadata document fetches) per source address per hour; "
+        "0 = unlimited. Behind a reverse proxy every client shares the proxy's address")
+    client_id_metadata_documents: bool = Field(
+        False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
+        "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("log_level")
@@ -68,6 +78,13 @@ class Settings(BaseModel):
     @classmethod
     def _public(cls, value: str | None) -> str | None:
         return None if value is None else canonical_origin(value, "the public URL")
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> Settings:
+        if self.refresh_token_max_lifetime < self.refresh_token_ttl:
+            raise ValueError(f"refresh_token_max_lifetime ({self.refresh_token_max_lifetime}) must be at least "
+                             f"refresh_token_ttl ({self.refresh_token_ttl})")
+        return self
 
     @model_validator(mode="after")
     def _default_public(self) -> Settings:

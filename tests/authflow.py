@@ -18,14 +18,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from auth.models import User
+from auth.models import Revocation, User
 from auth.passwords import hash_password
 from auth.routes import install
-from auth.models import Revocation
 from auth.server import AuthorizationServer
 from auth.settings import AuthSettings
 from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database
+from server.storage.sqlite.keys import SigningKeyTables
 
 USERNAME = "alice"
 PASSWORD = "correct horse battery"
@@ -45,9 +45,11 @@ async def add_alice(store: Store) -> User:
     return user
 
 
-class Store(AuthTables):
+class Store(AuthTables, SigningKeyTables):
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Idempotent; callers apply AuthTables.SCHEMA themselves.
+        db.apply_schema(SigningKeyTables.SCHEMA)
 
 
 @dataclass

@@ -29,6 +29,8 @@ class _FormParser(HTMLParser):
             self.forms.append(Form(a.get("action", ""), a.get("method", "get").lower()))
         elif tag in ("input", "button") and self.forms and a.get("name"):
             kind = a.get("type", "text" if tag == "input" else "submit")
+            if kind in ("checkbox", "radio") and "checked" not in a:
+                return  # an unticked box is not submitted (the consent page's "remember" is off)
             if kind == "submit":
                 self.forms[-1].buttons.setdefault(a["name"], []).append(a.get("value", ""))
             else:

@@ -98,3 +98,15 @@ async def test_sessions_revoke_user_and_tokens_revoke(http: httpx2.AsyncClient, 
     assert refresh.status_code == 400 and refresh.json()["error"] == "invalid_grant"
     nobody = await cli(server, "tokens", "revoke", "--user", "carol")
     assert nobody.returncode == 1 and "users list" in nobody.stderr
+
+
+async def test_keys_rotate_publishes_the_new_key_beside_the_old(http: httpx2.AsyncClient,
+                                                                server: RunningServer) -> None:
+    jwks_uri = (await http.get(server.url + "/.well-known/openid-configuration")).json()["jwks_uri"]
+    before = {k["kid"] for k in (await http.get(jwks_uri)).json()["keys"]}
+    rotated = await cli(server, "keys", "rotate")
+    assert rotated.returncode == 0, rotated.stderr
+    new_kid = rotated.stdout.split()[4].rstrip(";")
+    after = {k["kid"] for k in (await http.get(jwks_uri)).json()["keys"]}
+    assert new_kid in after and before <= after
+    assert all("d" not in k for k in (await http.get(jwks_uri)).json()["keys"])  # public keys only

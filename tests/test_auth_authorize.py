@@ -272,10 +272,10 @@ async def test_repeated_parameter_is_refused(env: Env) -> None:
 
 
 @pytest.mark.parametrize(("scope", "granted"), [
-    ("openid email profile", "memory:read memory:write"),  # mcp-remote's fallback: defaults
+    ("openid email profile", "memory:read memory:write openid profile"),  # mcp-remote's fallback: defaults
     ("mcp:tools", "memory:read memory:write"),
     (None, "memory:read memory:write"),
-    ("memory:read openid", "memory:read"),
+    ("memory:read openid", "memory:read openid"),
     ("memory:write memory:read", "memory:read memory:write"),
 ])
 async def test_scope_selection(env: Env, scope: str | None, granted: str) -> None:
@@ -297,7 +297,7 @@ async def test_resource_variants_accepted(env: Env, resource: str) -> None:
     value = resource.format(issuer=env.issuer, ISSUER=env.issuer.upper())
     location = await approve(env, authorize_path(client["client_id"], CB, challenge, resource=value))
     code = query_of(location)["code"]
-    record = await env.store.consume_code(hash_secret(code), 0)
+    record = (await env.store.consume_code(hash_secret(code), "grant-1", 0)).code
     assert record is not None and record.resource == value.lower().rstrip("/")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from auth import accounts
 from auth.crypto import hash_secret
-from auth.models import AuthorizationCode, Token
+from auth.models import AuthorizationCode, Rotation, Token
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.settings import AuthSettings
 from server.storage.sqlite.auth import AuthTables
@@ -154,19 +155,23 @@ async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
     code = AuthorizationCode("h1", "c", "http://127.0.0.1/cb", "x" * 43, ("memory:read",), ISSUER + "/mcp", "u",
                              now, now + 60)
     await store.save_code(code)
-    results = await asyncio.gather(*(store.consume_code("h1", now) for _ in range(5)))
-    assert [r for r in results if r is not None] == [code]
+    results = await asyncio.gather(*(store.consume_code("h1", f"g{i}", now) for i in range(5)))
+    assert [r.code for r in results if r.status == "redeemed"] == [replace(code, grant_id="g0")]
+    # The second redemption is a replay (and deletes the record), the rest find nothing.
+    assert [r.status for r in results] == ["redeemed", "replayed", "invalid", "invalid", "invalid"]
     await store.save_code(AuthorizationCode("h2", "c", "u", "x", (), "r", "s", now - 10, now - 1))
-    assert await store.consume_code("h2", now) is None
+    assert (await store.consume_code("h2", "g", now)).status == "invalid"
 
 
 async def test_rotate_refresh_is_atomic(store: Store) -> None:
     await save_access(store, "r1", kind="refresh")
     now = time.time()
     new = [Token(hash_secret("r2"), "refresh", "grant-1", "client-1", "user-1", (), ISSUER, now, now + 60)]
-    assert await store.rotate_refresh_token(hash_secret("r1"), new, now)
-    assert not await store.rotate_refresh_token(hash_secret("r1"), new, now)
+    assert (await store.rotate_refresh_token(hash_secret("r1"), new, "sealed", now, 60)).status == "rotated"
+    # Within the grace window the second exchange gets the first one's sealed response.
+    assert await store.rotate_refresh_token(hash_secret("r1"), new, "other", now, 60) == Rotation("retry", "sealed")
     assert await store.get_token(hash_secret("r2"), now) is not None
+    assert await store.get_token(hash_secret("r1"), now) is None
 
 
 async def test_remove_user_and_delete_client_cascade(store: Store) -> None:

@@ -26,6 +26,7 @@ async def test_authorization_server_metadata(env: Env) -> None:
         "authorization_endpoint": env.url("/authorize"),
         "token_endpoint": env.url("/token"),
         "registration_endpoint": env.url("/register"),
+        "jwks_uri": env.url("/.well-known/jwks.json"),
         "revocation_endpoint": env.url("/revoke"),
         "response_types_supported": ["code"],
         "response_modes_supported": ["query"],
@@ -33,7 +34,7 @@ async def test_authorization_server_metadata(env: Env) -> None:
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
-        "scopes_supported": ["memory:read", "memory:write"],
+        "scopes_supported": ["memory:read", "memory:write", "openid", "profile"],
         "authorization_response_iss_parameter_supported": True,
     }
 
@@ -55,7 +56,6 @@ async def test_protected_resource_metadata(env: Env, path: str, resource_suffix:
 
 @pytest.mark.parametrize("path", [
     "/.well-known/oauth-authorization-server/mcp",
-    "/.well-known/openid-configuration",
     "/.well-known/openid-configuration/mcp",
     "/mcp/.well-known/openid-configuration",
     "/.well-known/oauth-protected-resource/other",

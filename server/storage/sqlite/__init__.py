@@ -2,24 +2,28 @@
 
 Each table group lives in its own module with its schema documented beside the code that uses
 it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
-`sessions.py` (MCP session records and their resumable event streams).
+`sessions.py` (MCP session records and their resumable event streams), `keys.py` (ID-token
+signing keys).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from server.storage.sqlite.auth import AuthTables
+from server.storage.sqlite.auth import AuthTables, migrate
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph import GraphTables
+from server.storage.sqlite.keys import SigningKeyTables
 from server.storage.sqlite.sessions import EventTables, SessionTables
 
 
-class SQLiteStorage(AuthTables, GraphTables, SessionTables, EventTables):
+class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables):
     def __init__(self, path: Path) -> None:
         self.db = Database(path)
-        for schema in (AuthTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA, EventTables.SCHEMA):
+        for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA,
+                       EventTables.SCHEMA):
             self.db.apply_schema(schema)
+        migrate(self.db)
 
     async def close(self) -> None:
         self.db.close()

@@ -4,11 +4,21 @@ Schema and the reasons for it:
 
 * `auth_clients`: one row per registered client. The full registration (unknown fields included,
   to echo them) is a JSON column; nothing ever queries inside it.
+* `auth_client_use`: when each client last obtained a token (written by `save_tokens` and
+  `rotate_refresh_token`). A client without a row never obtained one: `purge_clients` deletes
+  such registrations after a day. A table of its own, not a column, so that databases created
+  before it need no migration (`CREATE TABLE IF NOT EXISTS` adds it) and the registration row
+  is never rewritten on the token path. `auth_clients_issued` serves the purge's oldest-first scan.
 * `auth_users`: `id` is the OAuth subject, random and never reused; `username` is UNIQUE, which
   is what makes `add_user` race-free against a concurrent CLI process.
 * `auth_codes`, `auth_tokens`, `auth_browser_sessions` are keyed by the SHA-256 of the secret, never
   the secret: a copy of this file yields no usable credential, and a bearer check is one primary
   key lookup. Secondary indexes exist only for the bulk deletes (grant, subject, client, expiry).
+* A redeemed code keeps its `auth_codes` row, marked with the `grant_id` it started, until it
+  would have expired: a second redemption finds it and revokes that grant. A rotated refresh
+  token keeps its `auth_tokens` row with `superseded_at`, `successor_hash` (the new refresh
+  token's hash) and `successor` (the token response, AES-GCM under a key derived from the old
+  token: ciphertext only), until it would have expired: to tell a retry from a replay.
 * `auth_consents`: approvals a user asked to remember (`auth.consent`), keyed by everything a
   request must match (user, client, redirect URI, resource, scope set as sorted space-joined
   string). Plain identifiers, no secret: nothing here lets anyone act as the user.
@@ -19,16 +29,20 @@ Schema and the reasons for it:
 
 Atomicity: every method runs without awaiting, so it is atomic against other coroutines of this
 process; multi-statement writes use `BEGIN IMMEDIATE` (`Database.transaction`) against other
-processes. `consume_code` and `rotate_refresh_token` hinge on a single DELETE whose row count (or
-RETURNING row) decides the winner, so two concurrent redemptions cannot both succeed.
+processes. `consume_code` and `rotate_refresh_token` read and decide inside one such transaction,
+so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
+
+Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
+COLUMN`, nullable, so instant and safe on a live file).
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 
-from auth.models import AuthorizationCode, Client, RememberedConsent, Revocation, Token, User
+from auth.models import AuthorizationCode, Client, Redemption, RememberedConsent, Revocation, Rotation, Token, User
 from auth.store import UserExistsError
 from server.storage.sqlite.db import Database
 
@@ -38,6 +52,12 @@ CREATE TABLE IF NOT EXISTS auth_clients (
     issued_at INTEGER NOT NULL,
     registration TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS auth_clients_issued ON auth_clients (issued_at);
+CREATE TABLE IF NOT EXISTS auth_client_use (
+    client_id TEXT PRIMARY KEY,
+    last_used_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS auth_client_use_time ON auth_client_use (last_used_at);
 CREATE TABLE IF NOT EXISTS auth_users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
@@ -53,7 +73,9 @@ CREATE TABLE IF NOT EXISTS auth_codes (
     resource TEXT NOT NULL,
     subject TEXT NOT NULL,
     auth_time REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    nonce TEXT,
+    grant_id TEXT
 );
 CREATE INDEX IF NOT EXISTS auth_codes_subject ON auth_codes (subject);
 CREATE INDEX IF NOT EXISTS auth_codes_client ON auth_codes (client_id);
@@ -67,7 +89,11 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
     scopes TEXT NOT NULL,
     resource TEXT NOT NULL,
     issued_at REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    auth_time REAL,
+    superseded_at REAL,
+    successor_hash TEXT,
+    successor TEXT
 );
 CREATE INDEX IF NOT EXISTS auth_tokens_grant ON auth_tokens (grant_id);
 CREATE INDEX IF NOT EXISTS auth_tokens_subject ON auth_tokens (subject);
@@ -106,6 +132,29 @@ CREATE TABLE IF NOT EXISTS auth_revocations (
 REVOCATION_LOG_SECONDS = 3600
 
 
+# Columns added to existing tables since the first release: (table, column, declaration).
+ADDED_COLUMNS = (
+    ("auth_codes", "nonce", "TEXT"),
+    ("auth_codes", "grant_id", "TEXT"),
+    ("auth_tokens", "auth_time", "REAL"),
+    ("auth_tokens", "superseded_at", "REAL"),
+    ("auth_tokens", "successor_hash", "TEXT"),
+    ("auth_tokens", "successor", "TEXT"),
+)
+
+
+def migrate(db: Database) -> None:
+    """Bring a database file created by an older version up to `SCHEMA` (run after it)."""
+    with db.transaction() as conn:
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {r["name"] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+                if (table, column) == ("auth_tokens", "auth_time"):
+                    # Older tokens: the best known start of their grant is their own issue time.
+                    conn.execute("UPDATE auth_tokens SET auth_time = issued_at")
+
+
 def _scopes(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -123,7 +172,8 @@ def _code(row: sqlite3.Row) -> AuthorizationCode:
     return AuthorizationCode(
         code_hash=row["code_hash"], client_id=row["client_id"], redirect_uri=row["redirect_uri"],
         code_challenge=row["code_challenge"], scopes=_scopes(row["scopes"]), resource=row["resource"],
-        subject=row["subject"], auth_time=row["auth_time"], expires_at=row["expires_at"],
+        subject=row["subject"], auth_time=row["auth_time"], expires_at=row["expires_at"], nonce=row["nonce"],
+        grant_id=row["grant_id"],
     )
 
 
@@ -131,7 +181,8 @@ def _token(row: sqlite3.Row) -> Token:
     return Token(
         token_hash=row["token_hash"], kind=row["kind"], grant_id=row["grant_id"], client_id=row["client_id"],
         subject=row["subject"], scopes=_scopes(row["scopes"]), resource=row["resource"],
-        issued_at=row["issued_at"], expires_at=row["expires_at"],
+        issued_at=row["issued_at"], expires_at=row["expires_at"], auth_time=row["auth_time"],
+        superseded_at=row["superseded_at"],
     )
 
 
@@ -149,12 +200,34 @@ def _consent(row: sqlite3.Row) -> RememberedConsent:
 
 
 _INSERT_TOKEN = """INSERT INTO auth_tokens (token_hash, kind, grant_id, client_id, subject, scopes, resource,
-                   issued_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"""  # noqa: S105 - SQL, not a secret
+                   issued_at, expires_at, auth_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""  # noqa: S105 - SQL
 
 
 def _token_row(t: Token) -> tuple[object, ...]:
     return (t.token_hash, t.kind, t.grant_id, t.client_id, t.subject, " ".join(t.scopes), t.resource,
-            t.issued_at, t.expires_at)
+            t.issued_at, t.expires_at, t.auth_time)
+
+
+def _record_client_use(conn: sqlite3.Connection, tokens: Sequence[Token]) -> None:
+    """Issuing tokens marks their client used (`auth.store` contract), inside the caller's
+    transaction."""
+    last: dict[str, float] = {}
+    for t in tokens:
+        last[t.client_id] = max(t.issued_at, last.get(t.client_id, t.issued_at))
+    conn.executemany(
+        """INSERT INTO auth_client_use (client_id, last_used_at) VALUES (?, ?)
+           ON CONFLICT (client_id) DO UPDATE SET last_used_at = max(last_used_at, excluded.last_used_at)""",
+        list(last.items()),
+    )
+
+
+def _delete_client_records(conn: sqlite3.Connection, client_ids: Sequence[str]) -> None:
+    """Everything hanging off deleted clients (the cascade of `delete_client`)."""
+    params = [(client_id,) for client_id in client_ids]
+    conn.executemany("DELETE FROM auth_tokens WHERE client_id = ?", params)
+    conn.executemany("DELETE FROM auth_codes WHERE client_id = ?", params)
+    conn.executemany("DELETE FROM auth_consents WHERE client_id = ?", params)
+    conn.executemany("DELETE FROM auth_client_use WHERE client_id = ?", params)
 
 
 class AuthTables:
@@ -166,8 +239,11 @@ class AuthTables:
     # Clients
 
     async def save_client(self, client: Client) -> None:
+        # An upsert, not INSERT OR REPLACE: re-saving a client (a re-fetched metadata document)
+        # keeps the row's issue time, which the unused-registration purge goes by.
         self.db.conn.execute(
-            "INSERT OR REPLACE INTO auth_clients (client_id, issued_at, registration) VALUES (?, ?, ?)",
+            """INSERT INTO auth_clients (client_id, issued_at, registration) VALUES (?, ?, ?)
+               ON CONFLICT (client_id) DO UPDATE SET registration = excluded.registration""",
             (client.client_id, client.client_id_issued_at, client.model_dump_json()),
         )
 
@@ -183,10 +259,28 @@ class AuthTables:
     async def delete_client(self, client_id: str) -> bool:
         with self.db.transaction() as conn:
             deleted = conn.execute("DELETE FROM auth_clients WHERE client_id = ?", (client_id,)).rowcount
-            conn.execute("DELETE FROM auth_tokens WHERE client_id = ?", (client_id,))
-            conn.execute("DELETE FROM auth_codes WHERE client_id = ?", (client_id,))
-            conn.execute("DELETE FROM auth_consents WHERE client_id = ?", (client_id,))
+            _delete_client_records(conn, [client_id])
         return deleted > 0
+
+    async def purge_clients(self, unused_issued_before: float, idle_before: float, now: float,
+                            limit: int) -> int:
+        # Oldest registrations first; a client holding a live token or code is skipped whatever
+        # its record says (its use row may lag behind, e.g. a store restored from a backup).
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                """DELETE FROM auth_clients WHERE client_id IN (
+                     SELECT c.client_id FROM auth_clients c LEFT JOIN auth_client_use u USING (client_id)
+                     WHERE ((u.last_used_at IS NULL AND c.issued_at < :unused) OR u.last_used_at < :idle)
+                       AND NOT EXISTS (SELECT 1 FROM auth_tokens t
+                                       WHERE t.client_id = c.client_id AND t.expires_at > :now)
+                       AND NOT EXISTS (SELECT 1 FROM auth_codes k
+                                       WHERE k.client_id = c.client_id AND k.expires_at > :now)
+                     ORDER BY c.issued_at LIMIT :limit)
+                   RETURNING client_id""",
+                {"unused": unused_issued_before, "idle": idle_before, "now": now, "limit": limit},
+            ).fetchall()
+            _delete_client_records(conn, [r["client_id"] for r in rows])
+        return len(rows)
 
     # Users
 
@@ -231,21 +325,35 @@ class AuthTables:
             conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?", (code.auth_time,))
             conn.execute(
                 """INSERT INTO auth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource,
-                   subject, auth_time, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   subject, auth_time, expires_at, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
                 (code.code_hash, code.client_id, code.redirect_uri, code.code_challenge, " ".join(code.scopes),
-                 code.resource, code.subject, code.auth_time, code.expires_at),
+                 code.resource, code.subject, code.auth_time, code.expires_at, code.nonce),
             )
 
-    async def consume_code(self, code_hash: str, now: float) -> AuthorizationCode | None:
-        # DELETE ... RETURNING: the row goes away in the same statement that reads it, so a code
-        # is single-use even across processes; an expired code is deleted and refused.
-        # fetchall(), not fetchone(): a RETURNING statement only completes (and releases its write
-        # lock in autocommit mode) once it has been stepped to the end.
-        rows = self.db.conn.execute("DELETE FROM auth_codes WHERE code_hash = ? RETURNING *", (code_hash,)).fetchall()
-        row = rows[0] if rows else None
-        if row is None or row["expires_at"] <= now:
-            return None
-        return _code(row)
+    async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT * FROM auth_codes WHERE code_hash = ? AND expires_at > ?",
+                               (code_hash, now)).fetchone()
+            if row is None:
+                return Redemption("invalid")
+            if row["grant_id"] is None:
+                conn.execute("UPDATE auth_codes SET grant_id = ? WHERE code_hash = ?", (grant_id, code_hash))
+                return Redemption("redeemed", replace(_code(row), grant_id=grant_id))
+            # Replayed: the record goes too, so a third attempt is plainly unknown and a
+            # `save_code_tokens` still in flight for the first redemption stores nothing.
+            conn.execute("DELETE FROM auth_codes WHERE code_hash = ?", (code_hash,))
+            conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (row["grant_id"],))
+            return Redemption("replayed", _code(row))
+
+    async def save_code_tokens(self, code_hash: str, tokens: Sequence[Token]) -> bool:
+        grant_ids = {t.grant_id for t in tokens}
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT grant_id FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone()
+            if row is None or row["grant_id"] is None or grant_ids != {row["grant_id"]}:
+                return False
+            conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in tokens])
+            _record_client_use(conn, tokens)
+        return True
 
     async def save_tokens(self, tokens: Sequence[Token]) -> None:
         if not tokens:
@@ -253,22 +361,46 @@ class AuthTables:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM auth_tokens WHERE expires_at <= ?", (min(t.issued_at for t in tokens),))
             conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in tokens])
+            _record_client_use(conn, tokens)
 
     async def get_token(self, token_hash: str, now: float) -> Token | None:
-        row = self.db.conn.execute("SELECT * FROM auth_tokens WHERE token_hash = ? AND expires_at > ?",
-                                   (token_hash, now)).fetchone()
+        row = self.db.conn.execute(
+            "SELECT * FROM auth_tokens WHERE token_hash = ? AND expires_at > ? AND superseded_at IS NULL",
+            (token_hash, now)).fetchone()
         return _token(row) if row else None
 
-    async def rotate_refresh_token(self, old_hash: str, new_tokens: Sequence[Token], now: float) -> bool:
+    async def get_refresh_token(self, token_hash: str, now: float) -> Token | None:
+        row = self.db.conn.execute(
+            "SELECT * FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
+            (token_hash, now)).fetchone()
+        return _token(row) if row else None
+
+    async def rotate_refresh_token(self, old_hash: str, new_tokens: Sequence[Token], successor: str,
+                                   now: float, grace: float) -> Rotation:
+        # One transaction decides and acts, so two concurrent refreshes with one token serialize:
+        # the first rotates, the second finds it superseded a moment ago and gets the same pair.
         with self.db.transaction() as conn:
-            gone = conn.execute(
-                "DELETE FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
-                (old_hash, now),
-            ).rowcount
-            if gone == 0:
-                return False
-            conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in new_tokens])
-        return True
+            old = conn.execute(
+                "SELECT * FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
+                (old_hash, now)).fetchone()
+            if old is None:
+                return Rotation("invalid")
+            if old["superseded_at"] is None:
+                new_refresh = [t.token_hash for t in new_tokens if t.kind == "refresh"]
+                conn.execute("UPDATE auth_tokens SET superseded_at = ?, successor_hash = ?, successor = ? "
+                             "WHERE token_hash = ?", (now, new_refresh[0] if new_refresh else None, successor,
+                                                      old_hash))
+                conn.execute("DELETE FROM auth_tokens WHERE expires_at <= ?", (now,))
+                conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in new_tokens])
+                _record_client_use(conn, new_tokens)
+                return Rotation("rotated")
+            if now - old["superseded_at"] <= grace:
+                live = conn.execute(
+                    "SELECT 1 FROM auth_tokens WHERE token_hash = ? AND expires_at > ? AND superseded_at IS NULL",
+                    (old["successor_hash"], now)).fetchone()
+                return Rotation("retry", old["successor"]) if live else Rotation("invalid")
+            conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (old["grant_id"],))
+            return Rotation("replayed")
 
     async def delete_token(self, token_hash: str) -> Token | None:
         rows = self.db.conn.execute("DELETE FROM auth_tokens WHERE token_hash = ? RETURNING *",

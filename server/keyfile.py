@@ -1,0 +1,30 @@
+"""The server's own secret: one key file in the data directory.
+
+It encrypts the browser-session cookie, the sealed pending authorizations, and the ID-token
+signing keys at rest (each under a key derived for that purpose). Generated on first start, so
+nobody has to invent a secret to run the server; kept across restarts, so logins survive them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+KEY_FILE = "session.key"
+
+
+def cookie_key(data_dir: Path) -> bytes:
+    path = data_dir / KEY_FILE
+    try:
+        key = path.read_bytes()
+    except FileNotFoundError:
+        key = secrets.token_bytes(32)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key)
+    if len(key) != 32:
+        raise ValueError(f"{path} must hold exactly 32 bytes; delete it to generate a new one "
+                         "(browser logins will end)")
+    return key
