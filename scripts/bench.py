@@ -1,0 +1,1131 @@
+#!/usr/bin/env python3
+"""Performance benchmark: memory-mcp against the mcp SDK's own Streamable HTTP server, and its
+memory tools against the official `@modelcontextprotocol/server-memory`. Prints a table, the
+ratios and every target as MET / NOT MET; asserts nothing.
+
+    .venv/bin/pip install -e '.[bench]' && .venv/bin/python scripts/bench.py [--quick] [--only SCENARIO]
+                                                                           [--json out.json]
+
+Servers run pinned to one CPU, the load (wrk, or this process for multi-step scenarios) to
+another. Everything listens on 127.0.0.1 only. Scenarios (see README, "Benchmark"):
+
+  toolcall  authenticated tools/call of open_nodes (one name, 100-entity graph) at 1/16/64 sessions,
+            with wrk (one connection = one pre-initialized session); then the bearer check timed in-process
+  sessions  session open rate (initialize + notifications/initialized)
+  refresh   /token refresh rate, chains of rotations (memory-mcp only)
+  idle      RSS per idle session at 1,000 and 10,000 open sessions
+  memory    create_entities / search_nodes / open_nodes / read_graph on a 10,000-entity,
+            50,000-observation graph, against the official memory server (npm, stdio)
+  profile   py-spy samples of memory-mcp under tools/call load: where the time goes
+"""
+
+# A benchmark harness: it starts servers, wrk, npm and py-spy as subprocesses on purpose (S603,
+# S607), and its set-up steps block the loop where nothing is being measured (ASYNC).
+# ruff: noqa: S603, S607, ASYNC109, ASYNC221, ASYNC230, ASYNC240
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import importlib.util
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "scripts" / "bench"
+sys.path.insert(0, str(ROOT))
+
+import aiohttp  # noqa: E402
+
+PROTOCOL = "2025-11-25"
+ACCEPT = "application/json, text/event-stream"
+USER, PASSWORD = "bench", "bench-password-123"
+SCOPE = "memory:read memory:write"
+SMALL_GRAPH = 100
+PROBE_NAME = "Entity 00042"
+OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL = "memory-mcp", "sdk-default", "sdk-fast", "official-memory"
+HTTP_SERVERS = (OURS, SDK_DEFAULT, SDK_FAST)
+SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile")
+OFFICIAL_PACKAGE = BENCH_DIR / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
+
+
+@dataclass(frozen=True)
+class Config:
+    quick: bool
+    rounds: int
+    duration: float
+    concurrencies: tuple[int, ...]
+    idle_counts: tuple[int, ...]
+    graph_entities: int
+    graph_observations: int
+    op_samples: int
+    read_graph_samples: int
+    refresh_chains: int = 16
+    open_concurrency: int = 16
+
+    @classmethod
+    def make(cls, quick: bool) -> Config:
+        if quick:
+            return cls(quick=True, rounds=1, duration=1.5, concurrencies=(1, 16, 64), idle_counts=(200, 1_000),
+                       graph_entities=1_000, graph_observations=5_000, op_samples=10, read_graph_samples=2)
+        return cls(quick=False, rounds=3, duration=8.0, concurrencies=(1, 16, 64), idle_counts=(1_000, 10_000),
+                   graph_entities=10_000, graph_observations=50_000, op_samples=40, read_graph_samples=5)
+
+
+def pick_cpus() -> tuple[set[int], set[int]]:
+    """One CPU for the server under test, the others for the load; on one CPU, both share it."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return set(cpus), set(cpus)
+    return {cpus[0]}, set(cpus[1:])
+
+
+SERVER_CPUS, LOAD_CPUS = pick_cpus()
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def load_module(name: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+# --- servers -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    token: str
+    data_dir: Path | None = None
+    client_id: str | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
+
+
+def _pin_to_server_cpus() -> None:
+    os.sched_setaffinity(0, SERVER_CPUS)
+
+
+def spawn(args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, **(env or {})}, preexec_fn=_pin_to_server_cpus)
+
+
+async def wait_http(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text(errors='replace')}")
+            try:
+                async with http.get(url) as resp:
+                    await resp.read()
+                    return
+            except aiohttp.ClientError:
+                await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
+
+
+async def start_ours(workdir: Path, tag: str) -> Server:
+    data_dir = workdir / f"ours-{tag}"
+    cli = [sys.executable, "-m", "server"]
+    subprocess.run([*cli, "users", "add", USER, "--password-stdin", "--data-dir", str(data_dir)],
+                   input=PASSWORD.encode() + b"\n", check=True, cwd=ROOT, capture_output=True)
+    port = free_port()
+    log_path = workdir / f"ours-{tag}.log"
+    env = {"MEMORY_MCP_MAX_SESSIONS": "30000", "MEMORY_MCP_MAX_SESSIONS_PER_USER": "30000",
+           "MEMORY_MCP_LOG_LEVEL": "warning"}
+    proc = spawn([*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)], log_path, env)
+    server = Server(OURS, proc, port, "", data_dir=data_dir, log_path=log_path)
+    try:
+        await wait_http(proc, server.url + "/healthz", log_path)
+        server.client_id = await register_client(server.url)
+        server.token = (await authorize(server.url, server.client_id))["access_token"]
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+async def start_sdk(workdir: Path, fast: bool) -> Server:
+    port = free_port()
+    token = secrets.token_hex(24)  # no leading "-" that argparse would take for a flag
+    name = SDK_FAST if fast else SDK_DEFAULT
+    log_path = workdir / f"{name}.log"
+    args = [sys.executable, str(BENCH_DIR / "sdk_server.py"), "--port", str(port), "--token", token,
+            "--entities", str(SMALL_GRAPH)]
+    proc = spawn([*args, "--fast"] if fast else args, log_path)
+    server = Server(name, proc, port, token, log_path=log_path)
+    try:
+        await wait_http(proc, server.url + "/.well-known/oauth-protected-resource/mcp", log_path)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@contextlib.asynccontextmanager
+async def running(workdir: Path, names: Sequence[str], tag: str) -> AsyncIterator[dict[str, Server]]:
+    servers: dict[str, Server] = {}
+    try:
+        for name in names:
+            if name == OURS:
+                servers[name] = await start_ours(workdir, tag)
+            else:
+                servers[name] = await start_sdk(workdir, fast=name == SDK_FAST)
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+# --- OAuth, the way a client does it -------------------------------------------------------------
+
+REDIRECT_URI = "http://127.0.0.1:9/callback"
+
+
+async def register_client(base: str) -> str:
+    async with aiohttp.ClientSession() as http, http.post(base + "/register", json={
+            "client_name": "memory-mcp bench", "redirect_uris": [REDIRECT_URI],
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"],
+            "token_endpoint_auth_method": "none"}) as resp:
+        body = await resp.json()
+        if resp.status != 201:
+            raise RuntimeError(f"/register answered {resp.status}: {body}")
+        client_id: str = body["client_id"]
+        return client_id
+
+
+async def authorize(base: str, client_id: str, browser: Any = None) -> dict[str, Any]:
+    """Authorization code + PKCE: the login and consent forms are submitted by the scripted browser
+    of the test suite (tests/browser.py), the code exchanged at /token."""
+    import base64
+    import hashlib
+
+    from tests.browser import Browser
+
+    verifier = secrets.token_urlsafe(48)
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    query = urlencode({"response_type": "code", "client_id": client_id, "redirect_uri": REDIRECT_URI,
+                       "code_challenge": challenge, "code_challenge_method": "S256", "scope": SCOPE,
+                       "state": secrets.token_urlsafe(8), "resource": base + "/mcp"})
+    own = browser is None
+    browser = browser or Browser(USER, PASSWORD)
+    try:
+        redirect = await browser.authorize(f"{base}/authorize?{query}", base)
+    finally:
+        if own:
+            await browser.close()
+    async with aiohttp.ClientSession() as http, http.post(base + "/token", data={
+            "grant_type": "authorization_code", "code": redirect.params["code"], "code_verifier": verifier,
+            "client_id": client_id, "redirect_uri": REDIRECT_URI, "resource": base + "/mcp"}) as resp:
+        tokens: dict[str, Any] = await resp.json()
+        if resp.status != 200:
+            raise RuntimeError(f"/token answered {resp.status}: {tokens}")
+        return tokens
+
+
+# --- MCP over HTTP, by hand ----------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    pass
+
+
+def parse_body(content_type: str, text: str) -> Any:
+    if content_type.startswith("text/event-stream"):
+        data = [line[5:].lstrip() for line in text.splitlines() if line.startswith("data:")]
+        if not data:
+            raise ProtocolError(f"no data in SSE body: {text[:200]!r}")
+        return json.loads(data[-1])
+    return json.loads(text)
+
+
+class McpHttp:
+    def __init__(self, http: aiohttp.ClientSession, server: Server) -> None:
+        self.http = http
+        self.endpoint = server.url + "/mcp"
+        self.auth = f"Bearer {server.token}"
+        self._ids = 0
+
+    def headers(self, session_id: str | None) -> dict[str, str]:
+        headers = {"Authorization": self.auth, "Accept": ACCEPT, "Content-Type": "application/json"}
+        if session_id is not None:
+            headers["Mcp-Session-Id"] = session_id
+            headers["MCP-Protocol-Version"] = PROTOCOL
+        return headers
+
+    async def open_session(self) -> str:
+        self._ids += 1
+        init = {"jsonrpc": "2.0", "id": self._ids, "method": "initialize", "params": {
+            "protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}}
+        async with self.http.post(self.endpoint, json=init, headers=self.headers(None)) as resp:
+            text = await resp.text()
+            session_id = resp.headers.get("Mcp-Session-Id")
+            if resp.status != 200 or session_id is None:
+                raise ProtocolError(f"initialize: {resp.status} {text[:200]!r}")
+            if "result" not in parse_body(resp.content_type, text):
+                raise ProtocolError(f"initialize: no result in {text[:200]!r}")
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        async with self.http.post(self.endpoint, json=note, headers=self.headers(session_id)) as resp:
+            await resp.read()
+            if resp.status != 202:
+                raise ProtocolError(f"notifications/initialized: {resp.status}")
+        return session_id
+
+    async def call(self, session_id: str, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        self._ids += 1
+        message = {"jsonrpc": "2.0", "id": self._ids, "method": "tools/call",
+                   "params": {"name": tool, "arguments": arguments}}
+        async with self.http.post(self.endpoint, json=message, headers=self.headers(session_id)) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise ProtocolError(f"{tool}: {resp.status} {text[:200]!r}")
+            body = parse_body(resp.content_type, text)
+        result = body.get("result") if isinstance(body, dict) else None
+        if not isinstance(result, dict) or result.get("isError"):
+            raise ProtocolError(f"{tool}: {text[:300]!r}")
+        return result
+
+
+def http_session(limit: int = 100) -> aiohttp.ClientSession:
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(60))
+
+
+async def open_sessions(server: Server, count: int, concurrency: int = 32) -> tuple[list[str], int]:
+    """`count` sessions opened as clients do; returns their ids and the number of failures."""
+    ids: list[str] = []
+    errors = 0
+    remaining = iter(range(count))
+    async with http_session(concurrency) as http:
+        mcp = McpHttp(http, server)
+
+        async def worker() -> None:
+            nonlocal errors
+            for _ in remaining:
+                try:
+                    ids.append(await mcp.open_session())
+                except (ProtocolError, aiohttp.ClientError, TimeoutError):
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return ids, errors
+
+
+def sample_graph() -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    sdk_server = load_module("bench_sdk_server", BENCH_DIR / "sdk_server.py")
+    entities, relations = sdk_server.sample_graph(SMALL_GRAPH)
+    return ([e.model_dump() for e in entities.values()], [r.model_dump(by_alias=True) for r in relations])
+
+
+async def load_small_graph(server: Server) -> None:
+    """memory-mcp gets, through its tools, the graph the SDK reference server holds in memory."""
+    entities, relations = sample_graph()
+    async with http_session() as http:
+        mcp = McpHttp(http, server)
+        session_id = await mcp.open_session()
+        await mcp.call(session_id, "create_entities", {"entities": entities})
+        await mcp.call(session_id, "create_relations", {"relations": relations})
+        check = await mcp.call(session_id, "open_nodes", {"names": [PROBE_NAME]})
+        assert len(check["structuredContent"]["entities"]) == 1, check
+
+
+# --- wrk -----------------------------------------------------------------------------------------
+
+WRK_LUA = r"""
+local sessions = { %(sessions)s }
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  counter = counter + 1
+  thread:set("sid", sessions[counter])
+  table.insert(threads, thread)
+end
+
+function init(args)
+  ok, bad, first_bad = 0, 0, ""
+  req = wrk.format("POST", [==[%(path)s]==], {
+    ["Host"] = [==[%(host)s]==],
+    ["Authorization"] = [==[%(auth)s]==],
+    ["Accept"] = "application/json, text/event-stream",
+    ["Content-Type"] = "application/json",
+    ["MCP-Protocol-Version"] = "%(protocol)s",
+    ["Mcp-Session-Id"] = sid,
+  }, [==[%(body)s]==])
+end
+
+function request()
+  return req
+end
+
+function response(status, headers, body)
+  if status == 200 and body:find('"result"', 1, true) and body:find([==[%(marker)s]==], 1, true)
+      and not body:find('"isError":true', 1, true) then
+    ok = ok + 1
+  else
+    bad = bad + 1
+    if first_bad == "" then first_bad = status .. " " .. body:sub(1, 200) end
+  end
+end
+
+function done(summary, latency, requests)
+  local good, failed, sample = 0, 0, ""
+  for _, t in ipairs(threads) do
+    good = good + t:get("ok")
+    failed = failed + t:get("bad")
+    if sample == "" then sample = t:get("first_bad") end
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH-RESULT {"requests":%%d,"duration_us":%%d,"ok":%%d,"bad":%%d,"p50_us":%%d,"p99_us":%%d,' ..
+    '"mean_us":%%.1f,"socket_errors":%%d}\n',
+    summary.requests, summary.duration, good, failed, latency:percentile(50), latency:percentile(99),
+    latency.mean, e.connect + e.read + e.write + e.timeout))
+  if sample ~= "" then io.write("BENCH-BAD " .. sample .. "\n") end
+end
+"""
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    log("wrk is not installed; it is the load generator of the throughput scenarios (Debian package `wrk`)")
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing it: apt-get install -y wrk")
+        subprocess.run(["apt-get", "update", "-qq"], check=False)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        found = shutil.which("wrk")
+        if found:
+            return found
+    sys.exit("wrk is required: install it (`sudo apt-get install wrk`) and run again, "
+             "or pick a scenario that needs none (--only sessions|refresh|idle|memory)")
+
+
+async def run_wrk(server: Server, session_ids: Sequence[str], body: str, marker: str, duration: float,
+                  workdir: Path) -> dict[str, Any]:
+    """One wrk run: one thread and one connection per session, each with its own session id."""
+    wrk = ensure_wrk()
+    script = workdir / f"wrk-{secrets.token_hex(4)}.lua"
+    script.write_text(WRK_LUA % {
+        "sessions": ", ".join(f'"{s}"' for s in session_ids), "path": "/mcp", "host": f"127.0.0.1:{server.port}",
+        "auth": f"Bearer {server.token}", "protocol": PROTOCOL, "body": body, "marker": marker})
+    n = len(session_ids)
+    proc = await asyncio.create_subprocess_exec(
+        wrk, "-t", str(n), "-c", str(n), "-d", f"{max(1, round(duration))}s", "--timeout", "10s",
+        "-s", str(script), server.url + "/mcp", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    text = out.decode(errors="replace")
+    match = re.search(r"^BENCH-RESULT (.*)$", text, re.M)
+    if proc.returncode != 0 or match is None:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {text}\n{server.log_tail()}")
+    result: dict[str, Any] = json.loads(match.group(1))
+    bad = re.search(r"^BENCH-BAD (.*)$", text, re.M)
+    if bad:
+        result["first_bad"] = bad.group(1)
+    seconds = result["duration_us"] / 1e6
+    result["rps"] = result["ok"] / seconds
+    result["errors"] = result["bad"] + result["socket_errors"]
+    result["p50_ms"] = result["p50_us"] / 1000
+    result["p99_ms"] = result["p99_us"] / 1000
+    return result
+
+
+def toolcall_body(tool: str, arguments: dict[str, Any]) -> str:
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": tool, "arguments": arguments}}, separators=(",", ":"))
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Results:
+    rows: list[tuple[str, str, dict[str, list[float]], str]] = field(default_factory=list)
+    """(scenario, metric, {server: samples}, better) with better 'higher' or 'lower'."""
+    targets: list[tuple[str, bool | None, str]] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, scenario: str, metric: str, samples: dict[str, list[float]], better: str = "higher") -> None:
+        self.rows.append((scenario, metric, samples, better))
+
+    def target(self, text: str, met: bool | None, detail: str) -> None:
+        self.targets.append((text, met, detail))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def fmt_samples(values: Sequence[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def ratio(ours: Sequence[float], other: Sequence[float], better: str) -> float:
+    a, b = median(ours), median(other)
+    if not ours or not other or a != a or b != b or a == 0 or b == 0:
+        return float("nan")
+    return a / b if better == "higher" else b / a
+
+
+def print_report(results: Results, cfg: Config, out: Any = sys.stdout) -> None:
+    columns = (OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL)
+    used = [c for c in columns if any(c in row[2] for row in results.rows)]
+    others = [c for c in used if c != OURS]
+    head = ["scenario", "metric", *used, *(f"x vs {c}" for c in others)]
+    body: list[list[str]] = []
+    for scenario, metric, samples, better in results.rows:
+        cells = [scenario, metric, *(fmt_samples(samples.get(c, [])) for c in used)]
+        for other in others:
+            r = ratio(samples.get(OURS, []), samples.get(other, []), better)
+            cells.append("-" if r != r else f"{r:.2f}x")
+        body.append(cells)
+    widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+    rounds = "1 round" if cfg.rounds == 1 else f"median (min-max) of {cfg.rounds} interleaved rounds"
+    print(f"\nmemory-mcp benchmark ({'quick' if cfg.quick else 'full'}): {rounds}; server CPU "
+          f"{sorted(SERVER_CPUS)}, load CPU {sorted(LOAD_CPUS)}; 'x vs' = how many times better memory-mcp is",
+          file=out)
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for cells in body:
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)), file=out)
+    if results.targets:
+        print("\nTargets:", file=out)
+        width = max(len(t[0]) for t in results.targets)
+        for text, met, detail in results.targets:
+            verdict = "NOT MEASURED" if met is None else ("MET" if met else "NOT MET")
+            print(f"  {verdict:<12}  {text.ljust(width)}  {detail}", file=out)
+    for note in results.notes:
+        print(f"note: {note}", file=out)
+    out.flush()
+
+
+# --- scenarios -----------------------------------------------------------------------------------
+
+
+async def scenario_toolcall(cfg: Config, workdir: Path, results: Results) -> None:
+    ensure_wrk()
+    body = toolcall_body("open_nodes", {"names": [PROBE_NAME]})
+    async with running(workdir, HTTP_SERVERS, "toolcall") as servers:
+        await load_small_graph(servers[OURS])
+        sessions: dict[str, list[str]] = {}
+        for name, server in servers.items():
+            ids, errors = await open_sessions(server, max(cfg.concurrencies))
+            if errors:
+                raise RuntimeError(f"{name}: {errors} sessions failed to open")
+            sessions[name] = ids
+            await run_wrk(server, ids[:16], body, PROBE_NAME, 1 if cfg.quick else 2, workdir)  # warm-up
+        runs: dict[int, dict[str, list[dict[str, Any]]]] = {c: {n: [] for n in servers} for c in cfg.concurrencies}
+        for round_no in range(cfg.rounds):
+            for c in cfg.concurrencies:
+                for name, server in servers.items():
+                    log(f"toolcall round {round_no + 1}/{cfg.rounds}, {c} session(s): {name}")
+                    runs[c][name].append(await run_wrk(server, sessions[name][:c], body, PROBE_NAME,
+                                                       cfg.duration, workdir))
+        results.raw["toolcall"] = runs
+        for c in cfg.concurrencies:
+            label = f"tools/call c={c}"
+            results.add(label, "req/s", {n: [r["rps"] for r in rs] for n, rs in runs[c].items()})
+            results.add(label, "p50 ms", {n: [r["p50_ms"] for r in rs] for n, rs in runs[c].items()}, "lower")
+            results.add(label, "p99 ms", {n: [r["p99_ms"] for r in rs] for n, rs in runs[c].items()}, "lower")
+            results.add(label, "errors", {n: [float(r["errors"]) for r in rs] for n, rs in runs[c].items()}, "lower")
+            for name, rs in runs[c].items():
+                for r in rs:
+                    if r.get("first_bad"):
+                        results.notes.append(f"{name} c={c}: bad response {r['first_bad']!r}")
+        if 16 in cfg.concurrencies:
+            at16 = {n: median([r["rps"] for r in rs]) for n, rs in runs[16].items()}
+            for other, factor in ((SDK_DEFAULT, 2.5), (SDK_FAST, 1.2)):
+                times = at16[OURS] / at16[other]
+                results.target(f"tools/call @16 sessions >= {factor}x {other}", times >= factor,
+                               f"{at16[OURS]:,.0f} vs {at16[other]:,.0f} req/s = {times:.2f}x")
+            p99 = median([r["p99_ms"] for r in runs[16][OURS]])
+            results.target("tools/call p99 @16 sessions <= 25 ms", p99 <= 25, f"{p99:.1f} ms")
+            p50_c1 = median([r["p50_ms"] for r in runs[min(cfg.concurrencies)][OURS]])
+            await auth_share(servers[OURS], at16[OURS], p50_c1, results)
+
+
+async def auth_share(server: Server, rps16: float, p50_c1_ms: float, results: Results) -> None:
+    """The bearer check as the server runs it (`BearerVerifier.verify`: header parsing, SHA-256,
+    SQLite lookup, audience check), timed in this process on the server's own database, against
+    the server's time per tools/call (1 / throughput at 16 sessions: the server saturates its one CPU)."""
+    from auth.rfc6750 import BearerVerifier
+    from server.app import auth_settings
+    from server.config import Settings
+    from server.storage.sqlite import SQLiteStorage
+
+    assert server.data_dir is not None
+    storage = SQLiteStorage(server.data_dir / "memory.sqlite3")
+    try:
+        settings = Settings.model_validate({"port": server.port, "data_dir": server.data_dir})
+        verifier = BearerVerifier(auth_settings(settings), storage)
+        header = f"Bearer {server.token}"
+        for _ in range(500):
+            await verifier.verify(header, "/mcp")
+        n = 20_000
+        start = time.perf_counter()
+        for _ in range(n):
+            await verifier.verify(header, "/mcp")
+        verify_us = (time.perf_counter() - start) / n * 1e6
+    finally:
+        await storage.close()
+    per_call_us = 1e6 / rps16
+    share = verify_us / per_call_us
+    results.raw["auth"] = {"verify_us": verify_us, "per_call_us_at_16": per_call_us, "p50_c1_ms": p50_c1_ms}
+    results.add("auth check", "verify us", {OURS: [verify_us]}, "lower")
+    results.target("auth check <= 5% of a tools/call", share <= 0.05,
+                   f"BearerVerifier.verify {verify_us:.1f} us in-process = {share:.1%} of the server's "
+                   f"{per_call_us:.0f} us per call at 16 sessions ({verify_us / (p50_c1_ms * 1000):.1%} "
+                   f"of the p50 at 1 session)")
+
+
+async def open_rate(server: Server, concurrency: int, duration: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.monotonic() + duration
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    async with http_session(concurrency) as http:
+        mcp = McpHttp(http, server)
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.monotonic() < deadline:
+                start = time.perf_counter()
+                try:
+                    await mcp.open_session()
+                except (ProtocolError, aiohttp.ClientError, TimeoutError):
+                    errors += 1
+                    continue
+                latencies.append((time.perf_counter() - start) * 1000)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.monotonic() - wall0
+    return {"rate": len(latencies) / wall, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+            "errors": errors, "loadgen_cpu": (time.process_time() - cpu0) / wall}
+
+
+async def scenario_sessions(cfg: Config, workdir: Path, results: Results) -> None:
+    async with running(workdir, HTTP_SERVERS, "sessions") as servers:
+        for server in servers.values():
+            await open_rate(server, cfg.open_concurrency, 0.5)  # warm-up
+        runs: dict[str, list[dict[str, Any]]] = {n: [] for n in servers}
+        for round_no in range(cfg.rounds):
+            for name, server in servers.items():
+                log(f"sessions round {round_no + 1}/{cfg.rounds}: {name}")
+                runs[name].append(await open_rate(server, cfg.open_concurrency, cfg.duration))
+    results.raw["sessions"] = runs
+    label = f"session open c={cfg.open_concurrency}"
+    results.add(label, "opens/s", {n: [r["rate"] for r in rs] for n, rs in runs.items()})
+    results.add(label, "p50 ms", {n: [r["p50_ms"] for r in rs] for n, rs in runs.items()}, "lower")
+    results.add(label, "p99 ms", {n: [r["p99_ms"] for r in rs] for n, rs in runs.items()}, "lower")
+    results.add(label, "errors", {n: [float(r["errors"]) for r in rs] for n, rs in runs.items()}, "lower")
+    busiest = max(r["loadgen_cpu"] for rs in runs.values() for r in rs)
+    if busiest > 0.9:
+        results.notes.append(f"session open: the Python load generator used {busiest:.0%} of its CPU; "
+                             "the rates may be bounded by it")
+
+
+async def scenario_refresh(cfg: Config, workdir: Path, results: Results) -> None:
+    from tests.browser import Browser
+
+    async with running(workdir, (OURS,), "refresh") as servers:
+        server = servers[OURS]
+        assert server.client_id is not None
+        browser = Browser(USER, PASSWORD)
+        try:  # one login, then one grant (own refresh chain) per chain through the consent page
+            grants = [await authorize(server.url, server.client_id, browser) for _ in range(cfg.refresh_chains)]
+        finally:
+            await browser.close()
+        tokens = [g["refresh_token"] for g in grants]
+        runs: list[dict[str, Any]] = []
+        for round_no in range(cfg.rounds):
+            log(f"refresh round {round_no + 1}/{cfg.rounds}")
+            latencies: list[float] = []
+            cpu0, wall0 = time.process_time(), time.monotonic()
+            deadline = wall0 + cfg.duration
+            async with http_session(cfg.refresh_chains) as http:
+                # Each chain continues from where the previous round left it.
+                chains = [_chain_runner(http, server, tokens, i, deadline, latencies) for i in range(len(tokens))]
+                errors = sum(await asyncio.gather(*chains))
+            wall = time.monotonic() - wall0
+            runs.append({"rate": len(latencies) / wall, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+                         "errors": errors, "loadgen_cpu": (time.process_time() - cpu0) / wall})
+    results.raw["refresh"] = runs
+    label = f"/token refresh, {cfg.refresh_chains} chains"
+    results.add(label, "refresh/s", {OURS: [r["rate"] for r in runs]})
+    results.add(label, "p50 ms", {OURS: [r["p50_ms"] for r in runs]}, "lower")
+    results.add(label, "p99 ms", {OURS: [r["p99_ms"] for r in runs]}, "lower")
+    results.add(label, "errors", {OURS: [float(r["errors"]) for r in runs]}, "lower")
+
+
+async def _chain_runner(http: aiohttp.ClientSession, server: Server, tokens: list[str], index: int,
+                        deadline: float, latencies: list[float]) -> int:
+    assert server.client_id is not None
+    holder: list[float] = []
+    errors = 0
+    token = tokens[index]
+    while time.monotonic() < deadline:
+        start = time.perf_counter()
+        async with http.post(server.url + "/token", data={
+                "grant_type": "refresh_token", "refresh_token": token, "client_id": server.client_id}) as resp:
+            body = await resp.json(content_type=None)
+        new = body.get("refresh_token") if isinstance(body, dict) else None
+        if resp.status != 200 or not new or new == token or not body.get("access_token"):
+            errors += 1
+            if resp.status != 200:  # a broken chain cannot go on
+                log(f"refresh chain {index} stopped: {resp.status} {body}")
+                break
+            continue
+        holder.append((time.perf_counter() - start) * 1000)
+        token = new
+    tokens[index] = token
+    latencies.extend(holder)
+    return errors
+
+
+async def scenario_idle(cfg: Config, workdir: Path, results: Results) -> None:
+    per_session: dict[int, dict[str, list[float]]] = {n: {} for n in cfg.idle_counts}
+    raw: dict[str, Any] = {}
+    held_ok: dict[str, bool] = {}
+    for name in HTTP_SERVERS:
+        async with running(workdir, (name,), f"idle-{name}") as servers:
+            server = servers[name]
+            if name == OURS:
+                await load_small_graph(server)
+            warm, _ = await open_sessions(server, 20)
+            async with http_session() as http:
+                await McpHttp(http, server).call(warm[0], "open_nodes", {"names": [PROBE_NAME]})
+            await asyncio.sleep(1)
+            base = server.rss_kib()
+            opened: list[str] = []
+            errors = 0
+            info: dict[str, Any] = {"rss_base_kib": base}
+            for count in cfg.idle_counts:
+                log(f"idle: {name}, opening sessions up to {count:,}")
+                ids, failed = await open_sessions(server, count - len(opened))
+                opened += ids
+                errors += failed
+                await asyncio.sleep(1)
+                rss = server.rss_kib()
+                per_session[count][name] = [(rss - base) / max(1, len(opened))]
+                info[str(count)] = {"rss_kib": rss, "opened": len(opened), "errors": errors}
+            # Are they held? A call on a sample of them, the oldest included.
+            sample = [opened[0], opened[-1], *random.sample(opened, min(48, len(opened)))]
+            call_errors = 0
+            async with http_session(16) as http:
+                mcp = McpHttp(http, server)
+                for session_id in sample:
+                    try:
+                        await mcp.call(session_id, "open_nodes", {"names": [PROBE_NAME]})
+                    except (ProtocolError, aiohttp.ClientError):
+                        call_errors += 1
+            info["sample_call_errors"] = call_errors
+            held_ok[name] = errors == 0 and call_errors == 0 and len(opened) == cfg.idle_counts[-1]
+            raw[name] = info
+    results.raw["idle"] = raw
+    for count in cfg.idle_counts:
+        results.add(f"idle sessions n={count:,}", "KiB/session", per_session[count], "lower")
+    top = cfg.idle_counts[-1]
+    kib = per_session[top].get(OURS, [float("nan")])[0]
+    results.target("idle session <= 32 KiB RSS", kib <= 32, f"{kib:.1f} KiB each at {top:,} sessions")
+    info = raw.get(OURS, {})
+    results.target(f"{top:,} sessions held without errors", held_ok.get(OURS, False),
+                   f"open errors {info.get(str(top), {}).get('errors')}, failed calls on "
+                   f"{min(50, top)} sampled sessions {info.get('sample_call_errors')}")
+
+
+# --- memory operations on a large graph ----------------------------------------------------------
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
+         "quebec romeo sierra tango uniform victor whiskey xray yankee zulu project meeting prefers coffee "
+         "works lives berlin paris tokyo python rust sqlite deadline friday budget review design launch").split()
+
+
+def large_graph(n_entities: int, n_observations: int) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]],
+                                                                list[dict[str, str]]]:
+    """Entities with 2 observations each, then additions up to `n_observations`, then a chain of relations."""
+    rng = random.Random(7)
+    per = max(0, n_observations // n_entities - 2)
+
+    def sentence() -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12))).capitalize() + "."
+
+    entities = [{"name": f"Entity {i:05d}", "entityType": rng.choice(("person", "project", "place", "event")),
+                 "observations": [sentence(), sentence()]} for i in range(n_entities)]
+    additions_batches: list[list[dict[str, Any]]] = []
+    batch: list[dict[str, Any]] = []
+    for i in range(n_entities):
+        batch.append({"entityName": f"Entity {i:05d}", "contents": [sentence() for _ in range(per)]})
+        if len(batch) == 500:
+            additions_batches.append(batch)
+            batch = []
+    if batch:
+        additions_batches.append(batch)
+    relations = [{"from": f"Entity {i:05d}", "to": f"Entity {(i + 1) % n_entities:05d}", "relationType": "precedes"}
+                 for i in range(n_entities)]
+    return entities, additions_batches, relations
+
+
+Call = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def load_memory(call: Call, cfg: Config, label: str) -> float:
+    """The large graph, loaded through the server's own tools in batches; returns the seconds taken."""
+    entities, additions, relations = large_graph(cfg.graph_entities, cfg.graph_observations)
+    start = time.perf_counter()
+    for i in range(0, len(entities), 500):
+        await call("create_entities", {"entities": entities[i:i + 500]})
+    for batch in additions:
+        await call("add_observations", {"observations": batch})
+    for i in range(0, len(relations), 1000):
+        await call("create_relations", {"relations": relations[i:i + 1000]})
+    load_s = time.perf_counter() - start
+    log(f"memory: {label} loaded {cfg.graph_entities:,} entities in {load_s:.1f} s")
+    return load_s
+
+
+async def measure_memory(call: Call, cfg: Config, new_prefix: str) -> dict[str, Any]:
+    """Sequential latency samples of the four operations (same seeds, so the same queries, on every server)."""
+    rng = random.Random(11)
+    n = cfg.graph_entities
+    samples: dict[str, list[float]] = collections.defaultdict(list)
+    hits: list[int] = []
+
+    async def timed(op: str, args: dict[str, Any]) -> Any:
+        t0 = time.perf_counter()
+        result = await call(op, args)
+        samples[op].append((time.perf_counter() - t0) * 1000)
+        return result
+
+    await call("search_nodes", {"query": "warm up"})
+    for k in range(cfg.op_samples):
+        new = {"name": f"{new_prefix} {k:05d}", "entityType": "event",
+               "observations": [f"observation {j} of a new one" for j in range(5)]}
+        await timed("create_entities", {"entities": [new]})
+        found = await timed("search_nodes", {"query": f"Entity {rng.randrange(n // 10):04d}"})
+        hits.append(len(found.get("entities", [])))
+        await timed("open_nodes", {"names": [f"Entity {rng.randrange(n):05d}" for _ in range(5)]})
+    for _ in range(cfg.read_graph_samples):
+        await timed("read_graph", {})
+    return {"samples": dict(samples), "search_hits": hits}
+
+
+def structured(result: Any) -> dict[str, Any]:
+    if getattr(result, "is_error", False):
+        raise ProtocolError(f"tool error: {result}")
+    content: dict[str, Any] = getattr(result, "structured_content", None) or {}
+    return content
+
+
+async def memory_ours(cfg: Config, workdir: Path) -> dict[str, Any]:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with running(workdir, (OURS,), "memory") as servers:
+        server = servers[OURS]
+        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.token}"}, timeout=300) as http:
+            transport = streamable_http_client(server.url + "/mcp", http_client=http, max_sse_event_size=None)
+            async with Client(transport) as client:
+                async def call(op: str, args: dict[str, Any]) -> Any:
+                    return structured(await client.call_tool(op, args))
+                load_s = await load_memory(call, cfg, OURS)
+                result = await measure_memory(call, cfg, "New entity")
+        # The same operations with a minimal client (aiohttp, no SDK): the server's own share.
+        async with http_session() as raw_http:
+            mcp = McpHttp(raw_http, server)
+            session_id = await mcp.open_session()
+
+            async def raw_call(op: str, args: dict[str, Any]) -> Any:
+                return (await mcp.call(session_id, op, args)).get("structuredContent") or {}
+            raw = await measure_memory(raw_call, cfg, "Raw entity")
+        return {**result, "load_s": load_s, "raw_samples": raw["samples"], "rss_kib": server.rss_kib()}
+
+
+def ensure_official() -> bool:
+    if OFFICIAL_PACKAGE.exists():
+        return True
+    if not shutil.which("npm") or not shutil.which("node"):
+        log("node/npm not found: the official memory server is not measured (install Node.js 20+)")
+        return False
+    log("installing the official memory server: npm ci --prefix scripts/bench")
+    done = subprocess.run(["npm", "ci", "--prefix", str(BENCH_DIR), "--no-audit", "--no-fund"], check=False)
+    return done.returncode == 0 and OFFICIAL_PACKAGE.exists()
+
+
+async def memory_official(cfg: Config, workdir: Path) -> dict[str, Any]:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    params = StdioServerParameters(
+        command="taskset", args=["-c", ",".join(map(str, sorted(SERVER_CPUS))), "node", str(OFFICIAL_PACKAGE)],
+        env={"MEMORY_FILE_PATH": str(workdir / "official-memory.jsonl")})
+    with open(workdir / "official.log", "w") as errlog:
+        async with Client(stdio_client(params, errlog=errlog)) as client:
+            async def call(op: str, args: dict[str, Any]) -> Any:
+                return structured(await client.call_tool(op, args))
+            load_s = await load_memory(call, cfg, OFFICIAL)
+            return {**await measure_memory(call, cfg, "New entity"), "load_s": load_s}
+
+
+async def scenario_memory(cfg: Config, workdir: Path, results: Results) -> None:
+    runs = {OURS: await memory_ours(cfg, workdir)}
+    if ensure_official():
+        runs[OFFICIAL] = await memory_official(cfg, workdir)
+    results.raw["memory"] = runs
+    label = f"memory {cfg.graph_entities:,} entities"
+    for op in ("create_entities", "search_nodes", "open_nodes", "read_graph"):
+        results.add(label, f"{op} p50 ms", {n: [median(r["samples"][op])] for n, r in runs.items()}, "lower")
+    for op in ("create_entities", "search_nodes", "open_nodes", "read_graph"):
+        results.add(label, f"{op} p50 ms, raw HTTP client", {OURS: [median(runs[OURS]["raw_samples"][op])]}, "lower")
+    results.add(label, "search_nodes p99 ms", {n: [pct(r["samples"]["search_nodes"], 99)] for n, r in runs.items()},
+                "lower")
+    results.add(label, "load (s)", {n: [r["load_s"]] for n, r in runs.items()}, "lower")
+    if OFFICIAL in runs and runs[OFFICIAL]["search_hits"] != runs[OURS]["search_hits"]:
+        results.notes.append("search_nodes found different entities on the two servers: "
+                             f"{runs[OURS]['search_hits'][:10]} vs {runs[OFFICIAL]['search_hits'][:10]}")
+    for op in ("create_entities", "search_nodes", "open_nodes", "read_graph"):
+        ours = median(runs[OURS]["samples"][op])
+        if OFFICIAL not in runs:
+            results.target(f"memory {op} >= 10x the official server", None, "official server not run")
+            continue
+        theirs = median(runs[OFFICIAL]["samples"][op])
+        results.target(f"memory {op} >= 10x the official server", theirs / ours >= 10,
+                       f"p50 {ours:.2f} vs {theirs:.2f} ms = {theirs / ours:.1f}x")
+    search = median(runs[OURS]["samples"]["search_nodes"])
+    results.target(f"search_nodes p50 <= 10 ms at {cfg.graph_entities:,} entities", search <= 10, f"{search:.2f} ms")
+
+
+# --- profile -------------------------------------------------------------------------------------
+
+
+async def scenario_profile(cfg: Config, workdir: Path, results: Results) -> None:
+    """py-spy samples memory-mcp while wrk drives tools/call at 16 sessions; reports the share of
+    samples in the functions that matter (inclusive) — a second measure of the auth share."""
+    ensure_wrk()
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(py_spy).exists():
+        results.notes.append("profile: py-spy not installed (pip install -e '.[bench]'); skipped")
+        return
+    body = toolcall_body("open_nodes", {"names": [PROBE_NAME]})
+    async with running(workdir, (OURS,), "profile") as servers:
+        server = servers[OURS]
+        await load_small_graph(server)
+        ids, _ = await open_sessions(server, 16)
+        await run_wrk(server, ids, body, PROBE_NAME, 1, workdir)
+        out = workdir / "profile.txt"
+        seconds = max(3, round(cfg.duration))
+        spy = await asyncio.create_subprocess_exec(
+            py_spy, "record", "--pid", str(server.pid), "--format", "raw", "--rate", "250", "--duration",
+            str(seconds), "--output", str(out), "--nonblocking",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        await asyncio.sleep(0.5)
+        load = await run_wrk(server, ids, body, PROBE_NAME, seconds + 1, workdir)
+        _, err = await spy.communicate()
+    if spy.returncode != 0 or not out.exists():
+        results.notes.append(f"profile: py-spy failed ({err.decode(errors='replace').strip()[:300]})")
+        return
+    stacks = parse_collapsed(out.read_text())
+    total = sum(stacks.values())
+    idle = sum(n for s, n in stacks.items() if "select (selectors.py" in s or "_run_once" in s.split(";")[-1])
+    busy = total - idle
+    interesting = {
+        "bearer check (BearerVerifier.verify)": "verify (auth/rfc6750.py",
+        "token lookup (store.get_token)": "get_token (",
+        "aiohttp request parsing/handler": "_handle_request (aiohttp",
+        "ASGI bridge (call_asgi)": "call_asgi (transports/asgi_bridge.py",
+        "SDK transport handle_request": "handle_request (mcp/server/streamable_http.py",
+        "tool: call_tool": "call_tool (server/memory/tools.py",
+        "SQLite graph reads": "(server/storage/sqlite/graph.py",
+        "pydantic validation/serialisation": "pydantic",
+        "json": "(json/",
+        "sse-starlette": "sse_starlette",
+        "anyio streams": "anyio/streams",
+    }
+    shares = {label: sum(n for s, n in stacks.items() if marker in s) / max(1, busy)
+              for label, marker in interesting.items()}
+    results.raw["profile"] = {"samples": total, "busy": busy, "shares": shares, "load": load,
+                              "top_self": top_self(stacks, 15)}
+    for label, share in shares.items():
+        results.add("profile (share of busy samples)", label, {OURS: [share * 100]}, "lower")
+    results.notes.append(f"profile: {busy} busy of {total} samples at {load['rps']:,.0f} req/s; raw stacks in "
+                         f"{out} (flamegraph: py-spy record --format flamegraph)")
+    for name, n in top_self(stacks, 12):
+        results.notes.append(f"profile self {n / max(1, busy):6.1%}  {name}")
+
+
+def parse_collapsed(text: str) -> dict[str, int]:
+    stacks: dict[str, int] = {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks[stack] = stacks.get(stack, 0) + int(count)
+    return stacks
+
+
+def top_self(stacks: dict[str, int], k: int) -> list[tuple[str, int]]:
+    leaves: collections.Counter[str] = collections.Counter()
+    for stack, n in stacks.items():
+        leaf = stack.split(";")[-1]
+        if "select (selectors.py" in leaf or "_run_once" in leaf:
+            continue
+        leaves[re.sub(r":\d+\)$", ")", leaf)] += n
+    return leaves.most_common(k)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+RUNNERS: dict[str, Callable[[Config, Path, Results], Awaitable[None]]] = {
+    "toolcall": scenario_toolcall, "sessions": scenario_sessions, "refresh": scenario_refresh,
+    "idle": scenario_idle, "memory": scenario_memory, "profile": scenario_profile,
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, one round (a smoke run, < ~60 s)")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="SCENARIO",
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 3, --quick 1)")
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 8, --quick 1.5)")
+    parser.add_argument("--json", type=Path, help="write the raw numbers to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases, profile)")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="memory-mcp-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            log(f"work directory kept: {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+async def amain(args: argparse.Namespace) -> int:
+    cfg = Config.make(args.quick)
+    if args.rounds or args.duration:
+        cfg = Config(**{**cfg.__dict__, **({"rounds": args.rounds} if args.rounds else {}),
+                        **({"duration": args.duration} if args.duration else {})})
+    scenarios = args.only or [s for s in SCENARIOS if not (cfg.quick and s == "profile")]
+    os.sched_setaffinity(0, LOAD_CPUS)
+    if SERVER_CPUS == LOAD_CPUS:
+        log("only one CPU: server and load share it, the numbers are not comparable to a 2-CPU run")
+    results = Results()
+    results.raw["config"] = {**cfg.__dict__, "server_cpus": sorted(SERVER_CPUS), "load_cpus": sorted(LOAD_CPUS),
+                             "scenarios": scenarios}
+    started = time.monotonic()
+    with workdir(args.keep) as work:
+        for scenario in scenarios:
+            log(f"scenario {scenario}")
+            await RUNNERS[scenario](cfg, work, results)
+    results.raw["elapsed_s"] = time.monotonic() - started
+    print_report(results, cfg)
+    print(f"\n(elapsed {results.raw['elapsed_s']:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": [{"scenario": s, "metric": m, "samples": v, "better": b}
+                                                  for s, m, v, b in results.rows],
+                                         "targets": [{"target": t, "met": met, "detail": d}
+                                                     for t, met, d in results.targets],
+                                         "notes": results.notes, "raw": results.raw}, indent=2, default=str))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return asyncio.run(amain(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
