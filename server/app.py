@@ -18,7 +18,7 @@ from auth.settings import AuthSettings
 from auth.store import RevocationLog
 from server.config import Settings
 from server.keyfile import cookie_key
-from server.mcp_server import build_mcp_server, caller_from_grant, scope_guard
+from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
 from transports.caller import Caller, Refusal
@@ -35,6 +35,7 @@ MCP_PATHS = frozenset({"/mcp", "/mcp/", "/sse", "/messages", "/messages/"})
 STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+MCP_ENDPOINT: web.AppKey[StreamableHTTPEndpoint] = web.AppKey("mcp_endpoint", StreamableHTTPEndpoint)
 
 
 def auth_settings(settings: Settings) -> AuthSettings:
@@ -57,7 +58,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     verifier = BearerVerifier(auth_conf, storage)
 
-    mcp_server = mcp_server or build_mcp_server(storage)
+    tools = MemoryTools(storage)
+    direct = tools.direct() if mcp_server is None else {}
+    mcp_server = mcp_server or tools.server()
     registry = SessionRegistry(
         mcp_server, storage, owner_label=owner_label,
         idle_timeout=settings.session_idle_timeout, max_sessions=settings.max_sessions,
@@ -84,8 +87,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     authorization_server.revocation_listeners.append(end_sessions)
 
     allowed_origins = frozenset({settings.issuer, *settings.allowed_origins})
-    mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier),
-                                 allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)
+    mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier), allowed_origins=allowed_origins,
+                                 max_body_bytes=settings.max_body_bytes, direct=direct)
+    app[MCP_ENDPOINT] = mcp
     for path in ("/mcp", "/mcp/"):
         app.router.add_route("*", path, mcp.handle)
     sse = SSEEndpoint(registry, mcp_server, authenticate, scope_guard(verifier),

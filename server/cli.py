@@ -142,9 +142,19 @@ def _serve(settings: Settings) -> int:
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (data in {settings.data_dir})", file=sys.stderr)
     # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
     # but in-flight tool calls.
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, print=None,
+    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, print=None, loop=_event_loop(),
                 access_log_format='%a "%r" %s %b %Tfs')
     return 0
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it is installed (it is a dependency on every platform it supports): the same
+    server answers 20-30% more requests on it."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

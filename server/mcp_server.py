@@ -15,6 +15,7 @@ from auth.rfc6750 import BearerVerifier
 from server.memory.graph import GraphStore
 from server.memory.tools import TOOL_SCOPES, TOOLS, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
+from transports.direct import DirectHandler
 
 INSTRUCTIONS = (
     "A persistent knowledge-graph memory that belongs to the signed-in user. Store people, projects and facts "
@@ -30,13 +31,17 @@ def _version() -> str:
         return "0"
 
 
-def build_mcp_server(graph: GraphStore) -> Server[Any]:
-    async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
-                         ) -> types.ListToolsResult:
+class MemoryTools:
+    """The memory tools as MCP request handlers, once for the SDK's server (`server()`) and once
+    for the transports' direct path (`direct()`): one implementation, two entry points."""
+
+    def __init__(self, graph: GraphStore) -> None:
+        self.graph = graph
+
+    async def list_tools(self) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
 
-    async def tools_call(_ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult:
+    async def call(self, params: types.CallToolRequestParams) -> types.CallToolResult:
         caller = current_caller.get()
         needed = TOOL_SCOPES.get(params.name)
         # The HTTP layer already answered 403 for this (`scope_guard`); this check keeps a tool from
@@ -45,10 +50,29 @@ def build_mcp_server(graph: GraphStore) -> Server[Any]:
             return types.CallToolResult(is_error=True, content=[types.TextContent(
                 type="text", text=f"{params.name} needs the {needed} scope, which this token was not granted; "
                 "sign in again and approve it")])
-        return await call_tool(graph, caller.user, params.name, params.arguments)
+        return await call_tool(self.graph, caller.user, params.name, params.arguments)
 
-    return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
-                  on_list_tools=list_tools, on_call_tool=tools_call)
+    def server(self) -> Server[Any]:
+        async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
+                             ) -> types.ListToolsResult:
+            return await self.list_tools()
+
+        async def tools_call(_ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+                             ) -> types.CallToolResult:
+            return await self.call(params)
+
+        return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
+                      on_list_tools=list_tools, on_call_tool=tools_call)
+
+    def direct(self) -> dict[str, DirectHandler]:
+        async def list_tools(params: Mapping[str, Any] | None) -> types.ListToolsResult:
+            types.PaginatedRequestParams.model_validate(params or {}, by_name=False)
+            return await self.list_tools()
+
+        async def tools_call(params: Mapping[str, Any] | None) -> types.CallToolResult:
+            return await self.call(types.CallToolRequestParams.model_validate(params or {}, by_name=False))
+
+        return {"tools/list": list_tools, "tools/call": tools_call}
 
 
 def caller_from_grant(grant: AccessGrant) -> Caller:

@@ -59,6 +59,10 @@ class Session:
     transport: StreamableHTTPServerTransport | None
     created_at: float
     last_seen_at: float
+    protocol_version: str | None = None
+    in_flight: int = 0
+    stored_seen_at: float = 0.0
+    """Requests being served (an open stream counts): a session is never idle while one is."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     cancel: Callable[[], Awaitable[None]] | None = None
     """How to end a session whose transport is not a StreamableHTTPServerTransport (SSE)."""
@@ -106,7 +110,9 @@ class SessionRegistry:
                             anyio.create_task_group() as tg):
                     self._lifespan_state, self._tg = state, tg
                     started.set_result(None)
+                    sweeper = asyncio.create_task(self._expire_idle(), name="mcp-session-sweeper")
                     await self._stop.wait()
+                    sweeper.cancel()
                     tg.cancel_scope.cancel()
             except BaseException as exc:
                 if not started.done():
@@ -118,6 +124,17 @@ class SessionRegistry:
         await self._store.purge_sessions(time.time() - self.idle_timeout)
         self._holder = asyncio.create_task(hold(), name="mcp-session-registry")
         await started
+
+    async def _expire_idle(self) -> None:
+        """End sessions nobody used for `idle_timeout`. Kept here rather than in the SDK transport
+        because requests answered directly (`Session.in_flight`, `seen`) never reach it."""
+        interval = min(max(self.idle_timeout / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            cutoff = time.time() - self.idle_timeout
+            for session in [s for s in self._sessions.values() if s.in_flight == 0 and s.last_seen_at < cutoff]:
+                log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+                await self.forget(session)
 
     async def stop(self) -> None:
         """Close every stream at once, then the task group. Session records stay in the store:
@@ -154,11 +171,10 @@ class SessionRegistry:
 
     async def seen(self, session: Session) -> None:
         now = time.time()
-        if now - session.last_seen_at >= TOUCH_INTERVAL_SECONDS:
-            session.last_seen_at = now
+        if now - session.stored_seen_at >= TOUCH_INTERVAL_SECONDS:
+            session.stored_seen_at = now
             await self._store.touch_session(session.session_id, now)
-        else:
-            session.last_seen_at = now
+        session.last_seen_at = now
 
     # -- opening -----------------------------------------------------------------------------
 
@@ -207,6 +223,7 @@ class SessionRegistry:
                 return None
             version = record.protocol_version or params.protocol_version
             session = await self._start(caller, session_id, (params, version))
+            session.protocol_version = version
             log.info("MCP session %s… restored from storage", session_id[:8])
             return session
         finally:
@@ -224,7 +241,6 @@ class SessionRegistry:
             # Sent as the SSE `retry` field: how soon a client whose stream dropped comes back
             # with Last-Event-ID.
             retry_interval=SSE_RETRY_MILLISECONDS,
-            idle_timeout=self.idle_timeout,
         )
         session = self._admit(caller, "streamable-http", transport, session_id)
         try:
@@ -241,15 +257,11 @@ class SessionRegistry:
         try:
             async with transport.connect() as (read_stream, write_stream):
                 task_status.started()
-                idle_scope = transport.idle_scope or anyio.CancelScope()
-                with idle_scope:
-                    if restored is None:
-                        await serve_loop(self._server, read_stream, write_stream,
-                                         lifespan_state=self._lifespan_state, session_id=session.session_id)
-                    else:
-                        await self._serve_initialized(session.session_id, read_stream, write_stream, *restored)
-                if idle_scope.cancelled_caught:
-                    log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+                if restored is None:
+                    await serve_loop(self._server, read_stream, write_stream,
+                                     lifespan_state=self._lifespan_state, session_id=session.session_id)
+                else:
+                    await self._serve_initialized(session.session_id, read_stream, write_stream, *restored)
         except Exception:
             log.exception("MCP session %s… crashed", session.session_id[:8])
         finally:
@@ -269,6 +281,8 @@ class SessionRegistry:
     async def established(self, session: Session, protocol_version: str | None,
                           client_params: str | None = None) -> None:
         """The opening request succeeded: record the session."""
+        session.protocol_version = protocol_version
+        session.stored_seen_at = session.last_seen_at
         await self._store.save_session(SessionRecord(
             session_id=session.session_id, owner=self._owner_label(session.owner), user=session.user,
             transport=session.kind, protocol_version=protocol_version,

@@ -92,6 +92,7 @@ class SSEEndpoint:
                 cancel_scope.cancel()
                 return
             session.cancel = _canceller(cancel_scope)
+            session.in_flight = 1  # the stream is the session: never idle while it is open
             holder["session"] = session
             self._transports[session_id] = transport
             await self._registry.established(session, "2024-11-05")

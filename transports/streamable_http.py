@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +20,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
+from transports.direct import DirectHandler, accepts_json, answer, is_request
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import SessionLimitError, SessionRegistry
 
@@ -38,8 +40,10 @@ class StreamableHTTPEndpoint:
         allowed_origins: frozenset[str],
         max_body_bytes: int,
         resource_path: str = "/mcp",
+        direct: Mapping[str, DirectHandler] | None = None,
     ) -> None:
         self._registry = registry
+        self.direct = dict(direct or {})
         self._authenticate = authenticate
         self._guard = guard
         self._allowed_origins = allowed_origins
@@ -95,7 +99,17 @@ class StreamableHTTPEndpoint:
             return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize "
                                  "to start a new session")
         await self._registry.seen(session)
-        response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        session.in_flight += 1
+        try:
+            method = message.get("method") if isinstance(message, dict) else None
+            handler = self.direct.get(method) if isinstance(method, str) else None
+            if handler is not None and isinstance(message, dict) and is_request(message) and accepts_json(request):
+                return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
+                                    {SESSION_HEADER: session.session_id})
+            response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        finally:
+            session.in_flight -= 1
+            session.last_seen_at = time.time()
         if session.transport.is_terminated:
             await self._registry.forget(session)
         return response
@@ -107,7 +121,11 @@ class StreamableHTTPEndpoint:
         except SessionLimitError as exc:
             return _too_many(exc)
         assert session.transport is not None
-        response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        session.in_flight += 1
+        try:
+            response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+        finally:
+            session.in_flight -= 1
         if response.status >= 400:
             await self._registry.forget(session)
         else:

@@ -11,12 +11,12 @@ and stores nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Generic, TypeVar, get_args, get_origin
 
 import mcp_types as types
+import orjson
 from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -246,7 +246,9 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
             " (entity names are case-sensitive)."
         )
     return types.CallToolResult(
-        content=[types.TextContent(text=json.dumps(result, indent=2, ensure_ascii=False))],
+        # Indented like the official server's text (what the model reads); orjson because a large
+        # read_graph spends more time here than in SQLite with the standard library's encoder.
+        content=[types.TextContent(text=orjson.dumps(result, option=orjson.OPT_INDENT_2).decode())],
         structured_content=result,
     )
 

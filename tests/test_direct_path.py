@@ -1,0 +1,73 @@
+"""The direct path (transports/direct.py) answers tools/list and tools/call exactly as the SDK
+transport would, for every handshake-era protocol version."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import pytest
+
+from server.app import MCP_ENDPOINT
+from tests.conftest import RunningServer, access_token
+
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+CALLS: list[dict[str, Any]] = [
+    {"method": "tools/list"},
+    {"method": "tools/call", "params": {"name": "create_entities", "arguments": {"entities": [
+        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]}]}}},
+    {"method": "tools/call", "params": {"name": "search_nodes", "arguments": {"query": "program"}}},
+    {"method": "tools/call", "params": {"name": "add_observations", "arguments": {"observations": [
+        {"entityName": "nobody", "contents": ["x"]}]}}},
+    {"method": "tools/call", "params": {"name": "create_entities", "arguments": {"entities": [{"name": 5}]}}},
+    {"method": "tools/call", "params": {"name": "no_such_tool", "arguments": {}}},
+    {"method": "tools/call", "params": {"arguments": {}}},
+    {"method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["Ada"]}}},
+]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    async with httpx2.AsyncClient(timeout=10) as client:
+        yield client
+
+
+def last_message(resp: httpx2.Response) -> Any:
+    if resp.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in resp.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        return json.loads(data[-1])
+    return resp.json()
+
+
+async def run_calls(http: httpx2.AsyncClient, server: RunningServer, token: str, version: str) -> list[Any]:
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    init = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": version})
+    await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    answers = []
+    for i, call in enumerate(CALLS, start=1):
+        resp = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": i, **call})
+        assert resp.status_code == 200
+        answers.append(last_message(resp))
+    await http.delete(server.url + "/mcp", headers=headers)
+    return answers
+
+
+@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25"])
+async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient, server: RunningServer,
+                                                       version: str) -> None:
+    token = await access_token(server, "alice", "alice-password-1")
+    endpoint = server.app[MCP_ENDPOINT]
+    direct = await run_calls(http, server, token, version)
+    saved, endpoint.direct = endpoint.direct, {}
+    try:
+        through_sdk = await run_calls(http, server, token, version)
+    finally:
+        endpoint.direct = saved
+    assert direct == through_sdk
+    assert direct[1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
+    assert [a.get("error", {}).get("code") for a in direct] == [None, None, None, None, None, -32602, -32602, None]
