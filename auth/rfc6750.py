@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aiohttp import web
@@ -21,6 +22,13 @@ from auth.rfc9728 import metadata_url
 from auth.scopes import join
 from auth.settings import AuthSettings
 from auth.store import AuthStore
+
+# A verified token is remembered this long, so that a busy session costs one store lookup a
+# second instead of one per request. Revocations in this process clear it at once (`forget`);
+# one made by another process takes effect here within this time, the same bound as the
+# revocation log that ends live sessions.
+VERIFIED_CACHE_SECONDS = 1.0
+VERIFIED_CACHE_SIZE = 10_000
 
 # RFC 6750 section 2.1 b64token; anything else cannot be one of our tokens, so no lookup is spent.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
@@ -45,6 +53,12 @@ class BearerVerifier:
         self.store = store
         self.clock = clock
         self._resources = frozenset(r for r in map(normalize_resource, settings.resources) if r)
+        self._verified: OrderedDict[str, tuple[AccessGrant, float]] = OrderedDict()
+
+    def forget(self) -> None:
+        """Drop every remembered verification: call on any revocation, so that it takes effect
+        in this process at once."""
+        self._verified.clear()
 
     def _unauthorized(self, resource_path: str, error: str | None, description: str) -> BearerError:
         challenge = (f'Bearer resource_metadata="{metadata_url(self.settings, resource_path)}", '
@@ -71,17 +85,25 @@ class BearerVerifier:
         if _B64TOKEN.fullmatch(token) is None:
             raise self._unauthorized(resource_path, "invalid_token", "the access token is malformed")
         now = self.clock()
-        record = await self.store.get_token(hash_secret(token), now)
+        token_hash = hash_secret(token)
+        remembered = self._verified.get(token_hash)
+        if remembered is not None and now < remembered[1]:
+            return remembered[0]
+        record = await self.store.get_token(token_hash, now)
         if record is None or record.kind != "access" or record.expires_at <= now:
             raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired")
         if normalize_resource(record.resource) not in self._resources:
             # Audience check (RFC 8707, MCP "token passthrough"): a token minted for another
             # resource is not ours to honour, even if this store happens to know it.
             raise self._unauthorized(resource_path, "invalid_token", "the access token is for another resource")
-        return AccessGrant(
+        grant = AccessGrant(
             principal=Principal(self.settings.issuer, record.subject, record.client_id),
             scopes=frozenset(record.scopes),
             resource=record.resource,
             expires_at=record.expires_at,
             grant_id=record.grant_id,
         )
+        self._verified[token_hash] = (grant, min(now + VERIFIED_CACHE_SECONDS, record.expires_at))
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return grant

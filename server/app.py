@@ -75,6 +75,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
         return caller_from_grant(grant)
 
     async def end_sessions(revocation: Revocation) -> None:
+        verifier.forget()
         def doomed(session: Session) -> bool:
             owner = session.owner
             return isinstance(owner, Principal) and (

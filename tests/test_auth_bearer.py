@@ -219,3 +219,31 @@ async def test_invalid_passwords(store: Store, password: str, rule: str) -> None
     with pytest.raises(accounts.InvalidPasswordError, match=rule):
         await accounts.add_user(store, "dave", password)
     assert await store.get_user_by_name("dave") is None
+
+
+async def test_verified_tokens_are_remembered_for_a_second_at_most(tmp_path: Path) -> None:
+    """The verifier's memory: a second lookup of a fresh token needs no store read, a token
+    deleted behind its back stops working within a second, and forget() ends it at once."""
+    from auth.rfc6750 import VERIFIED_CACHE_SECONDS
+
+    now = [1000.0]
+    db = Database(tmp_path / "a.sqlite3")
+    db.apply_schema(AuthTables.SCHEMA)
+    store = Store(db)
+    settings = AuthSettings(issuer="http://127.0.0.1:9")
+    token = Token(hash_secret("tok"), "access", "g", "c", "alice", ("memory:read",), settings.issuer + "/mcp",
+                  now[0], now[0] + 3600)
+    await store.save_tokens([token])
+    verifier = BearerVerifier(settings, store, clock=lambda: now[0])
+    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"
+    await store.delete_token(token.token_hash)
+    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"  # remembered
+    now[0] += VERIFIED_CACHE_SECONDS
+    with pytest.raises(BearerError):
+        await verifier.verify("Bearer tok", "/mcp")
+    await store.save_tokens([token])
+    await verifier.verify("Bearer tok", "/mcp")
+    await store.delete_token(token.token_hash)
+    verifier.forget()
+    with pytest.raises(BearerError):
+        await verifier.verify("Bearer tok", "/mcp")

@@ -47,7 +47,8 @@ async def run_calls(http: httpx2.AsyncClient, server: RunningServer, token: str,
         "jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
     headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": version})
-    await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+    await http.post(server.url + "/mcp", headers=headers,
+                    json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     answers = []
     for i, call in enumerate(CALLS, start=1):
         resp = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": i, **call})
