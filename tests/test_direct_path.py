@@ -3,6 +3,7 @@ transport would, for every handshake-era protocol version."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -72,3 +73,45 @@ async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient,
     assert direct == through_sdk
     assert direct[1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
     assert [a.get("error", {}).get("code") for a in direct] == [None, None, None, None, None, -32602, -32602, None]
+
+
+def transport_of(session: Any) -> Any:
+    return session.transport  # read through a function: mypy would otherwise keep its first narrowing
+
+
+async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http: httpx2.AsyncClient,
+                                                                          server: RunningServer) -> None:
+    """An idle session holds no SDK transport: tools/call is answered without one, anything else
+    starts it again with the handshake already done, and parking it again loses nothing."""
+    token = await access_token(server, "alice", "alice-password-1")
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    init = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+    [session] = server.registry.sessions()
+    for _ in range(50):  # the handler parks the session just after the response has gone out
+        if session.transport is None:
+            break
+        await asyncio.sleep(0.02)
+    assert session.transport is None
+    assert (await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "method": "notifications/initialized"})).status_code == 202
+    called = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, **CALLS[1]})
+    assert called.status_code == 200 and session.transport is None
+
+    pinged = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 2, "method": "ping"})
+    assert last_message(pinged) == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    assert transport_of(session) is not None
+    for _ in range(50):  # the ping's handler finishes just after its response has gone out
+        if not session.in_flight:
+            break
+        await asyncio.sleep(0.02)
+    await server.registry.park(session)
+    assert transport_of(session) is None and len(server.registry) == 1
+    listed = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 3, **CALLS[0]})
+    assert len(last_message(listed)["result"]["tools"]) == 9
+    again = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 4, "method": "ping"})
+    assert last_message(again)["id"] == 4
+    assert (await http.delete(server.url + "/mcp", headers=headers)).status_code == 200
+    assert len(server.registry) == 0

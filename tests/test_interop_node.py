@@ -495,7 +495,11 @@ async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> N
         await server.stop()
 
     assert set(APPLICABLE) <= set(results), (sorted(results), out[-3000:], err[-3000:])
-    failed = {name: [(c["id"], c["status"], c.get("errorMessage")) for c in results[name] if c["status"] != "SUCCESS"]
+    # memory-mcp answers tools/list as plain JSON (transports/direct.py), which the suite reports
+    # as INFO "SSE streams optional" for this one check: the spec lets a server pick either.
+    json_answers = {("server-sse-multiple-streams", "server-sse-streams-functional", "INFO")}
+    failed = {name: [(c["id"], c["status"], c.get("errorMessage")) for c in results[name]
+                     if c["status"] != "SUCCESS" and (name, c["id"], c["status"]) not in json_answers]
               for name in APPLICABLE}
     assert not any(failed.values()), failed
     for name, ids in APPLICABLE.items():
@@ -507,6 +511,8 @@ async def test_conformance_server_scenarios(data_dir: Path, tmp_path: Path) -> N
     assert set(listed["details"]["tools"]) == TOOL_NAMES
     multiple = {c["id"]: c for c in results["server-sse-multiple-streams"]}
     assert multiple["server-accepts-multiple-post-streams"]["details"]["statuses"] == [200, 200, 200]
+    assert all(t.startswith("application/json")
+               for t in multiple["server-accepts-multiple-post-streams"]["details"]["contentTypes"])
     rebinding = {c["id"]: c for c in results["dns-rebinding-protection"]}
     assert rebinding["localhost-host-rebinding-rejected"]["details"]["statusCode"] == 403
     # Everything went through the proxy with alice's token, none of it around it.

@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 # the request itself.
 TOUCH_INTERVAL_SECONDS = 60.0
 SSE_RETRY_MILLISECONDS = 1000
+# A session's SDK transport is stopped after this long without a request that needed it.
+PARK_AFTER_SECONDS = 30.0
+
+
+class SessionGoneError(Exception):
+    """The session ended while a request was waiting for it."""
 
 
 class SessionLimitError(Exception):
@@ -60,10 +66,12 @@ class Session:
     created_at: float
     last_seen_at: float
     protocol_version: str | None = None
+    client_params: InitializeRequestParams | None = None
     in_flight: int = 0
     stored_seen_at: float = 0.0
     """Requests being served (an open stream counts): a session is never idle while one is."""
     closed: asyncio.Event = field(default_factory=asyncio.Event)
+    activating: asyncio.Lock = field(default_factory=asyncio.Lock)
     cancel: Callable[[], Awaitable[None]] | None = None
     """How to end a session whose transport is not a StreamableHTTPServerTransport (SSE)."""
 
@@ -97,7 +105,6 @@ class SessionRegistry:
         self._lifespan_state: Any = None
         self._holder: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self._restoring: dict[str, asyncio.Event] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -131,10 +138,13 @@ class SessionRegistry:
         interval = min(max(self.idle_timeout / 4, 0.05), 30.0)
         while True:
             await asyncio.sleep(interval)
-            cutoff = time.time() - self.idle_timeout
-            for session in [s for s in self._sessions.values() if s.in_flight == 0 and s.last_seen_at < cutoff]:
-                log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
-                await self.forget(session)
+            now = time.time()
+            for session in [s for s in self._sessions.values() if s.in_flight == 0]:
+                if session.last_seen_at < now - self.idle_timeout:
+                    log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+                    await self.forget(session)
+                elif session.transport is not None and session.last_seen_at < now - PARK_AFTER_SECONDS:
+                    await self.park(session)
 
     async def stop(self) -> None:
         """Close every stream at once, then the task group. Session records stay in the store:
@@ -197,63 +207,79 @@ class SessionRegistry:
     async def open_streamable(self, caller: Caller) -> Session:
         """Create a session and start the task that serves it; the caller then passes the
         initialize request to `session.transport`."""
-        return await self._start(caller, secrets.token_urlsafe(32), None)
-
-    async def restore(self, session_id: str, caller: Caller) -> Session | None:
-        """Serve again a session that this process does not hold but the store remembers (the
-        server restarted, or the session was opened by another instance), when it belongs to
-        `caller` and has not expired. The client's initialize params come from the record, so
-        the session continues without a new handshake and keeps its event log."""
-        record = await self._store.get_session(session_id)
-        if (record is None or record.transport != "streamable-http" or record.client_params is None
-                or record.owner != self._owner_label(caller.owner)
-                or record.last_seen_at < time.time() - self.idle_timeout):
-            return None
-        pending = self._restoring.get(session_id)
-        if pending is not None:  # another request is restoring it right now
-            await pending.wait()
-            return self.lookup(session_id, caller.owner)
-        self._restoring[session_id] = done = asyncio.Event()
+        session = self._admit(caller, "streamable-http", None, secrets.token_urlsafe(32))
         try:
-            if session_id in self._sessions:
-                return self.lookup(session_id, caller.owner)
-            try:
-                params = InitializeRequestParams.model_validate_json(record.client_params)
-            except ValueError:
-                return None
-            version = record.protocol_version or params.protocol_version
-            session = await self._start(caller, session_id, (params, version))
-            session.protocol_version = version
-            log.info("MCP session %s… restored from storage", session_id[:8])
-            return session
-        finally:
-            del self._restoring[session_id]
-            done.set()
-
-    async def _start(self, caller: Caller, session_id: str,
-                     restored: tuple[InitializeRequestParams, str] | None) -> Session:
-        if self._tg is None:
-            raise RuntimeError("the session registry is not running")
-        transport = StreamableHTTPServerTransport(
-            mcp_session_id=session_id,
-            is_json_response_enabled=self.json_response,
-            event_store=SessionEventStore(self._store, session_id),
-            # Sent as the SSE `retry` field: how soon a client whose stream dropped comes back
-            # with Last-Event-ID.
-            retry_interval=SSE_RETRY_MILLISECONDS,
-        )
-        session = self._admit(caller, "streamable-http", transport, session_id)
-        try:
-            await self._tg.start(self._serve_streamable, session, restored)
+            await self._launch(session, None)
         except BaseException:
             await self.forget(session)
             raise
         return session
 
-    async def _serve_streamable(self, session: Session, restored: tuple[InitializeRequestParams, str] | None, *,
+    async def restore(self, session_id: str, caller: Caller) -> Session | None:
+        """Take back a session that this process does not hold but the store remembers (the
+        server restarted, or another instance opened it), when it belongs to `caller` and has not
+        expired. It comes back parked: the record's initialize params let `activate` serve it
+        without a new handshake, and its event log is still there."""
+        record = await self._store.get_session(session_id)
+        if (record is None or record.transport != "streamable-http" or record.client_params is None
+                or record.owner != self._owner_label(caller.owner)
+                or record.last_seen_at < time.time() - self.idle_timeout):
+            return None
+        try:
+            params = InitializeRequestParams.model_validate_json(record.client_params)
+        except ValueError:
+            return None
+        if session_id in self._sessions:  # restored by a concurrent request meanwhile
+            return self.lookup(session_id, caller.owner)
+        session = self._admit(caller, "streamable-http", None, session_id)
+        session.client_params = params
+        session.protocol_version = record.protocol_version or params.protocol_version
+        session.created_at, session.stored_seen_at = record.created_at, record.last_seen_at
+        log.info("MCP session %s… restored from storage", session_id[:8])
+        return session
+
+    async def activate(self, session: Session) -> StreamableHTTPServerTransport:
+        """The session's SDK transport, started again (handshake already done) if it was parked."""
+        async with session.activating:
+            if session.transport is None:
+                if session.closed.is_set() or session.client_params is None:
+                    raise SessionGoneError(session.session_id)
+                version = session.protocol_version or session.client_params.protocol_version
+                await self._launch(session, (session.client_params, version))
+            assert session.transport is not None
+            return session.transport
+
+    async def park(self, session: Session) -> None:
+        """Stop the session's SDK transport while nothing uses it; the session itself stays.
+
+        An idle session is then a small record instead of a transport with its streams and
+        tasks (about 45 KiB): the direct path answers tools/call without it, and `activate`
+        brings it back for anything else."""
+        async with session.activating:
+            transport = session.transport
+            if transport is None or session.in_flight or session.client_params is None:
+                return
+            session.transport = None
+            with anyio.CancelScope(shield=True):
+                await transport.terminate()
+
+    async def _launch(self, session: Session, restored: tuple[InitializeRequestParams, str] | None) -> None:
+        if self._tg is None:
+            raise RuntimeError("the session registry is not running")
+        transport = StreamableHTTPServerTransport(
+            mcp_session_id=session.session_id,
+            is_json_response_enabled=self.json_response,
+            event_store=SessionEventStore(self._store, session.session_id),
+            # Sent as the SSE `retry` field: how soon a client whose stream dropped comes back
+            # with Last-Event-ID.
+            retry_interval=SSE_RETRY_MILLISECONDS,
+        )
+        session.transport = transport
+        await self._tg.start(self._serve_streamable, session, transport, restored)
+
+    async def _serve_streamable(self, session: Session, transport: StreamableHTTPServerTransport,
+                                restored: tuple[InitializeRequestParams, str] | None, *,
                                 task_status: TaskStatus[None]) -> None:
-        transport = session.transport
-        assert transport is not None
         try:
             async with transport.connect() as (read_stream, write_stream):
                 task_status.started()
@@ -265,8 +291,9 @@ class SessionRegistry:
         except Exception:
             log.exception("MCP session %s… crashed", session.session_id[:8])
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.forget(session)
+            if session.transport is transport:  # ended on its own (crash, DELETE), not parked
+                with anyio.CancelScope(shield=True):
+                    await self.forget(session)
 
     async def _serve_initialized(self, session_id: str, read_stream: Any, write_stream: Any,
                                  params: InitializeRequestParams, protocol_version: str) -> None:
@@ -283,6 +310,11 @@ class SessionRegistry:
         """The opening request succeeded: record the session."""
         session.protocol_version = protocol_version
         session.stored_seen_at = session.last_seen_at
+        if client_params is not None:
+            try:
+                session.client_params = InitializeRequestParams.model_validate_json(client_params)
+            except ValueError:
+                session.client_params = None
         await self._store.save_session(SessionRecord(
             session_id=session.session_id, owner=self._owner_label(session.owner), user=session.user,
             transport=session.kind, protocol_version=protocol_version,

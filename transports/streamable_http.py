@@ -22,7 +22,7 @@ from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
 from transports.direct import DirectHandler, accepts_json, answer, is_request
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
-from transports.registry import SessionLimitError, SessionRegistry
+from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +95,37 @@ class StreamableHTTPEndpoint:
                 session = await self._registry.restore(session_id, caller)
             except SessionLimitError as exc:
                 return _too_many(exc)
-        if session is None or session.transport is None:
-            return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize "
-                                 "to start a new session")
+        if session is None:
+            return _session_not_found()
         await self._registry.seen(session)
         session.in_flight += 1
         try:
-            method = message.get("method") if isinstance(message, dict) else None
-            handler = self.direct.get(method) if isinstance(method, str) else None
-            if handler is not None and isinstance(message, dict) and is_request(message) and accepts_json(request):
-                return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
-                                    {SESSION_HEADER: session.session_id})
-            response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+            return await self._serve(request, caller, session, body, message, version)
+        except SessionGoneError:
+            return _session_not_found()
         finally:
             session.in_flight -= 1
             session.last_seen_at = time.time()
-        if session.transport.is_terminated:
+
+    async def _serve(self, request: web.Request, caller: Caller, session: Session, body: bytes, message: Any,
+                     version: str | None) -> web.StreamResponse:
+        headers = {SESSION_HEADER: session.session_id}
+        if isinstance(message, dict) and request.method == "POST":
+            method = message.get("method")
+            handler = self.direct.get(method) if isinstance(method, str) else None
+            if handler is not None and is_request(message) and accepts_json(request):
+                return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
+                                    headers)
+            if session.transport is None and isinstance(method, str) and "id" not in message:
+                # A notification for a parked session: nothing in it needs the SDK's session
+                # state (the restored connection is born initialized), so it is only acknowledged.
+                return web.Response(status=202, headers=headers)
+        if request.method == "DELETE" and session.transport is None:
+            await self._registry.forget(session)
+            return web.Response(status=200, content_type="application/json", headers=headers)
+        transport = await self._registry.activate(session)
+        response = await call_asgi(transport.handle_request, request, body, {"caller": caller})
+        if transport.is_terminated and session.transport is transport:
             await self._registry.forget(session)
         return response
 
@@ -133,7 +148,15 @@ class StreamableHTTPEndpoint:
             requested = params.get("protocolVersion") if isinstance(params, dict) else None
             version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
             await self._registry.established(session, version, json.dumps(params))
+            # Most of a session's life needs no SDK transport (transports/direct.py); it is started
+            # again on the first request that does.
+            await self._registry.park(session)
         return response
+
+
+def _session_not_found() -> web.Response:
+    return jsonrpc_error(404, -32600, "Session not found: it ended or never existed; send initialize to start a "
+                         "new session")
 
 
 def _too_many(exc: SessionLimitError) -> web.Response:
