@@ -283,17 +283,18 @@ class GraphTables:
             "SELECT id, name, entity_type FROM memory_entities WHERE owner = ? ORDER BY id", (owner,)
         ).fetchall()
         observations: dict[int, list[str]] = {row["id"]: [] for row in entity_rows}
-        for row in conn.execute(
+        # Plain tuples: the one loop here that runs per observation (50,000 on a large graph).
+        cursor = conn.cursor()
+        cursor.row_factory = None
+        for entity_id, content in cursor.execute(
             "SELECT entity_id, content FROM memory_observations WHERE owner = ? ORDER BY entity_id, id", (owner,)
         ):
-            observations[row["entity_id"]].append(row["content"])
+            observations[entity_id].append(content)
         relation_rows = conn.execute(
             "SELECT from_name, to_name, relation_type FROM memory_relations WHERE owner = ? ORDER BY id", (owner,)
         ).fetchall()
-        return KnowledgeGraph(
-            entities=[_entity(row, observations[row["id"]]) for row in entity_rows],
-            relations=[_relation(row) for row in relation_rows],
-        )
+        return _graph(((row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows),
+                      relation_rows)
 
     async def search_nodes(self, owner: str, query: str) -> KnowledgeGraph:
         folded = query.lower()
@@ -321,12 +322,14 @@ def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def _entity(row: sqlite3.Row, observations: list[str]) -> Entity:
-    return Entity(name=row["name"], entityType=row["entity_type"], observations=observations)
-
-
-def _relation(row: sqlite3.Row) -> Relation:
-    return Relation(from_=row["from_name"], to=row["to_name"], relationType=row["relation_type"])
+def _graph(entities: Iterable[tuple[str, str, list[str]]], relations: Iterable[sqlite3.Row]) -> KnowledgeGraph:
+    # Plain dicts validated in one call: pydantic-core builds the whole tree in Rust, several
+    # times faster than a model per row in Python (a 10,000-entity read_graph).
+    return KnowledgeGraph.model_validate({
+        "entities": [{"name": n, "entityType": t, "observations": o} for n, t, o in entities],
+        "relations": [{"from": r["from_name"], "to": r["to_name"], "relationType": r["relation_type"]}
+                      for r in relations],
+    })
 
 
 def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int | None:
@@ -404,7 +407,4 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
         observations[row["entity_id"]].append(row["content"])
     names = json.dumps([row["name"] for row in entity_rows])
     relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "names": names}).fetchall()
-    return KnowledgeGraph(
-        entities=[_entity(row, observations[row["id"]]) for row in entity_rows],
-        relations=[_relation(row) for row in relation_rows],
-    )
+    return _graph(((row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows), relation_rows)
