@@ -177,9 +177,29 @@ def _extras(body: dict[str, object]) -> dict[str, object]:
     return extra
 
 
+def _encodable(field: str, value: object) -> None:
+    """JSON lets a string carry a lone UTF-16 surrogate (`"\\ud800"`), which no UTF-8 encoder
+    accepts: refuse it here rather than fail when the registration is stored or echoed."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            code = "invalid_redirect_uri" if field == "redirect_uris" else "invalid_client_metadata"
+            raise RegistrationError(code, f"{field}: contains an invalid character (a lone surrogate)") from None
+    elif isinstance(value, list):
+        for item in value:
+            _encodable(field, item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _encodable(field, key)
+            _encodable(field, item)
+
+
 def validate_metadata(body: dict[str, object]) -> ClientMetadata:
     """Check every field of a registration request or metadata document; raise
     `RegistrationError` naming the first field that breaks a rule. `null` means absent."""
+    for field, value in body.items():
+        _encodable(field, value)
     redirect_uris = _redirect_uris(body)
     method = body.get("token_endpoint_auth_method")
     # Absent means "none" here, not RFC 7591's client_secret_basic: the Python SDK omits it for

@@ -90,7 +90,12 @@ def matches(requested: str, registered: tuple[str, ...]) -> bool:
         return True
     if not is_loopback(requested):
         return False
-    wanted = _without_port(_split(requested))
+    parts = _split(requested)
+    if parts.fragment or "#" in requested or parts.username is not None or parts.password is not None:
+        # RFC 6749 3.1.2: no fragment; user info is refused at registration and must not slip in
+        # through the port-agnostic comparison below, which looks at scheme, host, path and query.
+        return False
+    wanted = _without_port(parts)
     return any(is_loopback(r) and _without_port(_split(r)) == wanted for r in registered)
 
 

@@ -91,5 +91,6 @@ def parse_json(body: bytes) -> Any:
         return None
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: "[[[[..." nested deeper than the interpreter's stack.
         return None

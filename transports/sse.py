@@ -127,6 +127,8 @@ class SSEEndpoint:
             raise web.HTTPNotFound(text="Could not find session: it ended or never existed; open /sse again")
         body = await read_body(request, self._max_body)
         message = parse_json(body)
+        if message is None:
+            raise web.HTTPBadRequest(text="Could not parse message: the body is not valid JSON")
         if isinstance(message, dict):
             blocked = self._guard(caller, "/sse", message)
             if blocked is not None:

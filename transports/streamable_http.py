@@ -63,6 +63,8 @@ class StreamableHTTPEndpoint:
         body = await read_body(request, self._max_body) if request.method == "POST" else b""
 
         message = parse_json(body)
+        if body and message is None:
+            return jsonrpc_error(400, -32700, "Parse error: the body is not valid JSON")
         current_caller.set(caller)
         if isinstance(message, dict):
             blocked = self._guard(caller, self._resource_path, message)
@@ -85,7 +87,7 @@ class StreamableHTTPEndpoint:
             if request.method == "POST" and isinstance(message, dict) and message.get("method") == "initialize":
                 return await self._open(request, caller, body, message)
             if request.method == "POST" and message is None:
-                return jsonrpc_error(400, -32700, "Parse error: the body is not valid JSON")
+                return jsonrpc_error(400, -32600, "Bad Request: the body is empty")
             return jsonrpc_error(400, -32600, f"Bad Request: missing {SESSION_HEADER} header (send initialize "
                                  "first, then the session id it returns on every request)")
 
