@@ -249,7 +249,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
         hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
                                            "log": str(work / "browser.jsonl")}))
         browser = work / "browser.sh"
-        browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE / 'browser_hook.py'))} "
+        browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE.parent / 'browser_hook.py'))} "
                            f"--config {shlex.quote(str(hook_config))} \"$@\"\n")
         browser.chmod(0o755)
         env["BROWSER"] = str(browser)

@@ -1,12 +1,11 @@
-"""What Claude Code runs as `$BROWSER URL` during `claude mcp login`: the person at the keyboard.
+"""What a client CLI (Codex, Claude Code) runs as `$BROWSER URL` during its login: the person at the keyboard.
 
 It opens the authorization URL with the scripted browser of tests/browser.py (log in as the
-configured user, approve the consent), then delivers the final redirect to Claude Code's loopback
-callback listener (`http://localhost:<port>/callback`), as a real browser following that redirect
-would. What it saw goes to a JSON-lines log so the test can assert on the authorization request
-Claude Code built and on the page its callback served.
+configured user, approve the consent), then delivers the final redirect to the client's loopback
+callback listener, as a real browser following that redirect would. What it saw goes to a JSON-lines log so the test can assert on the authorization request
+the client built and on the page its callback served.
 
-Claude Code waits for the browser command to exit before it goes on, so the work runs in a
+Clients may wait for the browser command to exit before they go on, so the work runs in a
 forked child and the command itself returns at once, as `xdg-open` does.
 
 Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log).
@@ -24,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.browser import Browser  # noqa: E402 - needs the repository on sys.path first
@@ -50,7 +49,7 @@ def run(config: dict[str, Any], url: str) -> None:
     try:
         callback = asyncio.run(authorize(config, url))
         log(record, {"event": "redirect", "url": callback})
-        # The callback is Claude Code's own listener on localhost; no proxy may sit in between.
+        # The callback is the client's own loopback listener; no proxy may sit in between.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(callback, timeout=30) as resp:
             page = resp.read(200_000).decode("utf-8", "replace")
@@ -65,8 +64,8 @@ def main() -> None:
     parser.add_argument("url")
     args = parser.parse_args()
     config = json.loads(args.config.read_text())
-    # The child stays in Claude Code's process group (no setsid), so the driver's clean-up of that
-    # group reaches it; its stdio is detached so Claude Code never waits on a pipe (or the
+    # The child stays in the client's process group (no setsid), so the driver's clean-up of that
+    # group reaches it; its stdio is detached so the client never waits on a pipe (or the
     # terminal) the child holds open.
     if os.fork() == 0:
         devnull = os.open(os.devnull, os.O_RDWR)
