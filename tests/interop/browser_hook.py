@@ -2,8 +2,9 @@
 
 It opens the authorization URL with the scripted browser of tests/browser.py (log in as the
 configured user, approve the consent), then delivers the final redirect to the client's loopback
-callback listener, as a real browser following that redirect would. What it saw goes to a JSON-lines log so the test can assert on the authorization request
-the client built and on the page its callback served.
+callback listener, as a real browser following that redirect would. What it saw goes to a
+JSON-lines log so the test can assert on the authorization request the client built and on the
+page its callback served.
 
 Clients may wait for the browser command to exit before they go on, so the work runs in a
 forked child and the command itself returns at once, as `xdg-open` does.
