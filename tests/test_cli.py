@@ -115,9 +115,21 @@ async def test_serve_as_a_new_user_would(process: Process) -> None:
     async with alice.client() as (client, _):
         await client.call_tool("create_entities", {"entities": [{"name": "kept", "entityType": "t",
                                                                  "observations": ["across restarts"]}]})
-        # SIGTERM with a live session: every session ends and the process exits promptly.
-        elapsed, err = process.stop()
-    assert elapsed < 2.5, f"shutdown took {elapsed:.1f}s"
+        assert alice.storage.tokens is not None
+        auth = {"Authorization": f"Bearer {alice.storage.tokens.access_token}"}
+        async with httpx2.AsyncClient(timeout=10) as http, http.stream("GET", process.url + "/sse",
+                                                                       headers=auth) as stream:
+            # SIGTERM with a live session and an open stream: the stream closes at once, every
+            # session ends, and the process exits promptly.
+            assert stream.status_code == 200
+            stopping = asyncio.get_running_loop().run_in_executor(None, process.stop)
+            began = time.monotonic()
+            async for _ in stream.aiter_bytes():
+                pass
+            closed_after = time.monotonic() - began
+            elapsed, err = await stopping
+    assert closed_after < 2.0, f"the open stream closed {closed_after:.1f}s after SIGTERM"
+    assert elapsed < 3.0, f"shutdown took {elapsed:.1f}s"
     assert "Traceback" not in err, err
     assert alice.storage.tokens is not None
     assert alice.storage.tokens.access_token not in err
