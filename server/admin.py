@@ -103,6 +103,15 @@ async def tokens_revoke(storage: SQLiteStorage, username: str) -> str:
     return f"revoked {count} token(s) and code(s) of {username}; their MCP sessions end"
 
 
+async def users_passwd(storage: SQLiteStorage, username: str, password: str) -> str:
+    """A new password signs the user out everywhere: it is most often changed because the old one
+    leaked, and tokens obtained with it must not outlive it."""
+    user = await accounts.set_password(storage, username, password)
+    count = await storage.revoke_subject(user.id)
+    await _revoke(storage, Revocation(user.id, None, None))
+    return f"changed the password of {username} and revoked their {count} token(s); their clients sign in again"
+
+
 async def users_remove(storage: SQLiteStorage, username: str) -> str:
     user = await accounts.remove_user(storage, username)
     await _revoke(storage, Revocation(user.id, None, None))

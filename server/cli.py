@@ -106,8 +106,7 @@ async def _run_command(storage: SQLiteStorage, command: str, action: str, args: 
             user = await accounts.add_user(storage, args.username, _read_password(args.password_stdin))
             return f"added user {user.username}"
         case "users", "passwd":
-            await accounts.set_password(storage, args.username, _read_password(args.password_stdin))
-            return f"changed the password of {args.username}"
+            return await admin.users_passwd(storage, args.username, _read_password(args.password_stdin))
         case "users", "remove":
             return await admin.users_remove(storage, args.username)
         case "users", "list":

@@ -22,11 +22,11 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
-async def cli(server: RunningServer, *args: str) -> subprocess.CompletedProcess[str]:
+async def cli(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "server", *args, "--data-dir", str(server.storage.db.path.parent),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out, err = await proc.communicate()
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate(stdin.encode())
     assert proc.returncode is not None
     return subprocess.CompletedProcess(args, proc.returncode, out.decode(), err.decode())
 
@@ -110,3 +110,16 @@ async def test_keys_rotate_publishes_the_new_key_beside_the_old(http: httpx2.Asy
     after = {k["kid"] for k in (await http.get(jwks_uri)).json()["keys"]}
     assert new_kid in after and before <= after
     assert all("d" not in k for k in (await http.get(jwks_uri)).json()["keys"])  # public keys only
+
+
+async def test_password_change_signs_the_user_out_everywhere(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
+    session = await open_session(http, server, tokens["access_token"])
+    changed = await cli(server, "users", "passwd", "alice", "--password-stdin", stdin="a brand new password\n")
+    assert changed.returncode == 0, changed.stderr
+    assert await ended(server, session["Mcp-Session-Id"])
+    after = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
+                                                                         "method": "tools/list"})
+    assert after.status_code == 401
+    fresh = await tokens_by_hand(server, "alice", "a brand new password", BOTH)
+    assert fresh["access_token"]
