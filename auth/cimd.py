@@ -271,19 +271,8 @@ def client_from_document(url: str, document: Document, now: float, issued_at: in
         meta = validate_metadata(body)
     except RegistrationError as exc:
         raise ClientMetadataError(f"the client metadata document is invalid: {exc.description}") from exc
-    return Client(
-        client_id=url,
-        client_id_issued_at=issued_at,
-        redirect_uris=meta.redirect_uris,
-        token_endpoint_auth_method="none",  # noqa: S106
-        grant_types=meta.grant_types,
-        response_types=("code",),
-        client_name=meta.client_name,
-        scope=meta.scope,
-        metadata=meta.echoed,
-        verified_domain=urlsplit(url).hostname,
-        metadata_expires_at=now + document.ttl,
-    )
+    return meta.client(url, issued_at, verified_domain=urlsplit(url).hostname,
+                       metadata_expires_at=now + document.ttl)
 
 
 async def lookup_client(server: AuthorizationServer, client_id: str, address: str, *,

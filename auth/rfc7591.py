@@ -94,6 +94,23 @@ class ClientMetadata:
     scope: str | None
     echoed: dict[str, object]
 
+    def client(self, client_id: str, issued_at: int, *, verified_domain: str | None = None,
+               metadata_expires_at: float | None = None) -> Client:
+        """The public client these metadata describe (registered, or read from a metadata document)."""
+        return Client(
+            client_id=client_id,
+            client_id_issued_at=issued_at,
+            redirect_uris=self.redirect_uris,
+            token_endpoint_auth_method="none",  # noqa: S106
+            grant_types=self.grant_types,
+            response_types=("code",),
+            client_name=self.client_name,
+            scope=self.scope,
+            metadata=self.echoed,
+            verified_domain=verified_domain,
+            metadata_expires_at=metadata_expires_at,
+        )
+
 
 def _string(body: dict[str, object], field: str, max_length: int) -> str | None:
     value = body.get(field)
@@ -252,18 +269,7 @@ def validate_metadata(body: dict[str, object]) -> ClientMetadata:
 
 
 def build_client(body: dict[str, object], issued_at: int) -> Client:
-    meta = validate_metadata(body)
-    return Client(
-        client_id=new_secret(24),
-        client_id_issued_at=issued_at,
-        redirect_uris=meta.redirect_uris,
-        token_endpoint_auth_method="none",  # noqa: S106
-        grant_types=meta.grant_types,
-        response_types=("code",),
-        client_name=meta.client_name,
-        scope=meta.scope,
-        metadata=meta.echoed,
-    )
+    return validate_metadata(body).client(new_secret(24), issued_at)
 
 
 async def over_rate_limit(server: AuthorizationServer, address: str) -> float | None:
