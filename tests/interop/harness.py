@@ -1,0 +1,97 @@
+"""What the client interop drivers (tests/interop/*/run.py) share: a loopback-only network
+namespace brought up, child processes started and always stopped, a server waited for."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def loopback_up() -> None:
+    """`ip link set lo up`, without needing iproute2: a new network namespace's only interface is
+    loopback, and it starts down."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH22x", b"lo", 0)  # struct ifreq: name, then flags in the union
+        flags = struct.unpack("16sH22x", fcntl.ioctl(sock, siocgifflags, request))[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+
+
+def free_port() -> int:
+    # A fresh network namespace has no other listeners, so the port stays free until used.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Processes:
+    """Every long-running child, stopped (TERM, then KILL) in reverse order on exit."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(self, argv: list[str], log: Path, **kwargs: Any) -> subprocess.Popen[bytes]:
+        out = log.open("wb")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs)
+        self.running.append((proc, out))
+        return proc
+
+    def stop_all(self) -> None:
+        for proc, out in reversed(self.running):
+            stop(proc)
+            out.close()
+        self.running.clear()
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # helpers it left behind (e.g. the browser hook)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def processes() -> Iterator[Processes]:
+    procs = Processes()
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before {url} answered")
+        try:
+            with opener.open(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
