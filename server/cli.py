@@ -130,6 +130,7 @@ def _serve(settings: Settings) -> int:
     from aiohttp import web
 
     from server.app import build_app
+    from server.malloc import keep_freed_memory
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     storage = SQLiteStorage(settings.database_path)
@@ -138,6 +139,7 @@ def _serve(settings: Settings) -> int:
         print("No users yet. Add one (the password is read from standard input):\n"
               f"  memory-mcp users add <name> --password-stdin --data-dir {settings.data_dir}", file=sys.stderr)
     app = build_app(settings, storage)
+    keep_freed_memory()
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (data in {settings.data_dir})", file=sys.stderr)
     # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
     # but in-flight tool calls.

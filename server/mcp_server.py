@@ -13,9 +13,9 @@ from mcp.server import Server, ServerRequestContext
 from auth.models import AccessGrant
 from auth.rfc6750 import BearerVerifier
 from server.memory.graph import GraphStore
-from server.memory.tools import TOOL_SCOPES, TOOLS, call_tool
+from server.memory.tools import TOOL_SCOPES, TOOLS, GraphResult, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
-from transports.direct import DirectHandler
+from transports.direct import DirectHandler, Prepared
 
 INSTRUCTIONS = (
     "A persistent knowledge-graph memory that belongs to the signed-in user. Store people, projects and facts "
@@ -41,7 +41,7 @@ class MemoryTools:
     async def list_tools(self) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
 
-    async def call(self, params: types.CallToolRequestParams) -> types.CallToolResult:
+    async def call(self, params: types.CallToolRequestParams) -> types.CallToolResult | GraphResult:
         caller = current_caller.get()
         needed = TOOL_SCOPES.get(params.name)
         # The HTTP layer already answered 403 for this (`scope_guard`); this check keeps a tool from
@@ -59,7 +59,8 @@ class MemoryTools:
 
         async def tools_call(_ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
                              ) -> types.CallToolResult:
-            return await self.call(params)
+            result = await self.call(params)
+            return result.result() if isinstance(result, GraphResult) else result
 
         return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
                       on_list_tools=list_tools, on_call_tool=tools_call)
@@ -69,8 +70,13 @@ class MemoryTools:
             types.PaginatedRequestParams.model_validate(params or {}, by_name=False)
             return await self.list_tools()
 
-        async def tools_call(params: Mapping[str, Any] | None) -> types.CallToolResult:
-            return await self.call(types.CallToolRequestParams.model_validate(params or {}, by_name=False))
+        async def tools_call(params: Mapping[str, Any] | None) -> types.CallToolResult | Prepared:
+            result = await self.call(types.CallToolRequestParams.model_validate(params or {}, by_name=False))
+            if not isinstance(result, GraphResult):
+                return result
+            # The graph goes into the answer as the JSON it already is (transports.direct.Prepared).
+            return Prepared(result.stand_in(), {("content", 0, "text"): result.graph.text,
+                                                ("structuredContent",): result.graph.json})
 
         return {"tools/list": list_tools, "tools/call": tools_call}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,14 +19,19 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 CALLS: list[dict[str, Any]] = [
     {"method": "tools/list"},
     {"method": "tools/call", "params": {"name": "create_entities", "arguments": {"entities": [
-        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]}]}}},
+        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
+        {"name": "Zoë \"Z\"", "entityType": "t\u00e9", "observations": ["a\\b\n\t\u2028 ✓ \U0001f600 </script>"]}]}}},
+    {"method": "tools/call", "params": {"name": "create_relations", "arguments": {"relations": [
+        {"from": "Ada", "to": "Zoë \"Z\"", "relationType": "knows"}]}}},
     {"method": "tools/call", "params": {"name": "search_nodes", "arguments": {"query": "program"}}},
+    {"method": "tools/call", "params": {"name": "read_graph", "arguments": {}}},
+    {"method": "tools/call", "params": {"name": "open_nodes", "arguments": {"names": ["Zoë \"Z\"", "nobody"]}}},
     {"method": "tools/call", "params": {"name": "add_observations", "arguments": {"observations": [
         {"entityName": "nobody", "contents": ["x"]}]}}},
     {"method": "tools/call", "params": {"name": "create_entities", "arguments": {"entities": [{"name": 5}]}}},
     {"method": "tools/call", "params": {"name": "no_such_tool", "arguments": {}}},
     {"method": "tools/call", "params": {"arguments": {}}},
-    {"method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["Ada"]}}},
+    {"method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["Ada", "Zoë \"Z\""]}}},
 ]
 
 
@@ -37,7 +43,9 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 
 def last_message(resp: httpx2.Response) -> Any:
     if resp.headers["content-type"].startswith("text/event-stream"):
-        data = [line[5:].strip() for line in resp.text.splitlines() if line.startswith("data:") and line[5:].strip()]
+        # SSE lines end at CR, LF or CRLF only (str.splitlines would also split at U+2028).
+        lines = re.split(r"\r\n|\r|\n", resp.text)
+        data = [line[5:].strip() for line in lines if line.startswith("data:") and line[5:].strip()]
         return json.loads(data[-1])
     return resp.json()
 
@@ -72,7 +80,12 @@ async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient,
         endpoint.direct = saved
     assert direct == through_sdk
     assert direct[1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
-    assert [a.get("error", {}).get("code") for a in direct] == [None, None, None, None, None, -32602, -32602, None]
+    assert [a.get("error", {}).get("code") for a in direct] == [
+        None, None, None, None, None, None, None, None, -32602, -32602, None]
+    graph = json.loads(direct[4]["result"]["content"][0]["text"])  # read_graph
+    assert [e["name"] for e in graph["entities"]] == ["Ada", 'Zoë "Z"']
+    assert graph["entities"][1]["observations"] == ["a\\b\n\t\u2028 ✓ \U0001f600 </script>"]
+    assert direct[4]["result"]["structuredContent"] == graph
 
 
 def transport_of(session: Any) -> Any:

@@ -221,7 +221,7 @@ def test_second_login_reads_the_same_memory(codex_run: CodexRun) -> None:
 async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: SQLiteStorage) -> None:
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
-    graph = await storage.read_graph(alice.id)
+    graph = (await storage.read_graph(alice.id)).model()
     assert [e.model_dump() for e in graph.entities] == [ADA]
     assert graph.relations == []
 

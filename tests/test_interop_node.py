@@ -107,7 +107,7 @@ async def alice_graph(storage: SQLiteStorage) -> dict[str, Any]:
     """Alice's memory read straight from storage, independent of any client."""
     user = await storage.get_user_by_name("alice")
     assert user is not None
-    return (await storage.read_graph(user.id)).model_dump()
+    return (await storage.read_graph(user.id)).model().model_dump(by_alias=True)
 
 
 async def click_through(authorize_url: str, origin: str) -> str:

@@ -180,7 +180,9 @@ async def test_read_only_token_cannot_write(http: httpx2.AsyncClient, server: Ru
     assert challenge.startswith("Bearer ") and 'error="insufficient_scope"' in challenge
     assert 'scope="memory:read memory:write"' in challenge
     assert f'resource_metadata="{server.url}/.well-known/oauth-protected-resource/mcp"' in challenge
-    graph = await server.storage.read_graph((await server.storage.get_user_by_name("alice")).id)  # type: ignore[union-attr]
+    alice = await server.storage.get_user_by_name("alice")
+    assert alice is not None
+    graph = (await server.storage.read_graph(alice.id)).model()
     assert graph.entities == []
 
 

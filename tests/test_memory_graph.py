@@ -70,26 +70,26 @@ async def test_create_entities_returns_only_new_ones(store: Store) -> None:
 
     second = await store.create_entities(ALICE, [ent("Ada", "robot", "other"), ent("Grace", "person")])
     assert second == [ent("Grace", "person")]
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == [ent("Ada", "person", "likes tea"), ent("Grace", "person")]
 
 
 async def test_create_entities_keeps_first_of_duplicates_in_one_call(store: Store) -> None:
     created = await store.create_entities(ALICE, [ent("Ada", "person", "a"), ent("Ada", "cat", "b")])
     assert created == [ent("Ada", "person", "a")]
-    assert (await store.read_graph(ALICE)).entities == [ent("Ada", "person", "a")]
+    assert (await store.read_graph(ALICE)).model().entities == [ent("Ada", "person", "a")]
 
 
 async def test_create_entities_stores_repeated_observations_once(store: Store) -> None:
     created = await store.create_entities(ALICE, [ent("Ada", "person", "x", "y", "x")])
     assert created == [ent("Ada", "person", "x", "y")]
-    assert (await store.read_graph(ALICE)).entities[0].observations == ["x", "y"]
+    assert (await store.read_graph(ALICE)).model().entities[0].observations == ["x", "y"]
 
 
 async def test_entity_names_are_case_sensitive(store: Store) -> None:
     created = await store.create_entities(ALICE, [ent("ada"), ent("Ada"), ent("ADA")])
     assert names(KnowledgeGraph(entities=created, relations=[])) == ["ada", "Ada", "ADA"]
-    assert names(await store.open_nodes(ALICE, ["Ada"])) == ["Ada"]
+    assert names((await store.open_nodes(ALICE, ["Ada"])).model()) == ["Ada"]
 
 
 # --- create_relations --------------------------------------------------------------------------
@@ -100,13 +100,13 @@ async def test_create_relations_skips_existing_and_repeated(store: Store) -> Non
     assert await store.create_relations(ALICE, [rel("A", "B")]) == [rel("A", "B")]
     created = await store.create_relations(ALICE, [rel("A", "B"), rel("A", "B", "likes"), rel("A", "B", "likes")])
     assert created == [rel("A", "B", "likes")]
-    assert (await store.read_graph(ALICE)).relations == [rel("A", "B"), rel("A", "B", "likes")]
+    assert (await store.read_graph(ALICE)).model().relations == [rel("A", "B"), rel("A", "B", "likes")]
 
 
 async def test_create_relations_does_not_require_endpoints(store: Store) -> None:
     created = await store.create_relations(ALICE, [rel("Ghost", "Nobody")])
     assert created == [rel("Ghost", "Nobody")]
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == []
     assert graph.relations == [rel("Ghost", "Nobody")]
 
@@ -127,7 +127,7 @@ async def test_add_observations_skips_present_ones(store: Store) -> None:
         AddedObservations(entityName="Ada", addedObservations=["new"]),
         AddedObservations(entityName="Ada", addedObservations=["newer"]),
     ]
-    assert (await store.read_graph(ALICE)).entities[0].observations == ["old", "new", "newer"]
+    assert (await store.read_graph(ALICE)).model().entities[0].observations == ["old", "new", "newer"]
 
 
 async def test_add_observations_is_all_or_nothing(store: Store) -> None:
@@ -142,8 +142,8 @@ async def test_add_observations_is_all_or_nothing(store: Store) -> None:
         )
     assert str(raised.value) == "Entity with name Missing not found"
     assert raised.value.names == ["Missing"]
-    assert (await store.read_graph(ALICE)).entities == [ent("Ada", "person", "old")]
-    assert (await store.search_nodes(ALICE, "would be new")).entities == []
+    assert (await store.read_graph(ALICE)).model().entities == [ent("Ada", "person", "old")]
+    assert (await store.search_nodes(ALICE, "would be new")).model().entities == []
 
 
 async def test_add_observations_names_every_missing_entity(store: Store) -> None:
@@ -161,10 +161,10 @@ async def test_delete_entities_removes_their_relations_and_observations(store: S
     await store.create_entities(ALICE, [ent("A", "t", "a1"), ent("B", "t", "b1"), ent("C", "t", "c1")])
     await store.create_relations(ALICE, [rel("A", "B"), rel("B", "C"), rel("C", "A"), rel("C", "C")])
     await store.delete_entities(ALICE, ["A", "Unknown"])
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == [ent("B", "t", "b1"), ent("C", "t", "c1")]
     assert graph.relations == [rel("B", "C"), rel("C", "C")]
-    assert (await store.search_nodes(ALICE, "a1")).entities == []
+    assert (await store.search_nodes(ALICE, "a1")).model().entities == []
     count = store.db.conn.execute("SELECT count(*) FROM memory_observations").fetchone()[0]
     assert count == 2
     assert_search_index_intact(store)
@@ -173,15 +173,15 @@ async def test_delete_entities_removes_their_relations_and_observations(store: S
 async def test_delete_entities_clears_relations_to_names_never_created(store: Store) -> None:
     await store.create_relations(ALICE, [rel("Ghost", "X"), rel("Y", "Z")])
     await store.delete_entities(ALICE, ["Ghost"])
-    assert (await store.read_graph(ALICE)).relations == [rel("Y", "Z")]
+    assert (await store.read_graph(ALICE)).model().relations == [rel("Y", "Z")]
 
 
 async def test_recreated_entity_starts_empty(store: Store) -> None:
     await store.create_entities(ALICE, [ent("A", "t", "old fact")])
     await store.delete_entities(ALICE, ["A"])
     await store.create_entities(ALICE, [ent("A", "u")])
-    assert (await store.read_graph(ALICE)).entities == [ent("A", "u")]
-    assert (await store.search_nodes(ALICE, "old fact")).entities == []
+    assert (await store.read_graph(ALICE)).model().entities == [ent("A", "u")]
+    assert (await store.search_nodes(ALICE, "old fact")).model().entities == []
 
 
 async def test_delete_observations_is_exact_and_silent(store: Store) -> None:
@@ -193,16 +193,16 @@ async def test_delete_observations_is_exact_and_silent(store: Store) -> None:
             ObservationDeletion(entityName="Nobody", observations=["one"]),
         ],
     )
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == [ent("A", "t", "two", "three"), ent("B", "t", "one")]
-    assert names(await store.search_nodes(ALICE, "one")) == ["B"]
+    assert names((await store.search_nodes(ALICE, "one")).model()) == ["B"]
     assert_search_index_intact(store)
 
 
 async def test_delete_relations_matches_the_exact_triple(store: Store) -> None:
     await store.create_relations(ALICE, [rel("A", "B"), rel("A", "B", "likes"), rel("B", "A")])
     await store.delete_relations(ALICE, [rel("A", "B"), rel("A", "b"), rel("X", "Y")])
-    assert (await store.read_graph(ALICE)).relations == [rel("A", "B", "likes"), rel("B", "A")]
+    assert (await store.read_graph(ALICE)).model().relations == [rel("A", "B", "likes"), rel("B", "A")]
 
 
 # --- read_graph / order ------------------------------------------------------------------------
@@ -216,13 +216,13 @@ async def test_read_graph_keeps_creation_order(store: Store) -> None:
     await store.add_observations(ALICE, [ObservationAddition(entityName="alpha", contents=["a1"])])
     await store.create_relations(ALICE, [rel("mid", "zeta", "r0")])
 
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == [ent("zeta", "t", "z2", "z1", "z0"), ent("alpha", "t", "a9", "a1"), ent("mid", "t")]
     assert [r.relationType for r in graph.relations] == ["r2", "r1", "r0"]
 
 
 async def test_read_graph_of_a_new_owner_is_empty(store: Store) -> None:
-    assert await store.read_graph(ALICE) == KnowledgeGraph(entities=[], relations=[])
+    assert (await store.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
 
 
 # --- search_nodes ------------------------------------------------------------------------------
@@ -268,23 +268,23 @@ async def searchable(store: Store) -> Store:
 async def test_search_nodes_matches_substrings_ignoring_case(
     searchable: Store, query: str, expected: list[str]
 ) -> None:
-    assert names(await searchable.search_nodes(ALICE, query)) == expected
+    assert names((await searchable.search_nodes(ALICE, query)).model()) == expected
 
 
 async def test_search_nodes_with_empty_query_returns_everything(searchable: Store) -> None:
-    result = await searchable.search_nodes(ALICE, "")
-    full = await searchable.read_graph(ALICE)
+    result = (await searchable.search_nodes(ALICE, "")).model()
+    full = (await searchable.read_graph(ALICE)).model()
     assert result.entities == full.entities
     assert result.relations == [r for r in full.relations if r.from_ != "X"]
 
 
 async def test_search_nodes_returns_relations_touching_any_match(searchable: Store) -> None:
-    result = await searchable.search_nodes(ALICE, "loner")
+    result = (await searchable.search_nodes(ALICE, "loner")).model()
     assert names(result) == ["Loner"]
     assert result.entities[0].observations == ["nothing in common"]
     assert result.relations == [rel("Loner", "Zürich", "visits")]
 
-    result = await searchable.search_nodes(ALICE, "charles")
+    result = (await searchable.search_nodes(ALICE, "charles")).model()
     assert result.relations == [rel("Ada Lovelace", "Charles Babbage", "worked_with")]
 
 
@@ -301,7 +301,7 @@ async def test_search_nodes_agrees_with_a_plain_python_search(store: Store) -> N
         for i in range(150)
     ]
     await store.create_entities(ALICE, entities)
-    stored = (await store.read_graph(ALICE)).entities
+    stored = (await store.read_graph(ALICE)).model().entities
     queries = ["".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(150)]
     for query in queries:
         q = query.lower()
@@ -310,14 +310,15 @@ async def test_search_nodes_agrees_with_a_plain_python_search(store: Store) -> N
             for e in stored
             if q in e.name.lower() or q in e.entityType.lower() or any(q in o.lower() for o in e.observations)
         ]
-        assert names(await store.search_nodes(ALICE, query)) == expected, query
+        assert names((await store.search_nodes(ALICE, query)).model()) == expected, query
 
 
 # --- open_nodes --------------------------------------------------------------------------------
 
 
 async def test_open_nodes_fetches_exact_names_with_touching_relations(searchable: Store) -> None:
-    result = await searchable.open_nodes(ALICE, ["Zürich", "Charles Babbage", "missing", "ada lovelace", "Zürich"])
+    asked = ["Zürich", "Charles Babbage", "missing", "ada lovelace", "Zürich"]
+    result = (await searchable.open_nodes(ALICE, asked)).model()
     assert names(result) == ["Charles Babbage", "Zürich"]  # creation order, not request order
     assert result.entities[1].observations == ["Lies on the LIMMAT river", 'Says "Grüezi"']
     assert result.relations == [
@@ -327,8 +328,8 @@ async def test_open_nodes_fetches_exact_names_with_touching_relations(searchable
 
 
 async def test_open_nodes_of_unknown_names_is_empty(searchable: Store) -> None:
-    assert await searchable.open_nodes(ALICE, ["X", "Y"]) == KnowledgeGraph(entities=[], relations=[])
-    assert await searchable.open_nodes(ALICE, []) == KnowledgeGraph(entities=[], relations=[])
+    assert (await searchable.open_nodes(ALICE, ["X", "Y"])).model() == KnowledgeGraph(entities=[], relations=[])
+    assert (await searchable.open_nodes(ALICE, [])).model() == KnowledgeGraph(entities=[], relations=[])
 
 
 # --- owners, persistence, concurrency ----------------------------------------------------------
@@ -341,9 +342,10 @@ async def test_owners_are_isolated(store: Store) -> None:
     assert await store.create_entities(BOB, [ent("Shared", "bob-type", "bob note")]) == [
         ent("Shared", "bob-type", "bob note")
     ]
-    assert await store.read_graph(BOB) == KnowledgeGraph(entities=[ent("Shared", "bob-type", "bob note")], relations=[])
-    assert (await store.search_nodes(BOB, "alice")).entities == []
-    assert (await store.open_nodes(BOB, ["Shared"])).relations == []
+    bobs = KnowledgeGraph(entities=[ent("Shared", "bob-type", "bob note")], relations=[])
+    assert (await store.read_graph(BOB)).model() == bobs
+    assert (await store.search_nodes(BOB, "alice")).model().entities == []
+    assert (await store.open_nodes(BOB, ["Shared"])).model().relations == []
     with pytest.raises(EntityNotFoundError):
         await store.add_observations(BOB, [ObservationAddition(entityName="Only Alice", contents=["x"])])
 
@@ -352,11 +354,11 @@ async def test_owners_are_isolated(store: Store) -> None:
     await store.delete_relations(BOB, [rel("Shared", "Shared", "alice-rel")])
     await store.delete_entities(BOB, ["Shared"])
 
-    assert await store.read_graph(ALICE) == KnowledgeGraph(
+    assert (await store.read_graph(ALICE)).model() == KnowledgeGraph(
         entities=[ent("Shared", "alice-type", "alice secret")], relations=[rel("Shared", "Shared", "alice-rel")]
     )
-    assert await store.read_graph(BOB) == KnowledgeGraph(entities=[], relations=[])
-    assert names(await store.search_nodes(ALICE, "secret")) == ["Shared"]
+    assert (await store.read_graph(BOB)).model() == KnowledgeGraph(entities=[], relations=[])
+    assert names((await store.search_nodes(ALICE, "secret")).model()) == ["Shared"]
     assert_search_index_intact(store)
 
 
@@ -366,13 +368,13 @@ async def test_graph_survives_closing_and_reopening_the_file(tmp_path: Path) -> 
     await first.create_entities(ALICE, [ent("A", "t", "fact one"), ent("B", "t")])
     await first.create_relations(ALICE, [rel("A", "B")])
     await first.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["fact two"])])
-    before = await first.read_graph(ALICE)
+    before = (await first.read_graph(ALICE)).model()
     first.db.close()
 
     second = open_store(path)  # applying the schema again must keep the data
     try:
-        assert await second.read_graph(ALICE) == before
-        assert names(await second.search_nodes(ALICE, "FACT TWO")) == ["B"]
+        assert (await second.read_graph(ALICE)).model() == before
+        assert names((await second.search_nodes(ALICE, "FACT TWO")).model()) == ["B"]
         assert await second.create_entities(ALICE, [ent("A")]) == []
     finally:
         second.db.close()
@@ -388,11 +390,11 @@ async def test_concurrent_calls_lose_nothing(store: Store) -> None:
     relations = [store.create_relations(ALICE, [rel("hub", f"e{i}")]) for i in range(50)]
     await asyncio.gather(*creates, *adds, *relations)
 
-    graph = await store.read_graph(ALICE)
+    graph = (await store.read_graph(ALICE)).model()
     assert sorted(names(graph)) == sorted(["hub", *(f"e{i}" for i in range(50))])
     assert sorted(graph.entities[0].observations) == sorted(f"fact {i}" for i in range(50))
     assert len(graph.relations) == 50
-    assert len(names(await store.search_nodes(ALICE, "first"))) == 50
+    assert len(names((await store.search_nodes(ALICE, "first")).model())) == 50
 
 
 async def test_large_graph(store: Store) -> None:
@@ -410,18 +412,19 @@ async def test_large_graph(store: Store) -> None:
     await store.create_entities(BOB, [ent("Entity 00042", "person", "note 1 about item 42 color-0")])
     await store.create_relations(ALICE, [rel(f"Entity {i:05d}", f"Entity {i + 1:05d}") for i in range(0, 9999, 10)])
 
-    result = await store.search_nodes(ALICE, "ITEM 4242 ")
+    result = (await store.search_nodes(ALICE, "ITEM 4242 ")).model()
     assert names(result) == ["Entity 04242"]
     assert len(result.entities[0].observations) == 5
     assert result.relations == []
 
-    result = await store.search_nodes(ALICE, "entity 0424")
+    result = (await store.search_nodes(ALICE, "entity 0424")).model()
     assert names(result) == [f"Entity {i:05d}" for i in range(4240, 4250)]
     assert result.relations == [rel("Entity 04240", "Entity 04241")]
 
-    assert len((await store.search_nodes(ALICE, "color-3")).entities) == len(range(3, 10_000, 7))
-    assert names(await store.open_nodes(ALICE, ["Entity 09999", "Entity 00000"])) == ["Entity 00000", "Entity 09999"]
-    graph = await store.read_graph(ALICE)
+    assert len((await store.search_nodes(ALICE, "color-3")).model().entities) == len(range(3, 10_000, 7))
+    opened = (await store.open_nodes(ALICE, ["Entity 09999", "Entity 00000"])).model()
+    assert names(opened) == ["Entity 00000", "Entity 09999"]
+    graph = (await store.read_graph(ALICE)).model()
     assert len(graph.entities) == 10_000
     assert sum(len(e.observations) for e in graph.entities) == 50_000
     assert graph.entities[1234] == entities[1234]
@@ -434,8 +437,100 @@ async def test_delete_graph_forgets_one_owner_only(store: Store) -> None:
         await store.create_relations(owner, [Relation.model_validate({"from": "a", "to": "ghost",
                                                                        "relationType": "r"})])
     assert await store.delete_graph("alice") == 2
-    assert await store.read_graph("alice") == KnowledgeGraph(entities=[], relations=[])
-    assert (await store.search_nodes("alice", "one")).entities == []
-    bob = await store.read_graph("bob")
+    assert (await store.read_graph("alice")).model() == KnowledgeGraph(entities=[], relations=[])
+    assert (await store.search_nodes("alice", "one")).model().entities == []
+    bob = (await store.read_graph("bob")).model()
     assert [e.name for e in bob.entities] == ["a", "b"] and len(bob.relations) == 1
-    assert (await store.search_nodes("bob", "two")).entities[0].name == "a"
+    assert (await store.search_nodes("bob", "two")).model().entities[0].name == "a"
+
+
+# --- the read_graph view (memory_graph_chunks) -------------------------------------------------
+
+
+def graph_from_rows(store: Store, owner: str) -> KnowledgeGraph:
+    """The owner's graph read straight from the tables, bypassing the chunked view."""
+    conn = store.db.conn
+    observations = "SELECT content FROM memory_observations WHERE owner = ? AND entity_id = ? ORDER BY id"
+    entities = [
+        ent(row["name"], row["entity_type"], *(o[0] for o in conn.execute(observations, (owner, row["id"]))))
+        for row in conn.execute("SELECT id, name, entity_type FROM memory_entities WHERE owner = ? ORDER BY id",
+                                (owner,))
+    ]
+    relations = [rel(row["from_name"], row["to_name"], row["relation_type"]) for row in conn.execute(
+        "SELECT from_name, to_name, relation_type FROM memory_relations WHERE owner = ? ORDER BY id", (owner,))]
+    return KnowledgeGraph(entities=entities, relations=relations)
+
+
+async def test_read_graph_view_follows_every_kind_of_change(store: Store) -> None:
+    """Random mutations over several chunks and two owners; after each, the view equals the rows."""
+    rng = random.Random(3)
+    owners = (ALICE, BOB)
+    for step in range(300):
+        owner = rng.choice(owners)
+        pool = [f"e{i}" for i in range(700)]  # several chunks of 128
+        op = rng.randrange(6)
+        if op == 0:
+            await store.create_entities(owner, [ent(n, "t", f"o{step}") for n in rng.sample(pool, rng.randint(1, 80))])
+        elif op == 1:
+            await store.create_relations(owner, [rel(rng.choice(pool), rng.choice(pool)) for _ in range(20)])
+        elif op == 2:
+            existing = [e.name for e in graph_from_rows(store, owner).entities]
+            if existing:
+                await store.add_observations(owner, [ObservationAddition(entityName=n, contents=[f"more {step}"])
+                                                     for n in rng.sample(existing, min(5, len(existing)))])
+        elif op == 3:
+            await store.delete_entities(owner, rng.sample(pool, 15))
+        elif op == 4:
+            await store.delete_observations(owner, [ObservationDeletion(entityName=n, observations=[f"o{s}"])
+                                                    for n in rng.sample(pool, 30) for s in range(step - 20, step)])
+        else:
+            current = graph_from_rows(store, owner).relations
+            await store.delete_relations(owner, rng.sample(current, min(4, len(current))))
+        if step % 7 == 0 or step > 280:
+            for who in owners:
+                assert (await store.read_graph(who)).model() == graph_from_rows(store, who), f"step {step}"
+    assert len(graph_from_rows(store, ALICE).entities) > 3 * 128
+
+
+async def test_read_graph_view_sees_another_connections_writes(tmp_path: Path) -> None:
+    """Two connections on one file, as two processes would have: a write through one is in the
+    next read through the other, however warm its view was."""
+    path = tmp_path / "m.sqlite3"
+    reader, writer = open_store(path), open_store(path)
+    try:
+        await writer.create_entities(ALICE, [ent("A", "t", "one")])
+        assert names((await reader.read_graph(ALICE)).model()) == ["A"]
+        await writer.add_observations(ALICE, [ObservationAddition(entityName="A", contents=["two"])])
+        await writer.create_relations(ALICE, [rel("A", "A")])
+        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(
+            entities=[ent("A", "t", "one", "two")], relations=[rel("A", "A")])
+        await writer.delete_entities(ALICE, ["A"])
+        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
+    finally:
+        reader.db.close()
+        writer.db.close()
+
+
+async def test_read_graph_view_is_rebuilt_for_a_database_without_it(tmp_path: Path) -> None:
+    """A file written before the view existed has rows and no chunks: `migrate` indexes them."""
+    path = tmp_path / "m.sqlite3"
+    store = open_store(path)
+    await store.create_entities(ALICE, [ent(f"n{i}", "t", f"fact {i}") for i in range(600)])
+    await store.create_relations(ALICE, [rel("n1", "n2"), rel("n599", "n0")])
+    expected = graph_from_rows(store, ALICE)
+    store.db.conn.execute("DELETE FROM memory_graph_chunks")
+    assert (await store.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
+    GraphTables.migrate(store.db)
+    assert (await store.read_graph(ALICE)).model() == expected
+    GraphTables.migrate(store.db)  # again: a no-op on a database that has its chunks
+    assert (await store.read_graph(ALICE)).model() == expected
+    store.db.close()
+
+
+async def test_delete_graph_leaves_no_chunks(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("a", "t", "x")])
+    await store.create_relations(ALICE, [rel("a", "ghost")])
+    await store.read_graph(ALICE)
+    await store.delete_graph(ALICE)
+    left = store.db.conn.execute("SELECT count(*) FROM memory_graph_chunks WHERE owner = ?", (ALICE,)).fetchone()
+    assert left[0] == 0

@@ -19,6 +19,7 @@ from server.memory.tools import (
     MAX_OBSERVATIONS_PER_CALL,
     TOOL_SCOPES,
     TOOLS,
+    GraphResult,
     call_tool,
 )
 from server.storage.sqlite.db import Database
@@ -59,15 +60,23 @@ def text_of(result: types.CallToolResult) -> str:
 
 
 async def ok(store: Store, name: str, arguments: dict[str, Any] | None) -> Any:
-    result = await call_tool(store, OWNER, name, arguments)
+    result = plain(await call_tool(store, OWNER, name, arguments))
     assert not result.is_error, text_of(result)
     assert result.structured_content == json.loads(text_of(result))
     return result.structured_content
 
 
+def plain(result: types.CallToolResult | GraphResult) -> types.CallToolResult:
+    if isinstance(result, GraphResult):
+        assert json.loads(result.graph.text) == result.graph.json.decode()
+        converted: types.CallToolResult = result.result()
+        return converted
+    return result
+
+
 async def failed(store: Store, name: str, arguments: dict[str, Any] | None) -> str:
     before = await ok(store, "read_graph", {})
-    result = await call_tool(store, OWNER, name, arguments)
+    result = plain(await call_tool(store, OWNER, name, arguments))
     assert result.is_error
     assert result.structured_content is None
     assert await ok(store, "read_graph", {}) == before, "a rejected call must not change the graph"
@@ -273,12 +282,15 @@ async def test_full_session_through_the_tools(store: Store) -> None:
 
 
 async def test_text_content_is_the_structured_result_as_json(store: Store) -> None:
-    result = await call_tool(
+    result = plain(await call_tool(
         store, OWNER, "create_entities", {"entities": [{"name": "Zoë", "entityType": "t", "observations": ["ü"]}]}
-    )
+    ))
     # Compact, unescaped UTF-8 JSON (fewer tokens for the model than the official indent).
     assert text_of(result) == json.dumps(result.structured_content, separators=(",", ":"), ensure_ascii=False)
     assert '"Zoë"' in text_of(result)
+    # The same for the graph queries, whose JSON comes from the store already written.
+    graph = plain(await call_tool(store, OWNER, "read_graph", {}))
+    assert text_of(graph) == json.dumps(graph.structured_content, separators=(",", ":"), ensure_ascii=False)
 
 
 # --- errors ------------------------------------------------------------------------------------

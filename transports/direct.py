@@ -5,7 +5,8 @@ transport's machinery (SSE response, event log, per-request task and stream); me
 machinery is most of the cost of a call (docs/performance.md). The server supplies the handlers
 (the same functions its MCP server uses), and the answer is shaped exactly as the SDK shapes it:
 the result model dumped by alias, then sieved to the session's protocol version by
-`mcp_types.methods.serialize_server_result`. Anything else (other methods, streams, clients that
+`mcp_types.methods.serialize_server_result`. A handler may also return a `Prepared` result, whose
+largest values arrive already serialised. Anything else (other methods, streams, clients that
 only accept SSE) goes to the SDK transport as before.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -23,9 +25,27 @@ from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
-DirectHandler = Callable[[Mapping[str, Any] | None], Awaitable[BaseModel]]
-"""Validates the request's params and returns the result model; raises `MCPError` for a
-JSON-RPC error, `ValidationError` for invalid params."""
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A result some of whose values are already JSON.
+
+    `model` holds a stand-in (any valid value) at each path in `fragments`. The model is shaped for
+    the session's protocol version like any result, then each fragment (a JSON value, as bytes)
+    takes its stand-in's place, if that version has the field. Why: a multi-megabyte value (a
+    whole knowledge graph) costs more to validate and dump through pydantic than everything else in
+    the call, and the handler may have its JSON at hand anyway. The fragments are not even copied
+    into one body: the response is written as the pieces between them and the fragments.
+    """
+
+    model: BaseModel
+    fragments: Mapping[tuple[str | int, ...], bytes]
+
+
+DirectHandler = Callable[[Mapping[str, Any] | None], Awaitable[BaseModel | Prepared]]
+"""Validates the request's params and returns the result; raises `MCPError` for a JSON-RPC
+error, `ValidationError` for invalid params."""
 
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
@@ -46,13 +66,16 @@ def is_request(message: Mapping[str, Any]) -> bool:
 
 
 async def answer(handler: DirectHandler, message: Mapping[str, Any], version: str,
-                 headers: Mapping[str, str]) -> web.Response:
+                 headers: Mapping[str, str]) -> web.StreamResponse:
     method, request_id = message["method"], message["id"]
     try:
         result = await handler(message.get("params"))
-        dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id,
-                                "result": methods.serialize_server_result(method, version, dumped)}
+        model, fragments = (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
+        dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+        shaped = methods.serialize_server_result(method, version, dumped)
+        if fragments:
+            return _with_fragments({"jsonrpc": "2.0", "id": request_id, "result": shaped}, fragments, headers)
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": shaped}
     except MCPError as exc:
         body = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(by_alias=True, exclude_none=True)}
     except ValidationError:
@@ -62,3 +85,52 @@ async def answer(handler: DirectHandler, message: Mapping[str, Any], version: st
         log.exception("%s failed", method)
         body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INTERNAL_ERROR, "message": "Internal error"}}
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ...], bytes],
+                    headers: Mapping[str, str]) -> web.StreamResponse:
+    # Each fragment goes in as a one-byte marker, a control character: orjson escapes those in
+    # strings and writes no whitespace, so a raw one in its output can only be a marker. The body
+    # is then the output cut at the markers, with the fragments in between.
+    placed: dict[bytes, bytes] = {}
+    for path, fragment in fragments.items():
+        mark = bytes([1 + len(placed)])
+        if _replace(body["result"], path, orjson.Fragment(mark)):
+            placed[mark] = fragment
+    serialized = orjson.dumps(body)
+    parts: list[bytes] = []
+    start = 0
+    for at, mark in sorted((serialized.index(mark), mark) for mark in placed):
+        parts += (serialized[start:at], placed[mark])
+        start = at + 1
+    parts.append(serialized[start:])
+    return _PartsResponse(parts, headers)
+
+
+class _PartsResponse(web.StreamResponse):
+    """A JSON response whose body is written as a sequence of byte strings, none copied."""
+
+    def __init__(self, parts: list[bytes], headers: Mapping[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.content_type = "application/json"
+        self.content_length = sum(map(len, parts))
+        self._parts = parts
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        parts, self._parts = self._parts, []
+        for part in parts:
+            await self.write(part)
+        await super().write_eof(data)
+
+
+def _replace(shaped: Any, path: tuple[str | int, ...], value: orjson.Fragment) -> bool:
+    """Put `value` at `path` in `shaped`, unless the shaping dropped something along the path."""
+    *parents, last = path
+    try:
+        for step in parents:
+            shaped = shaped[step]
+        shaped[last]
+    except (KeyError, IndexError, TypeError):
+        return False
+    shaped[last] = value
+    return True

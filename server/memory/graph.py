@@ -19,9 +19,11 @@ client written against it works unchanged. Contract every `GraphStore` keeps:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 
@@ -44,6 +46,53 @@ class Relation(BaseModel):
 class KnowledgeGraph(BaseModel):
     entities: list[Entity]
     relations: list[Relation]
+
+
+Piece = tuple[bytes, bytes]
+"""An item (entity or relation), or a run of items joined by commas, as JSON: (the JSON, the same
+JSON escaped as the inside of a JSON string). See `GraphJSON`."""
+
+
+def piece(item_json: bytes) -> Piece:
+    return item_json, orjson.dumps(item_json.decode())[1:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphJSON:
+    """A graph (or part of one) as a tool result carries it, already serialised.
+
+    `json` is the object `{"entities": [...], "relations": [...]}` in the wire shape, compact,
+    exactly as `orjson.dumps` writes it; `text` is that JSON as a JSON string (quoted, escaped),
+    the value of the result's text block. Queries return JSON rather than models because a large
+    graph goes straight to the wire: a 10,000-entity `read_graph` is 4-5 MB, and building models
+    for it, dumping them and escaping the text took longer than everything else in the call
+    (docs/performance.md). A store can keep pieces of both forms (the SQLite view does) and join
+    them; escaping is per character, so the escaped pieces join like the JSON ones.
+    """
+
+    json: bytes
+    text: bytes
+
+    @classmethod
+    def of(cls, entities: Iterable[Piece], relations: Iterable[Piece]) -> GraphJSON:
+        """From the pieces of the entities and of the relations, in order; one copy of the bytes."""
+        json_parts, text_parts = [b'{"entities":['], [b'"{\\"entities\\":[']
+        closings = ((b'],"relations":[', b'],\\"relations\\":['), (b"]}", b']}"'))
+        for pieces, closing in zip((entities, relations), closings, strict=True):
+            first = True
+            for item_json, item_text in pieces:
+                if not first:
+                    json_parts.append(b",")
+                    text_parts.append(b",")
+                json_parts.append(item_json)
+                text_parts.append(item_text)
+                first = False
+            json_parts.append(closing[0])
+            text_parts.append(closing[1])
+        return cls(json=b"".join(json_parts), text=b"".join(text_parts))
+
+    def model(self) -> KnowledgeGraph:
+        return KnowledgeGraph.model_validate_json(self.json)
 
 
 class ObservationAddition(BaseModel):
@@ -101,14 +150,14 @@ class GraphStore(Protocol):
         """Exact-triple removal; unknown relations are ignored."""
         ...
 
-    async def read_graph(self, owner: str) -> KnowledgeGraph: ...
+    async def read_graph(self, owner: str) -> GraphJSON: ...
 
-    async def search_nodes(self, owner: str, query: str) -> KnowledgeGraph:
+    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
         """Entities whose name, type or any observation contains `query`, ignoring case, plus every
         relation with at least one endpoint among them."""
         ...
 
-    async def open_nodes(self, owner: str, names: Sequence[str]) -> KnowledgeGraph:
+    async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
         """The named entities that exist, plus every relation with at least one endpoint among them."""
         ...
 

@@ -25,6 +25,7 @@ from auth.settings import READ_SCOPE, WRITE_SCOPE
 from server.memory.graph import (
     Entity,
     EntityNotFoundError,
+    GraphJSON,
     GraphStore,
     ObservationAddition,
     ObservationDeletion,
@@ -141,7 +142,7 @@ class _OpenNodes(_Arguments):
 
 # --- the operations ----------------------------------------------------------------------------
 
-Result = dict[str, Any]
+Result = dict[str, Any] | GraphJSON
 
 
 async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities) -> Result:
@@ -178,15 +179,15 @@ async def _delete_relations(graph: GraphStore, owner: str, args: _Relations) -> 
 
 
 async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments) -> Result:
-    return (await graph.read_graph(owner)).model_dump()
+    return await graph.read_graph(owner)
 
 
 async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes) -> Result:
-    return (await graph.search_nodes(owner, args.query)).model_dump()
+    return await graph.search_nodes(owner, args.query)
 
 
 async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes) -> Result:
-    return (await graph.open_nodes(owner, args.names)).model_dump()
+    return await graph.open_nodes(owner, args.names)
 
 
 A = TypeVar("A", bound=_Arguments)
@@ -223,12 +224,16 @@ TOOL_SCOPES: Final[dict[str, str]] = {
 }
 
 
-async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
+async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None
+                    ) -> types.CallToolResult | GraphResult:
     """Run tool `name` for `owner`.
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
     on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). Storage failures
     propagate.
+
+    A graph query's result comes back as a `GraphResult`, which keeps the graph as the JSON the
+    store wrote (`GraphJSON` says why); its `result()` is the ordinary `CallToolResult`.
     """
     operation = _OPERATIONS.get(name)
     if operation is None:
@@ -245,14 +250,31 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
             " Create the missing entities with create_entities first, or check the spelling"
             " (entity names are case-sensitive)."
         )
-    return types.CallToolResult(
-        # Compact JSON, unlike the official server's two-space indent: the text is what the model
-        # reads, and a large read_graph then costs about a third fewer tokens (the official
-        # server's most reported problem is read_graph overflowing the context). orjson because the
-        # standard library's encoder takes longer than SQLite on a large graph.
-        content=[types.TextContent(text=orjson.dumps(result).decode())],
-        structured_content=result,
-    )
+    if isinstance(result, GraphJSON):
+        return GraphResult(result)
+    return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(result).decode())],
+                                structured_content=result)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphResult:
+    """The result of a graph query (read_graph, search_nodes, open_nodes), still as JSON.
+
+    Like every result here, its text is the structured result as compact JSON, unlike the official
+    server's two-space indent: the text is what the model reads, and a large read_graph then costs
+    about a third fewer tokens (the official server's most reported problem is read_graph
+    overflowing the context).
+    """
+
+    graph: GraphJSON
+
+    def result(self) -> types.CallToolResult:
+        return types.CallToolResult(content=[types.TextContent(text=self.graph.json.decode())],
+                                    structured_content=orjson.loads(self.graph.json))
+
+    def stand_in(self) -> types.CallToolResult:
+        """The result's shape, with empty values where `graph.text` and `graph.json` go."""
+        return types.CallToolResult(content=[types.TextContent(text="")], structured_content={})
 
 
 def _error(message: str) -> types.CallToolResult:

@@ -24,6 +24,7 @@ class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, Ev
                        EventTables.SCHEMA):
             self.db.apply_schema(schema)
         migrate(self.db)
+        GraphTables.migrate(self.db)
 
     async def close(self) -> None:
         self.db.close()
