@@ -128,3 +128,31 @@ async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http:
     assert last_message(again)["id"] == 4
     assert (await http.delete(server.url + "/mcp", headers=headers)).status_code == 200
     assert len(server.registry) == 0
+
+
+async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx2.AsyncClient,
+                                                                     server: RunningServer) -> None:
+    """Above 256 KiB the direct path writes the graph's JSON as separate pieces (transports.direct
+    ._PartsResponse); the client must still get one exact body of the announced length."""
+    token = await access_token(server, "alice", "alice-password-1")
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    init = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+    entities = [{"name": f"big {i:04d} \"q\"", "entityType": "t", "observations": [f"{i} ü \\ " + "x" * 1000]}
+                for i in range(600)]
+    for start in range(0, 600, 200):
+        made = await http.post(server.url + "/mcp", headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "create_entities", "arguments": {"entities": entities[start:start + 200]}}})
+        assert made.status_code == 200 and "error" not in made.json()
+    resp = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": "read", "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("application/json")
+    assert int(resp.headers["content-length"]) == len(resp.content) > 2 * 256 * 1024
+    body = json.loads(resp.content)
+    assert body["id"] == "read"
+    result = body["result"]
+    assert result["structuredContent"]["entities"] == entities
+    assert json.loads(result["content"][0]["text"]) == result["structuredContent"]

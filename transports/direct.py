@@ -49,6 +49,8 @@ error, `ValidationError` for invalid params."""
 
 INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
+_SEPARATE_WRITES_FROM = 256 * 1024
+"""Fragments smaller than this in all are copied into one body: one write, one TCP segment."""
 
 
 def accepts_json(request: web.Request) -> bool:
@@ -104,6 +106,8 @@ def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ..
         parts += (serialized[start:at], placed[mark])
         start = at + 1
     parts.append(serialized[start:])
+    if sum(map(len, placed.values())) < _SEPARATE_WRITES_FROM:
+        return web.Response(body=b"".join(parts), content_type="application/json", headers=headers)
     return _PartsResponse(parts, headers)
 
 
