@@ -121,13 +121,19 @@ def test_streamable_http_never_fails_badly(threaded: ThreadedServer, http: httpx
         headers["Mcp-Session-Id"] = session_id
     body = garbage if raw else json.dumps(message).encode()
     resp = http.post(base + "/mcp", content=body, headers=headers)
-    assert resp.status_code < 500, resp.text
-    assert "Traceback" not in resp.text
-    if which == "other-user" and resp.status_code not in (401, 403, 415, 413):
-        assert resp.status_code in (400, 404)  # never served on bob's session with alice's token
-    for sid in filter(None, [resp.headers.get("mcp-session-id"), session_id]):
-        for token in (threaded.token, threaded.bob_token):
-            http.delete(base + "/mcp", headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": sid})
+    try:
+        assert resp.status_code < 500, resp.text
+        assert "Traceback" not in resp.text
+        # Never served on bob's session with alice's token. The 2026-07-28 era has no sessions: its
+        # requests are answered statelessly for the token's own user and the header is not used.
+        if which == "other-user" and version != "2026-07-28" and resp.status_code not in (401, 403, 415, 413):
+            assert resp.status_code in (400, 404)
+    finally:
+        # Also after a failure: hypothesis replays and shrinks on the same server, and leaked
+        # sessions would hit the per-user cap (429) in every later example.
+        for sid in filter(None, [resp.headers.get("mcp-session-id"), session_id]):
+            for token in (threaded.token, threaded.bob_token):
+                http.delete(base + "/mcp", headers={"Authorization": f"Bearer {token}", "Mcp-Session-Id": sid})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
