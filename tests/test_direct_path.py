@@ -50,12 +50,18 @@ def last_message(resp: httpx2.Response) -> Any:
     return resp.json()
 
 
-async def run_calls(http: httpx2.AsyncClient, server: RunningServer, token: str, version: str) -> list[Any]:
+async def initialize(http: httpx2.AsyncClient, server: RunningServer, token: str, version: str) -> dict[str, str]:
+    """Open a session (initialize only); returns the headers for requests in it."""
     headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
     init = await http.post(server.url + "/mcp", headers=headers, json={
         "jsonrpc": "2.0", "id": 0, "method": "initialize",
         "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
     headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": version})
+    return headers
+
+
+async def run_calls(http: httpx2.AsyncClient, server: RunningServer, token: str, version: str) -> list[Any]:
+    headers = await initialize(http, server, token, version)
     await http.post(server.url + "/mcp", headers=headers,
                     json={"jsonrpc": "2.0", "method": "notifications/initialized"})
     answers = []
@@ -97,11 +103,7 @@ async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http:
     """An idle session holds no SDK transport: tools/call is answered without one, anything else
     starts it again with the handshake already done, and parking it again loses nothing."""
     token = await access_token(server, "alice", "alice-password-1")
-    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
-    init = await http.post(server.url + "/mcp", headers=headers, json={
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+    headers = await initialize(http, server, token, "2025-11-25")
     [session] = server.registry.sessions()
     for _ in range(50):  # the handler parks the session just after the response has gone out
         if session.transport is None:
@@ -135,11 +137,7 @@ async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx
     """Above 256 KiB the direct path writes the graph's JSON as separate pieces (transports.direct
     ._PartsResponse); the client must still get one exact body of the announced length."""
     token = await access_token(server, "alice", "alice-password-1")
-    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
-    init = await http.post(server.url + "/mcp", headers=headers, json={
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
-    headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"})
+    headers = await initialize(http, server, token, "2025-11-25")
     entities = [{"name": f"big {i:04d} \"q\"", "entityType": "t", "observations": [f"{i} ü \\ " + "x" * 1000]}
                 for i in range(600)]
     for start in range(0, 600, 200):

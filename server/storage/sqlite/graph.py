@@ -532,7 +532,8 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
         observations[row["entity_id"]].append(row["content"])
     names = json.dumps([row["name"] for row in entity_rows])
     relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "names": names}).fetchall()
-    return GraphJSON.of(
-        (piece(_entity_json(row["name"], row["entity_type"], observations[row["id"]])) for row in entity_rows),
-        (piece(_relation_json(row["from_name"], row["to_name"], row["relation_type"])) for row in relation_rows),
-    )
+    entities = [_entity_json(row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows]
+    relations = [_relation_json(row["from_name"], row["to_name"], row["relation_type"]) for row in relation_rows]
+    # Each kind as one run of items, so that the text is escaped once per kind, not per item.
+    return GraphJSON.of([piece(b",".join(entities))] if entities else [],
+                        [piece(b",".join(relations))] if relations else [])
