@@ -108,7 +108,7 @@ async def main() -> None:
         for query in ("entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person", "qx"):
             result = await store.search_nodes(owner, query)
             samples = await timed(lambda q=query: store.search_nodes(owner, q), args.repeat)  # type: ignore[misc]
-            report(f"search_nodes {query!r} -> {len(result.entities)} entities", samples)
+            report(f"search_nodes {query!r} -> {len(result.model().entities)} entities", samples)
 
         picks = rng.sample(names, 10)
         report("open_nodes (10 names)", await timed(lambda: store.open_nodes(owner, picks), args.repeat))

@@ -75,8 +75,8 @@ class MemoryTools:
             if not isinstance(result, GraphResult):
                 return result
             # The graph goes into the answer as the JSON it already is (transports.direct.Prepared).
-            return Prepared(result.stand_in(), {("content", 0, "text"): result.graph.text,
-                                                ("structuredContent",): result.graph.json})
+            return Prepared(result.stand_in(), {("content", 0, "text"): result.graph.text_parts,
+                                                ("structuredContent",): result.graph.json_parts})
 
         return {"tools/list": list_tools, "tools/call": tools_call}
 

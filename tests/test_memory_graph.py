@@ -461,12 +461,25 @@ def graph_from_rows(store: Store, owner: str) -> KnowledgeGraph:
     return KnowledgeGraph(entities=entities, relations=relations)
 
 
-async def test_read_graph_view_follows_every_kind_of_change(store: Store) -> None:
-    """Random mutations over several chunks and two owners; after each, the view equals the rows."""
+async def test_read_graph_view_follows_every_kind_of_change(tmp_path: Path) -> None:
+    """Random mutations over several chunks and two owners, through two connections to one file
+    (as two processes would have them), one of them keeping little of the view in memory; after
+    each step, a read through either connection equals the rows."""
     rng = random.Random(3)
     owners = (ALICE, BOB)
+    connections = (open_store(tmp_path / "m.sqlite3"), open_store(tmp_path / "m.sqlite3"))
+    connections[1]._view.budget = 150_000  # about one owner's graph: the other is evicted or not kept
+    try:
+        await _follow_random_changes(rng, owners, connections)
+    finally:
+        for connection in connections:
+            connection.db.close()
+
+
+async def _follow_random_changes(rng: random.Random, owners: tuple[str, ...], connections: tuple[Store, ...]) -> None:
     for step in range(300):
         owner = rng.choice(owners)
+        store = rng.choice(connections)
         pool = [f"e{i}" for i in range(700)]  # several chunks of 128
         op = rng.randrange(6)
         if op == 0:
@@ -486,10 +499,16 @@ async def test_read_graph_view_follows_every_kind_of_change(store: Store) -> Non
         else:
             current = graph_from_rows(store, owner).relations
             await store.delete_relations(owner, rng.sample(current, min(4, len(current))))
-        if step % 7 == 0 or step > 280:
+        if step % 3 == 0 or step > 280:
             for who in owners:
-                assert (await store.read_graph(who)).model() == graph_from_rows(store, who), f"step {step}"
-    assert len(graph_from_rows(store, ALICE).entities) > 3 * 128
+                reader = rng.choice(connections)
+                assert (await reader.read_graph(who)).model() == graph_from_rows(store, who), f"step {step}"
+                assert reader._view.held_bytes <= reader._view.budget
+    # The test is only as good as its spread: rows in several chunks, and more than fits one copy.
+    chunks = store.db.conn.execute("SELECT count(*) FROM memory_graph_chunks WHERE owner = ? AND kind = 0",
+                                   (ALICE,)).fetchone()[0]
+    assert len(graph_from_rows(store, ALICE).entities) > 128 and chunks >= 4
+    assert connections[1]._view.held_owners() != list(owners)
 
 
 async def test_read_graph_view_sees_another_connections_writes(tmp_path: Path) -> None:
@@ -509,6 +528,69 @@ async def test_read_graph_view_sees_another_connections_writes(tmp_path: Path) -
     finally:
         reader.db.close()
         writer.db.close()
+
+
+async def test_read_graph_view_copy_follows_chunks_rebuilt_elsewhere(tmp_path: Path) -> None:
+    """The case the generations exist for: another process writes *and* rebuilds the chunks (by
+    reading), so this process finds them fresh but different from its copy; and a chunk deleted
+    and created again with other rows (the ids of the newest rows are reused) is not mistaken for
+    the one this process holds."""
+    path = tmp_path / "m.sqlite3"
+    reader, writer = open_store(path), open_store(path)
+    try:
+        await writer.create_entities(ALICE, [ent("A", "t", "one"), ent("B", "t", "two")])
+        assert names((await reader.read_graph(ALICE)).model()) == ["A", "B"]
+        await writer.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["three"])])
+        await writer.read_graph(ALICE)
+        assert (await reader.read_graph(ALICE)).model().entities[1] == ent("B", "t", "two", "three")
+        await writer.delete_entities(ALICE, ["A", "B"])
+        await writer.read_graph(ALICE)  # the chunk is now deleted...
+        await writer.create_entities(ALICE, [ent("C", "t", "four")])  # ...and created again, same ids
+        await writer.read_graph(ALICE)
+        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[ent("C", "t", "four")],
+                                                                       relations=[])
+    finally:
+        reader.db.close()
+        writer.db.close()
+
+
+async def test_read_graph_view_copy_keeps_within_its_budget(store: Store) -> None:
+    """Least recently read owners are dropped first; a graph larger than the budget is served
+    without being kept."""
+    for owner in ("o1", "o2", "o3"):
+        await store.create_entities(owner, [ent(f"{owner}-{i}", "t", "x" * 100) for i in range(100)])
+    store._view.budget = 70_000  # each graph is 32 KB (its JSON and its escaped text): two fit
+    for owner in ("o1", "o2", "o1", "o3"):
+        assert len((await store.read_graph(owner)).model().entities) == 100
+    assert store._view.held_owners() == ["o1", "o3"]
+    assert store._view.held_bytes <= store._view.budget
+    await store.create_entities("big", [ent(f"big-{i}", "t", "y" * 1000) for i in range(100)])
+    assert len((await store.read_graph("big")).model().entities) == 100
+    assert store._view.held_owners() == ["o1", "o3"]
+    await store.delete_graph("o1")
+    assert store._view.held_owners() == ["o3"]
+
+
+async def test_read_graph_view_of_an_older_layout_is_replaced(tmp_path: Path) -> None:
+    """The first released layout (WITHOUT ROWID, no generations) is dropped and rebuilt."""
+    path = tmp_path / "m.sqlite3"
+    store = open_store(path)
+    await store.create_entities(ALICE, [ent(f"n{i}", "t", f"fact {i}") for i in range(300)])
+    expected = graph_from_rows(store, ALICE)
+    with store.db.transaction() as conn:
+        conn.execute("DROP TABLE memory_graph_chunks")
+        conn.execute("CREATE TABLE memory_graph_chunks (owner TEXT NOT NULL, kind INTEGER NOT NULL,"
+                     " chunk INTEGER NOT NULL, json BLOB, text BLOB, PRIMARY KEY (owner, kind, chunk)) WITHOUT ROWID")
+        conn.execute("INSERT INTO memory_graph_chunks VALUES (?, 0, 0, x'00', x'00')", (ALICE,))
+    store.db.close()
+    reopened = open_store(path)
+    GraphTables.migrate(reopened.db)
+    try:
+        columns = [row[1] for row in reopened.db.conn.execute("PRAGMA table_info(memory_graph_chunks)")]
+        assert columns == ["id", "owner", "kind", "chunk", "generation", "json", "text"]
+        assert (await reopened.read_graph(ALICE)).model() == expected
+    finally:
+        reopened.db.close()
 
 
 async def test_read_graph_view_is_rebuilt_for_a_database_without_it(tmp_path: Path) -> None:

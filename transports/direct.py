@@ -13,7 +13,7 @@ only accept SSE) goes to the SDK transport as before.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,15 +32,16 @@ class Prepared:
     """A result some of whose values are already JSON.
 
     `model` holds a stand-in (any valid value) at each path in `fragments`. The model is shaped for
-    the session's protocol version like any result, then each fragment (a JSON value, as bytes)
-    takes its stand-in's place, if that version has the field. Why: a multi-megabyte value (a
-    whole knowledge graph) costs more to validate and dump through pydantic than everything else in
-    the call, and the handler may have its JSON at hand anyway. The fragments are not even copied
-    into one body: the response is written as the pieces between them and the fragments.
+    the session's protocol version like any result, then each fragment (a JSON value, as the byte
+    strings it is the concatenation of) takes its stand-in's place, if that version has the field.
+    Why: a multi-megabyte value (a whole knowledge graph) costs more to validate and dump through
+    pydantic than everything else in the call, and the handler may have its JSON at hand anyway,
+    in pieces. The pieces are not even copied into one body when they are large: the response is
+    written as the bytes between the fragments and the fragments' own pieces.
     """
 
     model: BaseModel
-    fragments: Mapping[tuple[str | int, ...], bytes]
+    fragments: Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]]
 
 
 DirectHandler = Callable[[Mapping[str, Any] | None], Awaitable[BaseModel | Prepared]]
@@ -51,6 +52,8 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 _SEPARATE_WRITES_FROM = 256 * 1024
 """Fragments smaller than this in all are copied into one body: one write, one TCP segment."""
+_COALESCE_BELOW = 16 * 1024
+"""In a body written in parts, runs of parts smaller than this are copied into one write."""
 
 
 def accepts_json(request: web.Request) -> bool:
@@ -89,32 +92,34 @@ async def answer(handler: DirectHandler, message: Mapping[str, Any], version: st
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
-def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ...], bytes],
+def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]],
                     headers: Mapping[str, str]) -> web.StreamResponse:
     # Each fragment goes in as a one-byte marker, a control character: orjson escapes those in
     # strings and writes no whitespace, so a raw one in its output can only be a marker. The body
     # is then the output cut at the markers, with the fragments in between.
-    placed: dict[bytes, bytes] = {}
+    placed: dict[bytes, Sequence[bytes | memoryview]] = {}
     for path, fragment in fragments.items():
         mark = bytes([1 + len(placed)])
         if _replace(body["result"], path, orjson.Fragment(mark)):
             placed[mark] = fragment
     serialized = orjson.dumps(body)
-    parts: list[bytes] = []
+    parts: list[bytes | memoryview] = []
     start = 0
     for at, mark in sorted((serialized.index(mark), mark) for mark in placed):
-        parts += (serialized[start:at], placed[mark])
+        parts.append(serialized[start:at])
+        parts += placed[mark]
         start = at + 1
     parts.append(serialized[start:])
-    if sum(map(len, placed.values())) < _SEPARATE_WRITES_FROM:
+    if sum(len(part) for fragment in placed.values() for part in fragment) < _SEPARATE_WRITES_FROM:
         return web.Response(body=b"".join(parts), content_type="application/json", headers=headers)
     return _PartsResponse(parts, headers)
 
 
 class _PartsResponse(web.StreamResponse):
-    """A JSON response whose body is written as a sequence of byte strings, none copied."""
+    """A JSON response whose body is written as a sequence of byte strings; only runs of small ones
+    are copied, into one write each, so that a body of many pieces is not as many system calls."""
 
-    def __init__(self, parts: list[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(self, parts: list[bytes | memoryview], headers: Mapping[str, str]) -> None:
         super().__init__(headers=headers)
         self.content_type = "application/json"
         self.content_length = sum(map(len, parts))
@@ -122,9 +127,21 @@ class _PartsResponse(web.StreamResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         parts, self._parts = self._parts, []
+        run: list[bytes | memoryview] = []
+        run_size = 0
         for part in parts:
-            await self.write(part)
-        await super().write_eof(data)
+            if len(part) >= _COALESCE_BELOW:
+                if run:
+                    await self.write(b"".join(run))
+                    run, run_size = [], 0
+                await self.write(part)
+                continue
+            run.append(part)
+            run_size += len(part)
+            if run_size >= _COALESCE_BELOW:
+                await self.write(b"".join(run))
+                run, run_size = [], 0
+        await super().write_eof(b"".join(run) + data)
 
 
 def _replace(shaped: Any, path: tuple[str | int, ...], value: orjson.Fragment) -> bool:

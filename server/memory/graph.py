@@ -49,12 +49,23 @@ class KnowledgeGraph(BaseModel):
 
 
 Piece = tuple[bytes, bytes]
-"""An item (entity or relation), or a run of items joined by commas, as JSON: (the JSON, the same
-JSON escaped as the inside of a JSON string). See `GraphJSON`."""
+"""A run of items (entities or relations) as JSON, each item preceded by a comma: (the JSON, the
+same JSON escaped as the inside of a JSON string). See `GraphJSON`: the leading commas let pieces
+follow each other on the wire with no separator between them."""
 
 
-def piece(item_json: bytes) -> Piece:
-    return item_json, orjson.dumps(item_json.decode())[1:-1]
+def entity_json(name: str, entity_type: str, observations: list[str]) -> bytes:
+    return orjson.dumps({"name": name, "entityType": entity_type, "observations": observations})
+
+
+def relation_json(from_name: str, to_name: str, relation_type: str) -> bytes:
+    return orjson.dumps({"from": from_name, "to": to_name, "relationType": relation_type})
+
+
+def piece(items: Iterable[bytes]) -> Piece:
+    """The piece of these items (each one's JSON)."""
+    run = b",".join([b"", *items])
+    return run, orjson.dumps(run.decode())[1:-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,33 +74,44 @@ class GraphJSON:
 
     `json` is the object `{"entities": [...], "relations": [...]}` in the wire shape, compact,
     exactly as `orjson.dumps` writes it; `text` is that JSON as a JSON string (quoted, escaped),
-    the value of the result's text block. Queries return JSON rather than models because a large
-    graph goes straight to the wire: a 10,000-entity `read_graph` is 4-5 MB, and building models
-    for it, dumping them and escaping the text took longer than everything else in the call
-    (docs/performance.md). A store can keep pieces of both forms (the SQLite view does) and join
-    them; escaping is per character, so the escaped pieces join like the JSON ones.
+    the value of the result's text block. Each is kept as the list of byte strings it is the
+    concatenation of (`json_parts`, `text_parts`), and is never joined on the way to the wire.
+    Queries return JSON rather than models because a large graph goes straight to the wire: a
+    10,000-entity `read_graph` is 4-5 MB, and building models for it, dumping them and escaping
+    the text took longer than everything else in the call; joining the pieces of a graph a store
+    already keeps serialised was, after that, the largest remaining cost (docs/performance.md).
+    Escaping is per character, so the escaped pieces join like the JSON ones.
     """
 
-    json: bytes
-    text: bytes
+    json_parts: tuple[bytes | memoryview, ...]
+    text_parts: tuple[bytes | memoryview, ...]
 
     @classmethod
     def of(cls, entities: Iterable[Piece], relations: Iterable[Piece]) -> GraphJSON:
-        """From the pieces of the entities and of the relations, in order; one copy of the bytes."""
-        json_parts, text_parts = [b'{"entities":['], [b'"{\\"entities\\":[']
+        """From the pieces of the entities and of the relations, in order; the pieces are not copied
+        (the first of a kind is used without its leading comma, through a memoryview)."""
+        json_parts: list[bytes | memoryview] = [b'{"entities":[']
+        text_parts: list[bytes | memoryview] = [b'"{\\"entities\\":[']
         closings = ((b'],"relations":[', b'],\\"relations\\":['), (b"]}", b']}"'))
         for pieces, closing in zip((entities, relations), closings, strict=True):
             first = True
             for item_json, item_text in pieces:
-                if not first:
-                    json_parts.append(b",")
-                    text_parts.append(b",")
-                json_parts.append(item_json)
-                text_parts.append(item_text)
+                if not item_json:
+                    continue
+                json_parts.append(memoryview(item_json)[1:] if first else item_json)
+                text_parts.append(memoryview(item_text)[1:] if first else item_text)
                 first = False
             json_parts.append(closing[0])
             text_parts.append(closing[1])
-        return cls(json=b"".join(json_parts), text=b"".join(text_parts))
+        return cls(json_parts=tuple(json_parts), text_parts=tuple(text_parts))
+
+    @property
+    def json(self) -> bytes:
+        return b"".join(self.json_parts)
+
+    @property
+    def text(self) -> bytes:
+        return b"".join(self.text_parts)
 
     def model(self) -> KnowledgeGraph:
         return KnowledgeGraph.model_validate_json(self.json)

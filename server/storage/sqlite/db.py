@@ -40,6 +40,16 @@ class Database:
         else:
             self.conn.execute("COMMIT")
 
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """A read transaction: its statements all see the file as it was at the first of them,
+        whatever other processes commit meanwhile (WAL mode)."""
+        self.conn.execute("BEGIN DEFERRED")
+        try:
+            yield self.conn
+        finally:
+            self.conn.execute("COMMIT")
+
     def apply_schema(self, ddl: str) -> None:
         with self.transaction() as conn:
             for statement in ddl.split(";"):

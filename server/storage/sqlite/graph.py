@@ -15,8 +15,7 @@ Schema
         INDEX memory_relations_to (owner, to_name)
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
     memory_observation_search  FTS5 (content_fold), trigram, external content memory_observations
-    memory_graph_chunks  (owner, kind, chunk, json, text)  PRIMARY KEY (owner, kind, chunk), WITHOUT ROWID
-        INDEX memory_graph_chunks_stale (owner) WHERE json IS NULL
+    memory_graph_chunks, memory_graph_generation   the read_graph view: server/storage/sqlite/graph_view.py
 
 Why it looks like this
 ----------------------
@@ -62,26 +61,8 @@ Why it looks like this
 * The planner has no statistics (nothing runs ANALYZE), and in a few places it would rather walk
   every row of the owner in an index that saves a sort than seek a handful of names. Those queries
   name their index (`INDEXED BY`) or fix the join order (`CROSS JOIN`); see the comments there.
-* `memory_graph_chunks` is a materialized view of `read_graph`, kept because the whole graph is
-  the one result whose size grows with the store: 10,000 entities are 4-5 MB of JSON, and
-  rebuilding that from 60,000 rows on every call cost ~300 ms before any byte was sent. The
-  owner's entities are cut into chunks by id (`id >> 7`, so at most 128 per chunk), relations
-  likewise, and each chunk holds its items' JSON exactly as the tool returns them (compact,
-  comma-separated, no brackets), and the same JSON escaped for the result's text block
-  (`server.memory.graph.GraphJSON`), which would otherwise be escaped again on every call.
-  `read_graph` is then one range read of the owner's chunks and a concatenation. Rules that keep
-  it exact:
-  - every mutation sets `json = NULL` ("stale") on the chunks of the rows it touched, inserting
-    the chunk row if there is none, in the same transaction as the change; so every chunk that
-    holds a row has a chunk row, and a chunk row with JSON is never older than its rows;
-  - `read_graph` rebuilds stale chunks inside `BEGIN IMMEDIATE`, so no writer (in this process or
-    another) can change a chunk's rows between reading them and storing its JSON; a chunk that
-    turned out empty is deleted;
-  - `GraphTables.migrate` inserts stale rows for any rows without a chunk (a database from before
-    the view existed), so the view repairs itself at start-up.
-  Cost: the view stores the graph's text twice more (JSON and escaped; the FTS index is another
-  copy), and a mutation pays one more upsert; a read after a write rebuilds only the chunks that
-  write touched (~1 ms each).
+* `read_graph` is answered from a materialized view, kept up to date by every mutation in its own
+  transaction (`graph_view.stale`); `server/storage/sqlite/graph_view.py` has its schema and rules.
 * Lists of names or ids go to SQLite as one JSON array (`json_each(?)`): one statement whatever
   the list length, no SQL built from strings, no bound-parameter limit.
 
@@ -94,9 +75,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Final
-
-import orjson
+from functools import cached_property
 
 from server.memory.graph import (
     AddedObservations,
@@ -105,19 +84,17 @@ from server.memory.graph import (
     GraphJSON,
     ObservationAddition,
     ObservationDeletion,
-    Piece,
     Relation,
+    entity_json,
     piece,
+    relation_json,
 )
+from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
+from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
 
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
-
-# memory_graph_chunks: the `kind` of a chunk, and how many id bits a chunk spans (128 ids).
-_ENTITIES: Final = 0
-_RELATIONS: Final = 1
-_CHUNK_BITS: Final = 7
 
 # CROSS JOIN fixes the join order: drive from the FTS hits and look each one up by rowid. Left to
 # itself the planner walks every observation of the owner and probes the FTS index per row.
@@ -191,35 +168,19 @@ class GraphTables:
             content_fold,
             content = 'memory_observations', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
         );
-        CREATE TABLE IF NOT EXISTS memory_graph_chunks (
-            owner TEXT NOT NULL,
-            kind  INTEGER NOT NULL,
-            chunk INTEGER NOT NULL,
-            json  BLOB,
-            text  BLOB,
-            PRIMARY KEY (owner, kind, chunk)
-        ) WITHOUT ROWID;
-        CREATE INDEX IF NOT EXISTS memory_graph_chunks_stale ON memory_graph_chunks (owner) WHERE json IS NULL;
     """
+    SCHEMA += graph_view.SCHEMA
 
     db: Database
 
     @staticmethod
     def migrate(db: Database) -> None:
-        """Give every stored row a chunk of the read_graph view (run after `SCHEMA`)."""
-        with db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO memory_graph_chunks (owner, kind, chunk, json)"
-                " SELECT DISTINCT owner, ?, id >> ?, NULL FROM memory_entities WHERE true"
-                " ON CONFLICT (owner, kind, chunk) DO NOTHING",
-                (_ENTITIES, _CHUNK_BITS),
-            )
-            conn.execute(
-                "INSERT INTO memory_graph_chunks (owner, kind, chunk, json)"
-                " SELECT DISTINCT owner, ?, id >> ?, NULL FROM memory_relations WHERE true"
-                " ON CONFLICT (owner, kind, chunk) DO NOTHING",
-                (_RELATIONS, _CHUNK_BITS),
-            )
+        """Bring derived tables up to date with the rows (run after `SCHEMA`)."""
+        graph_view.migrate(db)
+
+    @cached_property
+    def _view(self) -> GraphView:
+        return GraphView(self.db)
 
     # --- mutations ---------------------------------------------------------------------------
 
@@ -235,7 +196,7 @@ class GraphTables:
                 _insert_observations(conn, owner, entity_id, observations)
                 created.append(Entity(name=entity.name, entityType=entity.entityType, observations=observations))
                 ids.append(entity_id)
-            _stale(conn, owner, _ENTITIES, ids)
+            stale(conn, owner, ENTITIES, ids)
         return created
 
     async def create_relations(self, owner: str, relations: Sequence[Relation]) -> list[Relation]:
@@ -251,7 +212,7 @@ class GraphTables:
                 if cursor.rowcount and cursor.lastrowid is not None:
                     created.append(relation)
                     ids.append(cursor.lastrowid)
-            _stale(conn, owner, _RELATIONS, ids)
+            stale(conn, owner, RELATIONS, ids)
         return created
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition]) -> list[AddedObservations]:
@@ -269,7 +230,7 @@ class GraphTables:
                 present[entity_id].update(new)
                 _insert_observations(conn, owner, entity_id, new)
                 results.append(AddedObservations(entityName=addition.entityName, addedObservations=new))
-            _stale(conn, owner, _ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
+            stale(conn, owner, ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
         return results
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
@@ -288,7 +249,7 @@ class GraphTables:
                 " WHERE owner = :owner AND to_name IN (SELECT value FROM json_each(:names)) RETURNING id",
                 params,
             ).fetchall()]
-            _stale(conn, owner, _RELATIONS, relation_ids)
+            stale(conn, owner, RELATIONS, relation_ids)
             entity_rows = conn.execute(
                 "SELECT id, name_fold, type_fold FROM memory_entities"
                 " WHERE owner = :owner AND name IN (SELECT value FROM json_each(:names))",
@@ -310,7 +271,7 @@ class GraphTables:
                 "DELETE FROM memory_entities WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))",
                 entity_ids,
             )
-            _stale(conn, owner, _ENTITIES, [row["id"] for row in entity_rows])
+            stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
 
     async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
         with self.db.transaction() as conn:
@@ -323,7 +284,7 @@ class GraphTables:
                     " AND content IN (SELECT value FROM json_each(:contents))",
                     {"owner": owner, "name": deletion.entityName, "contents": json.dumps(deletion.observations)},
                 )
-            _stale(conn, owner, _ENTITIES, touched)
+            stale(conn, owner, ENTITIES, touched)
 
     async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
         with self.db.transaction() as conn:
@@ -333,7 +294,7 @@ class GraphTables:
                 " RETURNING id",
                 (owner, r.from_, r.to, r.relationType),
             ).fetchall()]
-            _stale(conn, owner, _RELATIONS, ids)
+            stale(conn, owner, RELATIONS, ids)
 
     # --- queries -----------------------------------------------------------------------------
     # No explicit transaction: no other coroutine can write between the statements of a method,
@@ -349,26 +310,11 @@ class GraphTables:
         with self.db.transaction() as conn:
             conn.execute("DELETE FROM memory_relations WHERE owner = ?", (owner,))
             conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
+        self._view.forget(owner)
         return len(names)
 
     async def read_graph(self, owner: str) -> GraphJSON:
-        conn = self.db.conn
-        if conn.execute("SELECT 1 FROM memory_graph_chunks INDEXED BY memory_graph_chunks_stale"
-                        " WHERE owner = ? AND json IS NULL LIMIT 1",
-                        (owner,)).fetchone():
-            # Under the write lock, so that no writer can change a chunk's rows while it is rebuilt.
-            with self.db.transaction():
-                chunks: list[tuple[int, int, bytes | None, bytes | None]] = [
-                    (kind, chunk, *(_rebuild(conn, owner, kind, chunk) if data is None else (data, text)))
-                    for kind, chunk, data, text in _chunks(conn, owner)]
-        else:
-            chunks = _chunks(conn, owner)
-        # A chunk is a run of items, so chunks join like items; an emptied chunk is b"".
-        pieces: tuple[list[Piece], list[Piece]] = ([], [])
-        for kind, _, data, text in chunks:
-            if data and text:
-                pieces[kind].append((data, text))
-        return GraphJSON.of(*pieces)
+        return self._view.read(owner)
 
     async def search_nodes(self, owner: str, query: str) -> GraphJSON:
         folded = query.lower()
@@ -394,65 +340,6 @@ class GraphTables:
 def _unique(items: Iterable[str]) -> list[str]:
     """First occurrence of each item, in order."""
     return list(dict.fromkeys(items))
-
-
-def _entity_json(name: str, entity_type: str, observations: list[str]) -> bytes:
-    return orjson.dumps({"name": name, "entityType": entity_type, "observations": observations})
-
-
-def _relation_json(from_name: str, to_name: str, relation_type: str) -> bytes:
-    return orjson.dumps({"from": from_name, "to": to_name, "relationType": relation_type})
-
-
-def _stale(conn: sqlite3.Connection, owner: str, kind: int, ids: Iterable[int]) -> None:
-    """Mark the read_graph chunks holding these rows stale (see the module docstring)."""
-    chunks = sorted({row_id >> _CHUNK_BITS for row_id in ids})
-    if chunks:
-        # `WHERE true` tells SQLite's parser that ON CONFLICT belongs to the INSERT, not a join.
-        conn.execute(
-            "INSERT INTO memory_graph_chunks (owner, kind, chunk) SELECT ?, ?, value FROM json_each(?)"
-            " WHERE true ON CONFLICT (owner, kind, chunk) DO UPDATE SET json = NULL, text = NULL",
-            (owner, kind, json.dumps(chunks)),
-        )
-
-
-def _chunks(conn: sqlite3.Connection, owner: str) -> list[tuple[int, int, bytes | None, bytes | None]]:
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    return cursor.execute(
-        "SELECT kind, chunk, json, text FROM memory_graph_chunks WHERE owner = ? ORDER BY kind, chunk", (owner,)
-    ).fetchall()
-
-
-def _rebuild(conn: sqlite3.Connection, owner: str, kind: int, chunk: int) -> Piece:
-    """Build a stale chunk from its rows and store it (inside the caller's transaction)."""
-    bounds = {"owner": owner, "low": chunk << _CHUNK_BITS, "high": ((chunk + 1) << _CHUNK_BITS) - 1}
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    items: list[bytes]
-    if kind == _ENTITIES:
-        entity_rows = cursor.execute(
-            "SELECT id, name, entity_type FROM memory_entities WHERE owner = :owner AND id BETWEEN :low AND :high"
-            " ORDER BY id", bounds).fetchall()
-        observations: dict[int, list[str]] = {row[0]: [] for row in entity_rows}
-        for entity_id, content in cursor.execute(
-            "SELECT entity_id, content FROM memory_observations"
-            " WHERE owner = :owner AND entity_id BETWEEN :low AND :high ORDER BY entity_id, id", bounds):
-            observations[entity_id].append(content)
-        items = [_entity_json(name, entity_type, observations[entity_id])
-                 for entity_id, name, entity_type in entity_rows]
-    else:
-        items = [_relation_json(*row) for row in cursor.execute(
-            "SELECT from_name, to_name, relation_type FROM memory_relations"
-            " WHERE owner = :owner AND id BETWEEN :low AND :high ORDER BY id", bounds)]
-    key = (owner, kind, chunk)
-    if not items:
-        conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ? AND kind = ? AND chunk = ?", key)
-        return b"", b""
-    data, text = piece(b",".join(items))
-    conn.execute("UPDATE memory_graph_chunks SET json = ?, text = ? WHERE owner = ? AND kind = ? AND chunk = ?",
-                 (data, text, *key))
-    return data, text
 
 
 def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int | None:
@@ -532,8 +419,7 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
         observations[row["entity_id"]].append(row["content"])
     names = json.dumps([row["name"] for row in entity_rows])
     relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "names": names}).fetchall()
-    entities = [_entity_json(row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows]
-    relations = [_relation_json(row["from_name"], row["to_name"], row["relation_type"]) for row in relation_rows]
+    entities = [entity_json(row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows]
+    relations = [relation_json(row["from_name"], row["to_name"], row["relation_type"]) for row in relation_rows]
     # Each kind as one run of items, so that the text is escaped once per kind, not per item.
-    return GraphJSON.of([piece(b",".join(entities))] if entities else [],
-                        [piece(b",".join(relations))] if relations else [])
+    return GraphJSON.of([piece(entities)], [piece(relations)])
