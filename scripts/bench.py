@@ -62,6 +62,8 @@ ACCEPT = "application/json, text/event-stream"
 USER, PASSWORD = "bench", "bench-password-123"
 SCOPE = "memory:read memory:write"
 SMALL_GRAPH = 100
+TARGET_ENTITIES = 10_000
+"""The graph size the memory targets are set at (issue 5)."""
 PROBE_NAME = "Entity 00042"
 OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL = "memory-mcp", "sdk-default", "sdk-fast", "official-memory"
 HTTP_SERVERS = (OURS, SDK_DEFAULT, SDK_FAST)
@@ -89,7 +91,7 @@ class Config:
             return cls(quick=True, rounds=1, duration=1.5, concurrencies=(1, 16, 64), idle_counts=(200, 1_000),
                        graph_entities=1_000, graph_observations=5_000, op_samples=10, read_graph_samples=2)
         return cls(quick=False, rounds=3, duration=8.0, concurrencies=(1, 16, 64), idle_counts=(1_000, 10_000),
-                   graph_entities=10_000, graph_observations=50_000, op_samples=40, read_graph_samples=5)
+                   graph_entities=TARGET_ENTITIES, graph_observations=50_000, op_samples=40, read_graph_samples=5)
 
 
 def pick_cpus() -> tuple[set[int], set[int]]:
@@ -1012,26 +1014,37 @@ def sdk_call(client: Any) -> Call:
     return call
 
 
-async def memory_ours(cfg: Config, workdir: Path) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def memory_servers(workdir: Path) -> AsyncIterator[tuple[Server, dict[str, Call]]]:
+    """memory-mcp and (when Node.js is there) the official server, both running, each with the
+    minimal client that times it: memory-mcp's `Server`, and the `Call` of each."""
+    async with contextlib.AsyncExitStack() as stack:
+        servers = await stack.enter_async_context(running(workdir, (OURS,), "memory"))
+        http = await stack.enter_async_context(http_session())
+        mcp = McpHttp(http, servers[OURS])
+        session_id = await mcp.open_session()
+
+        async def ours(op: str, args: dict[str, Any]) -> Timed:
+            return await mcp.timed_call(session_id, op, args)
+        calls: dict[str, Call] = {OURS: ours}
+        if ensure_official():
+            env = {"MEMORY_FILE_PATH": str(workdir / "official-memory.jsonl")}
+            rpc = await stack.enter_async_context(
+                StdioRpc.spawn(["node", str(OFFICIAL_PACKAGE)], env, workdir / "official.log"))
+            calls[OFFICIAL] = rpc.timed_call
+        yield servers[OURS], calls
+
+
+async def memory_ours_sdk(cfg: Config, server: Server) -> dict[str, Any]:
+    """The reference rows: the same operations through the mcp SDK's `Client`."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    async with running(workdir, (OURS,), "memory") as servers:
-        server = servers[OURS]
-        async with http_session() as raw_http:
-            mcp = McpHttp(raw_http, server)
-            session_id = await mcp.open_session()
-
-            async def raw_call(op: str, args: dict[str, Any]) -> Timed:
-                return await mcp.timed_call(session_id, op, args)
-            load_s = await load_memory(raw_call, cfg, OURS)
-            raw = await measure_memory(raw_call, cfg, "Raw entity")
-        async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.token}"}, timeout=300) as http:
-            transport = streamable_http_client(server.url + "/mcp", http_client=http, max_sse_event_size=None)
-            async with Client(transport) as client:
-                sdk = await measure_memory(sdk_call(client), cfg, "SDK entity")
-        return {**raw, "load_s": load_s, "sdk_samples": sdk["samples"], "rss_kib": server.rss_kib()}
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.token}"}, timeout=300) as http:
+        transport = streamable_http_client(server.url + "/mcp", http_client=http, max_sse_event_size=None)
+        async with Client(transport) as client:
+            return await measure_memory(sdk_call(client), cfg, "SDK entity")
 
 
 def ensure_official() -> bool:
@@ -1045,55 +1058,74 @@ def ensure_official() -> bool:
     return done.returncode == 0 and OFFICIAL_PACKAGE.exists()
 
 
-async def memory_official(cfg: Config, workdir: Path) -> dict[str, Any]:
+async def memory_official_sdk(cfg: Config, workdir: Path) -> dict[str, Any]:
+    """The reference rows for the official server: a second process on the same file, through the
+    SDK's stdio client."""
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    env = {"MEMORY_FILE_PATH": str(workdir / "official-memory.jsonl")}
-    async with StdioRpc.spawn(["node", str(OFFICIAL_PACKAGE)], env, workdir / "official.log") as rpc:
-        load_s = await load_memory(rpc.timed_call, cfg, OFFICIAL)
-        raw = await measure_memory(rpc.timed_call, cfg, "Raw entity")
-    # A second process on the same file, through the SDK's stdio client.
     params = StdioServerParameters(
         command="taskset", args=["-c", ",".join(map(str, sorted(SERVER_CPUS))), "node", str(OFFICIAL_PACKAGE)],
-        env=env)
+        env={"MEMORY_FILE_PATH": str(workdir / "official-memory.jsonl")})
     with open(workdir / "official-sdk.log", "w") as errlog:
         async with Client(stdio_client(params, errlog=errlog)) as client:
-            sdk = await measure_memory(sdk_call(client), cfg, "SDK entity")
-    return {**raw, "load_s": load_s, "sdk_samples": sdk["samples"]}
+            return await measure_memory(sdk_call(client), cfg, "SDK entity")
 
 
 async def scenario_memory(cfg: Config, workdir: Path, results: Results) -> None:
-    runs = {OURS: await memory_ours(cfg, workdir)}
-    if ensure_official():
-        runs[OFFICIAL] = await memory_official(cfg, workdir)
-    results.raw["memory"] = runs
+    """Both servers get the same graph, then the same measurement rounds, interleaved; each
+    round's p50 is one sample of the row."""
+    rounds: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    loads: dict[str, float] = {}
+    sdk: dict[str, dict[str, Any]] = {}
+    async with memory_servers(workdir) as (server, calls):
+        for name, call in calls.items():
+            loads[name] = await load_memory(call, cfg, name)
+        for round_no in range(cfg.rounds):
+            for name in list(calls) if round_no % 2 == 0 else list(reversed(calls)):
+                log(f"memory round {round_no + 1}/{cfg.rounds}: {name}")
+                rounds[name].append(await measure_memory(calls[name], cfg, f"Raw entity {round_no}"))
+        sdk[OURS] = await memory_ours_sdk(cfg, server)
+        if OFFICIAL in calls:
+            sdk[OFFICIAL] = await memory_official_sdk(cfg, workdir)
+    results.raw["memory"] = {"rounds": rounds, "load_s": loads, "sdk": sdk}
     label = f"memory {cfg.graph_entities:,} entities"
+
+    def p50s(name: str, op: str) -> list[float]:
+        return [median(r["samples"][op]) for r in rounds[name]]
     for op in MEMORY_OPS:
-        results.add(label, f"{op} p50 ms", {n: [median(r["samples"][op])] for n, r in runs.items()}, "lower")
-    results.add(label, "search_nodes p99 ms", {n: [pct(r["samples"]["search_nodes"], 99)] for n, r in runs.items()},
-                "lower")
+        results.add(label, f"{op} p50 ms", {n: p50s(n, op) for n in rounds}, "lower")
+    results.add(label, "search_nodes p99 ms",
+                {n: [pct(r["samples"]["search_nodes"], 99) for r in rs] for n, rs in rounds.items()}, "lower")
     for op in MEMORY_OPS:
-        results.add(label, f"{op} p50 ms, mcp SDK client", {n: [median(r["sdk_samples"][op])] for n, r in runs.items()},
+        results.add(label, f"{op} p50 ms, mcp SDK client", {n: [median(r["samples"][op])] for n, r in sdk.items()},
                     "lower")
-    results.add(label, "load (s)", {n: [r["load_s"]] for n, r in runs.items()}, "lower")
+    results.add(label, "load (s)", {n: [s] for n, s in loads.items()}, "lower")
     results.notes.append("memory: the first rows time each call with a minimal client (aiohttp over HTTP, "
                          "newline-delimited JSON over stdio), from sending the request to holding the whole "
-                         "response; the 'mcp SDK client' rows time it end to end through the SDK's Client, whose "
-                         "own parsing and output-schema validation dominate on both servers.")
-    if OFFICIAL in runs and runs[OFFICIAL]["search_hits"] != runs[OURS]["search_hits"]:
-        results.notes.append("search_nodes found different entities on the two servers: "
-                             f"{runs[OURS]['search_hits'][:10]} vs {runs[OFFICIAL]['search_hits'][:10]}")
+                         "response; the 'mcp SDK client' rows (one round) time it end to end through the SDK's "
+                         "Client, whose own parsing and output-schema validation dominate on both servers.")
+    if OFFICIAL in rounds:
+        ours_hits = [r["search_hits"] for r in rounds[OURS]]
+        official_hits = [r["search_hits"] for r in rounds[OFFICIAL]]
+        if ours_hits != official_hits:
+            results.notes.append("search_nodes found different entities on the two servers: "
+                                 f"{ours_hits[0][:10]} vs {official_hits[0][:10]}")
+    # The targets are set at 10,000 entities; at another size (--quick) the numbers are printed, not judged.
+    judged = cfg.graph_entities == TARGET_ENTITIES
+    unjudged = f"; the target is for {TARGET_ENTITIES:,} entities, this run had {cfg.graph_entities:,}"
     for op in MEMORY_OPS:
-        ours = median(runs[OURS]["samples"][op])
-        if OFFICIAL not in runs:
+        ours = median(p50s(OURS, op))
+        if OFFICIAL not in rounds:
             results.target(f"memory {op} >= 10x the official server", None, "official server not run")
             continue
-        theirs = median(runs[OFFICIAL]["samples"][op])
-        results.target(f"memory {op} >= 10x the official server", theirs / ours >= 10,
-                       f"p50 {ours:.2f} vs {theirs:.2f} ms = {theirs / ours:.1f}x")
-    search = median(runs[OURS]["samples"]["search_nodes"])
-    results.target(f"search_nodes p50 <= 10 ms at {cfg.graph_entities:,} entities", search <= 10, f"{search:.2f} ms")
+        theirs = median(p50s(OFFICIAL, op))
+        detail = f"p50 {ours:.2f} vs {theirs:.2f} ms = {theirs / ours:.1f}x"
+        results.target(f"memory {op} >= 10x the official server", theirs / ours >= 10 if judged else None,
+                       detail if judged else detail + unjudged)
+    search = median(p50s(OURS, "search_nodes"))
+    results.target(f"search_nodes p50 <= 10 ms at {TARGET_ENTITIES:,} entities", search <= 10 if judged else None,
+                   f"{search:.2f} ms" if judged else f"{search:.2f} ms{unjudged}")
 
 
 # --- profile -------------------------------------------------------------------------------------

@@ -1,11 +1,13 @@
 """Keep freed memory for reuse instead of handing it back to the kernel after every large answer.
 
-A large `read_graph` builds a few buffers of several megabytes each (the graph's JSON, its escaped
-text, the chunks read from SQLite). With glibc's defaults, buffers that size are mmap'ed and
-unmapped again, or trimmed off the top of the heap, on every call, so every call pays page faults
-on fresh zeroed pages: measured on a 10,000-entity graph, 23 ms of the server's 30 ms for a
-read_graph, against 9 ms with the settings below (docs/performance.md). The cost is that the
-process keeps up to `_TRIM_THRESHOLD` of freed memory mapped after a peak.
+A large answer passes through buffers of several megabytes: a 10,000-entity `read_graph` is 9.8 MB,
+and what the kernel does not take at once is copied into the socket transport's buffer, which
+grows to megabytes and is freed again; a chunk of the graph that changed is rebuilt into fresh
+buffers too. With glibc's defaults, buffers that size are mmap'ed and unmapped again, or trimmed
+off the top of the heap, on every call, so every call pays page faults on fresh zeroed pages.
+Measured end to end on a 10,000-entity graph (scripts/bench.py, docs/performance.md): read_graph
+9.1 ms with glibc's defaults, 5.4 ms with the settings below. The cost is that the process keeps up
+to `_TRIM_THRESHOLD` of freed memory mapped after a peak.
 
 Linux with glibc only; elsewhere (musl, macOS) this does nothing.
 """
