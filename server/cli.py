@@ -129,10 +129,11 @@ def _serve(settings: Settings) -> int:
     # error should not pay.
     from aiohttp import web
 
+    from server import logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     storage = SQLiteStorage(settings.database_path)
     users = asyncio.run(accounts.list_users(storage))
     if not users:
@@ -144,7 +145,7 @@ def _serve(settings: Settings) -> int:
     # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
     # but in-flight tool calls.
     web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, print=None, loop=_event_loop(),
-                access_log_format='%a "%r" %s %b %Tfs')
+                access_log_class=logs.AccessLogger)
     return 0
 
 

@@ -141,3 +141,33 @@ async def test_serve_as_a_new_user_would(process: Process) -> None:
     assert [e["name"] for e in graph["entities"]] == ["kept"]
     assert len(alice.redirects) == 1
     process.stop()
+
+
+async def test_log_never_holds_what_a_client_put_in_a_url_or_an_oversized_header(process: Process) -> None:
+    """Requests anyone can send: a query string carrying a token-like value, a header and a
+    request line over aiohttp's 8190-byte limit, a line that is not HTTP. Each is answered, and
+    logged as one line without the value it carried, and without a traceback."""
+    secrets = ("qs-secret-0123456789", "header-secret-0123456789", "line-secret-0123456789")
+    await process.start()
+    async with httpx2.AsyncClient() as http:
+        answered = await http.get(f"{process.url}/mcp?access_token={secrets[0]}")
+        assert answered.status_code == 401
+    replies = []
+    for raw in (b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + secrets[1].encode() + b"a" * 9000
+                + b"\r\n\r\n",
+                b"GET /" + secrets[2].encode() + b"b" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"\x16\x03\x01 not http at all\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", process.port)
+        writer.write(raw)
+        await writer.drain()
+        replies.append(await reader.read(200))
+        writer.close()
+    assert all(reply.startswith(b"HTTP/1.") and b" 400 " in reply[:20] for reply in replies), replies
+    _, err = process.stop()
+    assert "Traceback" not in err, err
+    for secret in secrets:
+        assert secret not in err, err
+    assert '"GET /mcp?… HTTP/1.1" 401' in err
+    assert err.count("refused a request from 127.0.0.1: a request line or header over the size limit") == 2, err
+    # Not HTTP at all (TLS to a plain port, a scanner): aiohttp logs that at debug level only.
+    assert err.count('"UNKNOWN / HTTP/1.0" 400') == 3, err
