@@ -981,6 +981,9 @@ async def measure_memory(call: Call, cfg: Config, new_prefix: str) -> dict[str, 
         found.append(len(structured_content(hits)["entities"]))
         await timed("open_nodes", {"names": [f"Entity {rng.randrange(n):05d}" for _ in range(5)]})
     sizes: list[int] = []
+    # "Repeated" means the graph was read before: one untimed read first (for memory-mcp, the
+    # first read after the bulk load builds its whole view, ~1 ms per 128 entities).
+    await call("read_graph", {})
     for _ in range(cfg.read_graph_samples):
         sizes.append(len(structured_content(await timed("read_graph", {}))["entities"]))
     for k in range(cfg.read_graph_samples):
