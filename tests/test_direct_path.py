@@ -94,6 +94,66 @@ async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient,
     assert direct[4]["result"]["structuredContent"] == graph
 
 
+INITIALIZE_PARAMS: list[dict[str, Any]] = [
+    *({"protocolVersion": v, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+      for v in ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01", "2026-07-28")),
+    {"protocolVersion": "2025-11-25", "_meta": {"progressToken": 7},
+     "capabilities": {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {"form": {}},
+                      "x-custom": {"a": 1}},
+     "clientInfo": {"name": "codex-mcp-client", "title": "Codex", "version": "0.171.0", "websiteUrl": "https://x.test"}},
+    # Refused ones: the SDK answers them in both runs (the direct path declines).
+    {"protocolVersion": "2025-11-25", "capabilities": {}},
+    {"protocolVersion": 20251125, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+]
+
+
+async def test_direct_initialize_equals_the_sdk(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    """`initialize` answered without the SDK transport gives the SDK's own answer, for every
+    version (known, unknown, modern) and for rich and invalid params; headers the SDK refuses
+    still reach the SDK."""
+    token = await access_token(server, "alice", "alice-password-1")
+    endpoint = server.app[MCP_ENDPOINT]
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+
+    async def opening(params: dict[str, Any], extra: dict[str, str] | None = None) -> tuple[int, Any, bool]:
+        resp = await http.post(server.url + "/mcp", headers={**headers, **(extra or {})}, json={
+            "jsonrpc": "2.0", "id": "init-1", "method": "initialize", "params": params})
+        session_id = resp.headers.get("mcp-session-id")
+        if session_id:
+            await http.delete(server.url + "/mcp", headers={**headers, "Mcp-Session-Id": session_id})
+        answer = last_message(resp) if resp.status_code == 200 else resp.text
+        return resp.status_code, answer, session_id is not None
+
+    cases = [(params, None) for params in INITIALIZE_PARAMS] + [
+        (INITIALIZE_PARAMS[3], {"Accept": "application/json"}),
+        (INITIALIZE_PARAMS[3], {"Accept": "*/*"}),
+        (INITIALIZE_PARAMS[3], {"Content-Type": "text/plain"}),
+    ]
+    saved = endpoint.direct_initialize
+    for params, extra in cases:
+        direct = await opening(params, extra)
+        endpoint.direct_initialize = None
+        try:
+            through_sdk = await opening(params, extra)
+        finally:
+            endpoint.direct_initialize = saved
+        assert direct == through_sdk, (params, extra)
+    assert len(server.registry) == 0
+    # The direct answers are the real thing: the negotiated versions, the server's identity.
+    status, answer, opened = await opening(INITIALIZE_PARAMS[0])
+    assert status == 200 and opened and answer["result"]["protocolVersion"] == "2024-11-05"
+    assert answer["result"]["serverInfo"]["name"] == "memory-mcp" and answer["result"]["instructions"]
+    assert (await opening(INITIALIZE_PARAMS[4]))[1]["result"]["protocolVersion"] == "2025-11-25"
+    assert (await opening({**INITIALIZE_PARAMS[0], "capabilities": {}}, {"Accept": "text/plain"}))[0] == 406
+    # And it was this path that answered: JSON and no SDK transport, where the SDK answers in SSE.
+    opened_direct = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS[3]})
+    assert opened_direct.headers["content-type"] == "application/json"
+    [session] = server.registry.sessions()
+    assert session.transport is None and session.protocol_version == "2025-11-25"
+    assert session.client_params is not None and session.client_params.client_info.name == "t"
+
+
 def transport_of(session: Any) -> Any:
     return session.transport  # read through a function: mypy would otherwise keep its first narrowing
 

@@ -658,7 +658,11 @@ async def reconnection_at_2025_11_25(proxy_url: str) -> dict[str, Any]:
                              ) as resp:
             assert resp.status == 200, await resp.text()
             session = resp.headers["Mcp-Session-Id"]
-            [init] = [json.loads(e["data"]) for e in await sse_events(resp) if e.get("data")]
+            # Either form is the server's to choose; ours answers initialize in JSON.
+            if resp.content_type == "application/json":
+                init = await resp.json()
+            else:
+                [init] = [json.loads(e["data"]) for e in await sse_events(resp) if e.get("data")]
         assert init["result"]["protocolVersion"] == version
         headers.update({"Mcp-Session-Id": session, "MCP-Protocol-Version": version})
         async with http.post(proxy_url + "/mcp", headers=headers,

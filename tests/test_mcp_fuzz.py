@@ -45,7 +45,10 @@ class ThreadedServer:
 
     def tasks(self) -> int:
         async def count() -> int:
-            return len(asyncio.all_tasks())
+            # Not counted: sse-starlette's shutdown watcher, one per event loop for its life,
+            # started by the first SSE response whenever that comes.
+            return len([t for t in asyncio.all_tasks()
+                        if getattr(t.get_coro(), "__name__", "") != "_shutdown_watcher"])
 
         return self.run(count())
 

@@ -19,8 +19,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from mcp.server.lowlevel.server import Server
 from mcp.shared.exceptions import MCPError
-from mcp_types import methods
+from mcp_types import Implementation, InitializeRequestParams, InitializeResult, methods
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,49 @@ _SEPARATE_WRITES_FROM = 256 * 1024
 """Fragments smaller than this in all are copied into one body: one write, one TCP segment."""
 _COALESCE_BELOW = 16 * 1024
 """In a body written in parts, runs of parts smaller than this are copied into one write."""
+
+
+def initialize_handler(server: Server[Any]) -> DirectHandler:
+    """`initialize`, answered as the SDK's runner answers it (`ServerRunner._handle_initialize`):
+    the requested version if it is one of the handshake era's, else the latest, and the server's
+    initialization options. Only for a request the SDK would accept (`initialize_acceptable`);
+    the endpoint records the session itself, parked from the start."""
+
+    async def initialize(params: Mapping[str, Any] | None) -> BaseModel:
+        init = initialize_params(params)
+        opts = server.create_initialization_options()
+        return InitializeResult(
+            protocol_version=negotiated_version(init),
+            capabilities=opts.capabilities,
+            server_info=Implementation(name=opts.server_name, title=opts.title, description=opts.description,
+                                       version=opts.server_version, website_url=opts.website_url, icons=opts.icons),
+            instructions=opts.instructions,
+        )
+
+    return initialize
+
+
+def initialize_params(params: Mapping[str, Any] | None) -> InitializeRequestParams:
+    """The params, validated as the SDK validates them before a session has a version (the runner
+    starts every connection at the latest handshake version); raises `ValidationError`."""
+    methods.validate_client_request("initialize", LATEST_HANDSHAKE_VERSION, params)
+    return InitializeRequestParams.model_validate(params or {}, by_name=False)
+
+
+def negotiated_version(init: InitializeRequestParams) -> str:
+    requested = init.protocol_version
+    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+def initialize_acceptable(request: web.Request, json_response: bool) -> bool:
+    """Whether the SDK transport would take this POST at all: its Accept rule (both JSON and SSE
+    unless it answers in JSON only, wildcards per RFC 7231) and Content-Type rule. A request that
+    fails them goes to the SDK transport, which owns those refusals (406, 415)."""
+    types = [t.strip().split(";")[0].strip().lower() for t in request.headers.get("Accept", "").split(",")]
+    has_json = "*/*" in types or any(t in ("application/json", "application/*") for t in types)
+    has_sse = "*/*" in types or any(t in ("text/event-stream", "text/*") for t in types)
+    content_types = [t.strip() for t in request.headers.get("Content-Type", "").split(";")[0].split(",")]
+    return has_json and (has_sse or json_response) and "application/json" in content_types
 
 
 def accepts_json(request: web.Request) -> bool:

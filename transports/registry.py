@@ -158,6 +158,10 @@ class SessionRegistry:
     # -- lookup ------------------------------------------------------------------------------
 
     @property
+    def server(self) -> Server[Any]:
+        return self._server
+
+    @property
     def stateless(self) -> StreamableHTTPSessionManager:
         return self._stateless
 
@@ -210,6 +214,17 @@ class SessionRegistry:
         session = self._admit(caller, "streamable-http", None, secrets.token_urlsafe(32))
         try:
             await self._launch(session, None)
+        except BaseException:
+            await self.forget(session)
+            raise
+        return session
+
+    async def open_parked(self, caller: Caller, protocol_version: str, client_params: str) -> Session:
+        """Create a session whose `initialize` was answered without the SDK transport
+        (transports.direct): recorded, and parked from the start, like a restored one."""
+        session = self._admit(caller, "streamable-http", None, secrets.token_urlsafe(32))
+        try:
+            await self.established(session, protocol_version, client_params)
         except BaseException:
             await self.forget(session)
             raise

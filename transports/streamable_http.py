@@ -17,10 +17,20 @@ from typing import Any
 
 from aiohttp import web
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
-from transports.direct import DirectHandler, accepts_json, answer, is_request
+from transports.direct import (
+    DirectHandler,
+    accepts_json,
+    answer,
+    initialize_acceptable,
+    initialize_handler,
+    initialize_params,
+    is_request,
+    negotiated_version,
+)
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
 
@@ -44,6 +54,9 @@ class StreamableHTTPEndpoint:
     ) -> None:
         self._registry = registry
         self.direct = dict(direct or {})
+        # `initialize` answered here too: opening a session then starts no SDK transport at all
+        # (it would be parked right after anyway). None sends every initialize to the SDK.
+        self.direct_initialize: DirectHandler | None = initialize_handler(registry.server)
         self._authenticate = authenticate
         self._guard = guard
         self._allowed_origins = allowed_origins
@@ -134,6 +147,9 @@ class StreamableHTTPEndpoint:
     async def _open(self, request: web.Request, caller: Caller, body: bytes,
                     message: Mapping[str, Any]) -> web.StreamResponse:
         try:
+            opened = await self._open_direct(request, caller, message)
+            if opened is not None:
+                return opened
             session = await self._registry.open_streamable(caller)
         except SessionLimitError as exc:
             return _too_many(exc)
@@ -154,6 +170,24 @@ class StreamableHTTPEndpoint:
             # again on the first request that does.
             await self._registry.park(session)
         return response
+
+
+    async def _open_direct(self, request: web.Request, caller: Caller,
+                           message: Mapping[str, Any]) -> web.StreamResponse | None:
+        """Answer `initialize` without the SDK transport, when the SDK would have accepted it
+        (None otherwise: the SDK transport then answers, refusals included). The answer is the
+        SDK's, shaped the same way (tests/test_direct_path.py compares them)."""
+        handler = self.direct_initialize
+        if handler is None or not is_request(message) or not initialize_acceptable(request,
+                                                                                  self._registry.json_response):
+            return None
+        params = message.get("params")
+        try:
+            version = negotiated_version(initialize_params(params))
+        except (ValidationError, KeyError):
+            return None
+        session = await self._registry.open_parked(caller, version, json.dumps(params))
+        return await answer(handler, message, LATEST_HANDSHAKE_VERSION, {SESSION_HEADER: session.session_id})
 
 
 def _session_not_found() -> web.Response:
