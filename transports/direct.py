@@ -6,8 +6,11 @@ machinery is most of the cost of a call (docs/performance.md). The server suppli
 (the same functions its MCP server uses), and the answer is shaped exactly as the SDK shapes it:
 the result model dumped by alias, then sieved to the session's protocol version by
 `mcp_types.methods.serialize_server_result`. A handler may also return a `Prepared` result, whose
-largest values arrive already serialised. Anything else (other methods, streams, clients that
-only accept SSE) goes to the SDK transport as before.
+largest values arrive already serialised. `initialize` is answered here too (`initialize_handler`),
+so that opening a session starts no SDK transport at all: the session is born parked, as a
+restored one is, and its transport starts only if a later request needs it. Anything else (other
+methods, streams, clients that only accept SSE, requests the SDK would refuse) goes to the SDK
+transport as before.
 """
 
 from __future__ import annotations
