@@ -18,11 +18,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from aiohttp import web
 from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.exceptions import MCPError
 from mcp_types import Implementation, InitializeRequestParams, InitializeResult, methods
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
@@ -97,9 +98,8 @@ def initialize_acceptable(request: web.Request, json_response: bool) -> bool:
     """Whether the SDK transport would take this POST at all: its Accept rule (both JSON and SSE
     unless it answers in JSON only, wildcards per RFC 7231) and Content-Type rule. A request that
     fails them goes to the SDK transport, which owns those refusals (406, 415)."""
-    types = [t.strip().split(";")[0].strip().lower() for t in request.headers.get("Accept", "").split(",")]
-    has_json = "*/*" in types or any(t in ("application/json", "application/*") for t in types)
-    has_sse = "*/*" in types or any(t in ("text/event-stream", "text/*") for t in types)
+    # The SDK's own Accept rule; it reads only `request.headers`, which aiohttp's request has too.
+    has_json, has_sse = check_accept_headers(cast(Any, request))
     content_types = [t.strip() for t in request.headers.get("Content-Type", "").split(";")[0].split(",")]
     return has_json and (has_sse or json_response) and "application/json" in content_types
 

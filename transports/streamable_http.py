@@ -171,7 +171,6 @@ class StreamableHTTPEndpoint:
             await self._registry.park(session)
         return response
 
-
     async def _open_direct(self, request: web.Request, caller: Caller,
                            message: Mapping[str, Any]) -> web.StreamResponse | None:
         """Answer `initialize` without the SDK transport, when the SDK would have accepted it
