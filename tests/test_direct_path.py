@@ -94,6 +94,72 @@ async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient,
     assert direct[4]["result"]["structuredContent"] == graph
 
 
+MODERN = "2026-07-28"
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientInfo": {"name": "claude-code", "version": "2.1.332"},
+               "io.modelcontextprotocol/clientCapabilities": {"roots": {}}}
+
+
+async def run_modern_calls(http: httpx2.AsyncClient, server: RunningServer, token: str) -> list[Any]:
+    """CALLS as a 2026-07-28 client sends them (Claude Code does), then requests the SDK refuses:
+    (status, message, raw body) each."""
+    requests: list[tuple[dict[str, Any], dict[str, str]]] = []
+    for i, call in enumerate(CALLS, start=1):
+        params = {**call.get("params", {}), "_meta": MODERN_META}
+        headers = {"Mcp-Method": call["method"]}
+        if call["method"] == "tools/call" and isinstance(params.get("name"), str):
+            headers["Mcp-Name"] = params["name"]
+        requests.append(({"jsonrpc": "2.0", "id": i, "method": call["method"], "params": params}, headers))
+    read_graph = {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                  "params": {"name": "read_graph", "arguments": {}, "_meta": MODERN_META}}
+    requests += [
+        (read_graph, {"Mcp-Method": "tools/call", "Mcp-Name": "open_nodes"}),  # header mismatch
+        (read_graph, {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph", "Mcp-Param-X": "1"}),
+        ({**read_graph, "params": {"name": "read_graph", "arguments": {}}}, {"Mcp-Method": "tools/call",
+                                                                              "Mcp-Name": "read_graph"}),
+        ({**read_graph, "params": {"name": "read_graph", "arguments": {}, "_meta": {
+            **MODERN_META, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}}},
+         {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph"}),
+        ({**read_graph, "params": {"name": "read_graph", "arguments": "x", "_meta": MODERN_META}},
+         {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph"}),
+    ]
+    answers = []
+    for message, extra in requests:
+        resp = await http.post(server.url + "/mcp", json=message, headers={
+            **ACCEPT, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": MODERN, **extra})
+        answers.append((resp.status_code, last_message(resp), resp.content))
+    return answers
+
+
+async def test_direct_answers_equal_the_sdk_in_the_stateless_era(http: httpx2.AsyncClient,
+                                                                  server: RunningServer) -> None:
+    """2026-07-28 requests (no session) answered on the direct path give the SDK's modern answers:
+    same status, same message, for results, tool errors and every refusal of the SDK's ladder."""
+    token = await access_token(server, "alice", "alice-password-1")
+    endpoint = server.app[MCP_ENDPOINT]
+    direct = await run_modern_calls(http, server, token)
+    saved, endpoint.direct = endpoint.direct, {}
+    try:
+        through_sdk = await run_modern_calls(http, server, token)
+    finally:
+        endpoint.direct = saved
+    assert [(status, message) for status, message, _ in direct] == [
+        (status, message) for status, message, _ in through_sdk]
+    assert direct[1][1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
+    assert direct[1][1]["result"]["resultType"] == "complete"
+    assert direct[1][1]["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "memory-mcp"
+    # Mismatched Mcp-Name, an undeclared Mcp-Param header (accepted), no envelope, an envelope
+    # version the header contradicts, arguments that are not an object.
+    assert [status for status, _, _ in direct[-5:]] == [400, 200, 400, 400, 400]
+    codes = [m.get("error", {}).get("code") for _, m, _ in direct[-5:]]
+    assert codes == [-32020, None, -32602, -32020, -32602], codes
+    # The direct path did answer: the SDK writes JSON with ASCII escapes, this path raw UTF-8.
+    assert "Zoë".encode() in direct[4][2] and "Zoë".encode() not in through_sdk[4][2]
+    # Mcp-Param-* headers are the SDK's to check, against tool schemas; ours declare none.
+    tools = direct[0][1]["result"]["tools"]
+    assert len(tools) == 9 and "x-mcp-header" not in json.dumps(tools)
+
+
 INITIALIZE_PARAMS: list[dict[str, Any]] = [
     *({"protocolVersion": v, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
       for v in ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01", "2026-07-28")),

@@ -8,7 +8,9 @@ the result model dumped by alias, then sieved to the session's protocol version 
 `mcp_types.methods.serialize_server_result`. A handler may also return a `Prepared` result, whose
 largest values arrive already serialised. `initialize` is answered here too (`initialize_handler`),
 so that opening a session starts no SDK transport at all: the session is born parked, as a
-restored one is, and its transport starts only if a later request needs it. Anything else (other
+restored one is, and its transport starts only if a later request needs it. The same handlers
+answer 2026-07-28 (stateless) requests too (`answer_modern`), which Claude Code sends: the SDK's
+stateless entry took 200 ms for a 10,000-entity read_graph, this path 5 ms. Anything else (other
 methods, streams, clients that only accept SSE, requests the SDK would refuse) goes to the SDK
 transport as before.
 """
@@ -22,10 +24,26 @@ from typing import Any, cast
 
 import orjson
 from aiohttp import web
+from mcp.server.caching import apply_cache_hint
 from mcp.server.lowlevel.server import Server
+from mcp.server.runner import modern_error_data
 from mcp.server.streamable_http import check_accept_headers
 from mcp.shared.exceptions import MCPError
-from mcp_types import Implementation, InitializeRequestParams, InitializeResult, methods
+from mcp.shared.inbound import (
+    ERROR_CODE_HTTP_STATUS,
+    InboundLadderRejection,
+    classify_inbound_request,
+    find_duplicated_routing_header,
+)
+from mcp_types import (
+    CORE_RESULT_TYPES,
+    SERVER_INFO_META_KEY,
+    CacheableResult,
+    Implementation,
+    InitializeRequestParams,
+    InitializeResult,
+    methods,
+)
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import BaseModel, ValidationError
 
@@ -138,6 +156,64 @@ async def answer(handler: DirectHandler, message: Mapping[str, Any], version: st
         log.exception("%s failed", method)
         body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INTERNAL_ERROR, "message": "Internal error"}}
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def modern_acceptable(request: web.Request, message: Mapping[str, Any], json_response: bool) -> str | None:
+    """For a 2026-07-28 (stateless) request: the envelope's protocol version when the SDK's modern
+    entry would dispatch it to its handler unchanged, else None (the SDK then answers it, every
+    refusal included). The checks are the SDK's own (`mcp.server._streamable_http_modern`):
+    Accept, duplicated routing headers, the envelope and header ladder, the version's params
+    surface. `Mcp-Param-*` headers are left to the SDK; without them there is nothing to check,
+    as no tool of ours declares header parameters (tests/test_direct_path.py)."""
+    has_json, has_sse = check_accept_headers(cast(Any, request))
+    if not has_json or not (json_response or has_sse):
+        return None
+    if find_duplicated_routing_header(request.headers.items()) is not None:
+        return None
+    if any(name.lower().startswith("mcp-param-") for name in request.headers):
+        return None
+    verdict = classify_inbound_request(message, headers={k.lower(): v for k, v in request.headers.items()})
+    if isinstance(verdict, InboundLadderRejection):
+        return None
+    try:
+        methods.validate_client_request(message["method"], verdict.protocol_version, message.get("params"))
+    except (ValidationError, KeyError):
+        return None
+    return verdict.protocol_version
+
+
+async def answer_modern(handler: DirectHandler, message: Mapping[str, Any], version: str,
+                        server: Server[Any]) -> web.StreamResponse:
+    """`answer` for the 2026-07-28 era, shaped as the SDK's runner shapes a modern result
+    (`ServerRunner._serialize`: cache hints, the version's sieve, `resultType`, the serverInfo
+    stamp) and failing as its modern entry fails (`modern_error_data`, the spec's HTTP status
+    per error code). No session: nothing but the request is read."""
+    method, request_id = message["method"], message["id"]
+    try:
+        result = await handler(message.get("params"))
+        model, fragments = (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
+        hint = server.cache_hints.get(method)
+        if hint is not None and isinstance(model, CacheableResult):
+            model = apply_cache_hint(model, hint)
+        dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+        result_type = dumped.get("resultType")
+        if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+            dumped = methods.serialize_server_result(method, version, dumped)
+        dumped.setdefault("resultType", "complete")
+        meta = dumped.get("_meta")
+        if meta is None:
+            dumped["_meta"] = {SERVER_INFO_META_KEY: server.server_info_stamp}
+        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+            dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: server.server_info_stamp}
+        body = {"jsonrpc": "2.0", "id": request_id, "result": dumped}
+        if fragments:
+            return _with_fragments(body, fragments, {})
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
+    except Exception as exc:
+        error = modern_error_data(exc)
+        wire_error = error.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return web.Response(body=orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": wire_error}),
+                            status=ERROR_CODE_HTTP_STATUS.get(error.code, 200), content_type="application/json")
 
 
 def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]],

@@ -25,10 +25,12 @@ from transports.direct import (
     DirectHandler,
     accepts_json,
     answer,
+    answer_modern,
     initialize_acceptable,
     initialize_handler,
     initialize_params,
     is_request,
+    modern_acceptable,
     negotiated_version,
 )
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
@@ -87,7 +89,14 @@ class StreamableHTTPEndpoint:
         version = request.headers.get(VERSION_HEADER)
         if version in MODERN_PROTOCOL_VERSIONS:
             # 2026-07-28: no session, no handshake; the request is authenticated (above) and served
-            # on its own by the SDK's stateless path.
+            # on its own: on the direct path when it is one of its methods and the SDK would
+            # dispatch it unchanged, else by the SDK's stateless path.
+            if request.method == "POST" and isinstance(message, dict) and is_request(message):
+                handler = self.direct.get(message["method"])
+                envelope = (modern_acceptable(request, message, self._registry.json_response)
+                            if handler is not None else None)
+                if handler is not None and envelope is not None:
+                    return await answer_modern(handler, message, envelope, self._registry.server)
             return await call_asgi(self._registry.stateless.handle_request, request, body, {"caller": caller})
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # A plain invalid-request code, not a 2026-07-28 one: a client reads it as "use another
