@@ -915,22 +915,27 @@ async def test_attack_removed_users_token_dies_at_once(srv: RunningServer, http:
 # The browser: CSRF, binding, clickjacking, login.
 
 
+async def with_csrf(srv: RunningServer, form: dict[str, str], csrf: str | None,
+                    account: tuple[str, str]) -> dict[str, str]:
+    """`form` with its CSRF token missing (None), replaced by `csrf`, or ("other-browser") replaced
+    by a genuine token of another browser's session."""
+    if csrf == "other-browser":
+        other = Browser(*account)
+        try:
+            return {**form, "csrf_token": (await get_page(other, srv.url + "/login")).form()["csrf_token"]}
+        finally:
+            await other.close()
+    if csrf is None:
+        return {k: v for k, v in form.items() if k != "csrf_token"}
+    return {**form, "csrf_token": csrf}
+
+
 @pytest.mark.parametrize("csrf", [None, "", "forged-token", "other-browser"])
 async def test_attack_consent_csrf(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser,
                                    csrf: str | None) -> None:
     client = await register(http, srv)
     page = await consent_page(alice, srv, authorize_url(srv, client, pkce()[1]))
-    form = {**page.form(), "decision": "approve"}
-    if csrf == "other-browser":
-        other = Browser(*ALICE)
-        try:
-            form["csrf_token"] = (await get_page(other, srv.url + "/login")).form()["csrf_token"]
-        finally:
-            await other.close()
-    elif csrf is None:
-        del form["csrf_token"]
-    else:
-        form["csrf_token"] = csrf
+    form = await with_csrf(srv, {**page.form(), "decision": "approve"}, csrf, ALICE)
     before = snapshot(srv)
 
     resp = await post_page(alice, srv.url + "/consent", form)
@@ -946,17 +951,7 @@ async def test_attack_login_csrf(srv: RunningServer, http: httpx2.AsyncClient, c
     victim = Browser(*BOB)
     try:
         page = await get_page(victim, authorize_url(srv, client, pkce()[1]))
-        form = {**page.form(), "username": BOB[0], "password": BOB[1]}
-        if csrf == "other-browser":
-            attacker = Browser(*BOB)
-            try:
-                form["csrf_token"] = (await get_page(attacker, srv.url + "/login")).form()["csrf_token"]
-            finally:
-                await attacker.close()
-        elif csrf is None:
-            del form["csrf_token"]
-        else:
-            form["csrf_token"] = csrf
+        form = await with_csrf(srv, {**page.form(), "username": BOB[0], "password": BOB[1]}, csrf, BOB)
         before = snapshot(srv)
         resp = await post_page(victim, srv.url + "/login", form)
         assert resp.status == 403 and "Location" not in resp.headers

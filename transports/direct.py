@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 
 
 
+Fragments = Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]]
+"""JSON values already serialised, by their path in a result: each as the byte strings it is the
+concatenation of."""
+
+
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A result some of whose values are already JSON.
@@ -65,7 +70,7 @@ class Prepared:
     """
 
     model: BaseModel
-    fragments: Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]]
+    fragments: Fragments
 
 
 DirectHandler = Callable[[Mapping[str, Any] | None], Awaitable[BaseModel | Prepared]]
@@ -140,13 +145,9 @@ async def answer(handler: DirectHandler, message: Mapping[str, Any], version: st
                  headers: Mapping[str, str]) -> web.StreamResponse:
     method, request_id = message["method"], message["id"]
     try:
-        result = await handler(message.get("params"))
-        model, fragments = (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
+        model, fragments = _unpack(await handler(message.get("params")))
         dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
-        shaped = methods.serialize_server_result(method, version, dumped)
-        if fragments:
-            return _with_fragments({"jsonrpc": "2.0", "id": request_id, "result": shaped}, fragments, headers)
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "result": shaped}
+        return _respond(request_id, methods.serialize_server_result(method, version, dumped), fragments, headers)
     except MCPError as exc:
         body = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(by_alias=True, exclude_none=True)}
     except ValidationError:
@@ -190,25 +191,8 @@ async def answer_modern(handler: DirectHandler, message: Mapping[str, Any], vers
     per error code). No session: nothing but the request is read."""
     method, request_id = message["method"], message["id"]
     try:
-        result = await handler(message.get("params"))
-        model, fragments = (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
-        hint = server.cache_hints.get(method)
-        if hint is not None and isinstance(model, CacheableResult):
-            model = apply_cache_hint(model, hint)
-        dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
-        result_type = dumped.get("resultType")
-        if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
-            dumped = methods.serialize_server_result(method, version, dumped)
-        dumped.setdefault("resultType", "complete")
-        meta = dumped.get("_meta")
-        if meta is None:
-            dumped["_meta"] = {SERVER_INFO_META_KEY: server.server_info_stamp}
-        elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-            dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: server.server_info_stamp}
-        body = {"jsonrpc": "2.0", "id": request_id, "result": dumped}
-        if fragments:
-            return _with_fragments(body, fragments, {})
-        return web.Response(body=orjson.dumps(body), content_type="application/json")
+        model, fragments = _unpack(await handler(message.get("params")))
+        return _respond(request_id, _shape_modern(server, method, version, model), fragments, {})
     except Exception as exc:
         error = modern_error_data(exc)
         wire_error = error.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -216,7 +200,37 @@ async def answer_modern(handler: DirectHandler, message: Mapping[str, Any], vers
                             status=ERROR_CODE_HTTP_STATUS.get(error.code, 200), content_type="application/json")
 
 
-def _with_fragments(body: dict[str, Any], fragments: Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]],
+def _shape_modern(server: Server[Any], method: str, version: str, model: BaseModel) -> dict[str, Any]:
+    hint = server.cache_hints.get(method)
+    if hint is not None and isinstance(model, CacheableResult):
+        model = apply_cache_hint(model, hint)
+    dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
+    result_type = dumped.get("resultType")
+    if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
+        dumped = methods.serialize_server_result(method, version, dumped)
+    dumped.setdefault("resultType", "complete")
+    meta = dumped.get("_meta")
+    if meta is None:
+        dumped["_meta"] = {SERVER_INFO_META_KEY: server.server_info_stamp}
+    elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
+        dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: server.server_info_stamp}
+    return dumped
+
+
+def _unpack(result: BaseModel | Prepared) -> tuple[BaseModel, Fragments]:
+    return (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
+
+
+def _respond(request_id: Any, shaped: dict[str, Any],
+             fragments: Fragments,
+             headers: Mapping[str, str]) -> web.StreamResponse:
+    body = {"jsonrpc": "2.0", "id": request_id, "result": shaped}
+    if fragments:
+        return _with_fragments(body, fragments, headers)
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _with_fragments(body: dict[str, Any], fragments: Fragments,
                     headers: Mapping[str, str]) -> web.StreamResponse:
     # Each fragment goes in as a one-byte marker, a control character: orjson escapes those in
     # strings and writes no whitespace, so a raw one in its output can only be a marker. The body
