@@ -22,7 +22,7 @@ from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
 from transports.caller import Caller, Refusal
-from transports.http import add_cors_headers
+from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
 from transports.sse import SSEEndpoint
 from transports.streamable_http import StreamableHTTPEndpoint
@@ -99,6 +99,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     app.router.add_route("*", "/messages", sse.message)
     app.router.add_route("*", "/messages/", sse.message)
     app.router.add_get("/healthz", _health)
+    app.middlewares.append(store_unavailable_middleware(MCP_PATHS))
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
         if request.path in MCP_PATHS:

@@ -31,6 +31,7 @@ from server.memory.graph import (
     ObservationDeletion,
     Relation,
 )
+from transports.store import StoreUnavailable
 
 MAX_ITEMS_PER_CALL: Final = 1_000
 """Longest list accepted anywhere in the arguments (entities, relations, names, observations...)."""
@@ -229,8 +230,9 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
     """Run tool `name` for `owner`.
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
-    on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). Storage failures
-    propagate.
+    on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). A store that cannot
+    answer now (`StoreUnavailable`: locked elsewhere, disk full) is an `isError` result that says
+    to retry, on every path that calls tools; other storage failures propagate.
 
     A graph query's result comes back as a `GraphResult`, which keeps the graph as the JSON the
     store wrote (`GraphJSON` says why); its `result()` is the ordinary `CallToolResult`.
@@ -250,6 +252,10 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
             " Create the missing entities with create_entities first, or check the spelling"
             " (entity names are case-sensitive)."
         )
+    except StoreUnavailable as exc:
+        # The transaction was rolled back whole (or never began): retrying is safe.
+        return _error(f"The memory store is temporarily unavailable ({exc.reason}); nothing was changed."
+                      f" Retry this call in {exc.retry_after} seconds.")
     if isinstance(result, GraphJSON):
         return GraphResult(result)
     return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(result).decode())],

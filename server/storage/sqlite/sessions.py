@@ -51,8 +51,10 @@ class SessionTables:
         return SessionRecord(**dict(rows[0])) if rows else None
 
     async def touch_session(self, session_id: str, now: float) -> None:
-        await self.db.write(_execute, "UPDATE mcp_sessions SET last_seen_at = ? WHERE session_id = ?",
-                            (now, session_id))
+        # Not awaited: a request must not wait for the lock (or fail) for the sake of this hint,
+        # which only matters to a later restore or purge.
+        self.db.write_soon(_execute, "UPDATE mcp_sessions SET last_seen_at = ? WHERE session_id = ?",
+                           (now, session_id))
 
     async def delete_session(self, session_id: str) -> None:
         await self.db.write(_execute, "DELETE FROM mcp_sessions WHERE session_id = ?", (session_id,))
