@@ -26,6 +26,9 @@ import httpx2
 import pytest
 
 from auth import accounts
+from server.memory.graph import Entity, KnowledgeGraph, Relation
+from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.graph import DELETE_BATCH
 from tests.browser import parse_forms
 from tests.conftest import RunningServer, access_token, start_server
 
@@ -273,3 +276,42 @@ async def test_a_full_disk_gives_retryable_errors_and_reads_keep_working(
         assert names(await call(http, server, alice, "read_graph", {})) == ["kept", "later"]
     finally:
         await server.stop()
+
+
+# --- long administrative deletions ----------------------------------------------------------------
+
+
+async def test_deleting_a_large_graph_lets_other_writers_in_between(tmp_path: Path) -> None:
+    """`users remove` of a large user, as the admin CLI runs it beside a server: the deletion is
+    many short transactions, and the server's writes, which give up after a short busy timeout,
+    all get the lock in between."""
+    path = tmp_path / "memory.sqlite3"
+    admin = SQLiteStorage(path)
+    server = SQLiteStorage(path, busy_timeout=0.5)
+    try:
+        big = [Entity(name=f"entity {i}", entityType="t", observations=[f"fact {j} of {i}" for j in range(5)])
+               for i in range(3 * DELETE_BATCH + 17)]
+        await admin.create_entities("doomed", big)
+        await admin.create_relations("doomed", [Relation(from_=f"entity {i}", to="nobody", relationType="r")
+                                                for i in range(2 * DELETE_BATCH)])
+        commits: list[str] = []
+        await admin.db.write(lambda conn: conn.set_trace_callback(
+            lambda sql: commits.append(sql) if sql == "COMMIT" else None))
+
+        deletion = asyncio.create_task(admin.delete_graph("doomed"))
+        written_meanwhile = 0
+        while not deletion.done():
+            await server.create_entities("bystander", [Entity(name=f"b{written_meanwhile}", entityType="t",
+                                                              observations=[])])
+            written_meanwhile += 1
+        assert await deletion == len(big)
+
+        # At least one transaction per batch of entities and of relations, and the other writer
+        # got in while the deletion was under way.
+        assert len(commits) >= len(big) // DELETE_BATCH + 2, commits
+        assert written_meanwhile >= 2
+        assert (await server.read_graph("doomed")).model() == KnowledgeGraph(entities=[], relations=[])
+        assert len((await server.read_graph("bystander")).model().entities) == written_meanwhile
+    finally:
+        await admin.close()
+        await server.close()
