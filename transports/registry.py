@@ -120,6 +120,8 @@ class Session:
     _activating: asyncio.Lock = field(default_factory=asyncio.Lock)
     _cancel: Callable[[], Awaitable[None]] | None = None
     """How to end an SSE session: cancel its stream."""
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once an ended session's transport, stream, record and events are gone."""
     _delivered: deque[tuple[float, str, str]] = field(default_factory=deque)
     """Streams delivered whole: (when their events go, stream id, its last event id)."""
 
@@ -531,22 +533,29 @@ class SessionRegistry:
     async def _end(self, session: Session, *, keep_record: bool) -> None:
         """End a detached session's transport or stream, shielded so that it completes even while
         the caller is being cancelled, and delete its record and events unless `keep_record`."""
-        with anyio.CancelScope(shield=True):
-            transport, session._transport, session._dispatcher, session._events = (
-                session._transport, None, None, None)
-            if transport is not None and not transport.is_terminated:
-                await transport.terminate()
-            if session._cancel is not None:
-                await session._cancel()
-            if not keep_record:
-                await self._store.delete_session(session.session_id)
-                await self._store.delete_events(session.session_id)
+        try:
+            with anyio.CancelScope(shield=True):
+                transport, session._transport, session._dispatcher, session._events = (
+                    session._transport, None, None, None)
+                if transport is not None and not transport.is_terminated:
+                    await transport.terminate()
+                if session._cancel is not None:
+                    await session._cancel()
+                if not keep_record:
+                    await self._store.delete_session(session.session_id)
+                    await self._store.delete_events(session.session_id)
+        finally:
+            session._ended.set()
 
     async def forget(self, session: Session, *, keep_record: bool = False) -> None:
         """End the session. `keep_record` (shutdown) leaves the stored record and events for a
         later restore."""
         if self._detach(session):
             await self._end(session, keep_record=keep_record)
+        else:
+            # Ended by someone else (the transport's own task after a DELETE, a revocation):
+            # the caller may answer only once it is really gone.
+            await session._ended.wait()
 
     async def close_where(self, predicate: Callable[[Session], bool], *, keep_records: bool = False) -> int:
         doomed = [s for s in self._sessions.values() if predicate(s)]

@@ -35,7 +35,7 @@ from transports.direct import (
 )
 from transports.events import DeliveryWatch
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
-from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry, SessionState
+from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ class StreamableHTTPEndpoint:
                                     headers)
             if self._registry.ignorable_when_parked(session, message):
                 return web.Response(status=202, headers=headers)
-        if request.method == "DELETE" and session.state is SessionState.PARKED:
+        if request.method == "DELETE":
+            # What the SDK transport does with it (terminate, 200), but answered only once the
+            # session, its record and its events are gone, and without starting a parked one.
             await self._registry.forget(session)
             return web.Response(status=200, content_type="application/json", headers=headers)
         transport = await self._registry.activate(session)
