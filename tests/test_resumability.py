@@ -210,7 +210,7 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
         headers, priming, _ = dropped[0]
         async with http.stream("GET", server.url + "/mcp", headers={**headers, "Last-Event-ID": priming}) as gone:
             assert gone.status_code == 200
-            assert not [e for e in events(await gone.aread()) if e.get("data")]
+            assert not [e for e in events((await gone.aread()).decode()) if e.get("data")]
 
         # Streams read whole are deleted after their grace period; dropped ones stay (bounded).
         before = sum(stored().values())

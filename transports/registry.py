@@ -192,6 +192,12 @@ class SessionRegistry:
         self.json_response = json_response
         self._sessions: dict[str, Session] = {}
         self._per_user: dict[str, list[Session]] = {}
+        # A `restore` must not bring back a session that is ending, or whose ending completed
+        # while it read the store (it may have read the record just before its deletion).
+        self._ending: set[str] = set()
+        self._restoring = 0
+        self._ends = 0
+        self._ended_while_restoring: dict[str, int] = {}
         # The 2026-07-28 era has no sessions: each request is served on its own by the SDK's
         # stateless path, which its session manager exposes publicly.
         self._stateless = StreamableHTTPSessionManager(server, json_response=json_response, stateless=True,
@@ -409,8 +415,17 @@ class SessionRegistry:
         server restarted, or another instance opened it), when it belongs to `caller` and has not
         expired. It comes back parked: the record's initialize params let `activate` serve it
         without a new handshake, and its event log is still there."""
-        record = await self._store.get_session(session_id)
-        if (record is None or record.transport != "streamable-http" or record.client_params is None
+        started = self._ends
+        self._restoring += 1
+        try:
+            record = await self._store.get_session(session_id)
+        finally:
+            self._restoring -= 1
+            ended_meanwhile = (session_id in self._ending
+                               or self._ended_while_restoring.get(session_id, started) > started)
+            if not self._restoring:
+                self._ended_while_restoring.clear()
+        if (ended_meanwhile or record is None or record.transport != "streamable-http" or record.client_params is None
                 or record.owner != self._owner_label(caller.owner)
                 or record.last_seen_at < time.time() - self.idle_timeout):
             return None
@@ -521,6 +536,7 @@ class SessionRegistry:
         if session.state is SessionState.CLOSED:
             return False
         _move(session, SessionState.CLOSED)
+        self._ending.add(session.session_id)
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
         mine = self._per_user.get(session.user, [])
@@ -545,6 +561,10 @@ class SessionRegistry:
                     await self._store.delete_session(session.session_id)
                     await self._store.delete_events(session.session_id)
         finally:
+            self._ending.discard(session.session_id)
+            self._ends += 1
+            if self._restoring:
+                self._ended_while_restoring[session.session_id] = self._ends
             session._ended.set()
 
     async def forget(self, session: Session, *, keep_record: bool = False) -> None:
