@@ -25,6 +25,7 @@ from transports.caller import Caller, Refusal
 from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
 from transports.sse import SSEEndpoint
+from transports.store import EventLimits
 from transports.streamable_http import StreamableHTTPEndpoint
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     registry = SessionRegistry(
         mcp_server, storage, owner_label=owner_label,
         idle_timeout=settings.session_idle_timeout, max_sessions=settings.max_sessions,
-        max_sessions_per_user=settings.max_sessions_per_user)
+        max_sessions_per_user=settings.max_sessions_per_user,
+        event_limits=EventLimits(per_session=settings.event_log_bytes_per_session,
+                                 per_user=settings.event_log_bytes_per_user))
     app[REGISTRY] = registry
 
     async def authenticate(request: web.Request, resource_path: str) -> Caller:

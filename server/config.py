@@ -39,7 +39,15 @@ class Settings(BaseModel):
         (), description="browser origins allowed to call /mcp and /sse besides the public URL (comma-separated)")
     session_idle_timeout: float = Field(1800, gt=0, description="seconds before an idle MCP session ends")
     max_sessions: int = Field(10_000, gt=0, description="MCP sessions the server holds at most")
-    max_sessions_per_user: int = Field(100, gt=0, description="MCP sessions one user holds at most")
+    max_sessions_per_user: int = Field(
+        100, gt=0, description="MCP sessions one user holds at most; at the cap, a new session ends the user's "
+        "least recently used idle session (the same client's first), and is refused only when none is idle")
+    event_log_bytes_per_session: int = Field(
+        16 * 1024 * 1024, ge=0, description="bytes of undelivered SSE events one MCP session keeps for resumption "
+        "(Last-Event-ID), oldest evicted first; 0 keeps none")
+    event_log_bytes_per_user: int = Field(
+        64 * 1024 * 1024, ge=0, description="bytes of undelivered SSE events all MCP sessions of one user keep, "
+        "oldest evicted first")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
     access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
     refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
@@ -87,6 +95,14 @@ class Settings(BaseModel):
         if self.refresh_token_max_lifetime < self.refresh_token_ttl:
             raise ValueError(f"refresh_token_max_lifetime ({self.refresh_token_max_lifetime}) must be at least "
                              f"refresh_token_ttl ({self.refresh_token_ttl})")
+        return self
+
+    @model_validator(mode="after")
+    def _event_log(self) -> Settings:
+        if self.event_log_bytes_per_user < self.event_log_bytes_per_session:
+            raise ValueError(f"event_log_bytes_per_user ({self.event_log_bytes_per_user}) must be at least "
+                             f"event_log_bytes_per_session ({self.event_log_bytes_per_session}): one session "
+                             "could otherwise never use its own allowance")
         return self
 
     @model_validator(mode="after")

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
-from tests.conftest import RunningServer, access_token, start_server
+from auth import accounts
+from server.app import MCP_ENDPOINT
+from tests.conftest import RunningServer, access_token, start_server, tokens_by_hand
+from transports.events import DELIVERED_KEPT_SECONDS
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-11-25"  # priming events (and so resumption of POST streams) start with this version
@@ -135,3 +140,86 @@ async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, ser
         assert await restarted.storage.get_session(alice["Mcp-Session-Id"]) is None
     finally:
         await restarted.stop()
+
+
+async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.AsyncClient, tmp_path: Path) -> None:
+    """Defect 5: a read-only token reading a large graph again and again on the SDK path (SSE
+    responses) cannot grow the event log past its bounds, whether it reads each response whole or
+    drops each stream; what is left stays resumable, an evicted point replays nothing, and
+    delivered streams go after their grace period."""
+    per_session, per_user = 600_000, 900_000
+    server = await start_server(tmp_path / "data", event_log_bytes_per_session=per_session,
+                                event_log_bytes_per_user=per_user)
+    try:
+        await accounts.add_user(server.storage, "alice", "alice-password-1")
+        writer = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:write"))["access_token"]
+        reader = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:read"))["access_token"]
+        # The SDK transport answers every call (the direct path would answer in JSON, unstored).
+        server.app[MCP_ENDPOINT].direct = {}
+        writing = await session(http, server, writer)
+        entities = [{"name": f"e{i}", "entityType": "t", "observations": ["x" * 2000]} for i in range(50)]
+        created = await http.post(server.url + "/mcp", headers=writing, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "create_entities", "arguments": {"entities": entities}}})
+        assert created.status_code == 200
+        assert (await http.delete(server.url + "/mcp", headers=writing)).status_code == 200
+
+        def stored() -> dict[str, int]:
+            rows = server.storage.db.conn.execute(
+                "SELECT session_id, SUM(length(CAST(message AS BLOB))) FROM mcp_events GROUP BY session_id")
+            return {sid: size or 0 for sid, size in rows}
+
+        sessions = [await session(http, server, reader) for _ in range(2)]
+        read = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}
+        dropped: list[tuple[dict[str, str], str, int]] = []
+        request_id = 10
+        for _ in range(6):
+            for headers in sessions:
+                request_id += 1
+                whole = await http.post(server.url + "/mcp", headers=headers, json={**read, "id": request_id})
+                assert whole.status_code == 200 and len(whole.content) > 100_000
+                request_id += 1
+                # A stream dropped after its priming event: the response is stored for resumption.
+                async with http.stream("POST", server.url + "/mcp", headers=headers,
+                                       json={**read, "id": request_id}) as stream:
+                    text = ""
+                    async for chunk in stream.aiter_text():
+                        text += chunk
+                        if text.endswith("\n"):
+                            break
+                dropped.append((headers, events(text)[0]["id"], request_id))
+                sizes = stored()
+                assert all(size <= per_session for size in sizes.values()), sizes
+                assert sum(sizes.values()) <= per_user, sizes
+
+        # The newest dropped stream is still there in full...
+        headers, priming, last_id = dropped[-1]
+        for _ in range(200):  # its response is stored as the tool call ends, after the client left
+            found = await server.storage.events_after(headers["Mcp-Session-Id"], priming)
+            if found is not None and any(message for _, message in found[1]):
+                break
+            await asyncio.sleep(0.05)
+        async with http.stream("GET", server.url + "/mcp", headers={**headers, "Last-Event-ID": priming}) as again:
+            text = ""
+            async for chunk in again.aiter_text():
+                text += chunk
+                if f'"id":{last_id}' in text.replace(" ", "") and text.endswith("\n"):
+                    break
+        assert f'"id":{last_id}' in text.replace(" ", "") and '"entities"' in text
+        # ...the first was evicted: resuming from it replays nothing, as for any unknown id.
+        headers, priming, _ = dropped[0]
+        async with http.stream("GET", server.url + "/mcp", headers={**headers, "Last-Event-ID": priming}) as gone:
+            assert gone.status_code == 200
+            assert not [e for e in events((await gone.aread()).decode()) if e.get("data")]
+
+        # Streams read whole are deleted after their grace period; dropped ones stay (bounded).
+        before = sum(stored().values())
+        await server.registry.sweep(time.time() + DELIVERED_KEPT_SECONDS + 1)
+        after = stored()
+        assert sum(after.values()) < before
+        kept = server.storage.db.conn.execute(
+            "SELECT count(*) FROM mcp_events WHERE message LIKE '%\"entities\"%' AND CAST(stream_id AS INTEGER) % 2 = 1"
+        ).fetchone()[0]
+        assert kept == 0  # no response of a stream read whole (odd ids) is left
+    finally:
+        await server.stop()

@@ -150,20 +150,48 @@ async def test_idle_sessions_expire(http: httpx2.AsyncClient, tmp_path: Path) ->
 
 
 async def test_session_caps(http: httpx2.AsyncClient, tmp_path: Path) -> None:
+    """At the user's cap, a new session ends the user's least recently used idle session, the
+    same client's first; only when none is idle is it refused. The server-wide cap refuses."""
     from auth import accounts
 
     server = await start_server(tmp_path / "data", max_sessions_per_user=2, max_sessions=3)
     try:
         for name in ("alice", "bob"):
             await accounts.add_user(server.storage, name, f"{name}-password-1")
-        alice = (await tokens_by_hand(server, "alice", "alice-password-1", BOTH))["access_token"]
+        # Two clients of Alice's (each registration is a client of its own), one of Bob's.
+        first = (await tokens_by_hand(server, "alice", "alice-password-1", BOTH))["access_token"]
+        second = (await tokens_by_hand(server, "alice", "alice-password-1", BOTH))["access_token"]
         bob = (await tokens_by_hand(server, "bob", "bob-password-1", BOTH))["access_token"]
         init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "c", "version": "1"}}}
-        await open_session(http, server, alice)
-        await open_session(http, server, alice)
-        third = await http.post(server.url + "/mcp", json=init, headers={**ACCEPT, "Authorization": f"Bearer {alice}"})
-        assert third.status_code == 429 and "2 open MCP sessions" in third.json()["error"]["message"]
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+
+        async def status(session: dict[str, str]) -> int:
+            return (await http.post(server.url + "/mcp", json=call, headers=session)).status_code
+
+        oldest = await open_session(http, server, first)
+        newer = await open_session(http, server, first)
+        assert await status(oldest) == 200  # now `newer` is the first client's least recently used
+        # The second client is not locked out by the first: the least recently used idle session
+        # of the user goes, and the second client has none of its own.
+        other = await open_session(http, server, second)
+        assert [await status(s) for s in (oldest, newer, other)] == [200, 404, 200]
+        # The first client again: its own idle session goes, not the other client's, though that
+        # one is the least recently used now.
+        assert await status(oldest) == 200
+        again = await open_session(http, server, first)
+        assert [await status(s) for s in (oldest, other, again)] == [404, 200, 200]
+
+        # Sessions with an open stream are never ended to make room: with none idle, 429.
+        async with http.stream("GET", server.url + "/mcp", headers=other) as one, \
+                http.stream("GET", server.url + "/mcp", headers=again) as two:
+            assert one.status_code == two.status_code == 200
+            third = await http.post(server.url + "/mcp", json=init,
+                                    headers={**ACCEPT, "Authorization": f"Bearer {first}"})
+            assert third.status_code == 429
+            assert "2 open MCP sessions, none of them idle" in third.json()["error"]["message"]
+        assert [await status(s) for s in (other, again)] == [200, 200]
+
         await open_session(http, server, bob)
         full = await http.post(server.url + "/mcp", json=init, headers={**ACCEPT, "Authorization": f"Bearer {bob}"})
         assert full.status_code == 503 and "maximum of 3" in full.json()["error"]["message"]

@@ -1,9 +1,23 @@
-"""The session registry: which live MCP session belongs to whom, and the tasks that serve them.
+"""The session registry: which live MCP session belongs to whom, its state, and the tasks that
+serve them.
 
 Why our own registry and not the SDK's `StreamableHTTPSessionManager` (DECISIONS.md #1): the
 manager shares one event store across sessions (replaying other sessions' events) and keeps
 private what we need: teardown of one user's sessions when their access ends, per-user caps,
 session records in storage.
+
+A session's state is one `SessionState`, changed only here (`_move`, checked against
+`TRANSITIONS`). The registry also owns the bookkeeping of use: endpoints wrap each request in
+`async with registry.using(session)`, which counts it in flight (an open stream is a request in
+flight) and marks the session seen.
+
+Sessions per user are capped (`max_sessions_per_user`), and the cap is shared by all the user's
+clients. So that one client cannot hold all of them, a new session of a user at the cap ends one
+of the user's idle sessions (no request in flight, no open stream, no server-to-client request
+waiting for its answer): the least recently used idle one of the same client if it has one, else
+the least recently used idle one of the user's other clients. Only when none is idle is the new
+session refused (429). A client whose idle session was ended gets 404 on its next request and
+starts a new session, as the spec tells clients to; work in progress is never cut.
 
 Every session task runs in one anyio task group that a single holder task owns (anyio task groups
 are bound to the task that entered them; entering one from aiohttp's cleanup_ctx fails at
@@ -14,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Hashable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,16 +41,16 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_connection, serve_loop
+from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 from mcp.shared.transport_context import TransportContext
-from mcp_types import InitializeRequestParams
+from mcp_types import InitializeRequestParams, JSONRPCNotification, jsonrpc_message_adapter
 
 from transports.caller import Caller
-from transports.events import SessionEventStore
-from transports.store import SessionRecord, TransportStore
+from transports.events import DELIVERED_KEPT_SECONDS, SessionEventStore
+from transports.store import EventLimits, SessionRecord, TransportStore
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +60,31 @@ TOUCH_INTERVAL_SECONDS = 60.0
 SSE_RETRY_MILLISECONDS = 1000
 # A session's SDK transport is stopped after this long without a request that needed it.
 PARK_AFTER_SECONDS = 30.0
+
+
+class SessionState(enum.Enum):
+    ACTIVE = "active"
+    """Streamable HTTP, served by its running SDK transport (`Session.transport`)."""
+    PARKED = "parked"
+    """Streamable HTTP without an SDK transport: the record and the client's initialize params.
+    The direct path answers it as is; `activate` starts a transport again, handshake done."""
+    SSE = "sse"
+    """The 2024-11-05 HTTP+SSE transport: the session is its open GET /sse stream."""
+    CLOSED = "closed"
+    """Ended, and no longer in the registry: its id answers 404."""
+
+
+TRANSITIONS: Mapping[SessionState, frozenset[SessionState]] = {
+    SessionState.ACTIVE: frozenset({SessionState.PARKED, SessionState.CLOSED}),
+    SessionState.PARKED: frozenset({SessionState.ACTIVE, SessionState.CLOSED}),
+    SessionState.SSE: frozenset({SessionState.CLOSED}),
+    SessionState.CLOSED: frozenset(),
+}
+"""Every state change a session can make; a session starts in any state but CLOSED."""
+
+
+class SessionStateError(Exception):
+    """A state change that TRANSITIONS does not allow: a bug in the caller, never a client's fault."""
 
 
 class SessionGoneError(Exception):
@@ -58,22 +99,74 @@ class SessionLimitError(Exception):
 
 @dataclass(eq=False)
 class Session:
+    """One MCP session. Its state and bookkeeping are the registry's to change; the endpoints read
+    them."""
+
     session_id: str
     owner: Hashable
     user: str
     kind: str
-    transport: StreamableHTTPServerTransport | None
+    """"streamable-http" or "sse", as in its record."""
     created_at: float
-    last_seen_at: float
+    _state: SessionState
+    _last_seen_at: float
     protocol_version: str | None = None
     client_params: InitializeRequestParams | None = None
-    in_flight: int = 0
-    stored_seen_at: float = 0.0
-    """Requests being served (an open stream counts): a session is never idle while one is."""
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    activating: asyncio.Lock = field(default_factory=asyncio.Lock)
-    cancel: Callable[[], Awaitable[None]] | None = None
-    """How to end a session whose transport is not a StreamableHTTPServerTransport (SSE)."""
+    _transport: StreamableHTTPServerTransport | None = None
+    _dispatcher: JSONRPCDispatcher[TransportContext] | None = None
+    _events: SessionEventStore | None = None
+    _in_flight: int = 0
+    _stored_seen_at: float = 0.0
+    _activating: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _cancel: Callable[[], Awaitable[None]] | None = None
+    """How to end an SSE session: cancel its stream."""
+    _ended: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once an ended session's transport, stream, record and events are gone."""
+    _delivered: deque[tuple[float, str, str]] = field(default_factory=deque)
+    """Streams delivered whole: (when their events go, stream id, its last event id)."""
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def transport(self) -> StreamableHTTPServerTransport | None:
+        """The SDK transport, while ACTIVE."""
+        return self._transport
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being served (an open stream counts): a session is never idle while one is."""
+        return self._in_flight
+
+    @property
+    def last_seen_at(self) -> float:
+        return self._last_seen_at
+
+    @property
+    def idle(self) -> bool:
+        """Nothing would be lost by ending or parking it: no request in flight, no open stream,
+        and its SDK transport (if running) neither serves a request nor waits for the client's
+        answer to one of its own."""
+        return (self._state in (SessionState.ACTIVE, SessionState.PARKED) and self._in_flight == 0
+                and not _dispatcher_busy(self._dispatcher))
+
+
+def _dispatcher_busy(dispatcher: JSONRPCDispatcher[TransportContext] | None) -> bool:
+    """Whether the SDK's dispatcher still handles a client request (its stream may have dropped,
+    the client can resume it) or waits for the answer to a server-to-client request (sampling,
+    elicitation, roots). Both live in private tables of `JSONRPCDispatcher` (mcp 2.3): they are
+    the only record of that work, and parking or ending the session would lose it."""
+    if dispatcher is None:
+        return False
+    return bool(dispatcher._in_flight or dispatcher._pending)
+
+
+def _move(session: Session, to: SessionState) -> None:
+    if to not in TRANSITIONS[session.state]:
+        raise SessionStateError(f"MCP session {session.session_id[:8]}… cannot go from {session.state.name} "
+                                f"to {to.name}")
+    session._state = to
 
 
 class SessionRegistry:
@@ -86,6 +179,7 @@ class SessionRegistry:
         idle_timeout: float,
         max_sessions: int,
         max_sessions_per_user: int,
+        event_limits: EventLimits,
         json_response: bool = False,
     ) -> None:
         self._server = server
@@ -94,9 +188,16 @@ class SessionRegistry:
         self.idle_timeout = idle_timeout
         self.max_sessions = max_sessions
         self.max_sessions_per_user = max_sessions_per_user
+        self.event_limits = event_limits
         self.json_response = json_response
         self._sessions: dict[str, Session] = {}
-        self._per_user: dict[str, int] = {}
+        self._per_user: dict[str, list[Session]] = {}
+        # A `restore` must not bring back a session that is ending, or whose ending completed
+        # while it read the store (it may have read the record just before its deletion).
+        self._ending: set[str] = set()
+        self._restoring = 0
+        self._ends = 0
+        self._ended_while_restoring: dict[str, int] = {}
         # The 2026-07-28 era has no sessions: each request is served on its own by the SDK's
         # stateless path, which its session manager exposes publicly.
         self._stateless = StreamableHTTPSessionManager(server, json_response=json_response, stateless=True,
@@ -133,18 +234,29 @@ class SessionRegistry:
         await started
 
     async def _expire_idle(self) -> None:
-        """End sessions nobody used for `idle_timeout`. Kept here rather than in the SDK transport
-        because requests answered directly (`Session.in_flight`, `seen`) never reach it."""
         interval = min(max(self.idle_timeout / 4, 0.05), 30.0)
         while True:
             await asyncio.sleep(interval)
-            now = time.time()
-            for session in [s for s in self._sessions.values() if s.in_flight == 0]:
-                if session.last_seen_at < now - self.idle_timeout:
-                    log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
-                    await self.forget(session)
-                elif session.transport is not None and session.last_seen_at < now - PARK_AFTER_SECONDS:
-                    await self.park(session)
+            await self.sweep()
+
+    async def sweep(self, now: float | None = None) -> None:
+        """End sessions nobody used for `idle_timeout`, park the transports of idle ones, delete
+        the events of streams delivered long enough ago. Kept here rather than in the SDK
+        transport because requests answered directly never reach it. Expiry looks only at
+        requests in flight: an SDK transport waiting for a client that never comes back must not
+        keep its session forever."""
+        now = time.time() if now is None else now
+        for session in list(self._sessions.values()):
+            while session._delivered and session._delivered[0][0] <= now:
+                _, stream_id, through = session._delivered.popleft()
+                await self._store.delete_events(session.session_id, (stream_id, through))
+            if session.in_flight or session.state not in (SessionState.ACTIVE, SessionState.PARKED):
+                continue  # an SSE session is its open stream
+            if session.last_seen_at < now - self.idle_timeout:
+                log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+                await self.forget(session)
+            elif session.state is SessionState.ACTIVE and session.last_seen_at < now - PARK_AFTER_SECONDS:
+                await self.park(session)
 
     async def stop(self) -> None:
         """Close every stream at once, then the task group. Session records stay in the store:
@@ -172,48 +284,105 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def lookup(self, session_id: str, owner: Hashable) -> Session | None:
-        """The session, if it exists and belongs to `owner`. Unknown and foreign ids are
-        indistinguishable to the caller: both are None (no oracle for guessing ids)."""
+    def lookup(self, session_id: str, owner: Hashable, kind: str) -> Session | None:
+        """The session, if it exists, belongs to `owner` and is of the transport `kind` asking.
+        Unknown, foreign and other-transport ids are indistinguishable to the caller: all are None
+        (no oracle for guessing ids; a Streamable HTTP DELETE cannot end an SSE stream)."""
         session = self._sessions.get(session_id)
-        if session is None or session.owner != owner:
+        if session is None or session.owner != owner or session.kind != kind:
             return None
         return session
 
     def sessions(self) -> list[Session]:
         return list(self._sessions.values())
 
-    async def seen(self, session: Session) -> None:
-        now = time.time()
-        if now - session.stored_seen_at >= TOUCH_INTERVAL_SECONDS:
-            session.stored_seen_at = now
-            await self._store.touch_session(session.session_id, now)
-        session.last_seen_at = now
+    @contextlib.asynccontextmanager
+    async def using(self, session: Session) -> AsyncIterator[Session]:
+        """Serve one request of the session: it is in flight (never idle, never parked) until the
+        block ends, streams included, and the session counts as seen at both ends."""
+        session._in_flight += 1
+        try:
+            now = time.time()
+            session._last_seen_at = now
+            if now - session._stored_seen_at >= TOUCH_INTERVAL_SECONDS:
+                session._stored_seen_at = now
+                await self._store.touch_session(session.session_id, now)
+            yield session
+        finally:
+            session._in_flight -= 1
+            session._last_seen_at = time.time()
+
+    async def delivered(self, session: Session, stream_id: str, last_event_id: str) -> None:
+        """A response of the session's SDK transport was written whole (transports/events.py): if
+        it carried the end of the stream, the stream's events go after DELIVERED_KEPT_SECONDS."""
+        if session._events is not None and session._events.completes(stream_id, last_event_id):
+            session._delivered.append((time.time() + DELIVERED_KEPT_SECONDS, stream_id, last_event_id))
+
+    def ignorable_when_parked(self, session: Session, message: Any) -> bool:
+        """Whether a message for a PARKED session can be acknowledged (202) without starting its
+        SDK transport, because the SDK would do nothing with it either.
+
+        Only a valid notification that the server registered no handler for. What the SDK does
+        with each client notification it has no handler for, and why a parked session loses
+        nothing by not seeing it:
+        * notifications/initialized: marks the connection initialized; a parked session's
+          connection is born initialized when its transport starts (`_serve_streamable`).
+        * notifications/cancelled: interrupts the named request if the dispatcher is serving it;
+          a parked session's dispatcher serves none (`park` waits until it is idle). A request
+          being answered on the direct path meanwhile runs to its end, as the spec allows for a
+          request that cannot be cancelled (clients must ignore a late response anyway).
+        * notifications/progress: feeds the progress callback of a server-to-client request
+          waiting for its answer; a parked session has none waiting.
+        * notifications/roots/list_changed and any other: nothing without a handler.
+        Invalid messages go to the SDK transport, which answers them as it does (400)."""
+        if session.state is not SessionState.PARKED or not isinstance(message, dict) or "id" in message:
+            return False
+        try:
+            notification = jsonrpc_message_adapter.validate_python(message, by_name=False)
+        except ValueError:
+            return False
+        return (isinstance(notification, JSONRPCNotification)
+                and self._server.get_notification_handler(notification.method) is None)
 
     # -- opening -----------------------------------------------------------------------------
 
-    def _admit(self, caller: Caller, kind: str, transport: StreamableHTTPServerTransport | None,
-               session_id: str) -> Session:
-        if len(self._sessions) >= self.max_sessions:
-            raise SessionLimitError(
-                f"the server holds its maximum of {self.max_sessions} MCP sessions; retry later "
-                "(operators: raise max_sessions)", per_user=False)
-        if self._per_user.get(caller.user, 0) >= self.max_sessions_per_user:
-            raise SessionLimitError(
-                f"this user already has {self.max_sessions_per_user} open MCP sessions; close one "
-                "(clients send DELETE on exit) or wait for idle ones to expire", per_user=True)
+    async def _admit(self, caller: Caller, kind: str, session_id: str, state: SessionState) -> Session:
+        """Count a new session in, ending an idle one of the user's to make room at the user's cap
+        (the rule is in the module docstring)."""
+        if state is SessionState.CLOSED:
+            raise SessionStateError("a session cannot start CLOSED")
+        while True:
+            if len(self._sessions) >= self.max_sessions:
+                raise SessionLimitError(
+                    f"the server holds its maximum of {self.max_sessions} MCP sessions; retry later "
+                    "(operators: raise max_sessions)", per_user=False)
+            mine = self._per_user.get(caller.user, [])
+            if len(mine) < self.max_sessions_per_user:
+                break
+            idle = [s for s in mine if s.idle]
+            if not idle:
+                raise SessionLimitError(
+                    f"this user already has {self.max_sessions_per_user} open MCP sessions, none of them idle; "
+                    "close one (clients send DELETE on exit) or retry when one is idle", per_user=True)
+            victim = min(idle, key=lambda s: (s.owner != caller.owner, s.last_seen_at))
+            log.info("MCP session %s… ended to make room for a new session of its user (the cap is %d)",
+                     victim.session_id[:8], self.max_sessions_per_user)
+            # Ended before the new one is counted in, and the caps checked again after: a
+            # concurrent opening may have taken the room meanwhile, and a cancellation here
+            # leaves no half-admitted session.
+            await self.forget(victim)
         now = time.time()
-        session = Session(session_id, caller.owner, caller.user, kind, transport, now, now)
+        session = Session(session_id, caller.owner, caller.user, kind, now, state, now, _stored_seen_at=now)
         self._sessions[session_id] = session
-        self._per_user[caller.user] = self._per_user.get(caller.user, 0) + 1
+        self._per_user.setdefault(caller.user, []).append(session)
         return session
 
     async def open_streamable(self, caller: Caller) -> Session:
         """Create a session and start the task that serves it; the caller then passes the
         initialize request to `session.transport`."""
-        session = self._admit(caller, "streamable-http", None, secrets.token_urlsafe(32))
+        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.ACTIVE)
         try:
-            await self._launch(session, None)
+            await self._launch(session)
         except BaseException:
             await self.forget(session)
             raise
@@ -222,9 +391,20 @@ class SessionRegistry:
     async def open_parked(self, caller: Caller, protocol_version: str, client_params: str) -> Session:
         """Create a session whose `initialize` was answered without the SDK transport
         (transports.direct): recorded, and parked from the start, like a restored one."""
-        session = self._admit(caller, "streamable-http", None, secrets.token_urlsafe(32))
+        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.PARKED)
         try:
             await self.established(session, protocol_version, client_params)
+        except BaseException:
+            await self.forget(session)
+            raise
+        return session
+
+    async def open_sse(self, caller: Caller, session_id: str, cancel: Callable[[], Awaitable[None]]) -> Session:
+        """Record a 2024-11-05 session whose stream is open; `cancel` ends that stream."""
+        session = await self._admit(caller, "sse", session_id, SessionState.SSE)
+        session._cancel = cancel
+        try:
+            await self.established(session, "2024-11-05")
         except BaseException:
             await self.forget(session)
             raise
@@ -235,8 +415,17 @@ class SessionRegistry:
         server restarted, or another instance opened it), when it belongs to `caller` and has not
         expired. It comes back parked: the record's initialize params let `activate` serve it
         without a new handshake, and its event log is still there."""
-        record = await self._store.get_session(session_id)
-        if (record is None or record.transport != "streamable-http" or record.client_params is None
+        started = self._ends
+        self._restoring += 1
+        try:
+            record = await self._store.get_session(session_id)
+        finally:
+            self._restoring -= 1
+            ended_meanwhile = (session_id in self._ending
+                               or self._ended_while_restoring.get(session_id, started) > started)
+            if not self._restoring:
+                self._ended_while_restoring.clear()
+        if (ended_meanwhile or record is None or record.transport != "streamable-http" or record.client_params is None
                 or record.owner != self._owner_label(caller.owner)
                 or record.last_seen_at < time.time() - self.idle_timeout):
             return None
@@ -245,23 +434,26 @@ class SessionRegistry:
         except ValueError:
             return None
         if session_id in self._sessions:  # restored by a concurrent request meanwhile
-            return self.lookup(session_id, caller.owner)
-        session = self._admit(caller, "streamable-http", None, session_id)
+            return self.lookup(session_id, caller.owner, "streamable-http")
+        session = await self._admit(caller, "streamable-http", session_id, SessionState.PARKED)
         session.client_params = params
         session.protocol_version = record.protocol_version or params.protocol_version
-        session.created_at, session.stored_seen_at = record.created_at, record.last_seen_at
+        session.created_at, session._stored_seen_at = record.created_at, record.last_seen_at
         log.info("MCP session %s… restored from storage", session_id[:8])
         return session
 
     async def activate(self, session: Session) -> StreamableHTTPServerTransport:
         """The session's SDK transport, started again (handshake already done) if it was parked."""
-        async with session.activating:
-            if session.transport is None:
-                if session.closed.is_set() or session.client_params is None:
-                    raise SessionGoneError(session.session_id)
-                version = session.protocol_version or session.client_params.protocol_version
-                await self._launch(session, (session.client_params, version))
-            assert session.transport is not None
+        async with session._activating:
+            if session.state is SessionState.PARKED and session.client_params is not None:
+                _move(session, SessionState.ACTIVE)
+                try:
+                    await self._launch(session)
+                except BaseException:
+                    await self.forget(session)
+                    raise
+            if session.transport is None:  # closed meanwhile, or an SSE session
+                raise SessionGoneError(session.session_id)
             return session.transport
 
     async def park(self, session: Session) -> None:
@@ -269,40 +461,52 @@ class SessionRegistry:
 
         An idle session is then a small record instead of a transport with its streams and
         tasks (about 45 KiB): the direct path answers tools/call without it, and `activate`
-        brings it back for anything else."""
-        async with session.activating:
+        brings it back for anything else. Never while it is not `idle`: a request being served,
+        an open stream or a server-to-client request waiting for its answer would be lost."""
+        async with session._activating:
             transport = session.transport
-            if transport is None or session.in_flight or session.client_params is None:
+            if (session.state is not SessionState.ACTIVE or transport is None or not session.idle
+                    or session.client_params is None):
                 return
-            session.transport = None
+            _move(session, SessionState.PARKED)
+            session._transport = session._dispatcher = session._events = None
             with anyio.CancelScope(shield=True):
                 await transport.terminate()
 
-    async def _launch(self, session: Session, restored: tuple[InitializeRequestParams, str] | None) -> None:
+    async def _launch(self, session: Session) -> None:
         if self._tg is None:
             raise RuntimeError("the session registry is not running")
+        events = SessionEventStore(self._store, session.session_id, session.user, self.event_limits)
         transport = StreamableHTTPServerTransport(
             mcp_session_id=session.session_id,
             is_json_response_enabled=self.json_response,
-            event_store=SessionEventStore(self._store, session.session_id),
+            event_store=events,
             # Sent as the SSE `retry` field: how soon a client whose stream dropped comes back
             # with Last-Event-ID.
             retry_interval=SSE_RETRY_MILLISECONDS,
         )
-        session.transport = transport
-        await self._tg.start(self._serve_streamable, session, transport, restored)
+        session._transport, session._events = transport, events
+        await self._tg.start(self._serve_streamable, session, transport)
 
-    async def _serve_streamable(self, session: Session, transport: StreamableHTTPServerTransport,
-                                restored: tuple[InitializeRequestParams, str] | None, *,
+    async def _serve_streamable(self, session: Session, transport: StreamableHTTPServerTransport, *,
                                 task_status: TaskStatus[None]) -> None:
+        """What the SDK's `serve_loop` does, with the dispatcher kept (`Session.idle` asks it) and,
+        for a session whose handshake is done (parked, restored), a connection born initialized."""
         try:
             async with transport.connect() as (read_stream, write_stream):
-                task_status.started()
-                if restored is None:
-                    await serve_loop(self._server, read_stream, write_stream,
-                                     lifespan_state=self._lifespan_state, session_id=session.session_id)
+                dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
+                    read_stream, write_stream, inline_methods=frozenset({"initialize"}))
+                if session.client_params is None:
+                    connection = Connection.for_loop(dispatcher, session_id=session.session_id)
                 else:
-                    await self._serve_initialized(session.session_id, read_stream, write_stream, *restored)
+                    connection = Connection(
+                        dispatcher, session_id=session.session_id, client_params=session.client_params,
+                        protocol_version=session.protocol_version or session.client_params.protocol_version)
+                    connection.initialized.set()
+                session._dispatcher = dispatcher
+                task_status.started()
+                await serve_connection(self._server, dispatcher, connection=connection,
+                                       lifespan_state=self._lifespan_state)
         except Exception:
             log.exception("MCP session %s… crashed", session.session_id[:8])
         finally:
@@ -310,21 +514,11 @@ class SessionRegistry:
                 with anyio.CancelScope(shield=True):
                     await self.forget(session)
 
-    async def _serve_initialized(self, session_id: str, read_stream: Any, write_stream: Any,
-                                 params: InitializeRequestParams, protocol_version: str) -> None:
-        """What `serve_loop` does, with the handshake already done (a restored session)."""
-        dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
-            read_stream, write_stream, inline_methods=frozenset({"initialize"}))
-        connection = Connection(dispatcher, protocol_version=protocol_version, session_id=session_id,
-                                client_params=params)
-        connection.initialized.set()
-        await serve_connection(self._server, dispatcher, connection=connection, lifespan_state=self._lifespan_state)
-
     async def established(self, session: Session, protocol_version: str | None,
                           client_params: str | None = None) -> None:
         """The opening request succeeded: record the session."""
         session.protocol_version = protocol_version
-        session.stored_seen_at = session.last_seen_at
+        session._stored_seen_at = session.last_seen_at
         if client_params is not None:
             try:
                 session.client_params = InitializeRequestParams.model_validate_json(client_params)
@@ -335,33 +529,53 @@ class SessionRegistry:
             transport=session.kind, protocol_version=protocol_version,
             created_at=session.created_at, last_seen_at=session.last_seen_at, client_params=client_params))
 
-    def admit(self, caller: Caller, kind: str, session_id: str) -> Session:
-        return self._admit(caller, kind, None, session_id)
-
     # -- closing -----------------------------------------------------------------------------
 
-    async def forget(self, session: Session, *, keep_record: bool = False) -> None:
-        """Stop tracking the session and end its transport. The id answers 404 from the first line
-        on; the rest is shielded so that it completes even while the caller is being cancelled.
-        `keep_record` (shutdown) leaves the stored record and events for a later restore."""
+    def _detach(self, session: Session) -> bool:
+        """Stop tracking the session: its id answers 404 from now on. False if it already ended."""
+        if session.state is SessionState.CLOSED:
+            return False
+        _move(session, SessionState.CLOSED)
+        self._ending.add(session.session_id)
         if self._sessions.get(session.session_id) is session:
             del self._sessions[session.session_id]
-            remaining = self._per_user.get(session.user, 1) - 1
-            if remaining:
-                self._per_user[session.user] = remaining
-            else:
-                self._per_user.pop(session.user, None)
-        if session.closed.is_set():
-            return
-        session.closed.set()
-        with anyio.CancelScope(shield=True):
-            if session.transport is not None and not session.transport.is_terminated:
-                await session.transport.terminate()
-            if session.cancel is not None:
-                await session.cancel()
-            if not keep_record:
-                await self._store.delete_session(session.session_id)
-                await self._store.delete_events(session.session_id)
+        mine = self._per_user.get(session.user, [])
+        if session in mine:
+            mine.remove(session)
+        if not mine:
+            self._per_user.pop(session.user, None)
+        return True
+
+    async def _end(self, session: Session, *, keep_record: bool) -> None:
+        """End a detached session's transport or stream, shielded so that it completes even while
+        the caller is being cancelled, and delete its record and events unless `keep_record`."""
+        try:
+            with anyio.CancelScope(shield=True):
+                transport, session._transport, session._dispatcher, session._events = (
+                    session._transport, None, None, None)
+                if transport is not None and not transport.is_terminated:
+                    await transport.terminate()
+                if session._cancel is not None:
+                    await session._cancel()
+                if not keep_record:
+                    await self._store.delete_session(session.session_id)
+                    await self._store.delete_events(session.session_id)
+        finally:
+            self._ending.discard(session.session_id)
+            self._ends += 1
+            if self._restoring:
+                self._ended_while_restoring[session.session_id] = self._ends
+            session._ended.set()
+
+    async def forget(self, session: Session, *, keep_record: bool = False) -> None:
+        """End the session. `keep_record` (shutdown) leaves the stored record and events for a
+        later restore."""
+        if self._detach(session):
+            await self._end(session, keep_record=keep_record)
+        else:
+            # Ended by someone else (the transport's own task after a DELETE, a revocation):
+            # the caller may answer only once it is really gone.
+            await session._ended.wait()
 
     async def close_where(self, predicate: Callable[[Session], bool], *, keep_records: bool = False) -> int:
         doomed = [s for s in self._sessions.values() if predicate(s)]

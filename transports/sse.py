@@ -86,22 +86,21 @@ class SSEEndpoint:
         async def admit_when_announced() -> None:
             session_id = await announced
             try:
-                session = self._registry.admit(caller, "sse", session_id)
+                session = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope))
             except SessionLimitError as exc:
                 log.warning("closing SSE stream: %s", exc)
                 cancel_scope.cancel()
                 return
-            session.cancel = _canceller(cancel_scope)
-            session.in_flight = 1  # the stream is the session: never idle while it is open
             holder["session"] = session
             self._transports[session_id] = transport
-            await self._registry.established(session, "2024-11-05")
 
         watcher = asyncio.create_task(admit_when_announced())
         try:
             return await call_asgi(app, request, b"", {"caller": caller})
         finally:
+            # Waited for, so that a session it was opening is either in `holder` or not opened.
             watcher.cancel()
+            await asyncio.wait({watcher})
             session = holder.get("session")
             if session is not None:
                 self._transports.pop(session.session_id, None)
@@ -121,7 +120,7 @@ class SSEEndpoint:
         session_id = request.query.get("session_id")
         if not session_id:
             raise web.HTTPBadRequest(text="session_id query parameter is required (from the endpoint event)")
-        session = self._registry.lookup(session_id, caller.owner)
+        session = self._registry.lookup(session_id, caller.owner, "sse")
         transport = self._transports.get(session_id)
         if session is None or transport is None:
             raise web.HTTPNotFound(text="Could not find session: it ended or never existed; open /sse again")
@@ -134,8 +133,8 @@ class SSEEndpoint:
             if blocked is not None:
                 return blocked
         current_caller.set(caller)
-        await self._registry.seen(session)
-        return await call_asgi(transport.handle_post_message, request, body, {"caller": caller})
+        async with self._registry.using(session):
+            return await call_asgi(transport.handle_post_message, request, body, {"caller": caller})
 
 
 def _canceller(scope: anyio.CancelScope) -> Callable[[], Awaitable[None]]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
+from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ from transports.direct import (
     modern_acceptable,
     negotiated_version,
 )
+from transports.events import DeliveryWatch
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
 
@@ -113,7 +114,7 @@ class StreamableHTTPEndpoint:
             return jsonrpc_error(400, -32600, f"Bad Request: missing {SESSION_HEADER} header (send initialize "
                                  "first, then the session id it returns on every request)")
 
-        session = self._registry.lookup(session_id, caller.owner)
+        session = self._registry.lookup(session_id, caller.owner, "streamable-http")
         if session is None:
             try:
                 session = await self._registry.restore(session_id, caller)
@@ -121,15 +122,11 @@ class StreamableHTTPEndpoint:
                 return _too_many(exc)
         if session is None:
             return _session_not_found()
-        await self._registry.seen(session)
-        session.in_flight += 1
-        try:
-            return await self._serve(request, caller, session, body, message, version)
-        except SessionGoneError:
-            return _session_not_found()
-        finally:
-            session.in_flight -= 1
-            session.last_seen_at = time.time()
+        async with self._registry.using(session):
+            try:
+                return await self._serve(request, caller, session, body, message, version)
+            except SessionGoneError:
+                return _session_not_found()
 
     async def _serve(self, request: web.Request, caller: Caller, session: Session, body: bytes, message: Any,
                      version: str | None) -> web.StreamResponse:
@@ -140,17 +137,30 @@ class StreamableHTTPEndpoint:
             if handler is not None and is_request(message) and accepts_json(request):
                 return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
                                     headers)
-            if session.transport is None and isinstance(method, str) and "id" not in message:
-                # A notification for a parked session: nothing in it needs the SDK's session
-                # state (the restored connection is born initialized), so it is only acknowledged.
+            if self._registry.ignorable_when_parked(session, message):
                 return web.Response(status=202, headers=headers)
-        if request.method == "DELETE" and session.transport is None:
+        if request.method == "DELETE":
+            # What the SDK transport does with it (terminate, 200), but answered only once the
+            # session, its record and its events are gone, and without starting a parked one.
             await self._registry.forget(session)
             return web.Response(status=200, content_type="application/json", headers=headers)
         transport = await self._registry.activate(session)
-        response = await call_asgi(transport.handle_request, request, body, {"caller": caller})
+        response = await self._through_sdk(session, transport, request, body, caller, message)
         if transport.is_terminated and session.transport is transport:
             await self._registry.forget(session)
+        return response
+
+    async def _through_sdk(self, session: Session, transport: StreamableHTTPServerTransport, request: web.Request,
+                           body: bytes, caller: Caller, message: Any) -> web.StreamResponse:
+        """The SDK transport's answer; a POST's stream whose response went out whole, on a
+        connection still up, is then no longer kept for resumption (transports/events.py)."""
+        watch = DeliveryWatch()
+        response = await call_asgi(watch.wrap(transport.handle_request), request, body, {"caller": caller})
+        if (watch.ended and watch.last_event_id is not None and request.method == "POST"
+                and isinstance(message, dict) and is_request(message)
+                and request.transport is not None and not request.transport.is_closing()):
+            # The SDK names a POST's stream after the request id.
+            await self._registry.delivered(session, str(message["id"]), watch.last_event_id)
         return response
 
     async def _open(self, request: web.Request, caller: Caller, body: bytes,
@@ -162,12 +172,11 @@ class StreamableHTTPEndpoint:
             session = await self._registry.open_streamable(caller)
         except SessionLimitError as exc:
             return _too_many(exc)
-        assert session.transport is not None
-        session.in_flight += 1
-        try:
-            response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
-        finally:
-            session.in_flight -= 1
+        transport = session.transport
+        if transport is None:  # ended by a revocation while it was being opened
+            return _session_not_found()
+        async with self._registry.using(session):
+            response = await self._through_sdk(session, transport, request, body, caller, message)
         if response.status >= 400:
             await self._registry.forget(session)
         else:

@@ -20,10 +20,10 @@ from server.storage.sqlite.sessions import EventTables, SessionTables
 class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables):
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.db = Database(path, busy_timeout)
-        for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA,
-                       EventTables.SCHEMA):
+        for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA):
             self.db.apply_schema(schema)
         migrate(self.db)
+        EventTables.migrate(self.db)
         GraphTables.migrate(self.db)
 
     async def close(self) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from server.storage.sqlite.db import Database
-from transports.store import SessionRecord
+from transports.store import EVENT_OVERHEAD_BYTES, EventLimits, SessionRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mcp_sessions (
@@ -75,6 +75,8 @@ class SessionTables:
                 _execute, "DELETE FROM mcp_events WHERE event_id IN (SELECT event_id FROM mcp_events"
                 " WHERE session_id NOT IN (SELECT session_id FROM mcp_sessions) LIMIT ?)", (DELETE_BATCH,)):
             pass
+        await self.db.write(_execute, "DELETE FROM mcp_event_bytes WHERE session_id NOT IN "
+                            "(SELECT session_id FROM mcp_sessions)", ())
         return gone
 
 
@@ -82,44 +84,78 @@ EVENTS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS mcp_events (
     event_id INTEGER PRIMARY KEY,
     session_id TEXT NOT NULL,
+    user TEXT NOT NULL,
     stream_id TEXT NOT NULL,
-    message TEXT
+    message TEXT,
+    size INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS mcp_events_stream ON mcp_events(session_id, stream_id, event_id)
+CREATE INDEX IF NOT EXISTS mcp_events_stream ON mcp_events(session_id, stream_id, event_id);
+CREATE INDEX IF NOT EXISTS mcp_events_session ON mcp_events(session_id, event_id);
+CREATE INDEX IF NOT EXISTS mcp_events_user ON mcp_events(user, event_id);
+CREATE TABLE IF NOT EXISTS mcp_event_bytes (
+    session_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL,
+    bytes INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mcp_event_bytes_user ON mcp_event_bytes(user);
+CREATE TRIGGER IF NOT EXISTS mcp_events_added AFTER INSERT ON mcp_events BEGIN
+    INSERT INTO mcp_event_bytes VALUES (NEW.session_id, NEW.user, NEW.size)
+        ON CONFLICT(session_id) DO UPDATE SET bytes = bytes + NEW.size;
+END;
+CREATE TRIGGER IF NOT EXISTS mcp_events_removed AFTER DELETE ON mcp_events BEGIN
+    UPDATE mcp_event_bytes SET bytes = bytes - OLD.size WHERE session_id = OLD.session_id;
+END;
 """
-
-# Events a session keeps: enough for a client to catch up after a dropped connection, bounded so
-# that a long-lived session does not grow without end.
-EVENTS_KEPT_PER_SESSION = 1000
 
 
 class EventTables:
     """`transports.store.EventLog` on SQLite.
 
-        mcp_events(event_id INTEGER PK, session_id, stream_id, message JSON or NULL for priming)
+        mcp_events(event_id INTEGER PK, session_id, user, stream_id, message JSON or NULL for
+                   priming, size: what the event costs, transports.store.EVENT_OVERHEAD_BYTES
+                   included)
         index (session_id, stream_id, event_id): the replay query is one range scan.
+        indexes (session_id, event_id) and (user, event_id): the oldest events of a session or a
+        user, for eviction, without a sort.
+        mcp_event_bytes(session_id PK, user, bytes): the cost of each session's events, kept by
+        triggers, so that checking the limits is two small reads whatever path deleted events.
 
     Event ids are the rowid: unique across sessions, but every lookup also names the session, so
-    another session's id finds nothing. Events are deleted with their session, and trimmed to the
-    newest EVENTS_KEPT_PER_SESSION of a session every hundredth event.
+    another session's id finds nothing. Events are deleted with their session, a while after
+    their stream was delivered, and the oldest first beyond the limits.
     """
 
-    SCHEMA = EVENTS_SCHEMA
     db: Database
 
-    async def append_event(self, session_id: str, stream_id: str, message: str | None) -> str:
-        def write(conn: sqlite3.Connection) -> int:
-            cursor = conn.execute(
-                "INSERT INTO mcp_events (session_id, stream_id, message) VALUES (?, ?, ?)",
-                (session_id, stream_id, message))
+    @staticmethod
+    def migrate(db: Database) -> None:
+        columns = {row["name"] for row in db.conn.execute("PRAGMA table_info(mcp_events)")}
+        with db.transaction() as conn:
+            if columns and "size" not in columns:
+                # The event log is a cache of messages in flight: an upgrade that drops it only
+                # means that a stream interrupted across the upgrade cannot be resumed.
+                conn.execute("DROP TABLE mcp_events")
+        # executescript: the triggers hold semicolons that Database.apply_schema would split on.
+        db.conn.executescript(EVENTS_SCHEMA)
+
+    async def append_event(self, session_id: str, user: str, stream_id: str, message: str | None,
+                           limits: EventLimits) -> str | None:
+        size = EVENT_OVERHEAD_BYTES + (0 if message is None else len(message.encode()))
+
+        def write(conn: sqlite3.Connection) -> int | None:
+            if size > limits.per_session or size > limits.per_user:
+                conn.execute("DELETE FROM mcp_events WHERE session_id = ? AND stream_id = ?", (session_id, stream_id))
+                return None
             # An INSERT into a rowid table always sets it.
-            event_id = int(cursor.lastrowid or 0)
-            if event_id % 100 == 0:
-                conn.execute(
-                    "DELETE FROM mcp_events WHERE session_id = ? AND event_id <= ?",
-                    (session_id, event_id - EVENTS_KEPT_PER_SESSION))
+            event_id = int(conn.execute(
+                "INSERT INTO mcp_events (session_id, user, stream_id, message, size) VALUES (?, ?, ?, ?, ?)",
+                (session_id, user, stream_id, message, size)).lastrowid or 0)
+            _evict(conn, "session", session_id, limits.per_session)
+            _evict(conn, "user", user, limits.per_user)
             return event_id
-        return str(await self.db.write(write))
+
+        event_id = await self.db.write(write)
+        return None if event_id is None else str(event_id)
 
     async def events_after(self, session_id: str, event_id: str) -> tuple[str, list[tuple[str, str | None]]] | None:
         if not event_id.isdigit():
@@ -138,8 +174,46 @@ class EventTables:
             return stream_id, [(str(r["event_id"]), r["message"]) for r in rows]
         return await self.db.read(read)
 
-    async def delete_events(self, session_id: str) -> None:
-        await self.db.write(_execute, "DELETE FROM mcp_events WHERE session_id = ?", (session_id,))
+    async def delete_events(self, session_id: str, stream: tuple[str, str] | None = None) -> None:
+        if stream is not None:
+            stream_id, through = stream
+            await self.db.write(_execute, "DELETE FROM mcp_events WHERE session_id = ? AND stream_id = ?"
+                                " AND event_id <= ?", (session_id, stream_id, int(through)))
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM mcp_events WHERE session_id = ?", (session_id,))
+            conn.execute("DELETE FROM mcp_event_bytes WHERE session_id = ?", (session_id,))
+        await self.db.write(write)
+
+    async def event_bytes(self, session_id: str | None = None, user: str | None = None) -> int:
+        scope, value = ("session", session_id) if session_id is not None else ("user", user)
+        return int((await self.db.read(_rows, _COST[scope], (value,)))[0][0])
+
+
+# What the events of one session, or of one user, cost; their oldest; deleting up to one of them.
+_COST = {"session": "SELECT COALESCE(SUM(bytes), 0) FROM mcp_event_bytes WHERE session_id = ?",
+         "user": "SELECT COALESCE(SUM(bytes), 0) FROM mcp_event_bytes WHERE user = ?"}
+_OLDEST = {"session": "SELECT event_id, size FROM mcp_events WHERE session_id = ? ORDER BY event_id LIMIT 256",
+           "user": "SELECT event_id, size FROM mcp_events WHERE user = ? ORDER BY event_id LIMIT 256"}
+_DELETE_THROUGH = {"session": "DELETE FROM mcp_events WHERE session_id = ? AND event_id <= ?",
+                   "user": "DELETE FROM mcp_events WHERE user = ? AND event_id <= ?"}
+
+
+def _evict(conn: sqlite3.Connection, scope: str, value: str, limit: int) -> None:
+    """Delete the oldest events of a session or a user (`scope`) until they cost at most `limit`."""
+    excess = conn.execute(_COST[scope], (value,)).fetchone()[0] - limit
+    while excess > 0:
+        rows = conn.execute(_OLDEST[scope], (value,)).fetchall()
+        if not rows:
+            return
+        cut = rows[-1][0]
+        for event_id, size in rows:
+            excess -= size
+            if excess <= 0:
+                cut = event_id
+                break
+        conn.execute(_DELETE_THROUGH[scope], (value, cut))
 
 
 def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
