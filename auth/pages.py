@@ -10,6 +10,8 @@ client's redirect URI, and Chromium applies `form-action` to redirects that foll
 submission. The consent page therefore lists the redirect URI's origin next to `'self'`. CSP
 source expressions cannot name an IPv6 literal (`http://[::1]:port`), so for such a redirect URI
 the consent page omits `form-action` altogether; the page has no scripts and posts only to itself.
+Every other page says `form-action 'self'`, so no other form may be answered with a redirect off
+our origin: the login POST answers with the consent page or `continue_to` (auth.authorize).
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ def _csp(form_action: tuple[str, ...] | None) -> str:
     return "; ".join(directives)
 
 
-def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, ...] | None = ()) -> web.Response:
+def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, ...] | None = (),
+           head: str = "") -> web.Response:
     """`form_action=None` leaves the directive out (see the module docstring)."""
     document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+                f'<meta name="viewport" content="width=device-width,initial-scale=1">{head}'
                 f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
                 f"<body><h1>{escape(title)}</h1>{body}</body></html>")
     return web.Response(
@@ -83,10 +86,13 @@ def _duration(seconds: int) -> str:
 
 
 def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-          status: int = 200, retry_after: int | None = None) -> web.Response:
+          status: int = 200, retry_after: int | None = None, again: bool = False) -> web.Response:
     """`retry_after`: throttled (auth.throttle), a 429 with `Retry-After`; the message names no
-    account, so it reads the same for a user who does not exist."""
+    account, so it reads the same for a user who does not exist. `again`: the user is signed in,
+    but the application asked for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`)."""
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
+    if again and not failed:
+        message = '<p>The application asks you to enter your password again.</p>'
     if retry_after is not None:
         status = 429
         message = (f'<p class="error">Too many failed sign-in attempts. Try again in '
@@ -129,6 +135,17 @@ def consent(csrf_token: str, request_seal: str, *, username: str, client_name: s
             '<button type="submit" name="decision" value="deny">Deny</button></form>'
             '<form method="get" action="/logout"><button type="submit">Not you? Sign out</button></form>')
     return render("Authorize access", body, form_action=form_action)
+
+
+def continue_to(location: str) -> web.Response:
+    """Leave for the client's redirect URI after a form POST (auth.authorize: a redirect there
+    would be blocked by `form-action 'self'`). A refresh is a navigation, not a form submission;
+    the link is for browsers that ask before opening an application's own URL scheme."""
+    target = escape(location)
+    return render("Returning to your application",
+                  f'<p>You can close this page once your application says it is connected.</p>'
+                  f'<p><a href="{target}">Continue to the application</a></p>',
+                  head=f'<meta http-equiv="refresh" content="0;url={target}">')
 
 
 def signed_in(csrf_token: str, username: str) -> web.Response:
