@@ -28,7 +28,7 @@ from auth import csrf
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.4rem}form{margin-top:1.5rem}label{display:block;margin:.8rem 0 .2rem}
 input,button{font:inherit}input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
-button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0;border:1px solid #888;border-radius:4px;background:#f3f3f3;cursor:pointer}
+button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0;border:1px solid #888;border-radius:4px;background:#f3f3f3}
 button.primary{background:#1a56db;border-color:#1a56db;color:#fff}label.check{display:flex;gap:.5rem;align-items:baseline}
 .error{color:#b00020}.muted{color:#666;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}"""
 
