@@ -186,7 +186,7 @@ _MAX_AGE_DIGITS = 10
 
 
 def _max_age(value: str | None) -> int | None:
-    if value is None:
+    if not value:  # RFC 6749 3.1: a parameter without a value is as if omitted
         return None
     if not (value.isascii() and value.isdigit() and len(value) <= _MAX_AGE_DIGITS):
         raise RedirectError("invalid_request", "max_age must be a whole number of seconds (0 or more)")

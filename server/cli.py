@@ -43,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
                *args: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=text)
+        sub = actions.add_parser(name, help=text, description=text)
         for arg in args:
             sub.add_argument(arg)
         _add_settings_flags(sub, ["data_dir"])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from auth import consent, passwords, throttle
+from auth import accounts, consent, passwords, throttle
 from auth.crypto import hash_secret
 from auth.models import Token, User
 from auth.passwords import hash_password
@@ -32,6 +32,7 @@ from tests.authflow import (
     hidden_fields,
     login,
     make_env,
+    path_of,
     pkce,
     query_of,
     refresh_target,
@@ -602,3 +603,83 @@ async def test_consent_shows_the_verified_metadata_host(env: Env) -> None:
     page = await resp.text()
     assert_secure_page(resp, page)
     assert "published by <strong>app.example.com</strong>" in page and "&lt;b&gt;App&lt;/b&gt;" in page
+
+
+# Signing out everywhere (issue 10 defect 1)
+
+
+async def sign_in_directly(client: Any) -> None:
+    page = await (await client.get("/login")).text()
+    resp = await client.post("/login", data=dict(hidden_fields(page), username="alice", password=PASSWORD),
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+
+
+async def test_sign_out_everywhere_ends_every_browsers_login(env: Env, aiohttp_client: Any) -> None:
+    """A second browser signed in earlier (with a phished password, say) loses its login when the
+    user signs out in theirs: no consent page without a password, no code from a form it holds."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    path = authorize_path(client["client_id"], CB, challenge)
+    attacker = await aiohttp_client(env.client.server)
+    await sign_in_directly(attacker)
+    await sign_in_directly(env.client)
+    held = await (await attacker.get(path)).text()
+    assert 'value="approve"' in held  # signed in: no password asked
+    page = await (await env.client.get("/logout")).text()
+    assert (await env.client.post("/logout", data=hidden_fields(page))).status == 200
+    assert count(env, "auth_browser_sessions") == 0
+    # The consent form it already holds leads back to the password form, and no code is made.
+    resp = await attacker.post("/consent", data=dict(hidden_fields(held), decision="approve", remember="1"),
+                               allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith(env.url("/authorize?"))
+    assert 'name="password"' in await (await attacker.get(path_of(resp.headers["Location"]))).text()
+    assert 'name="password"' in await (await attacker.get(path)).text()
+    assert count(env, "auth_codes") == 0 and count(env, "auth_consents") == 0
+    assert "You are signed in as" not in await (await attacker.get("/login")).text()
+
+
+async def test_login_checked_against_a_password_changed_meanwhile_is_refused(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is changed (and the user signed out everywhere) while argon2 checks the old
+    one: the login must not be recorded after the sign-out, or it would survive it."""
+    verify = passwords.verify_password
+
+    async def verify_then_change(password_hash: str | None, password: str) -> bool:
+        ok = await verify(password_hash, password)
+        user = await accounts.set_password(env.store, "alice", "the new password")
+        await accounts.sign_out_everywhere(env.store, user.id)
+        return ok
+
+    monkeypatch.setattr("auth.login.verify_password", verify_then_change)
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    page = await (await env.client.get(authorize_path(client["client_id"], CB, challenge))).text()
+    resp = await login(env, page)
+    assert resp.status == 401 and 'name="password"' in await resp.text()
+    assert count(env, "auth_browser_sessions") == 0
+
+
+async def test_code_approved_under_an_ended_login_is_not_stored(env: Env) -> None:
+    """The race between the consent POST's check of the login and the code's insert: a login ended
+    in between must not leave a code behind (`GrantStore.save_code`)."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    form = await consent_form(env, authorize_path(client["client_id"], CB, challenge))
+    real_save = env.store.save_code
+
+    async def sign_out_first(code: Any, login_hash: str) -> bool:
+        await accounts.sign_out_everywhere(env.store, (await alice(env)).id)
+        return await real_save(code, login_hash)
+
+    env.store.save_code = sign_out_first  # type: ignore[method-assign]
+    resp = await env.client.post("/consent", data=dict(form, decision="approve"), allow_redirects=False)
+    assert resp.status == 401 and "Location" not in resp.headers
+    assert count(env, "auth_codes") == 0
+
+
+async def test_login_rehash_never_overwrites_a_changed_password(env: Env) -> None:
+    user = await alice(env)
+    assert await env.store.set_password_hash(user.id, "new", replacing=user.password_hash)
+    assert not await env.store.set_password_hash(user.id, "rehash of the old one", replacing=user.password_hash)
+    assert (await alice(env)).password_hash == "new"
