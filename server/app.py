@@ -50,7 +50,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
               mcp_server: Server[Any] | None = None) -> web.Application:
     """The whole server. `mcp_server` replaces the memory tools with another MCP server on the
     same transports and authentication (the conformance suite's fixture server does)."""
-    storage = storage or SQLiteStorage(settings.database_path)
+    storage = storage or SQLiteStorage(settings.database_path, settings.store_busy_timeout)
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage

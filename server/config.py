@@ -53,6 +53,9 @@ class Settings(BaseModel):
     client_id_metadata_documents: bool = Field(
         False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
         "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
+    store_busy_timeout: float = Field(
+        3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
+        "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("log_level")

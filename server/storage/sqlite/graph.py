@@ -66,8 +66,9 @@ Why it looks like this
 * Lists of names or ids go to SQLite as one JSON array (`json_each(?)`): one statement whatever
   the list length, no SQL built from strings, no bound-parameter limit.
 
-Every mutation runs in one `BEGIN IMMEDIATE` transaction that touches only its own rows; the
-methods never await, so each is also atomic with respect to other coroutines (see db.py).
+Every mutation runs in one `BEGIN IMMEDIATE` transaction on the writer thread that touches only
+its own rows, and every query in one read transaction on a reader thread (see db.py): each is
+atomic with respect to other coroutines and other processes.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ import json
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
+from typing import Final
 
 from server.memory.graph import (
     AddedObservations,
@@ -92,6 +94,10 @@ from server.memory.graph import (
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
+
+DELETE_BATCH: Final = 200
+"""Entities (with their observations and relations) or relations deleted per transaction by
+`delete_graph`: a few milliseconds of holding the write lock each."""
 
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
@@ -186,7 +192,7 @@ class GraphTables:
 
     async def create_entities(self, owner: str, entities: Sequence[Entity]) -> list[Entity]:
         created: list[Entity] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             ids: list[int] = []
             for entity in entities:
                 entity_id = _insert_entity(conn, owner, entity)
@@ -197,11 +203,12 @@ class GraphTables:
                 created.append(Entity(name=entity.name, entityType=entity.entityType, observations=observations))
                 ids.append(entity_id)
             stale(conn, owner, ENTITIES, ids)
+        await self.db.write(write)
         return created
 
     async def create_relations(self, owner: str, relations: Sequence[Relation]) -> list[Relation]:
         created: list[Relation] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             ids: list[int] = []
             for relation in relations:
                 cursor = conn.execute(
@@ -213,11 +220,12 @@ class GraphTables:
                     created.append(relation)
                     ids.append(cursor.lastrowid)
             stale(conn, owner, RELATIONS, ids)
+        await self.db.write(write)
         return created
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition]) -> list[AddedObservations]:
         results: list[AddedObservations] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             ids = _entity_ids(conn, owner, [a.entityName for a in additions])
             missing = _unique(a.entityName for a in additions if a.entityName not in ids)
             if missing:
@@ -231,11 +239,12 @@ class GraphTables:
                 _insert_observations(conn, owner, entity_id, new)
                 results.append(AddedObservations(entityName=addition.entityName, addedObservations=new))
             stale(conn, owner, ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
+        await self.db.write(write)
         return results
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
         params = {"owner": owner, "names": json.dumps(list(names))}
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             # By name, not by existing entity: like the official server, this also clears
             # relations that point at names which were never created. Two statements, so that each
             # is an index seek per name (see _RELATIONS_TOUCHING).
@@ -272,9 +281,10 @@ class GraphTables:
                 entity_ids,
             )
             stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
+        await self.db.write(write)
 
     async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             touched: list[int] = []
             for deletion in deletions:
                 touched += _delete_observations(
@@ -285,9 +295,10 @@ class GraphTables:
                     {"owner": owner, "name": deletion.entityName, "contents": json.dumps(deletion.observations)},
                 )
             stale(conn, owner, ENTITIES, touched)
+        await self.db.write(write)
 
     async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             # One statement per relation: executemany cannot return the deleted ids.
             ids = [row[0] for r in relations for row in conn.execute(
                 "DELETE FROM memory_relations WHERE owner = ? AND from_name = ? AND to_name = ? AND relation_type = ?"
@@ -295,46 +306,69 @@ class GraphTables:
                 (owner, r.from_, r.to, r.relationType),
             ).fetchall()]
             stale(conn, owner, RELATIONS, ids)
+        await self.db.write(write)
 
     # --- queries -----------------------------------------------------------------------------
-    # No explicit transaction: no other coroutine can write between the statements of a method,
-    # and another process's write is one atomic commit that a read sees entirely or not at all.
+    # Each in one read transaction on a reader thread: its statements see one state of the file.
 
     async def delete_graph(self, owner: str) -> int:
         # Through delete_entities, which keeps the search index in step, then whatever relations
-        # name entities that never existed. Each step is its own transaction; re-running finishes
-        # an interrupted removal.
-        names = [row["name"] for row in self.db.conn.execute(
-            "SELECT name FROM memory_entities WHERE owner = ?", (owner,))]
-        await self.delete_entities(owner, names)
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM memory_relations WHERE owner = ?", (owner,))
+        # name entities that never existed. In batches, each its own short transaction, so that a
+        # large graph never holds the write lock for long (other processes, and this one's other
+        # writers, get their turn between batches); re-running finishes an interrupted removal.
+        deleted, after = 0, -1
+        # By id, in creation order from where the last batch ended: progress whatever the
+        # deletion of one batch leaves behind.
+        while batch := await self.db.read(_entity_batch, owner, after, DELETE_BATCH):
+            await self.delete_entities(owner, [name for _, name in batch])
+            deleted += len(batch)
+            after = batch[-1][0]
+        while await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
+            pass
+
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
+        await self.db.write(write)
         self._view.forget(owner)
-        return len(names)
+        return deleted
 
     async def read_graph(self, owner: str) -> GraphJSON:
-        return self._view.read(owner)
+        return await self._view.read(owner)
 
     async def search_nodes(self, owner: str, query: str) -> GraphJSON:
-        folded = query.lower()
-        if len(folded) >= _MIN_INDEXED_QUERY and "\0" not in folded:
-            # A quoted FTS5 string is taken literally; only its quote character needs doubling.
-            phrase = '"' + folded.replace('"', '""') + '"'
-            entity_rows = self.db.conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
-        else:
-            entity_rows = self.db.conn.execute(_SEARCH_SCAN, {"owner": owner, "q": folded}).fetchall()
-        return _subgraph(self.db.conn, owner, entity_rows)
+        def read(conn: sqlite3.Connection) -> GraphJSON:
+            folded = query.lower()
+            if len(folded) >= _MIN_INDEXED_QUERY and "\0" not in folded:
+                # A quoted FTS5 string is taken literally; only its quote character needs doubling.
+                phrase = '"' + folded.replace('"', '""') + '"'
+                entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
+            else:
+                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": folded}).fetchall()
+            return _subgraph(conn, owner, entity_rows)
+        return await self.db.read(read)
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
-        entity_rows = self.db.conn.execute(
-            # INDEXED BY: without statistics the planner would rather walk all of the owner's
-            # entities in memory_entities_order, to save sorting the few it returns.
-            "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
-            " WHERE owner = ? AND name IN (SELECT value FROM json_each(?)) ORDER BY id",
-            (owner, json.dumps(list(names))),
-        ).fetchall()
-        return _subgraph(self.db.conn, owner, entity_rows)
+        def read(conn: sqlite3.Connection) -> GraphJSON:
+            entity_rows = conn.execute(
+                # INDEXED BY: without statistics the planner would rather walk all of the owner's
+                # entities in memory_entities_order, to save sorting the few it returns.
+                "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
+                " WHERE owner = ? AND name IN (SELECT value FROM json_each(?)) ORDER BY id",
+                (owner, json.dumps(list(names))),
+            ).fetchall()
+            return _subgraph(conn, owner, entity_rows)
+        return await self.db.read(read)
+
+
+def _entity_batch(conn: sqlite3.Connection, owner: str, after: int, limit: int) -> list[tuple[int, str]]:
+    return [(row["id"], row["name"]) for row in conn.execute(
+        "SELECT id, name FROM memory_entities WHERE owner = ? AND id > ? ORDER BY id LIMIT ?", (owner, after, limit))]
+
+
+def _delete_some_relations(conn: sqlite3.Connection, owner: str, limit: int) -> int:
+    return int(conn.execute(
+        "DELETE FROM memory_relations WHERE id IN (SELECT id FROM memory_relations WHERE owner = ? LIMIT ?)",
+        (owner, limit)).rowcount)
 
 
 def _unique(items: Iterable[str]) -> list[str]:
