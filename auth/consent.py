@@ -15,8 +15,8 @@ When it is used: only for a logged-in user, without `prompt=consent`, and only f
 the browser says is first-party: `Sec-Fetch-Site` `none` (typed URL, bookmark, or a native app
 opening the browser, which is how CLI clients start the flow) or `same-origin` (our own redirect
 to /authorize after a consent form whose login ended), and `Sec-Fetch-Dest` `document` when
-sent. A missing header fails closed, as in FastMCP's "remember" mode. Why: a silent approval answers with a redirect, not a page, so
-`frame-ancestors` does not stop a third-party site from driving it in a hidden frame or a
+sent. A missing header fails closed, as in FastMCP's "remember" mode. Why: a silent approval
+answers with a redirect, not a page, so `frame-ancestors` does not stop a third-party site from driving it in a hidden frame or a
 navigation the user never meant; such a site could mint codes for the remembered client at will
 (FastMCP GHSA-6x8h-498w-gv8c, the case for consent at all). The consent page stays the default
 for cross-site starts (web clients like claude.ai), which only costs a click. A request that had
