@@ -1,9 +1,10 @@
 """Local user accounts, as managed by `memory-mcp users ...`.
 
 These functions fire no revocation listeners: the CLI usually runs without a server in the
-process. `AuthorizationServer.remove_user` wraps `remove_user` for the running server. Removing a
-user deletes its tokens and browser sessions in the store, so a running server refuses them on
-the next request either way; the listeners only make live MCP sessions end sooner.
+process. `AuthorizationServer.remove_user` and `.sign_out_everywhere` wrap them for the running
+server. Removing a user or signing them out deletes their tokens and browser logins in the store,
+so a running server refuses them on the next request either way; the listeners only make live MCP
+sessions end sooner.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from dataclasses import dataclass
 
 from auth.models import User
 from auth.passwords import hash_password
@@ -90,9 +92,33 @@ async def remove_user(store: AuthStore, username: str) -> User:
     return user
 
 
+@dataclass(frozen=True, slots=True)
+class SignedOut:
+    """What `sign_out_everywhere` ended."""
+
+    logins: int
+    approvals: int
+    grants: int
+
+
+async def sign_out_everywhere(store: AuthStore, user_id: str) -> SignedOut:
+    """End every browser login of the user, forget their remembered approvals and delete every
+    token and code issued to them. The one meaning of "sign out everywhere": the user's
+    /logout, `users passwd` and `tokens revoke --user`.
+
+    Logins end first: from then on no browser can approve a new grant for this user, so the
+    tokens and codes deleted last cannot be replaced behind our back (a code minted from a login
+    that is already gone is refused by `GrantStore.save_code`)."""
+    logins = await store.end_browser_sessions(user_id)
+    approvals = await store.forget_consents(user_id)
+    grants = await store.revoke_subject(user_id)
+    return SignedOut(logins, approvals, grants)
+
+
 async def set_password(store: AuthStore, username: str, password: str) -> User:
-    """Change the password. Existing logins and tokens stay valid; revoke them separately
-    (`AuthorizationServer.revoke_subject`) when the old password may have leaked."""
+    """Change the password. A browser login that is being verified against the old one is not
+    recorded (`BrowserSessionStore.create_browser_session`); existing logins and tokens stay valid
+    until `sign_out_everywhere`, which `memory-mcp users passwd` runs next."""
     check_password(password)
     user = await _get(store, username)
     password_hash = await hash_password(password)

@@ -10,6 +10,25 @@ redirect URI, resource and scopes, on a first-party navigation (`auth.consent`).
 
 Every sealed request carries the hash of the browser-binding cookie (`auth.browser`), so the
 login and consent forms can only be completed by the browser that opened `/authorize`.
+
+OpenID Connect `prompt` and `max_age` (Core 3.1.2.1): `prompt=login`, and a `max_age` that the
+browser's login is older than (`max_age=0` always), show the password form even to a signed-in
+user; `prompt=consent` shows the consent page even for a remembered approval; `prompt=none` never
+shows a page: it answers `login_required`, `consent_required`, or the code of a remembered
+approval. A code carries the time the user typed the password (`auth.browser.Login.auth_time`),
+which becomes the ID token's `auth_time`. After the password form the login POST continues the
+request itself (`resume`) instead of sending the browser back through /authorize: the login it
+just made satisfies `prompt=login` and any `max_age`, which a fresh /authorize could not know.
+
+No redirect off our origin may follow a form POST whose page says `form-action 'self'`: Chromium
+applies `form-action` to every redirect after a submission and leaves the user on the form with
+no message (the remembered-approval case of the login POST did exactly that). So the login POST
+answers a page, never a redirect: the consent page, or for a remembered approval a page that
+navigates to the client (`pages.continue_to`), a navigation that is not a form submission. The
+login page keeps `form-action 'self'` exactly: it holds the password, and widening it to a
+redirect URI that any registered client may choose would let injected markup post the password
+there. The consent page does list its validated redirect URI's origin (`pages`), since its 303 to
+the client is the answer it exists for and it holds nothing but the CSRF token and the seal.
 """
 
 from __future__ import annotations
@@ -49,6 +68,15 @@ class AuthorizationRequest(BaseModel):
     # The consent page must be shown even for a remembered approval: `prompt=consent`, or the
     # flow was not started by a first-party navigation (kept through the login, auth.consent).
     prompt_consent: bool = False
+    # OpenID Connect `prompt=login` and `max_age` (seconds): how recent the login must be.
+    prompt_login: bool = False
+    max_age: int | None = None
+
+    def needs_login(self, auth_time: float, now: float) -> bool:
+        """Must the user type the password again, although this browser is signed in?"""
+        if self.prompt_login or self.max_age == 0:
+            return True
+        return self.max_age is not None and now - auth_time > self.max_age
 
     def query(self) -> str:
         """An equivalent /authorize query, to resume after login."""
@@ -61,8 +89,11 @@ class AuthorizationRequest(BaseModel):
                       scope=join(self.scopes), resource=self.resource)
         if self.nonce is not None:
             params["nonce"] = self.nonce
-        if self.prompt_consent:
-            params["prompt"] = "consent"
+        prompt = [name for name, on in (("login", self.prompt_login), ("consent", self.prompt_consent)) if on]
+        if prompt:
+            params["prompt"] = " ".join(prompt)
+        if self.max_age is not None:
+            params["max_age"] = str(self.max_age)
         return urlencode(params)
 
 
@@ -140,11 +171,26 @@ def validate(server: AuthorizationServer, params: dict[str, str], client: Client
     canonical = normalize_resource(resource)
     if canonical is None or not is_our_resource(resource, server.settings.resources):
         raise RedirectError("invalid_target", "the resource is not served by this server")
+    prompts = frozenset(params.get("prompt", "").split())
+    if "none" in prompts and len(prompts) > 1:
+        raise RedirectError("invalid_request", "prompt=none cannot be combined with other prompt values")
     return AuthorizationRequest(
         client_id=client.client_id, redirect_uri=redirect_uri, redirect_uri_explicit=explicit,
         state=params.get("state"), code_challenge=challenge, scopes=granted(params.get("scope"), server.settings),
-        resource=canonical, nonce=params.get("nonce"),
+        resource=canonical, nonce=params.get("nonce"), prompt_login="login" in prompts,
+        max_age=_max_age(params.get("max_age")),
     )
+
+
+_MAX_AGE_DIGITS = 10
+
+
+def _max_age(value: str | None) -> int | None:
+    if not value:  # RFC 6749 3.1: a parameter without a value is as if omitted
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= _MAX_AGE_DIGITS):
+        raise RedirectError("invalid_request", "max_age must be a whole number of seconds (0 or more)")
+    return int(value)
 
 
 def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationRequest, client: Client,
@@ -160,19 +206,41 @@ def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationR
     )
 
 
-async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, user: User) -> web.Response:
+async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, login: browser.Login) -> str | None:
+    """Mint a code for `req` approved under `login`; the client's redirect URI carrying it, or
+    None when the login ended meanwhile (sign-out everywhere, `GrantStore.save_code`)."""
     code = new_secret()
     now = server.clock()
-    await server.store.save_code(AuthorizationCode(
+    saved = await server.store.save_code(AuthorizationCode(
         code_hash=hash_secret(code), client_id=req.client_id, redirect_uri=req.redirect_uri,
-        code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=user.id,
-        auth_time=now, expires_at=now + server.settings.code_ttl, nonce=req.nonce,
-    ))
+        code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=login.user.id,
+        auth_time=login.auth_time, expires_at=now + server.settings.code_ttl, nonce=req.nonce,
+    ), login.login_hash)
+    if not saved:
+        return None
     params = {"code": code}
     if req.state is not None:
         params["state"] = req.state
     params["iss"] = server.settings.issuer
-    return redirect(with_params(req.redirect_uri, params))
+    return with_params(req.redirect_uri, params)
+
+
+def signed_out_page() -> web.Response:
+    return pages.error("You were signed out while approving. Start again from your application.", 401)
+
+
+async def resume(server: AuthorizationServer, sess: Session, req: AuthorizationRequest,
+                 login: browser.Login) -> web.Response:
+    """The login POST's answer for a pending request: the consent page, or for a remembered
+    approval a page that takes the browser to the client (never a redirect: module docstring)."""
+    client = await server.store.get_client(req.client_id)
+    if client is None:
+        return pages.error("Unknown client. The application may need to register again.")
+    if not req.prompt_consent and await consent.is_remembered(server, login.user, req.client_id, req.redirect_uri,
+                                                              req.resource, req.scopes):
+        location = await issue_code(server, req, login)
+        return pages.continue_to(location) if location else signed_out_page()
+    return consent_page(server, sess, req, client, login.user)
 
 
 async def handle_authorize(request: web.Request) -> web.Response:
@@ -200,18 +268,23 @@ async def _authorize(request: web.Request, server: AuthorizationServer, binding:
     req = req.model_copy(update={"binding": hash_secret(binding),
                                  "prompt_consent": "consent" in prompts or not first_party})
     sess = await browser.session(request)
-    user = await browser.current_user(request)
-    if (user is not None and not req.prompt_consent
-            and await consent.is_remembered(server, user, req.client_id, req.redirect_uri, req.resource,
+    login = await browser.current_login(request)
+    # A signed-in browser whose login is older than the request allows counts as signed out here.
+    again = login is not None and req.needs_login(login.auth_time, server.clock())
+    active = None if again else login
+    if (active is not None and not req.prompt_consent
+            and await consent.is_remembered(server, active.user, req.client_id, req.redirect_uri, req.resource,
                                             req.scopes)):
-        return await issue_code(server, req, user)
+        location = await issue_code(server, req, active)
+        return redirect(location) if location else signed_out_page()
     if "none" in prompts:
-        # Without a usable remembered approval a non-interactive request fails (OIDC semantics).
-        error = "login_required" if user is None else "consent_required"
+        # OIDC Core 3.1.2.6: a request that would need a page fails instead.
+        error = "login_required" if active is None else "consent_required"
         return error_redirect(server, redirect_uri, state, error, "user interaction is required")
-    if user is None:
-        return pages.login(csrf.token(sess), browser.seal(server.sealer, req))
-    return consent_page(server, sess, req, client, user)
+    if active is None:
+        return pages.login(csrf.token(sess), browser.seal(server.sealer, req),
+                           username=login.user.username if login else "", again=again)
+    return consent_page(server, sess, req, client, active.user)
 
 
 async def handle_consent(request: web.Request) -> web.Response:
@@ -228,8 +301,8 @@ async def handle_consent(request: web.Request) -> web.Response:
         return pages.error("This authorization request has expired or is invalid.")
     if not browser.bound(request, req.binding):
         return pages.error(pages.OTHER_BROWSER, 403)
-    user = await browser.current_user(request)
-    if user is None or user.id != req.subject:
+    login = await browser.current_login(request)
+    if login is None or login.user.id != req.subject:
         # Logged out (or in as someone else) since the page was shown: ask again.
         return redirect(server.settings.url("/authorize?" + req.query()))
     client = await server.store.get_client(req.client_id)
@@ -240,6 +313,9 @@ async def handle_consent(request: web.Request) -> web.Response:
         return error_redirect(server, req.redirect_uri, req.state, "access_denied", "the user denied the request")
     if decision != "approve":
         return pages.error("Choose approve or deny.")
+    location = await issue_code(server, req, login)
+    if location is None:
+        return signed_out_page()
     if form.get(consent.REMEMBER_FIELD) == "1":
-        await consent.remember(server, user, req.client_id, req.redirect_uri, req.resource, req.scopes)
-    return await issue_code(server, req, user)
+        await consent.remember(server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+    return redirect(location)

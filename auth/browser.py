@@ -3,8 +3,11 @@
 Cookie: aiohttp-session's `EncryptedCookieStorage` (Fernet), HttpOnly, SameSite=Lax, and Secure
 with the `__Host-` prefix when the issuer is https (no Domain, Path=/: it cannot be planted by a
 sibling subdomain). It holds only a random login id and the CSRF token. The login id is also
-recorded server-side (hashed) with `create_browser_session`, so logout and user removal end a
-login although the cookie lives on in the browser.
+recorded server-side (hashed) with `create_browser_session`, and every request that relies on the
+login looks the record up: sign-out everywhere, a password change and user removal delete the
+user's records (`auth.accounts.sign_out_everywhere`), which ends every browser's login at once,
+including a copied cookie or a second browser signed in with a phished password. The record also
+keeps when the user typed the password: the OpenID Connect `auth_time` (`Login.auth_time`).
 
 Pending authorization requests are *not* kept in the cookie: a validated request is sealed
 (Fernet, 10-minute TTL) into a hidden field of the login and consent forms. A cookie would cap
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import re
+from dataclasses import dataclass
 from typing import TypeVar
 
 from aiohttp import web
@@ -106,33 +110,56 @@ async def session(request: web.Request) -> Session:
     return await get_session(request)
 
 
-async def current_user(request: web.Request) -> User | None:
-    """The logged-in user, if the cookie's login is still recorded server-side."""
+@dataclass(frozen=True, slots=True)
+class Login:
+    """This browser's live login: who, when they typed the password, and the hash of the login
+    id (what a code approved under this login is bound to, `GrantStore.save_code`)."""
+
+    user: User
+    auth_time: float
+    login_hash: str
+
+
+async def current_login(request: web.Request) -> Login | None:
+    """The login of this browser, if the cookie's login is still recorded server-side."""
     sess = await get_session(request)
     login_id = sess.get(_LOGIN_KEY)
     if not isinstance(login_id, str):
         return None
     server = request.app[AUTH_SERVER]
-    user_id = await server.store.get_browser_session_user(hash_secret(login_id), server.clock())
-    user = await server.store.get_user(user_id) if user_id else None
-    if user is None:
+    login_hash = hash_secret(login_id)
+    record = await server.store.get_browser_session(login_hash, server.clock())
+    user = await server.store.get_user(record.user_id) if record else None
+    if record is None or user is None:
         del sess[_LOGIN_KEY]
-    return user
+        return None
+    return Login(user, record.authenticated_at, login_hash)
 
 
-async def log_in(request: web.Request, user: User) -> Session:
-    """Start a new session for `user`: a new cookie and CSRF token, so that nothing an attacker
-    planted before the login (session fixation) survives it."""
+async def current_user(request: web.Request) -> User | None:
+    login = await current_login(request)
+    return login.user if login else None
+
+
+async def log_in(request: web.Request, user: User) -> tuple[Session, Login] | None:
+    """Start a new session for `user`, whose password was just verified against
+    `user.password_hash`: a new cookie and CSRF token, so that nothing an attacker planted before
+    the login (session fixation) survives it. None when that hash is no longer the user's (the
+    password was changed or the account removed while it was being verified): no login then."""
     server = request.app[AUTH_SERVER]
-    old = (await get_session(request)).get(_LOGIN_KEY)
+    current = await get_session(request)
+    old = current.pop(_LOGIN_KEY, None)
     if isinstance(old, str):
         await server.store.delete_browser_session(hash_secret(old))
     login_id = new_secret()
+    login_hash = hash_secret(login_id)
     now = server.clock()
-    await server.store.create_browser_session(hash_secret(login_id), user.id, now, now + server.settings.login_ttl)
+    if not await server.store.create_browser_session(login_hash, user.id, user.password_hash, now,
+                                                     now + server.settings.login_ttl):
+        return None
     sess = await new_session(request)
     sess[_LOGIN_KEY] = login_id
-    return sess
+    return sess, Login(user, now, login_hash)
 
 
 async def log_out(request: web.Request) -> None:

@@ -11,18 +11,19 @@ Plain identifiers, no secret: a copy of the table lets no one act as the user. S
 than a cookie (Cloudflare's `__Host-oauth-approvals`) so that it can be listed and withdrawn from
 any browser, and has no size limit (FastMCP #3747).
 
-When it is used: only for a logged-in user, without `prompt=consent`, and only for a navigation
-the browser says is first-party: `Sec-Fetch-Site` `none` (typed URL, bookmark, or a native app
-opening the browser, which is how CLI clients start the flow) or `same-origin` (our own redirect
-after the login form), and `Sec-Fetch-Dest` `document` when sent. A missing header fails closed,
-as in FastMCP's "remember" mode. Why: a silent approval answers with a redirect, not a page, so
-`frame-ancestors` does not stop a third-party site from driving it in a hidden frame or a
-navigation the user never meant; such a site could mint codes for the remembered client at will
-(FastMCP GHSA-6x8h-498w-gv8c, the case for consent at all). The consent page stays the default
-for cross-site starts (web clients like claude.ai), which only costs a click. A request that had
-to log in first carries the verdict of its *first* navigation through the login form as
-`prompt=consent` (`AuthorizationRequest.prompt_consent`), since after our own redirect every
-request looks same-origin and the login page does not name the client.
+When it is used: only for a logged-in user, without `prompt=consent`, and only for a navigation the
+browser says is first-party: `Sec-Fetch-Site` `none` (typed URL, bookmark, or a native app opening
+the browser, which is how CLI clients start the flow) or `same-origin` (our own redirect to
+/authorize after a consent form whose login ended), and `Sec-Fetch-Dest` `document` when sent. A
+missing header fails closed, as in FastMCP's "remember" mode. Why: a silent approval answers with a
+redirect, not a page, so `frame-ancestors` does not stop a third-party site from driving it in a
+hidden frame or a navigation the user never meant; such a site could mint codes for the remembered
+client at will (FastMCP GHSA-6x8h-498w-gv8c, the case for consent at all). The consent page stays
+the default for cross-site starts (web clients like claude.ai), which only costs a click. A request
+that had to log in first carries the verdict of its *first* navigation in its seal
+(`AuthorizationRequest.prompt_consent`), which the login POST decides with
+(`auth.authorize.resume`): the login POST itself is same-origin, and the login page does not name
+the client.
 
 Withdrawal: `/consents` lists the user's remembered approvals per client, each client with a
 CSRF-protected "Forget and disconnect" button. It forgets every remembered approval of that

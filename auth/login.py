@@ -5,23 +5,28 @@ argon2 work whether the user exists or not (no user enumeration). Attempts are t
 account and per source address before any of that work (`auth.throttle`: 429 with
 `Retry-After`, the same for unknown users). A login starts a new session: new cookie, new login
 id, new CSRF token (`auth.browser.log_in`, session fixation). A login that resumes an
-authorization must come from the browser that opened it (binding cookie, `auth.browser`).
+authorization must come from the browser that opened it (binding cookie, `auth.browser`), and it
+continues that authorization in its own answer (`auth.authorize.resume`: a page, never a redirect
+off our origin, which the login page's CSP would block).
 
-Logout signs the user out everywhere: it ends the browser login (cookie and server-side record),
-forgets the user's remembered approvals (`auth.consent`) and revokes every token issued to the
-user's clients, which ends their live MCP sessions through the revocation listeners. A person
-who signs out expects their agents to lose access too, and not to come back without asking.
+Logout signs the user out everywhere (`AuthorizationServer.sign_out_everywhere`): it ends every
+browser login of the user, in every browser (the server-side records go, so a copied cookie or a
+browser signed in with a phished password is signed out too), forgets the user's remembered
+approvals (`auth.consent`) and revokes every token issued to the user's clients, which ends their
+live MCP sessions through the revocation listeners. A person who signs out expects their agents
+to lose access too, and not to come back without asking.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from aiohttp import web
 
 from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
-from auth.authorize import AuthorizationRequest, redirect
+from auth.authorize import AuthorizationRequest, redirect, resume
 from auth.http import BadRequest, client_address, read_form
 from auth.passwords import hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
@@ -70,12 +75,20 @@ async def handle_login(request: web.Request) -> web.Response:
         return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
     await throttle.succeeded(server.limiter, username)
     if needs_rehash(user.password_hash):
-        await server.store.set_password_hash(user.id, await hash_password(password))
-    new = await browser.log_in(request, user)
+        rehashed = await hash_password(password)
+        # Only over the hash just verified: a password changed meanwhile must stay changed.
+        if await server.store.set_password_hash(user.id, rehashed, replacing=user.password_hash):
+            user = replace(user, password_hash=rehashed)
+    signed_in = await browser.log_in(request, user)
+    if signed_in is None:
+        log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],
+                    address)
+        return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
+    new, login = signed_in
     csrf.token(new)
     if pending is None:
         return redirect(server.settings.url("/login"))
-    return redirect(server.settings.url("/authorize?" + pending.query()))
+    return await resume(server, new, pending, login)
 
 
 async def handle_logout_page(request: web.Request) -> web.Response:
@@ -95,7 +108,5 @@ async def handle_logout(request: web.Request) -> web.Response:
     user = await browser.current_user(request)
     await browser.log_out(request)
     if user is not None:
-        server = request.app[AUTH_SERVER]
-        await server.store.forget_consents(user.id)
-        await server.revoke_subject(user.id)
+        await request.app[AUTH_SERVER].sign_out_everywhere(user.id)
     return pages.signed_out()

@@ -183,6 +183,15 @@ class AccessGrant:
 
 
 @dataclass(frozen=True, slots=True)
+class BrowserLogin:
+    """A browser login as the server records it (`auth.browser`). `authenticated_at` is when the
+    user typed the password: the OpenID Connect `auth_time` of every grant approved under it."""
+
+    user_id: str
+    authenticated_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RememberedConsent:
     """An approval the user asked to remember (`auth.consent`). It stands in for the consent page
     only for a request whose user, client, redirect URI, resource and scope set are all equal to

@@ -3,10 +3,12 @@
 An ID token is issued when the grant's scope includes `openid` (section 3.1.3.3), signed RS256
 with the current key of `auth.rfc7517` (`kid` in the header). Claims: `iss`, `sub` (the user's
 random, never reused id: a public subject identifier), `aud` = the client, `exp`, `iat`,
-`auth_time` (when the user authenticated for this grant; section 12.2 requires the same value on
-refresh), `nonce` from /authorize on the code exchange only (12.2: not on refresh), and `at_hash`
-binding it to the access token issued with it. Profile claims are served by UserInfo only
-(section 5.4: an access token was issued, so that is where they belong).
+`auth_time` (when the user typed the password in the browser login that approved this grant,
+not when the code was issued: `auth.browser.Login`; section 12.2 requires the same value on
+refresh, so the tokens of the grant carry it), `nonce` from /authorize on the code exchange
+only (12.2: not on refresh), and `at_hash` binding it to the access token issued with it.
+Profile claims are served by UserInfo only (section 5.4: an access token was issued, so that is
+where they belong).
 
 UserInfo (section 5.3) takes the access token as a bearer token in the header only, like the MCP
 endpoints, and needs `openid` in its scope; `profile` adds `preferred_username`.

@@ -31,6 +31,8 @@ def document(settings: AuthSettings) -> dict[str, object]:
         claims_parameter_supported=False,
         request_parameter_supported=False,
         request_uri_parameter_supported=False,
+        # auth.authorize: `prompt=none|login|consent` and `max_age` are honoured.
+        prompt_values_supported=["none", "login", "consent"],
     )
     return doc
 

@@ -10,6 +10,8 @@ client's redirect URI, and Chromium applies `form-action` to redirects that foll
 submission. The consent page therefore lists the redirect URI's origin next to `'self'`. CSP
 source expressions cannot name an IPv6 literal (`http://[::1]:port`), so for such a redirect URI
 the consent page omits `form-action` altogether; the page has no scripts and posts only to itself.
+Every other page says `form-action 'self'`, so no other form may be answered with a redirect off
+our origin: the login POST answers with the consent page or `continue_to` (auth.authorize).
 """
 
 from __future__ import annotations
@@ -25,9 +27,10 @@ from auth import csrf
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.4rem}form{margin-top:1.5rem}label{display:block;margin:.8rem 0 .2rem}
-input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
-button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0}.error{color:#b00020}.muted{color:#666;font-size:.9rem}
-code{background:#f3f3f3;padding:0 .2rem}"""
+input,button{font:inherit}input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
+button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0;border:1px solid #888;border-radius:4px;background:#f3f3f3}
+button.primary{background:#1a56db;border-color:#1a56db;color:#fff}label.check{display:flex;gap:.5rem;align-items:baseline}
+.error{color:#b00020}.muted{color:#666;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}"""
 
 CSRF_FAILED = ("The form was not submitted from this browser session (CSRF check failed). "
                "Make sure cookies are enabled and try again.")
@@ -48,10 +51,11 @@ def _csp(form_action: tuple[str, ...] | None) -> str:
     return "; ".join(directives)
 
 
-def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, ...] | None = ()) -> web.Response:
+def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, ...] | None = (),
+           head: str = "") -> web.Response:
     """`form_action=None` leaves the directive out (see the module docstring)."""
     document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+                f'<meta name="viewport" content="width=device-width,initial-scale=1">{head}'
                 f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
                 f"<body><h1>{escape(title)}</h1>{body}</body></html>")
     return web.Response(
@@ -83,10 +87,13 @@ def _duration(seconds: int) -> str:
 
 
 def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-          status: int = 200, retry_after: int | None = None) -> web.Response:
+          status: int = 200, retry_after: int | None = None, again: bool = False) -> web.Response:
     """`retry_after`: throttled (auth.throttle), a 429 with `Retry-After`; the message names no
-    account, so it reads the same for a user who does not exist."""
+    account, so it reads the same for a user who does not exist. `again`: the user is signed in,
+    but the application asked for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`)."""
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
+    if again and not failed:
+        message = '<p>The application asks you to enter your password again.</p>'
     if retry_after is not None:
         status = 429
         message = (f'<p class="error">Too many failed sign-in attempts. Try again in '
@@ -95,10 +102,11 @@ def login(csrf_token: str, request_seal: str | None, *, username: str = "", fail
     body = (f'{message}<form method="post" action="/login">{fields}'
             f'<label for="username">Username</label>'
             f'<input type="text" id="username" name="username" value="{escape(username)}" '
-            f'autocomplete="username" autocapitalize="none" required autofocus>'
+            f'autocomplete="username" autocapitalize="none" required{"" if username else " autofocus"}>'
             f'<label for="password">Password</label>'
-            f'<input type="password" id="password" name="password" autocomplete="current-password" required>'
-            f'<button type="submit">Sign in</button></form>')
+            f'<input type="password" id="password" name="password" autocomplete="current-password" required'
+            f'{" autofocus" if username else ""}>'
+            f'<button type="submit" class="primary">Sign in</button></form>')
     response = render("Sign in to memory-mcp", body, status)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
@@ -122,13 +130,24 @@ def consent(csrf_token: str, request_seal: str, *, username: str, client_name: s
             f'<p class="muted">Resource: <code>{escape(resource)}</code><br>Client id: <code>{escape(client_id)}</code>'
             "<br>Only approve if you started this login yourself.</p>"
             f'<form method="post" action="/consent">{_hidden(csrf.FIELD, csrf_token)}{_hidden("request", request_seal)}'
-            '<label><input type="checkbox" name="remember" value="1"> Remember this approval: do not ask '
-            'again for this application, address and access (you can withdraw it on the '
-            '<a href="/consents">remembered approvals</a> page)</label>'
-            '<button type="submit" name="decision" value="approve">Approve</button>'
+            '<label class="check"><input type="checkbox" name="remember" value="1"><span>Remember this approval: '
+            'do not ask again for this application, address and access (you can withdraw it on the '
+            '<a href="/consents">remembered approvals</a> page)</span></label>'
+            '<button type="submit" name="decision" value="approve" class="primary">Approve</button>'
             '<button type="submit" name="decision" value="deny">Deny</button></form>'
             '<form method="get" action="/logout"><button type="submit">Not you? Sign out</button></form>')
     return render("Authorize access", body, form_action=form_action)
+
+
+def continue_to(location: str) -> web.Response:
+    """Leave for the client's redirect URI after a form POST (auth.authorize: a redirect there
+    would be blocked by `form-action 'self'`). A refresh is a navigation, not a form submission;
+    the link is for browsers that ask before opening an application's own URL scheme."""
+    target = escape(location)
+    return render("Returning to your application",
+                  f'<p>You can close this page once your application says it is connected.</p>'
+                  f'<p><a href="{target}">Continue to the application</a></p>',
+                  head=f'<meta http-equiv="refresh" content="0;url={target}">')
 
 
 def signed_in(csrf_token: str, username: str) -> web.Response:
@@ -183,11 +202,12 @@ def logout_form(csrf_token: str) -> str:
 def logout_confirm(csrf_token: str, username: str | None) -> web.Response:
     if username is None:
         return render("Signed out", "<p>You are not signed in.</p>")
-    return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> everywhere? This also "
-                              "disconnects every application you approved; each will ask you to sign in "
-                              "again.</p>" + logout_form(csrf_token))
+    return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> everywhere? This signs you "
+                              "out in every browser, forgets your remembered approvals and disconnects every "
+                              "application you approved; each will ask you to sign in again.</p>"
+                              + logout_form(csrf_token))
 
 
 def signed_out() -> web.Response:
-    return render("Signed out", "<p>You are signed out, and the applications you had approved are "
-                                "disconnected.</p>")
+    return render("Signed out", "<p>You are signed out in every browser, and the applications you had "
+                                "approved are disconnected.</p>")

@@ -53,12 +53,11 @@ class AuthorizationServer:
             except Exception:
                 log.exception("revocation listener %r failed for %r", listener, revocation)
 
-    async def revoke_subject(self, subject: str) -> int:
-        """End every grant of a user (e.g. after a password change); returns the number of
-        tokens and codes deleted."""
-        count = await self.store.revoke_subject(subject)
+    async def sign_out_everywhere(self, subject: str) -> accounts.SignedOut:
+        """`accounts.sign_out_everywhere`, then end the user's live MCP sessions."""
+        ended = await accounts.sign_out_everywhere(self.store, subject)
         await self.notify(Revocation(subject, None, None))
-        return count
+        return ended
 
     async def remove_user(self, username: str) -> User:
         """Remove an account while the server runs, closing its live sessions."""

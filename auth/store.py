@@ -20,6 +20,7 @@ from typing import Protocol
 
 from auth.models import (
     AuthorizationCode,
+    BrowserLogin,
     Client,
     Redemption,
     RememberedConsent,
@@ -78,7 +79,10 @@ class UserStore(Protocol):
 
     async def list_users(self) -> list[User]: ...
 
-    async def set_password_hash(self, user_id: str, password_hash: str) -> bool: ...
+    async def set_password_hash(self, user_id: str, password_hash: str, *, replacing: str | None = None) -> bool:
+        """False if there is no such user or, with `replacing`, if the stored hash is no longer
+        that one: a login's rehash must never overwrite a password changed meanwhile."""
+        ...
 
     async def remove_user(self, user_id: str) -> bool:
         """Delete the account, its codes and tokens, and its browser sessions."""
@@ -86,7 +90,12 @@ class UserStore(Protocol):
 
 
 class GrantStore(Protocol):
-    async def save_code(self, code: AuthorizationCode) -> None: ...
+    async def save_code(self, code: AuthorizationCode, login_hash: str) -> bool:
+        """Store the code only while the browser login `login_hash` that approved it is still
+        recorded for its subject, in one step: a code approved just before the login was ended
+        (sign-out everywhere, password change) must not outlive it. False, and nothing stored,
+        otherwise."""
+        ...
 
     async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
         """Redeem an unexpired code for the new grant `grant_id`: the record is kept, marked with
@@ -134,14 +143,25 @@ class GrantStore(Protocol):
 
 class BrowserSessionStore(Protocol):
     """Server-side records of browser logins, so that a login can be ended from the server
-    (logout, user removal) although the cookie itself lives in the browser."""
+    (logout, password change, user removal) although the cookie itself lives in the browser.
+    Every request that relies on a login looks its record up, so a deleted record ends the login
+    at once, whoever holds a copy of the cookie."""
 
-    async def create_browser_session(self, session_hash: str, user_id: str, created_at: float,
-                                     expires_at: float) -> None: ...
+    async def create_browser_session(self, session_hash: str, user_id: str, password_hash: str, created_at: float,
+                                     expires_at: float) -> bool:
+        """Record a login, in one step with checking that `password_hash` (the hash the password
+        was verified against) is still the user's. False, and nothing stored, when the password
+        was changed or the user removed meanwhile: a login verified with an old password while
+        `end_browser_sessions` ran must not survive it."""
+        ...
 
-    async def get_browser_session_user(self, session_hash: str, now: float) -> str | None: ...
+    async def get_browser_session(self, session_hash: str, now: float) -> BrowserLogin | None: ...
 
     async def delete_browser_session(self, session_hash: str) -> None: ...
+
+    async def end_browser_sessions(self, user_id: str) -> int:
+        """Delete every browser login of the user; returns how many."""
+        ...
 
 
 class ConsentStore(Protocol):

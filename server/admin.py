@@ -1,8 +1,14 @@
 """The administration commands behind `memory-mcp clients|sessions|tokens`.
 
 They run beside the server, on the same storage. What they revoke is gone from the store at
-once (the next request with those tokens gets 401), and each records a revocation that a running
-server reads within a second to end the live MCP sessions concerned (`server.app.follow_revocations`).
+once (the next request with those tokens, or with a browser login they end, is refused), and each
+records a revocation that a running server reads within a second to end the live MCP sessions
+concerned (`server.app.follow_revocations`).
+
+Which end browser logins: `users passwd`, `users remove`, `tokens revoke --user` and
+`sessions revoke --user` (the same command as `tokens revoke --user`) do, with the user's
+remembered approvals; `sessions revoke SESSION_ID` and `clients remove` do not (they end one
+client's access, not the person's).
 """
 
 from __future__ import annotations
@@ -80,7 +86,8 @@ async def sessions_list(storage: SQLiteStorage, username: str | None) -> str:
 
 async def sessions_revoke(storage: SQLiteStorage, session_id: str | None, username: str | None) -> str:
     """End one session (by revoking the grant of that user's client behind it, so that the client
-    cannot simply open another) or every session of a user."""
+    cannot simply open another; the user's browser login stays), or with `username` sign the user
+    out everywhere (`tokens_revoke`)."""
     if (session_id is None) == (username is None):
         raise AdminError("name either a session id or --user NAME")
     if username is not None:
@@ -96,27 +103,34 @@ async def sessions_revoke(storage: SQLiteStorage, session_id: str | None, userna
     return f"ended session {session_id} and revoked the tokens of client {client_id} for that user"
 
 
-async def tokens_revoke(storage: SQLiteStorage, username: str) -> str:
-    user_id = await _user_id(storage, username)
-    count = await storage.revoke_subject(user_id)
+async def _sign_out_everywhere(storage: SQLiteStorage, user_id: str) -> str:
+    ended = await accounts.sign_out_everywhere(storage, user_id)
     await _revoke(storage, Revocation(user_id, None, None))
-    return f"revoked {count} token(s) and code(s) of {username}; their MCP sessions end"
+    return (f"ended {ended.logins} browser login(s), forgot {ended.approvals} remembered approval(s), "
+            f"revoked {ended.grants} token(s) and code(s); their MCP sessions end")
+
+
+async def tokens_revoke(storage: SQLiteStorage, username: str) -> str:
+    """Sign the user out everywhere, as their own "sign out" at /logout does: every browser login
+    too, or a browser that is still signed in (perhaps the attacker's) could approve new tokens."""
+    user_id = await _user_id(storage, username)
+    return f"signed {username} out everywhere: " + await _sign_out_everywhere(storage, user_id)
 
 
 async def users_passwd(storage: SQLiteStorage, username: str, password: str) -> str:
     """A new password signs the user out everywhere: it is most often changed because the old one
-    leaked, and tokens obtained with it must not outlive it."""
+    leaked, and logins and tokens obtained with it must not outlive it."""
     user = await accounts.set_password(storage, username, password)
-    count = await storage.revoke_subject(user.id)
-    await _revoke(storage, Revocation(user.id, None, None))
-    return f"changed the password of {username} and revoked their {count} token(s); their clients sign in again"
+    return f"changed the password of {username} and signed them out everywhere: " + await _sign_out_everywhere(
+        storage, user.id)
 
 
 async def users_remove(storage: SQLiteStorage, username: str) -> str:
     user = await accounts.remove_user(storage, username)
     await _revoke(storage, Revocation(user.id, None, None))
     entities = await storage.delete_graph(user.id)
-    return f"removed user {user.username} with their tokens, sessions and memory ({entities} entities)"
+    return (f"removed user {user.username} with their browser logins, tokens, sessions and memory "
+            f"({entities} entities)")
 
 
 async def keys_rotate(storage: SQLiteStorage, data_dir: Path, auth_settings: AuthSettings) -> str:

@@ -44,17 +44,19 @@ def _parser() -> argparse.ArgumentParser:
 
     def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
                *args: str) -> argparse.ArgumentParser:
-        sub = actions.add_parser(name, help=text)
+        sub = actions.add_parser(name, help=text, description=text)
         for arg in args:
             sub.add_argument(arg)
         _add_settings_flags(sub, ["data_dir"])
         return sub
 
     users = group("users", "manage local accounts")
-    for name, text in (("add", "create an account"), ("passwd", "change a password")):
+    for name, text in (("add", "create an account"),
+                       ("passwd", "change a password and sign the user out everywhere (browser logins, remembered "
+                        "approvals, tokens, MCP sessions)")):
         action(users, name, text, "username").add_argument(
             "--password-stdin", action="store_true", help="read the password from standard input instead of prompting")
-    action(users, "remove", "delete an account, its tokens, sessions and memory", "username")
+    action(users, "remove", "delete an account, its browser logins, tokens, sessions and memory", "username")
     action(users, "list", "list accounts")
 
     clients = group("clients", "registered OAuth clients")
@@ -63,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     sessions = group("sessions", "live MCP sessions")
     action(sessions, "list", "list MCP sessions").add_argument("--user", help="only this user's")
-    revoke = action(sessions, "revoke", "end a session (revoking its client's tokens for that user), or every "
-                    "session of --user")
+    revoke = action(sessions, "revoke", "end a session (revoking its client's tokens for that user; browser "
+                    "logins stay), or with --user sign the user out everywhere as `tokens revoke --user` does")
     revoke.add_argument("session_id", nargs="?")
     revoke.add_argument("--user")
 
@@ -72,7 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     action(keys, "rotate", "start signing with a new key (the old one stays published while its tokens live)")
 
     tokens = group("tokens", "issued tokens")
-    action(tokens, "revoke", "revoke every token of a user and end their sessions").add_argument(
+    action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
+           "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
         "--user", required=True)
     return parser
 

@@ -261,8 +261,7 @@ async def consent_page(browser: Browser, server: RunningServer, url: str) -> Pag
     if 'name="password"' in page.text:
         form = page.form()
         form.update(username=browser.username, password=browser.password)
-        done = await post_page(browser, server.url + "/login", form)
-        assert done.status == 303, done.text
-        page = await get_page(browser, done.headers["Location"])
+        # The login POST answers with the consent page itself (auth.authorize.resume).
+        page = await post_page(browser, server.url + "/login", form)
     assert page.status == 200 and 'value="approve"' in page.text, page.text[:500]
     return page

@@ -100,6 +100,13 @@ def query_of(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query, keep_blank_values=True).items()}
 
 
+def refresh_target(page: str) -> str:
+    """Where a `pages.continue_to` page sends the browser."""
+    found = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]*)">', page)
+    assert found, page[:500]
+    return html.unescape(found.group(1))
+
+
 def path_of(location: str) -> str:
     parts = urlsplit(location)
     return parts.path + ("?" + parts.query if parts.query else "")
@@ -139,9 +146,8 @@ async def approve(env: Env, path: str, decision: str = "approve", *, logged_in: 
     if logged_in is not None:
         assert ('name="password"' not in page) == logged_in
     if 'name="password"' in page:
+        # The login POST answers with the next page itself, never a redirect (auth.authorize).
         resp = await login(env, page)
-        assert resp.status == 303, await resp.text()
-        resp = await env.client.get(path_of(resp.headers["Location"]), allow_redirects=False)
         assert resp.status == 200, await resp.text()
         page = await resp.text()
     assert 'value="approve"' in page

@@ -3,6 +3,8 @@ consent forms over plain HTTP, standing in for the person at the keyboard."""
 
 from __future__ import annotations
 
+import html
+import re
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -80,6 +82,14 @@ class Browser:
                 if resp.status != 200:
                     raise AssertionError(f"{resp.status} from {url}: {body[:500]}")
             self.pages.append(body)
+            refresh = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]*)">', body)
+            if refresh:
+                # pages.continue_to: a navigation, which a browser makes without a click.
+                target = urljoin(url, html.unescape(refresh.group(1)))
+                if not target.startswith(origin + "/"):
+                    return Redirect(target)
+                method, url, data = "GET", target, None
+                continue
             forms = parse_forms(body)
             assert forms, f"no form on {url}: {body[:500]}"
             form = forms[0]

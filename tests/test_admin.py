@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import httpx2
 import pytest
 
+from tests.browser import Browser
 from tests.conftest import RunningServer, tokens_by_hand
 from tests.test_mcp_http import open_session
 
@@ -123,3 +124,41 @@ async def test_password_change_signs_the_user_out_everywhere(http: httpx2.AsyncC
     assert after.status_code == 401
     fresh = await tokens_by_hand(server, "alice", "a brand new password", BOTH)
     assert fresh["access_token"]
+
+
+async def signed_in(server: RunningServer, browser: Browser) -> bool:
+    """Is `browser` signed in (its login still recorded), going by what /login shows it?"""
+    async with browser.session.get(server.url + "/login") as resp:
+        page = await resp.text()
+    assert resp.status == 200 and (("You are signed in as" in page) != ('name="password"' in page)), page[:300]
+    return "You are signed in as" in page
+
+
+@pytest.mark.parametrize(("command", "ends_logins"), [
+    (["users", "passwd", "alice", "--password-stdin"], True),
+    (["tokens", "revoke", "--user", "alice"], True),
+    (["sessions", "revoke", "--user", "alice"], True),
+    (["users", "remove", "alice"], True),
+    (["sessions", "revoke", "SESSION"], False),
+])
+async def test_which_commands_end_browser_logins(http: httpx2.AsyncClient, server: RunningServer,
+                                                 command: list[str], ends_logins: bool) -> None:
+    """Issue 10 defect 1: a browser that signed in earlier (perhaps with a phished password) must
+    not stay signed in after the commands that say they sign the user out everywhere."""
+    browsers = [Browser("alice", "alice-password-1"), Browser("alice", "alice-password-1")]
+    try:
+        for browser in browsers:
+            tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH, browser=browser)
+            assert await signed_in(server, browser)
+        session = await open_session(http, server, tokens["access_token"])
+        args = [session["Mcp-Session-Id"] if a == "SESSION" else a for a in command]
+        done = await cli(server, *args, stdin="a brand new password\n")
+        assert done.returncode == 0, done.stderr
+        # Every command says whether it ends browser logins, in its output and its --help.
+        assert ("browser login" in done.stdout) == ends_logins, done.stdout
+        helped = await cli(server, *command[:2], "--help")
+        assert "browser login" in " ".join(helped.stdout.split()), helped.stdout
+        assert [await signed_in(server, b) for b in browsers] == [not ends_logins] * 2
+    finally:
+        for browser in browsers:
+            await browser.close()

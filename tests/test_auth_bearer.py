@@ -13,7 +13,7 @@ import pytest
 
 from auth import accounts
 from auth.crypto import hash_secret
-from auth.models import AuthorizationCode, Rotation, Token
+from auth.models import AuthorizationCode, BrowserLogin, Rotation, Token
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.settings import AuthSettings
 from server.storage.sqlite.auth import AuthTables
@@ -151,16 +151,23 @@ async def test_sqlite_file_holds_no_plaintext_secret(aiohttp_server: Any, aiohtt
 
 
 async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
+    user = await accounts.add_user(store, "bob", "password-1234")
     now = time.time()
-    code = AuthorizationCode("h1", "c", "http://127.0.0.1/cb", "x" * 43, ("memory:read",), ISSUER + "/mcp", "u",
+    assert await store.create_browser_session("login", user.id, user.password_hash, now, now + 60)
+    code = AuthorizationCode("h1", "c", "http://127.0.0.1/cb", "x" * 43, ("memory:read",), ISSUER + "/mcp", user.id,
                              now, now + 60)
-    await store.save_code(code)
+    assert await store.save_code(code, "login")
     results = await asyncio.gather(*(store.consume_code("h1", f"g{i}", now) for i in range(5)))
     assert [r.code for r in results if r.status == "redeemed"] == [replace(code, grant_id="g0")]
     # The second redemption is a replay (and deletes the record), the rest find nothing.
     assert [r.status for r in results] == ["redeemed", "replayed", "invalid", "invalid", "invalid"]
-    await store.save_code(AuthorizationCode("h2", "c", "u", "x", (), "r", "s", now - 10, now - 1))
+    assert await store.save_code(AuthorizationCode("h2", "c", "u", "x", (), "r", user.id, now - 10, now - 1), "login")
     assert (await store.consume_code("h2", "g", now)).status == "invalid"
+    # No code without the browser login that approved it, for that user (GrantStore.save_code).
+    assert not await store.save_code(replace(code, code_hash="h3"), "another login")
+    await store.end_browser_sessions(user.id)
+    assert not await store.save_code(replace(code, code_hash="h4"), "login")
+    assert (await store.consume_code("h4", "g", now)).status == "invalid"
 
 
 async def test_rotate_refresh_is_atomic(store: Store) -> None:
@@ -179,11 +186,13 @@ async def test_remove_user_and_delete_client_cascade(store: Store) -> None:
     now = time.time()
     await store.save_tokens([Token(hash_secret("t"), "access", "g", "client-1", user.id, (), ISSUER, now, now + 60),
                              Token(hash_secret("u"), "access", "g2", "client-2", "other", (), ISSUER, now, now + 60)])
-    await store.create_browser_session("s", user.id, now, now + 60)
-    assert await store.get_browser_session_user("s", now) == user.id
+    assert await store.create_browser_session("s", user.id, user.password_hash, now - 5, now + 60)
+    assert await store.get_browser_session("s", now) == BrowserLogin(user.id, now - 5)
     assert (await accounts.remove_user(store, "bob")).id == user.id
     assert await store.get_token(hash_secret("t"), now) is None
-    assert await store.get_browser_session_user("s", now) is None
+    assert await store.get_browser_session("s", now) is None
+    # A login verified before the removal is not recorded after it.
+    assert not await store.create_browser_session("s2", user.id, user.password_hash, now, now + 60)
     assert await store.delete_client("client-2") is False  # never registered, tokens still go
     assert await store.get_token(hash_secret("u"), now) is None
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from auth import consent, passwords, throttle
+from auth import accounts, consent, passwords, throttle
 from auth.crypto import hash_secret
 from auth.models import Token, User
 from auth.passwords import hash_password
@@ -35,6 +35,7 @@ from tests.authflow import (
     path_of,
     pkce,
     query_of,
+    refresh_target,
     register,
 )
 
@@ -122,8 +123,6 @@ async def consent_form(env: Env, path: str, headers: dict[str, str] | None = Non
     page = await resp.text()
     if 'name="password"' in page:
         resp = await login(env, page)
-        assert resp.status == 303, await resp.text()
-        resp = await env.client.get(path_of(resp.headers["Location"]), allow_redirects=False, headers=SAME_ORIGIN)
         assert resp.status == 200, await resp.text()
         page = await resp.text()
     assert 'value="approve"' in page and 'name="remember"' in page
@@ -235,7 +234,7 @@ async def test_consent_from_another_browser_refused(env: Env, aiohttp_client: An
     page = await (await other.get(path)).text()
     resp = await other.post("/login", data=dict(hidden_fields(page), username="alice", password=PASSWORD),
                             allow_redirects=False)
-    page_b = await (await other.get(path_of(resp.headers["Location"]))).text()
+    page_b = await resp.text()
     form_b = hidden_fields(page_b)
     planted = dict(form_a, csrf_token=form_b["csrf_token"], decision="approve", remember="1")
     resp = await other.post("/consent", data=planted, allow_redirects=False)
@@ -306,8 +305,7 @@ async def test_every_html_page_is_locked_down(env: Env, clock: FakeClock, fast_p
     clock.now += 10_000
     await check(await env.client.post("/login", data={"csrf_token": "x"}))
     await check(await env.client.post("/consent", data={"csrf_token": "x"}))
-    resp = await login(env, page)
-    page = await check(await env.client.get(path_of(resp.headers["Location"])))
+    page = await check(await login(env, page))
     await check(await env.client.get("/login"))  # signed in
     form = hidden_fields(page)
     await env.client.post("/consent", data=dict(form, decision="approve", remember="1"), allow_redirects=False)
@@ -394,13 +392,12 @@ async def test_remembered_consent_belongs_to_its_user(env: Env, aiohttp_client: 
     page = await (await bob.get(path, headers=FIRST_PARTY)).text()
     resp = await bob.post("/login", data=dict(hidden_fields(page), username="bob", password=BOB_PASSWORD),
                           allow_redirects=False)
-    resp = await bob.get(path_of(resp.headers["Location"]), allow_redirects=False, headers=SAME_ORIGIN)
     assert resp.status == 200 and 'value="approve"' in await resp.text()
 
 
 async def test_login_keeps_the_verdict_of_the_first_navigation(env: Env) -> None:
-    """A cross-site start or prompt=consent still shows the consent page after the login form,
-    although the redirect after it is same-origin; a first-party start does not."""
+    """A cross-site start or prompt=consent still shows the consent page after the login form; a
+    first-party start does not (the login POST answers with a page that leads to the client)."""
     client = await register(env, [CB])
     _, challenge = pkce()
     path = authorize_path(client["client_id"], CB, challenge)
@@ -413,8 +410,13 @@ async def test_login_keeps_the_verdict_of_the_first_navigation(env: Env) -> None
         page = await (await env.client.get(path + extra, headers=start)).text()
         assert 'name="password"' in page
         resp = await login(env, page)
-        assert resp.status == 303
-        assert await silently(env, path_of(resp.headers["Location"]), SAME_ORIGIN) is silent, (start, extra)
+        assert resp.status == 200 and "Location" not in resp.headers
+        after = await resp.text()
+        if silent:
+            query = query_of(refresh_target(after))
+            assert query["iss"] == env.issuer and "code" in query and "state" in query
+        else:
+            assert 'value="approve"' in after, (start, extra)
         # Sign out (which also forgets the approval) for the next round.
         page = await (await env.client.get("/logout")).text()
         assert (await env.client.post("/logout", data=hidden_fields(page))).status == 200
@@ -577,7 +579,7 @@ async def test_login_starts_a_new_session(env: Env, aiohttp_client: Any) -> None
     page = await (await env.client.get("/login")).text()
     assert hidden_fields(page)["csrf_token"] == hidden_fields(attacker_page)["csrf_token"]
     resp = await login(env, page)
-    assert resp.status == 303
+    assert resp.status == 303 and resp.headers["Location"] == env.url("/login")
     after = {c.key: c.value for c in env.client.session.cookie_jar}
     assert after["memory-mcp-login"] != planted["memory-mcp-login"]
     # The attacker's copy does not carry the login, and its CSRF token no longer matches the victim's.
@@ -598,7 +600,86 @@ async def test_consent_shows_the_verified_metadata_host(env: Env) -> None:
     _, challenge = pkce()
     form_page = await env.client.get(authorize_path("verified-client", CB, challenge))
     resp = await login(env, await form_page.text())
-    resp = await env.client.get(path_of(resp.headers["Location"]))
     page = await resp.text()
     assert_secure_page(resp, page)
     assert "published by <strong>app.example.com</strong>" in page and "&lt;b&gt;App&lt;/b&gt;" in page
+
+
+# Signing out everywhere (issue 10 defect 1)
+
+
+async def sign_in_directly(client: Any) -> None:
+    page = await (await client.get("/login")).text()
+    resp = await client.post("/login", data=dict(hidden_fields(page), username="alice", password=PASSWORD),
+                             allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+
+
+async def test_sign_out_everywhere_ends_every_browsers_login(env: Env, aiohttp_client: Any) -> None:
+    """A second browser signed in earlier (with a phished password, say) loses its login when the
+    user signs out in theirs: no consent page without a password, no code from a form it holds."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    path = authorize_path(client["client_id"], CB, challenge)
+    attacker = await aiohttp_client(env.client.server)
+    await sign_in_directly(attacker)
+    await sign_in_directly(env.client)
+    held = await (await attacker.get(path)).text()
+    assert 'value="approve"' in held  # signed in: no password asked
+    page = await (await env.client.get("/logout")).text()
+    assert (await env.client.post("/logout", data=hidden_fields(page))).status == 200
+    assert count(env, "auth_browser_sessions") == 0
+    # The consent form it already holds leads back to the password form, and no code is made.
+    resp = await attacker.post("/consent", data=dict(hidden_fields(held), decision="approve", remember="1"),
+                               allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith(env.url("/authorize?"))
+    assert 'name="password"' in await (await attacker.get(path_of(resp.headers["Location"]))).text()
+    assert 'name="password"' in await (await attacker.get(path)).text()
+    assert count(env, "auth_codes") == 0 and count(env, "auth_consents") == 0
+    assert "You are signed in as" not in await (await attacker.get("/login")).text()
+
+
+async def test_login_checked_against_a_password_changed_meanwhile_is_refused(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The password is changed (and the user signed out everywhere) while argon2 checks the old
+    one: the login must not be recorded after the sign-out, or it would survive it."""
+    verify = passwords.verify_password
+
+    async def verify_then_change(password_hash: str | None, password: str) -> bool:
+        ok = await verify(password_hash, password)
+        user = await accounts.set_password(env.store, "alice", "the new password")
+        await accounts.sign_out_everywhere(env.store, user.id)
+        return ok
+
+    monkeypatch.setattr("auth.login.verify_password", verify_then_change)
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    page = await (await env.client.get(authorize_path(client["client_id"], CB, challenge))).text()
+    resp = await login(env, page)
+    assert resp.status == 401 and 'name="password"' in await resp.text()
+    assert count(env, "auth_browser_sessions") == 0
+
+
+async def test_code_approved_under_an_ended_login_is_not_stored(env: Env) -> None:
+    """The race between the consent POST's check of the login and the code's insert: a login ended
+    in between must not leave a code behind (`GrantStore.save_code`)."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    form = await consent_form(env, authorize_path(client["client_id"], CB, challenge))
+    real_save = env.store.save_code
+
+    async def sign_out_first(code: Any, login_hash: str) -> bool:
+        await accounts.sign_out_everywhere(env.store, (await alice(env)).id)
+        return await real_save(code, login_hash)
+
+    env.store.save_code = sign_out_first  # type: ignore[method-assign]
+    resp = await env.client.post("/consent", data=dict(form, decision="approve"), allow_redirects=False)
+    assert resp.status == 401 and "Location" not in resp.headers
+    assert count(env, "auth_codes") == 0
+
+
+async def test_login_rehash_never_overwrites_a_changed_password(env: Env) -> None:
+    user = await alice(env)
+    assert await env.store.set_password_hash(user.id, "new", replacing=user.password_hash)
+    assert not await env.store.set_password_hash(user.id, "rehash of the old one", replacing=user.password_hash)
+    assert (await alice(env)).password_hash == "new"

@@ -30,6 +30,7 @@ from tests.authflow import (
     Env,
     approve,
     authorize_path,
+    hidden_fields,
     make_env,
     pkce,
     query_of,
@@ -286,3 +287,104 @@ async def test_oidc_login_with_authlib_client(env: Env) -> None:
                            nonce=nonce)
         info = (await client.request("GET", meta["userinfo_endpoint"])).json()
         assert info == {"sub": claims["sub"], "preferred_username": USERNAME}
+
+
+# auth_time, prompt and max_age (issue 10 defect 10)
+
+
+def authorize_openid(client_id: str, challenge: str, **params: str) -> str:
+    return authorize_path(client_id, CB, challenge, scope="openid memory:read", **params)
+
+
+async def redeem(env: Env, client_id: str, verifier: str, location: str) -> dict[str, Any]:
+    resp = await token_request(env, grant_type="authorization_code", code=query_of(location)["code"],
+                               code_verifier=verifier, client_id=client_id, redirect_uri=CB)
+    assert resp.status == 200, await resp.text()
+    tokens: dict[str, Any] = await resp.json()
+    return tokens
+
+
+async def test_auth_time_is_when_the_user_signed_in(env: Env) -> None:
+    """Not when the code was issued: a browser signed in long ago approves a new grant."""
+    clock = Clock()
+    clock.now -= 3000  # stays in the past: the ID token's iat is checked against real time
+    env.server.clock = clock
+    signed_in_at = clock.now
+    client = await register(env, [CB])
+    client_id = client["client_id"]
+    verifier, challenge = pkce()
+    await approve(env, authorize_openid(client_id, challenge), logged_in=False)
+    clock.now += 1000
+    location = await approve(env, authorize_openid(client_id, challenge), logged_in=True)
+    tokens = await redeem(env, client_id, verifier, location)
+    claims = claims_of(tokens["id_token"], await jwks(env), issuer=env.issuer, client_id=client_id, nonce=None)
+    assert claims["auth_time"] == int(signed_in_at) and claims["iat"] == int(clock.now)
+    # The same on every refresh of the grant (OIDC Core 12.2).
+    clock.now += 1000
+    resp = await token_request(env, grant_type="refresh_token", refresh_token=tokens["refresh_token"],
+                               client_id=client_id)
+    refreshed = claims_of((await resp.json())["id_token"], await jwks(env), issuer=env.issuer, client_id=client_id,
+                          nonce=None)
+    assert refreshed["auth_time"] == int(signed_in_at) and refreshed["iat"] == int(clock.now)
+
+
+async def test_prompt_login_and_max_age_ask_for_the_password_again(env: Env) -> None:
+    clock = Clock()
+    clock.now -= 3000
+    env.server.clock = clock
+    client = await register(env, [CB])
+    client_id = client["client_id"]
+    verifier, challenge = pkce()
+    await approve(env, authorize_openid(client_id, challenge), logged_in=False)
+    clock.now += 100
+    for params in ({"prompt": "login"}, {"prompt": "consent login"}, {"max_age": "0"}, {"max_age": "99"},
+                   {"max_age": "99", "prompt": "consent"}):
+        resp = await env.client.get(authorize_openid(client_id, challenge, **params), allow_redirects=False)
+        page = await resp.text()
+        assert resp.status == 200 and 'name="password"' in page, params
+        assert "enter your password again" in page and 'value="alice"' in page
+    # A login exactly max_age old is recent enough.
+    page = await (await env.client.get(authorize_openid(client_id, challenge, max_age="100"))).text()
+    assert 'name="password"' not in page and 'value="approve"' in page
+    # Typing the password satisfies the request: the consent page follows, and the new login's
+    # time is the ID token's auth_time.
+    page = await (await env.client.get(authorize_openid(client_id, challenge, prompt="login", max_age="0"))).text()
+    clock.now += 50
+    resp = await env.client.post("/login", data=dict(hidden_fields(page), username=USERNAME, password=PASSWORD),
+                                 allow_redirects=False)
+    page = await resp.text()
+    assert resp.status == 200 and 'value="approve"' in page
+    resp = await env.client.post("/consent", data=dict(hidden_fields(page), decision="approve"),
+                                 allow_redirects=False)
+    tokens = await redeem(env, client_id, verifier, resp.headers["Location"])
+    claims = claims_of(tokens["id_token"], await jwks(env), issuer=env.issuer, client_id=client_id, nonce=None)
+    assert claims["auth_time"] == int(clock.now)
+
+
+async def test_prompt_none_and_bad_prompt_or_max_age(env: Env) -> None:
+    doc = await get_json(env, "/.well-known/openid-configuration")
+    assert doc["prompt_values_supported"] == ["none", "login", "consent"]
+    clock = Clock()
+    env.server.clock = clock
+    client = await register(env, [CB])
+    client_id = client["client_id"]
+    _, challenge = pkce()
+
+    async def error_of(**params: str) -> str:
+        resp = await env.client.get(authorize_openid(client_id, challenge, **params), allow_redirects=False)
+        assert resp.status == 303, await resp.text()
+        query = query_of(resp.headers["Location"])
+        assert resp.headers["Location"].startswith(CB + "?") and query["state"] == "st-123" and "code" not in query
+        return query["error"]
+
+    assert await error_of(prompt="none") == "login_required"
+    await approve(env, authorize_openid(client_id, challenge), logged_in=False)
+    assert await error_of(prompt="none") == "consent_required"
+    clock.now += 100
+    assert await error_of(prompt="none", max_age="50") == "login_required"
+    for params in ({"prompt": "none login"}, {"prompt": "consent none"}, {"max_age": "-1"}, {"max_age": "1.5"},
+                   {"max_age": "ten"}, {"max_age": "\u0663"}, {"max_age": "1" * 11}):
+        assert await error_of(**params) == "invalid_request", params
+    # An empty max_age is no max_age (RFC 6749 3.1).
+    page = await (await env.client.get(authorize_openid(client_id, challenge, max_age=""))).text()
+    assert 'value="approve"' in page

@@ -43,7 +43,17 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 
-from auth.models import AuthorizationCode, Client, Redemption, RememberedConsent, Revocation, Rotation, Token, User
+from auth.models import (
+    AuthorizationCode,
+    BrowserLogin,
+    Client,
+    Redemption,
+    RememberedConsent,
+    Revocation,
+    Rotation,
+    Token,
+    User,
+)
 from auth.store import UserExistsError
 from server.storage.sqlite.db import Database
 
@@ -310,9 +320,12 @@ class AuthTables:
     async def list_users(self) -> list[User]:
         return [_user(r) for r in await self.db.read(_all, "SELECT * FROM auth_users ORDER BY username", ())]
 
-    async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
-        return await self.db.write(_count, "UPDATE auth_users SET password_hash = ? WHERE id = ?",
-                                   (password_hash, user_id)) > 0
+    async def set_password_hash(self, user_id: str, password_hash: str, *, replacing: str | None = None) -> bool:
+        if replacing is None:
+            return await self.db.write(_count, "UPDATE auth_users SET password_hash = ? WHERE id = ?",
+                                       (password_hash, user_id)) > 0
+        return await self.db.write(_count, "UPDATE auth_users SET password_hash = ? WHERE id = ? AND password_hash = ?",
+                                   (password_hash, user_id, replacing)) > 0
 
     async def remove_user(self, user_id: str) -> bool:
         def write(conn: sqlite3.Connection) -> int:
@@ -326,16 +339,18 @@ class AuthTables:
 
     # Codes and tokens
 
-    async def save_code(self, code: AuthorizationCode) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+    async def save_code(self, code: AuthorizationCode, login_hash: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?", (code.auth_time,))
-            conn.execute(
+            inserted = conn.execute(
                 """INSERT INTO auth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource,
-                   subject, auth_time, expires_at, nonce) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   subject, auth_time, expires_at, nonce) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                   WHERE EXISTS (SELECT 1 FROM auth_browser_sessions WHERE session_hash = ? AND user_id = ?)""",
                 (code.code_hash, code.client_id, code.redirect_uri, code.code_challenge, " ".join(code.scopes),
-                 code.resource, code.subject, code.auth_time, code.expires_at, code.nonce),
-            )
-        await self.db.write(write)
+                 code.resource, code.subject, code.auth_time, code.expires_at, code.nonce, login_hash, code.subject),
+            ).rowcount
+            return inserted > 0
+        return await self.db.write(write)
 
     async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
         def write(conn: sqlite3.Connection) -> Redemption:
@@ -431,24 +446,30 @@ class AuthTables:
 
     # Browser logins
 
-    async def create_browser_session(self, session_hash: str, user_id: str, created_at: float,
-                                     expires_at: float) -> None:
-        def write(conn: sqlite3.Connection) -> None:
+    async def create_browser_session(self, session_hash: str, user_id: str, password_hash: str, created_at: float,
+                                     expires_at: float) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
             conn.execute("DELETE FROM auth_browser_sessions WHERE expires_at <= ?", (created_at,))
-            conn.execute(
-                "INSERT INTO auth_browser_sessions (session_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
-                (session_hash, user_id, created_at, expires_at),
-            )
-        await self.db.write(write)
+            # Only while the password that was verified is still the account's (see the protocol).
+            inserted = conn.execute(
+                """INSERT INTO auth_browser_sessions (session_hash, user_id, created_at, expires_at)
+                   SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM auth_users WHERE id = ? AND password_hash = ?)""",
+                (session_hash, user_id, created_at, expires_at, user_id, password_hash),
+            ).rowcount
+            return inserted > 0
+        return await self.db.write(write)
 
-    async def get_browser_session_user(self, session_hash: str, now: float) -> str | None:
+    async def get_browser_session(self, session_hash: str, now: float) -> BrowserLogin | None:
         row = await self.db.read(
-            _one, "SELECT user_id FROM auth_browser_sessions WHERE session_hash = ? AND expires_at > ?",
+            _one, "SELECT user_id, created_at FROM auth_browser_sessions WHERE session_hash = ? AND expires_at > ?",
             (session_hash, now))
-        return str(row["user_id"]) if row else None
+        return BrowserLogin(str(row["user_id"]), float(row["created_at"])) if row else None
 
     async def delete_browser_session(self, session_hash: str) -> None:
         await self.db.write(_count, "DELETE FROM auth_browser_sessions WHERE session_hash = ?", (session_hash,))
+
+    async def end_browser_sessions(self, user_id: str) -> int:
+        return await self.db.write(_count, "DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
 
     # Remembered consents
 
