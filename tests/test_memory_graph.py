@@ -33,6 +33,7 @@ class Store(GraphTables):
 def open_store(path: Path) -> Store:
     db = Database(path)
     db.apply_schema(GraphTables.SCHEMA)
+    GraphTables.migrate(db)
     return Store(db)
 
 

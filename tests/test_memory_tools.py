@@ -48,6 +48,7 @@ class Store(GraphTables):
 def store(tmp_path: Path) -> Iterator[Store]:
     db = Database(tmp_path / "m.sqlite3")
     db.apply_schema(GraphTables.SCHEMA)
+    GraphTables.migrate(db)
     yield Store(db)
     db.close()
 

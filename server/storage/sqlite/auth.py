@@ -33,7 +33,11 @@ processes. `consume_code` and `rotate_refresh_token` read and decide inside one 
 so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
 
 Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
-COLUMN`, nullable, so instant and safe on a live file).
+COLUMN`, nullable or with a constant default, so instant and safe on a live file).
+
+`auth_users.state` is the account's `auth.models.AccountState`: `get_user` and `get_user_by_name`
+return ACTIVE accounts only, so an account being removed can neither sign in nor be used while its
+memory is deleted; `begin_removal` sets REMOVING, `remove_user` deletes the row last.
 """
 
 from __future__ import annotations
@@ -42,7 +46,17 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
 
-from auth.models import AuthorizationCode, Client, Redemption, RememberedConsent, Revocation, Rotation, Token, User
+from auth.models import (
+    AccountState,
+    AuthorizationCode,
+    Client,
+    Redemption,
+    RememberedConsent,
+    Revocation,
+    Rotation,
+    Token,
+    User,
+)
 from auth.store import UserExistsError
 from server.storage.sqlite.db import Database
 
@@ -62,7 +76,8 @@ CREATE TABLE IF NOT EXISTS auth_users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'removing'))
 );
 CREATE TABLE IF NOT EXISTS auth_codes (
     code_hash TEXT PRIMARY KEY,
@@ -140,6 +155,7 @@ ADDED_COLUMNS = (
     ("auth_tokens", "superseded_at", "REAL"),
     ("auth_tokens", "successor_hash", "TEXT"),
     ("auth_tokens", "successor", "TEXT"),
+    ("auth_users", "state", "TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'removing'))"),
 )
 
 
@@ -155,6 +171,14 @@ def migrate(db: Database) -> None:
                     conn.execute("UPDATE auth_tokens SET auth_time = issued_at")
 
 
+def _delete_user_records(conn: sqlite3.Connection, user_id: str) -> None:
+    """Everything that lets the account act: codes, tokens, browser logins, remembered approvals."""
+    conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
+    conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
+    conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
+
+
 def _scopes(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -165,7 +189,7 @@ def _client(row: sqlite3.Row) -> Client:
 
 def _user(row: sqlite3.Row) -> User:
     return User(id=row["id"], username=row["username"], password_hash=row["password_hash"],
-                created_at=row["created_at"])
+                created_at=row["created_at"], state=AccountState(row["state"]))
 
 
 def _code(row: sqlite3.Row) -> AuthorizationCode:
@@ -294,11 +318,13 @@ class AuthTables:
             raise UserExistsError(user.username) from exc
 
     async def get_user(self, user_id: str) -> User | None:
-        row = self.db.conn.execute("SELECT * FROM auth_users WHERE id = ?", (user_id,)).fetchone()
+        row = self.db.conn.execute("SELECT * FROM auth_users WHERE id = ? AND state = ?",
+                                   (user_id, AccountState.ACTIVE)).fetchone()
         return _user(row) if row else None
 
     async def get_user_by_name(self, username: str) -> User | None:
-        row = self.db.conn.execute("SELECT * FROM auth_users WHERE username = ?", (username,)).fetchone()
+        row = self.db.conn.execute("SELECT * FROM auth_users WHERE username = ? AND state = ?",
+                                   (username, AccountState.ACTIVE)).fetchone()
         return _user(row) if row else None
 
     async def list_users(self) -> list[User]:
@@ -309,13 +335,19 @@ class AuthTables:
                                       (password_hash, user_id))
         return cursor.rowcount > 0
 
+    async def begin_removal(self, username: str) -> User | None:
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT * FROM auth_users WHERE username = ?", (username,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE auth_users SET state = ? WHERE id = ?", (AccountState.REMOVING, row["id"]))
+            _delete_user_records(conn, row["id"])
+        return _user(row)
+
     async def remove_user(self, user_id: str) -> bool:
         with self.db.transaction() as conn:
             deleted = conn.execute("DELETE FROM auth_users WHERE id = ?", (user_id,)).rowcount
-            conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
-            conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
-            conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
-            conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
+            _delete_user_records(conn, user_id)
         return deleted > 0
 
     # Codes and tokens
