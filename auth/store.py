@@ -35,6 +35,15 @@ class UserExistsError(Exception):
     """A user with that username already exists."""
 
 
+class StoreUnavailable(Exception):
+    """The store cannot answer now (its lock is held elsewhere, its disk is full or failing):
+    the request may succeed if retried after `retry_after` seconds. `reason` is a short phrase
+    safe to show to clients; the message is for the operator's log."""
+
+    reason: str = "the store is unavailable"
+    retry_after: int = 1
+
+
 class ClientStore(Protocol):
     async def save_client(self, client: Client) -> None:
         """Insert, or replace the registration of an existing `client_id` (a re-fetched metadata

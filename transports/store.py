@@ -11,6 +11,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class StoreUnavailable(Exception):
+    """The store cannot answer now (its lock is held elsewhere, its disk is full or failing):
+    the request may succeed if retried after `retry_after` seconds. `reason` is a short phrase
+    safe to show to clients; the message is for the operator's log."""
+
+    reason: str = "the store is unavailable"
+    retry_after: int = 1
+
+
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
     session_id: str

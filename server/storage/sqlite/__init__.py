@@ -27,4 +27,5 @@ class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, Ev
         GraphTables.migrate(self.db)
 
     async def close(self) -> None:
-        self.db.close()
+        """Finish the queued statements and stop the database's threads."""
+        await self.db.aclose()

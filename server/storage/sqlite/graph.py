@@ -85,8 +85,9 @@ Why it looks like this
   are never reused, and a row left behind is what refuses a write that was already on its way
   (a token checked a moment before the removal).
 
-Every mutation runs in one `BEGIN IMMEDIATE` transaction that touches only its own rows; the
-methods never await, so each is also atomic with respect to other coroutines (see db.py).
+Every mutation runs in one `BEGIN IMMEDIATE` transaction on the writer thread that touches only
+its own rows, and every query in one read transaction on a reader thread (see db.py): each is
+atomic with respect to other coroutines and other processes.
 """
 
 from __future__ import annotations
@@ -118,6 +119,10 @@ from server.memory.graph import (
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
+
+DELETE_BATCH: Final = 200
+"""Entities (with their observations) or relations deleted per transaction by `delete_graph`: a
+few milliseconds of holding the write lock each."""
 
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
@@ -165,10 +170,6 @@ _NUL_STAND_IN: Final = "\ufffd"
 
 _IN_CHUNK: Final = 256
 """Most values bound into one `IN (...)` list; longer lists are queried in several statements."""
-
-DELETE_BATCH: Final = 200
-"""Entities (with their observations) or relations deleted per transaction by `delete_graph`: a
-few milliseconds of holding the write lock each."""
 
 _OWNERS_SCHEMA = """
     CREATE TABLE memory_owners (
@@ -251,7 +252,7 @@ class GraphTables:
     async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
                               ) -> list[Entity]:
         created: list[Entity] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             ids: list[int] = []
             for entity in entities:
@@ -266,12 +267,13 @@ class GraphTables:
             _account(conn, owner, quota, before, entities=len(created),
                      observations=sum(len(e.observations) for e in created),
                      size=sum(text_bytes(e.name, e.entityType, *e.observations) for e in created))
+        await self.db.write(write)
         return created
 
     async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
                                ) -> list[Relation]:
         created: list[Relation] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             ids: list[int] = []
             for relation in relations:
@@ -285,12 +287,13 @@ class GraphTables:
                     ids.append(cursor.lastrowid)
             stale(conn, owner, RELATIONS, ids)
             _account(conn, owner, quota, before, size=sum(text_bytes(r.from_, r.to, r.relationType) for r in created))
+        await self.db.write(write)
         return created
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
                                quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
         results: list[AddedObservations] = []
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             ids = _entity_ids(conn, owner, [a.entityName for a in additions])
             missing = _unique(a.entityName for a in additions if a.entityName not in ids)
@@ -307,14 +310,15 @@ class GraphTables:
             stale(conn, owner, ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
             _account(conn, owner, quota, before, observations=sum(len(r.addedObservations) for r in results),
                      size=sum(text_bytes(*r.addedObservations) for r in results))
+        await self.db.write(write)
         return results
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             # By name, not by existing entity: like the official server, this also clears
             # relations that point at names which were never created. Two statements, so that each
-            # is an index seek per name (see _RELATIONS_TOUCHING).
+            # is an index seek per name.
             relation_rows = _by_names(conn, _DELETE_RELATIONS_FROM, owner, names)
             relation_rows += _by_names(conn, _DELETE_RELATIONS_TO, owner, names)
             stale(conn, owner, RELATIONS, [row["id"] for row in relation_rows])
@@ -322,9 +326,10 @@ class GraphTables:
             observations = _delete_entity_rows(conn, owner, entity_rows)
             _account(conn, owner, None, before, entities=-len(entity_rows), observations=-len(observations),
                      size=-_size(relation_rows, entity_rows, observations))
+        await self.db.write(write)
 
     async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             deleted: list[sqlite3.Row] = []
             for deletion in deletions:
@@ -340,9 +345,10 @@ class GraphTables:
                     )
             stale(conn, owner, ENTITIES, [row["entity_id"] for row in deleted])
             _account(conn, owner, None, before, observations=-len(deleted), size=-_size(deleted))
+        await self.db.write(write)
 
     async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             # One statement per relation: executemany cannot return the deleted ids.
             rows = [row for r in relations for row in conn.execute(
@@ -350,80 +356,95 @@ class GraphTables:
             ).fetchall()]
             stale(conn, owner, RELATIONS, [row["id"] for row in rows])
             _account(conn, owner, None, before, size=-_size(rows))
+        await self.db.write(write)
 
     async def delete_graph(self, owner: str) -> int:
         # Closed first, in its own transaction: from its commit on no write for the owner can
         # commit (each checks the state in its own transaction), so the batches below delete
         # everything that will ever exist. Then batches by id, each a short transaction, so that a
-        # large graph never holds the write lock for long; re-running resumes where it stopped.
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO memory_owners (owner, state, entities, observations, bytes) VALUES (?, ?, 0, 0, 0)"
-                " ON CONFLICT (owner) DO UPDATE SET state = excluded.state", (owner, OwnerState.CLOSED))
+        # large graph never holds the write lock for long (other processes, and this one's other
+        # writers, get their turn between batches); re-running resumes where it stopped.
+        await self.db.write(_close, owner)
         deleted = 0
-        while True:
-            with self.db.transaction() as conn:
-                entity_rows = conn.execute(
-                    "SELECT id, name_fold, type_fold FROM memory_entities WHERE owner = ? ORDER BY id LIMIT ?",
-                    (owner, DELETE_BATCH)).fetchall()
-                _delete_entity_rows(conn, owner, entity_rows)
-            if not entity_rows:
-                break
-            deleted += len(entity_rows)
-        while True:
-            with self.db.transaction() as conn:
-                relations = conn.execute(
-                    "DELETE FROM memory_relations"
-                    " WHERE id IN (SELECT id FROM memory_relations WHERE owner = ? LIMIT ?)",
-                    (owner, DELETE_BATCH)).rowcount
-            if not relations:
-                break
-        with self.db.transaction() as conn:
-            conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
-            conn.execute("UPDATE memory_owners SET entities = 0, observations = 0, bytes = 0 WHERE owner = ?",
-                         (owner,))
+        while count := await self.db.write(_delete_some_entities, owner, DELETE_BATCH):
+            deleted += count
+        while await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
+            pass
+        await self.db.write(_forget_owner, owner)
         self._view.forget(owner)
         return deleted
 
     # --- queries -----------------------------------------------------------------------------
-    # No explicit transaction: no other coroutine can write between the statements of a method,
-    # and another process's write is one atomic commit that a read sees entirely or not at all.
+    # Each in one read transaction on a reader thread: its statements see one state of the file.
 
     async def usage(self, owner: str) -> Usage:
-        row = self.db.conn.execute("SELECT entities, observations, bytes FROM memory_owners WHERE owner = ?",
-                                   (owner,)).fetchone()
-        return Usage() if row is None else Usage(*row)
+        def read(conn: sqlite3.Connection) -> Usage:
+            row = conn.execute("SELECT entities, observations, bytes FROM memory_owners WHERE owner = ?",
+                               (owner,)).fetchone()
+            return Usage() if row is None else Usage(*row)
+        return await self.db.read(read)
 
     async def read_graph(self, owner: str) -> GraphJSON:
-        return self._view.read(owner)
+        return await self._view.read(owner)
 
     async def search_nodes(self, owner: str, query: str) -> GraphJSON:
-        folded = query.lower()
-        probe = _fold(query)
-        if len(probe) >= _MIN_INDEXED_QUERY:
-            # A quoted FTS5 string is taken literally; only its quote character needs doubling.
-            phrase = '"' + probe.replace('"', '""') + '"'
-            entity_rows = self.db.conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
-        else:
-            entity_rows = self.db.conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
-        if _NUL_STAND_IN not in probe:
-            # The probe matched only where the stored text has neither NUL nor the stand-in, that
-            # is where the folded columns are the folded text itself: every hit is exact.
-            return _subgraph(self.db.conn, owner, entity_rows)
+        def read(conn: sqlite3.Connection) -> GraphJSON:
+            folded = query.lower()
+            probe = _fold(query)
+            if len(probe) >= _MIN_INDEXED_QUERY:
+                # A quoted FTS5 string is taken literally; only its quote character needs doubling.
+                phrase = '"' + probe.replace('"', '""') + '"'
+                entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
+            else:
+                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
+            if _NUL_STAND_IN not in probe:
+                # The probe matched only where the stored text has neither NUL nor the stand-in,
+                # that is where the folded columns are the folded text itself: every hit is exact.
+                return _subgraph(conn, owner, entity_rows)
 
-        def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
-            return any(folded in text.lower() for text in (name, entity_type, *observations))
+            def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
+                return any(folded in text.lower() for text in (name, entity_type, *observations))
 
-        return _subgraph(self.db.conn, owner, entity_rows, keep=contains)
+            return _subgraph(conn, owner, entity_rows, keep=contains)
+        return await self.db.read(read)
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
-        entity_rows = _by_names(
-            # INDEXED BY: without statistics the planner would rather walk all of the owner's
-            # entities in memory_entities_order, to save sorting the few it returns.
-            self.db.conn, "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
-            " WHERE owner = ? AND name IN ({})", owner, _unique(names))
-        entity_rows.sort(key=lambda row: int(row["id"]))
-        return _subgraph(self.db.conn, owner, entity_rows)
+        def read(conn: sqlite3.Connection) -> GraphJSON:
+            entity_rows = _by_names(
+                # INDEXED BY: without statistics the planner would rather walk all of the owner's
+                # entities in memory_entities_order, to save sorting the few it returns.
+                conn, "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
+                " WHERE owner = ? AND name IN ({})", owner, _unique(names))
+            entity_rows.sort(key=lambda row: int(row["id"]))
+            return _subgraph(conn, owner, entity_rows)
+        return await self.db.read(read)
+
+
+def _close(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute(
+        "INSERT INTO memory_owners (owner, state, entities, observations, bytes) VALUES (?, ?, 0, 0, 0)"
+        " ON CONFLICT (owner) DO UPDATE SET state = excluded.state", (owner, OwnerState.CLOSED))
+
+
+def _delete_some_entities(conn: sqlite3.Connection, owner: str, limit: int) -> int:
+    entity_rows = conn.execute(
+        "SELECT id, name_fold, type_fold FROM memory_entities WHERE owner = ? ORDER BY id LIMIT ?",
+        (owner, limit)).fetchall()
+    _delete_entity_rows(conn, owner, entity_rows)
+    return len(entity_rows)
+
+
+def _delete_some_relations(conn: sqlite3.Connection, owner: str, limit: int) -> int:
+    return int(conn.execute(
+        "DELETE FROM memory_relations WHERE id IN (SELECT id FROM memory_relations WHERE owner = ? LIMIT ?)",
+        (owner, limit)).rowcount)
+
+
+def _forget_owner(conn: sqlite3.Connection, owner: str) -> None:
+    """The last step of `delete_graph`: the owner's (now empty) view, and their usage, zero. The
+    closed row itself stays (see the module)."""
+    conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
+    conn.execute("UPDATE memory_owners SET entities = 0, observations = 0, bytes = 0 WHERE owner = ?", (owner,))
 
 
 # Sizes as `Usage` counts them, computed by SQLite from the rows: `length(CAST(x AS BLOB))`, as

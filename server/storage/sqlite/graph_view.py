@@ -59,9 +59,10 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Final
 
+from auth.store import StoreUnavailable
 from server.memory.graph import GraphJSON, Piece, entity_json, piece, relation_json
 from server.storage.sqlite.db import Database
 
@@ -144,21 +145,51 @@ class GraphView:
         self._held: OrderedDict[str, tuple[dict[ChunkKey, _Held], int]] = OrderedDict()
         self._size = 0
 
-    def read(self, owner: str) -> GraphJSON:
-        with self.db.reading() as conn:
-            listing = _listing(conn, owner)
-            fresh = all(generation is not None for _, generation in listing)
-            if fresh:
-                chunks = self._current(conn, owner, listing, {})
-        if not fresh:
-            with self.db.transaction() as conn:
-                rebuilt = _rebuild_stale(conn, owner)
-                chunks = self._current(conn, owner, _listing(conn, owner), rebuilt)
+    async def read(self, owner: str) -> GraphJSON:
+        # The copy is only ever changed on the loop (`_keep`); a thread gets this owner's held
+        # chunks, a dict nobody mutates once kept.
+        held = self._held[owner][0] if owner in self._held else {}
+        chunks = await self.db.read(self._read_fresh, owner, held)
+        if chunks is None:
+            try:
+                chunks = await self.db.try_write(self._rebuild_and_read, owner, held)
+            except StoreUnavailable:
+                # The rebuild cannot write at once (the lock is held elsewhere, the writer is
+                # busy, the disk is full or read-only): a read never waits for the write lock, so
+                # the same bytes are built from the rows without storing them.
+                chunks = await self.db.read(self._read_unstored, owner, held)
+                return _graph(chunks)
         self._keep(owner, chunks)
-        pieces: tuple[list[Piece], list[Piece]] = ([], [])
-        for (kind, _), (_, chunk_piece) in chunks.items():
-            pieces[kind].append(chunk_piece)
-        return GraphJSON.of(*pieces)
+        return _graph(chunks)
+
+    def _read_fresh(self, conn: sqlite3.Connection, owner: str, held: dict[ChunkKey, _Held]
+                    ) -> dict[ChunkKey, _Held] | None:
+        """The chunks when none is stale (one read transaction); None when some must be rebuilt."""
+        listing = _listing(conn, owner)
+        if any(generation is None for _, generation in listing):
+            return None
+        return self._current(conn, owner, listing, {}, held)
+
+    def _rebuild_and_read(self, conn: sqlite3.Connection, owner: str, held: dict[ChunkKey, _Held]
+                          ) -> dict[ChunkKey, _Held]:
+        """Inside BEGIN IMMEDIATE: rebuild the stale chunks, then read them all."""
+        rebuilt = _rebuild_stale(conn, owner)
+        return self._current(conn, owner, _listing(conn, owner), rebuilt, held)
+
+    def _read_unstored(self, conn: sqlite3.Connection, owner: str, held: dict[ChunkKey, _Held]
+                       ) -> dict[ChunkKey, _Held]:
+        """Inside a read transaction: stale chunks built from their rows and not stored (their
+        generation stays unknown, -1, so that nothing keeps them), the others as usual."""
+        listing = _listing(conn, owner)
+        built: dict[ChunkKey, _Held] = {}
+        for (kind, chunk), generation in listing:
+            if generation is None:
+                chunk_piece = _build(conn, owner, kind, chunk)
+                if chunk_piece is not None:
+                    built[kind, chunk] = (-1, chunk_piece)
+        current = [(key, -1 if generation is None else generation) for key, generation in listing
+                   if generation is not None or key in built]
+        return self._current(conn, owner, current, built, held)
 
     def forget(self, owner: str) -> None:
         self._keep(owner, {})
@@ -171,11 +202,11 @@ class GraphView:
         """Least recently read first."""
         return list(self._held)
 
-    def _current(self, conn: sqlite3.Connection, owner: str, listing: list[tuple[ChunkKey, int | None]],
-                 rebuilt: dict[ChunkKey, _Held]) -> dict[ChunkKey, _Held]:
+    @staticmethod
+    def _current(conn: sqlite3.Connection, owner: str, listing: Sequence[tuple[ChunkKey, int | None]],
+                 rebuilt: dict[ChunkKey, _Held], held: dict[ChunkKey, _Held]) -> dict[ChunkKey, _Held]:
         """The owner's chunks in key order: from `rebuilt`, else from the copy when its generation is
         current, else fetched."""
-        held = self._held[owner][0] if owner in self._held else {}
         chunks: dict[ChunkKey, _Held] = {}
         missing: list[ChunkKey] = []
         for key, generation in listing:
@@ -209,6 +240,13 @@ class GraphView:
             self._size -= self._held.popitem(last=False)[1][1]
 
 
+def _graph(chunks: dict[ChunkKey, _Held]) -> GraphJSON:
+    pieces: tuple[list[Piece], list[Piece]] = ([], [])
+    for (kind, _), (_, chunk_piece) in chunks.items():
+        pieces[kind].append(chunk_piece)
+    return GraphJSON.of(*pieces)
+
+
 def _listing(conn: sqlite3.Connection, owner: str) -> list[tuple[ChunkKey, int | None]]:
     cursor = conn.cursor()
     cursor.row_factory = None
@@ -233,6 +271,19 @@ def _rebuild_stale(conn: sqlite3.Connection, owner: str) -> dict[ChunkKey, _Held
 
 def _rebuild(conn: sqlite3.Connection, owner: str, kind: int, chunk: int, generation: int) -> Piece | None:
     """Build a stale chunk from its rows and store it; None when it has no rows left (deleted)."""
+    chunk_piece = _build(conn, owner, kind, chunk)
+    key = (owner, kind, chunk)
+    if chunk_piece is None:
+        conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ? AND kind = ? AND chunk = ?", key)
+        return None
+    data, text = chunk_piece
+    conn.execute("UPDATE memory_graph_chunks SET generation = ?, json = ?, text = ?"
+                 " WHERE owner = ? AND kind = ? AND chunk = ?", (generation, data, text, *key))
+    return data, text
+
+
+def _build(conn: sqlite3.Connection, owner: str, kind: int, chunk: int) -> Piece | None:
+    """A chunk's JSON from its rows; None when it has none."""
     bounds = {"owner": owner, "low": chunk << _CHUNK_BITS, "high": ((chunk + 1) << _CHUNK_BITS) - 1}
     cursor = conn.cursor()
     cursor.row_factory = None
@@ -252,11 +303,4 @@ def _rebuild(conn: sqlite3.Connection, owner: str, kind: int, chunk: int, genera
         items = [relation_json(*row) for row in cursor.execute(
             "SELECT from_name, to_name, relation_type FROM memory_relations"
             " WHERE owner = :owner AND id BETWEEN :low AND :high ORDER BY id", bounds)]
-    key = (owner, kind, chunk)
-    if not items:
-        conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ? AND kind = ? AND chunk = ?", key)
-        return None
-    data, text = piece(items)
-    conn.execute("UPDATE memory_graph_chunks SET generation = ?, json = ?, text = ?"
-                 " WHERE owner = ? AND kind = ? AND chunk = ?", (generation, data, text, *key))
-    return data, text
+    return piece(items) if items else None
