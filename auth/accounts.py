@@ -4,6 +4,10 @@ These functions fire no revocation listeners: the CLI usually runs without a ser
 process. `AuthorizationServer.remove_user` wraps `remove_user` for the running server. Removing a
 user deletes its tokens and browser sessions in the store, so a running server refuses them on
 the next request either way; the listeners only make live MCP sessions end sooner.
+
+`remove_user` removes the account only. `memory-mcp users remove` (`server.admin.users_remove`)
+removes an account with everything it owns, in resumable steps that start with the store's
+`begin_removal` (the account becomes REMOVING: unknown to sign-in and to every token check).
 """
 
 from __future__ import annotations

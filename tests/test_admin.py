@@ -11,9 +11,10 @@ from typing import Any
 import httpx2
 import pytest
 
+from auth import accounts
 from server import admin
 from server.storage.sqlite import SQLiteStorage
-from tests.conftest import RunningServer, tokens_by_hand
+from tests.conftest import RunningServer, start_server, tokens_by_hand
 from tests.test_mcp_http import open_session, sse_or_json
 
 BOTH = "memory:read memory:write"
@@ -247,3 +248,19 @@ async def test_an_interrupted_removal_is_finished_by_running_it_again(http: http
     added = await cli(server, "users", "add", "bob", "--password-stdin", stdin="bob-password-33\n")
     assert added.returncode == 0, added.stderr
     assert (await server.storage.get_user_by_name("bob")).id != owner  # type: ignore[union-attr]
+
+
+async def test_the_configured_quota_applies_to_a_running_server(http: httpx2.AsyncClient, data_dir: Any) -> None:
+    running = await start_server(data_dir, memory_max_entities=2)
+    try:
+        await accounts.add_user(running.storage, "carol", "carol-password-1")
+        carol = await tokens_by_hand(running, "carol", "carol-password-1", BOTH)
+        session = await open_session(http, running, carol["access_token"])
+        entities = [{"name": f"e{i}", "entityType": "t", "observations": []} for i in range(3)]
+        status, body = await tool(http, running, session, "create_entities", {"entities": entities})
+        assert status == 200 and body["result"]["isError"]
+        assert "3 entities, over the limit of 2 (you store 0 now)" in body["result"]["content"][0]["text"]
+        status, body = await tool(http, running, session, "create_entities", {"entities": entities[:2]})
+        assert status == 200 and not body["result"].get("isError")
+    finally:
+        await running.stop()
