@@ -16,7 +16,7 @@ import re
 import secrets
 import time
 
-from auth.models import User
+from auth.models import AccountState, User
 from auth.passwords import hash_password
 from auth.store import AuthStore, UserExistsError
 
@@ -72,7 +72,9 @@ async def add_user(store: AuthStore, username: str, password: str) -> User:
     try:
         await store.add_user(user)
     except UserExistsError as exc:
-        raise DuplicateUserError(f"user {username!r} already exists") from exc
+        pending = any(u.username == username and u.state is AccountState.REMOVING for u in await store.list_users())
+        hint = f"; its removal was interrupted: `memory-mcp users remove {username}` finishes it" if pending else ""
+        raise DuplicateUserError(f"user {username!r} already exists{hint}") from exc
     return user
 
 

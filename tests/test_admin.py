@@ -232,6 +232,8 @@ async def test_an_interrupted_removal_is_finished_by_running_it_again(http: http
     assert await server.storage.get_user_by_name("bob") is None  # cannot sign in while pending
     listed = await cli(server, "users", "list")
     assert "bob (being removed: run `memory-mcp users remove bob` to finish)" in listed.stdout
+    taken = await cli(server, "users", "add", "bob", "--password-stdin", stdin="bob-password-33\n")
+    assert taken.returncode == 1 and "its removal was interrupted: `memory-mcp users remove bob`" in taken.stderr
 
     finished = await cli(server, "users", "remove", "bob")
     assert finished.returncode == 0, finished.stderr
