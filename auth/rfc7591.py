@@ -39,6 +39,7 @@ from auth.http import BadRequest, client_address, oauth_error, read_json_object
 from auth.models import Client
 from auth.rfc8252 import RedirectURIError, check_registrable
 from auth.server import AUTH_SERVER, AuthorizationServer
+from auth.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ async def purge_clients(server: AuthorizationServer) -> None:
     try:
         purged = await server.store.purge_clients(now - settings.unused_client_ttl, now - settings.idle_client_ttl,
                                                   now, PURGE_BATCH)
+    except StoreUnavailable:
+        raise  # the registration cannot be stored either: refuse it now (503), not after a second wait
     except Exception:
         log.exception("purging unused client registrations failed")
         return

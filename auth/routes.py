@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from auth import (
     authorize,
@@ -26,6 +27,7 @@ from auth import (
     login,
     oidc_core,
     oidc_discovery,
+    pages,
     rfc7009,
     rfc7517,
     rfc7591,
@@ -33,13 +35,16 @@ from auth import (
     rfc9728,
     token,
 )
-from auth.http import Handler, json_method_not_allowed, preflight, with_cors
+from auth.http import CORS_HEADERS, Handler, json_method_not_allowed, oauth_error, preflight, with_cors
 from auth.models import Revocation
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.settings import AuthSettings
-from auth.store import AuthStore
+from auth.store import AuthStore, StoreUnavailable
 
 __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
+
+PAGES = frozenset({"/authorize", "/consent", "/login", "/logout", "/consents"})
+"""The endpoints a browser shows: their errors are pages, the others' are OAuth JSON."""
 
 
 def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
@@ -49,6 +54,7 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
     app[AUTH_SERVER] = server
     app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
+    before = set(app.router.resources())
 
     def cors(path: str, method: str, handler: Handler) -> None:
         app.router.add_route(method, path, with_cors(handler))
@@ -74,4 +80,31 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
     app.router.add_post("/logout", login.handle_logout)
     app.router.add_get("/consents", consent.handle_consents_page)
     app.router.add_post("/consents", consent.handle_withdraw)
+    app.middlewares.append(_store_unavailable(frozenset(set(app.router.resources()) - before)))
     return server
+
+
+def _store_unavailable(ours: frozenset[web.AbstractResource]) -> Middleware:
+    """The one place a store that cannot answer now (`StoreUnavailable`) becomes a response on
+    this server's endpoints: 503 with Retry-After, as OAuth JSON or, on a browser page, a page.
+    Never a 500: the request can simply be retried."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:
+            if request.match_info.route.resource not in ours:
+                raise
+            retry = {"Retry-After": str(exc.retry_after)}
+            if request.path in PAGES:
+                response = pages.error(f"The server cannot complete this right now: {exc.reason}. "
+                                       f"Try again in {exc.retry_after} seconds.", 503,
+                                       title="Temporarily unavailable")
+                response.headers.update(retry)
+                return response
+            return oauth_error("temporarily_unavailable",
+                               f"{exc.reason}; retry in {exc.retry_after} seconds", 503,
+                               headers={**retry, **CORS_HEADERS})
+
+    return middleware

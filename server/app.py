@@ -22,7 +22,7 @@ from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
 from transports.caller import Caller, Refusal
-from transports.http import add_cors_headers
+from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
 from transports.sse import SSEEndpoint
 from transports.streamable_http import StreamableHTTPEndpoint
@@ -50,7 +50,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
               mcp_server: Server[Any] | None = None) -> web.Application:
     """The whole server. `mcp_server` replaces the memory tools with another MCP server on the
     same transports and authentication (the conformance suite's fixture server does)."""
-    storage = storage or SQLiteStorage(settings.database_path)
+    storage = storage or SQLiteStorage(settings.database_path, settings.store_busy_timeout)
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage
@@ -99,6 +99,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     app.router.add_route("*", "/messages", sse.message)
     app.router.add_route("*", "/messages/", sse.message)
     app.router.add_get("/healthz", _health)
+    app.middlewares.append(store_unavailable_middleware(MCP_PATHS))
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
         if request.path in MCP_PATHS:

@@ -13,6 +13,7 @@ from typing import Any
 from auth import accounts
 from auth.models import AccountState
 from auth.settings import AuthSettings
+from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
@@ -91,7 +92,7 @@ def _read_password(from_stdin: bool) -> str:
 
 
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    storage = SQLiteStorage(settings.database_path)
+    storage = SQLiteStorage(settings.database_path, settings.store_busy_timeout)
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.data_dir, AuthSettings(issuer=settings.issuer)))
@@ -138,7 +139,7 @@ def _serve(settings: Settings) -> int:
     from server.malloc import keep_freed_memory
 
     logs.configure(settings.log_level)
-    storage = SQLiteStorage(settings.database_path)
+    storage = SQLiteStorage(settings.database_path, settings.store_busy_timeout)
     users = asyncio.run(accounts.list_users(storage))
     if not users:
         print("No users yet. Add one (the password is read from standard input):\n"
@@ -175,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings)
         return asyncio.run(_administer(args, settings))
-    except (accounts.AccountError, admin.AdminError) as exc:
+    except (accounts.AccountError, admin.AdminError, StoreUnavailable) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -62,6 +62,9 @@ class Settings(BaseModel):
     memory_max_bytes: int = Field(
         DEFAULT_MAX_BYTES, ge=0, description="bytes of text (UTF-8 of names, types, observations and relations) "
         "one user may store at most; 0 = unlimited")
+    store_busy_timeout: float = Field(
+        3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
+        "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("log_level")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -88,6 +89,13 @@ async def test_events_are_deleted_with_their_session(http: httpx2.AsyncClient, s
     count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
     assert count.fetchone()[0] > 0
     assert (await http.delete(server.url + "/mcp", headers=alice)).status_code == 200
+    # The SDK transport has sent its 200 when the server goes on to forget the session, and the
+    # store's statements run on its threads: wait (bounded) for the handler to finish.
+    for _ in range(500):
+        count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+        if count.fetchone()[0] == 0:
+            break
+        await asyncio.sleep(0.01)
     count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
     assert count.fetchone()[0] == 0
 

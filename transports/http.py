@@ -3,16 +3,43 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from transports.store import StoreUnavailable
+
+STORE_UNAVAILABLE = -32000
+"""JSON-RPC code of a request refused because the store cannot answer now (the implementation-
+defined server-error range): retryable, with the HTTP status 503 and Retry-After."""
 
 
 def jsonrpc_error(status: int, code: int, message: str, *, headers: Mapping[str, str] | None = None,
                   request_id: object = None) -> web.Response:
     body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
     return web.json_response(body, status=status, headers=headers)
+
+
+def store_unavailable_middleware(paths: frozenset[str]) -> Middleware:
+    """The one place a store that cannot answer now becomes a response on the MCP endpoints:
+    503, Retry-After and a JSON-RPC error, never a 500. (A tool call that meets it mid-way is
+    answered by the tool, as an error result that says to retry.)"""
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except StoreUnavailable as exc:
+            if request.path not in paths:
+                raise
+            return jsonrpc_error(503, STORE_UNAVAILABLE, f"the server's store is temporarily unavailable "
+                                 f"({exc.reason}); retry in {exc.retry_after} seconds",
+                                 headers={"Retry-After": str(exc.retry_after)})
+
+    return middleware
 
 
 CORS_ALLOW_HEADERS = (

@@ -35,6 +35,7 @@ from server.memory.graph import (
     QuotaExceededError,
     Relation,
 )
+from transports.store import StoreUnavailable
 
 MAX_ITEMS_PER_CALL: Final = 1_000
 """Longest list accepted anywhere in the arguments (entities, relations, names, observations...)."""
@@ -233,8 +234,9 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
     """Run tool `name` for `owner`, whose writes may not take them past `quota`.
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
-    on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). Storage failures
-    propagate.
+    on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). A store that cannot
+    answer now (`StoreUnavailable`: locked elsewhere, disk full) is an `isError` result that says
+    to retry, on every path that calls tools; other storage failures propagate.
 
     A graph query's result comes back as a `GraphResult`, which keeps the graph as the JSON the
     store wrote (`GraphJSON` says why); its `result()` is the ordinary `CallToolResult`.
@@ -264,6 +266,10 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
     except GraphClosedError:
         return _error("This account is being removed: its memory can no longer be changed, and nothing was"
                       " stored. Sign in with another account to keep using memory.")
+    except StoreUnavailable as exc:
+        # The transaction was rolled back whole (or never began): retrying is safe.
+        return _error(f"The memory store is temporarily unavailable ({exc.reason}); nothing was changed."
+                      f" Retry this call in {exc.retry_after} seconds.")
     if isinstance(result, GraphJSON):
         return GraphResult(result)
     return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(result).decode())],

@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from server.storage.sqlite.auth import AuthTables, migrate
-from server.storage.sqlite.db import Database
+from server.storage.sqlite.db import DEFAULT_BUSY_TIMEOUT, Database
 from server.storage.sqlite.graph import GraphTables
 from server.storage.sqlite.keys import SigningKeyTables
 from server.storage.sqlite.sessions import EventTables, SessionTables
 
 
 class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables):
-    def __init__(self, path: Path) -> None:
-        self.db = Database(path)
+    def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+        self.db = Database(path, busy_timeout)
         for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA,
                        EventTables.SCHEMA):
             self.db.apply_schema(schema)

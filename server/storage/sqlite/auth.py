@@ -27,9 +27,10 @@ Schema and the reasons for it:
 * Expired rows are never returned (every read checks `expires_at`) and are purged lazily when new
   rows of the same kind are written, via the `expires_at` indexes.
 
-Atomicity: every method runs without awaiting, so it is atomic against other coroutines of this
-process; multi-statement writes use `BEGIN IMMEDIATE` (`Database.transaction`) against other
-processes. `consume_code` and `rotate_refresh_token` read and decide inside one such transaction,
+Atomicity: every method's statements run as one transaction on the database's threads
+(`Database.write`: BEGIN IMMEDIATE on the one writer thread; `Database.read`: one snapshot), so it is
+atomic against other coroutines of this process and against other processes.
+`consume_code` and `rotate_refresh_token` read and decide inside one such transaction,
 so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
 
 Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
@@ -265,32 +266,34 @@ class AuthTables:
     async def save_client(self, client: Client) -> None:
         # An upsert, not INSERT OR REPLACE: re-saving a client (a re-fetched metadata document)
         # keeps the row's issue time, which the unused-registration purge goes by.
-        self.db.conn.execute(
-            """INSERT INTO auth_clients (client_id, issued_at, registration) VALUES (?, ?, ?)
-               ON CONFLICT (client_id) DO UPDATE SET registration = excluded.registration""",
-            (client.client_id, client.client_id_issued_at, client.model_dump_json()),
-        )
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                """INSERT INTO auth_clients (client_id, issued_at, registration) VALUES (?, ?, ?)
+                   ON CONFLICT (client_id) DO UPDATE SET registration = excluded.registration""",
+                (client.client_id, client.client_id_issued_at, client.model_dump_json()),
+            )
+        await self.db.write(write)
 
     async def get_client(self, client_id: str) -> Client | None:
-        row = self.db.conn.execute("SELECT registration FROM auth_clients WHERE client_id = ?",
-                                   (client_id,)).fetchone()
+        row = await self.db.read(_one, "SELECT registration FROM auth_clients WHERE client_id = ?", (client_id,))
         return _client(row) if row else None
 
     async def list_clients(self) -> list[Client]:
-        rows = self.db.conn.execute("SELECT registration FROM auth_clients ORDER BY issued_at, client_id")
+        rows = await self.db.read(_all, "SELECT registration FROM auth_clients ORDER BY issued_at, client_id", ())
         return [_client(r) for r in rows]
 
     async def delete_client(self, client_id: str) -> bool:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> int:
             deleted = conn.execute("DELETE FROM auth_clients WHERE client_id = ?", (client_id,)).rowcount
             _delete_client_records(conn, [client_id])
-        return deleted > 0
+            return int(deleted)
+        return await self.db.write(write) > 0
 
     async def purge_clients(self, unused_issued_before: float, idle_before: float, now: float,
                             limit: int) -> int:
         # Oldest registrations first; a client holding a live token or code is skipped whatever
         # its record says (its use row may lag behind, e.g. a store restored from a backup).
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
                 """DELETE FROM auth_clients WHERE client_id IN (
                      SELECT c.client_id FROM auth_clients c LEFT JOIN auth_client_use u USING (client_id)
@@ -304,56 +307,60 @@ class AuthTables:
                 {"unused": unused_issued_before, "idle": idle_before, "now": now, "limit": limit},
             ).fetchall()
             _delete_client_records(conn, [r["client_id"] for r in rows])
-        return len(rows)
+            return len(rows)
+        return await self.db.write(write)
 
     # Users
 
     async def add_user(self, user: User) -> None:
-        try:
-            self.db.conn.execute(
-                "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                (user.id, user.username, user.password_hash, user.created_at),
-            )
-        except sqlite3.IntegrityError as exc:
-            raise UserExistsError(user.username) from exc
+        def write(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (user.id, user.username, user.password_hash, user.created_at),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise UserExistsError(user.username) from exc
+        await self.db.write(write)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = self.db.conn.execute("SELECT * FROM auth_users WHERE id = ? AND state = ?",
-                                   (user_id, AccountState.ACTIVE)).fetchone()
+        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE id = ? AND state = ?",
+                                 (user_id, AccountState.ACTIVE))
         return _user(row) if row else None
 
     async def get_user_by_name(self, username: str) -> User | None:
-        row = self.db.conn.execute("SELECT * FROM auth_users WHERE username = ? AND state = ?",
-                                   (username, AccountState.ACTIVE)).fetchone()
+        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE username = ? AND state = ?",
+                                 (username, AccountState.ACTIVE))
         return _user(row) if row else None
 
     async def list_users(self) -> list[User]:
-        return [_user(r) for r in self.db.conn.execute("SELECT * FROM auth_users ORDER BY username")]
+        return [_user(r) for r in await self.db.read(_all, "SELECT * FROM auth_users ORDER BY username", ())]
 
     async def set_password_hash(self, user_id: str, password_hash: str) -> bool:
-        cursor = self.db.conn.execute("UPDATE auth_users SET password_hash = ? WHERE id = ?",
-                                      (password_hash, user_id))
-        return cursor.rowcount > 0
+        return await self.db.write(_count, "UPDATE auth_users SET password_hash = ? WHERE id = ?",
+                                   (password_hash, user_id)) > 0
 
     async def begin_removal(self, username: str) -> User | None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> User | None:
             row = conn.execute("SELECT * FROM auth_users WHERE username = ?", (username,)).fetchone()
             if row is None:
                 return None
             conn.execute("UPDATE auth_users SET state = ? WHERE id = ?", (AccountState.REMOVING, row["id"]))
             _delete_user_records(conn, row["id"])
-        return _user(row)
+            return _user(row)
+        return await self.db.write(write)
 
     async def remove_user(self, user_id: str) -> bool:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> int:
             deleted = conn.execute("DELETE FROM auth_users WHERE id = ?", (user_id,)).rowcount
             _delete_user_records(conn, user_id)
-        return deleted > 0
+            return int(deleted)
+        return await self.db.write(write) > 0
 
     # Codes and tokens
 
     async def save_code(self, code: AuthorizationCode) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?", (code.auth_time,))
             conn.execute(
                 """INSERT INTO auth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource,
@@ -361,9 +368,10 @@ class AuthTables:
                 (code.code_hash, code.client_id, code.redirect_uri, code.code_challenge, " ".join(code.scopes),
                  code.resource, code.subject, code.auth_time, code.expires_at, code.nonce),
             )
+        await self.db.write(write)
 
     async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> Redemption:
             row = conn.execute("SELECT * FROM auth_codes WHERE code_hash = ? AND expires_at > ?",
                                (code_hash, now)).fetchone()
             if row is None:
@@ -376,42 +384,45 @@ class AuthTables:
             conn.execute("DELETE FROM auth_codes WHERE code_hash = ?", (code_hash,))
             conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (row["grant_id"],))
             return Redemption("replayed", _code(row))
+        return await self.db.write(write)
 
     async def save_code_tokens(self, code_hash: str, tokens: Sequence[Token]) -> bool:
         grant_ids = {t.grant_id for t in tokens}
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT grant_id FROM auth_codes WHERE code_hash = ?", (code_hash,)).fetchone()
             if row is None or row["grant_id"] is None or grant_ids != {row["grant_id"]}:
                 return False
             conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in tokens])
             _record_client_use(conn, tokens)
-        return True
+            return True
+        return await self.db.write(write)
 
     async def save_tokens(self, tokens: Sequence[Token]) -> None:
         if not tokens:
             return
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM auth_tokens WHERE expires_at <= ?", (min(t.issued_at for t in tokens),))
             conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in tokens])
             _record_client_use(conn, tokens)
+        await self.db.write(write)
 
     async def get_token(self, token_hash: str, now: float) -> Token | None:
-        row = self.db.conn.execute(
-            "SELECT * FROM auth_tokens WHERE token_hash = ? AND expires_at > ? AND superseded_at IS NULL",
-            (token_hash, now)).fetchone()
+        row = await self.db.read(
+            _one, "SELECT * FROM auth_tokens WHERE token_hash = ? AND expires_at > ? AND superseded_at IS NULL",
+            (token_hash, now))
         return _token(row) if row else None
 
     async def get_refresh_token(self, token_hash: str, now: float) -> Token | None:
-        row = self.db.conn.execute(
-            "SELECT * FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
-            (token_hash, now)).fetchone()
+        row = await self.db.read(
+            _one, "SELECT * FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
+            (token_hash, now))
         return _token(row) if row else None
 
     async def rotate_refresh_token(self, old_hash: str, new_tokens: Sequence[Token], successor: str,
                                    now: float, grace: float) -> Rotation:
         # One transaction decides and acts, so two concurrent refreshes with one token serialize:
         # the first rotates, the second finds it superseded a moment ago and gets the same pair.
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> Rotation:
             old = conn.execute(
                 "SELECT * FROM auth_tokens WHERE token_hash = ? AND kind = 'refresh' AND expires_at > ?",
                 (old_hash, now)).fetchone()
@@ -433,48 +444,49 @@ class AuthTables:
                 return Rotation("retry", old["successor"]) if live else Rotation("invalid")
             conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (old["grant_id"],))
             return Rotation("replayed")
+        return await self.db.write(write)
 
     async def delete_token(self, token_hash: str) -> Token | None:
-        rows = self.db.conn.execute("DELETE FROM auth_tokens WHERE token_hash = ? RETURNING *",
-                                    (token_hash,)).fetchall()
+        rows = await self.db.write(_all, "DELETE FROM auth_tokens WHERE token_hash = ? RETURNING *", (token_hash,))
         return _token(rows[0]) if rows else None
 
     async def revoke_grant(self, grant_id: str) -> int:
-        return int(self.db.conn.execute("DELETE FROM auth_tokens WHERE grant_id = ?", (grant_id,)).rowcount)
+        return await self.db.write(_count, "DELETE FROM auth_tokens WHERE grant_id = ?", (grant_id,))
 
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         where = "subject = ?" if client_id is None else "subject = ? AND client_id = ?"
         params = (subject,) if client_id is None else (subject, client_id)
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> int:
             tokens = conn.execute(f"DELETE FROM auth_tokens WHERE {where}", params).rowcount  # noqa: S608
             codes = conn.execute(f"DELETE FROM auth_codes WHERE {where}", params).rowcount  # noqa: S608
-        return int(tokens + codes)
+            return int(tokens + codes)
+        return await self.db.write(write)
 
     # Browser logins
 
     async def create_browser_session(self, session_hash: str, user_id: str, created_at: float,
                                      expires_at: float) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM auth_browser_sessions WHERE expires_at <= ?", (created_at,))
             conn.execute(
                 "INSERT INTO auth_browser_sessions (session_hash, user_id, created_at, expires_at) VALUES (?, ?, ?, ?)",
                 (session_hash, user_id, created_at, expires_at),
             )
+        await self.db.write(write)
 
     async def get_browser_session_user(self, session_hash: str, now: float) -> str | None:
-        row = self.db.conn.execute(
-            "SELECT user_id FROM auth_browser_sessions WHERE session_hash = ? AND expires_at > ?",
-            (session_hash, now),
-        ).fetchone()
+        row = await self.db.read(
+            _one, "SELECT user_id FROM auth_browser_sessions WHERE session_hash = ? AND expires_at > ?",
+            (session_hash, now))
         return str(row["user_id"]) if row else None
 
     async def delete_browser_session(self, session_hash: str) -> None:
-        self.db.conn.execute("DELETE FROM auth_browser_sessions WHERE session_hash = ?", (session_hash,))
+        await self.db.write(_count, "DELETE FROM auth_browser_sessions WHERE session_hash = ?", (session_hash,))
 
     # Remembered consents
 
     async def remember_consent(self, consent: RememberedConsent) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM auth_consents WHERE expires_at <= ?", (consent.created_at,))
             conn.execute(
                 """INSERT INTO auth_consents (user_id, client_id, redirect_uri, resource, scopes, created_at,
@@ -484,46 +496,66 @@ class AuthTables:
                 (consent.user_id, consent.client_id, consent.redirect_uri, consent.resource,
                  _consent_scopes(consent.scopes), consent.created_at, consent.expires_at),
             )
+        await self.db.write(write)
 
     async def find_consent(self, user_id: str, client_id: str, redirect_uri: str, resource: str,
                            scopes: tuple[str, ...], now: float) -> RememberedConsent | None:
-        row = self.db.conn.execute(
+        row = await self.db.read(
+            _one,
             """SELECT * FROM auth_consents WHERE user_id = ? AND client_id = ? AND redirect_uri = ?
                AND resource = ? AND scopes = ? AND expires_at > ?""",
             (user_id, client_id, redirect_uri, resource, _consent_scopes(scopes), now),
-        ).fetchone()
+        )
         return _consent(row) if row else None
 
     async def list_consents(self, user_id: str, now: float) -> list[RememberedConsent]:
-        rows = self.db.conn.execute(
-            "SELECT * FROM auth_consents WHERE user_id = ? AND expires_at > ? ORDER BY client_id, created_at",
+        rows = await self.db.read(
+            _all, "SELECT * FROM auth_consents WHERE user_id = ? AND expires_at > ? ORDER BY client_id, created_at",
             (user_id, now))
         return [_consent(r) for r in rows]
 
     async def withdraw_consents(self, user_id: str, client_id: str) -> int:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> int:
             forgotten = conn.execute("DELETE FROM auth_consents WHERE user_id = ? AND client_id = ?",
                                      (user_id, client_id)).rowcount
             conn.execute("DELETE FROM auth_tokens WHERE subject = ? AND client_id = ?", (user_id, client_id))
             conn.execute("DELETE FROM auth_codes WHERE subject = ? AND client_id = ?", (user_id, client_id))
-        return int(forgotten)
+            return int(forgotten)
+        return await self.db.write(write)
 
     async def forget_consents(self, user_id: str) -> int:
-        return int(self.db.conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,)).rowcount)
+        return await self.db.write(_count, "DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
 
     async def record_revocation(self, revocation: Revocation, now: float) -> None:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM auth_revocations WHERE created_at < ?", (now - REVOCATION_LOG_SECONDS,))
             conn.execute("INSERT INTO auth_revocations (subject, client_id, grant_id, created_at) VALUES (?, ?, ?, ?)",
                          (revocation.subject, revocation.client_id, revocation.grant_id, now))
+        await self.db.write(write)
 
     async def revocations_after(self, cursor: int | None) -> tuple[int, list[Revocation]]:
         if cursor is None:
-            row = self.db.conn.execute("SELECT coalesce(max(id), 0) FROM auth_revocations").fetchone()
-            return int(row[0]), []
-        rows = self.db.conn.execute(
-            "SELECT id, subject, client_id, grant_id FROM auth_revocations WHERE id > ? ORDER BY id",
-            (cursor,)).fetchall()
+            rows = await self.db.read(_all, "SELECT coalesce(max(id), 0) FROM auth_revocations", ())
+            return int(rows[0][0]), []
+        rows = await self.db.read(
+            _all, "SELECT id, subject, client_id, grant_id FROM auth_revocations WHERE id > ? ORDER BY id",
+            (cursor,))
         if not rows:
             return cursor, []
         return int(rows[-1]["id"]), [Revocation(r["subject"], r["client_id"], r["grant_id"]) for r in rows]
+
+
+# One statement, as a `Database.read`/`write` job.
+
+def _one(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute(sql, params).fetchone()
+    return row
+
+
+def _all(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
+    return conn.execute(sql, params).fetchall()
+
+
+def _count(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> int:
+    """The rows a statement changed."""
+    return int(conn.execute(sql, params).rowcount)

@@ -156,6 +156,25 @@ class Database:
         return await self._submit(self._writes, _transaction("BEGIN IMMEDIATE", fn, args, wait=False),
                                   write=True, quiet=True)
 
+    def write_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """`write`, queued and not awaited: for bookkeeping a request must not wait for (a session's
+        last-seen time). Queued behind this process's earlier writes, as `write`; a failure is
+        logged, not raised."""
+        if self._closed:
+            return
+        run = _transaction("BEGIN IMMEDIATE", fn, args)
+
+        def job(conn: sqlite3.Connection) -> None:
+            try:
+                run(conn)
+            except sqlite3.Error as exc:
+                if not isinstance(self._translate(exc), StorageUnavailable):
+                    log.error("a queued write to %s failed: %s", self.path, exc)
+            except Exception:
+                log.exception("a queued write to %s failed", self.path)
+
+        self._writes.put(job)
+
     async def read(self, fn: Callable[..., T], *args: object) -> T:
         """`fn(conn, *args)` in one read transaction (one snapshot) on a reader thread."""
         return await self._submit(self._reads, _transaction("BEGIN DEFERRED", fn, args))

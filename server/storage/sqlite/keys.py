@@ -7,7 +7,7 @@ see `auth.rfc7517`): a copy of the database alone cannot sign tokens. At most on
 they signed still verify against the JWKS, and are dropped by the next rotation after that.
 
 Atomicity: `add_signing_key` checks for a current key and inserts in one `BEGIN IMMEDIATE`
-transaction, so two processes generating a first key at once keep exactly one.
+transaction (`Database.write`), so two processes generating a first key at once keep exactly one.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ class SigningKeyTables:
     db: Database
 
     async def signing_keys(self, now: float) -> list[SigningKey]:
-        rows = self.db.conn.execute(
-            """SELECT * FROM auth_signing_keys WHERE retired_at IS NULL OR published_until > ?
-               ORDER BY retired_at IS NOT NULL, created_at DESC""", (now,)).fetchall()
-        return [_key(r) for r in rows]
+        def read(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+            return conn.execute(
+                """SELECT * FROM auth_signing_keys WHERE retired_at IS NULL OR published_until > ?
+                   ORDER BY retired_at IS NOT NULL, created_at DESC""", (now,)).fetchall()
+        return [_key(r) for r in await self.db.read(read)]
 
     async def add_signing_key(self, key: SigningKey, now: float, retire_until: float, *, replace: bool) -> bool:
-        with self.db.transaction() as conn:
+        def write(conn: sqlite3.Connection) -> bool:
             current = conn.execute("SELECT 1 FROM auth_signing_keys WHERE retired_at IS NULL").fetchone()
             if current is not None and not replace:
                 return False
@@ -60,4 +61,5 @@ class SigningKeyTables:
                 """INSERT INTO auth_signing_keys (kid, alg, public_jwk, private_jwk, created_at)
                    VALUES (?, ?, ?, ?, ?)""",
                 (key.kid, key.alg, key.public_jwk, key.private_jwk, key.created_at))
-        return True
+            return True
+        return await self.db.write(write)
