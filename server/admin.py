@@ -131,7 +131,7 @@ async def users_remove(storage: SQLiteStorage, username: str) -> str:
     await _revoke(storage, Revocation(user.id, None, None))
     entities = await storage.delete_graph(user.id)
     await storage.remove_user(user.id)
-    done = f"their tokens, sessions and memory ({entities} entities) are gone"
+    done = f"their tokens, browser logins, MCP sessions and memory ({entities} entities) are gone"
     if user.state is AccountState.REMOVING:
         return f"finished the interrupted removal of user {user.username}: {done}"
     return f"removed user {user.username}: {done}"

@@ -7,6 +7,12 @@ On top of the schemas, every call is checked against the strict models here: no 
 no wrong types, and the size limits below, which the official server does not have but a shared
 server needs. A rejected call returns an `isError` result that says which field is wrong and why,
 and stores nothing.
+
+Strings are taken exactly as sent, NUL and every other character included (the store's contract,
+`server.memory.graph`); the only string refused is one with a lone UTF-16 surrogate, which is not
+text, with the same message in every tool (`_describe_problem`, "string_unicode"). A write that
+would exceed the caller's quota, or that reaches an account being removed, is an `isError` result
+too, and stores nothing.
 """
 
 from __future__ import annotations
