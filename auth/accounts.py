@@ -5,6 +5,10 @@ process. `AuthorizationServer.remove_user` and `.sign_out_everywhere` wrap them 
 server. Removing a user or signing them out deletes their tokens and browser logins in the store,
 so a running server refuses them on the next request either way; the listeners only make live MCP
 sessions end sooner.
+
+`remove_user` removes the account only. `memory-mcp users remove` (`server.admin.users_remove`)
+removes an account with everything it owns, in resumable steps that start with the store's
+`begin_removal` (the account becomes REMOVING: unknown to sign-in and to every token check).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from auth.models import User
+from auth.models import AccountState, User
 from auth.passwords import hash_password
 from auth.store import AuthStore, UserExistsError
 
@@ -70,7 +74,9 @@ async def add_user(store: AuthStore, username: str, password: str) -> User:
     try:
         await store.add_user(user)
     except UserExistsError as exc:
-        raise DuplicateUserError(f"user {username!r} already exists") from exc
+        pending = any(u.username == username and u.state is AccountState.REMOVING for u in await store.list_users())
+        hint = f"; its removal was interrupted: `memory-mcp users remove {username}` finishes it" if pending else ""
+        raise DuplicateUserError(f"user {username!r} already exists{hint}") from exc
     return user
 
 

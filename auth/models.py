@@ -9,6 +9,7 @@ backend (`server/storage/`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -27,6 +28,15 @@ class Principal:
     client_id: str
 
 
+class AccountState(StrEnum):
+    """ACTIVE -> REMOVING -> (the row is deleted). REMOVING is set by the first step of a removal
+    and lasts until its last step: such an account cannot sign in or be used, and a removal that
+    was interrupted is found again by its name and finished."""
+
+    ACTIVE = "active"
+    REMOVING = "removing"
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     """A local account. `id` is the OAuth subject: random and never reused, so a removed and
@@ -36,6 +46,7 @@ class User:
     username: str
     password_hash: str
     created_at: float
+    state: AccountState = AccountState.ACTIVE
 
 
 class Client(BaseModel):

@@ -73,11 +73,24 @@ class UserStore(Protocol):
         """Raises `UserExistsError` when the username is taken."""
         ...
 
-    async def get_user(self, user_id: str) -> User | None: ...
+    async def get_user(self, user_id: str) -> User | None:
+        """The account, if it is ACTIVE: every sign-in and use of an account goes through this or
+        `get_user_by_name`, so an account being removed is unknown to all of them."""
+        ...
 
-    async def get_user_by_name(self, username: str) -> User | None: ...
+    async def get_user_by_name(self, username: str) -> User | None:
+        """The account, if it is ACTIVE."""
+        ...
 
-    async def list_users(self) -> list[User]: ...
+    async def list_users(self) -> list[User]:
+        """Every account, in any state."""
+        ...
+
+    async def begin_removal(self, username: str) -> User | None:
+        """First step of removing an account: mark it REMOVING and delete its codes, tokens,
+        browser sessions and remembered approvals, in one step. Returns the account as it was
+        before (REMOVING already when an earlier removal was interrupted), None if there is none."""
+        ...
 
     async def set_password_hash(self, user_id: str, password_hash: str, *, replacing: str | None = None) -> bool:
         """False if there is no such user or, with `replacing`, if the stored hash is no longer
@@ -85,7 +98,8 @@ class UserStore(Protocol):
         ...
 
     async def remove_user(self, user_id: str) -> bool:
-        """Delete the account, its codes and tokens, and its browser sessions."""
+        """Delete the account, its codes and tokens, and its browser sessions (in any state: the
+        last step of a removal)."""
         ...
 
 

@@ -80,6 +80,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Database(Path(tmp) / "bench.sqlite3")
         db.apply_schema(GraphTables.SCHEMA)
+        GraphTables.migrate(db)
         store = Store(db)
         owners = [f"user-{i}" for i in range(args.owners)]
         entities = build_entities(rng, args.entities, args.observations)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from auth import accounts, rfc7517
-from auth.models import Revocation
+from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
 from server.keyfile import cookie_key
 from server.principals import parse_owner_label
@@ -126,11 +126,28 @@ async def users_passwd(storage: SQLiteStorage, username: str, password: str) -> 
 
 
 async def users_remove(storage: SQLiteStorage, username: str) -> str:
-    user = await accounts.remove_user(storage, username)
+    """Remove an account and everything it owns, in steps that each leave a state the next run
+    finishes (run again after an interruption, it resumes):
+
+    1. the account is marked REMOVING and its codes, tokens, browser logins and approvals are
+       deleted (one transaction): from then on it can neither sign in nor obtain a token;
+    2. a revocation is recorded, so that running servers end its live MCP sessions;
+    3. its graph is closed, then deleted in short batches (`GraphStore.delete_graph`): a write
+       still on its way (its token checked a moment before step 1) is refused in its own
+       transaction once the graph is closed, and anything committed before is deleted;
+    4. the account row goes last, so that until the end a re-run finds the removal by name.
+    """
+    user = await storage.begin_removal(username)
+    if user is None:
+        raise AdminError(f"no user {username!r}: nothing of theirs is left to remove (a finished removal leaves "
+                         "nothing behind); `memory-mcp users list` shows the accounts")
     await _revoke(storage, Revocation(user.id, None, None))
     entities = await storage.delete_graph(user.id)
-    return (f"removed user {user.username} with their browser logins, tokens, sessions and memory "
-            f"({entities} entities)")
+    await storage.remove_user(user.id)
+    done = f"their tokens, browser logins, MCP sessions and memory ({entities} entities) are gone"
+    if user.state is AccountState.REMOVING:
+        return f"finished the interrupted removal of user {user.username}: {done}"
+    return f"removed user {user.username}: {done}"
 
 
 async def keys_rotate(storage: SQLiteStorage, data_dir: Path, auth_settings: AuthSettings) -> str:

@@ -59,7 +59,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     verifier = BearerVerifier(auth_conf, storage)
 
-    tools = MemoryTools(storage)
+    tools = MemoryTools(storage, settings.memory_quota)
     direct = tools.direct() if mcp_server is None else {}
     mcp_server = mcp_server or tools.server()
     registry = SessionRegistry(

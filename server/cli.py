@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from auth import accounts
+from auth.models import AccountState
 from auth.settings import AuthSettings
 from auth.store import StoreUnavailable
 from server import admin
@@ -56,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                         "approvals, tokens, MCP sessions)")):
         action(users, name, text, "username").add_argument(
             "--password-stdin", action="store_true", help="read the password from standard input instead of prompting")
-    action(users, "remove", "delete an account, its browser logins, tokens, sessions and memory", "username")
+    action(users, "remove", "delete an account, its browser logins, tokens, sessions and memory (run it again "
+           "to finish a removal that was interrupted)", "username")
     action(users, "list", "list accounts")
 
     clients = group("clients", "registered OAuth clients")
@@ -114,7 +116,9 @@ async def _run_command(storage: SQLiteStorage, command: str, action: str, args: 
         case "users", "remove":
             return await admin.users_remove(storage, args.username)
         case "users", "list":
-            return "\n".join(user.username for user in await accounts.list_users(storage))
+            return "\n".join(user.username if user.state is AccountState.ACTIVE else
+                             f"{user.username} (being removed: run `memory-mcp users remove {user.username}` to finish)"
+                             for user in await accounts.list_users(storage))
         case "clients", "list":
             return await admin.clients_list(storage)
         case "clients", "remove":

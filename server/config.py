@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
+
 ENV_PREFIX = "MEMORY_MCP_"
 
 
@@ -61,6 +63,13 @@ class Settings(BaseModel):
     client_id_metadata_documents: bool = Field(
         False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
         "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
+    memory_max_entities: int = Field(
+        DEFAULT_MAX_ENTITIES, ge=0, description="entities one user may store at most; 0 = unlimited")
+    memory_max_observations: int = Field(
+        DEFAULT_MAX_OBSERVATIONS, ge=0, description="observations one user may store at most; 0 = unlimited")
+    memory_max_bytes: int = Field(
+        DEFAULT_MAX_BYTES, ge=0, description="bytes of text (UTF-8 of names, types, observations and relations) "
+        "one user may store at most; 0 = unlimited")
     store_busy_timeout: float = Field(
         3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
         "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
@@ -119,6 +128,11 @@ class Settings(BaseModel):
     def issuer(self) -> str:
         assert self.public_url is not None
         return self.public_url
+
+    @property
+    def memory_quota(self) -> Quota:
+        return Quota(entities=self.memory_max_entities, observations=self.memory_max_observations,
+                     bytes=self.memory_max_bytes)
 
     @property
     def database_path(self) -> Path:

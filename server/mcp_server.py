@@ -12,7 +12,7 @@ from mcp.server import Server, ServerRequestContext
 
 from auth.models import AccessGrant
 from auth.rfc6750 import BearerVerifier
-from server.memory.graph import GraphStore
+from server.memory.graph import DEFAULT_QUOTA, GraphStore, Quota
 from server.memory.tools import TOOL_SCOPES, TOOLS, GraphResult, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
 from transports.direct import DirectHandler, Prepared
@@ -35,8 +35,9 @@ class MemoryTools:
     """The memory tools as MCP request handlers, once for the SDK's server (`server()`) and once
     for the transports' direct path (`direct()`): one implementation, two entry points."""
 
-    def __init__(self, graph: GraphStore) -> None:
+    def __init__(self, graph: GraphStore, quota: Quota = DEFAULT_QUOTA) -> None:
         self.graph = graph
+        self.quota = quota
 
     async def list_tools(self) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
@@ -50,7 +51,7 @@ class MemoryTools:
             return types.CallToolResult(is_error=True, content=[types.TextContent(
                 type="text", text=f"{params.name} needs the {needed} scope, which this token was not granted; "
                 "sign in again and approve it")])
-        return await call_tool(self.graph, caller.user, params.name, params.arguments)
+        return await call_tool(self.graph, caller.user, params.name, params.arguments, self.quota)
 
     def server(self) -> Server[Any]:
         async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None

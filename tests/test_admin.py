@@ -6,13 +6,17 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx2
 import pytest
 
+from auth import accounts
+from server import admin
+from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
-from tests.conftest import RunningServer, tokens_by_hand
-from tests.test_mcp_http import open_session
+from tests.conftest import RunningServer, start_server, tokens_by_hand
+from tests.test_mcp_http import open_session, sse_or_json
 
 BOTH = "memory:read memory:write"
 
@@ -162,3 +166,142 @@ async def test_which_commands_end_browser_logins(http: httpx2.AsyncClient, serve
     finally:
         for browser in browsers:
             await browser.close()
+
+
+# --- users remove: complete, resumable, idempotent (issue 10, defect 2) --------------------------
+
+NUL_NAMES = ["plain", "Alice\0zzz", "\0", "tail\0"]
+
+
+async def tool(http: httpx2.AsyncClient, server: RunningServer, session: dict[str, str], name: str,
+               arguments: dict[str, Any]) -> tuple[int, Any]:
+    resp = await http.post(server.url + "/mcp", headers=session, json={
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}})
+    return resp.status_code, sse_or_json(resp) if resp.status_code == 200 else None
+
+
+async def remember(http: httpx2.AsyncClient, server: RunningServer, session: dict[str, str], *names: str) -> None:
+    status, body = await tool(http, server, session, "create_entities", {"entities": [
+        {"name": name, "entityType": "t\0", "observations": [f"about {name}"]} for name in names]})
+    assert status == 200 and not body["result"].get("isError"), body
+    status, body = await tool(http, server, session, "create_relations", {"relations": [
+        {"from": names[0], "to": name, "relationType": "r\0"} for name in names]})
+    assert status == 200 and not body["result"].get("isError"), body
+
+
+def memory_left(server: RunningServer, owner: str) -> dict[str, int]:
+    conn = server.storage.db.conn
+    return {table: conn.execute(f"SELECT count(*) FROM {table} WHERE owner = ?", (owner,)).fetchone()[0]  # noqa: S608
+            for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
+
+
+NOTHING = dict.fromkeys(("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks"), 0)
+
+
+async def test_users_remove_racing_writes_leaves_nothing(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    """Writes keep coming while `users remove` runs in another process: whatever was accepted is
+    gone afterwards, and nothing is accepted once the removal has begun."""
+    bob = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
+    session = await open_session(http, server, bob["access_token"])
+    owner = (await server.storage.get_user_by_name("bob")).id  # type: ignore[union-attr]
+    await remember(http, server, session, *NUL_NAMES)
+    removal = asyncio.ensure_future(cli(server, "users", "remove", "bob"))
+    accepted_after_removal = 0
+    # Until the first refusal after the command has finished (the bearer check, or the closed
+    # graph while the verification cache still lets the token through).
+    for i in range(10_000):
+        status, body = await tool(http, server, session, "create_entities", {"entities": [
+            {"name": f"late {i}\0", "entityType": "t", "observations": ["o"]}]})
+        refused = status != 200 or "error" in body or body["result"].get("isError")
+        if removal.done():
+            accepted_after_removal += not refused
+            if refused:
+                break
+    done = await removal
+    assert done.returncode == 0, done.stderr
+    assert "removed user bob" in done.stdout
+    assert accepted_after_removal == 0
+    assert memory_left(server, owner) == NOTHING
+    assert await server.storage.get_user_by_name("bob") is None
+    assert (await server.storage.usage(owner)).entities == 0
+
+
+async def test_a_write_after_removal_by_another_connection_is_refused(http: httpx2.AsyncClient,
+                                                                     server: RunningServer) -> None:
+    """The running server has just verified bob's token when another process removes bob: the
+    next write, let through by the verification cache, is refused by the store, not kept."""
+    bob = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
+    session = await open_session(http, server, bob["access_token"])
+    owner = (await server.storage.get_user_by_name("bob")).id  # type: ignore[union-attr]
+    await remember(http, server, session, *NUL_NAMES)
+    other = SQLiteStorage(server.storage.db.path)
+    try:
+        status, _ = await tool(http, server, session, "read_graph", {})  # bob's token is verified (and cached)
+        assert status == 200
+        assert "removed user bob" in await admin.users_remove(other, "bob")
+        status, body = await tool(http, server, session, "create_entities", {"entities": [
+            {"name": "late", "entityType": "t", "observations": ["o"]}]})
+        assert status == 401 or "being removed" in body["result"]["content"][0]["text"]
+    finally:
+        await other.close()
+    assert memory_left(server, owner) == NOTHING
+
+
+async def test_an_interrupted_removal_is_finished_by_running_it_again(http: httpx2.AsyncClient,
+                                                                      server: RunningServer) -> None:
+    bob = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
+    session = await open_session(http, server, bob["access_token"])
+    owner = (await server.storage.get_user_by_name("bob")).id  # type: ignore[union-attr]
+    await remember(http, server, session, *NUL_NAMES)
+
+    class Crash(Exception):
+        pass
+
+    async def crash(_owner: str) -> int:
+        raise Crash  # the process died after the account was marked and its tokens revoked
+
+    other = SQLiteStorage(server.storage.db.path)
+    try:
+        other.delete_graph = crash  # type: ignore[method-assign,assignment]
+        with pytest.raises(Crash):
+            await admin.users_remove(other, "bob")
+    finally:
+        await other.close()
+    assert await ended(server, session["Mcp-Session-Id"])
+    assert await server.storage.get_user_by_name("bob") is None  # cannot sign in while pending
+    listed = await cli(server, "users", "list")
+    assert "bob (being removed: run `memory-mcp users remove bob` to finish)" in listed.stdout
+    taken = await cli(server, "users", "add", "bob", "--password-stdin", stdin="bob-password-33\n")
+    assert taken.returncode == 1 and "its removal was interrupted: `memory-mcp users remove bob`" in taken.stderr
+
+    finished = await cli(server, "users", "remove", "bob")
+    assert finished.returncode == 0, finished.stderr
+    assert "finished the interrupted removal of user bob" in finished.stdout
+    assert f"memory ({len(NUL_NAMES)} entities)" in finished.stdout
+    assert memory_left(server, owner) == NOTHING
+    assert "bob" not in (await cli(server, "users", "list")).stdout
+
+    again = await cli(server, "users", "remove", "bob")
+    assert again.returncode == 1
+    assert "no user 'bob': nothing of theirs is left to remove" in again.stderr
+    assert memory_left(server, owner) == NOTHING
+    # The name can be taken again, by a new account that owns none of the old one's memory.
+    added = await cli(server, "users", "add", "bob", "--password-stdin", stdin="bob-password-33\n")
+    assert added.returncode == 0, added.stderr
+    assert (await server.storage.get_user_by_name("bob")).id != owner  # type: ignore[union-attr]
+
+
+async def test_the_configured_quota_applies_to_a_running_server(http: httpx2.AsyncClient, data_dir: Any) -> None:
+    running = await start_server(data_dir, memory_max_entities=2)
+    try:
+        await accounts.add_user(running.storage, "carol", "carol-password-1")
+        carol = await tokens_by_hand(running, "carol", "carol-password-1", BOTH)
+        session = await open_session(http, running, carol["access_token"])
+        entities = [{"name": f"e{i}", "entityType": "t", "observations": []} for i in range(3)]
+        status, body = await tool(http, running, session, "create_entities", {"entities": entities})
+        assert status == 200 and body["result"]["isError"]
+        assert "3 entities, over the limit of 2 (you store 0 now)" in body["result"]["content"][0]["text"]
+        status, body = await tool(http, running, session, "create_entities", {"entities": entities[:2]})
+        assert status == 200 and not body["result"].get("isError")
+    finally:
+        await running.stop()

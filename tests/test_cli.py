@@ -58,6 +58,8 @@ def test_users_lifecycle(tmp_path: Path) -> None:
     ([], {"MEMORY_MCP_ACCESS_TOKEN_TTL": "60"}, "environment variable MEMORY_MCP_ACCESS_TOKEN_TTL"),
     (["--host", "0.0.0.0"], {}, "set public_url"),
     (["--config", "/nonexistent.toml"], {}, "cannot read config file"),
+    (["--memory-max-bytes", "-1"], {}, "memory_max_bytes='-1' (from flag --memory-max-bytes)"),
+    ([], {"MEMORY_MCP_MEMORY_MAX_ENTITIES": "lots"}, "memory_max_entities='lots' (from environment variable"),
 ])
 def test_bad_configuration_is_explained(tmp_path: Path, args: list[str], env: dict[str, str], needle: str) -> None:
     result = run("serve", "--data-dir", str(tmp_path), *args, env=env)

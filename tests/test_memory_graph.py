@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,14 @@ from server.memory.graph import (
     AddedObservations,
     Entity,
     EntityNotFoundError,
+    GraphClosedError,
     KnowledgeGraph,
     ObservationAddition,
     ObservationDeletion,
+    Quota,
+    QuotaExceededError,
     Relation,
+    Usage,
 )
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph import GraphTables
@@ -33,6 +38,7 @@ class Store(GraphTables):
 def open_store(path: Path) -> Store:
     db = Database(path)
     db.apply_schema(GraphTables.SCHEMA)
+    GraphTables.migrate(db)
     return Store(db)
 
 
@@ -616,3 +622,124 @@ async def test_delete_graph_leaves_no_chunks(store: Store) -> None:
     await store.delete_graph(ALICE)
     left = store.db.conn.execute("SELECT count(*) FROM memory_graph_chunks WHERE owner = ?", (ALICE,)).fetchone()
     assert left[0] == 0
+
+
+# --- exact strings, usage and removal (issue 10, defects 2 and 4; the storage quota) -------------
+
+
+def rows_of(store: Store, owner: str) -> dict[str, int]:
+    """How many rows the owner has left in each table that holds their memory."""
+    return {table: store.db.conn.execute(f"SELECT count(*) FROM {table} WHERE owner = ?",  # noqa: S608
+                                         (owner,)).fetchone()[0]
+            for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
+
+
+async def test_delete_graph_deletes_names_with_nul_and_other_odd_characters(store: Store) -> None:
+    odd = ["Alice\0zzz", "\0", "a\0b\0", "\ufffd", "x\x01y", "\U0001f600\0"]
+    await store.create_entities(ALICE, [ent(name, "t\0", f"fact\0{name}") for name in odd])
+    await store.create_relations(ALICE, [rel(odd[0], odd[1], "r\0"), rel("ghost\0", odd[2])])
+    await store.create_entities(BOB, [ent("Alice", "t", "kept")])
+    assert await store.delete_graph(ALICE) == len(odd)
+    assert rows_of(store, ALICE) == dict.fromkeys(rows_of(store, ALICE), 0)
+    assert (await store.read_graph(BOB)).model().entities == [ent("Alice", "t", "kept")]
+    assert_search_index_intact(store)
+
+
+async def test_a_write_from_another_connection_after_delete_graph_is_refused(tmp_path: Path) -> None:
+    """The server's connection writes for an owner whose removal another process has run: refused
+    in the write's own transaction, so nothing outlives the removal."""
+    server, admin = open_store(tmp_path / "m.sqlite3"), open_store(tmp_path / "m.sqlite3")
+    try:
+        await server.create_entities(ALICE, [ent("a", "t", "x")])
+        await admin.delete_graph(ALICE)
+        for write in (server.create_entities(ALICE, [ent("late", "t", "y")]),
+                      server.create_relations(ALICE, [rel("a", "late")]),
+                      server.add_observations(ALICE, [ObservationAddition(entityName="a", contents=["z"])]),
+                      server.delete_entities(ALICE, ["a"])):
+            with pytest.raises(GraphClosedError):
+                await write
+        assert rows_of(server, ALICE) == dict.fromkeys(rows_of(server, ALICE), 0)
+        await server.create_entities(BOB, [ent("a", "t", "x")])  # other owners write as before
+    finally:
+        server.db.close()
+        admin.db.close()
+
+
+async def test_delete_graph_resumes_after_an_interruption(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server.storage.sqlite import graph as sqlite_graph
+
+    monkeypatch.setattr(sqlite_graph, "DELETE_BATCH", 7)
+    await store.create_entities(ALICE, [ent(f"e{i}\0", "t", f"o{i}") for i in range(30)])
+    await store.create_relations(ALICE, [rel(f"e{i}\0", f"e{i + 1}\0") for i in range(29)])
+    calls = 0
+    original = store.db.write
+
+    async def interrupted(fn: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 3:  # closed, one batch deleted: then the process dies
+            raise KeyboardInterrupt
+        return await original(fn, *args)
+
+    monkeypatch.setattr(store.db, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        await store.delete_graph(ALICE)
+    monkeypatch.setattr(store.db, "write", original)
+    assert rows_of(store, ALICE)["memory_entities"] == 23
+    with pytest.raises(GraphClosedError):
+        await store.create_entities(ALICE, [ent("late", "t")])
+    assert await store.delete_graph(ALICE) == 23
+    assert await store.delete_graph(ALICE) == 0  # and again: nothing left, nothing fails
+    assert rows_of(store, ALICE) == dict.fromkeys(rows_of(store, ALICE), 0)
+    assert_search_index_intact(store)
+
+
+async def test_usage_follows_every_write(store: Store) -> None:
+    await store.create_entities(ALICE, [ent("Zoë", "person", "likes tea", "\0"), ent("b", "t")])
+    await store.create_relations(ALICE, [rel("Zoë", "b", "knows")])
+    await store.add_observations(ALICE, [ObservationAddition(entityName="b", contents=["x", "y"])])
+    assert await store.usage(ALICE) == Usage(entities=2, observations=4, bytes=4 + 6 + 9 + 1 + 1 + 1 + 4 + 1 + 5 + 2)
+    await store.delete_observations(ALICE, [ObservationDeletion(entityName="b", observations=["x"])])
+    await store.delete_relations(ALICE, [rel("Zoë", "b", "knows")])
+    await store.delete_entities(ALICE, ["Zoë"])
+    assert await store.usage(ALICE) == Usage(entities=1, observations=1, bytes=1 + 1 + 1)
+    assert await store.usage(BOB) == Usage()
+
+
+async def test_quota_is_checked_against_what_is_really_added(store: Store) -> None:
+    quota = Quota(entities=2, observations=2, bytes=0)
+    await store.create_entities(ALICE, [ent("a", "t", "1", "1"), ent("a", "t", "2")], quota)  # one entity, one obs
+    # Duplicates add nothing, so they fit even at the limit.
+    await store.create_entities(ALICE, [ent("a", "t", "9"), ent("b", "t", "2")], quota)
+    with pytest.raises(QuotaExceededError) as refused:
+        await store.add_observations(ALICE, [ObservationAddition(entityName="a", contents=["1", "3"])], quota)
+    assert (refused.value.measure, refused.value.usage, refused.value.after) == ("observations", 2, 3)
+    await store.add_observations(ALICE, [ObservationAddition(entityName="a", contents=["1"])], quota)
+    assert await store.usage(ALICE) == Usage(entities=2, observations=2, bytes=6)
+    # A limit lowered below the usage refuses growth only, never a write that does not grow it.
+    lowered = Quota(entities=1, observations=1, bytes=1)
+    await store.create_relations(ALICE, [], lowered)
+    await store.delete_entities(ALICE, ["b"])
+    assert await store.usage(ALICE) == Usage(entities=1, observations=1, bytes=3)
+
+
+async def test_migrate_folds_nul_and_counts_usage_in_an_older_file(store: Store) -> None:
+    """A file from before `memory_owners`: its folds kept NUL, which FTS5 ends the text at."""
+    store.db.conn.execute("DROP TABLE memory_owners")
+    conn = store.db.conn
+    for entity_id, (name, content) in enumerate([("Box\0lid", "abc\0needle"), ("Cup", "tea")], start=1):
+        conn.execute("INSERT INTO memory_entities (id, owner, name, entity_type, name_fold, type_fold)"
+                     " VALUES (?, ?, ?, 't', ?, 't')", (entity_id, ALICE, name, name.lower()))
+        conn.execute("INSERT INTO memory_entity_search (rowid, name_fold, type_fold) VALUES (?, ?, 't')",
+                     (entity_id, name.lower()))
+        conn.execute("INSERT INTO memory_observations (id, owner, entity_id, content, content_fold)"
+                     " VALUES (?, ?, ?, ?, ?)", (entity_id, ALICE, entity_id, content, content.lower()))
+        conn.execute("INSERT INTO memory_observation_search (rowid, content_fold) VALUES (?, ?)",
+                     (entity_id, content.lower()))
+    conn.execute("INSERT INTO memory_relations (owner, from_name, to_name, relation_type) VALUES (?, 'a', 'b', 'c')",
+                 (ALICE,))
+    GraphTables.migrate(store.db)
+    assert names((await store.search_nodes(ALICE, "needle")).model()) == ["Box\0lid"]
+    assert names((await store.search_nodes(ALICE, "lid")).model()) == ["Box\0lid"]
+    assert await store.usage(ALICE) == Usage(entities=2, observations=2, bytes=7 + 1 + 10 + 3 + 1 + 3 + 3)
+    assert_search_index_intact(store)

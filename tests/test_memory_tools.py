@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mcp_types as types
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mcp.shared.exceptions import MCPError
 
 from auth.settings import READ_SCOPE, WRITE_SCOPE
+from server.memory.graph import Quota
 from server.memory.tools import (
     MAX_ITEMS_PER_CALL,
     MAX_NAME_LENGTH,
@@ -48,6 +53,7 @@ class Store(GraphTables):
 def store(tmp_path: Path) -> Iterator[Store]:
     db = Database(tmp_path / "m.sqlite3")
     db.apply_schema(GraphTables.SCHEMA)
+    GraphTables.migrate(db)
     yield Store(db)
     db.close()
 
@@ -409,3 +415,198 @@ async def test_many_problems_are_summarised(store: Store) -> None:
     assert "entities[4].name must be a string" in message
     assert "entities[5]" not in message
     assert "and 3 more problem(s)" in message
+
+
+# --- exact strings: NUL and other odd characters (issue 10, defect 4) ---------------------------
+
+# Characters that have changed what a string means somewhere: NUL (SQLite's JSON functions and
+# FTS5 end a text there), U+FFFD (what this store folds NUL to for search), other control
+# characters, characters whose lower case is longer or different (İ, ß, Σ), separators JSON and
+# JavaScript treat specially, SQL and FTS5 syntax, and characters outside the BMP.
+ODD = ["\0", "\x01", "\x1f", "\x7f", "\ufffd", "\u2028", "\u0130", "\u00df", "\u03a3", "\U0001f600", '"', "'", "%",
+       "_", "*", "\\", " ", "a", "A", "b", "z"]
+odd_text = st.text(alphabet=st.sampled_from(ODD), min_size=1, max_size=6)
+# Names that differ from "Alice" only after a NUL, or by a NUL, are the ones that were confused.
+alice_like = st.sampled_from(["Alice", "Alice\0zzz", "Alice\0", "\0Alice", "alice", "Ali\0ce", "Alice\ufffdzzz"])
+odd_name = st.one_of(alice_like, odd_text)
+
+
+def contains(entity: dict[str, Any], query: str) -> bool:
+    folded = query.lower()
+    return any(folded in text.lower() for text in (entity["name"], entity["entityType"], *entity["observations"]))
+
+
+def touching(relations: list[dict[str, str]], names: set[str]) -> list[dict[str, str]]:
+    return [r for r in relations if r["from"] in names or r["to"] in names]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(names=st.lists(odd_name, min_size=2, max_size=6, unique=True), data=st.data())
+def test_every_tool_treats_a_string_as_exactly_itself(store: Store, names: list[str], data: st.DataObject) -> None:
+    """What is created is exactly what open, search and delete find, and no other entity is touched."""
+    owner = f"owner-{uuid.uuid4()}"
+
+    async def call(tool: str, arguments: dict[str, Any]) -> Any:
+        result = plain(await call_tool(store, owner, tool, arguments))
+        assert not result.is_error, text_of(result)
+        return result.structured_content
+
+    async def scenario() -> None:
+        entities: list[dict[str, Any]] = [{"name": name, "entityType": data.draw(odd_name), "observations": data.draw(
+            st.lists(odd_text, max_size=3, unique=True))} for name in names]
+        relations = [{"from": data.draw(st.sampled_from(names)), "to": data.draw(st.sampled_from(names)),
+                      "relationType": data.draw(odd_text)} for _ in range(data.draw(st.integers(0, 4)))]
+        relations = list({tuple(r.values()): r for r in relations}.values())
+        assert await call("create_entities", {"entities": entities}) == {"entities": entities}
+        assert await call("create_relations", {"relations": relations}) == {"relations": relations}
+
+        for entity in entities:
+            opened = await call("open_nodes", {"names": [entity["name"]]})
+            assert opened == {"entities": [entity], "relations": touching(relations, {entity["name"]})}
+        queries = [*names, *(o for e in entities for o in e["observations"]), *(n.partition("\0")[2] for n in names),
+                   data.draw(odd_text)]
+        for query in filter(None, queries):
+            found = await call("search_nodes", {"query": query})
+            expected = [e for e in entities if contains(e, query)]
+            assert found == {"entities": expected, "relations": touching(relations, {e["name"] for e in expected})}, \
+                query
+
+        target = data.draw(st.sampled_from(entities))
+        added = data.draw(odd_text)
+        await call("add_observations", {"observations": [{"entityName": target["name"], "contents": [added]}]})
+        if added not in target["observations"]:
+            target["observations"].append(added)
+        if target["observations"]:
+            gone = data.draw(st.sampled_from(target["observations"]))
+            await call("delete_observations", {"deletions": [{"entityName": target["name"], "observations": [gone]}]})
+            target["observations"].remove(gone)
+        if relations:
+            relation = data.draw(st.sampled_from(relations))
+            await call("delete_relations", {"relations": [relation]})
+            relations.remove(relation)
+        victim = data.draw(st.sampled_from(entities))
+        await call("delete_entities", {"entityNames": [victim["name"]]})
+        entities.remove(victim)
+        relations = [r for r in relations if victim["name"] not in (r["from"], r["to"])]
+
+        assert await call("read_graph", {}) == {"entities": entities, "relations": relations}
+        usage = await store.usage(owner)
+        assert (usage.entities, usage.observations) == (len(entities), sum(len(e["observations"]) for e in entities))
+        assert usage.bytes == sum(len(t.encode()) for e in entities for t in (e["name"], e["entityType"],
+                                                                               *e["observations"])) + \
+            sum(len(t.encode()) for r in relations for t in r.values())
+
+    asyncio.run(scenario())
+
+
+async def test_a_name_with_nul_is_not_the_name_before_it(store: Store) -> None:
+    alice = {"name": "Alice", "entityType": "person", "observations": ["likes tea"]}
+    await ok(store, "create_entities", {"entities": [alice]})
+    assert await ok(store, "open_nodes", {"names": ["Alice\0zzz"]}) == {"entities": [], "relations": []}
+    await ok(store, "delete_entities", {"entityNames": ["Alice\0zzz"]})
+    await ok(store, "delete_observations", {"deletions": [{"entityName": "Alice", "observations": ["likes tea\0!"]}]})
+    assert await ok(store, "read_graph", {}) == {"entities": [alice], "relations": []}
+    message = await failed(store, "add_observations", {"observations": [{"entityName": "Alice\0zzz",
+                                                                          "contents": ["x"]}]})
+    assert "Alice\0zzz not found" in message
+
+
+async def test_search_finds_text_after_a_nul(store: Store) -> None:
+    hidden = {"name": "Box", "entityType": "thing", "observations": ["abc\0needle in the hay"]}
+    await ok(store, "create_entities", {"entities": [hidden]})
+    for query in ("needle", "NEEDLE", "c\0n", "\0", "abc\0needle in the hay"):
+        assert (await ok(store, "search_nodes", {"query": query}))["entities"] == [hidden], query
+    # U+FFFD stands in for NUL in the search index, but is not NUL.
+    assert (await ok(store, "search_nodes", {"query": "c\ufffdn"}))["entities"] == []
+
+
+@pytest.mark.parametrize(("tool", "arguments", "where"), [
+    ("create_entities", {"entities": [{"name": "\ud800", "entityType": "t", "observations": []}]}, "entities[0].name"),
+    ("create_entities", {"entities": [{"name": "n", "entityType": "\udfff", "observations": []}]},
+     "entities[0].entityType"),
+    ("create_entities", {"entities": [{"name": "n", "entityType": "t", "observations": ["a\ud800"]}]},
+     "entities[0].observations[0]"),
+    ("create_relations", {"relations": [{"from": "\ud800", "to": "b", "relationType": "r"}]}, "relations[0].from"),
+    ("create_relations", {"relations": [{"from": "a", "to": "\ud800", "relationType": "r"}]}, "relations[0].to"),
+    ("create_relations", {"relations": [{"from": "a", "to": "b", "relationType": "\ud800"}]},
+     "relations[0].relationType"),
+    ("add_observations", {"observations": [{"entityName": "\ud800", "contents": []}]}, "observations[0].entityName"),
+    ("add_observations", {"observations": [{"entityName": "n", "contents": ["\ud800"]}]},
+     "observations[0].contents[0]"),
+    ("delete_entities", {"entityNames": ["\ud800"]}, "entityNames[0]"),
+    ("delete_observations", {"deletions": [{"entityName": "\ud800", "observations": []}]}, "deletions[0].entityName"),
+    ("delete_observations", {"deletions": [{"entityName": "n", "observations": ["\ud800"]}]},
+     "deletions[0].observations[0]"),
+    ("delete_relations", {"relations": [{"from": "a", "to": "b", "relationType": "\ud800"}]},
+     "relations[0].relationType"),
+    ("search_nodes", {"query": "\ud800"}, "query"),
+    ("open_nodes", {"names": ["\ud800"]}, "names[0]"),
+])
+async def test_every_string_input_refuses_a_lone_surrogate_the_same_way(
+        store: Store, tool: str, arguments: dict[str, Any], where: str) -> None:
+    """The one character class a string cannot hold: not text, and not storable as UTF-8."""
+    message = await failed(store, tool, arguments)
+    assert f"{where} contains an unpaired UTF-16 surrogate; send valid Unicode text" in message
+
+
+# --- storage quota -----------------------------------------------------------------------------
+
+
+async def test_quota_refuses_a_whole_call_and_says_which_limit(store: Store) -> None:
+    quota = Quota(entities=3, observations=4, bytes=100)
+
+    async def call(tool: str, arguments: dict[str, Any]) -> types.CallToolResult:
+        return plain(await call_tool(store, OWNER, tool, arguments, quota))
+
+    def entity(name: str, *observations: str) -> dict[str, Any]:
+        return {"name": name, "entityType": "t", "observations": list(observations)}
+
+    assert not (await call("create_entities", {"entities": [entity("a", "1"), entity("b", "2")]})).is_error
+    before = await ok(store, "read_graph", {})
+
+    refused = await call("create_entities", {"entities": [entity("c"), entity("d")]})
+    assert refused.is_error
+    message = text_of(refused)
+    assert "bring your memory to 4 entities, over the limit of 3 (you store 2 now)" in message
+    assert "Nothing was stored" in message and "delete_entities" in message and "memory_max_entities" in message
+
+    refused = await call("add_observations", {"observations": [{"entityName": "a", "contents": ["3", "4"]},
+                                                               {"entityName": "b", "contents": ["5"]}]})
+    assert "5 observations, over the limit of 4 (you store 2 now)" in text_of(refused)
+    assert "memory_max_observations" in text_of(refused)
+
+    refused = await call("create_relations", {"relations": [{"from": "a" * 60, "to": "b" * 60, "relationType": "r"}]})
+    assert "over the limit of 100 (you store 6 now)" in text_of(refused) and "memory_max_bytes" in text_of(refused)
+    assert await ok(store, "read_graph", {}) == before, "a refused call stores nothing"
+
+    # Up to the limit exactly is accepted; deleting is always possible and makes room again.
+    assert not (await call("create_entities", {"entities": [entity("c", "3", "4")]})).is_error
+    assert (await call("create_entities", {"entities": [entity("d")]})).is_error
+    assert not (await call("delete_entities", {"entityNames": ["a"]})).is_error
+    assert not (await call("create_entities", {"entities": [entity("d")]})).is_error
+    usage = await store.usage(OWNER)
+    assert (usage.entities, usage.observations, usage.bytes) == (3, 3, 9)  # b2, c34, d: 3 + 4 + 2 bytes
+
+
+async def test_zero_means_no_limit(store: Store) -> None:
+    unlimited = Quota(entities=0, observations=0, bytes=0)
+    many = [{"name": f"e{i}", "entityType": "t", "observations": ["o"]} for i in range(50)]
+    result = plain(await call_tool(store, OWNER, "create_entities", {"entities": many}, unlimited))
+    assert not result.is_error
+
+
+async def test_a_closed_graph_refuses_every_write(store: Store) -> None:
+    await ok(store, "create_entities", {"entities": [{"name": "a", "entityType": "t", "observations": ["o"]}]})
+    await store.delete_graph(OWNER)
+    writes: list[tuple[str, dict[str, Any]]] = [
+        ("create_entities", {"entities": [{"name": "b", "entityType": "t", "observations": []}]}),
+        ("create_relations", {"relations": [{"from": "a", "to": "b", "relationType": "r"}]}),
+        ("add_observations", {"observations": [{"entityName": "a", "contents": ["x"]}]}),
+        ("delete_entities", {"entityNames": ["a"]}),
+        ("delete_observations", {"deletions": [{"entityName": "a", "observations": ["o"]}]}),
+        ("delete_relations", {"relations": [{"from": "a", "to": "b", "relationType": "r"}]}),
+    ]
+    for tool, arguments in writes:
+        message = await failed(store, tool, arguments)
+        assert "This account is being removed" in message and "nothing was stored" in message, tool
+    assert await ok(store, "read_graph", {}) == {"entities": [], "relations": []}

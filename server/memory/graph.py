@@ -15,13 +15,23 @@ client written against it works unchanged. Contract every `GraphStore` keeps:
   observations in the order they were added, relations in the order they were created.
 * Each mutation is all-or-nothing: `add_observations` with any unknown entity raises
   `EntityNotFoundError` and stores nothing.
+* Every string is exactly its Python string: a name, type, observation or query containing NUL or
+  any other character (valid Unicode; lone surrogates are not text and are refused before the
+  store) matches only itself. "Alice\\0x" is not "Alice" to any method, and search finds text
+  after a NUL like any other text.
+* Per-owner quota: the writes that add data (`create_entities`, `create_relations`,
+  `add_observations`) take a `Quota`, and a write that would bring the owner above one of its
+  limits raises `QuotaExceededError` and stores nothing. Deletions are never refused.
+* Removal: `delete_graph` first closes the owner's graph; from then on every mutation for that
+  owner raises `GraphClosedError` and stores nothing, in the same transaction as the write would
+  have been, so that nothing written after the removal began can outlive it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import orjson
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
@@ -144,16 +154,80 @@ class EntityNotFoundError(Exception):
         super().__init__(message)
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What one owner stores: entities, observations, and bytes of text (UTF-8 of entity names and
+    types, observations, and relations' from, to and type; indexes and the read view not counted)."""
+
+    entities: int = 0
+    observations: int = 0
+    bytes: int = 0
+
+
+DEFAULT_MAX_ENTITIES: Final = 100_000
+DEFAULT_MAX_OBSERVATIONS: Final = 1_000_000
+DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """The most one owner may store (`Usage`'s measures); 0 means no limit. The defaults leave
+    room for years of ordinary use (a 10,000-entity graph is about 5 MB) while keeping one user from
+    filling the disk that every user shares."""
+
+    entities: int = DEFAULT_MAX_ENTITIES
+    observations: int = DEFAULT_MAX_OBSERVATIONS
+    bytes: int = DEFAULT_MAX_BYTES
+
+    def check(self, before: Usage, after: Usage) -> None:
+        """Raise `QuotaExceededError` if `after` grows a measure beyond its limit. A measure that
+        does not grow is never refused, even above its limit (the limit may have been lowered)."""
+        for measure in ("entities", "observations", "bytes"):
+            limit, old, new = getattr(self, measure), getattr(before, measure), getattr(after, measure)
+            if limit and new > old and new > limit:
+                raise QuotaExceededError(measure, old, new, limit)
+
+
+DEFAULT_QUOTA: Final = Quota()
+
+
+def text_bytes(*texts: str) -> int:
+    """The size of texts as `Usage` counts it."""
+    return sum(len(text.encode()) for text in texts)
+
+
+class QuotaExceededError(Exception):
+    """A write would bring its owner above a limit of their `Quota`; nothing was stored."""
+
+    SETTINGS: Final = {"entities": "memory_max_entities", "observations": "memory_max_observations",
+                       "bytes": "memory_max_bytes"}
+
+    def __init__(self, measure: str, usage: int, after: int, limit: int) -> None:
+        self.measure, self.usage, self.after, self.limit = measure, usage, after, limit
+        super().__init__(f"storage quota: this would bring your memory to {after:,} {measure}, over the limit of "
+                         f"{limit:,} {measure} (you store {usage:,} now)")
+
+
+class GraphClosedError(Exception):
+    """The owner's graph takes no more writes: the account is being removed (or was)."""
+
+    def __init__(self) -> None:
+        super().__init__("this account is being removed: its memory can no longer be changed")
+
+
 class GraphStore(Protocol):
-    async def create_entities(self, owner: str, entities: Sequence[Entity]) -> list[Entity]:
+    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
+                              ) -> list[Entity]:
         """Store the entities whose names are new; return exactly those, as stored."""
         ...
 
-    async def create_relations(self, owner: str, relations: Sequence[Relation]) -> list[Relation]:
+    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
+                               ) -> list[Relation]:
         """Store the relations that are new; return exactly those."""
         ...
 
-    async def add_observations(self, owner: str, additions: Sequence[ObservationAddition]) -> list[AddedObservations]:
+    async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
+                               quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
         """One result per addition, listing what was actually new.
 
         Raises `EntityNotFoundError` (naming every missing entity) before storing anything.
@@ -183,7 +257,11 @@ class GraphStore(Protocol):
         """The named entities that exist, plus every relation with at least one endpoint among them."""
         ...
 
+    async def usage(self, owner: str) -> Usage: ...
+
     async def delete_graph(self, owner: str) -> int:
-        """Forget everything `owner` stored (the account is being removed); returns how many
-        entities there were. Not a tool: only `memory-mcp users remove` calls it."""
+        """Close the owner's graph for good (see the module) and forget everything it holds;
+        returns how many entities this call deleted. Incremental (short transactions) and
+        resumable: called again after an interruption, it deletes what is left. Not a tool: only
+        `memory-mcp users remove` calls it."""
         ...

@@ -7,6 +7,12 @@ On top of the schemas, every call is checked against the strict models here: no 
 no wrong types, and the size limits below, which the official server does not have but a shared
 server needs. A rejected call returns an `isError` result that says which field is wrong and why,
 and stores nothing.
+
+Strings are taken exactly as sent, NUL and every other character included (the store's contract,
+`server.memory.graph`); the only string refused is one with a lone UTF-16 surrogate, which is not
+text, with the same message in every tool (`_describe_problem`, "string_unicode"). A write that
+would exceed the caller's quota, or that reaches an account being removed, is an `isError` result
+too, and stores nothing.
 """
 
 from __future__ import annotations
@@ -23,12 +29,16 @@ from pydantic_core import ErrorDetails
 
 from auth.settings import READ_SCOPE, WRITE_SCOPE
 from server.memory.graph import (
+    DEFAULT_QUOTA,
     Entity,
     EntityNotFoundError,
+    GraphClosedError,
     GraphJSON,
     GraphStore,
     ObservationAddition,
     ObservationDeletion,
+    Quota,
+    QuotaExceededError,
     Relation,
 )
 from transports.store import StoreUnavailable
@@ -146,48 +156,48 @@ class _OpenNodes(_Arguments):
 Result = dict[str, Any] | GraphJSON
 
 
-async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities) -> Result:
+async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities, quota: Quota) -> Result:
     entities = [Entity(name=e.name, entityType=e.entityType, observations=e.observations) for e in args.entities]
-    created = await graph.create_entities(owner, entities)
+    created = await graph.create_entities(owner, entities, quota)
     return {"entities": [e.model_dump() for e in created]}
 
 
-async def _create_relations(graph: GraphStore, owner: str, args: _Relations) -> Result:
-    created = await graph.create_relations(owner, [r.to_relation() for r in args.relations])
+async def _create_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota) -> Result:
+    created = await graph.create_relations(owner, [r.to_relation() for r in args.relations], quota)
     return {"relations": [r.model_dump() for r in created]}
 
 
-async def _add_observations(graph: GraphStore, owner: str, args: _AddObservations) -> Result:
+async def _add_observations(graph: GraphStore, owner: str, args: _AddObservations, quota: Quota) -> Result:
     additions = [ObservationAddition(entityName=a.entityName, contents=a.contents) for a in args.observations]
-    results = await graph.add_observations(owner, additions)
+    results = await graph.add_observations(owner, additions, quota)
     return {"results": [r.model_dump() for r in results]}
 
 
-async def _delete_entities(graph: GraphStore, owner: str, args: _DeleteEntities) -> Result:
+async def _delete_entities(graph: GraphStore, owner: str, args: _DeleteEntities, quota: Quota) -> Result:
     await graph.delete_entities(owner, args.entityNames)
     return {"success": True, "message": "Entities deleted successfully"}
 
 
-async def _delete_observations(graph: GraphStore, owner: str, args: _DeleteObservations) -> Result:
+async def _delete_observations(graph: GraphStore, owner: str, args: _DeleteObservations, quota: Quota) -> Result:
     deletions = [ObservationDeletion(entityName=d.entityName, observations=d.observations) for d in args.deletions]
     await graph.delete_observations(owner, deletions)
     return {"success": True, "message": "Observations deleted successfully"}
 
 
-async def _delete_relations(graph: GraphStore, owner: str, args: _Relations) -> Result:
+async def _delete_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota) -> Result:
     await graph.delete_relations(owner, [r.to_relation() for r in args.relations])
     return {"success": True, "message": "Relations deleted successfully"}
 
 
-async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments) -> Result:
+async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments, quota: Quota) -> Result:
     return await graph.read_graph(owner)
 
 
-async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes) -> Result:
+async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes, quota: Quota) -> Result:
     return await graph.search_nodes(owner, args.query)
 
 
-async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes) -> Result:
+async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes, quota: Quota) -> Result:
     return await graph.open_nodes(owner, args.names)
 
 
@@ -197,7 +207,7 @@ A = TypeVar("A", bound=_Arguments)
 @dataclass(frozen=True, slots=True)
 class _Operation(Generic[A]):
     arguments: type[A]
-    run: Callable[[GraphStore, str, A], Awaitable[Result]]
+    run: Callable[[GraphStore, str, A, Quota], Awaitable[Result]]
 
 
 _OPERATIONS: Final[dict[str, _Operation[Any]]] = {
@@ -225,9 +235,9 @@ TOOL_SCOPES: Final[dict[str, str]] = {
 }
 
 
-async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None
-                    ) -> types.CallToolResult | GraphResult:
-    """Run tool `name` for `owner`.
+async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None,
+                    quota: Quota = DEFAULT_QUOTA) -> types.CallToolResult | GraphResult:
+    """Run tool `name` for `owner`, whose writes may not take them past `quota`.
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
     on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). A store that cannot
@@ -245,13 +255,23 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
     except ValidationError as exc:
         return _error(_describe_invalid(name, operation.arguments, exc))
     try:
-        result = await operation.run(graph, owner, args)
+        result = await operation.run(graph, owner, args, quota)
     except EntityNotFoundError as exc:
         return _error(
             f"{exc}. Nothing was added: every entity must exist before observations can be added to it."
             " Create the missing entities with create_entities first, or check the spelling"
             " (entity names are case-sensitive)."
         )
+    except QuotaExceededError as exc:
+        return _error(
+            f"Storage quota reached: this call would bring your memory to {exc.after:,} {exc.measure}, over the"
+            f" limit of {exc.limit:,} (you store {exc.usage:,} now). Nothing was stored. Make room by deleting"
+            " what is no longer needed (delete_entities, delete_observations, delete_relations) or store less"
+            f" in this call; the server's administrator can raise the limit ({exc.SETTINGS[exc.measure]})."
+        )
+    except GraphClosedError:
+        return _error("This account is being removed: its memory can no longer be changed, and nothing was"
+                      " stored. Sign in with another account to keep using memory.")
     except StoreUnavailable as exc:
         # The transaction was rolled back whole (or never began): retrying is safe.
         return _error(f"The memory store is temporarily unavailable ({exc.reason}); nothing was changed."

@@ -34,7 +34,11 @@ atomic against other coroutines of this process and against other processes.
 so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
 
 Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
-COLUMN`, nullable, so instant and safe on a live file).
+COLUMN`, nullable or with a constant default, so instant and safe on a live file).
+
+`auth_users.state` is the account's `auth.models.AccountState`: `get_user` and `get_user_by_name`
+return ACTIVE accounts only, so an account being removed can neither sign in nor be used while its
+memory is deleted; `begin_removal` sets REMOVING, `remove_user` deletes the row last.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from auth.models import (
+    AccountState,
     AuthorizationCode,
     BrowserLogin,
     Client,
@@ -73,7 +78,8 @@ CREATE TABLE IF NOT EXISTS auth_users (
     id TEXT PRIMARY KEY,
     username TEXT NOT NULL UNIQUE,
     password_hash TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'removing'))
 );
 CREATE TABLE IF NOT EXISTS auth_codes (
     code_hash TEXT PRIMARY KEY,
@@ -151,6 +157,7 @@ ADDED_COLUMNS = (
     ("auth_tokens", "superseded_at", "REAL"),
     ("auth_tokens", "successor_hash", "TEXT"),
     ("auth_tokens", "successor", "TEXT"),
+    ("auth_users", "state", "TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'removing'))"),
 )
 
 
@@ -166,6 +173,14 @@ def migrate(db: Database) -> None:
                     conn.execute("UPDATE auth_tokens SET auth_time = issued_at")
 
 
+def _delete_user_records(conn: sqlite3.Connection, user_id: str) -> None:
+    """Everything that lets the account act: codes, tokens, browser logins, remembered approvals."""
+    conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
+    conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
+    conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
+
+
 def _scopes(value: str) -> tuple[str, ...]:
     return tuple(value.split())
 
@@ -176,7 +191,7 @@ def _client(row: sqlite3.Row) -> Client:
 
 def _user(row: sqlite3.Row) -> User:
     return User(id=row["id"], username=row["username"], password_hash=row["password_hash"],
-                created_at=row["created_at"])
+                created_at=row["created_at"], state=AccountState(row["state"]))
 
 
 def _code(row: sqlite3.Row) -> AuthorizationCode:
@@ -310,11 +325,13 @@ class AuthTables:
         await self.db.write(write)
 
     async def get_user(self, user_id: str) -> User | None:
-        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE id = ?", (user_id,))
+        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE id = ? AND state = ?",
+                                 (user_id, AccountState.ACTIVE))
         return _user(row) if row else None
 
     async def get_user_by_name(self, username: str) -> User | None:
-        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE username = ?", (username,))
+        row = await self.db.read(_one, "SELECT * FROM auth_users WHERE username = ? AND state = ?",
+                                 (username, AccountState.ACTIVE))
         return _user(row) if row else None
 
     async def list_users(self) -> list[User]:
@@ -327,13 +344,20 @@ class AuthTables:
         return await self.db.write(_count, "UPDATE auth_users SET password_hash = ? WHERE id = ? AND password_hash = ?",
                                    (password_hash, user_id, replacing)) > 0
 
+    async def begin_removal(self, username: str) -> User | None:
+        def write(conn: sqlite3.Connection) -> User | None:
+            row = conn.execute("SELECT * FROM auth_users WHERE username = ?", (username,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE auth_users SET state = ? WHERE id = ?", (AccountState.REMOVING, row["id"]))
+            _delete_user_records(conn, row["id"])
+            return _user(row)
+        return await self.db.write(write)
+
     async def remove_user(self, user_id: str) -> bool:
         def write(conn: sqlite3.Connection) -> int:
             deleted = conn.execute("DELETE FROM auth_users WHERE id = ?", (user_id,)).rowcount
-            conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
-            conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
-            conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
-            conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
+            _delete_user_records(conn, user_id)
             return int(deleted)
         return await self.db.write(write) > 0
 

@@ -100,11 +100,8 @@ class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
         self.retry_after = retry_after
 
 
-class _Closed(Exception):
-    pass
-
-
 _Job = Callable[[sqlite3.Connection], None]
+_Queue = queue.SimpleQueue[_Job | None]
 
 
 class Database:
@@ -112,20 +109,22 @@ class Database:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path = path
         self.busy_timeout = busy_timeout
-        self.conn = self._connect()
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        self._logged: dict[str, float] = {}
+        self._writes: _Queue = queue.SimpleQueue()
+        self._reads: _Queue = queue.SimpleQueue()
+        # Every connection is opened here, before serving, so that a file that cannot be opened
+        # fails the start-up (with the same errors as later calls), not every later call.
+        with self._translated():
+            self.conn = self._connect()
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            connections = [self._connect() for _ in range(1 + readers)]
         path.chmod(0o600)
-        self._writes: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._reads: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        # The threads' connections are opened here, before serving, so that a file that cannot be
-        # opened fails the start-up, not every later call.
-        self._threads = [threading.Thread(target=self._serve, args=(self._writes, self._connect()),
+        self._threads = [threading.Thread(target=self._serve, args=(self._writes, connections[0]),
                                           name="sqlite-writer", daemon=True)]
-        self._threads += [threading.Thread(target=self._serve, args=(self._reads, self._connect()),
-                                           name=f"sqlite-reader-{i}", daemon=True) for i in range(readers)]
+        self._threads += [threading.Thread(target=self._serve, args=(self._reads, conn), name=f"sqlite-reader-{i}",
+                                           daemon=True) for i, conn in enumerate(connections[1:])]
         self._closed = False
         self._writing = 0
-        self._logged: dict[str, float] = {}
         for thread in self._threads:
             thread.start()
 
@@ -179,25 +178,23 @@ class Database:
         """`fn(conn, *args)` in one read transaction (one snapshot) on a reader thread."""
         return await self._submit(self._reads, _transaction("BEGIN DEFERRED", fn, args))
 
-    async def _submit(self, jobs: queue.SimpleQueue[_Job | None], run: Callable[[sqlite3.Connection], T], *,
+    async def _submit(self, jobs: _Queue, run: Callable[[sqlite3.Connection], T], *,
                       write: bool = False, quiet: bool = False) -> T:
         if self._closed:
-            raise StorageUnavailable(f"the database {self.path} is closed (the server is stopping)",
-                                     "the server is stopping", _RETRY_BUSY)
+            raise self._stopping()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
         def job(conn: sqlite3.Connection) -> None:
+            error: BaseException | None = None
+            result: T | None = None
             try:
                 result = run(conn)
             except sqlite3.Error as exc:
-                error: BaseException = self._translate(exc, quiet=quiet)
+                error = self._translate(exc, quiet=quiet)
             except BaseException as exc:  # handed to the awaiting coroutine, whatever it is
                 error = exc
-            else:
-                _settle_threadsafe(loop, future, result, None)
-                return
-            _settle_threadsafe(loop, future, None, error)
+            _settle_threadsafe(loop, future, result, error)
 
         jobs.put(job)
         if not write:
@@ -212,10 +209,16 @@ class Database:
             else:
                 future.add_done_callback(self._written)
 
-    def _written(self, _future: asyncio.Future[Any]) -> None:
+    def _written(self, future: asyncio.Future[Any]) -> None:
         self._writing -= 1
+        if not future.cancelled():
+            future.exception()  # retrieved: its caller is gone, and the database logs what matters
 
-    def _serve(self, jobs: queue.SimpleQueue[_Job | None], conn: sqlite3.Connection) -> None:
+    def _stopping(self) -> StorageUnavailable:
+        return StorageUnavailable(f"the database {self.path} is closed (the server is stopping)",
+                                  "the server is stopping", _RETRY_BUSY)
+
+    def _serve(self, jobs: _Queue, conn: sqlite3.Connection) -> None:
         try:
             while (job := jobs.get()) is not None:
                 job(conn)
@@ -265,15 +268,24 @@ class Database:
     # --- start-up and tests: the plain connection -----------------------------------------------
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+    def _translated(self) -> Iterator[None]:
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            yield
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._translated():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            else:
+                self.conn.execute("COMMIT")
 
     def apply_schema(self, ddl: str) -> None:
         with self.transaction() as conn:

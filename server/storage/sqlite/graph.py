@@ -16,6 +16,8 @@ Schema
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
     memory_observation_search  FTS5 (content_fold), trigram, external content memory_observations
     memory_graph_chunks, memory_graph_generation   the read_graph view: server/storage/sqlite/graph_view.py
+    memory_owners        (owner PRIMARY KEY, state, entities, observations, bytes) WITHOUT ROWID
+                         created by `migrate`, which also fills it for a database from before it
 
 Why it looks like this
 ----------------------
@@ -63,8 +65,25 @@ Why it looks like this
   name their index (`INDEXED BY`) or fix the join order (`CROSS JOIN`); see the comments there.
 * `read_graph` is answered from a materialized view, kept up to date by every mutation in its own
   transaction (`graph_view.stale`); `server/storage/sqlite/graph_view.py` has its schema and rules.
-* Lists of names or ids go to SQLite as one JSON array (`json_each(?)`): one statement whatever
-  the list length, no SQL built from strings, no bound-parameter limit.
+* A string is exactly its Python string, NUL included (`server.memory.graph`). SQLite keeps a
+  NUL inside a bound text and compares texts byte for byte, but three of its pieces end a text at
+  the first NUL: its JSON functions (`json_each('["Alice\\u0000x"]')` yields "Alice"), FTS5 (the
+  tokenizer stops there, and a query with NUL is a syntax error) and `length()`. So lists of
+  names and observations are bound one value per `?` (`_by_names`: in chunks, padded to a power
+  of two so that a few statement texts serve every length), never sent as JSON; only lists of
+  integer ids go as one JSON array (`json_each(?)`). The `*_fold` columns hold the folded text
+  with NUL replaced by U+FFFD (`_fold`), and a query is folded the same way: a query without
+  U+FFFD then matches exactly where it should; one with it (or with NUL) may also match at a
+  NUL, so its hits are checked against the real text (`search_nodes`). Sizes use
+  `length(CAST(x AS BLOB))`, the byte count.
+* `memory_owners` is one row per owner, created by their first write: the state of their graph
+  (`OwnerState`) and their usage (`server.memory.graph.Usage`). Every mutation reads it first
+  (`_writable`) and writes it last (`_account`) in its own transaction: a closed graph refuses
+  the write, a quota crossed rolls it back whole, and the usage stays exact without counting
+  rows (a few hundred thousand rows would be a scan per write). `delete_graph` closes the graph
+  before deleting it in batches and leaves the row, closed, for good: owners are random ids that
+  are never reused, and a row left behind is what refuses a write that was already on its way
+  (a token checked a moment before the removal).
 
 Every mutation runs in one `BEGIN IMMEDIATE` transaction on the writer thread that touches only
 its own rows, and every query in one read transaction on a reader thread (see db.py): each is
@@ -75,29 +94,35 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from enum import StrEnum
 from functools import cached_property
 from typing import Final
 
 from server.memory.graph import (
+    DEFAULT_QUOTA,
     AddedObservations,
     Entity,
     EntityNotFoundError,
+    GraphClosedError,
     GraphJSON,
     ObservationAddition,
     ObservationDeletion,
+    Quota,
     Relation,
+    Usage,
     entity_json,
     piece,
     relation_json,
+    text_bytes,
 )
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
 
 DELETE_BATCH: Final = 200
-"""Entities (with their observations and relations) or relations deleted per transaction by
-`delete_graph`: a few milliseconds of holding the write lock each."""
+"""Entities (with their observations) or relations deleted per transaction by `delete_graph`: a
+few milliseconds of holding the write lock each."""
 
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
@@ -122,17 +147,46 @@ _SEARCH_SCAN = """
     ORDER BY id
 """
 
-# A UNION of two index seeks per name. Written as one WHERE with OR, or without INDEXED BY, the
-# planner (which has no statistics) prefers scanning all of the owner's relations in the covering
-# unique index over seeking the names in memory_relations_to.
+# Relations touching the given entities (by id): a UNION of two index seeks per entity, joined by
+# name to the entity's row, so that the names never leave SQLite (see the module: exact names).
+# Written as one WHERE with OR, or without INDEXED BY, the planner (which has no statistics)
+# prefers scanning all of the owner's relations in the covering unique index; CROSS JOIN keeps it
+# driving from the ids.
 _RELATIONS_TOUCHING = """
-    SELECT id, from_name, to_name, relation_type FROM memory_relations INDEXED BY memory_relations_identity
-    WHERE owner = :owner AND from_name IN (SELECT value FROM json_each(:names))
+    SELECT r.id, r.from_name, r.to_name, r.relation_type
+    FROM json_each(:ids) AS j CROSS JOIN memory_entities AS e
+    CROSS JOIN memory_relations AS r INDEXED BY memory_relations_identity
+    WHERE e.id = j.value AND e.owner = :owner AND r.owner = :owner AND r.from_name = e.name
     UNION
-    SELECT id, from_name, to_name, relation_type FROM memory_relations INDEXED BY memory_relations_to
-    WHERE owner = :owner AND to_name IN (SELECT value FROM json_each(:names))
-    ORDER BY id
+    SELECT r.id, r.from_name, r.to_name, r.relation_type
+    FROM json_each(:ids) AS j CROSS JOIN memory_entities AS e
+    CROSS JOIN memory_relations AS r INDEXED BY memory_relations_to
+    WHERE e.id = j.value AND e.owner = :owner AND r.owner = :owner AND r.to_name = e.name
+    ORDER BY 1
 """
+
+_NUL_STAND_IN: Final = "\ufffd"
+"""What a NUL becomes in the folded (search) columns: FTS5 ends a text at NUL (see the module)."""
+
+_IN_CHUNK: Final = 256
+"""Most values bound into one `IN (...)` list; longer lists are queried in several statements."""
+
+_OWNERS_SCHEMA = """
+    CREATE TABLE memory_owners (
+        owner        TEXT PRIMARY KEY,
+        state        TEXT NOT NULL CHECK (state IN ('active', 'closed')),
+        entities     INTEGER NOT NULL,
+        observations INTEGER NOT NULL,
+        bytes        INTEGER NOT NULL
+    ) WITHOUT ROWID
+"""
+
+
+class OwnerState(StrEnum):
+    """`memory_owners.state`: ACTIVE takes writes; CLOSED (by `delete_graph`) never again."""
+
+    ACTIVE = "active"
+    CLOSED = "closed"
 
 
 class GraphTables:
@@ -183,16 +237,23 @@ class GraphTables:
     def migrate(db: Database) -> None:
         """Bring derived tables up to date with the rows (run after `SCHEMA`)."""
         graph_view.migrate(db)
+        with db.transaction() as conn:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_owners'").fetchone() is None:
+                _add_owners(conn)
 
     @cached_property
     def _view(self) -> GraphView:
         return GraphView(self.db)
 
     # --- mutations ---------------------------------------------------------------------------
+    # Each opens with `_writable` (the owner's state and usage, in the write's own transaction)
+    # and ends with `_account` (the quota, and the new usage): see the module.
 
-    async def create_entities(self, owner: str, entities: Sequence[Entity]) -> list[Entity]:
+    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
+                              ) -> list[Entity]:
         created: list[Entity] = []
         def write(conn: sqlite3.Connection) -> None:
+            before = _writable(conn, owner)
             ids: list[int] = []
             for entity in entities:
                 entity_id = _insert_entity(conn, owner, entity)
@@ -203,12 +264,17 @@ class GraphTables:
                 created.append(Entity(name=entity.name, entityType=entity.entityType, observations=observations))
                 ids.append(entity_id)
             stale(conn, owner, ENTITIES, ids)
+            _account(conn, owner, quota, before, entities=len(created),
+                     observations=sum(len(e.observations) for e in created),
+                     size=sum(text_bytes(e.name, e.entityType, *e.observations) for e in created))
         await self.db.write(write)
         return created
 
-    async def create_relations(self, owner: str, relations: Sequence[Relation]) -> list[Relation]:
+    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
+                               ) -> list[Relation]:
         created: list[Relation] = []
         def write(conn: sqlite3.Connection) -> None:
+            before = _writable(conn, owner)
             ids: list[int] = []
             for relation in relations:
                 cursor = conn.execute(
@@ -220,12 +286,15 @@ class GraphTables:
                     created.append(relation)
                     ids.append(cursor.lastrowid)
             stale(conn, owner, RELATIONS, ids)
+            _account(conn, owner, quota, before, size=sum(text_bytes(r.from_, r.to, r.relationType) for r in created))
         await self.db.write(write)
         return created
 
-    async def add_observations(self, owner: str, additions: Sequence[ObservationAddition]) -> list[AddedObservations]:
+    async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
+                               quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
         results: list[AddedObservations] = []
         def write(conn: sqlite3.Connection) -> None:
+            before = _writable(conn, owner)
             ids = _entity_ids(conn, owner, [a.entityName for a in additions])
             missing = _unique(a.entityName for a in additions if a.entityName not in ids)
             if missing:
@@ -239,98 +308,81 @@ class GraphTables:
                 _insert_observations(conn, owner, entity_id, new)
                 results.append(AddedObservations(entityName=addition.entityName, addedObservations=new))
             stale(conn, owner, ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
+            _account(conn, owner, quota, before, observations=sum(len(r.addedObservations) for r in results),
+                     size=sum(text_bytes(*r.addedObservations) for r in results))
         await self.db.write(write)
         return results
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
-        params = {"owner": owner, "names": json.dumps(list(names))}
         def write(conn: sqlite3.Connection) -> None:
+            before = _writable(conn, owner)
             # By name, not by existing entity: like the official server, this also clears
             # relations that point at names which were never created. Two statements, so that each
-            # is an index seek per name (see _RELATIONS_TOUCHING).
-            relation_ids = [row[0] for row in conn.execute(
-                "DELETE FROM memory_relations INDEXED BY memory_relations_identity"
-                " WHERE owner = :owner AND from_name IN (SELECT value FROM json_each(:names)) RETURNING id",
-                params,
-            ).fetchall()]
-            relation_ids += [row[0] for row in conn.execute(
-                "DELETE FROM memory_relations INDEXED BY memory_relations_to"
-                " WHERE owner = :owner AND to_name IN (SELECT value FROM json_each(:names)) RETURNING id",
-                params,
-            ).fetchall()]
-            stale(conn, owner, RELATIONS, relation_ids)
-            entity_rows = conn.execute(
-                "SELECT id, name_fold, type_fold FROM memory_entities"
-                " WHERE owner = :owner AND name IN (SELECT value FROM json_each(:names))",
-                params,
-            ).fetchall()
-            entity_ids = {"owner": owner, "ids": json.dumps([row["id"] for row in entity_rows])}
-            _delete_observations(
-                conn,
-                "SELECT id, entity_id, content_fold FROM memory_observations"
-                " WHERE owner = :owner AND entity_id IN (SELECT value FROM json_each(:ids))",
-                entity_ids,
-            )
-            conn.executemany(
-                "INSERT INTO memory_entity_search (memory_entity_search, rowid, name_fold, type_fold)"
-                " VALUES ('delete', ?, ?, ?)",
-                [(row["id"], row["name_fold"], row["type_fold"]) for row in entity_rows],
-            )
-            conn.execute(
-                "DELETE FROM memory_entities WHERE owner = :owner AND id IN (SELECT value FROM json_each(:ids))",
-                entity_ids,
-            )
-            stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
+            # is an index seek per name.
+            relation_rows = _by_names(conn, _DELETE_RELATIONS_FROM, owner, names)
+            relation_rows += _by_names(conn, _DELETE_RELATIONS_TO, owner, names)
+            stale(conn, owner, RELATIONS, [row["id"] for row in relation_rows])
+            entity_rows = _by_names(conn, _ENTITIES_NAMED, owner, _unique(names))
+            observations = _delete_entity_rows(conn, owner, entity_rows)
+            _account(conn, owner, None, before, entities=-len(entity_rows), observations=-len(observations),
+                     size=-_size(relation_rows, entity_rows, observations))
         await self.db.write(write)
 
     async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            touched: list[int] = []
+            before = _writable(conn, owner)
+            deleted: list[sqlite3.Row] = []
             for deletion in deletions:
-                touched += _delete_observations(
-                    conn,
-                    "SELECT id, entity_id, content_fold FROM memory_observations WHERE owner = :owner"
-                    " AND entity_id = (SELECT id FROM memory_entities WHERE owner = :owner AND name = :name)"
-                    " AND content IN (SELECT value FROM json_each(:contents))",
-                    {"owner": owner, "name": deletion.entityName, "contents": json.dumps(deletion.observations)},
-                )
-            stale(conn, owner, ENTITIES, touched)
+                entity = conn.execute("SELECT id FROM memory_entities WHERE owner = ? AND name = ?",
+                                      (owner, deletion.entityName)).fetchone()
+                if entity is None:
+                    continue
+                for chunk in _chunks(_unique(deletion.observations)):
+                    deleted += _delete_observations(
+                        conn,
+                        _OBSERVATIONS_OF_ENTITY.format(_marks(chunk)),
+                        (owner, entity["id"], *_padded(chunk)),
+                    )
+            stale(conn, owner, ENTITIES, [row["entity_id"] for row in deleted])
+            _account(conn, owner, None, before, observations=-len(deleted), size=-_size(deleted))
         await self.db.write(write)
 
     async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
         def write(conn: sqlite3.Connection) -> None:
+            before = _writable(conn, owner)
             # One statement per relation: executemany cannot return the deleted ids.
-            ids = [row[0] for r in relations for row in conn.execute(
-                "DELETE FROM memory_relations WHERE owner = ? AND from_name = ? AND to_name = ? AND relation_type = ?"
-                " RETURNING id",
-                (owner, r.from_, r.to, r.relationType),
+            rows = [row for r in relations for row in conn.execute(
+                _DELETE_RELATION, (owner, r.from_, r.to, r.relationType),
             ).fetchall()]
-            stale(conn, owner, RELATIONS, ids)
+            stale(conn, owner, RELATIONS, [row["id"] for row in rows])
+            _account(conn, owner, None, before, size=-_size(rows))
         await self.db.write(write)
+
+    async def delete_graph(self, owner: str) -> int:
+        # Closed first, in its own transaction: from its commit on no write for the owner can
+        # commit (each checks the state in its own transaction), so the batches below delete
+        # everything that will ever exist. Then batches by id, each a short transaction, so that a
+        # large graph never holds the write lock for long (other processes, and this one's other
+        # writers, get their turn between batches); re-running resumes where it stopped.
+        await self.db.write(_close, owner)
+        deleted = 0
+        while count := await self.db.write(_delete_some_entities, owner, DELETE_BATCH):
+            deleted += count
+        while await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
+            pass
+        await self.db.write(_forget_owner, owner)
+        self._view.forget(owner)
+        return deleted
 
     # --- queries -----------------------------------------------------------------------------
     # Each in one read transaction on a reader thread: its statements see one state of the file.
 
-    async def delete_graph(self, owner: str) -> int:
-        # Through delete_entities, which keeps the search index in step, then whatever relations
-        # name entities that never existed. In batches, each its own short transaction, so that a
-        # large graph never holds the write lock for long (other processes, and this one's other
-        # writers, get their turn between batches); re-running finishes an interrupted removal.
-        deleted, after = 0, -1
-        # By id, in creation order from where the last batch ended: progress whatever the
-        # deletion of one batch leaves behind.
-        while batch := await self.db.read(_entity_batch, owner, after, DELETE_BATCH):
-            await self.delete_entities(owner, [name for _, name in batch])
-            deleted += len(batch)
-            after = batch[-1][0]
-        while await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
-            pass
-
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
-        await self.db.write(write)
-        self._view.forget(owner)
-        return deleted
+    async def usage(self, owner: str) -> Usage:
+        def read(conn: sqlite3.Connection) -> Usage:
+            row = conn.execute("SELECT entities, observations, bytes FROM memory_owners WHERE owner = ?",
+                               (owner,)).fetchone()
+            return Usage() if row is None else Usage(*row)
+        return await self.db.read(read)
 
     async def read_graph(self, owner: str) -> GraphJSON:
         return await self._view.read(owner)
@@ -338,31 +390,48 @@ class GraphTables:
     async def search_nodes(self, owner: str, query: str) -> GraphJSON:
         def read(conn: sqlite3.Connection) -> GraphJSON:
             folded = query.lower()
-            if len(folded) >= _MIN_INDEXED_QUERY and "\0" not in folded:
+            probe = _fold(query)
+            if len(probe) >= _MIN_INDEXED_QUERY:
                 # A quoted FTS5 string is taken literally; only its quote character needs doubling.
-                phrase = '"' + folded.replace('"', '""') + '"'
+                phrase = '"' + probe.replace('"', '""') + '"'
                 entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
             else:
-                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": folded}).fetchall()
-            return _subgraph(conn, owner, entity_rows)
+                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
+            if _NUL_STAND_IN not in probe:
+                # The probe matched only where the stored text has neither NUL nor the stand-in,
+                # that is where the folded columns are the folded text itself: every hit is exact.
+                return _subgraph(conn, owner, entity_rows)
+
+            def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
+                return any(folded in text.lower() for text in (name, entity_type, *observations))
+
+            return _subgraph(conn, owner, entity_rows, keep=contains)
         return await self.db.read(read)
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
         def read(conn: sqlite3.Connection) -> GraphJSON:
-            entity_rows = conn.execute(
+            entity_rows = _by_names(
                 # INDEXED BY: without statistics the planner would rather walk all of the owner's
                 # entities in memory_entities_order, to save sorting the few it returns.
-                "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
-                " WHERE owner = ? AND name IN (SELECT value FROM json_each(?)) ORDER BY id",
-                (owner, json.dumps(list(names))),
-            ).fetchall()
+                conn, "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
+                " WHERE owner = ? AND name IN ({})", owner, _unique(names))
+            entity_rows.sort(key=lambda row: int(row["id"]))
             return _subgraph(conn, owner, entity_rows)
         return await self.db.read(read)
 
 
-def _entity_batch(conn: sqlite3.Connection, owner: str, after: int, limit: int) -> list[tuple[int, str]]:
-    return [(row["id"], row["name"]) for row in conn.execute(
-        "SELECT id, name FROM memory_entities WHERE owner = ? AND id > ? ORDER BY id LIMIT ?", (owner, after, limit))]
+def _close(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute(
+        "INSERT INTO memory_owners (owner, state, entities, observations, bytes) VALUES (?, ?, 0, 0, 0)"
+        " ON CONFLICT (owner) DO UPDATE SET state = excluded.state", (owner, OwnerState.CLOSED))
+
+
+def _delete_some_entities(conn: sqlite3.Connection, owner: str, limit: int) -> int:
+    entity_rows = conn.execute(
+        "SELECT id, name_fold, type_fold FROM memory_entities WHERE owner = ? ORDER BY id LIMIT ?",
+        (owner, limit)).fetchall()
+    _delete_entity_rows(conn, owner, entity_rows)
+    return len(entity_rows)
 
 
 def _delete_some_relations(conn: sqlite3.Connection, owner: str, limit: int) -> int:
@@ -371,14 +440,155 @@ def _delete_some_relations(conn: sqlite3.Connection, owner: str, limit: int) -> 
         (owner, limit)).rowcount)
 
 
+def _forget_owner(conn: sqlite3.Connection, owner: str) -> None:
+    """The last step of `delete_graph`: the owner's (now empty) view, and their usage, zero. The
+    closed row itself stays (see the module)."""
+    conn.execute("DELETE FROM memory_graph_chunks WHERE owner = ?", (owner,))
+    conn.execute("UPDATE memory_owners SET entities = 0, observations = 0, bytes = 0 WHERE owner = ?", (owner,))
+
+
+# Sizes as `Usage` counts them, computed by SQLite from the rows: `length(CAST(x AS BLOB))`, as
+# the `length` of a text stops at its first NUL, of a blob it is the byte count. `{}` is where
+# `_by_names` puts the list of names.
+_DELETE_RELATIONS_FROM = """
+    DELETE FROM memory_relations INDEXED BY memory_relations_identity WHERE owner = ? AND from_name IN ({})
+    RETURNING id, length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))
+                  + length(CAST(relation_type AS BLOB)) AS size
+"""
+_DELETE_RELATIONS_TO = """
+    DELETE FROM memory_relations INDEXED BY memory_relations_to WHERE owner = ? AND to_name IN ({})
+    RETURNING id, length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))
+                  + length(CAST(relation_type AS BLOB)) AS size
+"""
+_DELETE_RELATION = """
+    DELETE FROM memory_relations WHERE owner = ? AND from_name = ? AND to_name = ? AND relation_type = ?
+    RETURNING id, length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))
+                  + length(CAST(relation_type AS BLOB)) AS size
+"""
+_ENTITIES_NAMED = """
+    SELECT id, name_fold, type_fold, length(CAST(name AS BLOB)) + length(CAST(entity_type AS BLOB)) AS size
+    FROM memory_entities WHERE owner = ? AND name IN ({})
+"""
+_OBSERVATIONS_OF_ENTITY = """
+    SELECT id, entity_id, content_fold, length(CAST(content AS BLOB)) AS size
+    FROM memory_observations WHERE owner = ? AND entity_id = ? AND content IN ({})
+"""
+_USAGE_BY_OWNER = """
+    SELECT owner, 'active', sum(entities), sum(observations), sum(size) FROM (
+        SELECT owner, count(*) AS entities, 0 AS observations,
+               sum(length(CAST(name AS BLOB)) + length(CAST(entity_type AS BLOB))) AS size
+        FROM memory_entities GROUP BY owner
+        UNION ALL
+        SELECT owner, 0, count(*), sum(length(CAST(content AS BLOB))) FROM memory_observations GROUP BY owner
+        UNION ALL
+        SELECT owner, 0, 0, sum(length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))
+                                + length(CAST(relation_type AS BLOB)))
+        FROM memory_relations GROUP BY owner)
+    GROUP BY owner
+"""
+
+
+def _size(*row_lists: Sequence[sqlite3.Row]) -> int:
+    return sum(row["size"] for rows in row_lists for row in rows)
+
+
+def _writable(conn: sqlite3.Connection, owner: str) -> Usage:
+    """The owner's usage, inside the caller's write transaction; `GraphClosedError` if the graph
+    is closed. An owner's first write creates their row."""
+    row = conn.execute("SELECT state, entities, observations, bytes FROM memory_owners WHERE owner = ?",
+                       (owner,)).fetchone()
+    if row is None:
+        conn.execute("INSERT INTO memory_owners (owner, state, entities, observations, bytes) VALUES (?, ?, 0, 0, 0)",
+                     (owner, OwnerState.ACTIVE))
+        return Usage()
+    if row["state"] != OwnerState.ACTIVE:
+        raise GraphClosedError()
+    return Usage(row["entities"], row["observations"], row["bytes"])
+
+
+def _account(conn: sqlite3.Connection, owner: str, quota: Quota | None, before: Usage, *, entities: int = 0,
+             observations: int = 0, size: int = 0) -> None:
+    """Record what a write changed; raising (the quota) rolls the whole write back."""
+    if not (entities or observations or size):
+        return
+    after = Usage(before.entities + entities, before.observations + observations, before.bytes + size)
+    if quota is not None:
+        quota.check(before, after)
+    conn.execute("UPDATE memory_owners SET entities = ?, observations = ?, bytes = ? WHERE owner = ?",
+                 (after.entities, after.observations, after.bytes, owner))
+
+
+def _add_owners(conn: sqlite3.Connection) -> None:
+    """Create `memory_owners` in a database from before it, with every owner's usage (one scan, once),
+    and refold the search columns of rows with a NUL, which older versions folded with it."""
+    conn.execute(_OWNERS_SCHEMA)
+    conn.execute("INSERT INTO memory_owners (owner, state, entities, observations, bytes)" + _USAGE_BY_OWNER)
+    for row in conn.execute(
+        "SELECT id, name, entity_type, name_fold, type_fold FROM memory_entities"
+        " WHERE instr(name_fold, ?) > 0 OR instr(type_fold, ?) > 0", ("\0", "\0")).fetchall():
+        conn.execute("INSERT INTO memory_entity_search (memory_entity_search, rowid, name_fold, type_fold)"
+                     " VALUES ('delete', ?, ?, ?)", (row["id"], row["name_fold"], row["type_fold"]))
+        name_fold, type_fold = _fold(row["name"]), _fold(row["entity_type"])
+        conn.execute("UPDATE memory_entities SET name_fold = ?, type_fold = ? WHERE id = ?",
+                     (name_fold, type_fold, row["id"]))
+        conn.execute("INSERT INTO memory_entity_search (rowid, name_fold, type_fold) VALUES (?, ?, ?)",
+                     (row["id"], name_fold, type_fold))
+    for row in conn.execute(
+            "SELECT id, content, content_fold FROM memory_observations WHERE instr(content_fold, ?) > 0",
+            ("\0",)).fetchall():
+        conn.execute("INSERT INTO memory_observation_search (memory_observation_search, rowid, content_fold)"
+                     " VALUES ('delete', ?, ?)", (row["id"], row["content_fold"]))
+        content_fold = _fold(row["content"])
+        conn.execute("UPDATE memory_observations SET content_fold = ? WHERE id = ?", (content_fold, row["id"]))
+        conn.execute("INSERT INTO memory_observation_search (rowid, content_fold) VALUES (?, ?)",
+                     (row["id"], content_fold))
+
+
+def _fold(text: str) -> str:
+    """The folded form stored in the `*_fold` columns and searched for: see the module."""
+    return text.lower().replace("\0", _NUL_STAND_IN)
+
+
 def _unique(items: Iterable[str]) -> list[str]:
     """First occurrence of each item, in order."""
     return list(dict.fromkeys(items))
 
 
+def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
+
+
+def _marks(values: Sequence[object]) -> str:
+    """`?, ?, ...` for binding `values` one by one; rounded up to a power of two (the caller
+    repeats the last value: `_padded`) so that a few statement texts serve every list length."""
+    return ", ".join("?" * _padded_length(len(values)))
+
+
+def _padded_length(count: int) -> int:
+    return 1 << max(count - 1, 0).bit_length()
+
+
+def _padded(values: Sequence[str]) -> list[str]:
+    return [*values, *[values[-1]] * (_padded_length(len(values)) - len(values))]
+
+
+def _by_names(conn: sqlite3.Connection, sql: str, owner: str, names: Sequence[str]) -> list[sqlite3.Row]:
+    """The rows of `sql` (`?` the owner, `{}` where the list of names goes), for every name.
+
+    Names are bound one by one, never sent as JSON: SQLite's JSON functions end a string at its
+    first NUL, so "Alice\\0x" would have been "Alice". A value repeated in an IN list changes
+    nothing, which lets `_marks` pad the list.
+    """
+    rows: list[sqlite3.Row] = []
+    for chunk in _chunks(names):
+        rows += conn.execute(sql.format(_marks(chunk)), (owner, *_padded(chunk))).fetchall()
+    return rows
+
+
 def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int | None:
     """The new row's id, or None when the owner already has an entity of that name."""
-    name_fold, type_fold = entity.name.lower(), entity.entityType.lower()
+    name_fold, type_fold = _fold(entity.name), _fold(entity.entityType)
     cursor = conn.execute(
         "INSERT INTO memory_entities (owner, name, entity_type, name_fold, type_fold) VALUES (?, ?, ?, ?, ?)"
         " ON CONFLICT (owner, name) DO NOTHING",
@@ -396,7 +606,7 @@ def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int 
 def _insert_observations(conn: sqlite3.Connection, owner: str, entity_id: int, contents: Sequence[str]) -> None:
     indexed: list[tuple[int | None, str]] = []
     for content in contents:
-        folded = content.lower()
+        folded = _fold(content)
         cursor = conn.execute(
             "INSERT INTO memory_observations (owner, entity_id, content, content_fold) VALUES (?, ?, ?, ?)",
             (owner, entity_id, content, folded),
@@ -405,9 +615,9 @@ def _insert_observations(conn: sqlite3.Connection, owner: str, entity_id: int, c
     conn.executemany("INSERT INTO memory_observation_search (rowid, content_fold) VALUES (?, ?)", indexed)
 
 
-def _delete_observations(conn: sqlite3.Connection, select: str, params: Mapping[str, str]) -> list[int]:
-    """Delete the observations `select` returns (columns id, entity_id, content_fold), and unindex
-    them; returns the ids of the entities that lost any."""
+def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence[object]) -> list[sqlite3.Row]:
+    """Delete the observations `select` returns (columns id, entity_id, content_fold, and any
+    others), and unindex them; returns their rows."""
     rows = conn.execute(select, params).fetchall()
     conn.executemany(
         "INSERT INTO memory_observation_search (memory_observation_search, rowid, content_fold)"
@@ -418,14 +628,34 @@ def _delete_observations(conn: sqlite3.Connection, select: str, params: Mapping[
         "DELETE FROM memory_observations WHERE id IN (SELECT value FROM json_each(?))",
         (json.dumps([row["id"] for row in rows]),),
     )
-    return [row["entity_id"] for row in rows]
+    return rows
+
+
+def _delete_entity_rows(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row]
+                        ) -> list[sqlite3.Row]:
+    """Delete these entities (rows with id, name_fold, type_fold) with their observations, and
+    unindex them; returns the observations' rows (with their size). Relations are the caller's."""
+    ids = json.dumps([row["id"] for row in entity_rows])
+    observations = _delete_observations(
+        conn,
+        "SELECT id, entity_id, content_fold, length(CAST(content AS BLOB)) AS size FROM memory_observations"
+        " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?))",
+        (owner, ids),
+    )
+    conn.executemany(
+        "INSERT INTO memory_entity_search (memory_entity_search, rowid, name_fold, type_fold)"
+        " VALUES ('delete', ?, ?, ?)",
+        [(row["id"], row["name_fold"], row["type_fold"]) for row in entity_rows],
+    )
+    conn.execute("DELETE FROM memory_entities WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
+                 (owner, ids))
+    stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
+    return observations
 
 
 def _entity_ids(conn: sqlite3.Connection, owner: str, names: Sequence[str]) -> dict[str, int]:
-    rows = conn.execute(
-        "SELECT id, name FROM memory_entities WHERE owner = ? AND name IN (SELECT value FROM json_each(?))",
-        (owner, json.dumps(_unique(names))),
-    )
+    rows = _by_names(conn, "SELECT id, name FROM memory_entities WHERE owner = ? AND name IN ({})",
+                     owner, _unique(names))
     return {row["name"]: row["id"] for row in rows}
 
 
@@ -442,8 +672,10 @@ def _observation_sets(conn: sqlite3.Connection, owner: str, entity_ids: Iterable
     return present
 
 
-def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row]) -> GraphJSON:
-    """The given entities with their observations, and the relations touching any of them."""
+def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row],
+              keep: Callable[[str, str, Sequence[str]], bool] | None = None) -> GraphJSON:
+    """The given entities (those `keep` accepts, given name, type and observations) with their
+    observations, and the relations touching any of them."""
     observations: dict[int, list[str]] = {row["id"]: [] for row in entity_rows}
     for row in conn.execute(
         "SELECT entity_id, content FROM memory_observations"
@@ -451,8 +683,11 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
         (owner, json.dumps(list(observations))),
     ):
         observations[row["entity_id"]].append(row["content"])
-    names = json.dumps([row["name"] for row in entity_rows])
-    relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "names": names}).fetchall()
+    if keep is not None:
+        entity_rows = [row for row in entity_rows
+                       if keep(row["name"], row["entity_type"], observations[row["id"]])]
+    ids = json.dumps([row["id"] for row in entity_rows])
+    relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "ids": ids}).fetchall()
     entities = [entity_json(row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows]
     relations = [relation_json(row["from_name"], row["to_name"], row["relation_type"]) for row in relation_rows]
     # Each kind as one run of items, so that the text is escaped once per kind, not per item.
