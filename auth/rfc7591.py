@@ -37,7 +37,7 @@ from aiohttp import web
 from auth.crypto import new_secret
 from auth.http import BadRequest, client_address, oauth_error, read_json_object
 from auth.models import Client
-from auth.rfc8252 import RedirectURIError, check_registrable
+from auth.rfc8252 import RedirectURIError, check_registrable, has_unsafe_characters
 from auth.server import AUTH_SERVER, AuthorizationServer
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,8 @@ def _https_uri(field: str, value: str) -> str:
     """Informational URIs (RFC 7591 client_uri, logo_uri, tos_uri, policy_uri). https only: they
     are meant to be shown or followed, and any other scheme (javascript:, data:, file:, plain
     http) is either an attack on whoever renders it or an invitation to a downgrade."""
-    if any(c.isspace() for c in value):
-        raise _invalid(field, "must not contain whitespace")
+    if has_unsafe_characters(value):
+        raise _invalid(field, "must not contain whitespace or control characters")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port

@@ -116,7 +116,11 @@ def _is_wildcard(host: str) -> bool:
 def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
     no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    # urlsplit would silently drop a TAB, CR or LF inside the value and strip leading controls.
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise ValueError(f"{what} {url!r} must not contain whitespace or control characters")
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} {url!r} must look like https://host[:port]")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:

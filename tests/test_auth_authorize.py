@@ -362,3 +362,38 @@ async def test_login_page_without_pending_request(env: Env) -> None:
     assert resp.status == 303 and resp.headers["Location"] == env.url("/login")
     page = await (await env.client.get("/login")).text()
     assert "signed in as <strong>alice</strong>" in page
+
+
+# Every C0 control, DEL, and whitespace beyond ASCII's (urlsplit drops TAB, CR and LF anywhere
+# and strips leading controls, so these once matched the registered URI).
+UNSAFE = [chr(c) for c in range(0x20)] + ["\x7f", " ", "\x85", "\xa0", "\u1680", "\u2000", "\u2028", "\u3000"]
+
+
+async def test_redirect_uri_with_control_or_space_never_matches(env: Env) -> None:
+    https_cb = "https://app.example.com/cb"
+    client = await register(env, [CB, https_cb])
+    _, challenge = pkce()
+    refused = []
+    for registered in (CB, https_cb):
+        scheme, rest = registered.split("://")
+        host, path = rest.split("/", 1)
+        for char in UNSAFE:
+            for variant in (char + registered, registered + char, f"{scheme}://{char}{rest}",
+                            f"{scheme}://{host}{char}/{path}", f"{scheme}://{host}/{char}{path}",
+                            f"{scheme}{char}://{rest}"):
+                resp = await env.client.get(authorize_path(client["client_id"], variant, challenge),
+                                            allow_redirects=False)
+                page = await resp.text()
+                if resp.status != 400 or "Location" in resp.headers or "control characters" not in page:
+                    refused.append((variant, resp.status))
+    assert refused == []
+
+
+async def test_redirect_uri_with_control_characters_never_redirects_when_signed_in(env: Env) -> None:
+    """Signed in with a remembered approval, a matching URI would be redirected to at once."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    await approve(env, authorize_path(client["client_id"], CB, challenge))
+    for variant in (CB + "\r\nSet-Cookie: x=1", CB + "\t", "http://127.0.0.1:9/call\nback"):
+        resp = await env.client.get(authorize_path(client["client_id"], variant, challenge), allow_redirects=False)
+        assert resp.status == 400 and "Location" not in resp.headers
