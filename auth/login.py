@@ -15,6 +15,7 @@ who signs out expects their agents to lose access too, and not to come back with
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from aiohttp import web
@@ -23,7 +24,7 @@ from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect
 from auth.http import BadRequest, client_address, read_form
-from auth.passwords import hash_password, needs_rehash, verify_password
+from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,21 @@ async def handle_login(request: web.Request) -> web.Response:
     user = await server.store.get_user_by_name(username) if valid_username(username) else None
     # Oversized passwords are verified against the dummy hash: same work, no special response.
     plausible = user is not None and len(password) <= PASSWORD_MAX
-    ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX])
+    try:
+        ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX],
+                                   source=throttle.address_key(address))
+    except PasswordsBusy:
+        await throttle.not_attempted(server.limiter, username, address)
+        log.warning("login from %s refused: password checks busy", address)
+        return pages.login(csrf.token(sess), sealed, username=username, retry_after=BUSY_RETRY_AFTER, busy=True)
     if not ok or user is None:
-        await throttle.failed(server.limiter, address)
         # One line per failure, for fail2ban-style throttling in front of the server.
         log.warning("failed login for %r from %s", username[:64], address)
         return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
-    await throttle.succeeded(server.limiter, username)
+    await throttle.succeeded(server.limiter, username, address)
     if needs_rehash(user.password_hash):
-        await server.store.set_password_hash(user.id, await hash_password(password))
+        with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
+            await server.store.set_password_hash(user.id, await hash_password(password, source=address))
     new = await browser.log_in(request, user)
     csrf.token(new)
     if pending is None:
