@@ -57,6 +57,7 @@ MAX_EXTRA_BYTES = 8 * 1024
 # and few enough to stay a millisecond of work.
 PURGE_BATCH = 100
 RATE_WINDOW = 3600.0
+REGISTER_PREFIX = "register:"
 
 # Fields the server assigns; a client cannot choose them. A software statement is dropped as
 # well: we do not verify it, and echoing it would suggest that we had (RFC 7591 section 3.1.1).
@@ -278,7 +279,11 @@ async def over_rate_limit(server: AuthorizationServer, address: str) -> float | 
     limit = server.settings.registration_rate_limit
     if limit <= 0:
         return None
-    return await server.limiter.hit(f"register:{address}", limit, RATE_WINDOW)
+    return await server.limiter.hit(registration_key(address), limit, RATE_WINDOW)
+
+
+def registration_key(address: str) -> str:
+    return REGISTER_PREFIX + address
 
 
 async def purge_clients(server: AuthorizationServer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,8 @@ from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
+from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 from transports.caller import Caller, Refusal
 from transports.http import add_cors_headers
 from transports.registry import Session, SessionRegistry
@@ -43,7 +46,9 @@ def auth_settings(settings: Settings) -> AuthSettings:
                         refresh_token_ttl=settings.refresh_token_ttl,
                         refresh_token_max_lifetime=settings.refresh_token_max_lifetime,
                         registration_rate_limit=settings.registration_rate_limit,
-                        client_id_metadata_documents=settings.client_id_metadata_documents)
+                        client_id_metadata_documents=settings.client_id_metadata_documents,
+                        trusted_proxies=tuple(ipaddress.ip_network(p) for p in settings.trusted_proxies),
+                        proxy_header=settings.proxy_header)
 
 
 def build_app(settings: Settings, storage: SQLiteStorage | None = None,
@@ -56,6 +61,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     app[STORAGE] = storage
     auth_conf = auth_settings(settings)
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
+    # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    authorization_server.limiter = limiter
     verifier = BearerVerifier(auth_conf, storage)
 
     tools = MemoryTools(storage)
@@ -114,6 +122,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await registry.stop()
+        await limiter.close()
         await storage.close()
 
     async def on_shutdown(_app: web.Application) -> None:

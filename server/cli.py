@@ -15,6 +15,8 @@ from auth.settings import AuthSettings
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
+from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 
 log = logging.getLogger("memory_mcp")
 
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     tokens = group("tokens", "issued tokens")
     action(tokens, "revoke", "revoke every token of a user and end their sessions").add_argument(
         "--user", required=True)
+    limits = group("throttle", "login throttles and registration limits (also of a running server)")
+    action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
+    clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
+    clear.add_argument("--address", help="a client address (for IPv6, its whole /64)")
+    clear.add_argument("--user", help="a user name, as typed at the sign-in page")
+    clear.add_argument("--all", action="store_true", help="every throttle")
     return parser
 
 
@@ -93,11 +101,23 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.data_dir, AuthSettings(issuer=settings.issuer)))
+        elif args.command == "throttle":
+            print(await _throttle(args, settings, storage))
         else:
             print(await _run_command(storage, args.command, args.action, args))
     finally:
         await storage.close()
     return 0
+
+
+async def _throttle(args: argparse.Namespace, settings: Settings, storage: SQLiteStorage) -> str:
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    try:
+        if args.action == "list":
+            return await admin.throttle_list(limiter, storage, settings.registration_rate_limit)
+        return await admin.throttle_clear(limiter, address=args.address, username=args.user, everything=args.all)
+    finally:
+        await limiter.close()
 
 
 async def _run_command(storage: SQLiteStorage, command: str, action: str, args: argparse.Namespace) -> str:

@@ -53,6 +53,12 @@ class Settings(BaseModel):
     client_id_metadata_documents: bool = Field(
         False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
         "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="reverse proxies (addresses or networks, comma-separated) whose forwarding header gives "
+        "the client's address for login throttling, rate limits and logs; empty = use the socket peer")
+    proxy_header: str = Field(
+        "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
+        "(RFC 7239); the other one is ignored")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("log_level")
@@ -62,7 +68,31 @@ class Settings(BaseModel):
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(entry)))
+            except ValueError:
+                try:
+                    network = ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8, "
+                                     "fd00::/8)") from None
+                raise ValueError(f"{entry!r} has host bits set; write the network as {network}") from None
+        return tuple(networks)
+
+    @field_validator("proxy_header")
+    @classmethod
+    def _proxy_header(cls, value: str) -> str:
+        for header in ("X-Forwarded-For", "Forwarded"):
+            if value.lower() == header.lower():
+                return header
+        raise ValueError("must be X-Forwarded-For or Forwarded, whichever the trusted proxies set")
+
+    @field_validator("allowed_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
