@@ -17,6 +17,7 @@ from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
 from auth.settings import AuthSettings
 from auth.store import RevocationLog
+from server import limits
 from server.config import Settings
 from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
@@ -59,6 +60,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage
+    # Before the authorization server's middleware: its forwarded-address one must run first.
+    limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
+                   body_read_timeout=settings.body_read_timeout)
     auth_conf = auth_settings(settings)
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.

@@ -147,13 +147,17 @@ async def _run_command(storage: SQLiteStorage, command: str, action: str, args: 
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
     # error should not pay.
-    from aiohttp import web
-
-    from server import logs
+    from server import limits, logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
     logs.configure(settings.log_level)
+    open_files = limits.raise_open_files_limit()
+    if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
+        print(f"memory-mcp: max_connections={settings.max_connections} needs about "
+              f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
+              "it (ulimit -n) or lower max_connections", file=sys.stderr)
+        return 2
     storage = SQLiteStorage(settings.database_path)
     users = asyncio.run(accounts.list_users(storage))
     if not users:
@@ -164,8 +168,8 @@ def _serve(settings: Settings) -> int:
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (data in {settings.data_dir})", file=sys.stderr)
     # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
     # but in-flight tool calls.
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, print=None, loop=_event_loop(),
-                access_log_class=logs.AccessLogger)
+    limits.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, loop=_event_loop(),
+                   access_log_class=logs.AccessLogger)
     return 0
 
 

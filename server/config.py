@@ -41,6 +41,14 @@ class Settings(BaseModel):
     max_sessions: int = Field(10_000, gt=0, description="MCP sessions the server holds at most")
     max_sessions_per_user: int = Field(100, gt=0, description="MCP sessions one user holds at most")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
+    max_connections: int | None = Field(
+        None, gt=0, description="client connections held at most; default: as many as the open-files limit "
+        "(ulimit -n) allows, keeping 128 for the server itself, at most 10000")
+    header_read_timeout: float = Field(
+        15, gt=0, description="seconds a client has to send a request's headers, and that an idle keep-alive "
+        "connection stays open")
+    body_read_timeout: float = Field(
+        30, gt=0, description="seconds a client has to send a request body once its headers arrived (408 beyond)")
     access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
     refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
                                    "renewed by each refresh (sliding)")
