@@ -239,3 +239,12 @@ async def test_stalled_connections_cannot_exhaust_file_descriptors(tmp_path: Pat
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
+
+
+def test_max_connections_beyond_the_open_files_limit_is_refused_at_start(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "server", "serve", "--max-connections", "1000", "--data-dir",
+                             str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
+                            preexec_fn=_few_open_files)
+    assert result.returncode == 2
+    assert (f"max_connections=1000 needs about 1128 open files, but the limit is {OPEN_FILES}: raise it "
+            "(ulimit -n) or lower max_connections") in result.stderr, result.stderr
