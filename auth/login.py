@@ -63,9 +63,11 @@ async def handle_login(request: web.Request) -> web.Response:
     user = await server.store.get_user_by_name(username) if valid_username(username) else None
     # Oversized passwords are verified against the dummy hash: same work, no special response.
     plausible = user is not None and len(password) <= PASSWORD_MAX
+    # The hashing queue is shared per address as the throttle counts it (IPv6 per /64).
+    source = throttle.address_key(address)
     try:
         ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX],
-                                   source=throttle.address_key(address))
+                                   source=source)
     except PasswordsBusy:
         await throttle.not_attempted(server.limiter, username, address)
         log.warning("login from %s refused: password checks busy", address)
@@ -77,7 +79,7 @@ async def handle_login(request: web.Request) -> web.Response:
     await throttle.succeeded(server.limiter, username, address)
     if needs_rehash(user.password_hash):
         with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
-            await server.store.set_password_hash(user.id, await hash_password(password, source=address))
+            await server.store.set_password_hash(user.id, await hash_password(password, source=source))
     new = await browser.log_in(request, user)
     csrf.token(new)
     if pending is None:

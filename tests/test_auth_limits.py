@@ -105,7 +105,8 @@ async def test_hashing_queue_is_bounded_per_source() -> None:
 # Behind a reverse proxy
 
 
-async def test_trusted_proxy_forwarded_address_is_throttled_not_the_proxy(data_dir: Path) -> None:
+async def test_trusted_proxy_forwarded_address_is_throttled_not_the_proxy(data_dir: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
     server = await running(data_dir, trusted_proxies=("127.0.0.1",))
     try:
         async with session_from("127.0.0.1") as proxy:
@@ -115,6 +116,7 @@ async def test_trusted_proxy_forwarded_address_is_throttled_not_the_proxy(data_d
             for i in range(throttle.ADDRESS_FAILURES):
                 assert await post_login(proxy, server.url, form, f"user{i}", "wrong", attacker) == 401
             assert await post_login(proxy, server.url, form, "alice", ALICE_PASSWORD, attacker) == 429
+            assert "failed login for 'user0' from 198.51.100.7" in caplog.text
             # Everyone else behind the same proxy signs in (the address the client made up
             # included: it was never the one counted).
             for other in ("198.51.100.8", "192.0.2.99"):
@@ -225,3 +227,19 @@ async def test_throttle_list_and_clear_while_the_server_runs(data_dir: Path) -> 
 def test_throttle_clear_usage_errors(tmp_path: Path, args: tuple[str, ...], needle: str) -> None:
     result = cli(tmp_path / "data", "clear", *args)
     assert result.returncode == 1 and needle in result.stderr, result.stderr
+
+
+async def test_registration_limit_counts_the_forwarded_address(data_dir: Path) -> None:
+    server = await start_server(data_dir, trusted_proxies=("127.0.0.0/8",), registration_rate_limit=2)
+    body = {"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}
+
+    async def register(address: str) -> int:
+        async with session_from("127.0.0.1") as proxy, proxy.post(
+                server.url + "/register", json=body, headers={"X-Forwarded-For": address}) as resp:
+            return resp.status
+
+    try:
+        assert [await register("198.51.100.7") for _ in range(3)] == [201, 201, 429]
+        assert await register("198.51.100.8") == 201
+    finally:
+        await server.stop()
