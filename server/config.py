@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from auth.rfc8252 import has_unsafe_characters
+
 ENV_PREFIX = "MEMORY_MCP_"
 
 
@@ -156,7 +158,7 @@ def canonical_origin(url: str, what: str) -> str:
     no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
     url = url.strip()
     # urlsplit would silently drop a TAB, CR or LF inside the value and strip leading controls.
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    if has_unsafe_characters(url):
         raise ValueError(f"{what} {url!r} must not contain whitespace or control characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:

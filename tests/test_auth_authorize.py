@@ -397,3 +397,22 @@ async def test_redirect_uri_with_control_characters_never_redirects_when_signed_
     for variant in (CB + "\r\nSet-Cookie: x=1", CB + "\t", "http://127.0.0.1:9/call\nback"):
         resp = await env.client.get(authorize_path(client["client_id"], variant, challenge), allow_redirects=False)
         assert resp.status == 400 and "Location" not in resp.headers
+
+
+async def test_every_parsed_url_refuses_control_characters(env: Env) -> None:
+    """The same rule wherever a URL goes through urlsplit: informational client URIs, resource
+    indicators, metadata-document client ids and the configured origins."""
+    from auth import cimd
+    from auth.rfc8707 import normalize_resource
+    from server.config import ConfigError, load
+
+    for char in ("\x00", "\t", "\r", "\n", "\x7f", "\u2028"):
+        body = {"redirect_uris": [CB], "token_endpoint_auth_method": "none",
+                "client_uri": f"{char}https://app.example.com/"}
+        resp = await env.client.post("/register", json=body)
+        assert resp.status == 400 and "client_uri: must not contain" in (await resp.json())["error_description"]
+        assert normalize_resource(f"{env.issuer}/mcp{char}") is None
+        with pytest.raises(cimd.ClientMetadataError, match="control characters"):
+            cimd.check_document_url(f"https://app.example.com/{char}client.json")
+        with pytest.raises(ConfigError, match="control characters"):
+            load({"public_url": f"https://memory.exa{char}mple.com"}, {})
