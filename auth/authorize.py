@@ -43,7 +43,7 @@ from auth import browser, cimd, consent, csrf, pages, rfc7636
 from auth.crypto import hash_secret, new_secret
 from auth.http import BadRequest, client_address, read_form, single_query
 from auth.models import AuthorizationCode, Client, User
-from auth.rfc8252 import is_loopback, matches, origin
+from auth.rfc8252 import has_unsafe_characters, is_loopback, matches, origin
 from auth.rfc8707 import is_our_resource, normalize_resource
 from auth.scopes import granted, join
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -148,6 +148,10 @@ async def resolve_client(server: AuthorizationServer, params: dict[str, str],
         if len(client.redirect_uris) != 1:
             raise PageError("The request has no redirect_uri and the client registered several.")
         return client, client.redirect_uris[0], False
+    if has_unsafe_characters(requested):
+        # Never redirected to: the string received is not the URI a parser would see.
+        raise PageError("The redirect_uri contains whitespace or control characters, which no registered "
+                        "redirect URI has; the application must send it exactly as registered.")
     if not matches(requested, client.redirect_uris):
         raise PageError("The redirect_uri is not registered for this client.")
     return client, requested, True

@@ -53,7 +53,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from auth.http import parse_json
 from auth.models import Client
 from auth.rfc7591 import RegistrationError, over_rate_limit, purge_clients, validate_metadata
-from auth.rfc8252 import valid_host
+from auth.rfc8252 import has_unsafe_characters, valid_host
 
 if TYPE_CHECKING:
     from auth.server import AuthorizationServer
@@ -95,7 +95,7 @@ def check_document_url(url: str) -> SplitResult:
     """The URL rules of the draft (section 3), plus sane length and characters."""
     if len(url) > MAX_URL_LENGTH:
         raise ClientMetadataError(f"the client_id URL is longer than {MAX_URL_LENGTH} characters")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+    if has_unsafe_characters(url):
         raise ClientMetadataError("the client_id URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)

@@ -8,12 +8,14 @@ multipart, silently merges repeated parameters and is bounded only by the app-wi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 FORM_LIMIT = 64 * 1024
 JSON_LIMIT = 64 * 1024
@@ -151,7 +153,76 @@ async def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers=CORS_HEADERS)
 
 
-def client_address(request: web.Request) -> str:
-    """The address a request came from, for rate limits and logs. The socket peer, never a
-    forwarding header: a header is whatever the client chose to send unless a trusted proxy set it."""
-    return request.remote or "unknown"
+CLIENT_ADDRESS = web.RequestKey("memory_mcp_client_address", str)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def client_address(request: web.BaseRequest) -> str:
+    """The address a request came from, for rate limits and logs: the socket peer, or behind a
+    trusted reverse proxy the address it forwarded (`forwarded_middleware`)."""
+    found = request.get(CLIENT_ADDRESS)
+    return found if isinstance(found, str) else (request.remote or "unknown")
+
+
+def _ip(text: str) -> IPAddress | None:
+    try:
+        return ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+
+
+def _forwarded_for(value: str) -> list[str]:
+    """The `for=` of each element of RFC 7239 `Forwarded` values, in order ("" when absent), as
+    bare addresses: quotes, brackets and ports removed. Obfuscated names ("_hidden", "unknown")
+    stay as they are, and are not addresses."""
+    hops = []
+    for element in value.split(","):
+        node = ""
+        for pair in element.split(";"):
+            name, _, text = pair.strip().partition("=")
+            if name.strip().lower() == "for":
+                node = text.strip().strip('"')
+        if node.startswith("["):
+            node = node[1:].partition("]")[0]
+        elif node.count(":") == 1:
+            node = node.partition(":")[0]
+        hops.append(node)
+    return hops
+
+
+def forwarded_client(peer: str | None, values: Sequence[str], trusted: Sequence[IPNetwork],
+                     header: str) -> str | None:
+    """The client's address by the rightmost-untrusted-hop rule: walk the chain from the socket
+    peer towards the client while each hop is a trusted proxy; the first hop that is not one is
+    the client. Every hop left of it could have been written by the client, so none of them is
+    believed. None when the peer itself is not trusted (the header is then ignored) or the chain
+    holds something that is not an address where the client should be."""
+    address = _ip(peer or "")
+    if address is None or not any(address in net for net in trusted):
+        return None
+    joined = ",".join(values)
+    hops = _forwarded_for(joined) if header.lower() == "forwarded" else [h.strip() for h in joined.split(",")]
+    for hop in reversed(hops if joined.strip() else []):
+        address = _ip(hop)
+        if address is None:
+            return None
+        if not any(address in net for net in trusted):
+            return str(address)
+    # Every hop is a proxy of ours: the leftmost is the closest we can get to the client.
+    return str(address)
+
+
+def forwarded_middleware(trusted: Sequence[IPNetwork], header: str) -> Middleware:
+    """Resolve the client's address once per request (`client_address` reads it). Installed only
+    when there are trusted proxies: otherwise the peer is the client, and no header is read."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        found = forwarded_client(request.remote, request.headers.getall(header, []), trusted, header)
+        if found is not None:
+            request[CLIENT_ADDRESS] = found
+        return await handler(request)
+
+    return middleware

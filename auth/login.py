@@ -19,6 +19,7 @@ to lose access too, and not to come back without asking.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import replace
 
@@ -28,7 +29,7 @@ from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect, resume
 from auth.http import BadRequest, client_address, read_form
-from auth.passwords import hash_password, needs_rehash, verify_password
+from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 
 log = logging.getLogger(__name__)
@@ -67,18 +68,26 @@ async def handle_login(request: web.Request) -> web.Response:
     user = await server.store.get_user_by_name(username) if valid_username(username) else None
     # Oversized passwords are verified against the dummy hash: same work, no special response.
     plausible = user is not None and len(password) <= PASSWORD_MAX
-    ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX])
+    # The hashing queue is shared per address as the throttle counts it (IPv6 per /64).
+    source = throttle.address_key(address)
+    try:
+        ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX],
+                                   source=source)
+    except PasswordsBusy:
+        await throttle.not_attempted(server.limiter, username, address)
+        log.warning("login from %s refused: password checks busy", address)
+        return pages.login(csrf.token(sess), sealed, username=username, retry_after=BUSY_RETRY_AFTER, busy=True)
     if not ok or user is None:
-        await throttle.failed(server.limiter, address)
         # One line per failure, for fail2ban-style throttling in front of the server.
         log.warning("failed login for %r from %s", username[:64], address)
         return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
-    await throttle.succeeded(server.limiter, username)
+    await throttle.succeeded(server.limiter, username, address)
     if needs_rehash(user.password_hash):
-        rehashed = await hash_password(password)
-        # Only over the hash just verified: a password changed meanwhile must stay changed.
-        if await server.store.set_password_hash(user.id, rehashed, replacing=user.password_hash):
-            user = replace(user, password_hash=rehashed)
+        with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
+            rehashed = await hash_password(password, source=source)
+            # Only over the hash just verified: a password changed meanwhile must stay changed.
+            if await server.store.set_password_hash(user.id, rehashed, replacing=user.password_hash):
+                user = replace(user, password_hash=rehashed)
     signed_in = await browser.log_in(request, user)
     if signed_in is None:
         log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],

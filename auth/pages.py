@@ -87,14 +87,21 @@ def _duration(seconds: int) -> str:
 
 
 def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-          status: int = 200, retry_after: int | None = None, again: bool = False) -> web.Response:
+          status: int = 200, retry_after: int | None = None, again: bool = False,
+          busy: bool = False) -> web.Response:
     """`retry_after`: throttled (auth.throttle), a 429 with `Retry-After`; the message names no
-    account, so it reads the same for a user who does not exist. `again`: the user is signed in,
-    but the application asked for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`)."""
+    account, so it reads the same for a user who does not exist. With `busy`, the server had no
+    capacity to check the password (auth.passwords): a 503 with `Retry-After`. `again`: the user
+    is signed in, but the application asked for a fresh sign-in (OpenID Connect `prompt=login`,
+    `max_age`)."""
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
     if again and not failed:
         message = '<p>The application asks you to enter your password again.</p>'
-    if retry_after is not None:
+    if retry_after is not None and busy:
+        status = 503
+        message = (f'<p class="error">The server is busy checking other sign-ins. Try again in '
+                   f"{_duration(retry_after)}.</p>")
+    elif retry_after is not None:
         status = 429
         message = (f'<p class="error">Too many failed sign-in attempts. Try again in '
                    f"{_duration(retry_after)}.</p>")

@@ -37,7 +37,7 @@ from aiohttp import web
 from auth.crypto import new_secret
 from auth.http import BadRequest, client_address, oauth_error, read_json_object
 from auth.models import Client
-from auth.rfc8252 import RedirectURIError, check_registrable
+from auth.rfc8252 import RedirectURIError, check_registrable, has_unsafe_characters
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.store import StoreUnavailable
 
@@ -58,6 +58,7 @@ MAX_EXTRA_BYTES = 8 * 1024
 # and few enough to stay a millisecond of work.
 PURGE_BATCH = 100
 RATE_WINDOW = 3600.0
+REGISTER_PREFIX = "register:"
 
 # Fields the server assigns; a client cannot choose them. A software statement is dropped as
 # well: we do not verify it, and echoing it would suggest that we had (RFC 7591 section 3.1.1).
@@ -143,8 +144,8 @@ def _https_uri(field: str, value: str) -> str:
     """Informational URIs (RFC 7591 client_uri, logo_uri, tos_uri, policy_uri). https only: they
     are meant to be shown or followed, and any other scheme (javascript:, data:, file:, plain
     http) is either an attack on whoever renders it or an invitation to a downgrade."""
-    if any(c.isspace() for c in value):
-        raise _invalid(field, "must not contain whitespace")
+    if has_unsafe_characters(value):
+        raise _invalid(field, "must not contain whitespace or control characters")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -279,7 +280,11 @@ async def over_rate_limit(server: AuthorizationServer, address: str) -> float | 
     limit = server.settings.registration_rate_limit
     if limit <= 0:
         return None
-    return await server.limiter.hit(f"register:{address}", limit, RATE_WINDOW)
+    return await server.limiter.hit(registration_key(address), limit, RATE_WINDOW)
+
+
+def registration_key(address: str) -> str:
+    return REGISTER_PREFIX + address
 
 
 async def purge_clients(server: AuthorizationServer) -> None:

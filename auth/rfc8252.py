@@ -28,6 +28,14 @@ class RedirectURIError(ValueError):
     pass
 
 
+def has_unsafe_characters(uri: str) -> bool:
+    """Whitespace (Unicode's, not only ASCII's) or a C0/DEL control character. `urlsplit` removes
+    TAB, CR and LF anywhere and strips leading controls and spaces, so a URI carrying them would
+    be parsed, compared and used as a different URI than the string received; every URI we parse
+    is refused with this rule before `urlsplit` sees it."""
+    return any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri)
+
+
 def valid_host(host: str) -> bool:
     """A DNS name in ASCII or an IPv6 literal (as `urlsplit().hostname` gives them; IPv4 literals
     are DNS-name shaped)."""
@@ -43,6 +51,8 @@ def valid_host(host: str) -> bool:
 
 
 def _split(uri: str) -> SplitResult:
+    if has_unsafe_characters(uri):
+        raise RedirectURIError("redirect URIs may not contain whitespace or control characters")
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 - raises ValueError on a malformed port
@@ -55,8 +65,6 @@ def check_registrable(uri: str) -> None:
     """Raise `RedirectURIError` naming the rule when `uri` may not be registered."""
     if len(uri) > MAX_REDIRECT_URI_LENGTH:
         raise RedirectURIError(f"redirect URIs are limited to {MAX_REDIRECT_URI_LENGTH} characters")
-    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in uri):
-        raise RedirectURIError("redirect URIs may not contain whitespace or control characters")
     if "#" in uri:
         raise RedirectURIError("redirect URIs may not contain a fragment")
     parts = _split(uri)
@@ -86,6 +94,11 @@ def _without_port(parts: SplitResult) -> tuple[str, str | None, str, str]:
 
 
 def matches(requested: str, registered: tuple[str, ...]) -> bool:
+    """Whether `requested`, exactly as received, names a registered URI. Callers refuse unsafe
+    characters first (`has_unsafe_characters`) to say so; here they never match, even a record
+    registered before the rule existed."""
+    if has_unsafe_characters(requested):
+        return False
     if requested in registered:
         return True
     if not is_loopback(requested):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+from auth.rfc8252 import has_unsafe_characters
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalize_resource(value: str) -> str | None:
     """The canonical form of an absolute http(s) URI, or None when it cannot be a resource
     (relative, other scheme, fragment, userinfo, bad port)."""
-    if not value or any(c.isspace() or ord(c) < 0x20 for c in value) or "#" in value:
+    if not value or has_unsafe_characters(value) or "#" in value:
         return None
     try:
         parts = urlsplit(value)

@@ -35,7 +35,15 @@ from auth import (
     rfc9728,
     token,
 )
-from auth.http import CORS_HEADERS, Handler, json_method_not_allowed, oauth_error, preflight, with_cors
+from auth.http import (
+    CORS_HEADERS,
+    Handler,
+    forwarded_middleware,
+    json_method_not_allowed,
+    oauth_error,
+    preflight,
+    with_cors,
+)
 from auth.models import Revocation
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.settings import AuthSettings
@@ -53,6 +61,9 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
                                  sealer=browser.derive_fernet(cookie_key, "pending authorization"),
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
     app[AUTH_SERVER] = server
+    if settings.trusted_proxies:
+        # First: every later middleware and handler, and the access log, see the client's address.
+        app.middlewares.insert(0, forwarded_middleware(settings.trusted_proxies, settings.proxy_header))
     app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
     before = set(app.router.resources())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 READ_SCOPE = "memory:read"
 WRITE_SCOPE = "memory:write"
@@ -59,6 +60,11 @@ class AuthSettings:
     # closed networks only; it turns the fetch into a way to probe the server's own network.
     cimd_allow_private_addresses: bool = False
     extra_resource_aliases: tuple[str, ...] = field(default=())
+    # Reverse proxies whose forwarding header is believed (auth.http.forwarded_client), and which
+    # header they write: "X-Forwarded-For" or "Forwarded" (RFC 7239). Only the one the proxy
+    # writes may be read: the other passes through from the client untouched.
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    proxy_header: str = "X-Forwarded-For"
 
     @property
     def secure_cookies(self) -> bool:

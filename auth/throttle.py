@@ -18,19 +18,23 @@ guesses at other accounts). IPv6 addresses count per /64, what one subscriber us
 No enumeration: the key is the submitted name, so an unknown user is throttled exactly like a
 known one, and the refusal is decided before any lookup or argon2 work, so it is equally fast.
 
-Races: the account attempt is counted *before* the password is verified (and cleared again on
-success), so concurrent guesses cannot all slip through one check while argon2 runs. The address
-failure is counted after verification: counting successes too would eat the budget of a busy NAT,
-so a burst of concurrent attempts can overshoot it by the executor's width, once per window.
+Races: both counts are taken before the password is verified, in one atomic step with the check
+(`RateLimiter.admit`), so concurrent guesses cannot all slip through one check while argon2 runs:
+at most `ADDRESS_FAILURES` attempts per address are ever verified per window. A success then
+clears the account and gives the address its attempt back (counting successes would eat the
+budget of a busy NAT); so does an attempt that was never verified (the hashing queue was full).
+
+The address is the client's as `auth.http.client_address` resolves it (behind a trusted reverse
+proxy, the forwarded one). `memory-mcp throttle list|clear` shows and lifts these limits.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
+from collections.abc import Sequence
 
 from auth.crypto import hash_secret
-from auth.ratelimit import RateLimiter
+from auth.ratelimit import Ages, RateLimiter
 
 WINDOW = 15 * 60
 FREE_FAILURES = 5
@@ -40,23 +44,25 @@ QUIET = 2 * MAX_DELAY
 # How long the limiter keeps an account's failures; bounds the list, which the backoff keeps short.
 MEMORY = 24 * 3600
 ADDRESS_FAILURES = 20
-# More than enough to reach MAX_DELAY; `hit` needs a limit, and the backoff is decided here.
-_UNLIMITED = 1_000_000
+
+ACCOUNT_PREFIX = "login-user:"
+ADDRESS_PREFIX = "login-addr:"
 
 
-def _account_key(username: str) -> str:
-    # Hashed: the key stays short and holds no attacker-chosen characters.
-    return "login-user:" + hash_secret(username)
+def account_key(username: str) -> str:
+    # Hashed: the key stays short and holds no attacker-chosen characters (nor a password typed
+    # into the username field by mistake).
+    return ACCOUNT_PREFIX + hash_secret(username)
 
 
-def _address_key(address: str) -> str:
+def address_key(address: str) -> str:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
-        return "login-addr:" + address[:64]
+        return ADDRESS_PREFIX + address[:64]
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
-        return "login-addr:" + str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return "login-addr:" + str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+        return ADDRESS_PREFIX + str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return ADDRESS_PREFIX + str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
 
 
 def run_length(ages: list[float]) -> int:
@@ -76,27 +82,32 @@ def backoff(failures: int) -> float:
     return float(min(MAX_DELAY, BASE_DELAY * 2 ** min(failures - FREE_FAILURES, 16)))
 
 
+def account_wait(ages: Ages) -> float:
+    """Seconds an account must still wait, given its counted attempts (newest first)."""
+    return backoff(run_length(ages)) - ages[0] if ages else 0.0
+
+
+def address_wait(ages: Ages) -> float:
+    return WINDOW - ages[ADDRESS_FAILURES - 1] if len(ages) >= ADDRESS_FAILURES else 0.0
+
+
+def _policy(found: Sequence[Ages]) -> float:
+    account, by_address = found
+    return max(account_wait(account), address_wait(by_address))
+
+
 async def begin(limiter: RateLimiter, username: str, address: str) -> int | None:
     """Check both limits before a login attempt. None: go ahead (the attempt is now counted
-    against the account); otherwise the whole seconds to wait, for `Retry-After`."""
-    waits: list[float] = []
-    account = await limiter.recent(_account_key(username), MEMORY)
-    if account:
-        waits.append(backoff(run_length(account)) - account[0])
-    by_address = await limiter.recent(_address_key(address), WINDOW)
-    if len(by_address) >= ADDRESS_FAILURES:
-        waits.append(WINDOW - by_address[ADDRESS_FAILURES - 1])
-    wait = max(waits, default=0.0)
-    if wait > 0:
-        return max(1, math.ceil(wait))
-    await limiter.hit(_account_key(username), _UNLIMITED, MEMORY)
-    return None
+    against the account and the address); otherwise the whole seconds to wait, for `Retry-After`."""
+    return await limiter.admit([(account_key(username), MEMORY), (address_key(address), WINDOW)], _policy)
 
 
-async def failed(limiter: RateLimiter, address: str) -> None:
-    """The attempt `begin` let through failed (its account count stays)."""
-    await limiter.hit(_address_key(address), _UNLIMITED, WINDOW)
+async def succeeded(limiter: RateLimiter, username: str, address: str) -> None:
+    await limiter.reset(account_key(username))
+    await limiter.forget_latest(address_key(address))
 
 
-async def succeeded(limiter: RateLimiter, username: str) -> None:
-    await limiter.reset(_account_key(username))
+async def not_attempted(limiter: RateLimiter, username: str, address: str) -> None:
+    """The attempt `begin` let through was not verified after all (no capacity to hash it)."""
+    await limiter.forget_latest(account_key(username))
+    await limiter.forget_latest(address_key(address))

@@ -1,4 +1,4 @@
-"""The administration commands behind `memory-mcp clients|sessions|tokens`.
+"""The administration commands behind `memory-mcp clients|sessions|tokens|throttle`.
 
 They run beside the server, on the same storage. What they revoke is gone from the store at
 once (the next request with those tokens, or with a browser login they end, is refused), and each
@@ -13,17 +13,19 @@ client's access, not the person's).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from auth import accounts, rfc7517
+from auth import accounts, rfc7517, rfc7591, throttle
 from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
 from server.keyfile import cookie_key
 from server.principals import parse_owner_label
 from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 
 
 class AdminError(Exception):
@@ -155,3 +157,50 @@ async def keys_rotate(storage: SQLiteStorage, data_dir: Path, auth_settings: Aut
                                            auth_settings.id_token_ttl)
     return (f"new ID-token signing key {kid}; the previous one stays published until the tokens it signed expire. "
             "Running servers use the new key from now on.")
+
+
+async def throttle_list(limiter: SQLiteRateLimiter, storage: SQLiteStorage, registration_limit: int) -> str:
+    """Every login throttle and registration limit with attempts counted, and how long each still
+    refuses. Account throttles are keyed by a hash of the name as typed: existing accounts are
+    named, other names (mistyped, or guessed by someone) are shown as such."""
+    names = {throttle.account_key(u.username): u.username for u in await storage.list_users()}
+    rows = []
+    for counted in await limiter.counted():
+        key, ages = counted.key, counted.ages
+        if key.startswith(throttle.ACCOUNT_PREFIX):
+            kind, who, wait = "login user", names.get(key, "(not an account)"), throttle.account_wait(ages)
+        elif key.startswith(throttle.ADDRESS_PREFIX):
+            kind, who = "login address", key.removeprefix(throttle.ADDRESS_PREFIX)
+            wait = throttle.address_wait(ages)
+        elif key.startswith(rfc7591.REGISTER_PREFIX):
+            kind, who = "registration", key.removeprefix(rfc7591.REGISTER_PREFIX)
+            wait = (rfc7591.RATE_WINDOW - ages[registration_limit - 1]
+                    if 0 < registration_limit <= len(ages) else 0.0)
+        else:
+            continue
+        refusing = f"{int(wait) + 1} s" if wait > 0 else "-"
+        rows.append((kind, who, str(len(ages)), _when(time.time() - ages[0]), refusing))
+    if not rows:
+        return "no throttles: no failed logins or registrations counted"
+    return _table(("KIND", "WHO", "ATTEMPTS", "LAST", "REFUSING FOR"), rows)
+
+
+async def throttle_clear(limiter: SQLiteRateLimiter, *, address: str | None, username: str | None,
+                         everything: bool) -> str:
+    """Lift throttles at once, also in a running server (it reads them from the same file)."""
+    if sum((address is not None, username is not None, everything)) != 1 or (address is None and not (
+            username is not None or everything)):
+        raise AdminError("name exactly one of --address ADDRESS, --user NAME or --all")
+    if everything:
+        return f"cleared every throttle ({await limiter.clear(None)} counted attempt(s))"
+    if username is not None:
+        count = await limiter.clear([throttle.account_key(username)])
+        return f"cleared the login throttle of {username!r} ({count} counted attempt(s))"
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        raise AdminError(f"{address!r} is not an IP address; `memory-mcp throttle list` shows the "
+                         "throttled ones") from None
+    count = await limiter.clear([throttle.address_key(str(ip)), rfc7591.registration_key(str(ip))])
+    return (f"cleared the login and registration limits of {ip} "
+            f"({throttle.address_key(str(ip)).removeprefix(throttle.ADDRESS_PREFIX)}; {count} counted attempt(s))")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -16,11 +17,14 @@ from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
 from auth.settings import AuthSettings
 from auth.store import RevocationLog
+from server import limits
 from server.config import Settings
 from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
+from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 from transports.caller import Caller, Refusal
 from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
@@ -44,7 +48,9 @@ def auth_settings(settings: Settings) -> AuthSettings:
                         refresh_token_ttl=settings.refresh_token_ttl,
                         refresh_token_max_lifetime=settings.refresh_token_max_lifetime,
                         registration_rate_limit=settings.registration_rate_limit,
-                        client_id_metadata_documents=settings.client_id_metadata_documents)
+                        client_id_metadata_documents=settings.client_id_metadata_documents,
+                        trusted_proxies=tuple(ipaddress.ip_network(p) for p in settings.trusted_proxies),
+                        proxy_header=settings.proxy_header)
 
 
 def build_app(settings: Settings, storage: SQLiteStorage | None = None,
@@ -55,8 +61,14 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage
+    # Before the authorization server's middleware: its forwarded-address one must run first.
+    limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
+                   body_read_timeout=settings.body_read_timeout)
     auth_conf = auth_settings(settings)
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
+    # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    authorization_server.limiter = limiter
     verifier = BearerVerifier(auth_conf, storage)
 
     tools = MemoryTools(storage, settings.memory_quota)
@@ -118,6 +130,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
         with contextlib.suppress(asyncio.CancelledError):
             await follower
         await registry.stop()
+        await limiter.close()
         await storage.close()
 
     async def on_shutdown(_app: web.Application) -> None:

@@ -17,6 +17,8 @@ from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
+from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 
 log = logging.getLogger("memory_mcp")
 
@@ -79,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
            "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
         "--user", required=True)
+    limits = group("throttle", "login throttles and registration limits (also of a running server)")
+    action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
+    clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
+    clear.add_argument("--address", help="a client address (for IPv6, its whole /64)")
+    clear.add_argument("--user", help="a user name, as typed at the sign-in page")
+    clear.add_argument("--all", action="store_true", help="every throttle")
     return parser
 
 
@@ -99,11 +107,23 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.data_dir, AuthSettings(issuer=settings.issuer)))
+        elif args.command == "throttle":
+            print(await _throttle(args, settings, storage))
         else:
             print(await _run_command(storage, args.command, args.action, args))
     finally:
         await storage.close()
     return 0
+
+
+async def _throttle(args: argparse.Namespace, settings: Settings, storage: SQLiteStorage) -> str:
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    try:
+        if args.action == "list":
+            return await admin.throttle_list(limiter, storage, settings.registration_rate_limit)
+        return await admin.throttle_clear(limiter, address=args.address, username=args.user, everything=args.all)
+    finally:
+        await limiter.close()
 
 
 async def _run_command(storage: SQLiteStorage, command: str, action: str, args: argparse.Namespace) -> str:
@@ -135,13 +155,17 @@ async def _run_command(storage: SQLiteStorage, command: str, action: str, args: 
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
     # error should not pay.
-    from aiohttp import web
-
-    from server import logs
+    from server import limits, logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
     logs.configure(settings.log_level)
+    open_files = limits.raise_open_files_limit()
+    if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
+        print(f"memory-mcp: max_connections={settings.max_connections} needs about "
+              f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
+              "it (ulimit -n) or lower max_connections", file=sys.stderr)
+        return 2
     storage = SQLiteStorage(settings.database_path, settings.store_busy_timeout)
     users = asyncio.run(accounts.list_users(storage))
     if not users:
@@ -152,8 +176,8 @@ def _serve(settings: Settings) -> int:
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (data in {settings.data_dir})", file=sys.stderr)
     # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
     # but in-flight tool calls.
-    web.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, print=None, loop=_event_loop(),
-                access_log_class=logs.AccessLogger)
+    limits.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, loop=_event_loop(),
+                   access_log_class=logs.AccessLogger)
     return 0
 
 

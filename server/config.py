@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from auth.rfc8252 import has_unsafe_characters
 from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
 
 ENV_PREFIX = "MEMORY_MCP_"
@@ -51,6 +52,14 @@ class Settings(BaseModel):
         64 * 1024 * 1024, ge=0, description="bytes of undelivered SSE events all MCP sessions of one user keep, "
         "oldest evicted first")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
+    max_connections: int | None = Field(
+        None, gt=0, description="client connections held at most; default: as many as the open-files limit "
+        "(ulimit -n) allows, keeping 128 for the server itself, at most 10000")
+    header_read_timeout: float = Field(
+        15, gt=0, description="seconds a client has to send a request's headers, and that an idle keep-alive "
+        "connection stays open")
+    body_read_timeout: float = Field(
+        30, gt=0, description="seconds a client has to send a request body once its headers arrived (408 beyond)")
     access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
     refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
                                    "renewed by each refresh (sliding)")
@@ -73,6 +82,12 @@ class Settings(BaseModel):
     store_busy_timeout: float = Field(
         3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
         "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
+    trusted_proxies: tuple[str, ...] = Field(
+        (), description="reverse proxies (addresses or networks, comma-separated) whose forwarding header gives "
+        "the client's address for login throttling, rate limits and logs; empty = use the socket peer")
+    proxy_header: str = Field(
+        "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
+        "(RFC 7239); the other one is ignored")
     log_level: str = Field("info", description="debug, info, warning or error")
 
     @field_validator("log_level")
@@ -82,7 +97,31 @@ class Settings(BaseModel):
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
 
-    @field_validator("allowed_origins", mode="before")
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        networks = []
+        for entry in value:
+            try:
+                networks.append(str(ipaddress.ip_network(entry)))
+            except ValueError:
+                try:
+                    network = ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8, "
+                                     "fd00::/8)") from None
+                raise ValueError(f"{entry!r} has host bits set; write the network as {network}") from None
+        return tuple(networks)
+
+    @field_validator("proxy_header")
+    @classmethod
+    def _proxy_header(cls, value: str) -> str:
+        for header in ("X-Forwarded-For", "Forwarded"):
+            if value.lower() == header.lower():
+                return header
+        raise ValueError("must be X-Forwarded-For or Forwarded, whichever the trusted proxies set")
+
+    @field_validator("allowed_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -149,7 +188,11 @@ def _is_wildcard(host: str) -> bool:
 def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
     no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
-    parts = urlsplit(url.strip())
+    url = url.strip()
+    # urlsplit would silently drop a TAB, CR or LF inside the value and strip leading controls.
+    if has_unsafe_characters(url):
+        raise ValueError(f"{what} {url!r} must not contain whitespace or control characters")
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} {url!r} must look like https://host[:port]")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:

@@ -21,6 +21,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
+from auth.http import client_address
+
 ACCESS_LOGGER = "aiohttp.access"
 SERVER_LOGGER = "aiohttp.server"
 
@@ -39,8 +41,9 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         url = request.rel_url
         query = "?…" if url.raw_query_string else ""
-        self.logger.info('%s "%s %s%s HTTP/%d.%d" %d %d %.6fs', request.remote, request.method, url.raw_path, query,
-                         request.version.major, request.version.minor, response.status, response.body_length, time)
+        self.logger.info('%s "%s %s%s HTTP/%d.%d" %d %d %.6fs', client_address(request), request.method,
+                         url.raw_path, query, request.version.major, request.version.minor, response.status,
+                         response.body_length, time)
 
 
 class MalformedRequestFilter(logging.Filter):

@@ -22,6 +22,7 @@ from pydantic import AnyUrl
 from auth import accounts
 from server.app import REGISTRY, STORAGE, build_app
 from server.config import Settings
+from server.limits import LimitedRunner
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
 
@@ -61,7 +62,7 @@ async def start_server(data_dir: Path, port: int | None = None, **overrides: Any
     port = sock.getsockname()[1]
     settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
     app = build_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
+    runner = LimitedRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return RunningServer(settings.issuer, app, runner)

@@ -358,3 +358,57 @@ async def test_login_page_without_pending_request(env: Env) -> None:
     assert resp.status == 303 and resp.headers["Location"] == env.url("/login")
     page = await (await env.client.get("/login")).text()
     assert "signed in as <strong>alice</strong>" in page
+
+
+# Every C0 control, DEL, and whitespace beyond ASCII's (urlsplit drops TAB, CR and LF anywhere
+# and strips leading controls, so these once matched the registered URI).
+UNSAFE = [chr(c) for c in range(0x20)] + ["\x7f", " ", "\x85", "\xa0", "\u1680", "\u2000", "\u2028", "\u3000"]
+
+
+async def test_redirect_uri_with_control_or_space_never_matches(env: Env) -> None:
+    https_cb = "https://app.example.com/cb"
+    client = await register(env, [CB, https_cb])
+    _, challenge = pkce()
+    refused = []
+    for registered in (CB, https_cb):
+        scheme, rest = registered.split("://")
+        host, path = rest.split("/", 1)
+        for char in UNSAFE:
+            for variant in (char + registered, registered + char, f"{scheme}://{char}{rest}",
+                            f"{scheme}://{host}{char}/{path}", f"{scheme}://{host}/{char}{path}",
+                            f"{scheme}{char}://{rest}"):
+                resp = await env.client.get(authorize_path(client["client_id"], variant, challenge),
+                                            allow_redirects=False)
+                page = await resp.text()
+                if resp.status != 400 or "Location" in resp.headers or "control characters" not in page:
+                    refused.append((variant, resp.status))
+    assert refused == []
+
+
+async def test_redirect_uri_with_control_characters_never_redirects_when_signed_in(env: Env) -> None:
+    """Signed in with a remembered approval, a matching URI would be redirected to at once."""
+    client = await register(env, [CB])
+    _, challenge = pkce()
+    await approve(env, authorize_path(client["client_id"], CB, challenge))
+    for variant in (CB + "\r\nSet-Cookie: x=1", CB + "\t", "http://127.0.0.1:9/call\nback"):
+        resp = await env.client.get(authorize_path(client["client_id"], variant, challenge), allow_redirects=False)
+        assert resp.status == 400 and "Location" not in resp.headers
+
+
+async def test_every_parsed_url_refuses_control_characters(env: Env) -> None:
+    """The same rule wherever a URL goes through urlsplit: informational client URIs, resource
+    indicators, metadata-document client ids and the configured origins."""
+    from auth import cimd
+    from auth.rfc8707 import normalize_resource
+    from server.config import ConfigError, load
+
+    for char in ("\x00", "\t", "\r", "\n", "\x7f", "\u2028"):
+        body = {"redirect_uris": [CB], "token_endpoint_auth_method": "none",
+                "client_uri": f"{char}https://app.example.com/"}
+        resp = await env.client.post("/register", json=body)
+        assert resp.status == 400 and "client_uri: must not contain" in (await resp.json())["error_description"]
+        assert normalize_resource(f"{env.issuer}/mcp{char}") is None
+        with pytest.raises(cimd.ClientMetadataError, match="control characters"):
+            cimd.check_document_url(f"https://app.example.com/{char}client.json")
+        with pytest.raises(ConfigError, match="control characters"):
+            load({"public_url": f"https://memory.exa{char}mple.com"}, {})

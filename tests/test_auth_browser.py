@@ -71,7 +71,7 @@ def fast_passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Password checks without argon2's cost, for tests that only count attempts."""
     checked: list[str] = []
 
-    async def verify(password_hash: str | None, password: str) -> bool:
+    async def verify(password_hash: str | None, password: str, source: str | None = None) -> bool:
         checked.append(password)
         return password_hash is not None and password in (PASSWORD, BOB_PASSWORD)
 
@@ -528,7 +528,7 @@ async def test_throttle_keys_and_other_addresses() -> None:
     limiter = MemoryRateLimiter(clock=fake)
     # One /64 is one address; another address (the legitimate user at home) is not blocked.
     for i in range(throttle.ADDRESS_FAILURES):
-        await throttle.failed(limiter, f"2001:db8::{i + 1:x}")
+        assert await throttle.begin(limiter, f"user{i}", f"2001:db8::{i + 1:x}") is None
     assert await throttle.begin(limiter, "x", "2001:db8::ffff") is not None
     assert await throttle.begin(limiter, "x", "2001:db8:0:1::1") is None
     assert await throttle.begin(limiter, "y", "::ffff:192.0.2.1") is None

@@ -192,6 +192,22 @@ async def test_refresh_replay_after_grace_revokes_family_and_notifies(env: Env, 
     assert (await refresh(env, bystander.client_id, bystander.tokens["refresh_token"])).status == 200
 
 
+@pytest.mark.parametrize("jump", [-1, -3600])
+async def test_refresh_replay_after_backward_clock_jump_revokes_family(env: Env, clock: Clock, jump: float) -> None:
+    """The store's clock went back after a rotation: the age of the supersession is negative,
+    which proves nothing about a retry, so the replay revokes the family like any other."""
+    grant = await obtain_tokens(env)
+    grant_id = await grant_id_of(env, grant.tokens["access_token"], clock())
+    rotated = await refreshed(env, grant, grant.tokens["refresh_token"])
+    clock.advance(jump)
+
+    await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"]))
+
+    assert grant_rows(env, grant_id) == 0
+    assert env.revocations[-1].grant_id == grant_id
+    await refused(await refresh(env, grant.client_id, rotated["refresh_token"]))
+
+
 async def test_concurrent_refreshes_both_succeed(env: Env) -> None:
     grant = await obtain_tokens(env)
     grant_id = await grant_id_of(env, grant.tokens["access_token"], env.server.clock())

@@ -443,7 +443,9 @@ class AuthTables:
                 conn.executemany(_INSERT_TOKEN, [_token_row(t) for t in new_tokens])
                 _record_client_use(conn, new_tokens)
                 return Rotation("rotated")
-            if now - old["superseded_at"] <= grace:
+            # A negative age (the clock went back since the rotation) is not within grace: it says
+            # nothing about how long ago the token was replaced, so it is treated as a replay.
+            if 0 <= now - old["superseded_at"] <= grace:
                 live = conn.execute(
                     "SELECT 1 FROM auth_tokens WHERE token_hash = ? AND expires_at > ? AND superseded_at IS NULL",
                     (old["successor_hash"], now)).fetchone()

@@ -1,0 +1,165 @@
+"""Rate-limit counts (`auth.ratelimit.RateLimiter`) in SQLite, beside the data.
+
+Why not in the process: `memory-mcp throttle list|clear` must see and lift a running server's
+limits (a user locked out by someone else's guesses should not wait out the window, nor need a
+restart), and several server processes on one data directory must share one budget.
+
+Why a file of its own (`throttle.sqlite3`) on a thread of its own: a login must never wait for
+the memory database's write lock (a long `users remove`, a backup), nor stall the event loop. One
+worker thread owns the connection and runs every operation in one transaction, so `admit`'s
+check-and-count is atomic across processes too (BEGIN IMMEDIATE).
+
+    rate_hits(key, at, expires_at)   one row per counted action; `at` is wall-clock time, so
+                                     that counts survive a restart; rows older than their
+                                     window are deleted as writes come
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from auth.ratelimit import Policy, whole_seconds
+
+FILENAME = "throttle.sqlite3"
+# Rows kept at most: a flood of distinct source addresses must not grow the file without bound.
+# Checked every `_PRUNE_EVERY` writes; beyond it the oldest rows go first.
+MAX_ROWS = 200_000
+_PRUNE_EVERY = 1000
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rate_hits (
+    key TEXT NOT NULL,
+    at REAL NOT NULL,
+    expires_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rate_hits_key ON rate_hits (key, at);
+CREATE INDEX IF NOT EXISTS rate_hits_expiry ON rate_hits (expires_at)
+"""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    key: str
+    ages: list[float]  # seconds ago, newest first
+
+
+class SQLiteRateLimiter:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ratelimit")
+        self._local = threading.local()
+        self._writes = 0
+
+    # The worker thread's side
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=5000")
+            self.path.chmod(0o600)
+            conn.executescript(SCHEMA)
+            self._local.conn = conn
+        return conn
+
+    def _transaction(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn, self._clock())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    @staticmethod
+    def _ages(conn: sqlite3.Connection, key: str, window: float, now: float) -> list[float]:
+        rows = conn.execute("SELECT at FROM rate_hits WHERE key = ? AND at > ? ORDER BY at DESC",
+                            (key, now - window)).fetchall()
+        return [max(0.0, now - at) for (at,) in rows]
+
+    def _count(self, conn: sqlite3.Connection, keys: Sequence[tuple[str, float]], now: float) -> None:
+        conn.execute("DELETE FROM rate_hits WHERE expires_at <= ?", (now,))
+        conn.executemany("INSERT INTO rate_hits (key, at, expires_at) VALUES (?, ?, ?)",
+                         [(key, now, now + window) for key, window in keys])
+        self._writes += 1
+        if self._writes % _PRUNE_EVERY == 0:
+            conn.execute("DELETE FROM rate_hits WHERE rowid IN (SELECT rowid FROM rate_hits ORDER BY at DESC "
+                         "LIMIT -1 OFFSET ?)", (MAX_ROWS,))
+
+    async def _run(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, work)
+
+    # RateLimiter
+
+    async def hit(self, key: str, limit: int, window: float) -> float | None:
+        def work(conn: sqlite3.Connection, now: float) -> float | None:
+            ages = self._ages(conn, key, window, now)
+            if len(ages) >= limit:
+                return float(max(0, math.ceil(window - ages[-1])))
+            self._count(conn, [(key, window)], now)
+            return None
+        return await self._run(work)
+
+    async def admit(self, keys: Sequence[tuple[str, float]], policy: Policy) -> int | None:
+        def work(conn: sqlite3.Connection, now: float) -> int | None:
+            wait = whole_seconds(policy([self._ages(conn, key, window, now) for key, window in keys]))
+            if wait is None:
+                self._count(conn, keys, now)
+            return wait
+        return await self._run(work)
+
+    async def forget_latest(self, key: str) -> None:
+        def work(conn: sqlite3.Connection, _now: float) -> None:
+            conn.execute("DELETE FROM rate_hits WHERE rowid = (SELECT rowid FROM rate_hits WHERE key = ? "
+                         "ORDER BY at DESC LIMIT 1)", (key,))
+        await self._run(work)
+
+    async def reset(self, key: str) -> None:
+        await self.clear([key])
+
+    # Administration (`memory-mcp throttle`)
+
+    async def counted(self, prefix: str = "") -> list[Counted]:
+        """Every key starting with `prefix` that has live actions, with their ages."""
+        def work(conn: sqlite3.Connection, now: float) -> list[Counted]:
+            rows = conn.execute("SELECT key, at FROM rate_hits WHERE expires_at > ? AND substr(key, 1, ?) = ? "
+                                "ORDER BY key, at DESC", (now, len(prefix), prefix)).fetchall()
+            found: dict[str, list[float]] = {}
+            for key, at in rows:
+                found.setdefault(key, []).append(max(0.0, now - at))
+            return [Counted(key, ages) for key, ages in found.items()]
+        return await self._run(work)
+
+    async def clear(self, keys: Sequence[str] | None) -> int:
+        """Forget the given keys (None: every key); the number of counted actions forgotten."""
+        def work(conn: sqlite3.Connection, _now: float) -> int:
+            if keys is None:
+                return int(conn.execute("DELETE FROM rate_hits").rowcount)
+            return sum(int(conn.execute("DELETE FROM rate_hits WHERE key = ?", (key,)).rowcount) for key in keys)
+        return await self._run(work)
+
+    async def close(self) -> None:
+        def work() -> None:
+            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+            if conn is not None:
+                conn.close()
+                self._local.conn = None
+        await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._executor.shutdown(wait=False)
