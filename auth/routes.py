@@ -48,9 +48,23 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
                                  sealer=browser.derive_fernet(cookie_key, "pending authorization"),
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
     app[AUTH_SERVER] = server
-    app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
+    # The browser pages, declared once: routed here, and the only paths with the login cookie.
+    browser_routes = (
+        ("GET", "/authorize", authorize.handle_authorize),
+        ("POST", "/consent", authorize.handle_consent),
+        ("GET", "/login", login.handle_login_page),
+        ("POST", "/login", login.handle_login),
+        ("GET", "/logout", login.handle_logout_page),
+        ("POST", "/logout", login.handle_logout),
+        ("GET", "/consents", consent.handle_consents_page),
+        ("POST", "/consents", consent.handle_withdraw),
+    )
+    browser_paths = frozenset(path for _, path, _ in browser_routes)
+    app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key), browser_paths))
 
     def cors(path: str, method: str, handler: Handler) -> None:
+        if method == "GET":  # add_get's default; add_route adds no HEAD, which would then be a 405
+            app.router.add_route("HEAD", path, with_cors(handler))
         app.router.add_route(method, path, with_cors(handler))
         app.router.add_route("OPTIONS", path, preflight)
 
@@ -66,12 +80,9 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
         cors(path, "POST", handler)
         app.router.add_route("*", path, json_method_not_allowed)
 
-    app.router.add_get("/authorize", authorize.handle_authorize)
-    app.router.add_post("/consent", authorize.handle_consent)
-    app.router.add_get("/login", login.handle_login_page)
-    app.router.add_post("/login", login.handle_login)
-    app.router.add_get("/logout", login.handle_logout_page)
-    app.router.add_post("/logout", login.handle_logout)
-    app.router.add_get("/consents", consent.handle_consents_page)
-    app.router.add_post("/consents", consent.handle_withdraw)
+    for method, path, handler in browser_routes:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method, path, handler)
     return server

@@ -7,6 +7,8 @@ message naming the setting, where it came from, and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -16,7 +18,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from auth.settings import AuthSettings
+
 ENV_PREFIX = "MEMORY_MCP_"
+# The authorization server's policy defaults live in AuthSettings; the settings below that share
+# a name with one of its fields take their default from there and are passed on by name.
+_AUTH: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AuthSettings)
+                         if f.default is not dataclasses.MISSING}
 
 
 def default_data_dir() -> Path:
@@ -41,19 +49,26 @@ class Settings(BaseModel):
     max_sessions: int = Field(10_000, gt=0, description="MCP sessions the server holds at most")
     max_sessions_per_user: int = Field(100, gt=0, description="MCP sessions one user holds at most")
     max_body_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest accepted MCP request body")
-    access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
-    refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
-                                   "renewed by each refresh (sliding)")
+    access_token_ttl: int = Field(_AUTH["access_token_ttl"], ge=3600,
+                                  description="access-token lifetime in seconds (>= 1 hour)")
+    refresh_token_ttl: int = Field(_AUTH["refresh_token_ttl"], ge=3600,
+                                   description="refresh-token lifetime in seconds, renewed by each refresh (sliding)")
     refresh_token_max_lifetime: int = Field(
-        365 * 86400, ge=3600, description="seconds after a login beyond which its tokens cannot be refreshed "
+        _AUTH["refresh_token_max_lifetime"], ge=3600,
+        description="seconds after a login beyond which its tokens cannot be refreshed "
         "(absolute cap; the user logs in again)")
     registration_rate_limit: int = Field(
-        20, ge=0, description="client registrations (and metadata document fetches) per source address per hour; "
+        _AUTH["registration_rate_limit"], ge=0,
+        description="client registrations (and metadata document fetches) per source address per hour; "
         "0 = unlimited. Behind a reverse proxy every client shares the proxy's address")
     client_id_metadata_documents: bool = Field(
-        False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
+        _AUTH["client_id_metadata_documents"],
+        description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
         "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
     log_level: str = Field("info", description="debug, info, warning or error")
+    shutdown_timeout: float = Field(
+        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "
+        "2 x this under the service manager's stop timeout, 90 s for systemd)")
 
     @field_validator("log_level")
     @classmethod
@@ -105,6 +120,12 @@ class Settings(BaseModel):
     def database_path(self) -> Path:
         return self.data_dir / "memory.sqlite3"
 
+    def auth_settings(self) -> AuthSettings:
+        """The authorization server's settings: every field of AuthSettings that is also a
+        setting here, by name (so a new shared setting needs no wiring), the rest its defaults."""
+        shared = {f.name for f in dataclasses.fields(AuthSettings)} & set(type(self).model_fields)
+        return AuthSettings(issuer=self.issuer, **{name: getattr(self, name) for name in shared})
+
 
 def _is_wildcard(host: str) -> bool:
     try:
@@ -132,6 +153,12 @@ def canonical_origin(url: str, what: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"not a setting of memory-mcp; {hint}`memory-mcp serve --help` lists them all"
+
+
 class ConfigError(Exception):
     """A setting is invalid; the message says which, where it came from and what to do."""
 
@@ -153,10 +180,12 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
         for key, value in data.items():
             values[key.replace("-", "_")] = value
             origin[key.replace("-", "_")] = f"config file {config_path}"
-    for name in Settings.model_fields:
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in environ:
-            values[name] = environ[env_name]
+    for env_name, value in environ.items():
+        if env_name.startswith(ENV_PREFIX) and env_name != ENV_PREFIX + "CONFIG":
+            # Unknown names go in too, so that a misspelled variable is refused like a misspelled
+            # config key instead of being silently ignored.
+            name = env_name.removeprefix(ENV_PREFIX).lower()
+            values[name] = value
             origin[name] = f"environment variable {env_name}"
     for name, value in flags.items():
         if value is not None:
@@ -171,5 +200,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
             source = origin.get(field.split(".")[0], "the defaults")
             given = f"={values[field]!r}" if field in values else ""
             message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                # No value: a misspelled name may hold a secret.
+                given, message = "", _unknown(field)
             problems.append(f"{field}{given} (from {source}): {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
