@@ -1,8 +1,9 @@
 """The administration commands behind `memory-mcp clients|sessions|tokens`.
 
 They run beside the server, on the same storage. What they revoke is gone from the store at
-once (the next request with those tokens gets 401), and each records a revocation that a running
-server reads within a second to end the live MCP sessions concerned (`server.app.follow_revocations`).
+once, and each records a revocation that a running server reads within a second to end the live
+MCP sessions concerned (`server.app.follow_revocations`). A running server may still accept a
+revoked token for up to a second: its bearer check remembers a verified token that long.
 """
 
 from __future__ import annotations
