@@ -29,7 +29,7 @@ _AUTH: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AuthSetti
 
 def default_data_dir() -> Path:
     # Not the working directory: the official memory server lost users' data by resolving its
-    # file relative to wherever it happened to run (anchors.md 8.3).
+    # file relative to wherever it happened to run.
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "memory-mcp"
 
@@ -136,7 +136,7 @@ def _is_wildcard(host: str) -> bool:
 
 def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
-    no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
+    no default port, no path, no trailing slash (docs/protocol.md#A2)."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} {url!r} must look like https://host[:port]")
