@@ -19,3 +19,11 @@ def test_every_citation_of_the_docs_resolves() -> None:
               if not (ROOT / "docs" / doc).exists()
               or f'<a id="{anchor}"></a>' not in (ROOT / "docs" / doc).read_text(encoding="utf-8")]
     assert not broken, broken
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    from server.config import Settings
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [name for name in Settings.model_fields if f"| `{name}` |" not in readme]
+    assert not missing, f"settings missing from the README's table: {missing}"

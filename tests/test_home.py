@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import tempfile
 from collections.abc import AsyncIterator
 
 import httpx2
@@ -47,3 +50,17 @@ async def test_head_works_on_every_get_endpoint(http: httpx2.AsyncClient, server
         assert head.status_code == get.status_code != 405, (path, head.status_code, get.status_code)
         assert head.content == b""
         assert head.headers.get("content-type") == get.headers.get("content-type"), path
+
+
+async def test_the_home_page_renders_in_a_real_browser(server: RunningServer) -> None:
+    """Chromium (Debian's `chromium`, headless) loads `/` under its own CSP and shows the links."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium is not None, "the browser tests need Debian's chromium"
+    with tempfile.TemporaryDirectory() as profile:
+        proc = await asyncio.create_subprocess_exec(
+            chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", f"--user-data-dir={profile}",
+            "--dump-dom", server.url + "/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        dom, _ = await asyncio.wait_for(proc.communicate(), 120)
+    text = dom.decode()
+    assert "<h1>memory-mcp</h1>" in text, text[:500]
+    assert 'href="/login"' in text and 'href="/consents"' in text and f"{server.url}/mcp" in text
