@@ -105,34 +105,35 @@ class DataDirError(Exception):
     """The data directory or a file in it cannot be used; the message names it and what to do."""
 
 
-def _data_dir_problem(settings: Settings) -> str | None:
-    """Why this process cannot read and write the data directory, or None. Checked by doing
+def _data_dir_problem(settings: Settings) -> tuple[str, bool] | None:
+    """Why this process cannot read and write the data directory (and whether permissions are
+    the cause), or None. Checked by doing
     (creating, opening), not with os.access: root, ACLs and read-only mounts make permission bits
     lie, and the error must come before anything half-starts."""
     data_dir, database = settings.data_dir, settings.database_path.name
     if data_dir.exists() and not data_dir.is_dir():
-        return f"the data directory {data_dir} is not a directory"
+        return f"the data directory {data_dir} is not a directory", False
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        return f"cannot create the data directory {data_dir}: {_reason(exc)}"
+        return f"cannot create the data directory {data_dir}: {_reason(exc)}", True
     try:
         fd, probe = tempfile.mkstemp(dir=data_dir, prefix=".write-test-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        return f"cannot write in the data directory {data_dir}: {_reason(exc)}"
+        return f"cannot write in the data directory {data_dir}: {_reason(exc)}", True
     for name in (database, f"{database}-wal", f"{database}-shm", KEY_FILE):
         path = data_dir / name
         if not path.exists() and not path.is_symlink():
             continue
         if not path.is_file():
-            return f"{path} in the data directory is not a regular file"
+            return f"{path} in the data directory is not a regular file", False
         try:
             with open(path, "r+b"):
                 pass
         except OSError as exc:
-            return f"cannot read and write {path}: {_reason(exc)}"
+            return f"cannot read and write {path}: {_reason(exc)}", True
     return None
 
 
@@ -140,13 +141,22 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower() if exc.errno != errno.EROFS else "read-only file system"
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        return f"uid {os.getuid()}"
+
+
 def _open_storage(settings: Settings) -> SQLiteStorage:
     """The storage, or `DataDirError` with one line a user can act on (never a traceback)."""
-    fix = (f"make it readable and writable by user {getpass.getuser()}, or choose another directory with "
+    fix = (f"make it readable and writable by user {_user()}, or choose another directory with "
            "--data-dir (env MEMORY_MCP_DATA_DIR)")
-    problem = _data_dir_problem(settings)
-    if problem is not None:
-        raise DataDirError(f"{problem}; {fix}")
+    found = _data_dir_problem(settings)
+    if found is not None:
+        problem, permissions = found
+        raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another directory "
+                                             "with --data-dir (env MEMORY_MCP_DATA_DIR)"))
     try:
         cookie_key(settings.data_dir)
         return SQLiteStorage(settings.database_path)
