@@ -107,11 +107,14 @@ class DataDirError(Exception):
 
 def _data_dir_problem(settings: Settings) -> tuple[str, bool] | None:
     """Why this process cannot read and write the data directory (and whether permissions are
-    the cause), or None. Checked by doing
-    (creating, opening), not with os.access: root, ACLs and read-only mounts make permission bits
-    lie, and the error must come before anything half-starts."""
+    the cause), or None. Checked by doing (creating, opening), not with os.access: root, ACLs and
+    read-only mounts make permission bits lie, and the error must come before anything half-starts."""
     data_dir, database = settings.data_dir, settings.database_path.name
-    if data_dir.exists() and not data_dir.is_dir():
+    try:
+        is_file = data_dir.exists() and not data_dir.is_dir()
+    except OSError as exc:  # a parent this user cannot search
+        return f"cannot reach the data directory {data_dir}: {_reason(exc)}", True
+    if is_file:
         return f"the data directory {data_dir} is not a directory", False
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

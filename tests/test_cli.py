@@ -217,6 +217,9 @@ def _setup_case(case: str, tmp_path: Path) -> tuple[Path, str]:
     if case == "parent read-only":
         tmp_path.joinpath("parent").mkdir(mode=0o555)
         return tmp_path / "parent" / "data", str(tmp_path / "parent" / "data")
+    if case == "parent not searchable":
+        tmp_path.joinpath("parent").mkdir(mode=0o000)
+        return tmp_path / "parent" / "data", str(tmp_path / "parent" / "data")
     _with_data(data)
     if case == "read-only, with data":
         return _read_only_dir(data), str(data)
@@ -243,7 +246,8 @@ def assert_one_clear_line(result: subprocess.CompletedProcess[str], path: str) -
     assert "--data-dir" in lines[0] or "backup" in lines[0], lines
 
 
-CASES = ["data_dir is a file", "read-only, empty", "no access at all", "parent read-only", "read-only, with data",
+CASES = ["data_dir is a file", "read-only, empty", "no access at all", "parent read-only", "parent not searchable",
+         "read-only, with data",
          "database file read-only", "key file unreadable", "database is not a database"]
 COMMANDS = [["serve", "--port", "0"], ["users", "add", "bob", "--password-stdin"], ["users", "passwd", "alice"],
             ["users", "remove", "alice"], ["users", "list"], ["clients", "list"], ["clients", "remove", "c"],
