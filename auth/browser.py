@@ -51,7 +51,6 @@ from auth.models import User
 from auth.server import AUTH_SERVER
 from auth.settings import AuthSettings
 
-BROWSER_PATHS = frozenset({"/authorize", "/login", "/consent", "/logout", "/consents"})
 SEAL_TTL = 600
 # Outlives any seal it binds: it is set again (same value) at every /authorize.
 BINDING_TTL = 2 * SEAL_TTL
@@ -94,12 +93,13 @@ def cookie_storage(settings: AuthSettings, cookie_key: bytes) -> EncryptedCookie
     )
 
 
-def middleware(storage: EncryptedCookieStorage) -> Middleware:
+def middleware(storage: EncryptedCookieStorage, browser_paths: frozenset[str]) -> Middleware:
+    """`browser_paths`: where the session cookie is read and written (auth.routes declares them)."""
     inner = session_middleware(storage)
 
     @web.middleware
     async def browser_session(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in BROWSER_PATHS:
+        if request.path not in browser_paths:
             return await handler(request)
         return await inner(request, handler)
 

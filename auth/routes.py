@@ -51,7 +51,6 @@ from auth.store import AuthStore, StoreUnavailable
 
 __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
 
-PAGES = frozenset({"/authorize", "/consent", "/login", "/logout", "/consents"})
 """The endpoints a browser shows: their errors are pages, the others' are OAuth JSON."""
 
 
@@ -64,10 +63,24 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
     if settings.trusted_proxies:
         # First: every later middleware and handler, and the access log, see the client's address.
         app.middlewares.insert(0, forwarded_middleware(settings.trusted_proxies, settings.proxy_header))
-    app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key)))
+    # The browser pages, declared once: routed here, and the only paths with the login cookie.
+    browser_routes = (
+        ("GET", "/authorize", authorize.handle_authorize),
+        ("POST", "/consent", authorize.handle_consent),
+        ("GET", "/login", login.handle_login_page),
+        ("POST", "/login", login.handle_login),
+        ("GET", "/logout", login.handle_logout_page),
+        ("POST", "/logout", login.handle_logout),
+        ("GET", "/consents", consent.handle_consents_page),
+        ("POST", "/consents", consent.handle_withdraw),
+    )
+    browser_paths = frozenset(path for _, path, _ in browser_routes)
+    app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key), browser_paths))
     before = set(app.router.resources())
 
     def cors(path: str, method: str, handler: Handler) -> None:
+        if method == "GET":  # add_get's default; add_route adds no HEAD, which would then be a 405
+            app.router.add_route("HEAD", path, with_cors(handler))
         app.router.add_route(method, path, with_cors(handler))
         app.router.add_route("OPTIONS", path, preflight)
 
@@ -83,19 +96,16 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
         cors(path, "POST", handler)
         app.router.add_route("*", path, json_method_not_allowed)
 
-    app.router.add_get("/authorize", authorize.handle_authorize)
-    app.router.add_post("/consent", authorize.handle_consent)
-    app.router.add_get("/login", login.handle_login_page)
-    app.router.add_post("/login", login.handle_login)
-    app.router.add_get("/logout", login.handle_logout_page)
-    app.router.add_post("/logout", login.handle_logout)
-    app.router.add_get("/consents", consent.handle_consents_page)
-    app.router.add_post("/consents", consent.handle_withdraw)
-    app.middlewares.append(_store_unavailable(frozenset(set(app.router.resources()) - before)))
+    for method, path, handler in browser_routes:
+        if method == "GET":
+            app.router.add_get(path, handler)  # and HEAD
+        else:
+            app.router.add_route(method, path, handler)
+    app.middlewares.append(_store_unavailable(frozenset(set(app.router.resources()) - before), browser_paths))
     return server
 
 
-def _store_unavailable(ours: frozenset[web.AbstractResource]) -> Middleware:
+def _store_unavailable(ours: frozenset[web.AbstractResource], pages_at: frozenset[str]) -> Middleware:
     """The one place a store that cannot answer now (`StoreUnavailable`) becomes a response on
     this server's endpoints: 503 with Retry-After, as OAuth JSON or, on a browser page, a page.
     Never a 500: the request can simply be retried."""
@@ -108,7 +118,7 @@ def _store_unavailable(ours: frozenset[web.AbstractResource]) -> Middleware:
             if request.match_info.route.resource not in ours:
                 raise
             retry = {"Retry-After": str(exc.retry_after)}
-            if request.path in PAGES:
+            if request.path in pages_at:
                 response = pages.error(f"The server cannot complete this right now: {exc.reason}. "
                                        f"Try again in {exc.retry_after} seconds.", 503,
                                        title="Temporarily unavailable")

@@ -16,7 +16,7 @@ class AuthSettings:
     """`issuer` is the configured public origin (scheme://host[:port], no path, no trailing slash).
 
     It is never derived from request headers: behind a proxy that leaks internal origins into
-    redirects and metadata, and clients compare it byte for byte (protocol-checklist G4).
+    redirects and metadata, and clients compare it byte for byte (docs/protocol.md#G4).
     """
 
     issuer: str
@@ -54,7 +54,7 @@ class AuthSettings:
     # A client that obtained tokens is deleted once none is live and its last token is this old.
     idle_client_ttl: int = 3600 * 24 * 365
     # Client ID Metadata Documents (MCP 2025-11-25): an https client_id is fetched. Off by
-    # default: advertising it switches Codex and Claude Code to it (protocol-checklist G14).
+    # default: advertising it switches Codex and Claude Code to it (docs/protocol.md#G14).
     client_id_metadata_documents: bool = False
     # Lets metadata documents be fetched from private and loopback addresses: for tests and
     # closed networks only; it turns the fetch into a way to probe the server's own network.

@@ -1,6 +1,7 @@
 """The storage the authorization server needs, declared here and implemented by `server/storage/`.
 
-Contract every backend must keep (the shared test suite in `tests/test_storage.py` checks it):
+Contract every backend must keep (checked against SQLite through the HTTP tests in `tests/test_auth_*.py`;
+a second backend must pass them too):
 
 * Lookups by secret take the SHA-256 hash, never the secret.
 * `consume_code` is atomic: of two concurrent redemptions of one code, exactly one gets the record;

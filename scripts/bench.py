@@ -710,7 +710,6 @@ async def auth_share(server: Server, rps16: float, p50_c1_ms: float, results: Re
     SQLite lookup, audience check), timed in this process on the server's own database, against
     the server's time per tools/call (1 / throughput at 16 sessions: the server saturates its one CPU)."""
     from auth.rfc6750 import BearerVerifier
-    from server.app import auth_settings
     from server.config import Settings
     from server.storage.sqlite import SQLiteStorage
 
@@ -718,7 +717,7 @@ async def auth_share(server: Server, rps16: float, p50_c1_ms: float, results: Re
     storage = SQLiteStorage(server.data_dir / "memory.sqlite3")
     try:
         settings = Settings.model_validate({"port": server.port, "data_dir": server.data_dir})
-        verifier = BearerVerifier(auth_settings(settings), storage)
+        verifier = BearerVerifier(settings.auth_settings(), storage)
         header = f"Bearer {server.token}"
         for _ in range(500):
             await verifier.verify(header, "/mcp")

@@ -3,7 +3,8 @@
 They run beside the server, on the same storage. What they revoke is gone from the store at
 once (the next request with those tokens, or with a browser login they end, is refused), and each
 records a revocation that a running server reads within a second to end the live MCP sessions
-concerned (`server.app.follow_revocations`).
+concerned (`server.app.follow_revocations`). A running server may still accept a revoked token
+for up to a second: its bearer check remembers a verified token that long.
 
 Which end browser logins: `users passwd`, `users remove`, `tokens revoke --user` and
 `sessions revoke --user` (the same command as `tokens revoke --user`) do, with the user's

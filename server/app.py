@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from html import escape
 from typing import Any
 
 from aiohttp import web
 from mcp.server import Server
 
+from auth import pages
 from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
-from auth.settings import AuthSettings
 from auth.store import RevocationLog
 from server import limits
 from server.config import Settings
@@ -35,22 +35,11 @@ from transports.streamable_http import StreamableHTTPEndpoint
 log = logging.getLogger(__name__)
 
 REVOCATION_POLL_SECONDS = 1.0
-MCP_PATHS = frozenset({"/mcp", "/mcp/", "/sse", "/messages", "/messages/"})
 
 STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MCP_ENDPOINT: web.AppKey[StreamableHTTPEndpoint] = web.AppKey("mcp_endpoint", StreamableHTTPEndpoint)
-
-
-def auth_settings(settings: Settings) -> AuthSettings:
-    return AuthSettings(issuer=settings.issuer, access_token_ttl=settings.access_token_ttl,
-                        refresh_token_ttl=settings.refresh_token_ttl,
-                        refresh_token_max_lifetime=settings.refresh_token_max_lifetime,
-                        registration_rate_limit=settings.registration_rate_limit,
-                        client_id_metadata_documents=settings.client_id_metadata_documents,
-                        trusted_proxies=tuple(ipaddress.ip_network(p) for p in settings.trusted_proxies),
-                        proxy_header=settings.proxy_header)
 
 
 def build_app(settings: Settings, storage: SQLiteStorage | None = None,
@@ -64,7 +53,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     # Before the authorization server's middleware: its forwarded-address one must run first.
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
-    auth_conf = auth_settings(settings)
+    auth_conf = settings.auth_settings()
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.
     limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
@@ -106,18 +95,19 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier), allowed_origins=allowed_origins,
                                  max_body_bytes=settings.max_body_bytes, direct=direct)
     app[MCP_ENDPOINT] = mcp
-    for path in ("/mcp", "/mcp/"):
-        app.router.add_route("*", path, mcp.handle)
     sse = SSEEndpoint(registry, mcp_server, authenticate, scope_guard(verifier),
                       allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)
-    app.router.add_route("*", "/sse", sse.stream)
-    app.router.add_route("*", "/messages", sse.message)
-    app.router.add_route("*", "/messages/", sse.message)
+    # The MCP paths, declared once: routed here, and the only ones that get MCP's CORS headers.
+    mcp_routes = {"/mcp": mcp.handle, "/mcp/": mcp.handle, "/sse": sse.stream,
+                  "/messages": sse.message, "/messages/": sse.message}
+    for path, handler in mcp_routes.items():
+        app.router.add_route("*", path, handler)
     app.router.add_get("/healthz", _health)
-    app.middlewares.append(store_unavailable_middleware(MCP_PATHS))
+    app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes)))
+    app.router.add_get("/", _home)
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
-        if request.path in MCP_PATHS:
+        if request.path in mcp_routes:
             add_cors_headers(request, response, allowed_origins)
 
     app.on_response_prepare.append(cors)
@@ -135,7 +125,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
 
     async def on_shutdown(_app: web.Application) -> None:
         # Before aiohttp waits for handlers: open SSE streams never finish on their own, so close
-        # every session first and the process exits at once (sdk-notes P6). Their records stay,
+        # every session first and the process exits at once (docs/sdk-notes.md#P6). Their records stay,
         # so that the next start serves them again.
         await registry.close_where(lambda _s: True, keep_records=True)
 
@@ -161,3 +151,18 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
 
 async def _health(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def _home(request: web.Request) -> web.Response:
+    """What someone who opens the server's address in a browser finds: what this is, where MCP
+    clients connect, and the two pages a person uses (with the other pages' headers)."""
+    mcp_url = request.app[SETTINGS].issuer + "/mcp"
+    return pages.render("memory-mcp", (
+        "<p>This is a <strong>memory-mcp</strong> server: a remote Model Context Protocol server that gives "
+        "each user a persistent knowledge-graph memory. It is used by AI applications (MCP clients), "
+        "not by browsing.</p>"
+        f"<p>Point your MCP client at <code>{escape(mcp_url)}</code>; it will send you here to sign in "
+        "and approve it.</p>"
+        '<ul><li><a href="/login">Sign in</a></li>'
+        '<li><a href="/consents">Approved applications</a>: see and withdraw what you have approved</li>'
+        '<li><a href="/logout">Sign out everywhere</a></li></ul>'))

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import getpass
+import importlib.metadata
 import logging
+import os
+import shlex
+import shutil
+import socket
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from auth import accounts
 from auth.models import AccountState
-from auth.settings import AuthSettings
 from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
+from server.keyfile import KEY_FILE, cookie_key
 from server.storage.sqlite import SQLiteStorage
 from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
 from server.storage.sqlite.ratelimit import SQLiteRateLimiter
@@ -32,6 +41,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memory-mcp", description=__doc__)
+    parser.add_argument("--version", action="version",
+                        version=f"memory-mcp {importlib.metadata.version('memory-mcp')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server")
@@ -91,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _read_password(from_stdin: bool) -> str:
-    if from_stdin:
+    # At a terminal, --password-stdin would read the password with echo on and no prompt: the
+    # terminal is exactly what getpass is for, so prompt there whatever the flag says.
+    if from_stdin and not sys.stdin.isatty():
         line = sys.stdin.readline()
         return line.removesuffix("\n").removesuffix("\r")
     if not sys.stdin.isatty():
@@ -102,11 +115,80 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+class DataDirError(Exception):
+    """The data directory or a file in it cannot be used; the message names it and what to do."""
+
+
+def _data_dir_problem(settings: Settings) -> tuple[str, bool] | None:
+    """Why this process cannot read and write the data directory (and whether permissions are
+    the cause), or None. Checked by doing (creating, opening), not with os.access: root, ACLs and
+    read-only mounts make permission bits lie, and the error must come before anything half-starts."""
+    data_dir, database = settings.data_dir, settings.database_path.name
+    try:
+        is_file = data_dir.exists() and not data_dir.is_dir()
+    except OSError as exc:  # a parent this user cannot search
+        return f"cannot reach the data directory {data_dir}: {_reason(exc)}", True
+    if is_file:
+        return f"the data directory {data_dir} is not a directory", False
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create the data directory {data_dir}: {_reason(exc)}", True
+    try:
+        fd, probe = tempfile.mkstemp(dir=data_dir, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in the data directory {data_dir}: {_reason(exc)}", True
+    for name in (database, f"{database}-wal", f"{database}-shm", KEY_FILE):
+        path = data_dir / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        if not path.is_file():
+            return f"{path} in the data directory is not a regular file", False
+        try:
+            with open(path, "r+b"):
+                pass
+        except OSError as exc:
+            return f"cannot read and write {path}: {_reason(exc)}", True
+    return None
+
+
+def _reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower() if exc.errno != errno.EROFS else "read-only file system"
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no passwd entry
+        return f"uid {os.getuid()}"
+
+
+def _open_storage(settings: Settings) -> SQLiteStorage:
+    """The storage, or `DataDirError` with one line a user can act on (never a traceback)."""
+    fix = (f"make it readable and writable by user {_user()}, or choose another directory with "
+           "--data-dir (env MEMORY_MCP_DATA_DIR)")
+    found = _data_dir_problem(settings)
+    if found is not None:
+        problem, permissions = found
+        raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another directory "
+                                             "with --data-dir (env MEMORY_MCP_DATA_DIR)"))
+    try:
+        cookie_key(settings.data_dir)
+        return SQLiteStorage(settings.database_path)
+    except (OSError, ValueError) as exc:
+        raise DataDirError(f"{exc}; {fix}") from None
+    except sqlite3.Error as exc:
+        raise DataDirError(f"cannot open the database {settings.database_path}: {exc}; if it is damaged, restore "
+                           f"it from a backup; otherwise {fix}") from None
+
+
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    storage = SQLiteStorage(settings.database_path, settings.store_busy_timeout)
+    storage = _open_storage(settings)
     try:
         if (args.command, args.action) == ("keys", "rotate"):
-            print(await admin.keys_rotate(storage, settings.data_dir, AuthSettings(issuer=settings.issuer)))
+            print(await admin.keys_rotate(storage, settings.data_dir, settings.auth_settings()))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage))
         else:
@@ -166,19 +248,95 @@ def _serve(settings: Settings) -> int:
               f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
-    storage = SQLiteStorage(settings.database_path, settings.store_busy_timeout)
+    storage = _open_storage(settings)
+    sockets = _listen(settings.host, settings.port)
+    settings = _with_port(settings, sockets[0].getsockname()[1])
     users = asyncio.run(accounts.list_users(storage))
     if not users:
-        print("No users yet. Add one (the password is read from standard input):\n"
-              f"  memory-mcp users add <name> --password-stdin --data-dir {settings.data_dir}", file=sys.stderr)
+        print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
+              f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
+              file=sys.stderr)
     app = build_app(settings, storage)
     keep_freed_memory()
-    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (data in {settings.data_dir})", file=sys.stderr)
-    # A short shutdown timeout: sessions are ended in on_shutdown, so nothing is left to wait for
-    # but in-flight tool calls.
-    limits.run_app(app, host=settings.host, port=settings.port, shutdown_timeout=2.0, loop=_event_loop(),
+    where = ", ".join(_address(sock) for sock in sockets)
+    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
+          file=sys.stderr)
+    # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
+    # flight then get shutdown_timeout to finish and send their responses (aiohttp waits that long,
+    # then cancels and waits that long again). A write committed just before SIGTERM is answered.
+    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
                    access_log_class=logs.AccessLogger)
     return 0
+
+
+class ListenError(Exception):
+    """The server cannot listen where it was told to; the message says where and what to do."""
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets for every address of `host`, bound here rather than by aiohttp so that
+    the real port is known before the issuer is fixed (`--port 0`), and a busy port is reported
+    before anything says "serving"."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ListenError(f"cannot listen on host {host!r}: {exc.strerror}; set --host to an address or name "
+                          "of this machine") from None
+    addresses = list(dict.fromkeys((family, address) for family, *_, address in infos))
+    sockets: list[socket.socket] = []
+    try:
+        for family, address in addresses:
+            if sockets:  # --port 0: every address on the port the first one got
+                address = (address[0], sockets[0].getsockname()[1], *address[2:])
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        fixes = {errno.EADDRINUSE: "another process is using this port: stop it, or choose another with --port",
+                 errno.EACCES: "ports below 1024 need privileges: choose another with --port",
+                 errno.EADDRNOTAVAIL: "this machine has no such address: set --host to one of its addresses"}
+        fix = fixes.get(exc.errno or 0, "check --host and --port")
+        raise ListenError(f"cannot listen on {_where(host, port)}: {(exc.strerror or str(exc)).lower()}; {fix}") \
+            from None
+    return sockets
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return _where(host, port)
+
+
+def _with_port(settings: Settings, port: int) -> Settings:
+    """The settings for the port actually bound: with `--port 0` the default public URL (the
+    issuer, which clients compare byte for byte) must name the port clients can reach, not 0."""
+    if port == settings.port:
+        return settings
+    given = {name: getattr(settings, name) for name in settings.model_fields_set}
+    return Settings(**{**given, "port": port})
+
+
+def _command() -> str:
+    """This program as the user can run it again from any directory: plain `memory-mcp` only
+    when that name on PATH is this very program (after the quick start it is `.venv/bin/memory-mcp`,
+    and `.venv/bin` is not on PATH)."""
+    script = Path(sys.argv[0])
+    if script.name == "__main__.py":
+        return f"{shlex.quote(sys.executable)} -m server"
+    on_path = shutil.which("memory-mcp")
+    if on_path is not None and Path(on_path).resolve() == script.resolve():
+        return "memory-mcp"
+    return shlex.quote(str(script.absolute()))
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -203,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings)
         return asyncio.run(_administer(args, settings))
-    except (accounts.AccountError, admin.AdminError, StoreUnavailable) as exc:
+    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

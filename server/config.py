@@ -7,6 +7,8 @@ message naming the setting, where it came from, and what is allowed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import ipaddress
 import os
 import tomllib
@@ -17,14 +19,19 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auth.rfc8252 import has_unsafe_characters
+from auth.settings import AuthSettings
 from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
 
 ENV_PREFIX = "MEMORY_MCP_"
+# The authorization server's policy defaults live in AuthSettings; the settings below that share
+# a name with one of its fields take their default from there and are passed on by name.
+_AUTH: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(AuthSettings)
+                         if f.default is not dataclasses.MISSING}
 
 
 def default_data_dir() -> Path:
     # Not the working directory: the official memory server lost users' data by resolving its
-    # file relative to wherever it happened to run (anchors.md 8.3).
+    # file relative to wherever it happened to run.
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "memory-mcp"
 
@@ -60,17 +67,21 @@ class Settings(BaseModel):
         "connection stays open")
     body_read_timeout: float = Field(
         30, gt=0, description="seconds a client has to send a request body once its headers arrived (408 beyond)")
-    access_token_ttl: int = Field(7200, ge=3600, description="access-token lifetime in seconds (>= 1 hour)")
-    refresh_token_ttl: int = Field(60 * 86400, ge=3600, description="refresh-token lifetime in seconds, "
-                                   "renewed by each refresh (sliding)")
+    access_token_ttl: int = Field(_AUTH["access_token_ttl"], ge=3600,
+                                  description="access-token lifetime in seconds (>= 1 hour)")
+    refresh_token_ttl: int = Field(_AUTH["refresh_token_ttl"], ge=3600,
+                                   description="refresh-token lifetime in seconds, renewed by each refresh (sliding)")
     refresh_token_max_lifetime: int = Field(
-        365 * 86400, ge=3600, description="seconds after a login beyond which its tokens cannot be refreshed "
+        _AUTH["refresh_token_max_lifetime"], ge=3600,
+        description="seconds after a login beyond which its tokens cannot be refreshed "
         "(absolute cap; the user logs in again)")
     registration_rate_limit: int = Field(
-        20, ge=0, description="client registrations (and metadata document fetches) per source address per hour; "
+        _AUTH["registration_rate_limit"], ge=0,
+        description="client registrations (and metadata document fetches) per source address per hour; "
         "0 = unlimited. Behind a reverse proxy every client shares the proxy's address")
     client_id_metadata_documents: bool = Field(
-        False, description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
+        _AUTH["client_id_metadata_documents"],
+        description="accept https URLs as client_id and fetch their Client ID Metadata Documents "
         "(needs outbound HTTPS; Codex and Claude Code switch to it when advertised)")
     memory_max_entities: int = Field(
         DEFAULT_MAX_ENTITIES, ge=0, description="entities one user may store at most; 0 = unlimited")
@@ -82,13 +93,16 @@ class Settings(BaseModel):
     store_busy_timeout: float = Field(
         3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
         "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
-    trusted_proxies: tuple[str, ...] = Field(
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = Field(
         (), description="reverse proxies (addresses or networks, comma-separated) whose forwarding header gives "
         "the client's address for login throttling, rate limits and logs; empty = use the socket peer")
     proxy_header: str = Field(
         "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
         "(RFC 7239); the other one is ignored")
     log_level: str = Field("info", description="debug, info, warning or error")
+    shutdown_timeout: float = Field(
+        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "
+        "2 x this under the service manager's stop timeout, 90 s for systemd)")
 
     @field_validator("log_level")
     @classmethod
@@ -97,13 +111,20 @@ class Settings(BaseModel):
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", mode="before")
     @classmethod
-    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+    def _proxies(cls, value: Any) -> Any:
+        # Parsed here rather than by pydantic, for messages that say how to write the value.
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            return value
         networks = []
         for entry in value:
+            if not isinstance(entry, str):
+                raise ValueError(f"{entry!r} is not an IP address or network written as a string")
             try:
-                networks.append(str(ipaddress.ip_network(entry)))
+                networks.append(ipaddress.ip_network(entry))
             except ValueError:
                 try:
                     network = ipaddress.ip_network(entry, strict=False)
@@ -121,7 +142,7 @@ class Settings(BaseModel):
                 return header
         raise ValueError("must be X-Forwarded-For or Forwarded, whichever the trusted proxies set")
 
-    @field_validator("allowed_origins", "trusted_proxies", mode="before")
+    @field_validator("allowed_origins", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -177,6 +198,12 @@ class Settings(BaseModel):
     def database_path(self) -> Path:
         return self.data_dir / "memory.sqlite3"
 
+    def auth_settings(self) -> AuthSettings:
+        """The authorization server's settings: every field of AuthSettings that is also a
+        setting here, by name (so a new shared setting needs no wiring), the rest its defaults."""
+        shared = {f.name for f in dataclasses.fields(AuthSettings)} & set(type(self).model_fields)
+        return AuthSettings(issuer=self.issuer, **{name: getattr(self, name) for name in shared})
+
 
 def _is_wildcard(host: str) -> bool:
     try:
@@ -187,7 +214,7 @@ def _is_wildcard(host: str) -> bool:
 
 def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
-    no default port, no path, no trailing slash (protocol-checklist 3.A.2)."""
+    no default port, no path, no trailing slash (docs/protocol.md#A2)."""
     url = url.strip()
     # urlsplit would silently drop a TAB, CR or LF inside the value and strip leading controls.
     if has_unsafe_characters(url):
@@ -206,6 +233,12 @@ def canonical_origin(url: str, what: str) -> str:
         raise ValueError(f"{what} {url!r} has an invalid port") from exc
     default = 443 if parts.scheme == "https" else 80
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def _unknown(name: str) -> str:
+    close = difflib.get_close_matches(name, Settings.model_fields, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"not a setting of memory-mcp; {hint}`memory-mcp serve --help` lists them all"
 
 
 class ConfigError(Exception):
@@ -229,10 +262,12 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
         for key, value in data.items():
             values[key.replace("-", "_")] = value
             origin[key.replace("-", "_")] = f"config file {config_path}"
-    for name in Settings.model_fields:
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in environ:
-            values[name] = environ[env_name]
+    for env_name, value in environ.items():
+        if env_name.startswith(ENV_PREFIX) and env_name != ENV_PREFIX + "CONFIG":
+            # Unknown names go in too, so that a misspelled variable is refused like a misspelled
+            # config key instead of being silently ignored.
+            name = env_name.removeprefix(ENV_PREFIX).lower()
+            values[name] = value
             origin[name] = f"environment variable {env_name}"
     for name, value in flags.items():
         if value is not None:
@@ -247,5 +282,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
             source = origin.get(field.split(".")[0], "the defaults")
             given = f"={values[field]!r}" if field in values else ""
             message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                # No value: a misspelled name may hold a secret.
+                given, message = "", _unknown(field)
             problems.append(f"{field}{given} (from {source}): {message}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

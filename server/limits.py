@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import logging
 import resource
+import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -225,21 +226,22 @@ def install(app: web.Application, *, max_connections: int | None, header_read_ti
     return connections
 
 
-async def _serve(app: web.Application, host: str, port: int, runner_options: dict[str, Any]) -> None:
+async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any]) -> None:
     runner = LimitedRunner(app, handle_signals=True, **runner_options)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         await asyncio.Event().wait()  # until SIGINT or SIGTERM raises GracefulExit
     finally:
         await runner.cleanup()
 
 
-def run_app(app: web.Application, *, host: str, port: int, loop: asyncio.AbstractEventLoop,
+def run_app(app: web.Application, *, sockets: Sequence[socket.socket], loop: asyncio.AbstractEventLoop,
             **runner_options: Any) -> None:
-    """`aiohttp.web.run_app` for one TCP site, with `LimitedRunner` (which `run_app` cannot be
+    """`aiohttp.web.run_app` on sockets already listening, with `LimitedRunner` (which `run_app` cannot be
     given). Stops on SIGINT or SIGTERM: the runner shuts down, then the loop's leftovers."""
-    main = loop.create_task(_serve(app, host, port, runner_options))
+    main = loop.create_task(_serve(app, sockets, runner_options))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)

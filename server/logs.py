@@ -11,6 +11,10 @@ Two things aiohttp does by default that a server holding credentials cannot keep
   `Authorization` header. Anyone can send those, so they would also let anyone fill the error log.
   `MalformedRequestFilter` turns each into one INFO line naming the address and the kind of
   error, without the bytes. The client still gets aiohttp's 400.
+
+And one thing third-party libraries do: at DEBUG, the mcp SDK, sse-starlette, httpx and others
+log whole messages, that is users' memory and tokens. `--log-level debug` therefore applies to
+this project's loggers only; every other logger stays at INFO or above.
 """
 
 from __future__ import annotations
@@ -25,10 +29,16 @@ from auth.http import client_address
 
 ACCESS_LOGGER = "aiohttp.access"
 SERVER_LOGGER = "aiohttp.server"
+# This project's loggers (module names under its packages, and the CLI's): the only ones that may
+# go below INFO. An allow-list, so that a library added later cannot log bodies at DEBUG either.
+OWN_LOGGERS = ("auth", "server", "transports", "memory_mcp")
 
 
 def configure(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    wanted = logging.getLevelNamesMapping()[level.upper()]
+    logging.basicConfig(level=max(wanted, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(wanted)
     server_logger = logging.getLogger(SERVER_LOGGER)
     if not any(isinstance(f, MalformedRequestFilter) for f in server_logger.filters):
         server_logger.addFilter(MalformedRequestFilter())

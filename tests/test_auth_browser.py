@@ -645,8 +645,8 @@ async def test_login_checked_against_a_password_changed_meanwhile_is_refused(
     one: the login must not be recorded after the sign-out, or it would survive it."""
     verify = passwords.verify_password
 
-    async def verify_then_change(password_hash: str | None, password: str) -> bool:
-        ok = await verify(password_hash, password)
+    async def verify_then_change(password_hash: str | None, password: str, source: str | None = None) -> bool:
+        ok = await verify(password_hash, password, source)
         user = await accounts.set_password(env.store, "alice", "the new password")
         await accounts.sign_out_everywhere(env.store, user.id)
         return ok

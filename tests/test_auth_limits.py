@@ -173,8 +173,8 @@ def test_trusted_proxies_validated(value: str, needle: str) -> None:
 
 
 def test_trusted_proxies_forms() -> None:
-    assert load({}, {"MEMORY_MCP_TRUSTED_PROXIES": "10.0.0.1, fd00::/8"}).trusted_proxies == ("10.0.0.1/32",
-                                                                                              "fd00::/8")
+    proxies = load({}, {"MEMORY_MCP_TRUSTED_PROXIES": "10.0.0.1, fd00::/8"}).trusted_proxies
+    assert tuple(map(str, proxies)) == ("10.0.0.1/32", "fd00::/8")
     assert load({}, {"MEMORY_MCP_PROXY_HEADER": "forwarded"}).proxy_header == "Forwarded"
     with pytest.raises(ConfigError, match="proxy_header"):
         load({}, {"MEMORY_MCP_PROXY_HEADER": "X-Real-IP"})
