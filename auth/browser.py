@@ -62,7 +62,7 @@ M = TypeVar("M", bound=BaseModel)
 
 def _key_material(cookie_key: bytes) -> bytes:
     """Accept 32 raw bytes or a Fernet key (its urlsafe base64 form, as `Fernet.generate_key()`
-    returns). aiohttp-session would base64 the latter once more and fail (DECISIONS #6)."""
+    returns). aiohttp-session would base64 the latter once more and fail (docs/decisions.md#6)."""
     if len(cookie_key) == 32:
         return bytes(cookie_key)
     try:

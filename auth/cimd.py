@@ -3,7 +3,7 @@
 With `AuthSettings.client_id_metadata_documents` on, a client may skip registration and use an
 https URL as its `client_id`; the document at that URL is its registration. Codex uses
 `https://chatgpt.com/oauth/codex/client.json`, Claude Code
-`https://claude.ai/oauth/claude-code-client-metadata` (protocol-checklist D). Off by default:
+`https://claude.ai/oauth/claude-code-client-metadata` (docs/protocol.md#D). Off by default:
 advertising it switches those clients over, and it needs outbound HTTPS.
 
 Fetching a URL that anyone can name is a server-side request forgery risk, so the fetch is fenced:

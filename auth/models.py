@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: an MCP session is bound to exactly this triple (DECISIONS.md #4).
+    """Who is calling: an MCP session is bound to exactly this triple (docs/decisions.md#4).
 
     A refreshed token of the same principal keeps its sessions; another user's or another client's
     token on the same session id is treated as an unknown session.

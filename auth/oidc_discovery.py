@@ -3,7 +3,7 @@
 The document is the RFC 8414 one (same issuer, endpoints and values, whatever gets added there)
 plus the fields OpenID Connect requires or whose defaults would be wrong for us. It is complete
 on purpose: the TS SDK and mcp-remote validate it with zod and reject a partial one
-(protocol-checklist G9), and MCP clients may read it instead of the RFC 8414 document.
+(docs/protocol.md#G9), and MCP clients may read it instead of the RFC 8414 document.
 
 `request_uri_parameter_supported` defaults to true in the spec, and `claims_parameter_supported`
 and `request_parameter_supported` are stated although false is their default: we support none.

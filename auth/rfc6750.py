@@ -2,7 +2,7 @@
 
 Every 401 carries a `WWW-Authenticate: Bearer` challenge pointing at the protected resource
 metadata of the path that was called, with the scopes needed for normal use: Codex only refreshes
-on a 401 that has it, and all clients start discovery from it (protocol-checklist B.2, G2).
+on a 401 that has it, and all clients start discovery from it (docs/protocol.md#B2, #G2).
 `error="invalid_token"` is added only when a token was actually presented (RFC 6750 section 3.1).
 """
 

@@ -1,8 +1,8 @@
 """RFC 7591 dynamic client registration: open, public clients only, every field validated.
 
-Open because every MCP client registers itself, most of them on every login (protocol-checklist
-C.1, C.4): an initial access token would lock them all out. Public only because we issue no client
-secrets: a client that asks for a secret-based method, or brings keys for `private_key_jwt`
+Open because every MCP client registers itself, most of them on every login
+(docs/protocol.md#C1, #C4): an initial access token would lock them all out. Public only because
+we issue no client secrets: a client that asks for a secret-based method, or brings keys for `private_key_jwt`
 (`jwks`, `jwks_uri`), is told so plainly instead of getting a registration it cannot use (the
 Python SDK refuses one with a method but no secret).
 
@@ -222,7 +222,7 @@ def validate_metadata(body: dict[str, object]) -> ClientMetadata:
     redirect_uris = _redirect_uris(body)
     method = body.get("token_endpoint_auth_method")
     # Absent means "none" here, not RFC 7591's client_secret_basic: the Python SDK omits it for
-    # its public clients (protocol-checklist C.2), and we have no secret to give anyway.
+    # its public clients (docs/protocol.md#C2), and we have no secret to give anyway.
     if method is not None and method != "none":
         raise _invalid("token_endpoint_auth_method", 'only "none" is supported: this server registers public '
                        "clients (PKCE, no client secret)")

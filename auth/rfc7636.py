@@ -1,5 +1,5 @@
 """RFC 7636 PKCE, S256 only: `plain` protects nothing against a code interceptor who also sees the
-authorization request, and every MCP client sends S256 (protocol-checklist E.1)."""
+authorization request, and every MCP client sends S256 (docs/protocol.md#E1)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 The issuer has no path, so `/.well-known/oauth-authorization-server` is its only metadata URL.
 Nothing is served at the path-suffixed variants: rmcp and the Python SDK derive an expected issuer
-from the URL they fetched and fail hard on a document found elsewhere (protocol-checklist A.4, G4).
+from the URL they fetched and fail hard on a document found elsewhere (docs/protocol.md#A4, #G4).
 Those URLs get aiohttp's plain 404. `/.well-known/openid-configuration` is served, as a complete
 OpenID Connect document built on this one (`auth.oidc_discovery`; a partial one breaks TS clients,
-G9).
+docs/protocol.md#G9).
 
 `scopes_supported` lists the OpenID Connect scopes too: this server grants them, and MCP clients
 never pick scopes from this document while the resource's challenge and RFC 9728 document name
@@ -39,7 +39,7 @@ class AuthorizationServerMetadata(BaseModel):
     scopes_supported: list[str]
     authorization_response_iss_parameter_supported: bool
     # Present only when enabled, never as false: Codex and Claude Code switch to Client ID Metadata
-    # Documents as soon as they see it (protocol-checklist D, G14).
+    # Documents as soon as they see it (docs/protocol.md#D, #G14).
     client_id_metadata_document_supported: bool | None = None
 
 

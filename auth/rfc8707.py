@@ -1,7 +1,7 @@
 """RFC 8707 resource indicators: the canonical form we compare audiences in.
 
 Clients disagree on spelling: mcp-remote appends a slash to origin-only resources, some send an
-uppercase host or an explicit default port (protocol-checklist G7). All of them mean the same
+uppercase host or an explicit default port (docs/protocol.md#G7). All of them mean the same
 resource, so every comparison goes through `normalize_resource`.
 """
 

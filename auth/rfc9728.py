@@ -2,7 +2,7 @@
 
 Each document's `resource` is exactly the identifier its URL was built from (section 3.3), and
 clients check that it prefixes the URL they were given: a `/sse` client that receives the `/mcp`
-document gives up (protocol-checklist G6). `authorization_servers[0]` is the issuer string
+document gives up (docs/protocol.md#G6). `authorization_servers[0]` is the issuer string
 itself, byte for byte, because clients compare it with the AS metadata `issuer`.
 """
 

@@ -13,7 +13,7 @@ def parse(scope: str | None) -> tuple[str, ...]:
 def granted(requested: str | None, settings: AuthSettings) -> tuple[str, ...]:
     """What /authorize grants: the supported scopes that were asked for, in the server's order.
 
-    Unknown scopes are ignored rather than refused (protocol-checklist C.6): mcp-remote falls back
+    Unknown scopes are ignored rather than refused (docs/protocol.md#C6): mcp-remote falls back
     to "openid email profile", Codex and Claude send whatever the client registered ("mcp:tools").
     When nothing usable remains the client gets the default set, which is what it needs to work.
     OpenID Connect scopes asked for are added on top and never count as "usable": mcp-remote's

@@ -96,7 +96,7 @@ async def test_openid_configuration_is_complete_and_valid(env: Env) -> None:
     # authlib refuses a non-https issuer, so validate the same document for an https deployment.
     OpenIDProviderMetadata(oidc_discovery.document(HTTPS)).validate()
     AuthorizationServerMetadata(rfc8414.metadata(HTTPS).model_dump(exclude_none=True)).validate()
-    # The fields the TS SDK's zod schema requires (protocol-checklist G9), and ours.
+    # The fields the TS SDK's zod schema requires (docs/protocol.md#G9), and ours.
     assert doc["jwks_uri"] == env.url("/.well-known/jwks.json")
     assert doc["userinfo_endpoint"] == env.url("/userinfo")
     assert doc["subject_types_supported"] == ["public"]
