@@ -210,6 +210,18 @@ async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_
         assert not (await client.call_tool("create_entities", {"entities": [entity("during")]})).is_error
 
 
+async def test_a_request_through_the_sdk_transport_is_answered_when_its_event_cannot_be_stored(
+        http: httpx2.AsyncClient, busy_server: RunningServer) -> None:
+    """A ping goes through the SDK transport, which stores each SSE event for resumability: with
+    the store locked it is still answered (resuming from it is what is lost), not a 500."""
+    server = busy_server
+    alice = await mcp_session(http, server, await access_token(server, "alice", "alice-password-1"))
+    async with write_lock_held_elsewhere(server.storage.db.path):
+        ping = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 5, "method": "ping"})
+    assert ping.status_code == 200, ping.text
+    assert '{"jsonrpc":"2.0","id":5,"result":{}}' in ping.text.replace(" ", "")
+
+
 async def test_read_graph_from_rows_while_locked_is_byte_identical(
         http: httpx2.AsyncClient, busy_server: RunningServer) -> None:
     """The read-only answer of a stale view is exactly the one its rebuild gives."""

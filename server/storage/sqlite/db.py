@@ -87,7 +87,8 @@ READERS: Final = 4
 """Reader threads: enough that a long read (a 10,000-entity `read_graph`, ~100 ms) does not hold
 up short ones; SQLite releases the GIL while it steps, so they also use a second core."""
 
-DEFAULT_BUSY_TIMEOUT: Final = 5.0
+DEFAULT_BUSY_TIMEOUT: Final = 3.0
+"""The `store_busy_timeout` setting's default, for stores opened without settings (tests, benchmarks)."""
 
 # Retry-After for a lock held elsewhere (administrative deletions are batched into short
 # transactions, so it is released within a moment), and for conditions an operator must fix.
