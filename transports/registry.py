@@ -97,6 +97,9 @@ class SessionRegistry:
         self.json_response = json_response
         self._sessions: dict[str, Session] = {}
         self._per_user: dict[str, int] = {}
+        # Ids whose stored record is being deleted: until the delete has committed, `restore`
+        # would find the record and bring the session back.
+        self._deleting: set[str] = set()
         # The 2026-07-28 era has no sessions: each request is served on its own by the SDK's
         # stateless path, which its session manager exposes publicly.
         self._stateless = StreamableHTTPSessionManager(server, json_response=json_response, stateless=True,
@@ -235,6 +238,8 @@ class SessionRegistry:
         server restarted, or another instance opened it), when it belongs to `caller` and has not
         expired. It comes back parked: the record's initialize params let `activate` serve it
         without a new handshake, and its event log is still there."""
+        if session_id in self._deleting:
+            return None
         record = await self._store.get_session(session_id)
         if (record is None or record.transport != "streamable-http" or record.client_params is None
                 or record.owner != self._owner_label(caller.owner)
@@ -354,14 +359,19 @@ class SessionRegistry:
         if session.closed.is_set():
             return
         session.closed.set()
+        if not keep_record:
+            self._deleting.add(session.session_id)
         with anyio.CancelScope(shield=True):
             if session.transport is not None and not session.transport.is_terminated:
                 await session.transport.terminate()
             if session.cancel is not None:
                 await session.cancel()
             if not keep_record:
-                await self._store.delete_session(session.session_id)
-                await self._store.delete_events(session.session_id)
+                try:
+                    await self._store.delete_session(session.session_id)
+                    await self._store.delete_events(session.session_id)
+                finally:
+                    self._deleting.discard(session.session_id)
 
     async def close_where(self, predicate: Callable[[Session], bool], *, keep_records: bool = False) -> int:
         doomed = [s for s in self._sessions.values() if predicate(s)]
