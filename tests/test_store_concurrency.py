@@ -36,7 +36,7 @@ from server.storage.sqlite.graph import DELETE_BATCH
 from tests.browser import parse_forms
 from tests.conftest import OAuthUser, RunningServer, access_token, start_server
 
-BUSY_TIMEOUT = 1.5
+BUSY_TIMEOUT = 2.0
 VERSION = "2025-11-25"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
