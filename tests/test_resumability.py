@@ -137,6 +137,11 @@ async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, ser
                     break
         assert '"id":3' in text.replace(" ", "")
         assert (await http.delete(restarted.url + "/mcp", headers=alice)).status_code == 200
+        # As in test_events_are_deleted_with_their_session: the 200 is sent before the record goes.
+        for _ in range(500):
+            if await restarted.storage.get_session(alice["Mcp-Session-Id"]) is None:
+                break
+            await asyncio.sleep(0.01)
         assert await restarted.storage.get_session(alice["Mcp-Session-Id"]) is None
     finally:
         await restarted.stop()

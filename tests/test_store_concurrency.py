@@ -23,16 +23,20 @@ from typing import Any
 
 import aiohttp
 import httpx2
+import mcp_types as types
 import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
 
 from auth import accounts
+from auth.store import StoreUnavailable
 from server.memory.graph import Entity, KnowledgeGraph, Relation
 from server.storage.sqlite import SQLiteStorage
 from server.storage.sqlite.graph import DELETE_BATCH
 from tests.browser import parse_forms
-from tests.conftest import RunningServer, access_token, start_server
+from tests.conftest import OAuthUser, RunningServer, access_token, start_server
 
-BUSY_TIMEOUT = 1.5
+BUSY_TIMEOUT = 2.0
 VERSION = "2025-11-25"
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 
@@ -188,6 +192,36 @@ async def test_a_write_lock_held_elsewhere_blocks_nothing_and_writes_answer_retr
         "client_name": "c", "redirect_uris": ["http://127.0.0.1:9/cb"]})).status_code == 201
 
 
+async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_server: RunningServer) -> None:
+    """The legacy SSE transport always goes through the SDK's server: the same tool error there."""
+    server = busy_server
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    transport = sse_client(server.url + "/sse", auth=alice.provider("/sse"))
+    async with Client(transport, mode="legacy") as client:
+        await client.call_tool("create_entities", {"entities": [entity("before")]})
+        async with write_lock_held_elsewhere(server.storage.db.path):
+            refused = await client.call_tool("create_entities", {"entities": [entity("during")]})
+            graph = await client.call_tool("read_graph", {})
+        assert refused.is_error
+        text = refused.content[0]
+        assert isinstance(text, types.TextContent) and "temporarily unavailable" in text.text
+        assert graph.structured_content is not None
+        assert [e["name"] for e in graph.structured_content["entities"]] == ["before"]
+        assert not (await client.call_tool("create_entities", {"entities": [entity("during")]})).is_error
+
+
+async def test_a_request_through_the_sdk_transport_is_answered_when_its_event_cannot_be_stored(
+        http: httpx2.AsyncClient, busy_server: RunningServer) -> None:
+    """A ping goes through the SDK transport, which stores each SSE event for resumability: with
+    the store locked it is still answered (resuming from it is what is lost), not a 500."""
+    server = busy_server
+    alice = await mcp_session(http, server, await access_token(server, "alice", "alice-password-1"))
+    async with write_lock_held_elsewhere(server.storage.db.path):
+        ping = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 5, "method": "ping"})
+    assert ping.status_code == 200, ping.text
+    assert '{"jsonrpc":"2.0","id":5,"result":{}}' in ping.text.replace(" ", "")
+
+
 async def test_read_graph_from_rows_while_locked_is_byte_identical(
         http: httpx2.AsyncClient, busy_server: RunningServer) -> None:
     """The read-only answer of a stale view is exactly the one its rebuild gives."""
@@ -315,3 +349,20 @@ async def test_deleting_a_large_graph_lets_other_writers_in_between(tmp_path: Pa
     finally:
         await admin.close()
         await server.close()
+
+
+async def test_close_finishes_queued_work_and_stops_the_threads(tmp_path: Path) -> None:
+    storage = SQLiteStorage(tmp_path / "memory.sqlite3")
+    writes = [asyncio.create_task(storage.create_entities("o", [Entity(name=f"e{i}", entityType="t",
+                                                                          observations=[])])) for i in range(20)]
+    await asyncio.sleep(0)  # queued, not all done
+    await storage.close()
+    assert [len(created) for created in await asyncio.gather(*writes)] == [1] * 20
+    assert not any(thread.is_alive() for thread in storage.db._threads)
+    with pytest.raises(StoreUnavailable):
+        await storage.open_nodes("o", ["e1"])
+    reopened = SQLiteStorage(tmp_path / "memory.sqlite3")
+    try:
+        assert len((await reopened.read_graph("o")).model().entities) == 20
+    finally:
+        await reopened.close()

@@ -39,7 +39,7 @@ from mcp.server.streamable_http import EventCallback, EventId, EventMessage, Eve
 from mcp_types import JSONRPCError, JSONRPCMessage, JSONRPCResponse, jsonrpc_message_adapter
 
 from transports.asgi_bridge import ASGIApp, Message, Receive, Scope, Send
-from transports.store import EventLimits, EventLog
+from transports.store import EventLimits, EventLog, StoreUnavailable
 
 DELIVERED_KEPT_SECONDS = 60.0
 """How long a delivered stream's events stay, for a client whose connection broke as it ended."""
@@ -63,9 +63,15 @@ class SessionEventStore(EventStore):
 
     async def store_event(self, stream_id: StreamId, message: JSONRPCMessage | None) -> EventId:
         text = None if message is None else message.model_dump_json(by_alias=True, exclude_unset=True)
-        stored = await self._log.append_event(self._session_id, self._user, stream_id, text, self._limits)
-        # The SDK sends an id with every event; one that was not stored must still be unique in the
-        # session and must never name a stored event (stored ids are digits only).
+        try:
+            stored = await self._log.append_event(self._session_id, self._user, stream_id, text, self._limits)
+        except StoreUnavailable:
+            # The message is still sent on the live stream; only resuming after it is lost. The SDK
+            # would answer the whole request 500 instead.
+            stored = None
+        # The SDK sends an id with every event; one that was not stored (over the bounds, or the
+        # store unavailable) must still be unique in the session and must never name a stored
+        # event (stored ids are digits only).
         event_id = stored if stored is not None else f"unstored-{secrets.token_hex(8)}"
         if isinstance(message, JSONRPCResponse | JSONRPCError):
             self._finals.pop(stream_id, None)

@@ -4,6 +4,10 @@ Each table group lives in its own module with its schema documented beside the c
 it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
 `sessions.py` (MCP session records and their resumable event streams), `keys.py` (ID-token
 signing keys).
+
+Every statement runs on the database's threads, never on the event loop (`db.py`: one writer
+thread with a queue, a few reader threads; a store that cannot answer in time raises the retryable
+`StorageUnavailable`).
 """
 
 from __future__ import annotations

@@ -435,9 +435,11 @@ def _delete_some_entities(conn: sqlite3.Connection, owner: str, limit: int) -> i
 
 
 def _delete_some_relations(conn: sqlite3.Connection, owner: str, limit: int) -> int:
-    return int(conn.execute(
-        "DELETE FROM memory_relations WHERE id IN (SELECT id FROM memory_relations WHERE owner = ? LIMIT ?)",
-        (owner, limit)).rowcount)
+    ids = [row[0] for row in conn.execute(
+        "DELETE FROM memory_relations WHERE id IN (SELECT id FROM memory_relations WHERE owner = ? LIMIT ?)"
+        " RETURNING id", (owner, limit)).fetchall()]
+    stale(conn, owner, RELATIONS, ids)  # a read between two batches sees the rows as they are
+    return len(ids)
 
 
 def _forget_owner(conn: sqlite3.Connection, owner: str) -> None:
