@@ -56,7 +56,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     auth_conf = settings.auth_settings()
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
     # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.
-    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE, busy_timeout=settings.store_busy_timeout)
     authorization_server.limiter = limiter
     verifier = BearerVerifier(auth_conf, storage)
 

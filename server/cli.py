@@ -199,7 +199,7 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _throttle(args: argparse.Namespace, settings: Settings, storage: SQLiteStorage) -> str:
-    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE)
+    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE, busy_timeout=settings.store_busy_timeout)
     try:
         if args.action == "list":
             return await admin.throttle_list(limiter, storage, settings.registration_rate_limit)

@@ -4,10 +4,11 @@ Why not in the process: `memory-mcp throttle list|clear` must see and lift a run
 limits (a user locked out by someone else's guesses should not wait out the window, nor need a
 restart), and several server processes on one data directory must share one budget.
 
-Why a file of its own (`throttle.sqlite3`) on a thread of its own: a login must never wait for
-the memory database's write lock (a long `users remove`, a backup), nor stall the event loop. One
-worker thread owns the connection and runs every operation in one transaction, so `admit`'s
-check-and-count is atomic across processes too (BEGIN IMMEDIATE).
+Why a file of its own (`throttle.sqlite3`): a login must never wait for the memory database's
+write lock (a long `users remove`, a backup). It runs on the same `Database` machinery as the
+memory database (its own writer thread, so nothing waits on the event loop; the same translation
+of a locked, full or read-only file into a retryable `StorageUnavailable`). Every operation is one
+write transaction, so `admit`'s check-and-count is atomic across processes too (BEGIN IMMEDIATE).
 
     rate_hits(key, at, expires_at)   one row per counted action; `at` is wall-clock time, so
                                      that counts survive a restart; rows older than their
@@ -16,18 +17,16 @@ check-and-count is atomic across processes too (BEGIN IMMEDIATE).
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from auth.ratelimit import Policy, whole_seconds
+from server.storage.sqlite.db import Database
 
 FILENAME = "throttle.sqlite3"
 # Rows kept at most: a flood of distinct source addresses must not grow the file without bound.
@@ -55,38 +54,15 @@ class Counted:
 
 
 class SQLiteRateLimiter:
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, busy_timeout: float = 3.0) -> None:
         self.path = path
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ratelimit")
-        self._local = threading.local()
+        self._db = Database(path, busy_timeout, readers=1)
+        self._db.apply_schema(SCHEMA)
         self._writes = 0
 
-    # The worker thread's side
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            self.path.chmod(0o600)
-            conn.executescript(SCHEMA)
-            self._local.conn = conn
-        return conn
-
-    def _transaction(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(conn, self._clock())
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+    async def _run(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
+        return await self._db.write(work, self._clock())
 
     @staticmethod
     def _ages(conn: sqlite3.Connection, key: str, window: float, now: float) -> list[float]:
@@ -102,9 +78,6 @@ class SQLiteRateLimiter:
         if self._writes % _PRUNE_EVERY == 0:
             conn.execute("DELETE FROM rate_hits WHERE rowid IN (SELECT rowid FROM rate_hits ORDER BY at DESC "
                          "LIMIT -1 OFFSET ?)", (MAX_ROWS,))
-
-    async def _run(self, work: Callable[[sqlite3.Connection, float], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._transaction, work)
 
     # RateLimiter
 
@@ -156,10 +129,4 @@ class SQLiteRateLimiter:
         return await self._run(work)
 
     async def close(self) -> None:
-        def work() -> None:
-            conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-            if conn is not None:
-                conn.close()
-                self._local.conn = None
-        await asyncio.get_running_loop().run_in_executor(self._executor, work)
-        self._executor.shutdown(wait=False)
+        await self._db.aclose()
