@@ -92,6 +92,7 @@ atomic with respect to other coroutines and other processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -123,6 +124,12 @@ from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, sta
 DELETE_BATCH: Final = 200
 """Entities (with their observations) or relations deleted per transaction by `delete_graph`: a
 few milliseconds of holding the write lock each."""
+DELETE_PAUSE: Final = 0.01
+"""Seconds `delete_graph` waits between its batches. Without it the deleting process takes the
+lock again the moment it commits, while a writer in another process (the server, beside
+`memory-mcp users remove`) is asleep in SQLite's busy handler, which polls with growing sleeps:
+that writer would then wait out its whole busy timeout. 200 rows per 10 ms still deletes ~20,000
+entities a second."""
 
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
@@ -368,8 +375,9 @@ class GraphTables:
         deleted = 0
         while count := await self.db.write(_delete_some_entities, owner, DELETE_BATCH):
             deleted += count
-        while await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
-            pass
+            await asyncio.sleep(DELETE_PAUSE)
+        while count := await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
+            await asyncio.sleep(DELETE_PAUSE)
         await self.db.write(_forget_owner, owner)
         self._view.forget(owner)
         return deleted
