@@ -372,15 +372,18 @@ class GraphTables:
         # large graph never holds the write lock for long (other processes, and this one's other
         # writers, get their turn between batches); re-running resumes where it stopped.
         await self.db.write(_close, owner)
-        deleted = 0
-        while count := await self.db.write(_delete_some_entities, owner, DELETE_BATCH):
-            deleted += count
-            await asyncio.sleep(DELETE_PAUSE)
-        while count := await self.db.write(_delete_some_relations, owner, DELETE_BATCH):
-            await asyncio.sleep(DELETE_PAUSE)
+        deleted = await self._in_batches(_delete_some_entities, owner)
+        await self._in_batches(_delete_some_relations, owner)
         await self.db.write(_forget_owner, owner)
         self._view.forget(owner)
         return deleted
+
+    async def _in_batches(self, step: Callable[[sqlite3.Connection, str, int], int], owner: str) -> int:
+        total = 0
+        while count := await self.db.write(step, owner, DELETE_BATCH):
+            total += count
+            await asyncio.sleep(DELETE_PAUSE)
+        return total
 
     # --- queries -----------------------------------------------------------------------------
     # Each in one read transaction on a reader thread: its statements see one state of the file.
