@@ -55,9 +55,11 @@ def build_scope(request: web.Request, state: dict[str, Any] | None = None) -> Sc
 
 
 async def call_asgi(
-    app: ASGIApp, request: web.Request, body: bytes, state: dict[str, Any] | None = None
+    app: ASGIApp, request: web.Request, body: bytes, state: dict[str, Any] | None = None,
+    *, tap: Callable[[bytes], object] | None = None,
 ) -> web.StreamResponse:
-    """Serve `request` (whose body the caller has already read) with `app`; return the response sent."""
+    """Serve `request` (whose body the caller has already read) with `app`; return the response sent.
+    `tap` sees each chunk of the body as it is sent."""
     scope = build_scope(request, state)
     finished = asyncio.Event()
     body_sent = False
@@ -95,6 +97,8 @@ async def call_asgi(
                 return
             try:
                 chunk = message.get("body", b"")
+                if tap is not None:
+                    tap(chunk)
                 if chunk:
                     await response.write(chunk)
                 if not message.get("more_body", False):

@@ -23,17 +23,14 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_connection, serve_loop
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp.shared.transport_context import TransportContext
 from mcp_types import InitializeRequestParams
 
 from transports.caller import Caller
 from transports.events import SessionEventStore
+from transports.sdk import serve_loop, serve_restored
 from transports.store import SessionRecord, TransportStore
 
 log = logging.getLogger(__name__)
@@ -313,12 +310,8 @@ class SessionRegistry:
     async def _serve_initialized(self, session_id: str, read_stream: Any, write_stream: Any,
                                  params: InitializeRequestParams, protocol_version: str) -> None:
         """What `serve_loop` does, with the handshake already done (a restored session)."""
-        dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
-            read_stream, write_stream, inline_methods=frozenset({"initialize"}))
-        connection = Connection(dispatcher, protocol_version=protocol_version, session_id=session_id,
-                                client_params=params)
-        connection.initialized.set()
-        await serve_connection(self._server, dispatcher, connection=connection, lifespan_state=self._lifespan_state)
+        await serve_restored(self._server, read_stream, write_stream, session_id=session_id, client_params=params,
+                             protocol_version=protocol_version, lifespan_state=self._lifespan_state)
 
     async def established(self, session: Session, protocol_version: str | None,
                           client_params: str | None = None) -> None:

@@ -16,23 +16,12 @@ from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
+from transports import sdk
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
-from transports.direct import (
-    DirectHandler,
-    accepts_json,
-    answer,
-    answer_modern,
-    initialize_acceptable,
-    initialize_handler,
-    initialize_params,
-    is_request,
-    modern_acceptable,
-    negotiated_version,
-)
+from transports.direct import DirectPath, Handshake
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
 
@@ -52,13 +41,13 @@ class StreamableHTTPEndpoint:
         allowed_origins: frozenset[str],
         max_body_bytes: int,
         resource_path: str = "/mcp",
-        direct: Mapping[str, DirectHandler] | None = None,
+        direct_methods: frozenset[str] = frozenset(),
     ) -> None:
         self._registry = registry
-        self.direct = dict(direct or {})
-        # `initialize` answered here too: opening a session then starts no SDK transport at all
-        # (it would be parked right after anyway). None sends every initialize to the SDK.
-        self.direct_initialize: DirectHandler | None = initialize_handler(registry.server)
+        # The methods answered without the SDK transport (transports/direct.py), by the SDK's own
+        # runner; `initialize` among them means opening a session starts no SDK transport at all.
+        self.direct = DirectPath(registry.server, lambda: registry.lifespan_state, json_response=registry.json_response,
+                                 methods=direct_methods)
         self._authenticate = authenticate
         self._guard = guard
         self._allowed_origins = allowed_origins
@@ -91,12 +80,9 @@ class StreamableHTTPEndpoint:
             # 2026-07-28: no session, no handshake; the request is authenticated (above) and served
             # on its own: on the direct path when it is one of its methods and the SDK would
             # dispatch it unchanged, else by the SDK's stateless path.
-            if request.method == "POST" and isinstance(message, dict) and is_request(message):
-                handler = self.direct.get(message["method"])
-                envelope = (modern_acceptable(request, message, self._registry.json_response)
-                            if handler is not None else None)
-                if handler is not None and envelope is not None:
-                    return await answer_modern(handler, message, envelope, self._registry.server)
+            route = await self.direct.modern_request(request, message) if request.method == "POST" else None
+            if route is not None:
+                return await self.direct.answer_modern(route, request)
             return await call_asgi(self._registry.stateless.handle_request, request, body, {"caller": caller})
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # A plain invalid-request code, not a 2026-07-28 one: a client reads it as "use another
@@ -136,10 +122,12 @@ class StreamableHTTPEndpoint:
         headers = {SESSION_HEADER: session.session_id}
         if isinstance(message, dict) and request.method == "POST":
             method = message.get("method")
-            handler = self.direct.get(method) if isinstance(method, str) else None
-            if handler is not None and is_request(message) and accepts_json(request):
-                return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
-                                    headers)
+            # Shaped by the session's negotiated version, as the SDK's connection is; the request's
+            # MCP-Protocol-Version header only chose the era (above).
+            direct = await self.direct.session_request(request, message)
+            if direct is not None and session.protocol_version is not None and session.client_params is not None:
+                return await self.direct.answer_session(direct, session.session_id, session.protocol_version,
+                                                        session.client_params, headers)
             if session.transport is None and isinstance(method, str) and "id" not in message:
                 # A notification for a parked session: nothing in it needs the SDK's session
                 # state (the restored connection is born initialized), so it is only acknowledged.
@@ -155,47 +143,43 @@ class StreamableHTTPEndpoint:
 
     async def _open(self, request: web.Request, caller: Caller, body: bytes,
                     message: Mapping[str, Any]) -> web.StreamResponse:
-        try:
-            opened = await self._open_direct(request, caller, message)
-            if opened is not None:
+        """Open a session. It exists only once `initialize` has succeeded: a refused or failed
+        handshake leaves nothing behind and counts against no cap."""
+        direct = await self.direct.initialize_request(request, message)
+        if direct is not None:
+            opened = await self.direct.initialize(direct)
+            if not isinstance(opened, Handshake):
                 return opened
+            try:
+                session = await self._registry.open_parked(caller, opened.protocol_version,
+                                                           json.dumps(opened.raw_params))
+            except SessionLimitError as exc:
+                return _too_many(exc)
+            return opened.response({SESSION_HEADER: session.session_id})
+        try:
             session = await self._registry.open_streamable(caller)
         except SessionLimitError as exc:
             return _too_many(exc)
-        assert session.transport is not None
+        transport = session.transport
+        if transport is None:  # ended between its start and now (a revocation)
+            return _session_not_found()
+        answer = bytearray()
         session.in_flight += 1
         try:
-            response = await call_asgi(session.transport.handle_request, request, body, {"caller": caller})
+            response = await call_asgi(transport.handle_request, request, body, {"caller": caller}, tap=answer.extend)
         finally:
             session.in_flight -= 1
-        if response.status >= 400:
+        # The SDK transport sends 200 before its runner has answered, so only the answer itself
+        # says whether the handshake succeeded.
+        if response.status >= 400 or not sdk.initialize_succeeded(response.content_type, bytes(answer)):
             await self._registry.forget(session)
         else:
             params = message.get("params")
-            requested = params.get("protocolVersion") if isinstance(params, dict) else None
-            version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-            await self._registry.established(session, version, json.dumps(params))
+            await self._registry.established(session, sdk.negotiated_version(params), json.dumps(params))
             # Most of a session's life needs no SDK transport (transports/direct.py); it is started
             # again on the first request that does.
             await self._registry.park(session)
         return response
-
-    async def _open_direct(self, request: web.Request, caller: Caller,
-                           message: Mapping[str, Any]) -> web.StreamResponse | None:
-        """Answer `initialize` without the SDK transport, when the SDK would have accepted it
-        (None otherwise: the SDK transport then answers, refusals included). The answer is the
-        SDK's, shaped the same way (tests/test_direct_path.py compares them)."""
-        handler = self.direct_initialize
-        if handler is None or not is_request(message) or not initialize_acceptable(request,
-                                                                                  self._registry.json_response):
-            return None
-        params = message.get("params")
-        try:
-            version = negotiated_version(initialize_params(params))
-        except (ValidationError, KeyError):
-            return None
-        session = await self._registry.open_parked(caller, version, json.dumps(params))
-        return await answer(handler, message, LATEST_HANDSHAKE_VERSION, {SESSION_HEADER: session.session_id})
 
 
 def _session_not_found() -> web.Response:
