@@ -330,7 +330,8 @@ def _source_of(qualified: str) -> str:
                    "jsonrpc_dispatcher": inspect.getmodule(JSONRPCDispatcher),
                    "streamable_http": inspect.getmodule(StreamableHTTPServerTransport),
                    "sse": inspect.getmodule(SseServerTransport),
-                   "connection": inspect.getmodule(Connection)}[module_name]
+                   "connection": inspect.getmodule(Connection),
+                   "transport_security": inspect.getmodule(type(_PROBE._security))}[module_name]
     for part in attribute.split("."):
         target = getattr(target, part)
     return inspect.getsource(target)
@@ -343,25 +344,27 @@ def fingerprint(qualified: str) -> str:
 COPIED_RULES: dict[str, tuple[str, str]] = {
     # SDK source: (its fingerprint, what here copies or relies on it)
     "jsonrpc_dispatcher:JSONRPCDispatcher._handle_request": (
-        "0000000000000000", "session_error: the exception-to-wire ladder and its code-0 fallback"),
+        "393d7c8204a71c84", "session_error: the exception-to-wire ladder and its code-0 fallback"),
     "streamable_http:StreamableHTTPServerTransport._handle_post_request": (
-        "0000000000000000", "session_request: the order of the checks before dispatch, JSON-response mode"),
+        "cc4f2cd0c9e317a2", "session_request: the order of the checks before dispatch, JSON-response mode"),
     "streamable_http:StreamableHTTPServerTransport._handle_request": (
-        "0000000000000000", "session_request: the security middleware's check comes first"),
+        "c7ca02ba9f5cfb06", "session_request: the security middleware's check comes first"),
+    "transport_security:TransportSecurityMiddleware.validate_request": (
+        "8b6eed18be27a6b6", "_secure: called on a headers-only stand-in for the starlette request"),
     "streamable_http:StreamableHTTPServerTransport._check_content_type": (
-        "0000000000000000", "session_request: called on a transport never connected (reads only the request)"),
+        "cbfd4348673d85d4", "session_request: called on a transport never connected (reads only the request)"),
     "modern_http:handle_modern_request": (
-        "0000000000000000", "modern_route: the order of the checks before dispatch"),
-    "modern_http:_write": ("0000000000000000", "modern_error: the body and status of an error"),
+        "cde3cb6094dd5193", "modern_route: the order of the checks before dispatch"),
+    "modern_http:_write": ("fe810e776acc5ffe", "modern_error: the body and status of an error"),
     "modern_http:_mcp_param_rejection": (
-        "0000000000000000", "modern_route: called with a headers-only stand-in for the starlette request"),
-    "runner:serve_loop": ("0000000000000000", "serve_restored: serve_loop without the handshake"),
-    "runner:ServerRunner._negotiate_initialize": ("0000000000000000", "negotiated_version: called"),
+        "933612dde6d7622f", "modern_route: called with a headers-only stand-in for the starlette request"),
+    "runner:serve_loop": ("5f6a87940f1365e7", "serve_restored: serve_loop without the handshake"),
+    "runner:ServerRunner._negotiate_initialize": ("1890b616f10a37c9", "negotiated_version: called"),
     "runner:ServerRunner._on_request": (
-        "0000000000000000", "committed_handshake: initialize commits client params only on success"),
+        "cb7dea37a3cb2fc9", "committed_handshake: initialize commits client params only on success"),
     "connection:Connection.from_envelope": (
-        "0000000000000000", "handshake_connection, session_connection: the no-channel outbound `_NO_CHANNEL`"),
-    "sse:SseServerTransport.connect_sse": ("0000000000000000", "sse_endpoint_session_id: the endpoint event"),
+        "0deb33de552bf8af", "handshake_connection, session_connection: the no-channel outbound `_NO_CHANNEL`"),
+    "sse:SseServerTransport.connect_sse": ("6ecc018627177191", "sse_endpoint_session_id: the endpoint event"),
 }
 
 
