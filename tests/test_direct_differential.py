@@ -304,7 +304,15 @@ class Harness:
         if user == "alice" and session_id is not None and resp.status_code == 200 \
                 and content_type.startswith("application/json"):
             self.direct_answers += 1
-        return Answer(resp.status_code, kept, last_message(content_type, resp.content), len(self.sessions_of(user)))
+        message = last_message(content_type, resp.content)
+        if case.is_initialize:
+            # The SDK path forgets a session whose handshake failed just after the answer has gone out.
+            succeeded = int(isinstance(message, dict) and "result" in message)
+            for _ in range(100):
+                if len(self.sessions_of(user)) == succeeded:
+                    break
+                await asyncio.sleep(0.01)
+        return Answer(resp.status_code, kept, message, len(self.sessions_of(user)))
 
     async def compare(self, case: Case) -> None:
         self.endpoint.direct.methods = DIRECT_METHODS

@@ -10,7 +10,9 @@ version's result shaping), on a connection carrying the session's negotiated ver
 params. Errors are mapped as that era's SDK entry maps them. What differs is only what the SDK
 itself lets differ: the answer is one JSON body, as its transports write in JSON-response mode,
 and so a server-initiated request or a notification tied to the request has no way to the client
-(the memory tools send none); `Connection.state` lives for one request.
+(the memory tools send none). A session's connection here is not its SDK transport's: each
+keeps its own `Connection.state`, and what a handler pushes on the exit stack is unwound when its
+request ends.
 
 Three entries, one per kind of request:
 * `session_request` / `answer_session`: a request in a session (2025-03-26 to 2025-11-25).
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -107,6 +110,7 @@ class DirectPath:
         self._json_response = json_response
         self.methods = methods
         """The methods this path may answer; empty sends everything to the SDK."""
+        self._connections: weakref.WeakKeyDictionary[object, sdk.Connection] = weakref.WeakKeyDictionary()
 
     # -- in a session ------------------------------------------------------------------------
 
@@ -116,13 +120,19 @@ class DirectPath:
             return None
         return await sdk.session_request(request.headers, message, self._json_response)
 
-    async def answer_session(self, request: JSONRPCRequest, session_id: str, protocol_version: str,
+    async def answer_session(self, request: JSONRPCRequest, session: object, session_id: str, protocol_version: str,
                              client_params: InitializeRequestParams, headers: Mapping[str, str]) -> web.StreamResponse:
-        connection = sdk.session_connection(session_id, protocol_version, client_params)
+        """Answer `request` in `session` (the registry's object, held weakly: its connection lives
+        as long as it does, as the SDK's lives as long as its transport)."""
+        connection = self._connections.get(session)
+        if connection is None or connection.protocol_version != protocol_version \
+                or connection.client_params is not client_params:
+            connection = self._connections[session] = sdk.session_connection(session_id, protocol_version,
+                                                                             client_params)
         sink = _Sink()
         token = _sink.set(sink)
         try:
-            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request, kind="jsonrpc")
+            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request)
         except Exception as exc:
             body = sdk.session_error_body(request.id, sdk.session_error(exc, request.method))
             return web.Response(body=body, content_type=_JSON, headers=headers)
@@ -142,7 +152,7 @@ class DirectPath:
         when the runner accepted it, else the error answer (no session exists for it)."""
         connection = sdk.handshake_connection()
         try:
-            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request, kind="jsonrpc")
+            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request)
         except Exception as exc:
             body = sdk.session_error_body(request.id, sdk.session_error(exc, request.method))
             return web.Response(body=body, content_type=_JSON)
@@ -167,7 +177,7 @@ class DirectPath:
         token = _sink.set(sink)
         try:
             result = await sdk.serve_request(self._server, self._lifespan_state(), connection, route.request,
-                                             kind="streamable-http", headers=request.headers)
+                                             headers=request.headers)
         except Exception as exc:
             status, body = sdk.modern_error(exc, route.request.id)
             return web.Response(body=body, status=status, content_type=_JSON)

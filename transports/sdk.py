@@ -22,7 +22,7 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from typing import Any, cast
 
@@ -32,7 +32,7 @@ from mcp.server import _streamable_http_modern as modern_http
 from mcp.server import runner as runner_module
 from mcp.server.connection import _NO_CHANNEL, Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import modern_error_data, serve_connection, serve_loop, serve_one
+from mcp.server.runner import modern_error_data, serve_connection, serve_loop
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http import StreamableHTTPServerTransport, check_accept_headers
 from mcp.shared.dispatcher import CallOptions
@@ -217,16 +217,25 @@ async def serve_restored(server: Server[Any], read_stream: Any, write_stream: An
 
 # -- one request through the SDK's runner --------------------------------------------------------
 
-@dataclass(slots=True)
 class _OneAnswer:
     """The dispatch context of a request answered in one JSON body: what the SDK's transports give
     a request in JSON-response mode. No server-initiated request can be answered, and a
     notification for the request (progress, logging) has nowhere to go, so it is dropped."""
 
-    transport: TransportContext
-    request_id: RequestId
-    message_metadata: ServerMessageMetadata
-    cancel_requested: anyio.Event = field(default_factory=anyio.Event)
+    __slots__ = ("_cancel_requested", "request_id", "transport")
+    message_metadata = ServerMessageMetadata(can_send_request=False)
+
+    def __init__(self, transport: TransportContext, request_id: RequestId) -> None:
+        self.transport = transport
+        self.request_id = request_id
+        self._cancel_requested: anyio.Event | None = None
+
+    @property
+    def cancel_requested(self) -> anyio.Event:
+        # Made on first use: nothing sets it (a client cancels by closing the connection).
+        if self._cancel_requested is None:
+            self._cancel_requested = anyio.Event()
+        return self._cancel_requested
 
     @property
     def can_send_request(self) -> bool:
@@ -243,15 +252,26 @@ class _OneAnswer:
         return None
 
 
+_SESSION_TRANSPORT = TransportContext(kind="jsonrpc", can_send_request=False)
+"""What the SDK's session-era dispatcher tells a handler of a JSON-response transport."""
+
+
 async def serve_request(server: Server[Any], lifespan_state: Any, connection: Connection, request: JSONRPCRequest,
-                        *, kind: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """The request's result as the SDK's runner produces it (`serve_one`: the version's params
-    validation, `Server.middleware`, the handler, the version's result shaping); raises what the
-    handler chain raises. The connection's exit stack is closed on the way out."""
-    dctx = _OneAnswer(TransportContext(kind=kind, can_send_request=False, headers=headers), request.id,
-                      ServerMessageMetadata(can_send_request=False))
-    return await serve_one(server, dctx, request.method, request.params, connection=connection,
-                           lifespan_state=lifespan_state)
+                        *, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The request's result as the SDK's runner produces it (the version's params validation,
+    `Server.middleware`, the handler, the version's result shaping); raises what the handler chain
+    raises. `serve_one`, copied: its shielded, bounded unwinding of the connection's exit stack
+    costs a cancel scope (a third of a small call's overhead), so it runs only when a handler or
+    middleware pushed something onto the stack. `headers` (the 2026-07-28 entry passes them)
+    marks a modern request."""
+    transport = _SESSION_TRANSPORT if headers is None else TransportContext(
+        kind="streamable-http", can_send_request=False, headers=headers)
+    runner = runner_module.ServerRunner(server, connection, lifespan_state)
+    try:
+        return await runner.on_request(_OneAnswer(transport, request.id), request.method, request.params)
+    finally:
+        if cast(Any, connection.exit_stack)._exit_callbacks:
+            await runner_module.aclose_shielded(connection)
 
 
 def session_error(exc: Exception, method: str) -> ErrorData:
@@ -358,6 +378,7 @@ COPIED_RULES: dict[str, tuple[str, str]] = {
     "modern_http:_write": ("fe810e776acc5ffe", "modern_error: the body and status of an error"),
     "modern_http:_mcp_param_rejection": (
         "933612dde6d7622f", "modern_route: called with a headers-only stand-in for the starlette request"),
+    "runner:serve_one": ("87bacb6b578bb41b", "serve_request: serve_one, closing the exit stack only when used"),
     "runner:serve_loop": ("5f6a87940f1365e7", "serve_restored: serve_loop without the handshake"),
     "runner:ServerRunner._negotiate_initialize": ("1890b616f10a37c9", "negotiated_version: called"),
     "runner:ServerRunner._on_request": (

@@ -126,8 +126,8 @@ class StreamableHTTPEndpoint:
             # MCP-Protocol-Version header only chose the era (above).
             direct = await self.direct.session_request(request, message)
             if direct is not None and session.protocol_version is not None and session.client_params is not None:
-                return await self.direct.answer_session(direct, session.session_id, session.protocol_version,
-                                                        session.client_params, headers)
+                return await self.direct.answer_session(direct, session, session.session_id,
+                                                        session.protocol_version, session.client_params, headers)
             if session.transport is None and isinstance(method, str) and "id" not in message:
                 # A notification for a parked session: nothing in it needs the SDK's session
                 # state (the restored connection is born initialized), so it is only acknowledged.
