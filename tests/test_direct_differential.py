@@ -110,7 +110,7 @@ NOTIFICATIONS = st.sampled_from([
     ("notifications/initialized", None), ("notifications/cancelled", {"requestId": 1}),
     ("notifications/roots/list_changed", {}), ("notifications/unknown", {"x": 1}),
 ])
-IDS = st.one_of(st.integers(-(2**70), 2**70), st.text(max_size=8), st.booleans(), st.none(),
+IDS = st.one_of(st.integers(0, 1000), st.integers(-(2**70), 2**70), st.text(max_size=8), st.booleans(), st.none(),
                 st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["\ud800", "a\udc00", "\ud83d"]))
 MEDIA_TYPES = ["application/json", "text/event-stream", "application/*", "text/*", "*/*", "text/plain",
                "application/xml"]
@@ -350,5 +350,5 @@ def test_the_direct_path_answers_every_request_as_the_sdk(tmp_path: Path) -> Non
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
     # Every era was exercised, and the direct path did answer (not merely declined everything).
-    assert set(seen) == {*SESSION_ERAS, MODERN}, seen
-    assert harness.direct_answers >= EXAMPLES // 10, harness.direct_answers
+    assert set(seen) == {*SESSION_ERAS, MODERN} and sum(seen.values()) >= EXAMPLES, seen
+    assert harness.direct_answers >= EXAMPLES // 25, harness.direct_answers

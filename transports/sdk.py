@@ -123,6 +123,29 @@ async def _secure(headers: Mapping[str, str]) -> bool:
     return await _PROBE._security.validate_request(cast(Any, _HeadersOnly(headers)), is_post=True) is None
 
 
+_HEADER_VERDICTS: dict[tuple[str | None, str | None, bool], bool] = {}
+_HEADER_VERDICTS_KEPT = 256
+
+
+async def _headers_acceptable(headers: Mapping[str, str], json_response: bool) -> bool:
+    """The session-era transport's header checks before it reads the body: the security
+    middleware's Content-Type, Accept (both media types unless it answers in JSON only), its own
+    Content-Type rule. They read the first Accept and Content-Type values only, so each verdict is
+    remembered by those two values: a client sends the same ones on every request, and the SDK's
+    rules then cost a dictionary lookup. Bounded: hostile variety only refills it."""
+    key = (headers.get("Accept"), headers.get("Content-Type"), json_response)
+    verdict = _HEADER_VERDICTS.get(key)
+    if verdict is None:
+        only = {name: value for name, value in (("accept", key[0]), ("content-type", key[1])) if value is not None}
+        has_json, has_sse = accepts(only)
+        verdict = (await _secure(only) and has_json and (has_sse or json_response)
+                   and _PROBE._check_content_type(cast(Any, _HeadersOnly(only))))
+        if len(_HEADER_VERDICTS) >= _HEADER_VERDICTS_KEPT:
+            _HEADER_VERDICTS.clear()
+        _HEADER_VERDICTS[key] = verdict
+    return verdict
+
+
 async def session_request(headers: Mapping[str, str], message: Any, json_response: bool) -> JSONRPCRequest | None:
     """The request as the SDK's session-era transport would dispatch it unchanged to its runner,
     or None when that transport would answer something else itself (400, 406, 415, a 202 for what
@@ -130,12 +153,7 @@ async def session_request(headers: Mapping[str, str], message: Any, json_respons
     (`StreamableHTTPServerTransport._handle_request` and `_handle_post_request`): the security
     middleware's Content-Type, Accept (both media types unless it answers in JSON only), its own
     Content-Type rule, the JSON-RPC message union."""
-    if not await _secure(headers):
-        return None
-    has_json, has_sse = accepts(headers)
-    if not has_json or not (has_sse or json_response):
-        return None
-    if not _PROBE._check_content_type(cast(Any, _HeadersOnly(headers))):
+    if not await _headers_acceptable(headers, json_response):
         return None
     try:
         parsed: JSONRPCMessage = jsonrpc_message_adapter.validate_python(message, by_name=False)
