@@ -316,3 +316,55 @@ async def test_server_middleware_sees_every_direct_call(http: httpx2.AsyncClient
     assert resp.status_code == 200
     assert seen == [("initialize", "2025-11-25", 0), ("tools/list", "2025-06-18", 1),
                     ("tools/call", "2025-06-18", 2), ("tools/list", MODERN, 3)]
+
+
+async def test_a_failing_handler_is_answered_as_the_sdk_answers_it(http: httpx2.AsyncClient, data_dir: Any) -> None:
+    """A result that fails its version's shape is the server's fault, -32603, where the direct path
+    said -32602; a handler's exception is the session-era dispatcher's code 0. Both paths agree."""
+    import mcp_types as types
+    from aiohttp import web
+    from mcp.server import Server
+
+    from auth import accounts
+    from server.app import build_app
+    from server.config import Settings
+    from tests.conftest import free_socket
+    from transports.direct import DIRECT_METHODS
+
+    async def list_tools(_ctx: Any, _params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="bad", input_schema={"type": "object"}),
+                                            types.Tool(name="boom", input_schema={"type": "object"})])
+
+    async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> Any:
+        if params.name == "boom":
+            raise RuntimeError("boom")
+        return {"content": "not a list"}
+
+    sock = free_socket()
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": data_dir}
+    settings = Settings(**options)
+    app = build_app(settings, mcp_server=Server("t", on_list_tools=list_tools, on_call_tool=call_tool))
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    server = RunningServer(settings.issuer, app, runner)
+    try:
+        await accounts.add_user(server.storage, "alice", "alice-password-1")
+        token = await access_token(server, "alice", "alice-password-1")
+        endpoint = server.app[MCP_ENDPOINT]
+        answers: dict[str, list[Any]] = {}
+        for path, methods in (("direct", DIRECT_METHODS), ("sdk", frozenset())):
+            endpoint.direct.methods = methods
+            headers = await initialize(http, server, token, "2025-11-25")
+            answers[path] = []
+            for name in ("bad", "boom"):
+                resp = await http.post(server.url + "/mcp", headers=headers, json={
+                    "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+                answers[path].append((resp.status_code, resp.headers["content-type"].split(";")[0],
+                                      last_message(resp)))
+        assert [a[1] for a in answers["direct"]] == ["application/json"] * 2  # the direct path did answer
+        assert [(a[0], a[2]) for a in answers["direct"]] == [(a[0], a[2]) for a in answers["sdk"]]
+        assert [a[2]["error"] for a in answers["direct"]] == [
+            {"code": -32603, "message": "Handler returned an invalid result"}, {"code": 0, "message": "boom"}]
+    finally:
+        await server.stop()
