@@ -26,6 +26,7 @@ from server.storage.sqlite import SQLiteStorage
 from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
 from server.storage.sqlite.ratelimit import SQLiteRateLimiter
 from transports.caller import Caller, Refusal
+from transports.direct import DIRECT_METHODS
 from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
 from transports.sse import SSEEndpoint
@@ -61,7 +62,9 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
     verifier = BearerVerifier(auth_conf, storage)
 
     tools = MemoryTools(storage, settings.memory_quota)
-    direct = tools.direct() if mcp_server is None else {}
+    # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
+    # cannot carry: only its handshake takes the direct path.
+    direct = DIRECT_METHODS if mcp_server is None else frozenset({"initialize"})
     mcp_server = mcp_server or tools.server()
     registry = SessionRegistry(
         mcp_server, storage, owner_label=owner_label,
@@ -93,7 +96,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
 
     allowed_origins = frozenset({settings.issuer, *settings.allowed_origins})
     mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier), allowed_origins=allowed_origins,
-                                 max_body_bytes=settings.max_body_bytes, direct=direct)
+                                 max_body_bytes=settings.max_body_bytes, direct_methods=direct)
     app[MCP_ENDPOINT] = mcp
     sse = SSEEndpoint(registry, mcp_server, authenticate, scope_guard(verifier),
                       allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)

@@ -15,7 +15,7 @@ from auth.rfc6750 import BearerVerifier
 from server.memory.graph import DEFAULT_QUOTA, GraphStore, Quota
 from server.memory.tools import TOOL_SCOPES, TOOLS, GraphResult, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
-from transports.direct import DirectHandler, Prepared
+from transports.direct import prepared
 
 INSTRUCTIONS = (
     "A persistent knowledge-graph memory that belongs to the signed-in user. Store people, projects and facts "
@@ -32,8 +32,8 @@ def _version() -> str:
 
 
 class MemoryTools:
-    """The memory tools as MCP request handlers, once for the SDK's server (`server()`) and once
-    for the transports' direct path (`direct()`): one implementation, two entry points."""
+    """The memory tools as the MCP server's request handlers (`server()`). The transports' direct
+    path runs the same server, through the SDK's own runner."""
 
     def __init__(self, graph: GraphStore, quota: Quota = DEFAULT_QUOTA) -> None:
         self.graph = graph
@@ -61,25 +61,17 @@ class MemoryTools:
         async def tools_call(_ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
                              ) -> types.CallToolResult:
             result = await self.call(params)
-            return result.result() if isinstance(result, GraphResult) else result
-
-        return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
-                      on_list_tools=list_tools, on_call_tool=tools_call)
-
-    def direct(self) -> dict[str, DirectHandler]:
-        async def list_tools(params: Mapping[str, Any] | None) -> types.ListToolsResult:
-            types.PaginatedRequestParams.model_validate(params or {}, by_name=False)
-            return await self.list_tools()
-
-        async def tools_call(params: Mapping[str, Any] | None) -> types.CallToolResult | Prepared:
-            result = await self.call(types.CallToolRequestParams.model_validate(params or {}, by_name=False))
             if not isinstance(result, GraphResult):
                 return result
-            # The graph goes into the answer as the JSON it already is (transports.direct.Prepared).
-            return Prepared(result.stand_in(), {("content", 0, "text"): result.graph.text_parts,
-                                                ("structuredContent",): result.graph.json_parts})
+            # On the direct path the graph goes into the answer as the JSON it already is.
+            return prepared(result.stand_in(), {("content", 0, "text"): result.graph.text_parts,
+                                                ("structuredContent",): result.graph.json_parts}) or result.result()
 
-        return {"tools/list": list_tools, "tools/call": tools_call}
+        schemas = {tool.name: tool.input_schema for tool in TOOLS}
+        # The schemas the SDK checks a 2026-07-28 call's Mcp-Param-* headers against, without
+        # running tools/list for every call.
+        return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
+                      on_list_tools=list_tools, on_call_tool=tools_call, get_tool_input_schema=schemas.get)
 
 
 def caller_from_grant(grant: AccessGrant) -> Caller:

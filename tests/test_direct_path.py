@@ -1,11 +1,15 @@
-"""The direct path (transports/direct.py) answers tools/list and tools/call exactly as the SDK
-transport would, for every handshake-era protocol version."""
+"""The direct path (transports/direct.py): what it does beyond answering as the SDK does (that is
+tests/test_direct_differential.py), and the defects found in it: hostile ids and names, sessions
+left by failed handshakes, a path chosen by the case of Accept, results shaped by the request's
+version header, middleware that never saw a direct call."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -58,166 +62,6 @@ async def initialize(http: httpx2.AsyncClient, server: RunningServer, token: str
         "params": {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
     headers.update({"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": version})
     return headers
-
-
-async def run_calls(http: httpx2.AsyncClient, server: RunningServer, token: str, version: str) -> list[Any]:
-    headers = await initialize(http, server, token, version)
-    await http.post(server.url + "/mcp", headers=headers,
-                    json={"jsonrpc": "2.0", "method": "notifications/initialized"})
-    answers = []
-    for i, call in enumerate(CALLS, start=1):
-        resp = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": i, **call})
-        assert resp.status_code == 200
-        answers.append(last_message(resp))
-    await http.delete(server.url + "/mcp", headers=headers)
-    return answers
-
-
-@pytest.mark.parametrize("version", ["2025-03-26", "2025-06-18", "2025-11-25"])
-async def test_direct_answers_equal_the_sdk_transports(http: httpx2.AsyncClient, server: RunningServer,
-                                                       version: str) -> None:
-    token = await access_token(server, "alice", "alice-password-1")
-    endpoint = server.app[MCP_ENDPOINT]
-    direct = await run_calls(http, server, token, version)
-    saved, endpoint.direct = endpoint.direct, {}
-    try:
-        through_sdk = await run_calls(http, server, token, version)
-    finally:
-        endpoint.direct = saved
-    assert direct == through_sdk
-    assert direct[1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
-    assert [a.get("error", {}).get("code") for a in direct] == [
-        None, None, None, None, None, None, None, None, -32602, -32602, None]
-    graph = json.loads(direct[4]["result"]["content"][0]["text"])  # read_graph
-    assert [e["name"] for e in graph["entities"]] == ["Ada", 'Zoë "Z"']
-    assert graph["entities"][1]["observations"] == ["a\\b\n\t\u2028 ✓ \U0001f600 </script>"]
-    assert direct[4]["result"]["structuredContent"] == graph
-
-
-MODERN = "2026-07-28"
-MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
-               "io.modelcontextprotocol/clientInfo": {"name": "claude-code", "version": "2.1.332"},
-               "io.modelcontextprotocol/clientCapabilities": {"roots": {}}}
-
-
-async def run_modern_calls(http: httpx2.AsyncClient, server: RunningServer, token: str) -> list[Any]:
-    """CALLS as a 2026-07-28 client sends them (Claude Code does), then requests the SDK refuses:
-    (status, message, raw body) each."""
-    requests: list[tuple[dict[str, Any], dict[str, str]]] = []
-    for i, call in enumerate(CALLS, start=1):
-        params = {**call.get("params", {}), "_meta": MODERN_META}
-        headers = {"Mcp-Method": call["method"]}
-        if call["method"] == "tools/call" and isinstance(params.get("name"), str):
-            headers["Mcp-Name"] = params["name"]
-        requests.append(({"jsonrpc": "2.0", "id": i, "method": call["method"], "params": params}, headers))
-    read_graph = {"jsonrpc": "2.0", "id": 99, "method": "tools/call",
-                  "params": {"name": "read_graph", "arguments": {}, "_meta": MODERN_META}}
-    requests += [
-        (read_graph, {"Mcp-Method": "tools/call", "Mcp-Name": "open_nodes"}),  # header mismatch
-        (read_graph, {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph", "Mcp-Param-X": "1"}),
-        ({**read_graph, "params": {"name": "read_graph", "arguments": {}}}, {"Mcp-Method": "tools/call",
-                                                                              "Mcp-Name": "read_graph"}),
-        ({**read_graph, "params": {"name": "read_graph", "arguments": {}, "_meta": {
-            **MODERN_META, "io.modelcontextprotocol/protocolVersion": "2099-01-01"}}},
-         {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph"}),
-        ({**read_graph, "params": {"name": "read_graph", "arguments": "x", "_meta": MODERN_META}},
-         {"Mcp-Method": "tools/call", "Mcp-Name": "read_graph"}),
-    ]
-    answers = []
-    for message, extra in requests:
-        resp = await http.post(server.url + "/mcp", json=message, headers={
-            **ACCEPT, "Authorization": f"Bearer {token}", "MCP-Protocol-Version": MODERN, **extra})
-        answers.append((resp.status_code, last_message(resp), resp.content))
-    return answers
-
-
-async def test_direct_answers_equal_the_sdk_in_the_stateless_era(http: httpx2.AsyncClient,
-                                                                  server: RunningServer) -> None:
-    """2026-07-28 requests (no session) answered on the direct path give the SDK's modern answers:
-    same status, same message, for results, tool errors and every refusal of the SDK's ladder."""
-    token = await access_token(server, "alice", "alice-password-1")
-    endpoint = server.app[MCP_ENDPOINT]
-    direct = await run_modern_calls(http, server, token)
-    saved, endpoint.direct = endpoint.direct, {}
-    try:
-        through_sdk = await run_modern_calls(http, server, token)
-    finally:
-        endpoint.direct = saved
-    assert [(status, message) for status, message, _ in direct] == [
-        (status, message) for status, message, _ in through_sdk]
-    assert direct[1][1]["result"]["structuredContent"]["entities"][0]["name"] == "Ada"
-    assert direct[1][1]["result"]["resultType"] == "complete"
-    assert direct[1][1]["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "memory-mcp"
-    # Mismatched Mcp-Name, an undeclared Mcp-Param header (accepted), no envelope, an envelope
-    # version the header contradicts, arguments that are not an object.
-    assert [status for status, _, _ in direct[-5:]] == [400, 200, 400, 400, 400]
-    codes = [m.get("error", {}).get("code") for _, m, _ in direct[-5:]]
-    assert codes == [-32020, None, -32602, -32020, -32602], codes
-    # The direct path did answer: the SDK writes JSON with ASCII escapes, this path raw UTF-8.
-    assert "Zoë".encode() in direct[4][2] and "Zoë".encode() not in through_sdk[4][2]
-    # Mcp-Param-* headers are the SDK's to check, against tool schemas; ours declare none.
-    tools = direct[0][1]["result"]["tools"]
-    assert len(tools) == 9 and "x-mcp-header" not in json.dumps(tools)
-
-
-INITIALIZE_PARAMS: list[dict[str, Any]] = [
-    *({"protocolVersion": v, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-      for v in ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "1999-01-01", "2026-07-28")),
-    {"protocolVersion": "2025-11-25", "_meta": {"progressToken": 7},
-     "capabilities": {"roots": {"listChanged": True}, "sampling": {}, "elicitation": {"form": {}},
-                      "x-custom": {"a": 1}},
-     "clientInfo": {"name": "codex-mcp-client", "title": "Codex", "version": "0.171.0", "websiteUrl": "https://x.test"}},
-    # Refused ones: the SDK answers them in both runs (the direct path declines).
-    {"protocolVersion": "2025-11-25", "capabilities": {}},
-    {"protocolVersion": 20251125, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-]
-
-
-async def test_direct_initialize_equals_the_sdk(http: httpx2.AsyncClient, server: RunningServer) -> None:
-    """`initialize` answered without the SDK transport gives the SDK's own answer, for every
-    version (known, unknown, modern) and for rich and invalid params; headers the SDK refuses
-    still reach the SDK."""
-    token = await access_token(server, "alice", "alice-password-1")
-    endpoint = server.app[MCP_ENDPOINT]
-    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
-
-    async def opening(params: dict[str, Any], extra: dict[str, str] | None = None) -> tuple[int, Any, bool]:
-        resp = await http.post(server.url + "/mcp", headers={**headers, **(extra or {})}, json={
-            "jsonrpc": "2.0", "id": "init-1", "method": "initialize", "params": params})
-        session_id = resp.headers.get("mcp-session-id")
-        if session_id:
-            await http.delete(server.url + "/mcp", headers={**headers, "Mcp-Session-Id": session_id})
-        answer = last_message(resp) if resp.status_code == 200 else resp.text
-        return resp.status_code, answer, session_id is not None
-
-    cases = [(params, None) for params in INITIALIZE_PARAMS] + [
-        (INITIALIZE_PARAMS[3], {"Accept": "application/json"}),
-        (INITIALIZE_PARAMS[3], {"Accept": "*/*"}),
-        (INITIALIZE_PARAMS[3], {"Content-Type": "text/plain"}),
-    ]
-    saved = endpoint.direct_initialize
-    for params, extra in cases:
-        direct = await opening(params, extra)
-        endpoint.direct_initialize = None
-        try:
-            through_sdk = await opening(params, extra)
-        finally:
-            endpoint.direct_initialize = saved
-        assert direct == through_sdk, (params, extra)
-    assert len(server.registry) == 0
-    # The direct answers are the real thing: the negotiated versions, the server's identity.
-    status, answer, opened = await opening(INITIALIZE_PARAMS[0])
-    assert status == 200 and opened and answer["result"]["protocolVersion"] == "2024-11-05"
-    assert answer["result"]["serverInfo"]["name"] == "memory-mcp" and answer["result"]["instructions"]
-    assert (await opening(INITIALIZE_PARAMS[4]))[1]["result"]["protocolVersion"] == "2025-11-25"
-    assert (await opening({**INITIALIZE_PARAMS[0], "capabilities": {}}, {"Accept": "text/plain"}))[0] == 406
-    # And it was this path that answered: JSON and no SDK transport, where the SDK answers in SSE.
-    opened_direct = await http.post(server.url + "/mcp", headers=headers, json={
-        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": INITIALIZE_PARAMS[3]})
-    assert opened_direct.headers["content-type"] == "application/json"
-    [session] = server.registry.sessions()
-    assert session.transport is None and session.protocol_version == "2025-11-25"
-    assert session.client_params is not None and session.client_params.client_info.name == "t"
 
 
 def transport_of(session: Any) -> Any:
@@ -280,3 +124,247 @@ async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx
     result = body["result"]
     assert result["structuredContent"]["entities"] == entities
     assert json.loads(result["content"][0]["text"]) == result["structuredContent"]
+
+
+MODERN = "2026-07-28"
+MODERN_META = {"io.modelcontextprotocol/protocolVersion": MODERN,
+               "io.modelcontextprotocol/clientInfo": {"name": "claude-code", "version": "2.1.332"},
+               "io.modelcontextprotocol/clientCapabilities": {}}
+HUGE_IDS = [2**63, -(2**63) - 1, 2**64, 2**70, -(10**30)]
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.exc_info]
+
+
+@pytest.mark.parametrize("request_id", HUGE_IDS)
+async def test_an_id_beyond_64_bits_is_answered_in_every_era(http: httpx2.AsyncClient, server: RunningServer,
+                                                             caplog: pytest.LogCaptureFixture,
+                                                             request_id: int) -> None:
+    """Defect 8: orjson stops at 64-bit integers, and the direct path answered such an id with a
+    500 and two tracebacks, in a session and in the 2026-07-28 era; JSON has no such limit and the
+    SDK answers it."""
+    token = await access_token(server, "alice", "alice-password-1")
+    headers = await initialize(http, server, token, "2025-11-25")
+    for call in ({"method": "tools/list"},
+                 {"method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}):
+        resp = await http.post(server.url + "/mcp", headers=headers,
+                               content=json.dumps({"jsonrpc": "2.0", "id": request_id, **call}))
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/json", resp.text
+        assert json.loads(resp.content)["id"] == request_id and "result" in resp.json()
+    modern = {"Authorization": f"Bearer {token}", **ACCEPT, "MCP-Protocol-Version": MODERN,
+              "Mcp-Method": "tools/call", "Mcp-Name": "open_nodes"}
+    resp = await http.post(server.url + "/mcp", headers=modern, content=json.dumps({
+        "jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+        "params": {"name": "open_nodes", "arguments": {"names": ["x"]}, "_meta": MODERN_META}}))
+    assert resp.status_code == 200 and json.loads(resp.content)["id"] == request_id, resp.text
+    opened = await http.post(server.url + "/mcp", headers={**ACCEPT, "Authorization": f"Bearer {token}"},
+                             content=json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": {
+                                 "protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}}))
+    assert opened.status_code == 200 and json.loads(opened.content)["id"] == request_id
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("where", ["id", "tool name", "argument", "initialize"])
+@pytest.mark.parametrize("era", ["2025-11-25", MODERN])
+async def test_a_lone_surrogate_is_refused_as_not_json(http: httpx2.AsyncClient, server: RunningServer,
+                                                       caplog: pytest.LogCaptureFixture, where: str, era: str) -> None:
+    """Defect 8: a lone surrogate (valid JSON escape, not valid Unicode: no storage, serialiser or
+    header can carry it) gave a 500 with two tracebacks; it is now a parse error in every era, as
+    the SDK's session transport already answered it, before any handler or session exists."""
+    token = await access_token(server, "alice", "alice-password-1")
+    if era == MODERN:
+        headers = {"Authorization": f"Bearer {token}", **ACCEPT, "MCP-Protocol-Version": MODERN,
+                   "Mcp-Method": "tools/call", "Mcp-Name": "open_nodes"}
+        meta: dict[str, Any] = {"_meta": dict(MODERN_META)}
+    else:
+        headers = await initialize(http, server, token, era)
+        meta = {}
+    params = {"name": "open_nodes", "arguments": {"names": ["x"]}, **meta}
+    message: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    if where == "id":
+        message["id"] = "\ud800"
+    elif where == "tool name":
+        params["name"] = "\udc00x"
+    elif where == "argument":
+        params["arguments"] = {"names": ["\ud83d"]}
+    else:
+        headers.pop("Mcp-Session-Id", None)
+        message = {"jsonrpc": "2.0", "id": "\ud800", "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "\udfff", "version": "1"}}}
+    before = len(server.registry)
+    resp = await http.post(server.url + "/mcp", headers=headers, content=json.dumps(message))
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == -32700
+    assert len(server.registry) == before
+    assert tracebacks(caplog) == []
+
+
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_failed_initialize_leaves_no_session(http: httpx2.AsyncClient, server: RunningServer,
+                                                    direct: bool) -> None:
+    """Defect 8: a session was recorded (and counted against the user's cap) before its handshake
+    was known to succeed: by the direct path before a failing answer, by the SDK path whenever the
+    transport's status was 200, which it sends before its runner has answered."""
+    token = await access_token(server, "alice", "alice-password-1")
+    endpoint = server.app[MCP_ENDPOINT]
+    if not direct:
+        endpoint.direct.methods = frozenset()
+    headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+    for params in ({"protocolVersion": "2025-11-25", "capabilities": {}},  # no clientInfo
+                   {"protocolVersion": 20251125, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+                   {"protocolVersion": "2025-11-25", "capabilities": [], "clientInfo": {"name": "t", "version": "1"}}):
+        resp = await http.post(server.url + "/mcp", headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params})
+        assert resp.status_code == 200 and last_message(resp)["error"]["code"] == -32602, resp.text
+        for _ in range(100):  # the SDK path forgets the session just after the answer has gone out
+            if len(server.registry) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert len(server.registry) == 0, params
+        assert await server.storage.list_sessions() == []
+    opened = await http.post(server.url + "/mcp", headers=headers, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+    assert "result" in last_message(opened) and len(server.registry) == 1
+
+
+async def test_a_session_cap_is_counted_after_the_handshake(http: httpx2.AsyncClient, data_dir: Any) -> None:
+    """Failed handshakes do not use up a user's sessions: with a cap of 2, ten failed ones then two
+    good ones all get their answer, and the third good one is refused for the cap."""
+    from auth import accounts
+    from tests.conftest import start_server
+
+    server = await start_server(data_dir, max_sessions_per_user=2)
+    try:
+        await accounts.add_user(server.storage, "alice", "alice-password-1")
+        token = await access_token(server, "alice", "alice-password-1")
+        await server.registry.close_where(lambda _s: True)
+        headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+        good = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        for _ in range(10):
+            failed = await http.post(server.url + "/mcp", headers=headers, json={
+                "jsonrpc": "2.0", "id": 2**64, "method": "initialize", "params": {**good, "clientInfo": {}}})
+            assert failed.status_code == 200 and "error" in failed.json()
+        statuses = [(await http.post(server.url + "/mcp", headers=headers, json={
+            "jsonrpc": "2.0", "id": 2**64, "method": "initialize", "params": good})).status_code for _ in range(3)]
+        assert statuses == [200, 200, 429]
+    finally:
+        await server.stop()
+
+
+def stored_events(server: RunningServer) -> int:
+    from server.app import SETTINGS
+
+    with contextlib.closing(sqlite3.connect(server.app[SETTINGS].database_path)) as db:
+        return int(db.execute("SELECT count(*) FROM mcp_events").fetchone()[0])
+
+
+@pytest.mark.parametrize("accept", ["Application/JSON, Text/Event-Stream", "text/event-stream;q=0.5, APPLICATION/JSON",
+                                    "*/*", "application/*, text/*"])
+async def test_the_case_of_accept_does_not_choose_the_path(http: httpx2.AsyncClient, server: RunningServer,
+                                                           accept: str) -> None:
+    """Defect 5, its Accept part: `Application/JSON` sent read_graph down the SDK path, whose event
+    log keeps every SSE response. One Accept rule, the SDK's (case-insensitive, wildcards), now
+    chooses both whether a request is acceptable and which path answers it."""
+    token = await access_token(server, "alice", "alice-password-1")
+    headers = {**await initialize(http, server, token, "2025-11-25"), "Accept": accept}
+    before = stored_events(server)
+    for _ in range(3):
+        resp = await http.post(server.url + "/mcp", headers=headers, json={
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
+        assert resp.status_code == 200 and resp.headers["content-type"] == "application/json", resp.text
+    assert stored_events(server) == before
+
+
+async def test_an_accept_the_sdk_refuses_is_refused_for_every_method(http: httpx2.AsyncClient,
+                                                                     server: RunningServer) -> None:
+    """The old direct path needed only JSON in Accept: tools/call was answered where ping got 406."""
+    token = await access_token(server, "alice", "alice-password-1")
+    headers = {**await initialize(http, server, token, "2025-11-25"), "Accept": "application/json"}
+    for call in ({"method": "ping"}, {"method": "tools/list"},
+                 {"method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}):
+        resp = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": 1, **call})
+        assert resp.status_code == 406, (call, resp.text)
+
+
+async def test_server_middleware_sees_every_direct_call(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    """`Server.middleware` (OpenTelemetry by default) wraps every request the SDK serves; the direct
+    path used to call the handlers around it. And a request is served at the version its session
+    negotiated, as the SDK's connection serves it, whatever its MCP-Protocol-Version header says
+    (the direct path used the header; mcp 2.3 shapes the three handshake versions alike, so only
+    the version handlers and middleware see showed it)."""
+    seen: list[tuple[str, str, Any]] = []
+
+    async def record(ctx: Any, call_next: Any) -> Any:
+        seen.append((ctx.method, ctx.protocol_version, ctx.request_id))
+        return await call_next(ctx)
+
+    server.registry.server.middleware.append(record)
+    token = await access_token(server, "alice", "alice-password-1")
+    seen.clear()
+    headers = {**await initialize(http, server, token, "2025-06-18"), "MCP-Protocol-Version": "2025-11-25"}
+    calls: list[dict[str, Any]] = [{"method": "tools/list"},
+                                   {"method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}]
+    for request_id, call in enumerate(calls, start=1):
+        resp = await http.post(server.url + "/mcp", headers=headers, json={"jsonrpc": "2.0", "id": request_id, **call})
+        assert resp.headers["content-type"] == "application/json"
+    modern = {"Authorization": f"Bearer {token}", **ACCEPT, "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/list"}
+    resp = await http.post(server.url + "/mcp", headers=modern, json={
+        "jsonrpc": "2.0", "id": 3, "method": "tools/list", "params": {"_meta": MODERN_META}})
+    assert resp.status_code == 200
+    assert seen == [("initialize", "2025-11-25", 0), ("tools/list", "2025-06-18", 1),
+                    ("tools/call", "2025-06-18", 2), ("tools/list", MODERN, 3)]
+
+
+async def test_a_failing_handler_is_answered_as_the_sdk_answers_it(http: httpx2.AsyncClient, data_dir: Any) -> None:
+    """A result that fails its version's shape is the server's fault, -32603, where the direct path
+    said -32602; a handler's exception is the session-era dispatcher's code 0. Both paths agree."""
+    import mcp_types as types
+    from aiohttp import web
+    from mcp.server import Server
+
+    from auth import accounts
+    from server.app import build_app
+    from server.config import Settings
+    from tests.conftest import free_socket
+    from transports.direct import DIRECT_METHODS
+
+    async def list_tools(_ctx: Any, _params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=[types.Tool(name="bad", input_schema={"type": "object"}),
+                                            types.Tool(name="boom", input_schema={"type": "object"})])
+
+    async def call_tool(_ctx: Any, params: types.CallToolRequestParams) -> Any:
+        if params.name == "boom":
+            raise RuntimeError("boom")
+        return {"content": "not a list"}
+
+    sock = free_socket()
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": data_dir}
+    settings = Settings(**options)
+    app = build_app(settings, mcp_server=Server("t", on_list_tools=list_tools, on_call_tool=call_tool))
+    runner = web.AppRunner(app, handler_cancellation=False)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    server = RunningServer(settings.issuer, app, runner)
+    try:
+        await accounts.add_user(server.storage, "alice", "alice-password-1")
+        token = await access_token(server, "alice", "alice-password-1")
+        endpoint = server.app[MCP_ENDPOINT]
+        answers: dict[str, list[Any]] = {}
+        for path, methods in (("direct", DIRECT_METHODS), ("sdk", frozenset())):
+            endpoint.direct.methods = methods
+            headers = await initialize(http, server, token, "2025-11-25")
+            answers[path] = []
+            for name in ("bad", "boom"):
+                resp = await http.post(server.url + "/mcp", headers=headers, json={
+                    "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": {}}})
+                answers[path].append((resp.status_code, resp.headers["content-type"].split(";")[0],
+                                      last_message(resp)))
+        assert [a[1] for a in answers["direct"]] == ["application/json"] * 2  # the direct path did answer
+        assert [(a[0], a[2]) for a in answers["direct"]] == [(a[0], a[2]) for a in answers["sdk"]]
+        assert [a[2]["error"] for a in answers["direct"]] == [
+            {"code": -32603, "message": "Handler returned an invalid result"}, {"code": 0, "message": "boom"}]
+    finally:
+        await server.stop()

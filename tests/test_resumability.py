@@ -160,7 +160,7 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
         writer = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:write"))["access_token"]
         reader = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:read"))["access_token"]
         # The SDK transport answers every call (the direct path would answer in JSON, unstored).
-        server.app[MCP_ENDPOINT].direct = {}
+        server.app[MCP_ENDPOINT].direct.methods = frozenset()
         writing = await session(http, server, writer)
         entities = [{"name": f"e{i}", "entityType": "t", "observations": ["x" * 2000]} for i in range(50)]
         created = await http.post(server.url + "/mcp", headers=writing, json={

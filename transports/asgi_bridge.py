@@ -2,9 +2,9 @@
 
 Why hand-written and not `aiohttp-asgi`: that package's `receive()` never reports
 `http.disconnect` and returns immediately at EOF, so sse-starlette's disconnect listener spins and
-wedges the event loop on the first SSE response (sdk-notes 1.6, P1).
+wedges the event loop on the first SSE response (docs/sdk-notes.md#P1).
 
-What this bridge guarantees, each learned the hard way (sdk-notes 1.7):
+What this bridge guarantees, each learned the hard way (docs/sdk-notes.md#P3, #P4):
 * P3: aiohttp may cancel a handler when its client goes away (always under the test server). The
   SDK must not be cancelled mid-request, or a session being opened is discarded half-made: the ASGI
   call runs in its own task and is shielded; the handler's cancellation only tells it the peer left.
@@ -55,9 +55,11 @@ def build_scope(request: web.Request, state: dict[str, Any] | None = None) -> Sc
 
 
 async def call_asgi(
-    app: ASGIApp, request: web.Request, body: bytes, state: dict[str, Any] | None = None
+    app: ASGIApp, request: web.Request, body: bytes, state: dict[str, Any] | None = None,
+    *, tap: Callable[[bytes], object] | None = None,
 ) -> web.StreamResponse:
-    """Serve `request` (whose body the caller has already read) with `app`; return the response sent."""
+    """Serve `request` (whose body the caller has already read) with `app`; return the response sent.
+    `tap` sees each chunk of the body as it is sent."""
     scope = build_scope(request, state)
     finished = asyncio.Event()
     body_sent = False
@@ -95,6 +97,8 @@ async def call_asgi(
                 return
             try:
                 chunk = message.get("body", b"")
+                if tap is not None:
+                    tap(chunk)
                 if chunk:
                     await response.write(chunk)
                 if not message.get("more_body", False):

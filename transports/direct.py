@@ -1,256 +1,255 @@
-"""Requests answered without the SDK transport: the hot path of an established session.
+"""Requests answered without the SDK transport: the hot path.
 
-A `tools/call` or `tools/list` in a session whose client accepts JSON needs none of the SDK
-transport's machinery (SSE response, event log, per-request task and stream); measured, that
-machinery is most of the cost of a call (docs/performance.md). The server supplies the handlers
-(the same functions its MCP server uses), and the answer is shaped exactly as the SDK shapes it:
-the result model dumped by alias, then sieved to the session's protocol version by
-`mcp_types.methods.serialize_server_result`. A handler may also return a `Prepared` result, whose
-largest values arrive already serialised. `initialize` is answered here too (`initialize_handler`),
-so that opening a session starts no SDK transport at all: the session is born parked, as a
-restored one is, and its transport starts only if a later request needs it. The same handlers
-answer 2026-07-28 (stateless) requests too (`answer_modern`), which Claude Code sends: the SDK's
-stateless entry took 200 ms for a 10,000-entity read_graph, this path 5 ms. Anything else (other
-methods, streams, clients that only accept SSE, requests the SDK would refuse) goes to the SDK
-transport as before.
+A `tools/call` needs none of the SDK transport's machinery (SSE response, event log, a task and
+memory streams per request, a running transport per session); measured, that machinery is most of
+the cost of a call (docs/performance.md). This path keeps everything else of the SDK: a request is
+taken here only when the SDK's transport would dispatch it unchanged (its own checks, called
+through transports.sdk), and it is then served by the SDK's own runner (`serve_one`: the
+protocol version's params validation, `Server.middleware`, the server's registered handler, the
+version's result shaping), on a connection carrying the session's negotiated version and client
+params. Errors are mapped as that era's SDK entry maps them. What differs is only what the SDK
+itself lets differ: the answer is one JSON body, as its transports write in JSON-response mode,
+and so a server-initiated request or a notification tied to the request has no way to the client
+(the memory tools send none). A session's connection here is not its SDK transport's: each
+keeps its own `Connection.state`, and what a handler pushes on the exit stack is unwound when its
+request ends.
+
+Three entries, one per kind of request:
+* `session_request` / `answer_session`: a request in a session (2025-03-26 to 2025-11-25).
+* `initialize_request` / `initialize`: `initialize`. The session is recorded only once the runner
+  has accepted the handshake, born parked (no SDK transport until a request needs one).
+* `modern_request` / `answer_modern`: a 2026-07-28 request (no session), after the SDK's modern
+  entry's whole inbound ladder.
+Anything the SDK would answer otherwise (refusals, other methods, a re-`initialize` in a session)
+goes to the SDK as before; tests/test_direct_differential.py compares the two paths.
+
+A handler may hand over the largest values of its result already serialised (`prepared`): it
+returns a stand-in model, and the fragments take the stand-ins' places in the body, unvalidated
+and uncopied (a whole knowledge graph costs more to validate and dump through pydantic than
+everything else in the call).
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
-from mcp.server.caching import apply_cache_hint
-from mcp.server.lowlevel.server import Server
-from mcp.server.runner import modern_error_data
-from mcp.server.streamable_http import check_accept_headers
-from mcp.shared.exceptions import MCPError
-from mcp.shared.inbound import (
-    ERROR_CODE_HTTP_STATUS,
-    InboundLadderRejection,
-    classify_inbound_request,
-    find_duplicated_routing_header,
-)
-from mcp_types import (
-    CORE_RESULT_TYPES,
-    SERVER_INFO_META_KEY,
-    CacheableResult,
-    Implementation,
-    InitializeRequestParams,
-    InitializeResult,
-    methods,
-)
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from pydantic import BaseModel, ValidationError
+from mcp_types import InitializeRequestParams, JSONRPCRequest
+from pydantic import BaseModel
+
+from transports import sdk
 
 log = logging.getLogger(__name__)
-
-
 
 Fragments = Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]]
 """JSON values already serialised, by their path in a result: each as the byte strings it is the
 concatenation of."""
 
+DIRECT_METHODS = frozenset({"initialize", "tools/list", "tools/call"})
+"""What the memory server lets this path answer: methods whose handlers need no back-channel."""
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A result some of whose values are already JSON.
-
-    `model` holds a stand-in (any valid value) at each path in `fragments`. The model is shaped for
-    the session's protocol version like any result, then each fragment (a JSON value, as the byte
-    strings it is the concatenation of) takes its stand-in's place, if that version has the field.
-    Why: a multi-megabyte value (a whole knowledge graph) costs more to validate and dump through
-    pydantic than everything else in the call, and the handler may have its JSON at hand anyway,
-    in pieces. The pieces are not even copied into one body when they are large: the response is
-    written as the bytes between the fragments and the fragments' own pieces.
-    """
-
-    model: BaseModel
-    fragments: Fragments
-
-
-DirectHandler = Callable[[Mapping[str, Any] | None], Awaitable[BaseModel | Prepared]]
-"""Validates the request's params and returns the result; raises `MCPError` for a JSON-RPC
-error, `ValidationError` for invalid params."""
-
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
 _SEPARATE_WRITES_FROM = 256 * 1024
 """Fragments smaller than this in all are copied into one body: one write, one TCP segment."""
 _COALESCE_BELOW = 16 * 1024
 """In a body written in parts, runs of parts smaller than this are copied into one write."""
+_JSON = "application/json"
 
 
-def initialize_handler(server: Server[Any]) -> DirectHandler:
-    """`initialize`, answered as the SDK's runner answers it (`ServerRunner._handle_initialize`):
-    the requested version if it is one of the handshake era's, else the latest, and the server's
-    initialization options. Only for a request the SDK would accept (`initialize_acceptable`);
-    the endpoint records the session itself, parked from the start."""
+class _Sink:
+    __slots__ = ("fragments",)
 
-    async def initialize(params: Mapping[str, Any] | None) -> BaseModel:
-        init = initialize_params(params)
-        opts = server.create_initialization_options()
-        return InitializeResult(
-            protocol_version=negotiated_version(init),
-            capabilities=opts.capabilities,
-            server_info=Implementation(name=opts.server_name, title=opts.title, description=opts.description,
-                                       version=opts.server_version, website_url=opts.website_url, icons=opts.icons),
-            instructions=opts.instructions,
-        )
-
-    return initialize
+    def __init__(self) -> None:
+        self.fragments: Fragments = {}
 
 
-def initialize_params(params: Mapping[str, Any] | None) -> InitializeRequestParams:
-    """The params, validated as the SDK validates them before a session has a version (the runner
-    starts every connection at the latest handshake version); raises `ValidationError`."""
-    methods.validate_client_request("initialize", LATEST_HANDSHAKE_VERSION, params)
-    return InitializeRequestParams.model_validate(params or {}, by_name=False)
+_sink: ContextVar[_Sink | None] = ContextVar("memory_mcp_direct_fragments", default=None)
 
 
-def negotiated_version(init: InitializeRequestParams) -> str:
-    requested = init.protocol_version
-    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+Result = TypeVar("Result", bound=BaseModel)
 
 
-def initialize_acceptable(request: web.Request, json_response: bool) -> bool:
-    """Whether the SDK transport would take this POST at all: its Accept rule (both JSON and SSE
-    unless it answers in JSON only, wildcards per RFC 7231) and Content-Type rule. A request that
-    fails them goes to the SDK transport, which owns those refusals (406, 415)."""
-    # The SDK's own Accept rule; it reads only `request.headers`, which aiohttp's request has too.
-    has_json, has_sse = check_accept_headers(cast(Any, request))
-    content_types = [t.strip() for t in request.headers.get("Content-Type", "").split(";")[0].split(",")]
-    return has_json and (has_sse or json_response) and "application/json" in content_types
+def prepared(stand_in: Result, fragments: Fragments) -> Result | None:
+    """For a handler whose result has large values already serialised: on this path, returns
+    `stand_in` (the result with any valid value at each path in `fragments`) and has each fragment
+    put in its stand-in's place once the result is shaped for the session's version (a fragment
+    whose field that version drops is dropped with it). On the SDK's path, returns None: the
+    handler returns its whole result, as any handler does."""
+    sink = _sink.get()
+    if sink is None:
+        return None
+    sink.fragments = fragments
+    return stand_in
 
 
-def accepts_json(request: web.Request) -> bool:
-    accept = request.headers.get("Accept", "")
-    return any(part.split(";", 1)[0].strip() in ("application/json", "application/*", "*/*")
-               for part in accept.split(","))
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """An `initialize` the SDK's runner accepted: what the session is recorded with, and the answer."""
+
+    protocol_version: str
+    client_params: InitializeRequestParams
+    raw_params: Mapping[str, Any] | None
+    request_id: Any
+    result: dict[str, Any]
+
+    def response(self, headers: Mapping[str, str]) -> web.StreamResponse:
+        return _respond(self.request_id, self.result, {}, headers)
 
 
-def is_request(message: Mapping[str, Any]) -> bool:
-    """A JSON-RPC 2.0 request this path can answer: the SDK's own validation covers the rest."""
-    request_id = message.get("id")
-    return (message.get("jsonrpc") == "2.0" and isinstance(message.get("method"), str)
-            and (isinstance(request_id, str) or (isinstance(request_id, int) and not isinstance(request_id, bool)))
-            and (message.get("params") is None or isinstance(message.get("params"), dict)))
+class DirectPath:
+    def __init__(self, server: sdk.Server[Any], lifespan_state: Callable[[], Any], *, json_response: bool,
+                 methods: frozenset[str]) -> None:
+        self._server = server
+        self._lifespan_state = lifespan_state
+        self._json_response = json_response
+        self.methods = methods
+        """The methods this path may answer; empty sends everything to the SDK."""
+        self._connections: weakref.WeakKeyDictionary[object, sdk.Connection] = weakref.WeakKeyDictionary()
+
+    # -- in a session ------------------------------------------------------------------------
+
+    async def session_request(self, request: web.Request, message: Any) -> JSONRPCRequest | None:
+        if not isinstance(message, dict) or message.get("method") == "initialize" \
+                or message.get("method") not in self.methods:
+            return None
+        return await sdk.session_request(request.headers, message, self._json_response)
+
+    async def answer_session(self, request: JSONRPCRequest, session: object, session_id: str, protocol_version: str,
+                             client_params: InitializeRequestParams, headers: Mapping[str, str]) -> web.StreamResponse:
+        """Answer `request` in `session` (the registry's object, held weakly: its connection lives
+        as long as it does, as the SDK's lives as long as its transport)."""
+        connection = self._connections.get(session)
+        if connection is None or connection.protocol_version != protocol_version \
+                or connection.client_params is not client_params:
+            connection = self._connections[session] = sdk.session_connection(session_id, protocol_version,
+                                                                             client_params)
+        sink = _Sink()
+        token = _sink.set(sink)
+        try:
+            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request)
+        except Exception as exc:
+            body = sdk.session_error_body(request.id, sdk.session_error(exc, request.method))
+            return web.Response(body=body, content_type=_JSON, headers=headers)
+        finally:
+            _sink.reset(token)
+        return _respond(request.id, result, sink.fragments, headers)
+
+    # -- opening a session -------------------------------------------------------------------
+
+    async def initialize_request(self, request: web.Request, message: Any) -> JSONRPCRequest | None:
+        if "initialize" not in self.methods or not isinstance(message, dict) or message.get("method") != "initialize":
+            return None
+        return await sdk.session_request(request.headers, message, self._json_response)
+
+    async def initialize(self, request: JSONRPCRequest) -> Handshake | web.StreamResponse:
+        """The handshake on a connection of its own, as the SDK's loop starts one; a `Handshake`
+        when the runner accepted it, else the error answer (no session exists for it)."""
+        connection = sdk.handshake_connection()
+        try:
+            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, request)
+        except Exception as exc:
+            body = sdk.session_error_body(request.id, sdk.session_error(exc, request.method))
+            return web.Response(body=body, content_type=_JSON)
+        committed = sdk.committed_handshake(connection)
+        if committed is None:  # the runner commits whenever it answers; kept total all the same
+            error = sdk.ErrorData(code=-32603, message="initialize was answered but not committed")
+            return web.Response(body=sdk.session_error_body(request.id, error), content_type=_JSON)
+        return Handshake(committed[0], committed[1], request.params, request.id, result)
+
+    # -- 2026-07-28: no session --------------------------------------------------------------
+
+    async def modern_request(self, request: web.Request, message: Any) -> sdk.ModernRoute | None:
+        if not isinstance(message, dict) or message.get("method") == "initialize" \
+                or message.get("method") not in self.methods:
+            return None
+        return await sdk.modern_route(self._server, self._lifespan_state(), request.headers.items(), message,
+                                      self._json_response)
+
+    async def answer_modern(self, route: sdk.ModernRoute, request: web.Request) -> web.StreamResponse:
+        connection = sdk.modern_connection(route)
+        sink = _Sink()
+        token = _sink.set(sink)
+        try:
+            result = await sdk.serve_request(self._server, self._lifespan_state(), connection, route.request,
+                                             headers=request.headers)
+        except Exception as exc:
+            status, body = sdk.modern_error(exc, route.request.id)
+            return web.Response(body=body, status=status, content_type=_JSON)
+        finally:
+            _sink.reset(token)
+        return _respond(route.request.id, result, sink.fragments, {})
 
 
-async def answer(handler: DirectHandler, message: Mapping[str, Any], version: str,
-                 headers: Mapping[str, str]) -> web.StreamResponse:
-    method, request_id = message["method"], message["id"]
+# -- writing the answer --------------------------------------------------------------------------
+
+def _dump(value: Any) -> bytes:
     try:
-        model, fragments = _unpack(await handler(message.get("params")))
-        dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
-        return _respond(request_id, methods.serialize_server_result(method, version, dumped), fragments, headers)
-    except MCPError as exc:
-        body = {"jsonrpc": "2.0", "id": request_id, "error": exc.error.model_dump(by_alias=True, exclude_none=True)}
-    except ValidationError:
-        body = {"jsonrpc": "2.0", "id": request_id,
-                "error": {"code": INVALID_PARAMS, "message": "Invalid request parameters", "data": ""}}
-    except Exception:
-        log.exception("%s failed", method)
-        body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": INTERNAL_ERROR, "message": "Internal error"}}
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
+        return orjson.dumps(value)
+    except TypeError:
+        # orjson stops at 64-bit integers; JSON has no such limit, and the SDK answers an id of any
+        # size. Escaped to ASCII, so that no string can fail to encode either.
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
-def modern_acceptable(request: web.Request, message: Mapping[str, Any], json_response: bool) -> str | None:
-    """For a 2026-07-28 (stateless) request: the envelope's protocol version when the SDK's modern
-    entry would dispatch it to its handler unchanged, else None (the SDK then answers it, every
-    refusal included). The checks are the SDK's own (`mcp.server._streamable_http_modern`):
-    Accept, duplicated routing headers, the envelope and header ladder, the version's params
-    surface. `Mcp-Param-*` headers are left to the SDK; without them there is nothing to check,
-    as no tool of ours declares header parameters (tests/test_direct_path.py)."""
-    has_json, has_sse = check_accept_headers(cast(Any, request))
-    if not has_json or not (json_response or has_sse):
-        return None
-    if find_duplicated_routing_header(request.headers.items()) is not None:
-        return None
-    if any(name.lower().startswith("mcp-param-") for name in request.headers):
-        return None
-    verdict = classify_inbound_request(message, headers={k.lower(): v for k, v in request.headers.items()})
-    if isinstance(verdict, InboundLadderRejection):
-        return None
-    try:
-        methods.validate_client_request(message["method"], verdict.protocol_version, message.get("params"))
-    except (ValidationError, KeyError):
-        return None
-    return verdict.protocol_version
-
-
-async def answer_modern(handler: DirectHandler, message: Mapping[str, Any], version: str,
-                        server: Server[Any]) -> web.StreamResponse:
-    """`answer` for the 2026-07-28 era, shaped as the SDK's runner shapes a modern result
-    (`ServerRunner._serialize`: cache hints, the version's sieve, `resultType`, the serverInfo
-    stamp) and failing as its modern entry fails (`modern_error_data`, the spec's HTTP status
-    per error code). No session: nothing but the request is read."""
-    method, request_id = message["method"], message["id"]
-    try:
-        model, fragments = _unpack(await handler(message.get("params")))
-        return _respond(request_id, _shape_modern(server, method, version, model), fragments, {})
-    except Exception as exc:
-        error = modern_error_data(exc)
-        wire_error = error.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return web.Response(body=orjson.dumps({"jsonrpc": "2.0", "id": request_id, "error": wire_error}),
-                            status=ERROR_CODE_HTTP_STATUS.get(error.code, 200), content_type="application/json")
-
-
-def _shape_modern(server: Server[Any], method: str, version: str, model: BaseModel) -> dict[str, Any]:
-    hint = server.cache_hints.get(method)
-    if hint is not None and isinstance(model, CacheableResult):
-        model = apply_cache_hint(model, hint)
-    dumped = model.model_dump(by_alias=True, mode="json", exclude_none=True)
-    result_type = dumped.get("resultType")
-    if not isinstance(result_type, str) or result_type in CORE_RESULT_TYPES:
-        dumped = methods.serialize_server_result(method, version, dumped)
-    dumped.setdefault("resultType", "complete")
-    meta = dumped.get("_meta")
-    if meta is None:
-        dumped["_meta"] = {SERVER_INFO_META_KEY: server.server_info_stamp}
-    elif isinstance(meta, dict) and meta.get(SERVER_INFO_META_KEY) is None:
-        dumped["_meta"] = {**meta, SERVER_INFO_META_KEY: server.server_info_stamp}
-    return dumped
-
-
-def _unpack(result: BaseModel | Prepared) -> tuple[BaseModel, Fragments]:
-    return (result.model, result.fragments) if isinstance(result, Prepared) else (result, {})
-
-
-def _respond(request_id: Any, shaped: dict[str, Any],
-             fragments: Fragments,
+def _respond(request_id: Any, result: dict[str, Any], fragments: Fragments,
              headers: Mapping[str, str]) -> web.StreamResponse:
-    body = {"jsonrpc": "2.0", "id": request_id, "result": shaped}
-    if fragments:
-        return _with_fragments(body, fragments, headers)
-    return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
-
-
-def _with_fragments(body: dict[str, Any], fragments: Fragments,
-                    headers: Mapping[str, str]) -> web.StreamResponse:
-    # Each fragment goes in as a one-byte marker, a control character: orjson escapes those in
-    # strings and writes no whitespace, so a raw one in its output can only be a marker. The body
-    # is then the output cut at the markers, with the fragments in between.
-    placed: dict[bytes, Sequence[bytes | memoryview]] = {}
-    for path, fragment in fragments.items():
-        mark = bytes([1 + len(placed)])
-        if _replace(body["result"], path, orjson.Fragment(mark)):
-            placed[mark] = fragment
-    serialized = orjson.dumps(body)
-    parts: list[bytes | memoryview] = []
-    start = 0
-    for at, mark in sorted((serialized.index(mark), mark) for mark in placed):
-        parts.append(serialized[start:at])
-        parts += placed[mark]
-        start = at + 1
-    parts.append(serialized[start:])
-    if sum(len(part) for fragment in placed.values() for part in fragment) < _SEPARATE_WRITES_FROM:
-        return web.Response(body=b"".join(parts), content_type="application/json", headers=headers)
+    head = b'{"jsonrpc":"2.0","id":' + _dump(request_id) + b',"result":'
+    if not fragments:
+        return web.Response(body=head + _dump(result) + b"}", content_type=_JSON, headers=headers)
+    parts = [head, *spliced(result, fragments), b"}"]
+    if sum(map(len, parts)) < _SEPARATE_WRITES_FROM:
+        return web.Response(body=b"".join(parts), content_type=_JSON, headers=headers)
     return _PartsResponse(parts, headers)
+
+
+def spliced(result: dict[str, Any], fragments: Fragments) -> list[bytes | memoryview]:
+    """`result` as JSON, with each fragment in its stand-in's place: the byte strings that make the
+    body, in order.
+
+    Each placed fragment goes in as a marker, byte 0x01, its index in decimal, byte 0x02: orjson
+    escapes control characters in strings and writes no whitespace, so a raw 0x01 in its output
+    can only begin a marker, and the markers hold any number of fragments."""
+    placed: list[Sequence[bytes | memoryview]] = []
+    paths = []
+    for path, fragment in fragments.items():
+        if _replace(result, path, orjson.Fragment(b"\x01%d\x02" % len(placed))):
+            placed.append(fragment)
+            paths.append(path)
+    try:
+        serialized = orjson.dumps(result)
+    except TypeError:
+        # An integer beyond 64 bits in the result: `_dump` then writes it, with the fragments parsed.
+        for path, fragment in zip(paths, placed, strict=True):
+            _replace(result, path, orjson.loads(b"".join(fragment)))
+        return [_dump(result)]
+    if not placed:
+        return [serialized]
+    pieces = serialized.split(b"\x01")
+    parts: list[bytes | memoryview] = [pieces[0]]
+    for piece in pieces[1:]:
+        end = piece.index(b"\x02")
+        parts += placed[int(piece[:end])]
+        parts.append(piece[end + 1:])
+    return parts
+
+
+def _replace(shaped: Any, path: tuple[str | int, ...], value: Any) -> bool:
+    """Put `value` at `path` in `shaped`, unless the shaping dropped something along the path."""
+    *parents, last = path
+    try:
+        for step in parents:
+            shaped = shaped[step]
+        shaped[last]
+    except (KeyError, IndexError, TypeError):
+        return False
+    shaped[last] = value
+    return True
 
 
 class _PartsResponse(web.StreamResponse):
@@ -259,7 +258,7 @@ class _PartsResponse(web.StreamResponse):
 
     def __init__(self, parts: list[bytes | memoryview], headers: Mapping[str, str]) -> None:
         super().__init__(headers=headers)
-        self.content_type = "application/json"
+        self.content_type = _JSON
         self.content_length = sum(map(len, parts))
         self._parts = parts
 
@@ -280,16 +279,3 @@ class _PartsResponse(web.StreamResponse):
                 await self.write(b"".join(run))
                 run, run_size = [], 0
         await super().write_eof(b"".join(run) + data)
-
-
-def _replace(shaped: Any, path: tuple[str | int, ...], value: orjson.Fragment) -> bool:
-    """Put `value` at `path` in `shaped`, unless the shaping dropped something along the path."""
-    *parents, last = path
-    try:
-        for step in parents:
-            shaped = shaped[step]
-        shaped[last]
-    except (KeyError, IndexError, TypeError):
-        return False
-    shaped[last] = value
-    return True

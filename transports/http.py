@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from transports import sdk
 from transports.store import StoreUnavailable
 
 STORE_UNAVAILABLE = -32000
@@ -112,12 +113,12 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def parse_json(body: bytes) -> Any:
-    """The decoded body, or None when it is not JSON (the SDK transport then answers the parse
-    error itself, in the form its clients expect)."""
+    """The decoded body, or None when it is not JSON. Parsed as the SDK's session transport parses
+    (`transports.sdk.parse_json`) in every era: a lone surrogate, which no storage, serialiser or
+    header can carry, is refused here as not JSON, before any handler sees it."""
     if not body:
         return None
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        # RecursionError: "[[[[..." nested deeper than the interpreter's stack.
+        return sdk.parse_json(body)
+    except ValueError:
         return None

@@ -1,7 +1,7 @@
 """The session registry: which live MCP session belongs to whom, its state, and the tasks that
 serve them.
 
-Why our own registry and not the SDK's `StreamableHTTPSessionManager` (DECISIONS.md #1): the
+Why our own registry and not the SDK's `StreamableHTTPSessionManager` (docs/decisions.md#1): the
 manager shares one event store across sessions (replaying other sessions' events) and keeps
 private what we need: teardown of one user's sessions when their access ends, per-user caps,
 session records in storage.
@@ -21,7 +21,7 @@ starts a new session, as the spec tells clients to; work in progress is never cu
 
 Every session task runs in one anyio task group that a single holder task owns (anyio task groups
 are bound to the task that entered them; entering one from aiohttp's cleanup_ctx fails at
-teardown, sdk-notes P2). Handlers hand work to the group with `TaskGroup.start`.
+teardown, docs/sdk-notes.md#P2). Handlers hand work to the group with `TaskGroup.start`.
 """
 
 from __future__ import annotations
@@ -39,15 +39,12 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp.shared.transport_context import TransportContext
 from mcp_types import InitializeRequestParams, JSONRPCNotification, jsonrpc_message_adapter
 
+from transports import sdk
 from transports.caller import Caller
 from transports.events import DELIVERED_KEPT_SECONDS, SessionEventStore
 from transports.store import EventLimits, SessionRecord, TransportStore
@@ -113,7 +110,7 @@ class Session:
     protocol_version: str | None = None
     client_params: InitializeRequestParams | None = None
     _transport: StreamableHTTPServerTransport | None = None
-    _dispatcher: JSONRPCDispatcher[TransportContext] | None = None
+    _dispatcher: sdk.Dispatcher | None = None
     _events: SessionEventStore | None = None
     _in_flight: int = 0
     _stored_seen_at: float = 0.0
@@ -149,17 +146,7 @@ class Session:
         and its SDK transport (if running) neither serves a request nor waits for the client's
         answer to one of its own."""
         return (self._state in (SessionState.ACTIVE, SessionState.PARKED) and self._in_flight == 0
-                and not _dispatcher_busy(self._dispatcher))
-
-
-def _dispatcher_busy(dispatcher: JSONRPCDispatcher[TransportContext] | None) -> bool:
-    """Whether the SDK's dispatcher still handles a client request (its stream may have dropped,
-    the client can resume it) or waits for the answer to a server-to-client request (sampling,
-    elicitation, roots). Both live in private tables of `JSONRPCDispatcher` (mcp 2.3): they are
-    the only record of that work, and parking or ending the session would lose it."""
-    if dispatcher is None:
-        return False
-    return bool(dispatcher._in_flight or dispatcher._pending)
+                and not sdk.dispatcher_busy(self._dispatcher))
 
 
 def _move(session: Session, to: SessionState) -> None:
@@ -494,19 +481,13 @@ class SessionRegistry:
         for a session whose handshake is done (parked, restored), a connection born initialized."""
         try:
             async with transport.connect() as (read_stream, write_stream):
-                dispatcher: JSONRPCDispatcher[TransportContext] = JSONRPCDispatcher(
-                    read_stream, write_stream, inline_methods=frozenset({"initialize"}))
-                if session.client_params is None:
-                    connection = Connection.for_loop(dispatcher, session_id=session.session_id)
-                else:
-                    connection = Connection(
-                        dispatcher, session_id=session.session_id, client_params=session.client_params,
-                        protocol_version=session.protocol_version or session.client_params.protocol_version)
-                    connection.initialized.set()
+                dispatcher, connection = sdk.session_loop(
+                    read_stream, write_stream, session_id=session.session_id, client_params=session.client_params,
+                    protocol_version=session.protocol_version)
                 session._dispatcher = dispatcher
                 task_status.started()
-                await serve_connection(self._server, dispatcher, connection=connection,
-                                       lifespan_state=self._lifespan_state)
+                await sdk.serve_connection(self._server, dispatcher, connection=connection,
+                                           lifespan_state=self._lifespan_state)
         except Exception:
             log.exception("MCP session %s… crashed", session.session_id[:8])
         finally:

@@ -11,25 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 from aiohttp import web
 from mcp.server.lowlevel.server import Server
-from mcp.server.runner import serve_loop
 from mcp.server.sse import SseServerTransport
 
 from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi
 from transports.caller import Authenticate, GuardMessage, Refusal, current_caller
 from transports.http import check_origin, cors_preflight, parse_json, read_body
 from transports.registry import Session, SessionLimitError, SessionRegistry
+from transports.sdk import serve_loop, sse_endpoint_session_id
 
 log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/messages"
-_ENDPOINT_EVENT = re.compile(rb"event: endpoint\r?\ndata: [^\r\n]*session_id=([0-9a-f]{32})")
 
 
 class SSEEndpoint:
@@ -62,7 +60,7 @@ class SSEEndpoint:
             return refusal.response
         if request.method != "GET":
             # Streamable-HTTP-first clients (mcp-remote) POST here first; 405 makes them fall back
-            # to GET (protocol-checklist 3.I.3).
+            # to GET (docs/protocol.md#I3).
             raise web.HTTPMethodNotAllowed(request.method, ["GET"])
         current_caller.set(caller)
         transport = SseServerTransport(MESSAGES_PATH)
@@ -74,9 +72,9 @@ class SSEEndpoint:
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             async def watch(message: Message) -> None:
                 if not announced.done() and message["type"] == "http.response.body":
-                    found = _ENDPOINT_EVENT.search(message.get("body", b""))
+                    found = sse_endpoint_session_id(message.get("body", b""))
                     if found:
-                        announced.set_result(found.group(1).decode())
+                        announced.set_result(found)
                 await send(message)
 
             with cancel_scope:

@@ -1,6 +1,6 @@
 """The Streamable HTTP endpoint (`/mcp`): authentication, session routing, then the SDK transport.
 
-Order of checks (protocol-checklist 3.B.1): Origin (403), bearer token (401), method (405),
+Order of checks (docs/protocol.md#B1): Origin (403), bearer token (401), method (405),
 body limits (413/415), era (400 for versions we do not serve), session (400 missing / 404
 unknown), and only then the SDK's `StreamableHTTPServerTransport` of that session. Authentication
 comes before everything a client could learn something from: Codex probes an unauthenticated
@@ -11,28 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiohttp import web
 from mcp.server.streamable_http import StreamableHTTPServerTransport
-from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION, MODERN_PROTOCOL_VERSIONS
-from pydantic import ValidationError
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
+from transports import sdk
 from transports.asgi_bridge import call_asgi
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
-from transports.direct import (
-    DirectHandler,
-    accepts_json,
-    answer,
-    answer_modern,
-    initialize_acceptable,
-    initialize_handler,
-    initialize_params,
-    is_request,
-    modern_acceptable,
-    negotiated_version,
-)
+from transports.direct import DirectPath, Handshake
 from transports.events import DeliveryWatch
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
 from transports.registry import Session, SessionGoneError, SessionLimitError, SessionRegistry
@@ -53,13 +42,13 @@ class StreamableHTTPEndpoint:
         allowed_origins: frozenset[str],
         max_body_bytes: int,
         resource_path: str = "/mcp",
-        direct: Mapping[str, DirectHandler] | None = None,
+        direct_methods: frozenset[str] = frozenset(),
     ) -> None:
         self._registry = registry
-        self.direct = dict(direct or {})
-        # `initialize` answered here too: opening a session then starts no SDK transport at all
-        # (it would be parked right after anyway). None sends every initialize to the SDK.
-        self.direct_initialize: DirectHandler | None = initialize_handler(registry.server)
+        # The methods answered without the SDK transport (transports/direct.py), by the SDK's own
+        # runner; `initialize` among them means opening a session starts no SDK transport at all.
+        self.direct = DirectPath(registry.server, lambda: registry.lifespan_state, json_response=registry.json_response,
+                                 methods=direct_methods)
         self._authenticate = authenticate
         self._guard = guard
         self._allowed_origins = allowed_origins
@@ -92,16 +81,13 @@ class StreamableHTTPEndpoint:
             # 2026-07-28: no session, no handshake; the request is authenticated (above) and served
             # on its own: on the direct path when it is one of its methods and the SDK would
             # dispatch it unchanged, else by the SDK's stateless path.
-            if request.method == "POST" and isinstance(message, dict) and is_request(message):
-                handler = self.direct.get(message["method"])
-                envelope = (modern_acceptable(request, message, self._registry.json_response)
-                            if handler is not None else None)
-                if handler is not None and envelope is not None:
-                    return await answer_modern(handler, message, envelope, self._registry.server)
+            route = await self.direct.modern_request(request, message) if request.method == "POST" else None
+            if route is not None:
+                return await self.direct.answer_modern(route, request)
             return await call_asgi(self._registry.stateless.handle_request, request, body, {"caller": caller})
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # A plain invalid-request code, not a 2026-07-28 one: a client reads it as "use another
-            # version", never as "this server is modern-only" (protocol-checklist 3.J).
+            # version", never as "this server is modern-only" (docs/protocol.md#J).
             return jsonrpc_error(400, -32600, f"Unsupported MCP-Protocol-Version {version!r}; this server speaks "
                                  f"{', '.join((*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS))}")
 
@@ -132,11 +118,12 @@ class StreamableHTTPEndpoint:
                      version: str | None) -> web.StreamResponse:
         headers = {SESSION_HEADER: session.session_id}
         if isinstance(message, dict) and request.method == "POST":
-            method = message.get("method")
-            handler = self.direct.get(method) if isinstance(method, str) else None
-            if handler is not None and is_request(message) and accepts_json(request):
-                return await answer(handler, message, version or session.protocol_version or LATEST_HANDSHAKE_VERSION,
-                                    headers)
+            # Shaped by the session's negotiated version, as the SDK's connection is; the request's
+            # MCP-Protocol-Version header only chose the era (above).
+            direct = await self.direct.session_request(request, message)
+            if direct is not None and session.protocol_version is not None and session.client_params is not None:
+                return await self.direct.answer_session(direct, session, session.session_id,
+                                                        session.protocol_version, session.client_params, headers)
             if self._registry.ignorable_when_parked(session, message):
                 return web.Response(status=202, headers=headers)
         if request.method == "DELETE":
@@ -151,13 +138,14 @@ class StreamableHTTPEndpoint:
         return response
 
     async def _through_sdk(self, session: Session, transport: StreamableHTTPServerTransport, request: web.Request,
-                           body: bytes, caller: Caller, message: Any) -> web.StreamResponse:
+                           body: bytes, caller: Caller, message: Any, *,
+                           tap: Callable[[bytes], object] | None = None) -> web.StreamResponse:
         """The SDK transport's answer; a POST's stream whose response went out whole, on a
         connection still up, is then no longer kept for resumption (transports/events.py)."""
         watch = DeliveryWatch()
-        response = await call_asgi(watch.wrap(transport.handle_request), request, body, {"caller": caller})
+        response = await call_asgi(watch.wrap(transport.handle_request), request, body, {"caller": caller}, tap=tap)
         if (watch.ended and watch.last_event_id is not None and request.method == "POST"
-                and isinstance(message, dict) and is_request(message)
+                and isinstance(message, dict) and "method" in message and isinstance(message.get("id"), str | int)
                 and request.transport is not None and not request.transport.is_closing()):
             # The SDK names a POST's stream after the request id.
             await self._registry.delivered(session, str(message["id"]), watch.last_event_id)
@@ -165,46 +153,40 @@ class StreamableHTTPEndpoint:
 
     async def _open(self, request: web.Request, caller: Caller, body: bytes,
                     message: Mapping[str, Any]) -> web.StreamResponse:
-        try:
-            opened = await self._open_direct(request, caller, message)
-            if opened is not None:
+        """Open a session. It exists only once `initialize` has succeeded: a refused or failed
+        handshake leaves nothing behind and counts against no cap."""
+        direct = await self.direct.initialize_request(request, message)
+        if direct is not None:
+            opened = await self.direct.initialize(direct)
+            if not isinstance(opened, Handshake):
                 return opened
+            try:
+                session = await self._registry.open_parked(caller, opened.protocol_version,
+                                                           json.dumps(opened.raw_params))
+            except SessionLimitError as exc:
+                return _too_many(exc)
+            return opened.response({SESSION_HEADER: session.session_id})
+        try:
             session = await self._registry.open_streamable(caller)
         except SessionLimitError as exc:
             return _too_many(exc)
         transport = session.transport
         if transport is None:  # ended by a revocation while it was being opened
             return _session_not_found()
+        answer = bytearray()
         async with self._registry.using(session):
-            response = await self._through_sdk(session, transport, request, body, caller, message)
-        if response.status >= 400:
+            response = await self._through_sdk(session, transport, request, body, caller, message, tap=answer.extend)
+        # The SDK transport sends 200 before its runner has answered, so only the answer itself
+        # says whether the handshake succeeded.
+        if response.status >= 400 or not sdk.initialize_succeeded(response.content_type, bytes(answer)):
             await self._registry.forget(session)
         else:
             params = message.get("params")
-            requested = params.get("protocolVersion") if isinstance(params, dict) else None
-            version = requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
-            await self._registry.established(session, version, json.dumps(params))
+            await self._registry.established(session, sdk.negotiated_version(params), json.dumps(params))
             # Most of a session's life needs no SDK transport (transports/direct.py); it is started
             # again on the first request that does.
             await self._registry.park(session)
         return response
-
-    async def _open_direct(self, request: web.Request, caller: Caller,
-                           message: Mapping[str, Any]) -> web.StreamResponse | None:
-        """Answer `initialize` without the SDK transport, when the SDK would have accepted it
-        (None otherwise: the SDK transport then answers, refusals included). The answer is the
-        SDK's, shaped the same way (tests/test_direct_path.py compares them)."""
-        handler = self.direct_initialize
-        if handler is None or not is_request(message) or not initialize_acceptable(request,
-                                                                                  self._registry.json_response):
-            return None
-        params = message.get("params")
-        try:
-            version = negotiated_version(initialize_params(params))
-        except (ValidationError, KeyError):
-            return None
-        session = await self._registry.open_parked(caller, version, json.dumps(params))
-        return await answer(handler, message, LATEST_HANDSHAKE_VERSION, {SESSION_HEADER: session.session_id})
 
 
 def _session_not_found() -> web.Response:
