@@ -73,6 +73,11 @@ async def make_env(aiohttp_server: Any, aiohttp_client: Any, port: int, tmp_path
     store = Store(db)
     await add_alice(store)
     app = web.Application()
+
+    async def close_db(_app: web.Application) -> None:
+        await db.aclose()  # its threads and their connections, when the test server stops
+
+    app.on_cleanup.append(close_db)
     server = install(app, settings=settings, store=store, cookie_key=COOKIE_KEY)
     env_revocations: list[Revocation] = []
 

@@ -308,15 +308,18 @@ async def test_https_issuer_cookie_attributes(aiohttp_server: Any, aiohttp_clien
 
     db = Database(tmp_path / "a.sqlite3")
     db.apply_schema(AuthTables.SCHEMA)
-    app = web.Application()
-    install(app, settings=AuthSettings(issuer="https://mcp.example.com"), store=Store(db), cookie_key=COOKIE_KEY)
-    client = await aiohttp_client(await aiohttp_server(app))
-    resp = await client.get("/login")
-    cookie = resp.headers["Set-Cookie"]
-    assert cookie.startswith("__Host-memory-mcp-login=")
-    lowered = cookie.lower()
-    assert "secure" in lowered and "httponly" in lowered and "samesite=lax" in lowered and "path=/" in lowered
-    assert "domain" not in lowered
+    try:
+        app = web.Application()
+        install(app, settings=AuthSettings(issuer="https://mcp.example.com"), store=Store(db), cookie_key=COOKIE_KEY)
+        client = await aiohttp_client(await aiohttp_server(app))
+        resp = await client.get("/login")
+        cookie = resp.headers["Set-Cookie"]
+        assert cookie.startswith("__Host-memory-mcp-login=")
+        lowered = cookie.lower()
+        assert "secure" in lowered and "httponly" in lowered and "samesite=lax" in lowered and "path=/" in lowered
+        assert "domain" not in lowered
+    finally:
+        db.close()
 
 
 async def test_fernet_cookie_key_accepted(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,

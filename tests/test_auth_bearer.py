@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ SCOPE = 'scope="memory:read memory:write"'
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
+def store(tmp_path: Path) -> Iterator[Store]:
     db = Database(tmp_path / "auth.sqlite3")
     db.apply_schema(AuthTables.SCHEMA)
-    return Store(db)
+    yield Store(db)
+    db.close()
 
 
 @pytest.fixture
@@ -238,21 +240,24 @@ async def test_verified_tokens_are_remembered_for_a_second_at_most(tmp_path: Pat
     now = [1000.0]
     db = Database(tmp_path / "a.sqlite3")
     db.apply_schema(AuthTables.SCHEMA)
-    store = Store(db)
-    settings = AuthSettings(issuer="http://127.0.0.1:9")
-    token = Token(hash_secret("tok"), "access", "g", "c", "alice", ("memory:read",), settings.issuer + "/mcp",
-                  now[0], now[0] + 3600)
-    await store.save_tokens([token])
-    verifier = BearerVerifier(settings, store, clock=lambda: now[0])
-    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"
-    await store.delete_token(token.token_hash)
-    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"  # remembered
-    now[0] += VERIFIED_CACHE_SECONDS
-    with pytest.raises(BearerError):
+    try:
+        store = Store(db)
+        settings = AuthSettings(issuer="http://127.0.0.1:9")
+        token = Token(hash_secret("tok"), "access", "g", "c", "alice", ("memory:read",), settings.issuer + "/mcp",
+                      now[0], now[0] + 3600)
+        await store.save_tokens([token])
+        verifier = BearerVerifier(settings, store, clock=lambda: now[0])
+        assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"
+        await store.delete_token(token.token_hash)
+        assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"  # remembered
+        now[0] += VERIFIED_CACHE_SECONDS
+        with pytest.raises(BearerError):
+            await verifier.verify("Bearer tok", "/mcp")
+        await store.save_tokens([token])
         await verifier.verify("Bearer tok", "/mcp")
-    await store.save_tokens([token])
-    await verifier.verify("Bearer tok", "/mcp")
-    await store.delete_token(token.token_hash)
-    verifier.forget()
-    with pytest.raises(BearerError):
-        await verifier.verify("Bearer tok", "/mcp")
+        await store.delete_token(token.token_hash)
+        verifier.forget()
+        with pytest.raises(BearerError):
+            await verifier.verify("Bearer tok", "/mcp")
+    finally:
+        db.close()

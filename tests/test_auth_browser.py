@@ -267,15 +267,18 @@ async def test_login_seal_from_another_browser_refused(env: Env, aiohttp_client:
 async def test_https_binding_cookie_is_host_prefixed(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> None:
     db = Database(tmp_path / "a.sqlite3")
     db.apply_schema(AuthTables.SCHEMA)
-    app = web.Application()
-    install(app, settings=AuthSettings(issuer="https://mcp.example.com"), store=Store(db), cookie_key=COOKIE_KEY)
-    client = await aiohttp_client(await aiohttp_server(app))
-    resp = await client.get("/authorize?client_id=unknown")
-    cookies = resp.headers.getall("Set-Cookie")
-    binding = next(c for c in cookies if c.startswith("__Host-memory-mcp-binding="))
-    lowered = binding.lower()
-    assert "secure" in lowered and "httponly" in lowered and "samesite=lax" in lowered and "path=/" in lowered
-    assert "domain" not in lowered and "max-age=" in lowered
+    try:
+        app = web.Application()
+        install(app, settings=AuthSettings(issuer="https://mcp.example.com"), store=Store(db), cookie_key=COOKIE_KEY)
+        client = await aiohttp_client(await aiohttp_server(app))
+        resp = await client.get("/authorize?client_id=unknown")
+        cookies = resp.headers.getall("Set-Cookie")
+        binding = next(c for c in cookies if c.startswith("__Host-memory-mcp-binding="))
+        lowered = binding.lower()
+        assert "secure" in lowered and "httponly" in lowered and "samesite=lax" in lowered and "path=/" in lowered
+        assert "domain" not in lowered and "max-age=" in lowered
+    finally:
+        db.close()
 
 
 # Headers on every page

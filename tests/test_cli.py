@@ -290,7 +290,10 @@ def test_a_password_at_a_terminal_is_prompted_for_and_never_echoed(tmp_path: Pat
         nonlocal seen
         deadline = time.monotonic() + 30
         while marker not in seen:
-            ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+            # poll, not select: select() cannot watch a descriptor numbered 1024 or more.
+            poller = select.poll()
+            poller.register(main, select.POLLIN)
+            ready = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
             assert ready, f"no {marker!r} on the terminal; it shows {seen!r}"
             try:
                 chunk = os.read(main, 1024)
