@@ -48,8 +48,7 @@ LOGIN_WIRE = [
     ("GET", "/.well-known/oauth-authorization-server", 200),
     ("POST", "/register", 201),
     ("GET", "/authorize", 200),   # the login form
-    ("POST", "/login", 303),
-    ("GET", "/authorize", 200),   # the consent form
+    ("POST", "/login", 200),      # answered with the consent form itself
     ("POST", "/consent", 303),    # to Claude Code's loopback callback
     ("POST", "/token", 200),
 ]

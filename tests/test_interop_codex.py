@@ -135,8 +135,7 @@ def test_mcp_add_logs_in_through_our_authorization_server(codex_run: CodexRun) -
         ("GET", "/.well-known/oauth-authorization-server", 200),
         ("POST", "/register", 201),
         ("GET", "/authorize", 200),   # the login form
-        ("POST", "/login", 303),
-        ("GET", "/authorize", 200),   # the consent form
+        ("POST", "/login", 200),      # answered with the consent form itself
         ("POST", "/consent", 303),    # to Codex's loopback callback
         ("POST", "/token", 200),
     ])
