@@ -74,6 +74,13 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    """A plain HTTP client for raw requests (test files that need a longer timeout override it)."""
+    async with httpx2.AsyncClient(timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
 async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
     running = await start_server(data_dir)
     await accounts.add_user(running.storage, "alice", "alice-password-1")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -19,12 +18,6 @@ from tests.conftest import RunningServer, start_server, tokens_by_hand
 from tests.test_mcp_http import open_session, sse_or_json
 
 BOTH = "memory:read memory:write"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
 
 
 async def cli(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

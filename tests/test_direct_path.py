@@ -10,7 +10,6 @@ import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -37,12 +36,6 @@ CALLS: list[dict[str, Any]] = [
     {"method": "tools/call", "params": {"arguments": {}}},
     {"method": "tools/call", "params": {"name": "delete_entities", "arguments": {"entityNames": ["Ada", "Zoë \"Z\""]}}},
 ]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
 
 
 def last_message(resp: httpx2.Response) -> Any:

@@ -5,19 +5,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
 
 import httpx2
-import pytest
 from aiohttp import hdrs
 
 from tests.conftest import RunningServer
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
 
 
 async def test_the_root_says_what_this_is_and_links_to_the_pages_a_person_uses(

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 
 from auth import accounts
 from server.app import MCP_ENDPOINT
@@ -34,12 +32,6 @@ def events(text: str) -> list[dict[str, Any]]:
     if current:
         found.append(current)
     return found
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
 
 
 async def session(http: httpx2.AsyncClient, server: RunningServer, token: str) -> dict[str, str]:

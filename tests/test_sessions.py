@@ -28,12 +28,6 @@ ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "appl
 VERSION = "2025-11-25"
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
-
-
 async def open_session(http: httpx2.AsyncClient, url: str, token: str, capabilities: dict[str, Any] | None = None
                        ) -> dict[str, str]:
     headers = {**ACCEPT, "Authorization": f"Bearer {token}"}

@@ -5,23 +5,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
-import pytest
 
 from tests.browser import Browser, parse_forms
 from tests.conftest import RunningServer, start_server, tokens_by_hand
 from tests.test_mcp_http import ACCEPT, open_session
 
 BOTH = "memory:read memory:write"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient(timeout=10) as client:
-        yield client
 
 
 async def stream_ends(http: httpx2.AsyncClient, url: str, headers: dict[str, str], trigger: asyncio.Task[None],
