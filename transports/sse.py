@@ -9,7 +9,6 @@ shutdown) cancels it, which closes the stream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -65,40 +64,37 @@ class SSEEndpoint:
         current_caller.set(caller)
         transport = SseServerTransport(MESSAGES_PATH)
         cancel_scope = anyio.CancelScope()
-        announced: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         holder: dict[str, Session] = {}
         lifespan_state = self._registry.lifespan_state
 
+        async def admit(session_id: str) -> bool:
+            try:
+                with anyio.CancelScope(shield=True):  # registered and held, or not registered
+                    holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope))
+            except SessionLimitError as exc:
+                log.warning("closing SSE stream: %s", exc)
+                cancel_scope.cancel()
+                return False
+            self._transports[session_id] = transport
+            return True
+
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             async def watch(message: Message) -> None:
-                if not announced.done() and message["type"] == "http.response.body":
+                if "session" not in holder and message["type"] == "http.response.body":
                     found = sse_endpoint_session_id(message.get("body", b""))
-                    if found:
-                        announced.set_result(found)
+                    # Registered before the endpoint event goes out: a client that posts to
+                    # /messages the moment it reads the event must find its session.
+                    if found and not await admit(found):
+                        return
                 await send(message)
 
             with cancel_scope:
                 async with transport.connect_sse(scope, receive, watch) as (read_stream, write_stream):
                     await serve_loop(self._server, read_stream, write_stream, lifespan_state=lifespan_state)
 
-        async def admit_when_announced() -> None:
-            session_id = await announced
-            try:
-                session = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope))
-            except SessionLimitError as exc:
-                log.warning("closing SSE stream: %s", exc)
-                cancel_scope.cancel()
-                return
-            holder["session"] = session
-            self._transports[session_id] = transport
-
-        watcher = asyncio.create_task(admit_when_announced())
         try:
             return await call_asgi(app, request, b"", {"caller": caller})
         finally:
-            # Waited for, so that a session it was opening is either in `holder` or not opened.
-            watcher.cancel()
-            await asyncio.wait({watcher})
             session = holder.get("session")
             if session is not None:
                 self._transports.pop(session.session_id, None)
