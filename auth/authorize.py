@@ -40,6 +40,7 @@ from aiohttp_session import Session
 from pydantic import BaseModel
 
 from auth import browser, cimd, consent, csrf, pages, rfc7636
+from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
 from auth.http import BadRequest, client_address, read_form, single_query
 from auth.models import AuthorizationCode, Client, User
@@ -139,7 +140,7 @@ async def resolve_client(server: AuthorizationServer, params: dict[str, str],
         # A registered client, or one described by its metadata document (auth.cimd, fetched
         # with the caller's address counted against the registration budget).
         client = await cimd.lookup_client(server, client_id, address)
-    except cimd.ClientMetadataError as exc:
+    except ClientMetadataError as exc:
         raise PageError(f"The application's client ID metadata document cannot be used: {exc.description}") from exc
     if client is None:
         raise PageError("Unknown client. The application may need to register again.")

@@ -15,6 +15,7 @@ from urllib.parse import unquote_plus
 from aiohttp import web
 
 from auth import cimd
+from auth.cimd_fetch import ClientMetadataError
 from auth.http import client_address, oauth_error
 from auth.models import Client
 from auth.server import AuthorizationServer
@@ -65,7 +66,7 @@ async def authenticate(server: AuthorizationServer, request: web.Request, form: 
         # Registered, or known by its metadata document (auth.cimd); a stored document serves
         # when a re-fetch fails transiently, so a refresh survives the document host blinking.
         client = await cimd.lookup_client(server, client_id, client_address(request), allow_stale=True)
-    except cimd.ClientMetadataError as exc:
+    except ClientMetadataError as exc:
         raise ClientAuthError("invalid_client", exc.description, basic=basic_id is not None) from exc
     if client is None:
         raise ClientAuthError("invalid_client", "unknown client; register again", basic=basic_id is not None)
