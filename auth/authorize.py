@@ -42,7 +42,8 @@ from pydantic import BaseModel
 from auth import browser, cimd, consent, csrf, pages, rfc7636
 from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
-from auth.http import BadRequest, client_address, read_form, single_query
+from auth.errors import BadRequest
+from auth.http import client_address, read_form, single_query
 from auth.models import AuthorizationCode, Client, User
 from auth.rfc8252 import has_unsafe_characters, is_loopback, matches, origin
 from auth.rfc8707 import is_our_resource, normalize_resource

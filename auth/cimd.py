@@ -29,8 +29,9 @@ import logging
 from urllib.parse import urlsplit
 
 from auth.cimd_fetch import DEFAULT_FETCHER, ClientMetadataError, Document, is_document_url
+from auth.errors import OAuth2Error
 from auth.models import Client
-from auth.rfc7591 import RegistrationError, over_rate_limit, purge_clients, validate_metadata
+from auth.rfc7591 import over_rate_limit, purge_clients, validate_metadata
 from auth.server import AuthorizationServer
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def client_from_document(url: str, document: Document, now: float, issued_at: in
             raise ClientMetadataError(f"a client metadata document must not contain {field}")
     try:
         meta = validate_metadata(body)
-    except RegistrationError as exc:
+    except OAuth2Error as exc:
         raise ClientMetadataError(f"the client metadata document is invalid: {exc.description}") from exc
     return meta.client(url, issued_at, verified_domain=urlsplit(url).hostname,
                        metadata_expires_at=now + document.ttl)

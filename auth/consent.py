@@ -38,7 +38,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from auth import browser, csrf, pages
-from auth.http import BadRequest, read_form
+from auth.errors import BadRequest
+from auth.http import read_form
 from auth.models import RememberedConsent, Revocation, User
 from auth.server import AUTH_SERVER, AuthorizationServer
 

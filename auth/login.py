@@ -28,7 +28,8 @@ from aiohttp import web
 from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect, resume
-from auth.http import BadRequest, client_address, read_form
+from auth.errors import BadRequest
+from auth.http import client_address, read_form
 from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 

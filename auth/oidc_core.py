@@ -23,7 +23,7 @@ from aiohttp import web
 from joserfc import jwt
 
 from auth import rfc7517
-from auth.http import NO_STORE
+from auth.errors import NO_STORE
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.settings import OPENID_SCOPE, PROFILE_SCOPE

@@ -24,6 +24,7 @@ from auth import (
     authorize,
     browser,
     consent,
+    errors,
     login,
     oidc_core,
     oidc_discovery,
@@ -101,6 +102,9 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
             app.router.add_get(path, handler)  # and HEAD
         else:
             app.router.add_route(method, path, handler)
+    # Both inside the browser session middleware, so that an error page still carries the
+    # session's cookie; they catch different exceptions, so their order between them is free.
+    app.middlewares.append(errors.middleware(browser_paths))
     app.middlewares.append(_store_unavailable(frozenset(set(app.router.resources()) - before), browser_paths))
     return server
 
