@@ -10,8 +10,9 @@ every `OAuth2Error` into its response in one place:
   `auth.http.with_cors`);
 * on the browser pages, the HTML error page (`auth.pages.error`) with the same status.
 
-Subclasses carry their own rendering where the protocol fixes it: `BadRequest` (the body or
-query itself is refused) and `auth.rfc6750.BearerError` (the WWW-Authenticate challenge).
+Subclasses carry their own rendering where it is fixed whatever the path: `PageError` (always a
+page, with its title) and `auth.rfc6750.BearerError` (the WWW-Authenticate challenge). `BadRequest`
+(the body or query itself is refused) is the `invalid_request` the body readers raise.
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ class BadRequest(OAuth2Error):
 
     def __init__(self, description: str, status: int = 400) -> None:
         super().__init__("invalid_request", description, status)
+
+
+class PageError(OAuth2Error):
+    """An error for the user's browser, always an HTML page (with `title`): the request cannot
+    go back to the client, because its redirect URI is not (yet) trusted or the request is the
+    browser's own form."""
+
+    def __init__(self, description: str, status: int = 400, title: str = "Authorization failed") -> None:
+        super().__init__("invalid_request", description, status)
+        self.title = title
+
+    def response(self, page: bool = True) -> web.Response:
+        response = pages.error(self.description, self.status, self.title)
+        response.headers.update(self.headers)
+        return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
