@@ -4,6 +4,9 @@ A public client identifies itself with `client_id` in the body (what every MCP c
 with HTTP Basic and an empty secret (what some generic OAuth libraries do). We issue no secrets,
 so any presented secret is refused rather than ignored: a client that believes it has a secret is
 misconfigured, and silently accepting it would hide that.
+
+Refusals are `OAuth2Error`s (`invalid_client`, with a Basic challenge after Basic credentials,
+RFC 6749 section 5.2). `authenticated_form` is the whole preamble /token and /revoke share.
 """
 
 from __future__ import annotations

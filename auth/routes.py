@@ -13,6 +13,10 @@
     GET  /.well-known/openid-configuration             OpenID Connect Discovery (CORS)
     GET  /.well-known/jwks.json                        RFC 7517 ID-token signing keys (CORS)
     GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
+
+Handlers raise `auth.errors.OAuth2Error` for every refusal; `auth.errors.middleware`, installed
+here, is where it becomes a response (a page on the browser paths), as `_store_unavailable` is
+for a store that cannot answer now.
 """
 
 from __future__ import annotations
