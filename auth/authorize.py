@@ -40,8 +40,10 @@ from aiohttp_session import Session
 from pydantic import BaseModel
 
 from auth import browser, cimd, consent, csrf, pages, rfc7636
+from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
-from auth.http import BadRequest, client_address, read_form, single_query
+from auth.errors import BadRequest, PageError
+from auth.http import client_address, single_query
 from auth.models import AuthorizationCode, Client, User
 from auth.rfc8252 import has_unsafe_characters, is_loopback, matches, origin
 from auth.rfc8707 import is_our_resource, normalize_resource
@@ -97,10 +99,6 @@ class AuthorizationRequest(BaseModel):
         return urlencode(params)
 
 
-class PageError(Exception):
-    """Shown to the user; the client's redirect URI is not (yet) trusted."""
-
-
 class RedirectError(Exception):
     def __init__(self, error: str, description: str) -> None:
         super().__init__(description)
@@ -139,7 +137,7 @@ async def resolve_client(server: AuthorizationServer, params: dict[str, str],
         # A registered client, or one described by its metadata document (auth.cimd, fetched
         # with the caller's address counted against the registration budget).
         client = await cimd.lookup_client(server, client_id, address)
-    except cimd.ClientMetadataError as exc:
+    except ClientMetadataError as exc:
         raise PageError(f"The application's client ID metadata document cannot be used: {exc.description}") from exc
     if client is None:
         raise PageError("Unknown client. The application may need to register again.")
@@ -293,13 +291,7 @@ async def _authorize(request: web.Request, server: AuthorizationServer, binding:
 
 async def handle_consent(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    sess = await browser.session(request)
-    try:
-        form = await read_form(request)
-    except BadRequest as exc:
-        return pages.error(exc.description, exc.status)
-    if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(pages.CSRF_FAILED, 403)
+    _, form = await browser.csrf_form(request)
     req = browser.unseal(server.sealer, form.get("request"), AuthorizationRequest)
     if req is None:
         return pages.error("This authorization request has expired or is invalid.")

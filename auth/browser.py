@@ -46,7 +46,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ValidationError
 
+from auth import csrf, pages
 from auth.crypto import hash_secret, new_secret, same
+from auth.errors import BadRequest, PageError
+from auth.http import read_form
 from auth.models import User
 from auth.server import AUTH_SERVER
 from auth.settings import AuthSettings
@@ -108,6 +111,20 @@ def middleware(storage: EncryptedCookieStorage, browser_paths: frozenset[str]) -
 
 async def session(request: web.Request) -> Session:
     return await get_session(request)
+
+
+async def csrf_form(request: web.Request, title: str = "Authorization failed") -> tuple[Session, dict[str, str]]:
+    """The preamble of every form the browser posts: the session and the form, refused as a
+    page titled `title` when the body cannot be read (its status) or the CSRF token does not
+    match this session (403)."""
+    sess = await session(request)
+    try:
+        form = await read_form(request)
+    except BadRequest as exc:
+        raise PageError(exc.description, exc.status, title) from exc
+    if not csrf.valid(sess, form.get(csrf.FIELD)):
+        raise PageError(pages.CSRF_FAILED, 403, title)
+    return sess, form
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,6 @@ from __future__ import annotations
 from aiohttp import web
 
 from auth import browser, csrf, pages
-from auth.http import BadRequest, read_form
 from auth.models import RememberedConsent, Revocation, User
 from auth.server import AUTH_SERVER, AuthorizationServer
 
@@ -86,13 +85,7 @@ async def handle_consents_page(request: web.Request) -> web.Response:
 
 async def handle_withdraw(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    sess = await browser.session(request)
-    try:
-        form = await read_form(request)
-    except BadRequest as exc:
-        return pages.error(exc.description, exc.status, "Withdrawal failed")
-    if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(pages.CSRF_FAILED, 403, "Withdrawal failed")
+    _, form = await browser.csrf_form(request, "Withdrawal failed")
     user = await browser.current_user(request)
     if user is None:
         return pages.error("You are not signed in.", 401, "Withdrawal failed")

@@ -1,5 +1,5 @@
 """HTTP plumbing shared by the OAuth endpoints: bounded body reading, strict form parsing, JSON
-errors and CORS.
+errors and CORS. Refusals are raised as `auth.errors.BadRequest`.
 
 Bodies are read from the stream with our own limit rather than `request.post()`: that one accepts
 multipart, silently merges repeated parameters and is bounded only by the app-wide
@@ -17,10 +17,10 @@ from urllib.parse import parse_qsl
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from auth.errors import BadRequest, OAuth2Error
+
 FORM_LIMIT = 64 * 1024
 JSON_LIMIT = 64 * 1024
-
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -32,20 +32,11 @@ CORS_HEADERS = {
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class BadRequest(Exception):
-    """A request the endpoint refuses before looking at its meaning (size, encoding, syntax)."""
-
-    def __init__(self, description: str, status: int = 400) -> None:
-        super().__init__(description)
-        self.description = description
-        self.status = status
-
-
 def oauth_error(error: str, description: str, status: int = 400,
                 headers: dict[str, str] | None = None) -> web.Response:
-    """RFC 6749 section 5.2 error: JSON, never cached (the same shape serves RFC 7591 and 7009)."""
-    return web.json_response({"error": error, "error_description": description}, status=status,
-                             headers={**NO_STORE, **(headers or {})})
+    """RFC 6749 section 5.2 error: JSON, never cached (the same shape serves RFC 7591 and 7009).
+    For the few answers made outside a handler (405, 503); handlers raise `OAuth2Error`."""
+    return OAuth2Error(error, description, status, headers).response()
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -134,7 +125,7 @@ def with_cors(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             response = await handler(request)
-        except web.HTTPException as exc:
+        except (web.HTTPException, OAuth2Error) as exc:
             exc.headers.update(CORS_HEADERS)
             raise
         response.headers.update(CORS_HEADERS)

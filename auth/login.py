@@ -28,7 +28,7 @@ from aiohttp import web
 from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect, resume
-from auth.http import BadRequest, client_address, read_form
+from auth.http import client_address
 from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
 
@@ -45,13 +45,7 @@ async def handle_login_page(request: web.Request) -> web.Response:
 
 async def handle_login(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    sess = await browser.session(request)
-    try:
-        form = await read_form(request)
-    except BadRequest as exc:
-        return pages.error(exc.description, exc.status, "Sign-in failed")
-    if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(pages.CSRF_FAILED, 403, "Sign-in failed")
+    sess, form = await browser.csrf_form(request, "Sign-in failed")
     sealed = form.get("request")
     pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
     if sealed and pending is None:
@@ -107,13 +101,7 @@ async def handle_logout_page(request: web.Request) -> web.Response:
 
 
 async def handle_logout(request: web.Request) -> web.Response:
-    sess = await browser.session(request)
-    try:
-        form = await read_form(request)
-    except BadRequest as exc:
-        return pages.error(exc.description, exc.status, "Sign-out failed")
-    if not csrf.valid(sess, form.get(csrf.FIELD)):
-        return pages.error(pages.CSRF_FAILED, 403, "Sign-out failed")
+    await browser.csrf_form(request, "Sign-out failed")
     user = await browser.current_user(request)
     await browser.log_out(request)
     if user is not None:

@@ -23,7 +23,7 @@ from aiohttp import web
 from joserfc import jwt
 
 from auth import rfc7517
-from auth.http import NO_STORE
+from auth.errors import NO_STORE, OAuth2Error
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.settings import OPENID_SCOPE, PROFILE_SCOPE
@@ -51,7 +51,7 @@ async def id_token(server: AuthorizationServer, *, client_id: str, subject: str,
     return jwt.encode({"alg": rfc7517.ALG, "kid": kid, "typ": "JWT"}, claims, key)
 
 
-def _challenge(error: str | None, description: str, status: int = 401, scope: str | None = None) -> web.Response:
+def _challenge(error: str | None, description: str, status: int = 401, scope: str | None = None) -> OAuth2Error:
     # RFC 6750 section 3, as section 5.3.3 asks; no `resource_metadata`: UserInfo is not an MCP
     # resource, and clients must not start an MCP authorization from it.
     challenge = 'Bearer realm="userinfo"'
@@ -59,8 +59,7 @@ def _challenge(error: str | None, description: str, status: int = 401, scope: st
         challenge += f', error="{error}", error_description="{description}"'
     if scope is not None:
         challenge += f', scope="{scope}"'
-    body = {"error": error or "invalid_request", "error_description": description}
-    return web.json_response(body, status=status, headers={"WWW-Authenticate": challenge, **NO_STORE})
+    return OAuth2Error(error or "invalid_request", description, status, {"WWW-Authenticate": challenge})
 
 
 async def handle_userinfo(request: web.Request) -> web.Response:
@@ -69,14 +68,14 @@ async def handle_userinfo(request: web.Request) -> web.Response:
     try:
         grant = await verifier.verify(request.headers.get("Authorization"), "")
     except BearerError as exc:
-        error = exc.body["error"]
-        return _challenge(None if error == "invalid_request" else error, exc.body["error_description"])
+        # The verifier's challenge points at the MCP resource; UserInfo answers with its own.
+        raise _challenge(None if exc.error == "invalid_request" else exc.error, exc.description) from None
     if OPENID_SCOPE not in grant.scopes:
-        return _challenge("insufficient_scope", "this access token was not issued for OpenID Connect", 403,
+        raise _challenge("insufficient_scope", "this access token was not issued for OpenID Connect", 403,
                           OPENID_SCOPE)
     user = await server.store.get_user(grant.principal.subject)
     if user is None:
-        return _challenge("invalid_token", "the user no longer exists")
+        raise _challenge("invalid_token", "the user no longer exists")
     claims: dict[str, object] = {"sub": user.id}
     if PROFILE_SCOPE in grant.scopes:
         claims["preferred_username"] = user.username

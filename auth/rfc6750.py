@@ -16,6 +16,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from auth.crypto import hash_secret
+from auth.errors import OAuth2Error
 from auth.models import AccessGrant, Principal
 from auth.rfc8707 import normalize_resource
 from auth.rfc9728 import metadata_url
@@ -34,17 +35,22 @@ VERIFIED_CACHE_SIZE = 10_000
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 
 
-class BearerError(Exception):
-    """A refused request; `response()` is what the resource server sends back."""
+class BearerError(OAuth2Error):
+    """A refused request with its RFC 6750 challenge. Raised inside this server's endpoints it is
+    translated by `auth.errors.middleware`; a resource server elsewhere (server/app.py) sends
+    `response()` itself."""
 
     def __init__(self, status: int, challenge: str, error: str, description: str) -> None:
-        super().__init__(description)
-        self.status = status
-        self.headers = {"WWW-Authenticate": challenge, "Cache-Control": "no-store"}
-        self.body = {"error": error, "error_description": description}
+        super().__init__(error, description, status, {"WWW-Authenticate": challenge})
 
-    def response(self) -> web.Response:
-        return web.json_response(self.body, status=self.status, headers=self.headers)
+    @property
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+    def response(self, page: bool = False) -> web.Response:
+        # Not cached, as section 5.3 asks; no Pragma here, unlike the token endpoint's errors.
+        return web.json_response(self.body, status=self.status,
+                                 headers={**self.headers, "Cache-Control": "no-store"})
 
 
 class BearerVerifier:

@@ -12,28 +12,24 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from auth.clientauth import ClientAuthError, authenticate
+from auth.clientauth import authenticated_form
 from auth.crypto import hash_secret
-from auth.http import NO_STORE, BadRequest, oauth_error, read_form
+from auth.errors import NO_STORE, OAuth2Error
 from auth.models import Revocation
 from auth.server import AUTH_SERVER
 
 REVOKE_FORM_LIMIT = 16 * 1024
 
 
+def _check_token(form: dict[str, str]) -> None:
+    if not form.get("token"):
+        raise OAuth2Error("invalid_request", "token is required")
+
+
 async def handle(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    try:
-        form = await read_form(request, REVOKE_FORM_LIMIT)
-    except BadRequest as exc:
-        return oauth_error("invalid_request", exc.description, exc.status)
-    token = form.get("token")
-    if not token:
-        return oauth_error("invalid_request", "token is required")
-    try:
-        client = await authenticate(server, request, form)
-    except ClientAuthError as exc:
-        return exc.response()
+    form, client = await authenticated_form(server, request, REVOKE_FORM_LIMIT, _check_token)
+    token = form["token"]
     token_hash = hash_secret(token)
     record = await server.store.get_token(token_hash, server.clock())
     if record is not None and record.client_id == client.client_id:

@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from auth.crypto import new_secret
-from auth.http import BadRequest, client_address, oauth_error, read_json_object
+from auth.errors import BadRequest, OAuth2Error
+from auth.http import client_address, read_json_object
 from auth.models import Client
 from auth.rfc8252 import RedirectURIError, check_registrable, has_unsafe_characters
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -74,15 +75,8 @@ _UNSAFE_CHARS = frozenset([*map(chr, range(0x20)), *map(chr, range(0x7F, 0xA0)),
                            *map(chr, range(0x202A, 0x202F)), *map(chr, range(0x2066, 0x206A))])
 
 
-class RegistrationError(Exception):
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
-def _invalid(field: str, rule: str) -> RegistrationError:
-    return RegistrationError("invalid_client_metadata", f"{field}: {rule}")
+def _invalid(field: str, rule: str) -> OAuth2Error:
+    return OAuth2Error("invalid_client_metadata", f"{field}: {rule}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,18 +155,18 @@ def _https_uri(field: str, value: str) -> str:
 def _redirect_uris(body: dict[str, object]) -> tuple[str, ...]:
     value = body.get("redirect_uris")
     if value is None:
-        raise RegistrationError("invalid_redirect_uri", "redirect_uris: is required")
+        raise OAuth2Error("invalid_redirect_uri", "redirect_uris: is required")
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RegistrationError("invalid_redirect_uri", "redirect_uris: must be an array of strings")
+        raise OAuth2Error("invalid_redirect_uri", "redirect_uris: must be an array of strings")
     if not value:
-        raise RegistrationError("invalid_redirect_uri", "redirect_uris: must not be empty")
+        raise OAuth2Error("invalid_redirect_uri", "redirect_uris: must not be empty")
     if len(value) > MAX_REDIRECT_URIS:
-        raise RegistrationError("invalid_redirect_uri", f"redirect_uris: at most {MAX_REDIRECT_URIS} are allowed")
+        raise OAuth2Error("invalid_redirect_uri", f"redirect_uris: at most {MAX_REDIRECT_URIS} are allowed")
     for uri in value:
         try:
             check_registrable(uri)
         except RedirectURIError as exc:
-            raise RegistrationError("invalid_redirect_uri", f"redirect_uris: {exc}") from exc
+            raise OAuth2Error("invalid_redirect_uri", f"redirect_uris: {exc}") from exc
     return tuple(dict.fromkeys(value))
 
 
@@ -204,7 +198,7 @@ def _encodable(field: str, value: object) -> None:
             value.encode()
         except UnicodeEncodeError:
             code = "invalid_redirect_uri" if field == "redirect_uris" else "invalid_client_metadata"
-            raise RegistrationError(code, f"{field}: contains an invalid character (a lone surrogate)") from None
+            raise OAuth2Error(code, f"{field}: contains an invalid character (a lone surrogate)") from None
     elif isinstance(value, list):
         for item in value:
             _encodable(field, item)
@@ -216,7 +210,7 @@ def _encodable(field: str, value: object) -> None:
 
 def validate_metadata(body: dict[str, object]) -> ClientMetadata:
     """Check every field of a registration request or metadata document; raise
-    `RegistrationError` naming the first field that breaks a rule. `null` means absent."""
+    `OAuth2Error` naming the first field that breaks a rule. `null` means absent."""
     for field, value in body.items():
         _encodable(field, value)
     redirect_uris = _redirect_uris(body)
@@ -304,8 +298,8 @@ async def purge_clients(server: AuthorizationServer) -> None:
         log.info("deleted %d unused client registration(s)", purged)
 
 
-def too_many(retry_after: float, what: str) -> web.Response:
-    return oauth_error("temporarily_unavailable", f"too many {what} from this address; retry later", 429,
+def too_many(retry_after: float, what: str) -> OAuth2Error:
+    return OAuth2Error("temporarily_unavailable", f"too many {what} from this address; retry later", 429,
                        {"Retry-After": str(max(1, math.ceil(retry_after)))})
 
 
@@ -315,14 +309,14 @@ async def handle(request: web.Request) -> web.Response:
     # the limit also bounds the parsing work anyone can make us do.
     retry_after = await over_rate_limit(server, client_address(request))
     if retry_after is not None:
-        return too_many(retry_after, "client registrations")
+        raise too_many(retry_after, "client registrations")
     try:
         body = await read_json_object(request)
-        client = build_client(body, int(server.clock()))
     except BadRequest as exc:
-        return oauth_error("invalid_client_metadata", exc.description, exc.status)
-    except RegistrationError as exc:
-        return oauth_error(exc.error, exc.description)
+        # RFC 7591 section 3.2.2 has no invalid_request: a body that is not a JSON object is
+        # invalid client metadata.
+        raise OAuth2Error("invalid_client_metadata", exc.description, exc.status) from exc
+    client = build_client(body, int(server.clock()))
     await purge_clients(server)
     await server.store.save_client(client)
     return web.json_response(client.registration_response(), status=201,

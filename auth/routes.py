@@ -13,6 +13,10 @@
     GET  /.well-known/openid-configuration             OpenID Connect Discovery (CORS)
     GET  /.well-known/jwks.json                        RFC 7517 ID-token signing keys (CORS)
     GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
+
+Handlers raise `auth.errors.OAuth2Error` for every refusal; `auth.errors.middleware`, installed
+here, is where it becomes a response (a page on the browser paths), as `_store_unavailable` is
+for a store that cannot answer now.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from auth import (
     authorize,
     browser,
     consent,
+    errors,
     login,
     oidc_core,
     oidc_discovery,
@@ -101,6 +106,9 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
             app.router.add_get(path, handler)  # and HEAD
         else:
             app.router.add_route(method, path, handler)
+    # Both inside the browser session middleware, so that an error page still carries the
+    # session's cookie; they catch different exceptions, so their order between them is free.
+    app.middlewares.append(errors.middleware(browser_paths))
     app.middlewares.append(_store_unavailable(frozenset(set(app.router.resources()) - before), browser_paths))
     return server
 

@@ -6,19 +6,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from cryptography.fernet import Fernet
 
 from auth import accounts
+from auth.cimd_fetch import DocumentFetcher
 from auth.models import Revocation, User
 from auth.ratelimit import MemoryRateLimiter, RateLimiter
 from auth.settings import AuthSettings
 from auth.store import AuthStore
-
-if TYPE_CHECKING:  # auth.cimd imports this module (through auth.rfc7591)
-    from auth.cimd import DocumentFetcher
 
 log = logging.getLogger(__name__)
 

@@ -38,9 +38,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from auth import oidc_core, rfc7636
-from auth.clientauth import ClientAuthError, authenticate
+from auth.clientauth import authenticated_form
 from auth.crypto import hash_secret, new_secret
-from auth.http import NO_STORE, BadRequest, oauth_error, read_form
+from auth.errors import NO_STORE, OAuth2Error
 from auth.models import Client, Revocation, Token
 from auth.rfc8707 import normalize_resource
 from auth.scopes import join, parse
@@ -54,19 +54,12 @@ GRANT_TYPES = ("authorization_code", "refresh_token")
 _SUCCESSOR_INFO = b"memory-mcp refresh successor"
 
 
-class TokenError(Exception):
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
-
-
 def _check_resource(form: dict[str, str], bound: str) -> None:
     """`resource` is optional at /token (not every client repeats it), but if sent it must name
     the resource the grant is bound to; slash, case and default-port variants are the same."""
     requested = form.get("resource")
     if requested and normalize_resource(requested) != normalize_resource(bound):
-        raise TokenError("invalid_target", "resource does not match the authorization")
+        raise OAuth2Error("invalid_target", "resource does not match the authorization")
 
 
 # Sealing a rotation's response under the refresh token it replaced.
@@ -129,11 +122,11 @@ async def _mint(server: AuthorizationServer, client: Client, *, subject: str, gr
 async def _code_grant(server: AuthorizationServer, client: Client, form: dict[str, str]) -> dict[str, object]:
     code, verifier = form.get("code"), form.get("code_verifier")
     if not code:
-        raise TokenError("invalid_request", "code is required")
+        raise OAuth2Error("invalid_request", "code is required")
     if not verifier:
-        raise TokenError("invalid_request", "code_verifier is required (PKCE)")
+        raise OAuth2Error("invalid_request", "code_verifier is required (PKCE)")
     if not rfc7636.valid_verifier(verifier):
-        raise TokenError("invalid_grant", "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]")
+        raise OAuth2Error("invalid_grant", "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]")
     now = server.clock()
     code_hash = hash_secret(code)
     # Redeemed before checking who presents it and how: a code presented with a wrong verifier or
@@ -144,43 +137,43 @@ async def _code_grant(server: AuthorizationServer, client: Client, form: dict[st
         log.warning("authorization code replayed (client %s, user %s): grant %s revoked", replayed.client_id,
                     replayed.subject, replayed.grant_id)
         await server.notify(Revocation(replayed.subject, replayed.client_id, replayed.grant_id))
-        raise TokenError("invalid_grant", "the authorization code was already used; the tokens issued for it "
+        raise OAuth2Error("invalid_grant", "the authorization code was already used; the tokens issued for it "
                          "are revoked")
     record = redemption.code
     if redemption.status != "redeemed" or record is None or record.grant_id is None:
-        raise TokenError("invalid_grant", "the authorization code is invalid, expired or already used")
+        raise OAuth2Error("invalid_grant", "the authorization code is invalid, expired or already used")
     if record.client_id != client.client_id:
-        raise TokenError("invalid_grant", "the authorization code was issued to another client")
+        raise OAuth2Error("invalid_grant", "the authorization code was issued to another client")
     redirect_uri = form.get("redirect_uri")
     if redirect_uri is None:
         # Allowed only when /authorize could omit it too: the client has exactly that one URI.
         if client.redirect_uris != (record.redirect_uri,):
-            raise TokenError("invalid_request", "redirect_uri is required")
+            raise OAuth2Error("invalid_request", "redirect_uri is required")
     elif redirect_uri != record.redirect_uri:
-        raise TokenError("invalid_grant", "redirect_uri differs from the authorization request")
+        raise OAuth2Error("invalid_grant", "redirect_uri differs from the authorization request")
     if not rfc7636.verify(verifier, record.code_challenge):
-        raise TokenError("invalid_grant", "PKCE verification failed")
+        raise OAuth2Error("invalid_grant", "PKCE verification failed")
     _check_resource(form, record.resource)
     body, tokens, _ = await _mint(server, client, subject=record.subject, grant_id=record.grant_id,
                                   access_scopes=record.scopes, refresh_scopes=record.scopes,
                                   resource=record.resource, auth_time=record.auth_time, nonce=record.nonce, now=now)
     if not await server.store.save_code_tokens(code_hash, tokens):
         # Replayed between redemption and now: the grant is revoked, so nothing may be issued.
-        raise TokenError("invalid_grant", "the authorization code was already used")
+        raise OAuth2Error("invalid_grant", "the authorization code was already used")
     return body
 
 
 async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict[str, str]) -> dict[str, object]:
     refresh = form.get("refresh_token")
     if not refresh:
-        raise TokenError("invalid_request", "refresh_token is required")
+        raise OAuth2Error("invalid_request", "refresh_token is required")
     now = server.clock()
     old_hash = hash_secret(refresh)
     record = await server.store.get_refresh_token(old_hash, now)
     if record is None:
-        raise TokenError("invalid_grant", "the refresh token is invalid, expired or already used")
+        raise OAuth2Error("invalid_grant", "the refresh token is invalid, expired or already used")
     if record.client_id != client.client_id:
-        raise TokenError("invalid_grant", "the refresh token was issued to another client")
+        raise OAuth2Error("invalid_grant", "the refresh token was issued to another client")
     body: dict[str, object] = {}
     tokens: list[Token] = []
     sealed = ""
@@ -189,7 +182,7 @@ async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict
         # straight to the store, which tells a retry (same pair) from a replay.
         requested = parse(form.get("scope"))
         if requested and not set(requested) <= set(record.scopes):
-            raise TokenError("invalid_scope", "the requested scope exceeds the original grant")
+            raise OAuth2Error("invalid_scope", "the requested scope exceeds the original grant")
         _check_resource(form, record.resource)
         access_scopes = tuple(s for s in record.scopes if s in requested) if requested else record.scopes
         auth_time = record.auth_time if record.auth_time is not None else record.issued_at
@@ -209,31 +202,25 @@ async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict
         log.warning("superseded refresh token replayed (client %s, user %s): grant %s revoked", record.client_id,
                     record.subject, record.grant_id)
         await server.notify(Revocation(record.subject, record.client_id, record.grant_id))
-    raise TokenError("invalid_grant", "the refresh token is invalid, expired or already used")
+    raise OAuth2Error("invalid_grant", "the refresh token is invalid, expired or already used")
+
+
+def _check_grant_type(form: dict[str, str]) -> None:
+    grant_type = form.get("grant_type")
+    if not grant_type:
+        raise OAuth2Error("invalid_request", "grant_type is required")
+    if grant_type not in GRANT_TYPES:
+        raise OAuth2Error("unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}")
 
 
 async def handle(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    try:
-        form = await read_form(request, TOKEN_FORM_LIMIT)
-    except BadRequest as exc:
-        return oauth_error("invalid_request", exc.description, exc.status)
-    grant_type = form.get("grant_type")
-    if not grant_type:
-        return oauth_error("invalid_request", "grant_type is required")
-    if grant_type not in GRANT_TYPES:
-        return oauth_error("unsupported_grant_type", f"grant_type must be one of {', '.join(GRANT_TYPES)}")
-    try:
-        client = await authenticate(server, request, form)
-    except ClientAuthError as exc:
-        return exc.response()
+    form, client = await authenticated_form(server, request, TOKEN_FORM_LIMIT, _check_grant_type)
+    grant_type = form["grant_type"]
     if grant_type not in client.grant_types:
-        return oauth_error("unauthorized_client", f"this client did not register the {grant_type} grant")
-    try:
-        if grant_type == "authorization_code":
-            body = await _code_grant(server, client, form)
-        else:
-            body = await _refresh_grant(server, client, form)
-    except TokenError as exc:
-        return oauth_error(exc.error, exc.description)
+        raise OAuth2Error("unauthorized_client", f"this client did not register the {grant_type} grant")
+    if grant_type == "authorization_code":
+        body = await _code_grant(server, client, form)
+    else:
+        body = await _refresh_grant(server, client, form)
     return web.json_response(body, headers=NO_STORE)

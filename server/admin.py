@@ -91,11 +91,12 @@ async def sessions_revoke(storage: SQLiteStorage, session_id: str | None, userna
     """End one session (by revoking the grant of that user's client behind it, so that the client
     cannot simply open another; the user's browser login stays), or with `username` sign the user
     out everywhere (`tokens_revoke`)."""
-    if (session_id is None) == (username is None):
-        raise AdminError("name either a session id or --user NAME")
     if username is not None:
+        if session_id is not None:
+            raise AdminError("name either a session id or --user NAME, not both")
         return await tokens_revoke(storage, username)
-    assert session_id is not None
+    if session_id is None:
+        raise AdminError("name either a session id or --user NAME")
     record = await storage.get_session(session_id)
     if record is None:
         raise AdminError(f"no session {session_id!r}; `memory-mcp sessions list` shows the open ones")

@@ -186,7 +186,11 @@ class Settings(BaseModel):
 
     @property
     def issuer(self) -> str:
-        assert self.public_url is not None
+        # The model validator above fills public_url in; only a Settings built around validation
+        # (model_construct) can lack it, and that is a programming error worth naming.
+        if self.public_url is None:
+            raise ValueError("Settings.public_url is unset: build Settings through validation (load() or "
+                             "Settings(...)), which derives it from host and port")
         return self.public_url
 
     @property

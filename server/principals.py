@@ -10,7 +10,9 @@ from auth.models import Principal
 def owner_label(owner: Hashable) -> str:
     """Subject and client id: neither contains a space, and the issuer is this server's, the
     same for every session, so it need not be stored."""
-    assert isinstance(owner, Principal)
+    # The registry is generic over its owner type; this server only ever gives it Principals.
+    if not isinstance(owner, Principal):
+        raise TypeError(f"a session owner must be an auth.models.Principal, not {type(owner).__name__}")
     return f"{owner.subject} {owner.client_id}"
 
 

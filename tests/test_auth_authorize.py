@@ -401,7 +401,7 @@ async def test_redirect_uri_with_control_characters_never_redirects_when_signed_
 async def test_every_parsed_url_refuses_control_characters(env: Env) -> None:
     """The same rule wherever a URL goes through urlsplit: informational client URIs, resource
     indicators, metadata-document client ids and the configured origins."""
-    from auth import cimd
+    from auth import cimd_fetch
     from auth.rfc8707 import normalize_resource
     from server.config import ConfigError, load
 
@@ -411,7 +411,7 @@ async def test_every_parsed_url_refuses_control_characters(env: Env) -> None:
         resp = await env.client.post("/register", json=body)
         assert resp.status == 400 and "client_uri: must not contain" in (await resp.json())["error_description"]
         assert normalize_resource(f"{env.issuer}/mcp{char}") is None
-        with pytest.raises(cimd.ClientMetadataError, match="control characters"):
-            cimd.check_document_url(f"https://app.example.com/{char}client.json")
+        with pytest.raises(cimd_fetch.ClientMetadataError, match="control characters"):
+            cimd_fetch.check_document_url(f"https://app.example.com/{char}client.json")
         with pytest.raises(ConfigError, match="control characters"):
             load({"public_url": f"https://memory.exa{char}mple.com"}, {})

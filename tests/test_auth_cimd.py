@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from auth.cimd import ClientMetadataError, DocumentFetcher, cache_ttl, check_document_url, is_public_address
+from auth.cimd_fetch import ClientMetadataError, DocumentFetcher, cache_ttl, check_document_url, is_public_address
 from tests.authflow import Env, approve, authorize_path, login, make_env, pkce, query_of, token_request
 from tests.conftest import free_socket
 

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth import rfc7591
-from auth.rfc7591 import RegistrationError, validate_metadata
+from auth.errors import OAuth2Error
+from auth.rfc7591 import validate_metadata
 from auth.rfc8252 import check_registrable
 from auth.routes import install
 from auth.settings import AuthSettings
@@ -348,7 +349,7 @@ def assert_valid_registration(reply: dict[str, Any]) -> None:
 def test_validation_only_raises_registration_errors(data: dict[str, object]) -> None:
     try:
         meta = validate_metadata(data)
-    except RegistrationError as exc:
+    except OAuth2Error as exc:
         assert exc.error in ("invalid_redirect_uri", "invalid_client_metadata") and exc.description
         return
     reply = rfc7591.build_client(data, 0).registration_response()

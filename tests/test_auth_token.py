@@ -53,6 +53,33 @@ async def test_token_response_headers(env: Env) -> None:
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
 
 
+
+async def test_error_response_headers(env: Env) -> None:
+    """Every refusal at /token and /revoke, whichever step raised it, is the same JSON error
+    with no-store and CORS; a Basic-authenticated client's 401 carries the Basic challenge."""
+    import base64
+
+    basic = "Basic " + base64.b64encode(b"some-client:a-secret").decode()
+    cases = [
+        ("/token", {"grant_type": "password"}, {}, 400, "unsupported_grant_type"),
+        ("/token", {"grant_type": "authorization_code", "client_id": "nobody"}, {}, 401, "invalid_client"),
+        ("/token", {"grant_type": "authorization_code"}, {"Authorization": basic}, 401, "invalid_client"),
+        ("/token", {"grant_type": "authorization_code", "a": "1"}, {"Content-Type": "text/plain"}, 415,
+         "invalid_request"),
+        ("/revoke", {}, {}, 400, "invalid_request"),
+        ("/revoke", {"token": "x", "client_id": "nobody"}, {}, 401, "invalid_client"),
+    ]
+    for path, form, headers, status, error in cases:
+        resp = await env.client.post(path, data=form, headers=headers)
+        assert resp.status == status, (path, form)
+        assert (await resp.json())["error"] == error
+        assert resp.headers["Cache-Control"] == "no-store" and resp.headers["Pragma"] == "no-cache"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        assert ("WWW-Authenticate" in resp.headers) == ("Authorization" in headers)
+        if "Authorization" in headers:
+            assert resp.headers["WWW-Authenticate"] == 'Basic realm="memory-mcp"'
+
+
 async def test_code_replay_refused(env: Env) -> None:
     client_id, code, verifier = await obtain_code(env)
     form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "client_id": client_id,
