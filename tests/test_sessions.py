@@ -173,6 +173,17 @@ async def test_parking_keeps_work_in_progress(http: httpx2.AsyncClient, custom: 
     answered = await http.post(server.url + "/mcp", headers=session,
                                json={"jsonrpc": "2.0", "id": ping["id"], "result": {}})
     assert answered.status_code == 202
+    # The result goes to a stream nobody listens on, so it is only stored (on the store's writer
+    # thread); resuming before that write lands would replay without it. A client that comes
+    # back later, as this one does, finds it.
+    def result_stored() -> bool:
+        return server.storage.db.conn.execute(
+            "SELECT count(*) FROM mcp_events WHERE session_id = ? AND stream_id = '5' AND message LIKE '%\"result\"%'",
+            (state.session_id,)).fetchone()[0] > 0
+    for _ in range(250):
+        if result_stored():
+            break
+        await asyncio.sleep(0.02)
     async with http.stream("GET", server.url + "/mcp", headers={**session, "Last-Event-ID": priming}) as resumed:
         assert resumed.status_code == 200
         text = ""
