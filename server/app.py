@@ -128,7 +128,7 @@ def build_app(settings: Settings, storage: SQLiteStorage | None = None,
 
     async def on_shutdown(_app: web.Application) -> None:
         # Before aiohttp waits for handlers: open SSE streams never finish on their own, so close
-        # every session first and the process exits at once (docs/sdk-notes.md#P6). Their records stay,
+        # every session first and the process exits at once (docs/sdk-pitfalls.md#P6). Their records stay,
         # so that the next start serves them again.
         await registry.close_where(lambda _s: True, keep_records=True)
 

@@ -2,9 +2,9 @@
 
 Why hand-written and not `aiohttp-asgi`: that package's `receive()` never reports
 `http.disconnect` and returns immediately at EOF, so sse-starlette's disconnect listener spins and
-wedges the event loop on the first SSE response (docs/sdk-notes.md#P1).
+wedges the event loop on the first SSE response (docs/sdk-pitfalls.md#P1).
 
-What this bridge guarantees, each learned the hard way (docs/sdk-notes.md#P3, #P4):
+What this bridge guarantees, each learned the hard way (docs/sdk-pitfalls.md#P3, #P4):
 * P3: aiohttp may cancel a handler when its client goes away (always under the test server). The
   SDK must not be cancelled mid-request, or a session being opened is discarded half-made: the ASGI
   call runs in its own task and is shielded; the handler's cancellation only tells it the peer left.

@@ -4,7 +4,7 @@ The transports know that every request has been authenticated and that a session
 `owner`; they do not know what an owner is made of (server/ builds it from the bearer token) nor
 what the tools do with it. Tools read the caller of the request they serve from `current_caller`:
 the SDK's context streams carry the sending task's context to the handler, so after a token
-refresh a tool sees the new grant, not the one that opened the session (docs/sdk-notes.md#P7).
+refresh a tool sees the new grant, not the one that opened the session (docs/sdk-pitfalls.md#P7).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ starts a new session, as the spec tells clients to; work in progress is never cu
 
 Every session task runs in one anyio task group that a single holder task owns (anyio task groups
 are bound to the task that entered them; entering one from aiohttp's cleanup_ctx fails at
-teardown, docs/sdk-notes.md#P2). Handlers hand work to the group with `TaskGroup.start`.
+teardown, docs/sdk-pitfalls.md#P2). Handlers hand work to the group with `TaskGroup.start`.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class EventLog(Protocol):
 
     Every call names the session: an event id only means something inside the session that
     produced it. A client can never replay another session's events by presenting their ids
-    (the bug class of docs/sdk-notes.md#P8 and the TS SDK's cross-session replay IDOR).
+    (the bug class of docs/sdk-pitfalls.md#P8 and the TS SDK's cross-session replay IDOR).
 
     Bounded: an event costs the UTF-8 length of its message plus EVENT_OVERHEAD_BYTES, and the log
     keeps at most `limits.per_session` bytes of one session and `limits.per_user` of all the
