@@ -42,7 +42,7 @@ from pydantic import BaseModel
 from auth import browser, cimd, consent, csrf, pages, rfc7636
 from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
-from auth.errors import BadRequest, PageError
+from auth.errors import OAuth2Error, PageError
 from auth.http import client_address, single_query
 from auth.models import AuthorizationCode, Client, User
 from auth.rfc8252 import has_unsafe_characters, is_loopback, matches, origin
@@ -99,11 +99,24 @@ class AuthorizationRequest(BaseModel):
         return urlencode(params)
 
 
-class RedirectError(Exception):
-    def __init__(self, error: str, description: str) -> None:
-        super().__init__(description)
-        self.error = error
-        self.description = description
+class ErrorRedirect(OAuth2Error):
+    """An error sent back to the client at its redirect URI (RFC 6749 section 4.1.2.1), with
+    `state` and the RFC 9207 `iss`. Raised only once the redirect URI is known to be the
+    client's (module docstring); `auth.errors.middleware` answers it like any `OAuth2Error`."""
+
+    def __init__(self, error: str, description: str, *, redirect_uri: str, state: str | None,
+                 issuer: str) -> None:
+        super().__init__(error, description, status=303)
+        self.redirect_uri = redirect_uri
+        self.state = state
+        self.issuer = issuer
+
+    def response(self, page: bool = False) -> web.Response:
+        params = {"error": self.error, "error_description": self.description}
+        if self.state is not None:
+            params["state"] = self.state
+        params["iss"] = self.issuer
+        return redirect(with_params(self.redirect_uri, params))
 
 
 def with_params(uri: str, params: dict[str, str]) -> str:
@@ -117,15 +130,6 @@ def redirect(location: str) -> web.Response:
     # 303 after a POST (the browser must GET the callback), also fine after a GET.
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store",
                                              "Referrer-Policy": "no-referrer"})
-
-
-def error_redirect(server: AuthorizationServer, redirect_uri: str, state: str | None, error: str,
-                   description: str) -> web.Response:
-    params = {"error": error, "error_description": description}
-    if state is not None:
-        params["state"] = state
-    params["iss"] = server.settings.issuer
-    return redirect(with_params(redirect_uri, params))
 
 
 async def resolve_client(server: AuthorizationServer, params: dict[str, str],
@@ -157,30 +161,38 @@ async def resolve_client(server: AuthorizationServer, params: dict[str, str],
 
 def validate(server: AuthorizationServer, params: dict[str, str], client: Client, redirect_uri: str,
              explicit: bool) -> AuthorizationRequest:
+    def refused(error: str, description: str) -> ErrorRedirect:
+        return ErrorRedirect(error, description, redirect_uri=redirect_uri, state=params.get("state"),
+                             issuer=server.settings.issuer)
+
     response_type = params.get("response_type")
     if not response_type:
-        raise RedirectError("invalid_request", "response_type is required")
+        raise refused("invalid_request", "response_type is required")
     if response_type != "code":
-        raise RedirectError("unsupported_response_type", "only response_type=code is supported")
+        raise refused("unsupported_response_type", "only response_type=code is supported")
     challenge = params.get("code_challenge")
     if not challenge:
-        raise RedirectError("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256")
+        raise refused("invalid_request", "PKCE is required: send code_challenge with code_challenge_method=S256")
     if params.get("code_challenge_method") != "S256":
-        raise RedirectError("invalid_request", "code_challenge_method must be S256")
+        raise refused("invalid_request", "code_challenge_method must be S256")
     if not rfc7636.valid_challenge(challenge):
-        raise RedirectError("invalid_request", "code_challenge is not a valid S256 challenge")
+        raise refused("invalid_request", "code_challenge is not a valid S256 challenge")
     resource = params.get("resource") or server.settings.url("/mcp")
     canonical = normalize_resource(resource)
     if canonical is None or not is_our_resource(resource, server.settings.resources):
-        raise RedirectError("invalid_target", "the resource is not served by this server")
+        raise refused("invalid_target", "the resource is not served by this server")
     prompts = frozenset(params.get("prompt", "").split())
     if "none" in prompts and len(prompts) > 1:
-        raise RedirectError("invalid_request", "prompt=none cannot be combined with other prompt values")
+        raise refused("invalid_request", "prompt=none cannot be combined with other prompt values")
+    try:
+        max_age = _max_age(params.get("max_age"))
+    except ValueError:
+        raise refused("invalid_request", "max_age must be a whole number of seconds (0 or more)") from None
     return AuthorizationRequest(
         client_id=client.client_id, redirect_uri=redirect_uri, redirect_uri_explicit=explicit,
         state=params.get("state"), code_challenge=challenge, scopes=granted(params.get("scope"), server.settings),
         resource=canonical, nonce=params.get("nonce"), prompt_login="login" in prompts,
-        max_age=_max_age(params.get("max_age")),
+        max_age=max_age,
     )
 
 
@@ -188,10 +200,12 @@ _MAX_AGE_DIGITS = 10
 
 
 def _max_age(value: str | None) -> int | None:
-    if not value:  # RFC 6749 3.1: a parameter without a value is as if omitted
+    """None for an absent max_age (RFC 6749 3.1: a parameter without a value is as if omitted);
+    ValueError for anything but a whole number of seconds."""
+    if not value:
         return None
     if not (value.isascii() and value.isdigit() and len(value) <= _MAX_AGE_DIGITS):
-        raise RedirectError("invalid_request", "max_age must be a whole number of seconds (0 or more)")
+        raise ValueError(value)
     return int(value)
 
 
@@ -227,8 +241,12 @@ async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, log
     return with_params(req.redirect_uri, params)
 
 
-def signed_out_page() -> web.Response:
-    return pages.error("You were signed out while approving. Start again from your application.", 401)
+def signed_out() -> PageError:
+    return PageError("You were signed out while approving. Start again from your application.", 401)
+
+
+def unknown_client() -> PageError:
+    return PageError("Unknown client. The application may need to register again.")
 
 
 async def resume(server: AuthorizationServer, sess: Session, req: AuthorizationRequest,
@@ -237,34 +255,24 @@ async def resume(server: AuthorizationServer, sess: Session, req: AuthorizationR
     approval a page that takes the browser to the client (never a redirect: module docstring)."""
     client = await server.store.get_client(req.client_id)
     if client is None:
-        return pages.error("Unknown client. The application may need to register again.")
+        raise unknown_client()
     if not req.prompt_consent and await consent.is_remembered(server, login.user, req.client_id, req.redirect_uri,
                                                               req.resource, req.scopes):
         location = await issue_code(server, req, login)
-        return pages.continue_to(location) if location else signed_out_page()
+        if location is None:
+            raise signed_out()
+        return pages.continue_to(location)
     return consent_page(server, sess, req, client, login.user)
 
 
 async def handle_authorize(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    value = browser.binding(request)
-    response = await _authorize(request, server, value)
-    # Refreshed on every visit, so that it outlives the seals of the page it comes with.
-    browser.set_binding(response, server.settings, value)
-    return response
-
-
-async def _authorize(request: web.Request, server: AuthorizationServer, binding: str) -> web.Response:
-    try:
-        params = single_query(request)
-        client, redirect_uri, explicit = await resolve_client(server, params, client_address(request))
-    except (BadRequest, PageError) as exc:
-        return pages.error(str(exc))
-    state = params.get("state")
-    try:
-        req = validate(server, params, client, redirect_uri, explicit)
-    except RedirectError as exc:
-        return error_redirect(server, redirect_uri, state, exc.error, exc.description)
+    # Whatever the answer (an error page or redirect included), the binding cookie goes with it,
+    # refreshed on every visit so that it outlives the seals of the page it comes with.
+    binding = browser.refresh_binding(request)
+    params = single_query(request)
+    client, redirect_uri, explicit = await resolve_client(server, params, client_address(request))
+    req = validate(server, params, client, redirect_uri, explicit)
     prompts = frozenset(params.get("prompt", "").split())
     first_party = consent.first_party_navigation(request)
     req = req.model_copy(update={"binding": hash_secret(binding),
@@ -278,11 +286,14 @@ async def _authorize(request: web.Request, server: AuthorizationServer, binding:
             and await consent.is_remembered(server, active.user, req.client_id, req.redirect_uri, req.resource,
                                             req.scopes)):
         location = await issue_code(server, req, active)
-        return redirect(location) if location else signed_out_page()
+        if location is None:
+            raise signed_out()
+        return redirect(location)
     if "none" in prompts:
         # OIDC Core 3.1.2.6: a request that would need a page fails instead.
-        error = "login_required" if active is None else "consent_required"
-        return error_redirect(server, redirect_uri, state, error, "user interaction is required")
+        raise ErrorRedirect("login_required" if active is None else "consent_required",
+                            "user interaction is required", redirect_uri=req.redirect_uri, state=req.state,
+                            issuer=server.settings.issuer)
     if active is None:
         return pages.login(csrf.token(sess), browser.seal(server.sealer, req),
                            username=login.user.username if login else "", again=again)
@@ -294,24 +305,25 @@ async def handle_consent(request: web.Request) -> web.Response:
     _, form = await browser.csrf_form(request)
     req = browser.unseal(server.sealer, form.get("request"), AuthorizationRequest)
     if req is None:
-        return pages.error("This authorization request has expired or is invalid.")
+        raise PageError("This authorization request has expired or is invalid.")
     if not browser.bound(request, req.binding):
-        return pages.error(pages.OTHER_BROWSER, 403)
+        raise PageError(pages.OTHER_BROWSER, 403)
     login = await browser.current_login(request)
     if login is None or login.user.id != req.subject:
         # Logged out (or in as someone else) since the page was shown: ask again.
         return redirect(server.settings.url("/authorize?" + req.query()))
     client = await server.store.get_client(req.client_id)
     if client is None:
-        return pages.error("Unknown client. The application may need to register again.")
+        raise unknown_client()
     decision = form.get("decision")
     if decision == "deny":
-        return error_redirect(server, req.redirect_uri, req.state, "access_denied", "the user denied the request")
+        raise ErrorRedirect("access_denied", "the user denied the request", redirect_uri=req.redirect_uri,
+                            state=req.state, issuer=server.settings.issuer)
     if decision != "approve":
-        return pages.error("Choose approve or deny.")
+        raise PageError("Choose approve or deny.")
     location = await issue_code(server, req, login)
     if location is None:
-        return signed_out_page()
+        raise signed_out()
     if form.get(consent.REMEMBER_FIELD) == "1":
         await consent.remember(server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
     return redirect(location)

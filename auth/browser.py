@@ -97,14 +97,19 @@ def cookie_storage(settings: AuthSettings, cookie_key: bytes) -> EncryptedCookie
 
 
 def middleware(storage: EncryptedCookieStorage, browser_paths: frozenset[str]) -> Middleware:
-    """`browser_paths`: where the session cookie is read and written (auth.routes declares them)."""
+    """`browser_paths`: where the session cookie is read and written (auth.routes declares them),
+    and the binding cookie sent (`refresh_binding`)."""
     inner = session_middleware(storage)
 
     @web.middleware
     async def browser_session(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in browser_paths:
             return await handler(request)
-        return await inner(request, handler)
+        # Outside `auth.errors.middleware`: the response seen here is the final one, error pages
+        # and error redirects included.
+        response = await inner(request, handler)
+        _send_binding(request, response)
+        return response
 
     return browser_session
 
@@ -197,9 +202,23 @@ def binding(request: web.Request) -> str:
     return value if _BINDING_VALUE.fullmatch(value) else new_secret()
 
 
-def set_binding(response: web.StreamResponse, settings: AuthSettings, value: str) -> None:
-    response.set_cookie(binding_cookie_name(settings), value, max_age=BINDING_TTL, path="/",
-                        secure=settings.secure_cookies, httponly=True, samesite="Lax")
+_BINDING = web.RequestKey("binding", str)
+
+
+def refresh_binding(request: web.Request) -> str:
+    """This browser's binding value (`binding`), sent back by `middleware` with whatever
+    response the request gets, error pages and redirects included, so that no handler or error
+    path has to remember it."""
+    value = request[_BINDING] = binding(request)
+    return value
+
+
+def _send_binding(request: web.Request, response: web.StreamResponse) -> None:
+    value = request.get(_BINDING)
+    if value is not None:
+        settings = request.app[AUTH_SERVER].settings
+        response.set_cookie(binding_cookie_name(settings), value, max_age=BINDING_TTL, path="/",
+                            secure=settings.secure_cookies, httponly=True, samesite="Lax")
 
 
 def bound(request: web.Request, binding_hash: str) -> bool:

@@ -38,6 +38,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from auth import browser, csrf, pages
+from auth.errors import PageError
 from auth.models import RememberedConsent, Revocation, User
 from auth.server import AUTH_SERVER, AuthorizationServer
 
@@ -88,10 +89,10 @@ async def handle_withdraw(request: web.Request) -> web.Response:
     _, form = await browser.csrf_form(request, "Withdrawal failed")
     user = await browser.current_user(request)
     if user is None:
-        return pages.error("You are not signed in.", 401, "Withdrawal failed")
+        raise PageError("You are not signed in.", 401, "Withdrawal failed")
     client_id = form.get("client_id")
     if not client_id:
-        return pages.error("Choose an application.", 400, "Withdrawal failed")
+        raise PageError("Choose an application.", 400, "Withdrawal failed")
     await server.store.withdraw_consents(user.id, client_id)
     await server.notify(Revocation(user.id, client_id, None))
     return web.Response(status=303, headers={"Location": server.settings.url("/consents"),

@@ -49,10 +49,13 @@ class OAuth2Error(Exception):
 
 
 class BadRequest(OAuth2Error):
-    """A request the endpoint refuses before looking at its meaning (size, encoding, syntax)."""
+    """A request the endpoint refuses before looking at its meaning (size, encoding, syntax).
+    `error` is `invalid_request` except where the endpoint's RFC names another code for it
+    (RFC 7591 section 3.2.2 has no invalid_request: a refused registration body is
+    `invalid_client_metadata`)."""
 
-    def __init__(self, description: str, status: int = 400) -> None:
-        super().__init__("invalid_request", description, status)
+    def __init__(self, description: str, status: int = 400, error: str = "invalid_request") -> None:
+        super().__init__(error, description, status)
 
 
 class PageError(OAuth2Error):

@@ -39,15 +39,15 @@ def oauth_error(error: str, description: str, status: int = 400,
     return OAuth2Error(error, description, status, headers).response()
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, error: str = "invalid_request") -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest("request body too large", 413)
+        raise BadRequest("request body too large", 413, error)
     chunks: list[bytes] = []
     size = 0
     while chunk := await request.content.read(8192):
         size += len(chunk)
         if size > limit:
-            raise BadRequest("request body too large", 413)
+            raise BadRequest("request body too large", 413, error)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -95,16 +95,18 @@ def parse_json(data: bytes | str) -> object:
     return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
 
 
-async def read_json_object(request: web.Request, limit: int = JSON_LIMIT) -> dict[str, object]:
+async def read_json_object(request: web.Request, limit: int = JSON_LIMIT,
+                           error: str = "invalid_request") -> dict[str, object]:
+    """A JSON object body; refused as `error` (`BadRequest`) otherwise."""
     if _media_type(request) != "application/json":
-        raise BadRequest("the body must be application/json", 415)
-    body = await read_body(request, limit)
+        raise BadRequest("the body must be application/json", 415, error)
+    body = await read_body(request, limit, error)
     try:
         data = parse_json(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise BadRequest("the body is not valid JSON") from exc
+        raise BadRequest("the body is not valid JSON", error=error) from exc
     if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object", error=error)
     return data
 
 

@@ -28,6 +28,7 @@ from aiohttp import web
 from auth import browser, csrf, pages, throttle
 from auth.accounts import PASSWORD_MAX, valid_username
 from auth.authorize import AuthorizationRequest, redirect, resume
+from auth.errors import PageError
 from auth.http import client_address
 from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.server import AUTH_SERVER
@@ -49,9 +50,9 @@ async def handle_login(request: web.Request) -> web.Response:
     sealed = form.get("request")
     pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
     if sealed and pending is None:
-        return pages.error("This authorization request has expired; start again from your application.")
+        raise PageError("This authorization request has expired; start again from your application.")
     if pending is not None and not browser.bound(request, pending.binding):
-        return pages.error(pages.OTHER_BROWSER, 403, "Sign-in failed")
+        raise PageError(pages.OTHER_BROWSER, 403, "Sign-in failed")
     username = form.get("username", "")
     password = form.get("password", "")
     address = client_address(request)

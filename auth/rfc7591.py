@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from auth.crypto import new_secret
-from auth.errors import BadRequest, OAuth2Error
+from auth.errors import OAuth2Error
 from auth.http import client_address, read_json_object
 from auth.models import Client
 from auth.rfc8252 import RedirectURIError, check_registrable, has_unsafe_characters
@@ -310,12 +310,9 @@ async def handle(request: web.Request) -> web.Response:
     retry_after = await over_rate_limit(server, client_address(request))
     if retry_after is not None:
         raise too_many(retry_after, "client registrations")
-    try:
-        body = await read_json_object(request)
-    except BadRequest as exc:
-        # RFC 7591 section 3.2.2 has no invalid_request: a body that is not a JSON object is
-        # invalid client metadata.
-        raise OAuth2Error("invalid_client_metadata", exc.description, exc.status) from exc
+    # RFC 7591 section 3.2.2 has no invalid_request: a body that is not a JSON object is
+    # invalid client metadata.
+    body = await read_json_object(request, error="invalid_client_metadata")
     client = build_client(body, int(server.clock()))
     await purge_clients(server)
     await server.store.save_client(client)
