@@ -25,8 +25,7 @@ from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
 from server.keyfile import cookie_key
 from server.principals import parse_owner_label
-from server.storage.sqlite import SQLiteStorage
-from server.storage.sqlite.ratelimit import SQLiteRateLimiter
+from server.storage import Limiter, Storage
 
 
 class AdminError(Exception):
@@ -43,11 +42,11 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
                      for row in [header, *rows])
 
 
-async def _revoke(storage: SQLiteStorage, revocation: Revocation) -> None:
+async def _revoke(storage: Storage, revocation: Revocation) -> None:
     await storage.record_revocation(revocation, time.time())
 
 
-async def clients_list(storage: SQLiteStorage) -> str:
+async def clients_list(storage: Storage) -> str:
     clients = await storage.list_clients()
     if not clients:
         return "no registered clients"
@@ -56,25 +55,25 @@ async def clients_list(storage: SQLiteStorage) -> str:
     return _table(("CLIENT ID", "NAME", "REDIRECT URIS", "REGISTERED"), rows)
 
 
-async def clients_remove(storage: SQLiteStorage, client_id: str) -> str:
+async def clients_remove(storage: Storage, client_id: str) -> str:
     if not await storage.delete_client(client_id):
         raise AdminError(f"no client {client_id!r}; `memory-mcp clients list` shows the registered ones")
     await _revoke(storage, Revocation(None, client_id, None))
     return f"removed client {client_id} and revoked its tokens"
 
 
-async def _usernames(storage: SQLiteStorage) -> dict[str, str]:
+async def _usernames(storage: Storage) -> dict[str, str]:
     return {u.id: u.username for u in await storage.list_users()}
 
 
-async def _user_id(storage: SQLiteStorage, username: str) -> str:
+async def _user_id(storage: Storage, username: str) -> str:
     user = await storage.get_user_by_name(username)
     if user is None:
         raise AdminError(f"no user {username!r}; `memory-mcp users list` shows the accounts")
     return user.id
 
 
-async def sessions_list(storage: SQLiteStorage, username: str | None) -> str:
+async def sessions_list(storage: Storage, username: str | None) -> str:
     records = await storage.list_sessions(None if username is None else await _user_id(storage, username))
     if not records:
         return "no MCP sessions"
@@ -87,7 +86,7 @@ async def sessions_list(storage: SQLiteStorage, username: str | None) -> str:
     return _table(("SESSION ID", "USER", "CLIENT", "TRANSPORT", "PROTOCOL", "OPENED", "LAST SEEN"), rows)
 
 
-async def sessions_revoke(storage: SQLiteStorage, session_id: str | None, username: str | None) -> str:
+async def sessions_revoke(storage: Storage, session_id: str | None, username: str | None) -> str:
     """End one session (by revoking the grant of that user's client behind it, so that the client
     cannot simply open another; the user's browser login stays), or with `username` sign the user
     out everywhere (`tokens_revoke`)."""
@@ -107,21 +106,21 @@ async def sessions_revoke(storage: SQLiteStorage, session_id: str | None, userna
     return f"ended session {session_id} and revoked the tokens of client {client_id} for that user"
 
 
-async def _sign_out_everywhere(storage: SQLiteStorage, user_id: str) -> str:
+async def _sign_out_everywhere(storage: Storage, user_id: str) -> str:
     ended = await accounts.sign_out_everywhere(storage, user_id)
     await _revoke(storage, Revocation(user_id, None, None))
     return (f"ended {ended.logins} browser login(s), forgot {ended.approvals} remembered approval(s), "
             f"revoked {ended.grants} token(s) and code(s); their MCP sessions end")
 
 
-async def tokens_revoke(storage: SQLiteStorage, username: str) -> str:
+async def tokens_revoke(storage: Storage, username: str) -> str:
     """Sign the user out everywhere, as their own "sign out" at /logout does: every browser login
     too, or a browser that is still signed in (perhaps the attacker's) could approve new tokens."""
     user_id = await _user_id(storage, username)
     return f"signed {username} out everywhere: " + await _sign_out_everywhere(storage, user_id)
 
 
-async def users_passwd(storage: SQLiteStorage, username: str, password: str) -> str:
+async def users_passwd(storage: Storage, username: str, password: str) -> str:
     """A new password signs the user out everywhere: it is most often changed because the old one
     leaked, and logins and tokens obtained with it must not outlive it."""
     user = await accounts.set_password(storage, username, password)
@@ -129,7 +128,7 @@ async def users_passwd(storage: SQLiteStorage, username: str, password: str) -> 
         storage, user.id)
 
 
-async def users_remove(storage: SQLiteStorage, username: str) -> str:
+async def users_remove(storage: Storage, username: str) -> str:
     """Remove an account and everything it owns, in steps that each leave a state the next run
     finishes (run again after an interruption, it resumes):
 
@@ -154,14 +153,14 @@ async def users_remove(storage: SQLiteStorage, username: str) -> str:
     return f"removed user {user.username}: {done}"
 
 
-async def keys_rotate(storage: SQLiteStorage, data_dir: Path, auth_settings: AuthSettings) -> str:
+async def keys_rotate(storage: Storage, data_dir: Path, auth_settings: AuthSettings) -> str:
     kid = await rfc7517.rotate_signing_key(storage, rfc7517.private_key_cipher(cookie_key(data_dir)), time.time(),
                                            auth_settings.id_token_ttl)
     return (f"new ID-token signing key {kid}; the previous one stays published until the tokens it signed expire. "
             "Running servers use the new key from now on.")
 
 
-async def throttle_list(limiter: SQLiteRateLimiter, storage: SQLiteStorage, registration_limit: int) -> str:
+async def throttle_list(limiter: Limiter, storage: Storage, registration_limit: int) -> str:
     """Every login throttle and registration limit with attempts counted, and how long each still
     refuses. Account throttles are keyed by a hash of the name as typed: existing accounts are
     named, other names (mistyped, or guessed by someone) are shown as such."""
@@ -187,7 +186,7 @@ async def throttle_list(limiter: SQLiteRateLimiter, storage: SQLiteStorage, regi
     return _table(("KIND", "WHO", "ATTEMPTS", "LAST", "REFUSING FOR"), rows)
 
 
-async def throttle_clear(limiter: SQLiteRateLimiter, *, address: str | None, username: str | None,
+async def throttle_clear(limiter: Limiter, *, address: str | None, username: str | None,
                          everything: bool) -> str:
     """Lift throttles at once, also in a running server (it reads them from the same file)."""
     if sum((address is not None, username is not None, everything)) != 1 or (address is None and not (

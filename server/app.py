@@ -22,9 +22,7 @@ from server.config import Settings
 from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
-from server.storage.sqlite import SQLiteStorage
-from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
-from server.storage.sqlite.ratelimit import SQLiteRateLimiter
+from server.storage import Limiter, Storage, open_backend
 from transports.caller import Caller, Refusal
 from transports.direct import DIRECT_METHODS
 from transports.http import add_cors_headers, store_unavailable_middleware
@@ -37,27 +35,30 @@ log = logging.getLogger(__name__)
 
 REVOCATION_POLL_SECONDS = 1.0
 
-STORAGE: web.AppKey[SQLiteStorage] = web.AppKey("storage", SQLiteStorage)
+STORAGE: web.AppKey[Storage] = web.AppKey("storage", Storage)
+LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MCP_ENDPOINT: web.AppKey[StreamableHTTPEndpoint] = web.AppKey("mcp_endpoint", StreamableHTTPEndpoint)
 
 
-def build_app(settings: Settings, storage: SQLiteStorage | None = None,
+def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
               mcp_server: Server[Any] | None = None) -> web.Application:
-    """The whole server. `mcp_server` replaces the memory tools with another MCP server on the
-    same transports and authentication (the conformance suite's fixture server does)."""
-    storage = storage or SQLiteStorage(settings.database_path, settings.store_busy_timeout)
+    """The whole server. `backend`: the storage and rate limiter to use (default: those the
+    settings choose, `open_backend`). `mcp_server` replaces the memory tools with another MCP
+    server on the same transports and authentication (the conformance suite's fixture server does)."""
+    storage, limiter = backend or open_backend(settings)
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage
+    app[LIMITER] = limiter
     # Before the authorization server's middleware: its forwarded-address one must run first.
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
     auth_conf = settings.auth_settings()
     authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
-    # Login throttles and rate limits in SQLite, where `memory-mcp throttle` reaches them.
-    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE, busy_timeout=settings.store_busy_timeout)
+    # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
+    # instance reach them.
     authorization_server.limiter = limiter
     verifier = BearerVerifier(auth_conf, storage)
 

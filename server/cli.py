@@ -25,9 +25,7 @@ from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
-from server.storage.sqlite import SQLiteStorage
-from server.storage.sqlite.ratelimit import FILENAME as THROTTLE_FILE
-from server.storage.sqlite.ratelimit import SQLiteRateLimiter
+from server.storage import Limiter, Storage, open_backend
 
 log = logging.getLogger("memory_mcp")
 
@@ -165,8 +163,9 @@ def _user() -> str:
         return f"uid {os.getuid()}"
 
 
-def _open_storage(settings: Settings) -> SQLiteStorage:
-    """The storage, or `DataDirError` with one line a user can act on (never a traceback)."""
+def _open_backend(settings: Settings) -> tuple[Storage, Limiter]:
+    """The storage and rate limiter, or `DataDirError` with one line a user can act on (never a
+    traceback)."""
     fix = (f"make it readable and writable by user {_user()}, or choose another directory with "
            "--data-dir (env MEMORY_MCP_DATA_DIR)")
     found = _data_dir_problem(settings)
@@ -176,7 +175,7 @@ def _open_storage(settings: Settings) -> SQLiteStorage:
                                              "with --data-dir (env MEMORY_MCP_DATA_DIR)"))
     try:
         cookie_key(settings.data_dir)
-        return SQLiteStorage(settings.database_path)
+        return open_backend(settings)
     except (OSError, ValueError) as exc:
         raise DataDirError(f"{exc}; {fix}") from None
     except sqlite3.Error as exc:
@@ -185,30 +184,27 @@ def _open_storage(settings: Settings) -> SQLiteStorage:
 
 
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    storage = _open_storage(settings)
+    storage, limiter = _open_backend(settings)
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.data_dir, settings.auth_settings()))
         elif args.command == "throttle":
-            print(await _throttle(args, settings, storage))
+            print(await _throttle(args, settings, storage, limiter))
         else:
             print(await _run_command(storage, args.command, args.action, args))
     finally:
+        await limiter.close()
         await storage.close()
     return 0
 
 
-async def _throttle(args: argparse.Namespace, settings: Settings, storage: SQLiteStorage) -> str:
-    limiter = SQLiteRateLimiter(settings.data_dir / THROTTLE_FILE, busy_timeout=settings.store_busy_timeout)
-    try:
-        if args.action == "list":
-            return await admin.throttle_list(limiter, storage, settings.registration_rate_limit)
-        return await admin.throttle_clear(limiter, address=args.address, username=args.user, everything=args.all)
-    finally:
-        await limiter.close()
+async def _throttle(args: argparse.Namespace, settings: Settings, storage: Storage, limiter: Limiter) -> str:
+    if args.action == "list":
+        return await admin.throttle_list(limiter, storage, settings.registration_rate_limit)
+    return await admin.throttle_clear(limiter, address=args.address, username=args.user, everything=args.all)
 
 
-async def _run_command(storage: SQLiteStorage, command: str, action: str, args: argparse.Namespace) -> str:
+async def _run_command(storage: Storage, command: str, action: str, args: argparse.Namespace) -> str:
     match command, action:
         case "users", "add":
             user = await accounts.add_user(storage, args.username, _read_password(args.password_stdin))
@@ -248,7 +244,8 @@ def _serve(settings: Settings) -> int:
               f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
-    storage = _open_storage(settings)
+    backend = _open_backend(settings)
+    storage = backend[0]
     sockets = _listen(settings.host, settings.port)
     settings = _with_port(settings, sockets[0].getsockname()[1])
     users = asyncio.run(accounts.list_users(storage))
@@ -256,7 +253,7 @@ def _serve(settings: Settings) -> int:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
               file=sys.stderr)
-    app = build_app(settings, storage)
+    app = build_app(settings, backend)
     keep_freed_memory()
     where = ", ".join(_address(sock) for sock in sockets)
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",

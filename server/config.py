@@ -45,6 +45,10 @@ class Settings(BaseModel):
         None, description="origin clients use to reach the server (issuer and resource); "
         "default http://<host>:<port>; required when host is a wildcard address")
     data_dir: Path = Field(default_factory=default_data_dir, description="where the SQLite file and keys live")
+    redis_url: str | None = Field(
+        None, description="store everything in this Redis instead of the SQLite file in data_dir: "
+        "redis://[[user]:password@]host[:port][/db], rediss:// (TLS) or unix:///path/to/socket[?db=N]; "
+        "shared by every instance and worker that uses it")
     allowed_origins: tuple[str, ...] = Field(
         (), description="browser origins allowed to call /mcp and /sse besides the public URL (comma-separated)")
     session_idle_timeout: float = Field(1800, gt=0, description="seconds before an idle MCP session ends")
@@ -154,6 +158,30 @@ class Settings(BaseModel):
     def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(canonical_origin(v, "an allowed origin") for v in value)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        example = "e.g. redis://127.0.0.1:6379/0, rediss://:password@redis.example:6380/0 or unix:///run/redis.sock"
+        if has_unsafe_characters(value):
+            raise ValueError(f"must not contain whitespace or control characters ({example})")
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError(f"is not a valid URL ({example})") from None
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"must start with redis://, rediss:// or unix:// ({example})")
+        if parts.scheme == "unix":
+            if not parts.path:
+                raise ValueError(f"a unix:// URL needs the socket's path ({example})")
+        elif not parts.hostname:
+            raise ValueError(f"needs a host ({example})")
+        elif parts.path not in ("", "/") and not parts.path[1:].isdigit():
+            raise ValueError(f"the path must be a database number, like /0 ({example})")
+        return value
+
     @field_validator("public_url")
     @classmethod
     def _public(cls, value: str | None) -> str | None:
@@ -245,6 +273,10 @@ def _unknown(name: str) -> str:
     return f"not a setting of memory-mcp; {hint}`memory-mcp serve --help` lists them all"
 
 
+# Settings whose values may hold a secret: an error names them, never their value.
+_SECRET_SETTINGS = frozenset({"redis_url"})
+
+
 class ConfigError(Exception):
     """A setting is invalid; the message says which, where it came from and what to do."""
 
@@ -284,7 +316,8 @@ def load(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settin
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"]) or "settings"
             source = origin.get(field.split(".")[0], "the defaults")
-            given = f"={values[field]!r}" if field in values else ""
+            # Never echoed: a Redis URL may carry its password.
+            given = f"={values[field]!r}" if field in values and field not in _SECRET_SETTINGS else ""
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 # No value: a misspelled name may hold a secret.

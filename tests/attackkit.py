@@ -67,7 +67,7 @@ Snapshot = dict[str, list[tuple[Any, ...]]]
 
 def snapshot(server: RunningServer) -> Snapshot:
     """Every row of every table, through a read-only connection of its own."""
-    conn = sqlite3.connect(f"file:{server.storage.db.path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{server.sqlite.db.path}?mode=ro", uri=True)
     try:
         return {table: sorted((tuple(row) for row in conn.execute(f"SELECT * FROM {table}")),  # noqa: S608
                               key=repr)
@@ -92,7 +92,7 @@ def assert_unchanged(server: RunningServer, before: Snapshot, *, ignore: Iterabl
 
 
 def rows(server: RunningServer, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{server.storage.db.path}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{server.sqlite.db.path}?mode=ro", uri=True)
     try:
         return [tuple(r) for r in conn.execute(sql, args)]
     finally:

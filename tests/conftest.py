@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +23,10 @@ from auth import accounts
 from server.app import REGISTRY, STORAGE, build_app
 from server.config import Settings
 from server.limits import LimitedRunner
+from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
+from tests.redis_server import RedisServer
 
 
 @dataclass
@@ -34,8 +36,16 @@ class RunningServer:
     runner: web.AppRunner
 
     @property
-    def storage(self) -> SQLiteStorage:
+    def storage(self) -> Storage:
         return self.app[STORAGE]
+
+    @property
+    def sqlite(self) -> SQLiteStorage:
+        """The storage, for a test that looks inside the SQLite file (it runs on that backend only)."""
+        storage = self.app[STORAGE]
+        if not isinstance(storage, SQLiteStorage):
+            raise TypeError(f"this test needs the SQLite backend, the server runs on {type(storage).__name__}")
+        return storage
 
     @property
     def registry(self) -> Any:
@@ -66,6 +76,24 @@ async def start_server(data_dir: Path, port: int | None = None, **overrides: Any
     await runner.setup()
     await web.SockSite(runner, sock).start()
     return RunningServer(settings.issuer, app, runner)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private redis-server for the whole run (tests/redis_server.py)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The private Redis, emptied for this test."""
+    if redis_server.process is None:  # a test before this one stopped it
+        redis_server.start()
+    redis_server.flush()
+    return redis_server.url
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ BOTH = "memory:read memory:write"
 
 async def cli(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", *args, "--data-dir", str(server.storage.db.path.parent),
+        sys.executable, "-m", "server", *args, "--data-dir", str(server.sqlite.db.path.parent),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await proc.communicate(stdin.encode())
     assert proc.returncode is not None
@@ -183,7 +183,7 @@ async def remember(http: httpx2.AsyncClient, server: RunningServer, session: dic
 
 
 def memory_left(server: RunningServer, owner: str) -> dict[str, int]:
-    conn = server.storage.db.conn
+    conn = server.sqlite.db.conn
     return {table: conn.execute(f"SELECT count(*) FROM {table} WHERE owner = ?", (owner,)).fetchone()[0]  # noqa: S608
             for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
 
@@ -227,7 +227,7 @@ async def test_a_write_after_removal_by_another_connection_is_refused(http: http
     session = await open_session(http, server, bob["access_token"])
     owner = (await server.storage.get_user_by_name("bob")).id  # type: ignore[union-attr]
     await remember(http, server, session, *NUL_NAMES)
-    other = SQLiteStorage(server.storage.db.path)
+    other = SQLiteStorage(server.sqlite.db.path)
     try:
         status, _ = await tool(http, server, session, "read_graph", {})  # bob's token is verified (and cached)
         assert status == 200
@@ -253,7 +253,7 @@ async def test_an_interrupted_removal_is_finished_by_running_it_again(http: http
     async def crash(_owner: str) -> int:
         raise Crash  # the process died after the account was marked and its tokens revoked
 
-    other = SQLiteStorage(server.storage.db.path)
+    other = SQLiteStorage(server.sqlite.db.path)
     try:
         other.delete_graph = crash  # type: ignore[method-assign,assignment]
         with pytest.raises(Crash):

@@ -283,7 +283,7 @@ async def test_attack_code_injection_with_another_sessions_code(srv: RunningServ
 
 async def test_attack_expired_code(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser) -> None:
     code = await obtain_code(alice, srv, await register(http, srv))
-    srv.storage.db.conn.execute("UPDATE auth_codes SET expires_at = ? WHERE code_hash = ?",
+    srv.sqlite.db.conn.execute("UPDATE auth_codes SET expires_at = ? WHERE code_hash = ?",
                                 (time.time() - 1, secret_hash(code.code)))
     before = snapshot(srv)
 
@@ -575,7 +575,7 @@ async def test_attack_refresh_replay_after_grace_revokes_the_family(srv: Running
     rotated = (await refresh(http, srv, tokens["refresh_token"], tokens["client_id"])).json()
     session = await open_session(http, srv, rotated["access_token"])
     grace = srv.app[AUTH_SERVER].settings.refresh_grace_seconds
-    srv.storage.db.conn.execute("UPDATE auth_tokens SET superseded_at = superseded_at - ? WHERE token_hash = ?",
+    srv.sqlite.db.conn.execute("UPDATE auth_tokens SET superseded_at = superseded_at - ? WHERE token_hash = ?",
                                 (grace + 5, secret_hash(tokens["refresh_token"])))
     before = snapshot(srv)
 

@@ -126,7 +126,7 @@ async def test_users_are_isolated(server: RunningServer) -> None:
 async def test_restart_keeps_tokens_sessions_and_memory(server: RunningServer) -> None:
     """A server restart is invisible to a connected client: same tokens, same MCP session, same graph."""
     alice = OAuthUser(server.url, "alice", "alice-password-1")
-    data_dir = server.storage.db.path.parent
+    data_dir = server.sqlite.db.path.parent
     port = int(server.url.rsplit(":", 1)[1])
     async with alice.client() as (client, _):
         await client.call_tool("create_entities", {"entities": [

@@ -30,6 +30,7 @@ from aiohttp import web
 from auth import accounts
 from server.app import build_app
 from server.config import Settings
+from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
 from tests.conftest import RunningServer, free_socket, start_server, tokens_by_hand
@@ -103,7 +104,7 @@ def structured(result: dict[str, Any]) -> Any:
     return result["structuredContent"]
 
 
-async def alice_graph(storage: SQLiteStorage) -> dict[str, Any]:
+async def alice_graph(storage: Storage) -> dict[str, Any]:
     """Alice's memory read straight from storage, independent of any client."""
     user = await storage.get_user_by_name("alice")
     assert user is not None

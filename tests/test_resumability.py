@@ -83,17 +83,17 @@ async def test_events_are_deleted_with_their_session(http: httpx2.AsyncClient, s
     alice = await session(http, server, await access_token(server, "alice", "alice-password-1"))
     await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     sid = alice["Mcp-Session-Id"]
-    count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+    count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
     assert count.fetchone()[0] > 0
     assert (await http.delete(server.url + "/mcp", headers=alice)).status_code == 200
     # The SDK transport has sent its 200 when the server goes on to forget the session, and the
     # store's statements run on its threads: wait (bounded) for the handler to finish.
     for _ in range(500):
-        count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+        count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
         if count.fetchone()[0] == 0:
             break
         await asyncio.sleep(0.01)
-    count = server.storage.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
+    count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
     assert count.fetchone()[0] == 0
 
 
@@ -105,7 +105,7 @@ async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, ser
     bob_token = await access_token(server, "bob", "bob-password-22")
     posted = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 3, "method": "ping"})
     priming = events(posted.text)[0]["id"]
-    data_dir, port = server.storage.db.path.parent, int(server.url.rsplit(":", 1)[1])
+    data_dir, port = server.sqlite.db.path.parent, int(server.url.rsplit(":", 1)[1])
     await server.stop()
 
     restarted = await start_server(data_dir, port=port)
@@ -162,7 +162,7 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
         assert (await http.delete(server.url + "/mcp", headers=writing)).status_code == 200
 
         def stored() -> dict[str, int]:
-            rows = server.storage.db.conn.execute(
+            rows = server.sqlite.db.conn.execute(
                 "SELECT session_id, SUM(length(CAST(message AS BLOB))) FROM mcp_events GROUP BY session_id")
             return {sid: size or 0 for sid, size in rows}
 
@@ -214,7 +214,7 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
         await server.registry.sweep(time.time() + DELIVERED_KEPT_SECONDS + 1)
         after = stored()
         assert sum(after.values()) < before
-        kept = server.storage.db.conn.execute(
+        kept = server.sqlite.db.conn.execute(
             "SELECT count(*) FROM mcp_events WHERE message LIKE '%\"entities\"%' AND CAST(stream_id AS INTEGER) % 2 = 1"
         ).fetchone()[0]
         assert kept == 0  # no response of a stream read whole (odd ids) is left

@@ -177,7 +177,7 @@ async def test_parking_keeps_work_in_progress(http: httpx2.AsyncClient, custom: 
     # thread); resuming before that write lands would replay without it. A client that comes
     # back later, as this one does, finds it.
     def result_stored() -> bool:
-        return bool(server.storage.db.conn.execute(
+        return bool(server.sqlite.db.conn.execute(
             "SELECT count(*) FROM mcp_events WHERE session_id = ? AND stream_id = '5' AND message LIKE '%\"result\"%'",
             (state.session_id,)).fetchone()[0] > 0)
     for _ in range(250):

@@ -144,7 +144,7 @@ async def test_a_write_lock_held_elsewhere_blocks_nothing_and_writes_answer_retr
     await call(http, server, alice, "add_observations",
                {"observations": [{"entityName": "before", "contents": ["more"]}]})
 
-    async with write_lock_held_elsewhere(server.storage.db.path):
+    async with write_lock_held_elsewhere(server.sqlite.db.path):
         with Heartbeat() as heartbeat:
             write = asyncio.create_task(call(http, server, alice, "create_entities", {"entities": [entity("during")]}))
             await asyncio.sleep(0)
@@ -199,7 +199,7 @@ async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_
     transport = sse_client(server.url + "/sse", auth=alice.provider("/sse"))
     async with Client(transport, mode="legacy") as client:
         await client.call_tool("create_entities", {"entities": [entity("before")]})
-        async with write_lock_held_elsewhere(server.storage.db.path):
+        async with write_lock_held_elsewhere(server.sqlite.db.path):
             refused = await client.call_tool("create_entities", {"entities": [entity("during")]})
             graph = await client.call_tool("read_graph", {})
         assert refused.is_error
@@ -216,7 +216,7 @@ async def test_a_request_through_the_sdk_transport_is_answered_when_its_event_ca
     the store locked it is still answered (resuming from it is what is lost), not a 500."""
     server = busy_server
     alice = await mcp_session(http, server, await access_token(server, "alice", "alice-password-1"))
-    async with write_lock_held_elsewhere(server.storage.db.path):
+    async with write_lock_held_elsewhere(server.sqlite.db.path):
         ping = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 5, "method": "ping"})
     assert ping.status_code == 200, ping.text
     assert '{"jsonrpc":"2.0","id":5,"result":{}}' in ping.text.replace(" ", "")
@@ -234,7 +234,7 @@ async def test_read_graph_from_rows_while_locked_is_byte_identical(
     await call(http, server, alice, "add_observations", {"observations": [
         {"entityName": "e200", "contents": ["new \u00e9 \"quoted\""]}]})  # one chunk stale again
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}
-    async with write_lock_held_elsewhere(server.storage.db.path):
+    async with write_lock_held_elsewhere(server.sqlite.db.path):
         from_rows = (await http.post(server.url + "/mcp", headers=alice, json=body)).content
     rebuilt = (await http.post(server.url + "/mcp", headers=alice, json=body)).content
     cached = (await http.post(server.url + "/mcp", headers=alice, json=body)).content
@@ -284,7 +284,7 @@ async def test_a_full_disk_gives_retryable_errors_and_reads_keep_working(
         await call(http, server, alice, "add_observations",
                    {"observations": [{"entityName": "kept", "contents": ["stale view"]}]})
         # An empty WAL: the next write has to grow a file, as it does sooner or later on a full disk.
-        check = sqlite3.connect(server.storage.db.path)
+        check = sqlite3.connect(server.sqlite.db.path)
         assert check.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
         check.close()
         filler = fill(small_disk)

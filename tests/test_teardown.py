@@ -77,7 +77,7 @@ async def test_user_removed_from_the_command_line_is_disconnected(http: httpx2.A
                                                                    server: RunningServer) -> None:
     tokens = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
     session = await open_session(http, server, tokens["access_token"])
-    data_dir = server.storage.db.path.parent
+    data_dir = server.sqlite.db.path.parent
 
     async def remove() -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -100,7 +100,7 @@ async def test_expired_access_token_then_refresh_continues_the_session(http: htt
 
     tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
     session = await open_session(http, server, tokens["access_token"])
-    server.storage.db.conn.execute("UPDATE auth_tokens SET expires_at = 1 WHERE token_hash = ?",
+    server.sqlite.db.conn.execute("UPDATE auth_tokens SET expires_at = 1 WHERE token_hash = ?",
                                    (hash_secret(tokens["access_token"]),))
     # Editing the store behind the server's back is like a change made by another process: the
     # verifier's one-second memory of verified tokens (auth/rfc6750.py) lets it show after that.
@@ -136,7 +136,7 @@ async def test_idle_sessions_expire(http: httpx2.AsyncClient, tmp_path: Path) ->
         gone = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
                                                                             "method": "tools/list"})
         assert gone.status_code == 404
-        assert server.storage.db.conn.execute("SELECT count(*) FROM mcp_sessions").fetchone()[0] == 0
+        assert server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_sessions").fetchone()[0] == 0
     finally:
         await server.stop()
 

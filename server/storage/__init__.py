@@ -1,0 +1,84 @@
+"""The storage backends, and what each must implement.
+
+`auth/` and `transports/` declare what they store as small protocols (`auth.store`,
+`auth.ratelimit`, `transports.store`), and `server.memory.graph` declares the graph's. A backend is
+one class implementing all of them (`Storage`) and one rate limiter (`Limiter`):
+
+* `server.storage.sqlite`: one SQLite file under the data directory (the default; nothing to
+  install);
+* `server.storage.redis`: a Redis server (`redis_url`), shared by several instances or workers.
+
+`open_backend` picks one from the settings; nothing else in the server names a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from auth.ratelimit import RateLimiter
+from auth.store import AuthStore
+from auth.store import StoreUnavailable as AuthStoreUnavailable
+from server.memory.graph import GraphStore
+from transports.store import StoreUnavailable as TransportStoreUnavailable
+from transports.store import TransportStore
+
+if TYPE_CHECKING:
+    from server.config import Settings
+
+
+class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
+    """The store cannot answer now (a lock held elsewhere, a full disk, Redis unreachable);
+    retrying later may succeed. It inherits both layers' `StoreUnavailable`, so that `auth/` and
+    `transports/` each catch it without importing `server/`: one translation per surface (503 with
+    Retry-After, a JSON-RPC error, a retryable tool error)."""
+
+    def __init__(self, message: str, reason: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Storage(AuthStore, GraphStore, TransportStore, Protocol):
+    """Everything the server stores."""
+
+    async def close(self) -> None:
+        """Finish what is queued and release connections and threads."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Counted:
+    """One rate-limit key and its counted actions, as `memory-mcp throttle list` shows them."""
+
+    key: str
+    ages: list[float]  # seconds ago, newest first
+
+
+class Limiter(RateLimiter, Protocol):
+    """The rate limiter, plus what `memory-mcp throttle list|clear` needs of it."""
+
+    async def counted(self, prefix: str = "") -> list[Counted]:
+        """Every key (starting with `prefix`) that has actions within its window."""
+        ...
+
+    async def clear(self, keys: Sequence[str] | None) -> int:
+        """Forget these keys (None: every key); the number of counted actions forgotten."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def open_backend(settings: Settings) -> tuple[Storage, Limiter]:
+    """The backend the settings choose: Redis when `redis_url` is set, else SQLite in `data_dir`."""
+    if settings.redis_url is not None:
+        from server.storage.redis import RedisLimiter, RedisStorage
+
+        storage = RedisStorage(settings.redis_url, timeout=settings.store_busy_timeout)
+        return storage, RedisLimiter(storage.client, storage.prefix)
+    from server.storage.sqlite import SQLiteStorage
+    from server.storage.sqlite.ratelimit import FILENAME, SQLiteRateLimiter
+
+    return (SQLiteStorage(settings.database_path, settings.store_busy_timeout),
+            SQLiteRateLimiter(settings.data_dir / FILENAME, busy_timeout=settings.store_busy_timeout))

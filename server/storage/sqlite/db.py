@@ -76,8 +76,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
-from auth.store import StoreUnavailable as AuthStoreUnavailable
-from transports.store import StoreUnavailable as TransportStoreUnavailable
+from server.storage import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +103,6 @@ _SQLITE_FULL: Final = 13
 _SQLITE_CANTOPEN: Final = 14
 
 _LOG_EVERY_SECONDS: Final = 60.0
-
-
-class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
-    """The store cannot answer now; retrying later may succeed (see the module)."""
-
-    def __init__(self, message: str, reason: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retry_after = retry_after
 
 
 _Job = Callable[[sqlite3.Connection], None]

@@ -21,11 +21,11 @@ import math
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from auth.ratelimit import Policy, whole_seconds
+from server.storage import Counted
 from server.storage.sqlite.db import Database
 
 FILENAME = "throttle.sqlite3"
@@ -45,12 +45,6 @@ CREATE INDEX IF NOT EXISTS rate_hits_expiry ON rate_hits (expires_at)
 """
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Counted:
-    key: str
-    ages: list[float]  # seconds ago, newest first
 
 
 class SQLiteRateLimiter:
