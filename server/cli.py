@@ -25,7 +25,8 @@ from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
-from server.storage import Limiter, Storage, open_backend
+from server.storage import Limiter, Storage
+from server.storage.backends import open_backend
 
 log = logging.getLogger("memory_mcp")
 
