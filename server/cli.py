@@ -29,6 +29,10 @@ from server.storage import Limiter, Storage, open_backend
 
 log = logging.getLogger("memory_mcp")
 
+# The session id the service watchdog looks up to see that the store answers: none is ever issued
+# (real ids are 43 or 32 characters of another alphabet).
+WATCHDOG_PROBE = "watchdog-probe"
+
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
     for name in names:
@@ -233,7 +237,7 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
     # error should not pay.
-    from server import limits, logs
+    from server import limits, logs, systemd
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
@@ -258,11 +262,24 @@ def _serve(settings: Settings) -> int:
     where = ", ".join(_address(sock) for sock in sockets)
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
           file=sys.stderr)
-    # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
-    # flight then get shutdown_timeout to finish and send their responses (aiohttp waits that long,
-    # then cancels and waits that long again). A write committed just before SIGTERM is answered.
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
-                   access_log_class=logs.AccessLogger)
+    # On SIGTERM: no new connections; requests in flight get shutdown_timeout to finish and send
+    # their responses, each session ends once its requests are answered (its open streams with it),
+    # then the store closes (server/limits.py LimitedRunner, server/app.py on_shutdown). A write
+    # committed just before SIGTERM is answered.
+    service = systemd.Notifier.from_environ()
+
+    def ready() -> None:
+        service.ready(f"serving MCP at {settings.issuer}/mcp")
+        service.start_watchdog(lambda: storage.get_session(WATCHDOG_PROBE))
+
+    def stopping() -> None:
+        service.stopping(f"draining: requests in flight get up to {settings.shutdown_timeout:g} s")
+
+    try:
+        limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+                       access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping)
+    finally:
+        service.close()
     return 0
 
 
