@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from auth import accounts
 from auth.models import AccountState
 from auth.store import StoreUnavailable
@@ -250,8 +252,13 @@ def _serve(settings: Settings) -> int:
         return 2
     backend = _open_backend(settings)
     storage = backend[0]
-    sockets = _listen(settings.host, settings.port)
-    settings = _with_port(settings, sockets[0].getsockname()[1])
+    passed = _passed_sockets()
+    if passed:
+        sockets = passed
+        settings = _with_address(settings, sockets[0])
+    else:
+        sockets = _listen(settings.host, settings.port)
+        settings = _with_port(settings, sockets[0].getsockname()[1])
     users = asyncio.run(accounts.list_users(storage))
     if not users:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
@@ -259,7 +266,7 @@ def _serve(settings: Settings) -> int:
               file=sys.stderr)
     app = build_app(settings, backend)
     keep_freed_memory()
-    where = ", ".join(_address(sock) for sock in sockets)
+    where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
           file=sys.stderr)
     # On SIGTERM: no new connections; requests in flight get shutdown_timeout to finish and send
@@ -320,6 +327,37 @@ def _listen(host: str, port: int) -> list[socket.socket]:
         raise ListenError(f"cannot listen on {_where(host, port)}: {(exc.strerror or str(exc)).lower()}; {fix}") \
             from None
     return sockets
+
+
+def _passed_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (scripts/memory-mcp.socket), checked: TCP, listening.
+    host and port then say nothing about where the server listens; the socket unit does."""
+    from server import systemd
+
+    try:
+        sockets = systemd.listen_fds()
+    except (ValueError, OSError) as exc:
+        raise ListenError(f"cannot use the sockets passed by the service manager: {exc}") from None
+    for sock in sockets:
+        if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            raise ListenError(f"the service manager passed descriptor {sock.fileno()}, which is not a listening TCP "
+                              "socket: use ListenStream=ADDRESS:PORT in the socket unit (memory-mcp.socket)")
+        sock.setblocking(False)
+    return sockets
+
+
+def _with_address(settings: Settings, sock: socket.socket) -> Settings:
+    """The settings for a socket passed by the service manager: host and port are the socket's, so
+    that the default public URL (the issuer) names where the server really listens."""
+    host, port = sock.getsockname()[:2]
+    given = {name: getattr(settings, name) for name in settings.model_fields_set}
+    try:
+        return Settings(**{**given, "host": host, "port": port})
+    except ValidationError:
+        raise ListenError(f"the socket passed by the service manager listens on every address ({_where(host, port)}), "
+                          "so the public URL cannot be guessed: set MEMORY_MCP_PUBLIC_URL (e.g. in "
+                          "/etc/memory-mcp/env)") from None
 
 
 def _where(host: str, port: int) -> str:

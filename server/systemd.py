@@ -1,10 +1,15 @@
-"""The service manager's notification protocol (sd_notify), written here: it is one datagram.
+"""The service manager's protocols, written here: notification (sd_notify: one datagram) and
+socket activation (sd_listen_fds: descriptors from 3 on).
 
 Under systemd with `Type=notify` the server says when it is ready (`READY=1`, once it listens and
 its store is open), when it starts draining (`STOPPING=1`), and, with `WatchdogSec=`, that it is
 alive (`WATCHDOG=1` every half watchdog period, sent from the event loop: a stuck loop stops
 sending and systemd restarts the service). Outside systemd (`NOTIFY_SOCKET` unset) nothing here
 does anything.
+
+With a socket unit (scripts/memory-mcp.socket) systemd holds the listening socket and passes it
+(`listen_fds`): connections that arrive while the server restarts wait in its queue instead of
+being refused.
 
 Every send is a non-blocking `sendto` on an AF_UNIX datagram socket: when the manager's queue is
 full the message is dropped rather than waiting on the event loop (a missed watchdog ping is made
@@ -32,6 +37,7 @@ from server.storage import StorageUnavailable
 log = logging.getLogger(__name__)
 
 Probe = Callable[[], Awaitable[object]]
+LISTEN_FDS_START = 3
 
 
 def _address(value: str) -> str | None:
@@ -154,3 +160,22 @@ class Notifier:
             self._sock.close()
             self._sock = None
 
+
+
+def listen_fds(environ: dict[str, str] | os._Environ[str] | None = None) -> list[socket.socket]:
+    """The sockets the service manager passed to this process (`LISTEN_FDS` of them from
+    descriptor 3, when `LISTEN_PID` names this process), or [] when none were. The variables are
+    removed, so that nothing this process starts takes the sockets for its own."""
+    env = os.environ if environ is None else environ
+    count, pid = env.get("LISTEN_FDS"), env.get("LISTEN_PID")
+    if not count or pid != str(os.getpid()):
+        return []
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(name, None)
+    if not count.isdigit():
+        raise ValueError(f"LISTEN_FDS={count!r} from the service manager is not a number of sockets")
+    sockets = []
+    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        os.set_inheritable(fd, False)
+        sockets.append(socket.socket(fileno=fd))
+    return sockets

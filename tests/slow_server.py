@@ -52,7 +52,8 @@ def main() -> None:
     logs.configure("info")
     sockets = _listen("127.0.0.1", 0)
     port = sockets[0].getsockname()[1]
-    settings = Settings(host="127.0.0.1", port=port, data_dir=ns.data_dir, shutdown_timeout=ns.shutdown_timeout)
+    settings = Settings.model_validate({"host": "127.0.0.1", "port": port, "data_dir": ns.data_dir,
+                                        "shutdown_timeout": ns.shutdown_timeout})
     server: Server[Any] = Server("slow", version="1", on_list_tools=_list_tools, on_call_tool=_call_tool)
     app = build_app(settings, _open_backend(settings), mcp_server=server)
     print(f"serving at {settings.issuer}", file=sys.stderr, flush=True)

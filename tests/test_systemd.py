@@ -5,6 +5,7 @@ to a socket this test owns (as systemd's would be), the watchdog, and the unit f
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import shutil
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -80,7 +82,7 @@ async def manager(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     if request.param == "path":
         path = str(tmp_path / "notify")
         if len(path) >= 100:  # sun_path holds 108 bytes
-            path = f"/tmp/memory-mcp-notify-{os.getpid()}-{time.monotonic_ns()}"
+            path = str(Path(tempfile.mkdtemp(prefix="notify-")) / "notify")
         sock = ManagerSocket(path, path)
     else:
         name = f"memory-mcp-test-{os.getpid()}-{time.monotonic_ns()}"
@@ -121,7 +123,7 @@ async def test_ready_watchdog_and_stopping_reach_the_manager(tmp_path: Path, man
         await asyncio.sleep(1.5)
         pings = [d.at for d in manager.drain() if "WATCHDOG" in d.fields]
         assert all(at >= ready.at for at in pings)
-        gaps = sorted(b - a for a, b in zip(pings, pings[1:], strict=False))
+        gaps = sorted(b - a for a, b in itertools.pairwise(pings))
         assert 8 <= len(pings) <= 22, f"{len(pings)} pings in 1.5 s"
         assert 0.07 <= gaps[len(gaps) // 2] <= 0.14, f"median gap {gaps[len(gaps) // 2]:.3f}s"
         assert all(d.fields["WATCHDOG"] == "1" for d in manager.received if "WATCHDOG" in d.fields)
@@ -226,6 +228,14 @@ def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         f"systemd-analyze verify {UNIT.name} complains:\n{result.stdout}{result.stderr}")
 
 
+def test_verify_would_catch_a_mistake(tmp_path: Path) -> None:
+    """The check above can fail: a misspelt value and a missing program are reported."""
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("Type=notify", "Type=notfy"))
+    result = subprocess.run([systemd_analyze(), "verify", str(unit)], capture_output=True, text=True, timeout=120)
+    assert "notfy" in result.stderr and INSTALLED_AT in result.stderr, result.stderr
+
+
 def test_the_stop_timeout_covers_the_drain() -> None:
     """The drain takes at most about 2 x shutdown_timeout (server/limits.py LimitedRunner); the
     unit must give it that before SIGKILL."""
@@ -233,3 +243,54 @@ def test_the_stop_timeout_covers_the_drain() -> None:
 
     default = Settings.model_fields["shutdown_timeout"].default
     assert stop_timeout() >= 2 * default + 5
+
+
+async def test_a_socket_passed_by_systemd_is_served(tmp_path: Path, manager: ManagerSocket) -> None:
+    """Socket activation, by systemd's own `systemd-socket-activate`: it listens, and on the first
+    connection starts `serve` with the socket as descriptor 3 (LISTEN_FDS, LISTEN_PID). That
+    connection, made before the server existed, is answered: what makes a restart refuse nobody."""
+    tool = shutil.which("systemd-socket-activate")
+    assert tool, "systemd-socket-activate is missing: install Debian's systemd package (.ci/run does)"
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        # It passes on only the environment it is given with -E.
+        proc = subprocess.Popen([tool, "-l", f"127.0.0.1:{port}", "-E", f"NOTIFY_SOCKET={manager.address}",
+                                 sys.executable, "-m", "server", "serve", "--data-dir", str(tmp_path / "data")],
+                                stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        for _ in range(100):
+            if "Listening on" in log.read_text():
+                break
+            await asyncio.sleep(0.05)
+        async with httpx2.AsyncClient(timeout=60) as http:
+            first = await http.get(f"http://127.0.0.1:{port}/healthz")
+            assert first.status_code == 200
+            ready = await manager.wait_for("READY", 10)
+            assert ready.fields["STATUS"] == f"serving MCP at http://127.0.0.1:{port}/mcp"
+            metadata = (await http.get(f"http://127.0.0.1:{port}/.well-known/oauth-authorization-server")).json()
+            assert metadata["issuer"] == f"http://127.0.0.1:{port}"
+        proc.send_signal(signal.SIGTERM)
+        await manager.wait_for("STOPPING", 10)
+        code = await asyncio.to_thread(proc.wait, stop_timeout())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert code == 0, text
+    assert f"listening on 127.0.0.1:{port}, passed by the service manager" in text, text
+
+
+def test_the_socket_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    program = Path(sys.executable).parent / "memory-mcp"
+    for name in ("memory-mcp.service", "memory-mcp.socket"):
+        text = (REPO / "scripts" / name).read_text()
+        (tmp_path / name).write_text(text.replace(INSTALLED_AT, str(program)))
+    result = subprocess.run([systemd_analyze(), "verify", str(tmp_path / "memory-mcp.socket"),
+                             str(tmp_path / "memory-mcp.service")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and not result.stdout.strip() and not result.stderr.strip(), (
+        f"systemd-analyze verify memory-mcp.socket complains:\n{result.stdout}{result.stderr}")
