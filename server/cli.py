@@ -261,9 +261,13 @@ def _serve(settings: Settings) -> int:
         settings = _with_port(settings, sockets[0].getsockname()[1])
     users = asyncio.run(accounts.list_users(storage))
     if not users:
-        print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
-              file=sys.stderr)
+        # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
+        # memory-mcp-admin runs the command as that user, which plain `memory-mcp` as root must not.
+        add = ("memory-mcp-admin users add <name> --password-stdin"
+               if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
+               f"{_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}")
+        print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
+              f"  {add}", file=sys.stderr)
     app = build_app(settings, backend)
     keep_freed_memory()
     where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
