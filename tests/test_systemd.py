@@ -124,8 +124,9 @@ async def test_ready_watchdog_and_stopping_reach_the_manager(tmp_path: Path, man
         pings = [d.at for d in manager.drain() if "WATCHDOG" in d.fields]
         assert all(at >= ready.at for at in pings)
         gaps = sorted(b - a for a, b in itertools.pairwise(pings))
-        assert 8 <= len(pings) <= 22, f"{len(pings)} pings in 1.5 s"
-        assert 0.07 <= gaps[len(gaps) // 2] <= 0.14, f"median gap {gaps[len(gaps) // 2]:.3f}s"
+        # 15 expected; the median gap is the rate, whatever a busy machine does to a few of them.
+        assert 6 <= len(pings) <= 22, f"{len(pings)} pings in 1.5 s"
+        assert 0.07 <= gaps[len(gaps) // 2] <= 0.15, f"median gap {gaps[len(gaps) // 2]:.3f}s"
         assert all(d.fields["WATCHDOG"] == "1" for d in manager.received if "WATCHDOG" in d.fields)
 
         began = time.monotonic()
