@@ -28,11 +28,16 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
 import pytest
+from aiohttp import web
+from playwright.async_api import Browser as Chromium
+from playwright.async_api import async_playwright
 
 from auth.crypto import hash_secret
 from server import admin
-from tests.browser import Browser, Redirect
+from tests import test_pages_browser as pages_browser
+from tests.browser import Browser
 from tests.conftest import OAuthUser, RunningServer, start_server
+from tests.conftest import free_socket as socket_for_callback
 from tests.upstream import (
     Gateway,
     Provider,
@@ -116,7 +121,8 @@ REFRESH_SETTINGS: dict[str, Any] = {
 
 async def register(server: RunningServer, redirect_uri: str = CLIENT_REDIRECT) -> str:
     async with httpx2.AsyncClient() as http:
-        resp = await http.post(server.url + "/register", json={"client_name": "by hand", "redirect_uris": [redirect_uri]})
+        resp = await http.post(server.url + "/register",
+                               json={"client_name": "by hand", "redirect_uris": [redirect_uri]})
         client_id: str = resp.json()["client_id"]
         return client_id
 
@@ -217,8 +223,7 @@ async def test_mcp_client_signs_in_through_the_provider_and_holds_our_tokens(mak
     [account] = await setup.server.storage.list_users()
     assert account.username == "alice" and record_.subject == account.id
     link = await setup.server.storage.get_upstream_link(account.id)
-    assert link is not None and (link.issuer, link.subject) == (setup.idp.issuer + "/", "alice") or (
-        link is not None and (link.issuer, link.subject) == (setup.idp.issuer, "alice"))
+    assert link is not None and (link.issuer.rstrip("/"), link.subject) == (setup.idp.issuer, "alice")
     # The provider's ID token named the client we configured, and the nonce we sent.
     assert claims_of(upstream["id_token"])["aud"] == "memory-mcp"
     # Upstream check is off: nothing of the provider's is kept.
@@ -252,7 +257,7 @@ async def test_password_and_provider_side_by_side(make: Any) -> None:
     from auth import accounts
     await accounts.add_user(setup.server.storage, "carol", "carol-password-1")
     client_id = await register(setup.server)
-    verifier, challenge = pkce()
+    _, challenge = pkce()
     browser = Browser("carol", "carol-password-1")  # the password form, as before
     try:
         first = await browser.authorize(authorize_url(setup.server, client_id, challenge), setup.server.url)
@@ -280,7 +285,7 @@ async def test_password_and_provider_side_by_side(make: Any) -> None:
 async def test_callback_replayed_from_another_browser_or_without_pending(make: Any) -> None:
     setup = await make()
     client_id = await register(setup.server)
-    verifier, challenge = pkce()
+    _, challenge = pkce()
     url = authorize_url(setup.server, client_id, challenge)
     first = Browser("alice", "pw", provider=setup.idp.issuer)
     other = Browser("alice", "pw", provider=setup.idp.issuer)
@@ -452,7 +457,7 @@ async def serve_until_ready(argv: list[str]) -> tuple[int | None, str]:
                                                 stdout=asyncio.subprocess.DEVNULL,
                                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.stderr is not None
-    lines = []
+    lines: list[str] = []
     try:
         async with asyncio.timeout(60):
             while True:
@@ -622,7 +627,12 @@ async def test_users_remove_works_for_linked_users(make: Any) -> None:
 async def test_no_provider_token_in_our_logs_or_urls(make: Any, caplog: pytest.LogCaptureFixture) -> None:
     setup = await make(**REFRESH_SETTINGS)
     seen: list[dict[str, Any]] = []
-    setup.idp.gateway.tamper_token = lambda body: seen.append(body) or body
+
+    def record(body: dict[str, Any]) -> dict[str, Any]:
+        seen.append(body)
+        return body
+
+    setup.idp.gateway.tamper_token = record
     browser = Browser("alice", "pw", provider=setup.idp.issuer)
     try:
         tokens, client_id = await sign_in(setup, "alice", browser)
@@ -637,3 +647,62 @@ async def test_no_provider_token_in_our_logs_or_urls(make: Any, caplog: pytest.L
         assert value not in logged
         assert not any(value in url for url in ours)
     assert json.dumps(seen)  # recorded for the assertions above
+
+
+# In a real browser: Chromium applies CSP form-action to redirects after a form submission, and
+# SameSite to the provider's cross-site return (tests/test_pages_browser.py has the rationale).
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Chromium]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=pages_browser.chromium_path())
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def app_callback() -> AsyncIterator[pages_browser.Callback]:
+    """The fake OAuth client's redirect URI (as tests/test_pages_browser.py's `callback`)."""
+    sock = socket_for_callback()
+    result = pages_browser.Callback(f"http://127.0.0.1:{sock.getsockname()[1]}/callback")
+
+    async def arrive(request: web.Request) -> web.Response:
+        result.arrivals.put_nowait(dict(request.query))
+        return web.Response(text="<!doctype html><title>Connected</title><p>Connected.</p>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/callback", arrive)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    yield result
+    await runner.cleanup()
+
+
+async def test_real_browser_signs_in_through_the_provider(make: Any, app_callback: pages_browser.Callback,
+                                                          chromium: Chromium) -> None:
+    setup = await make()
+    callback = app_callback
+    app = await pages_browser.register(setup.server, callback)
+    tab = await pages_browser.new_tab(chromium)
+    page = tab.page
+    await page.goto(app.url)
+    assert await page.title() == "Sign in to memory-mcp"
+    await page.check("input[name=remember]")
+    await page.click("button:has-text('Approve and sign in with localhost')")
+    # The provider's own sign-in form, on its own site.
+    await page.wait_for_selector("input[name=login]")
+    assert page.url.startswith(setup.idp.issuer + "/interaction/")
+    await page.fill("input[name=login]", "alice")
+    await page.fill("input[name=password]", "any password")
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("button:has-text('Continue')")
+    await page.click("button:has-text('Continue')")
+    tokens = await pages_browser.redeem(setup.server, app, await callback.next())
+    assert tokens["scope"] == "memory:read openid" and tokens["access_token"].count(".") == 0
+    assert tab.csp_violations == []
+    # Signed in here now, with the approval remembered: the app's next authorization comes straight back.
+    again = pages_browser.authorization(setup.server, app.client_id, callback.url)
+    await page.goto(again.url)
+    assert "memory:read" in (await pages_browser.redeem(setup.server, again, await callback.next()))["scope"]
+    assert tab.csp_violations == []

@@ -9,7 +9,9 @@ page its callback served.
 Clients may wait for the browser command to exit before they go on, so the work runs in a
 forked child and the command itself returns at once, as `xdg-open` does.
 
-Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log).
+Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log, and
+`provider`, the origin of an upstream OpenID provider to sign in through, for a driver's
+`--upstream` run).
 """
 
 from __future__ import annotations
@@ -37,10 +39,11 @@ def log(path: Path, entry: dict[str, Any]) -> None:
 
 async def authorize(config: dict[str, Any], url: str) -> str:
     """Log in and consent at `url`; the redirect (to the client's callback) the server answered with."""
-    browser = Browser(config["username"], config["password"])
+    browser = Browser(config["username"], config["password"], provider=config.get("provider"))
     try:
         return (await browser.authorize(url, config["origin"])).url
     finally:
+        log(Path(config["log"]), {"event": "visited", "urls": [u.split("?")[0] for u in browser.visited]})
         await browser.close()
 
 
