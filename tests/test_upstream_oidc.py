@@ -706,3 +706,100 @@ async def test_real_browser_signs_in_through_the_provider(make: Any, app_callbac
     await page.goto(again.url)
     assert "memory:read" in (await pages_browser.redeem(setup.server, again, await callback.next()))["scope"]
     assert tab.csp_violations == []
+
+
+# Settings: every misconfiguration a message naming the setting, never a secret
+
+
+def test_upstream_settings_are_validated_without_echoing_secrets(tmp_path: Path) -> None:
+    from server.config import ConfigError, load
+
+    base = {"MEMORY_MCP_UPSTREAM_ISSUER": "https://tenant.example.auth0.com/",
+            "MEMORY_MCP_UPSTREAM_CLIENT_ID": "abc", "MEMORY_MCP_DATA_DIR": str(tmp_path)}
+
+    def refused(**env: str) -> str:
+        with pytest.raises(ConfigError) as caught:
+            load({}, {**base, **env})
+        return str(caught.value)
+
+    settings = load({}, {**base, "MEMORY_MCP_UPSTREAM_CLIENT_SECRET": "s3cret-value",
+                         "MEMORY_MCP_UPSTREAM_AUTHORIZE_PARAMS": "audience=https://api.example.com,connection=db",
+                         "MEMORY_MCP_UPSTREAM_SCOPES": "openid profile email offline_access",
+                         "MEMORY_MCP_UPSTREAM_REQUIRED_CLAIM": "https://example.com/roles=memory"})
+    upstream = settings.upstream_settings()
+    assert upstream is not None and upstream.client_secret == "s3cret-value"
+    assert upstream.authorize_params == (("audience", "https://api.example.com"), ("connection", "db"))
+    assert upstream.policy.required_claim == ("https://example.com/roles", "memory")
+    assert "s3cret-value" not in repr(settings) and "s3cret-value" not in repr(upstream)
+    # The secret from a file (its first line).
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    from_file = load({}, {**base, "MEMORY_MCP_UPSTREAM_CLIENT_SECRET_FILE": str(secret_file)}).upstream_settings()
+    assert from_file is not None and from_file.client_secret == "from-a-file"
+    assert "cannot be read" in refused(MEMORY_MCP_UPSTREAM_CLIENT_SECRET_FILE=str(tmp_path / "missing"))
+    # Keys: 32 bytes of base64, never echoed.
+    bad_key = "not-a-key-at-all-but-secret"
+    message = refused(MEMORY_MCP_UPSTREAM_CHECK="refresh", MEMORY_MCP_UPSTREAM_TOKEN_KEYS=bad_key)
+    assert "upstream_token_keys" in message and bad_key not in message
+    assert "set upstream_token_keys" in refused(MEMORY_MCP_UPSTREAM_CHECK="refresh")
+    assert "response_type" in refused(MEMORY_MCP_UPSTREAM_AUTHORIZE_PARAMS="response_type=token")
+    assert "must include openid" in refused(MEMORY_MCP_UPSTREAM_SCOPES="profile email")
+    assert "must be https" in refused(MEMORY_MCP_UPSTREAM_ISSUER="http://id.example.com")
+    assert "upstream_client_id" in refused(MEMORY_MCP_UPSTREAM_CLIENT_ID="")
+    # Without an issuer, the other upstream settings are a mistake, and so is no way to sign in.
+    with pytest.raises(ConfigError, match="need upstream_issuer"):
+        load({}, {"MEMORY_MCP_UPSTREAM_CLIENT_SECRET": "hidden-one", "MEMORY_MCP_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError, match="nobody could sign in"):
+        load({}, {"MEMORY_MCP_LOCAL_LOGIN": "false", "MEMORY_MCP_DATA_DIR": str(tmp_path)})
+    with pytest.raises(ConfigError) as caught:
+        load({}, {"MEMORY_MCP_UPSTREAM_CLIENT_SECRET": "hidden-one", "MEMORY_MCP_DATA_DIR": str(tmp_path)})
+    assert "hidden-one" not in str(caught.value)
+
+
+# The store's side: one account per upstream identity, compare-and-set on kept tokens
+
+
+async def test_store_links_one_account_per_identity_and_compares_before_setting(tmp_path: Path) -> None:
+    from auth.models import User
+    from auth.store import UserExistsError
+    from server.storage.sqlite import SQLiteStorage
+
+    storage = SQLiteStorage(tmp_path / "db.sqlite3")
+    try:
+        now = time.time()
+
+        def user(name: str) -> User:
+            return User(id=secrets.token_hex(16), username=name, password_hash="!no-password", created_at=now)
+
+        # Two first sign-ins at once: one account.
+        made = await asyncio.gather(*(storage.link_upstream_user("https://idp", "sub-1", user(f"a{i}"), now)
+                                      for i in range(5)))
+        assert len({u.id for u in made}) == 1
+        # Another identity with a taken name: refused, nothing stored; with a free name: its own account.
+        with pytest.raises(UserExistsError):
+            await storage.link_upstream_user("https://idp", "sub-2", user(made[0].username), now)
+        other = await storage.link_upstream_user("https://idp", "sub-2", user("b"), now)
+        assert other.id != made[0].id
+        # The same subject at another issuer is another identity.
+        third = await storage.link_upstream_user("https://other-idp", "sub-1", user("c"), now)
+        assert third.id not in (made[0].id, other.id)
+        link = await storage.get_upstream_link(made[0].id)
+        assert link is not None and (link.issuer, link.subject) == ("https://idp", "sub-1")
+        # Compare-and-set.
+        assert await storage.set_upstream_tokens(other.id, "v1")
+        assert not await storage.set_upstream_tokens(other.id, "v2", replacing="v0")
+        assert await storage.set_upstream_tokens(other.id, "v2", replacing="v1")
+        assert await storage.get_upstream_tokens(other.id) == "v2"
+        assert not await storage.set_upstream_tokens(other.id, None, replacing="v1")
+        assert await storage.set_upstream_tokens(other.id, None, replacing="v2")
+        assert await storage.get_upstream_tokens(other.id) is None
+        # Removal takes the link and the kept tokens with the account.
+        await storage.set_upstream_tokens(other.id, "v3")
+        removing = await storage.begin_removal("b")
+        assert removing is not None
+        assert await storage.get_upstream_link(other.id) is None and await storage.get_upstream_tokens(other.id) is None
+        await storage.remove_user(other.id)
+        again = await storage.link_upstream_user("https://idp", "sub-2", user("b"), now)
+        assert again.id != other.id
+    finally:
+        await storage.close()
