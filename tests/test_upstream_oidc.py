@@ -35,7 +35,7 @@ from playwright.async_api import async_playwright
 from auth.crypto import hash_secret
 from server import admin
 from tests import test_pages_browser as pages_browser
-from tests.browser import Browser
+from tests.browser import Browser, parse_forms
 from tests.conftest import OAuthUser, RunningServer, start_server
 from tests.conftest import free_socket as socket_for_callback
 from tests.upstream import (
@@ -803,3 +803,25 @@ async def test_store_links_one_account_per_identity_and_compares_before_setting(
         assert again.id != other.id
     finally:
         await storage.close()
+
+
+async def test_plain_sign_in_without_an_application(make: Any) -> None:
+    """From /login (or /consents): the provider's button signs the browser in, nothing else."""
+    setup = await make()
+    browser = Browser("alice", "pw", provider=setup.idp.issuer)
+    try:
+        async with browser.session.get(setup.server.url + "/login") as resp:
+            [form] = parse_forms(await resp.text())
+        assert form.action == "/login/upstream" and "request" not in form.fields
+        async with browser.session.post(setup.server.url + form.action, data=form.fields) as resp:
+            leave = re.search(r'content="0;url=([^"]*)"', await resp.text())
+        assert leave is not None
+        back = await browser.authorize(html.unescape(leave.group(1)), setup.server.url, stop_at=setup.callback)
+        async with browser.session.get(back.url) as resp:
+            assert "You are signed in as <strong>alice</strong>" in await resp.text()
+        async with browser.session.get(setup.server.url + "/consents") as resp:
+            assert "No remembered approvals for <strong>alice</strong>" in await resp.text()
+    finally:
+        await browser.close()
+    db = setup.server.sqlite.db
+    assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM auth_codes").fetchone()[0]) == 0
