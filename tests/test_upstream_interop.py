@@ -78,7 +78,7 @@ async def linked_alice(data_dir: str, provider: str) -> tuple[SQLiteStorage, str
 
 
 def signed_in_upstream(browser_log: list[dict[str, Any]], provider: str, logins: int) -> None:
-    visits = [e["urls"] for e in browser_log if e["event"] == "visited"]
+    visits = [e["visited"] for e in browser_log if e["event"] == "redirect"]
     assert len(visits) == logins
     for urls in visits:
         assert any(u.startswith(provider + "/interaction/") for u in urls), urls  # the provider's sign-in
@@ -114,7 +114,7 @@ async def test_claude_code_signs_in_through_the_provider(claude_upstream: Claude
     run = claude_upstream
     browser_log = run.jsonl("browser.jsonl")
     # `claude mcp login` through $BROWSER; the pasted `--no-browser` login drives the same browser.
-    signed_in_upstream([e for e in browser_log if e["event"] != "printed"], run.result["provider"], 1)
+    signed_in_upstream(browser_log, run.result["provider"], 1)
     assert [e["event"] for e in browser_log if e["event"] in ("printed", "pasted")] == ["printed", "pasted"]
     storage, alice = await linked_alice(run.result["data_dir"], run.result["provider"])
     try:
