@@ -25,6 +25,9 @@ from auth.store import AuthStore, UserExistsError
 USERNAME_RULE = "usernames are 1-64 characters of letters, digits, '.', '_', '@' and '-'"
 PASSWORD_MIN = 8
 PASSWORD_MAX = 1024
+# The password hash of an account created by an upstream sign-in (`auth.upstream`): no argon2 hash
+# at all, so no password verifies against it; `memory-mcp users passwd` may give it one.
+NO_PASSWORD = "!no-password"  # noqa: S105 - a marker, not a credential
 _USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
@@ -109,7 +112,8 @@ class SignedOut:
 
 async def sign_out_everywhere(store: AuthStore, user_id: str) -> SignedOut:
     """End every browser login of the user, forget their remembered approvals and delete every
-    token and code issued to them. The one meaning of "sign out everywhere": the user's
+    token and code issued to them, and the upstream tokens kept for them (`auth.upstream`: with
+    no grant left, nothing needs them). The one meaning of "sign out everywhere": the user's
     /logout, `users passwd` and `tokens revoke --user`.
 
     Logins end first: from then on no browser can approve a new grant for this user, so the
@@ -118,6 +122,7 @@ async def sign_out_everywhere(store: AuthStore, user_id: str) -> SignedOut:
     logins = await store.end_browser_sessions(user_id)
     approvals = await store.forget_consents(user_id)
     grants = await store.revoke_subject(user_id)
+    await store.set_upstream_tokens(user_id, None)
     return SignedOut(logins, approvals, grants)
 
 

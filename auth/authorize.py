@@ -37,66 +37,18 @@ from urllib.parse import urlencode, urlsplit
 
 from aiohttp import web
 from aiohttp_session import Session
-from pydantic import BaseModel
 
-from auth import browser, cimd, consent, csrf, pages, rfc7636
+from auth import browser, cimd, consent, csrf, pages, rfc7636, signin
 from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
 from auth.errors import OAuth2Error, PageError
 from auth.http import client_address, single_query
 from auth.models import AuthorizationCode, Client, User
+from auth.pending import AuthorizationRequest
 from auth.rfc8252 import has_unsafe_characters, is_loopback, matches, origin
 from auth.rfc8707 import is_our_resource, normalize_resource
-from auth.scopes import granted, join
+from auth.scopes import granted
 from auth.server import AUTH_SERVER, AuthorizationServer
-
-
-class AuthorizationRequest(BaseModel):
-    """A validated request, sealed into the login and consent forms (auth.browser)."""
-
-    client_id: str
-    redirect_uri: str
-    redirect_uri_explicit: bool
-    state: str | None
-    code_challenge: str
-    scopes: tuple[str, ...]
-    resource: str
-    # Set in consent seals: the approval must come from the user the page was shown to.
-    subject: str | None = None
-    # OpenID Connect: echoed in the ID token (auth.oidc_core), so it travels with the code.
-    nonce: str | None = None
-    # SHA-256 of the browser-binding cookie of the browser that opened /authorize.
-    binding: str = ""
-    # The consent page must be shown even for a remembered approval: `prompt=consent`, or the
-    # flow was not started by a first-party navigation (kept through the login, auth.consent).
-    prompt_consent: bool = False
-    # OpenID Connect `prompt=login` and `max_age` (seconds): how recent the login must be.
-    prompt_login: bool = False
-    max_age: int | None = None
-
-    def needs_login(self, auth_time: float, now: float) -> bool:
-        """Must the user type the password again, although this browser is signed in?"""
-        if self.prompt_login or self.max_age == 0:
-            return True
-        return self.max_age is not None and now - auth_time > self.max_age
-
-    def query(self) -> str:
-        """An equivalent /authorize query, to resume after login."""
-        params = {"response_type": "code", "client_id": self.client_id}
-        if self.redirect_uri_explicit:
-            params["redirect_uri"] = self.redirect_uri
-        if self.state is not None:
-            params["state"] = self.state
-        params.update(code_challenge=self.code_challenge, code_challenge_method="S256",
-                      scope=join(self.scopes), resource=self.resource)
-        if self.nonce is not None:
-            params["nonce"] = self.nonce
-        prompt = [name for name, on in (("login", self.prompt_login), ("consent", self.prompt_consent)) if on]
-        if prompt:
-            params["prompt"] = " ".join(prompt)
-        if self.max_age is not None:
-            params["max_age"] = str(self.max_age)
-        return urlencode(params)
 
 
 class ErrorRedirect(OAuth2Error):
@@ -265,6 +217,22 @@ async def resume(server: AuthorizationServer, sess: Session, req: AuthorizationR
     return consent_page(server, sess, req, client, login.user)
 
 
+async def complete_approved(server: AuthorizationServer, sess: Session, req: AuthorizationRequest,
+                            login: browser.Login, *, remember: bool) -> web.Response:
+    """For a sign-in method that took the approval before sending the browser away (the upstream
+    provider's, `auth.signin`): the code, for the user who has just signed in. A page that
+    navigates to the client, never a redirect: the provider's own sign-in form may be the form
+    submission this answer ends (`pages.continue_to`)."""
+    if await server.store.get_client(req.client_id) is None:
+        raise unknown_client()
+    location = await issue_code(server, req, login)
+    if location is None:
+        raise signed_out()
+    if remember:
+        await consent.remember(server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+    return pages.continue_to(location)
+
+
 async def handle_authorize(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
     # Whatever the answer (an error page or redirect included), the binding cookie goes with it,
@@ -295,8 +263,8 @@ async def handle_authorize(request: web.Request) -> web.Response:
                             "user interaction is required", redirect_uri=req.redirect_uri, state=req.state,
                             issuer=server.settings.issuer)
     if active is None:
-        return pages.login(csrf.token(sess), browser.seal(server.sealer, req),
-                           username=login.user.username if login else "", again=again)
+        return signin.page(request, signin.SignInView(csrf.token(sess), browser.seal(server.sealer, req), req, client,
+                                                      username=login.user.username if login else "", again=again))
     return consent_page(server, sess, req, client, active.user)
 
 

@@ -163,11 +163,14 @@ async def current_user(request: web.Request) -> User | None:
     return login.user if login else None
 
 
-async def log_in(request: web.Request, user: User) -> tuple[Session, Login] | None:
+async def log_in(request: web.Request, user: User,
+                 authenticated_at: float | None = None) -> tuple[Session, Login] | None:
     """Start a new session for `user`, whose password was just verified against
     `user.password_hash`: a new cookie and CSRF token, so that nothing an attacker planted before
     the login (session fixation) survives it. None when that hash is no longer the user's (the
-    password was changed or the account removed while it was being verified): no login then."""
+    password was changed or the account removed while it was being verified): no login then.
+    `authenticated_at`: when the user actually authenticated, if earlier than now (an upstream
+    provider's `auth_time`); the login's `auth_time`."""
     server = request.app[AUTH_SERVER]
     current = await get_session(request)
     old = current.pop(_LOGIN_KEY, None)
@@ -176,12 +179,13 @@ async def log_in(request: web.Request, user: User) -> tuple[Session, Login] | No
     login_id = new_secret()
     login_hash = hash_secret(login_id)
     now = server.clock()
-    if not await server.store.create_browser_session(login_hash, user.id, user.password_hash, now,
+    at = now if authenticated_at is None else min(now, authenticated_at)
+    if not await server.store.create_browser_session(login_hash, user.id, user.password_hash, at,
                                                      now + server.settings.login_ttl):
         return None
     sess = await new_session(request)
     sess[_LOGIN_KEY] = login_id
-    return sess, Login(user, now, login_hash)
+    return sess, Login(user, at, login_hash)
 
 
 async def log_out(request: web.Request) -> None:

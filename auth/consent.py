@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from auth import browser, csrf, pages
+from auth import browser, csrf, pages, signin
 from auth.errors import PageError
 from auth.models import RememberedConsent, Revocation, User
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -73,7 +73,7 @@ async def handle_consents_page(request: web.Request) -> web.Response:
     sess = await browser.session(request)
     user = await browser.current_user(request)
     if user is None:
-        return pages.login(csrf.token(sess), None)
+        return signin.page(request, signin.SignInView(csrf.token(sess)))
     entries: list[pages.ConsentEntry] = []
     for item in await server.store.list_consents(user.id, server.clock()):
         client = await server.store.get_client(item.client_id)

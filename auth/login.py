@@ -1,4 +1,5 @@
-"""`/login` and `/logout`: the browser login that the consent page relies on.
+"""`/login` and `/logout`: the browser login that the consent page relies on, and the local-password
+way of signing in (`PasswordSignIn`, one of the `auth.signin` methods; the `local_login` setting).
 
 A failed login says only "invalid username or password", with the same status and the same
 argon2 work whether the user exists or not (no user enumeration). Attempts are throttled per
@@ -25,13 +26,15 @@ from dataclasses import replace
 
 from aiohttp import web
 
-from auth import browser, csrf, pages, throttle
-from auth.accounts import PASSWORD_MAX, valid_username
-from auth.authorize import AuthorizationRequest, redirect, resume
+from auth import browser, csrf, pages, signin, throttle
+from auth.accounts import NO_PASSWORD, PASSWORD_MAX, valid_username
+from auth.authorize import redirect, resume
 from auth.errors import PageError
 from auth.http import client_address
 from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
+from auth.pending import AuthorizationRequest
 from auth.server import AUTH_SERVER
+from auth.signin import SignInMethod, SignInView
 
 log = logging.getLogger(__name__)
 
@@ -41,58 +44,85 @@ async def handle_login_page(request: web.Request) -> web.Response:
     user = await browser.current_user(request)
     if user is not None:
         return pages.signed_in(csrf.token(sess), user.username)
-    return pages.login(csrf.token(sess), None)
+    return signin.page(request, SignInView(csrf.token(sess)))
 
 
-async def handle_login(request: web.Request) -> web.Response:
-    server = request.app[AUTH_SERVER]
-    sess, form = await browser.csrf_form(request, "Sign-in failed")
-    sealed = form.get("request")
-    pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
-    if sealed and pending is None:
-        raise PageError("This authorization request has expired; start again from your application.")
-    if pending is not None and not browser.bound(request, pending.binding):
-        raise PageError(pages.OTHER_BROWSER, 403, "Sign-in failed")
-    username = form.get("username", "")
-    password = form.get("password", "")
-    address = client_address(request)
-    wait = await throttle.begin(server.limiter, username, address)
-    if wait is not None:
-        log.warning("throttled login for %r from %s (%d s)", username[:64], address, wait)
-        return pages.login(csrf.token(sess), sealed, username=username, retry_after=wait)
-    user = await server.store.get_user_by_name(username) if valid_username(username) else None
-    # Oversized passwords are verified against the dummy hash: same work, no special response.
-    plausible = user is not None and len(password) <= PASSWORD_MAX
-    # The hashing queue is shared per address as the throttle counts it (IPv6 per /64).
-    source = throttle.address_key(address)
-    try:
-        ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX],
-                                   source=source)
-    except PasswordsBusy:
-        await throttle.not_attempted(server.limiter, username, address)
-        log.warning("login from %s refused: password checks busy", address)
-        return pages.login(csrf.token(sess), sealed, username=username, retry_after=BUSY_RETRY_AFTER, busy=True)
-    if not ok or user is None:
-        # One line per failure, for fail2ban-style throttling in front of the server.
-        log.warning("failed login for %r from %s", username[:64], address)
-        return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
-    await throttle.succeeded(server.limiter, username, address)
-    if needs_rehash(user.password_hash):
-        with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
-            rehashed = await hash_password(password, source=source)
-            # Only over the hash just verified: a password changed meanwhile must stay changed.
-            if await server.store.set_password_hash(user.id, rehashed, replacing=user.password_hash):
-                user = replace(user, password_hash=rehashed)
-    signed_in = await browser.log_in(request, user)
-    if signed_in is None:
-        log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],
-                    address)
-        return pages.login(csrf.token(sess), sealed, username=username, failed=True, status=401)
-    new, login = signed_in
-    csrf.token(new)
-    if pending is None:
-        return redirect(server.settings.url("/login"))
-    return await resume(server, new, pending, login)
+async def handle_login_off(request: web.Request) -> web.Response:
+    """POST /login where password sign-in is turned off (`local_login=false`)."""
+    raise PageError("Signing in with a password is turned off on this server. Use the sign-in page.", 403,
+                    "Sign-in failed")
+
+
+class PasswordSignIn(SignInMethod):
+    """Local accounts (`memory-mcp users add`) and their argon2id passwords (module docstring)."""
+
+    def __init__(self) -> None:
+        self.routes = (("POST", "/login", self.handle_login),)
+
+    def section(self, view: SignInView) -> str:
+        return pages.password_form(view.csrf_token, view.seal, username=view.username, again=view.again)[0]
+
+    async def _page(self, request: web.Request, sess_csrf: str, sealed: str | None, username: str, *,
+                    failed: bool = False, retry_after: int | None = None, busy: bool = False) -> web.Response:
+        html, status = pages.password_form(sess_csrf, sealed, username=username, failed=failed,
+                                           retry_after=retry_after, busy=busy)
+        server = request.app[AUTH_SERVER]
+        pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
+        client = await server.store.get_client(pending.client_id) if pending else None
+        return signin.page(request, SignInView(sess_csrf, sealed, pending, client, username), own=self,
+                           own_html=html, status=status, retry_after=retry_after)
+
+    async def handle_login(self, request: web.Request) -> web.Response:
+        server = request.app[AUTH_SERVER]
+        sess, form = await browser.csrf_form(request, "Sign-in failed")
+        sealed = form.get("request")
+        pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
+        if sealed and pending is None:
+            raise PageError("This authorization request has expired; start again from your application.")
+        if pending is not None and not browser.bound(request, pending.binding):
+            raise PageError(pages.OTHER_BROWSER, 403, "Sign-in failed")
+        username = form.get("username", "")
+        password = form.get("password", "")
+        address = client_address(request)
+        wait = await throttle.begin(server.limiter, username, address)
+        if wait is not None:
+            log.warning("throttled login for %r from %s (%d s)", username[:64], address, wait)
+            return await self._page(request, csrf.token(sess), sealed, username, retry_after=wait)
+        user = await server.store.get_user_by_name(username) if valid_username(username) else None
+        # Oversized passwords, and accounts without a password (upstream sign-in only), are verified
+        # against the dummy hash: same work, no special response.
+        plausible = user is not None and len(password) <= PASSWORD_MAX and user.password_hash != NO_PASSWORD
+        # The hashing queue is shared per address as the throttle counts it (IPv6 per /64).
+        source = throttle.address_key(address)
+        try:
+            ok = await verify_password(user.password_hash if plausible and user else None, password[:PASSWORD_MAX],
+                                       source=source)
+        except PasswordsBusy:
+            await throttle.not_attempted(server.limiter, username, address)
+            log.warning("login from %s refused: password checks busy", address)
+            return await self._page(request, csrf.token(sess), sealed, username, retry_after=BUSY_RETRY_AFTER,
+                                    busy=True)
+        if not ok or user is None:
+            # One line per failure, for fail2ban-style throttling in front of the server.
+            log.warning("failed login for %r from %s", username[:64], address)
+            return await self._page(request, csrf.token(sess), sealed, username, failed=True)
+        await throttle.succeeded(server.limiter, username, address)
+        if needs_rehash(user.password_hash):
+            with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
+                rehashed = await hash_password(password, source=source)
+                # Only over the hash just verified: a password changed meanwhile must stay changed.
+                if await server.store.set_password_hash(user.id, rehashed, replacing=user.password_hash):
+                    user = replace(user, password_hash=rehashed)
+        signed_in = await browser.log_in(request, user)
+        if signed_in is None:
+            log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],
+                        address)
+            return await self._page(request, csrf.token(sess), sealed, username, failed=True)
+        new, login = signed_in
+        csrf.token(new)
+        if pending is None:
+            return redirect(server.settings.url("/login"))
+        return await resume(server, new, pending, login)
 
 
 async def handle_logout_page(request: web.Request) -> web.Response:
@@ -105,6 +135,8 @@ async def handle_logout(request: web.Request) -> web.Response:
     await browser.csrf_form(request, "Sign-out failed")
     user = await browser.current_user(request)
     await browser.log_out(request)
+    extra = ""
     if user is not None:
         await request.app[AUTH_SERVER].sign_out_everywhere(user.id)
-    return pages.signed_out()
+        extra = "".join([await method.signed_out(user) for method in request.app[signin.METHODS]])
+    return pages.signed_out(extra)

@@ -203,6 +203,19 @@ class BrowserLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamLink:
+    """A local account created by a sign-in through an upstream OpenID provider (`auth.upstream`),
+    and the upstream identity it belongs to: the provider's `issuer` and the value of the
+    configured identity claim (`sub` by default). The link is made on the first sign-in and
+    followed on every later one; it is never made or followed by email or name."""
+
+    issuer: str
+    subject: str
+    user_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class RememberedConsent:
     """An approval the user asked to remember (`auth.consent`). It stands in for the consent page
     only for a request whose user, client, redirect URI, resource and scope set are all equal to

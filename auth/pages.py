@@ -86,14 +86,14 @@ def _duration(seconds: int) -> str:
     return f"{-(-seconds // 60)} minutes"
 
 
-def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-          status: int = 200, retry_after: int | None = None, again: bool = False,
-          busy: bool = False) -> web.Response:
-    """`retry_after`: throttled (auth.throttle), a 429 with `Retry-After`; the message names no
-    account, so it reads the same for a user who does not exist. With `busy`, the server had no
-    capacity to check the password (auth.passwords): a 503 with `Retry-After`. `again`: the user
-    is signed in, but the application asked for a fresh sign-in (OpenID Connect `prompt=login`,
-    `max_age`)."""
+def password_form(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
+                  retry_after: int | None = None, again: bool = False, busy: bool = False) -> tuple[str, int]:
+    """The password sign-in (`auth.login`) as a section of the sign-in page, and the page's status.
+    `retry_after`: throttled (auth.throttle), a 429; the message names no account, so it reads
+    the same for a user who does not exist. With `busy`, the server had no capacity to check the
+    password (auth.passwords): a 503. `again`: the user is signed in, but the application asked
+    for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`)."""
+    status = 401 if failed else 200
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
     if again and not failed:
         message = '<p>The application asks you to enter your password again.</p>'
@@ -114,10 +114,54 @@ def login(csrf_token: str, request_seal: str | None, *, username: str = "", fail
             f'<input type="password" id="password" name="password" autocomplete="current-password" required'
             f'{" autofocus" if username else ""}>'
             f'<button type="submit" class="primary">Sign in</button></form>')
+    return body, status
+
+
+def sign_in(sections: Sequence[str], *, status: int = 200, retry_after: int | None = None) -> web.Response:
+    """The sign-in page: one section per way of signing in (`auth.signin`). Its forms post to our
+    own origin only (`form-action 'self'`): it may hold a password."""
+    body = '<p class="muted">or</p>'.join(sections) if sections else (
+        '<p class="error">No way of signing in is configured on this server.</p>')
     response = render("Sign in to memory-mcp", body, status)
     if retry_after is not None:
         response.headers["Retry-After"] = str(retry_after)
     return response
+
+
+def login(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
+          status: int = 200, retry_after: int | None = None, again: bool = False,
+          busy: bool = False) -> web.Response:
+    """The sign-in page with the password form alone."""
+    body, form_status = password_form(csrf_token, request_seal, username=username, failed=failed,
+                                      retry_after=retry_after, again=again, busy=busy)
+    return sign_in([body], status=form_status if form_status != 200 else status, retry_after=retry_after)
+
+
+def upstream_section(csrf_token: str, request_seal: str | None, *, provider: str, client_name: str | None = None,
+                     client_id: str = "", redirect_host: str = "", loopback: bool = False,
+                     scopes: tuple[str, ...] = (), resource: str = "", again: bool = False) -> str:
+    """Sign-in through the upstream provider (`auth.upstream.flow`). With a pending authorization
+    it is the consent, taken before the browser goes to the provider (the approval then needs no
+    second page): what the application asks, and "Approve and sign in"."""
+    fields = _hidden(csrf.FIELD, csrf_token) + (_hidden("request", request_seal) if request_seal else "")
+    who = escape(provider)
+    if request_seal is None:
+        return (f'<form method="post" action="/login/upstream">{fields}'
+                f'<button type="submit" class="primary">Sign in with {who}</button></form>')
+    name = escape(client_name) if client_name else "An unnamed application"
+    where = "an application on this computer" if loopback else f"<strong>{escape(redirect_host)}</strong>"
+    scope_items = "".join(f"<li>{escape(SCOPE_DESCRIPTIONS.get(s, s))} <code>{escape(s)}</code></li>" for s in scopes)
+    again_note = "<p>The application asks you to sign in again.</p>" if again else ""
+    return (f"{again_note}<p><strong>{name}</strong> wants to access your memory. Sign in with {who} to approve.</p>"
+            f"<p>It will receive the authorization at {where} (<code>{escape(redirect_host)}</code>).</p>"
+            f"<ul>{scope_items}</ul>"
+            f'<p class="muted">Resource: <code>{escape(resource)}</code><br>Client id: <code>{escape(client_id)}</code>'
+            "<br>Only approve if you started this login yourself.</p>"
+            f'<form method="post" action="/login/upstream">{fields}'
+            '<label class="check"><input type="checkbox" name="remember" value="1"><span>Remember this approval: '
+            'do not ask again for this application, address and access</span></label>'
+            f'<button type="submit" name="decision" value="approve" class="primary">Approve and sign in with {who}'
+            '</button><button type="submit" name="decision" value="deny">Deny</button></form>')
 
 
 def consent(csrf_token: str, request_seal: str, *, username: str, client_name: str | None, client_id: str,
@@ -146,11 +190,16 @@ def consent(csrf_token: str, request_seal: str, *, username: str, client_name: s
     return render("Authorize access", body, form_action=form_action)
 
 
-def continue_to(location: str) -> web.Response:
+def continue_to(location: str, *, provider: str | None = None) -> web.Response:
     """Leave for the client's redirect URI after a form POST (auth.authorize: a redirect there
-    would be blocked by `form-action 'self'`). A refresh is a navigation, not a form submission;
-    the link is for browsers that ask before opening an application's own URL scheme."""
+    would be blocked by `form-action 'self'`), or with `provider` for the upstream provider's
+    sign-in page. A refresh is a navigation, not a form submission; the link is for browsers
+    that ask before opening an application's own URL scheme."""
     target = escape(location)
+    if provider is not None:
+        return render(f"Signing in with {provider}",
+                      f'<p><a href="{target}">Continue to {escape(provider)}</a></p>',
+                      head=f'<meta http-equiv="refresh" content="0;url={target}">')
     return render("Returning to your application",
                   f'<p>You can close this page once your application says it is connected.</p>'
                   f'<p><a href="{target}">Continue to the application</a></p>',
@@ -215,6 +264,15 @@ def logout_confirm(csrf_token: str, username: str | None) -> web.Response:
                               + logout_form(csrf_token))
 
 
-def signed_out() -> web.Response:
+def signed_out(extra: str = "") -> web.Response:
+    """`extra`: what the sign-in methods add (`auth.signin.SignInMethod.signed_out`)."""
     return render("Signed out", "<p>You are signed out in every browser, and the applications you had "
-                                "approved are disconnected.</p>")
+                                "approved are disconnected.</p>" + extra)
+
+
+def upstream_sign_out(url: str, provider: str) -> str:
+    """RP-initiated logout at the upstream provider, offered as a link: a navigation, which no
+    `form-action` applies to, and which the user may decline (their provider session may serve
+    other applications)."""
+    return (f"<p>You signed in with {escape(provider)}, where you may still be signed in.</p>"
+            f'<p><a href="{escape(url)}">Sign out of {escape(provider)} too</a></p>')

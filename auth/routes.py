@@ -4,7 +4,8 @@
     GET  /.well-known/oauth-protected-resource[/mcp|/sse]  RFC 9728 (CORS)
     POST /register                                     RFC 7591 (CORS)
     GET  /authorize                                    login or consent page
-    GET  /login, POST /login                           browser login
+    GET  /login, POST /login                           browser login (POST: local passwords)
+    POST /login/upstream, GET /login/upstream/callback sign-in through an upstream OpenID provider
     POST /consent                                      approve / deny -> redirect with code
     GET  /logout, POST /logout                         end the browser login
     GET  /consents, POST /consents                     remembered approvals, withdraw one
@@ -20,6 +21,8 @@ for a store that cannot answer now.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -38,6 +41,7 @@ from auth import (
     rfc7591,
     rfc8414,
     rfc9728,
+    signin,
     token,
 )
 from auth.http import (
@@ -59,26 +63,41 @@ __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
 """The endpoints a browser shows: their errors are pages, the others' are OAuth JSON."""
 
 
-def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
-            cookie_key: bytes) -> AuthorizationServer:
+def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, cookie_key: bytes,
+            sign_in: Sequence[signin.SignInMethod] | None = None) -> AuthorizationServer:
+    """`sign_in`: the ways people sign in, in the order the sign-in page shows them (`auth.signin`);
+    default local passwords alone."""
     server = AuthorizationServer(settings=settings, store=store,
                                  sealer=browser.derive_fernet(cookie_key, "pending authorization"),
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
     app[AUTH_SERVER] = server
+    methods = tuple(sign_in) if sign_in is not None else (login.PasswordSignIn(),)
+    app[signin.METHODS] = methods
+    for method in methods:
+        method.attach(server, cookie_key)
+        server.refresh_checks.append(method.still_allowed)
+
+    async def close_methods(_app: web.Application) -> None:
+        for method in methods:
+            await method.close()
+
+    app.on_cleanup.append(close_methods)
     if settings.trusted_proxies:
         # First: every later middleware and handler, and the access log, see the client's address.
         app.middlewares.insert(0, forwarded_middleware(settings.trusted_proxies, settings.proxy_header))
     # The browser pages, declared once: routed here, and the only paths with the login cookie.
-    browser_routes = (
+    browser_routes: list[signin.Route] = [
         ("GET", "/authorize", authorize.handle_authorize),
         ("POST", "/consent", authorize.handle_consent),
         ("GET", "/login", login.handle_login_page),
-        ("POST", "/login", login.handle_login),
         ("GET", "/logout", login.handle_logout_page),
         ("POST", "/logout", login.handle_logout),
         ("GET", "/consents", consent.handle_consents_page),
         ("POST", "/consents", consent.handle_withdraw),
-    )
+        *(route for method in methods for route in method.routes),
+    ]
+    if not any(route[:2] == ("POST", "/login") for route in browser_routes):
+        browser_routes.append(("POST", "/login", login.handle_login_off))
     browser_paths = frozenset(path for _, path, _ in browser_routes)
     app.middlewares.append(browser.middleware(browser.cookie_storage(settings, cookie_key), browser_paths))
     before = set(app.router.resources())
@@ -101,11 +120,11 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore,
         cors(path, "POST", handler)
         app.router.add_route("*", path, json_method_not_allowed)
 
-    for method, path, handler in browser_routes:
-        if method == "GET":
-            app.router.add_get(path, handler)  # and HEAD
+    for verb, path, page_handler in browser_routes:
+        if verb == "GET":
+            app.router.add_get(path, page_handler)  # and HEAD
         else:
-            app.router.add_route(method, path, handler)
+            app.router.add_route(verb, path, page_handler)
     # Both inside the browser session middleware, so that an error page still carries the
     # session's cookie; they catch different exceptions, so their order between them is free.
     app.middlewares.append(errors.middleware(browser_paths))

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 RevocationListener = Callable[[Revocation], Awaitable[None]]
+# Asked before each refresh of a grant, with its subject: False refuses it (`auth.signin`).
+RefreshCheck = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(eq=False)
@@ -32,6 +34,7 @@ class AuthorizationServer:
     # Encrypts the private ID-token signing keys at rest (auth.rfc7517).
     key_sealer: Fernet
     revocation_listeners: list[RevocationListener] = field(default_factory=list)
+    refresh_checks: list[RefreshCheck] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Fetches Client ID Metadata Documents; None = auth.cimd's default. Tests put one here that

@@ -29,6 +29,7 @@ from auth.models import (
     Rotation,
     SigningKey,
     Token,
+    UpstreamLink,
     User,
 )
 
@@ -89,8 +90,9 @@ class UserStore(Protocol):
 
     async def begin_removal(self, username: str) -> User | None:
         """First step of removing an account: mark it REMOVING and delete its codes, tokens,
-        browser sessions and remembered approvals, in one step. Returns the account as it was
-        before (REMOVING already when an earlier removal was interrupted), None if there is none."""
+        browser sessions, remembered approvals, upstream link and kept upstream tokens, in one
+        step. Returns the account as it was before (REMOVING already when an earlier removal was
+        interrupted), None if there is none."""
         ...
 
     async def set_password_hash(self, user_id: str, password_hash: str, *, replacing: str | None = None) -> bool:
@@ -99,8 +101,8 @@ class UserStore(Protocol):
         ...
 
     async def remove_user(self, user_id: str) -> bool:
-        """Delete the account, its codes and tokens, and its browser sessions (in any state: the
-        last step of a removal)."""
+        """Delete the account, its codes and tokens, its browser sessions, its upstream link and
+        kept upstream tokens (in any state: the last step of a removal)."""
         ...
 
 
@@ -233,6 +235,36 @@ class SigningKeyStore(Protocol):
         ...
 
 
+class UpstreamStore(Protocol):
+    """Accounts that sign in through an upstream OpenID provider (`auth.upstream`), and the
+    upstream refresh token kept for them when `upstream_check=refresh` asks for it (sealed with
+    AES-GCM by `auth.upstream.kept` before it gets here: the store holds ciphertext only).
+    `UserStore.begin_removal` and `remove_user` delete the user's link and kept tokens too, in
+    the same step as the rest of the account's records."""
+
+    async def link_upstream_user(self, issuer: str, subject: str, user: User, now: float) -> User:
+        """The ACTIVE account linked to (`issuer`, `subject`). When there is none, `user` is
+        created and linked to it, in one step: two first sign-ins of one person at once create
+        one account. Raises `UserExistsError`, storing nothing, when no link exists and
+        `user.username` is taken (the caller retries with another name)."""
+        ...
+
+    async def get_upstream_link(self, user_id: str) -> UpstreamLink | None:
+        """The upstream identity the account was created for, if it was."""
+        ...
+
+    async def get_upstream_tokens(self, user_id: str) -> str | None:
+        """The sealed upstream tokens kept for the user, exactly as last stored."""
+        ...
+
+    async def set_upstream_tokens(self, user_id: str, sealed: str | None, *, replacing: str | None = None) -> bool:
+        """Store the user's sealed upstream tokens (`None` deletes them). With `replacing`, only
+        if the stored value is exactly that string, as one atomic compare-and-set; False and
+        nothing changed otherwise (this is how concurrent refresh-time checks of one user, in
+        any process, take turns: `auth.upstream.kept`). Without it, unconditionally (True)."""
+        ...
+
+
 class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, ConsentStore, SigningKeyStore,
-                RevocationLog, Protocol):
+                RevocationLog, UpstreamStore, Protocol):
     """Everything `auth/` stores."""

@@ -16,6 +16,11 @@ AES-GCM under a key derived (HKDF-SHA256) from the old refresh token, the way Cl
 provider wraps grant keys. Only the holder of the old token can open it; the store holds
 ciphertext and hashes.
 
+Before a live refresh token is rotated, each sign-in method may refuse it (`auth.signin`,
+`AuthorizationServer.refresh_checks`): with `upstream_check=refresh` the upstream provider is
+asked whether the account is still allowed. A "no" signs the user out everywhere; "cannot tell
+now" is a retryable 503 `temporarily_unavailable` with Retry-After, and the grant stays.
+
 Lifetimes: access tokens `access_token_ttl` (at least an hour: Claude Code refreshes five minutes
 before expiry), refresh tokens `refresh_token_ttl` from each rotation (sliding), and nothing of a
 grant outlives `refresh_token_max_lifetime` after the user authenticated (absolute cap). A refresh
@@ -185,6 +190,15 @@ async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict
             raise OAuth2Error("invalid_scope", "the requested scope exceeds the original grant")
         _check_resource(form, record.resource)
         access_scopes = tuple(s for s in record.scopes if s in requested) if requested else record.scopes
+        # The sign-in methods' say (`auth.signin`): an upstream provider may no longer admit the
+        # account (then every grant of it goes), or not be able to tell now (its OAuth2Error).
+        for still_allowed in server.refresh_checks:
+            if not await still_allowed(record.subject):
+                log.warning("refresh refused: the account of user %s is no longer allowed by its sign-in provider; "
+                            "signed out everywhere", record.subject)
+                await server.sign_out_everywhere(record.subject)
+                raise OAuth2Error("invalid_grant", "the account is no longer allowed to sign in here (its sign-in "
+                                  "provider refused it); sign in again")
         auth_time = record.auth_time if record.auth_time is not None else record.issued_at
         body, tokens, access_expires_at = await _mint(
             server, client, subject=record.subject, grant_id=record.grant_id, access_scopes=access_scopes,

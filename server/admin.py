@@ -128,6 +128,18 @@ async def users_passwd(storage: Storage, username: str, password: str) -> str:
         storage, user.id)
 
 
+async def users_list(storage: Storage) -> str:
+    """One account a line; those created by an upstream sign-in name their provider."""
+    lines = []
+    for user in await accounts.list_users(storage):
+        if user.state is not AccountState.ACTIVE:
+            lines.append(f"{user.username} (being removed: run `memory-mcp users remove {user.username}` to finish)")
+            continue
+        link = await storage.get_upstream_link(user.id)
+        lines.append(user.username if link is None else f"{user.username} (signs in through {link.issuer})")
+    return "\n".join(lines)
+
+
 async def users_remove(storage: Storage, username: str) -> str:
     """Remove an account and everything it owns, in steps that each leave a state the next run
     finishes (run again after an interruption, it resumes):

@@ -13,10 +13,13 @@ from aiohttp import web
 from mcp.server import Server
 
 from auth import pages
+from auth.login import PasswordSignIn
 from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
+from auth.signin import SignInMethod
 from auth.store import RevocationLog
+from auth.upstream.flow import UpstreamSignIn
 from server import limits
 from server.config import Settings
 from server.keyfile import cookie_key
@@ -57,7 +60,8 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
     auth_conf = settings.auth_settings()
-    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir))
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir),
+                                   sign_in=sign_in_methods(settings))
     # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
     # instance reach them.
     authorization_server.limiter = limiter
@@ -141,6 +145,18 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)
     return app
+
+
+def sign_in_methods(settings: Settings) -> list[SignInMethod]:
+    """How people sign in (`auth.signin`): the upstream provider first when there is one, then
+    local passwords unless `local_login` is off."""
+    methods: list[SignInMethod] = []
+    upstream = settings.upstream_settings()
+    if upstream is not None:
+        methods.append(UpstreamSignIn(upstream))
+    if settings.local_login:
+        methods.append(PasswordSignIn())
+    return methods
 
 
 async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revocation], Awaitable[None]]) -> None:

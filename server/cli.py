@@ -22,8 +22,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from auth import accounts
-from auth.models import AccountState
 from auth.store import StoreUnavailable
+from auth.upstream.client import UpstreamClient
+from auth.upstream.http import BadResponse, Misconfigured, Unavailable
+from auth.upstream.settings import CALLBACK_PATH, UpstreamSettings
 from server import admin, backup
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
@@ -230,9 +232,7 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
         case "users", "remove":
             return await admin.users_remove(storage, args.username)
         case "users", "list":
-            return "\n".join(user.username if user.state is AccountState.ACTIVE else
-                             f"{user.username} (being removed: run `memory-mcp users remove {user.username}` to finish)"
-                             for user in await accounts.list_users(storage))
+            return await admin.users_list(storage)
         case "clients", "list":
             return await admin.clients_list(storage)
         case "clients", "remove":
@@ -271,6 +271,16 @@ def _serve(settings: Settings) -> int:
     else:
         sockets = _listen(settings.host, settings.port)
         settings = _with_port(settings, sockets[0].getsockname()[1])
+    upstream = settings.upstream_settings()
+    if upstream is not None:
+        try:
+            for line in asyncio.run(_check_upstream(upstream, settings.issuer)):
+                print(f"memory-mcp: {line}", file=sys.stderr)
+        except Misconfigured as exc:
+            for sock in sockets:
+                sock.close()
+            print(f"memory-mcp: upstream_issuer={upstream.issuer}: {exc}", file=sys.stderr)
+            return 2
     users = asyncio.run(accounts.list_users(storage))
     if not users:
         # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
@@ -304,6 +314,26 @@ def _serve(settings: Settings) -> int:
     finally:
         service.close()
     return 0
+
+
+async def _check_upstream(upstream: UpstreamSettings, issuer: str) -> list[str]:
+    """The upstream provider's discovery, keys and client credentials, checked before serving
+    (`auth.upstream.client.UpstreamClient.check`): lines for the operator. Raises `Misconfigured`,
+    which stops the server; a provider that cannot be reached now does not (sign-ins then fail
+    with an error page until it can, while every issued token keeps working)."""
+    client = UpstreamClient(upstream, issuer + CALLBACK_PATH)
+    lines = [f"signing users in through {upstream.issuer}"]
+    try:
+        lines += [f"warning: upstream_issuer={upstream.issuer}: {w}" for w in await client.check()]
+    except (Unavailable, BadResponse) as exc:
+        lines.append(f"warning: upstream_issuer={upstream.issuer}: {exc}; serving anyway, sign-ins through it fail "
+                     "until it answers")
+    finally:
+        await client.close()
+    if upstream.policy.open:
+        lines.append(f"warning: no admission policy: anyone who can sign in at {upstream.issuer} gets an account "
+                     "here (set upstream_allowed_domains, upstream_allowed_users or upstream_required_claim)")
+    return lines
 
 
 class ListenError(Exception):

@@ -7,18 +7,23 @@ message naming the setting, where it came from, and what is allowed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import difflib
 import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from auth.rfc8252 import URLError, split_url
 from auth.settings import AuthSettings
+from auth.upstream.discovery import check_url
+from auth.upstream.http import Misconfigured
+from auth.upstream.settings import DEFAULT_SCOPES, RESERVED_PARAMS, AdmissionPolicy, UpstreamSettings
 from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
 
 ENV_PREFIX = "MEMORY_MCP_"
@@ -102,6 +107,37 @@ class Settings(BaseModel):
     proxy_header: str = Field(
         "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
         "(RFC 7239); the other one is ignored")
+    local_login: bool = Field(
+        True, description="sign-in with a memory-mcp password (accounts of `memory-mcp users add`); false leaves "
+        "only the upstream provider")
+    upstream_issuer: str | None = Field(
+        None, description="sign users in through this OpenID provider (Auth0, Keycloak, Okta, Google, Entra ID ...): "
+        "its issuer URL, exactly as its discovery document names it; this server stays the authorization server")
+    upstream_client_id: str | None = Field(None, description="this server's client id at the upstream provider")
+    upstream_client_secret: str | None = Field(
+        None, repr=False, description="this server's client secret at the upstream provider (none: a public client)")
+    upstream_client_secret_file: Path | None = Field(
+        None, description="a file holding upstream_client_secret (its first line), instead of the value itself")
+    upstream_scopes: tuple[str, ...] = Field(
+        DEFAULT_SCOPES, description="scopes asked of the upstream provider (space- or comma-separated; openid needed)")
+    upstream_authorize_params: dict[str, str] = Field(
+        default_factory=dict, description="extra parameters of the upstream authorization request, name=value "
+        "comma-separated (Auth0: audience=https://api.example.com; Google: access_type=offline)")
+    upstream_identity_claim: str = Field(
+        "sub", description="the claim that identifies a user upstream, and links them to their account here")
+    upstream_allowed_domains: tuple[str, ...] = Field(
+        (), description="admit only users whose verified email is in one of these domains (comma-separated)")
+    upstream_allowed_users: tuple[str, ...] = Field(
+        (), description="admit only these users: values of the identity claim, or verified emails (comma-separated)")
+    upstream_required_claim: str | None = Field(
+        None, description="admit only users with this claim, name=value (a list claim must contain the value, "
+        "e.g. groups=memory-users)")
+    upstream_check: Literal["off", "refresh"] = Field(
+        "off", description="refresh: at each token refresh, ask the provider whether the account is still allowed "
+        "(keeps its refresh token, encrypted with upstream_token_keys)")
+    upstream_token_keys: tuple[str, ...] = Field(
+        (), repr=False, description="keys encrypting the kept upstream tokens: 32 random bytes each, base64 "
+        "(openssl rand -base64 32), comma-separated; the first encrypts, all decrypt")
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_timeout: float = Field(
         10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish before their sessions end; "
@@ -137,6 +173,87 @@ class Settings(BaseModel):
                                      "fd00::/8)") from None
                 raise ValueError(f"{entry!r} has host bits set; write the network as {network}") from None
         return tuple(networks)
+
+    @field_validator("upstream_scopes", "upstream_allowed_domains", "upstream_allowed_users",
+                     "upstream_token_keys", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(v for v in value.replace(",", " ").split() if v)
+        return value
+
+    @field_validator("upstream_authorize_params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        params = {}
+        for pair in (p.strip() for p in value.split(",") if p.strip()):
+            name, sep, given = pair.partition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{pair!r} is not name=value (e.g. audience=https://api.example.com)")
+            params[name.strip()] = given.strip()
+        return params
+
+    @field_validator("upstream_authorize_params")
+    @classmethod
+    def _own_params(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = sorted(set(value) & RESERVED_PARAMS)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} are set by this server itself (scopes: upstream_scopes)")
+        return value
+
+    @field_validator("upstream_issuer")
+    @classmethod
+    def _issuer(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            check_url(value.strip(), "the upstream issuer", plain_http=True)
+        except Misconfigured as exc:
+            raise ValueError(str(exc).removeprefix("the upstream issuer ")) from None
+        if "?" in value:
+            raise ValueError("must not have a query")
+        return value.strip()
+
+    @field_validator("upstream_required_claim")
+    @classmethod
+    def _claim(cls, value: str | None) -> str | None:
+        if value is not None and (not value.partition("=")[0].strip() or "=" not in value):
+            raise ValueError("must be name=value, e.g. groups=memory-users")
+        return value
+
+    @field_validator("upstream_token_keys")
+    @classmethod
+    def _keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for number, key in enumerate(value, 1):
+            if len(_key_bytes(key) or b"") != 32:
+                # Never the value: it is a secret.
+                raise ValueError(f"key {number} is not 32 bytes in base64 (make one with `openssl rand -base64 32`)")
+        return value
+
+    @model_validator(mode="after")
+    def _upstream(self) -> Settings:
+        given = [name for name in type(self).model_fields
+                 if name.startswith("upstream_") and name != "upstream_issuer"
+                 and getattr(self, name) != type(self).model_fields[name].get_default(call_default_factory=True)]
+        if self.upstream_issuer is None:
+            if given:
+                raise ValueError(f"{', '.join(given)} need upstream_issuer (the provider to sign in through)")
+            if not self.local_login:
+                raise ValueError("local_login is off and no upstream_issuer is set: nobody could sign in")
+            return self
+        if not self.upstream_client_id:
+            raise ValueError("upstream_issuer needs upstream_client_id (this server's client id at the provider)")
+        if self.upstream_client_secret is not None and self.upstream_client_secret_file is not None:
+            raise ValueError("set upstream_client_secret or upstream_client_secret_file, not both")
+        self._client_secret()  # a file that cannot be read stops the server now, not at the first sign-in
+        if "openid" not in self.upstream_scopes:
+            raise ValueError("upstream_scopes must include openid (the ID token says who the user is)")
+        if self.upstream_check == "refresh" and not self.upstream_token_keys:
+            raise ValueError("upstream_check=refresh keeps the provider's refresh tokens encrypted: set "
+                             "upstream_token_keys (one key: `openssl rand -base64 32`)")
+        return self
 
     @field_validator("proxy_header")
     @classmethod
@@ -227,11 +344,49 @@ class Settings(BaseModel):
     def database_path(self) -> Path:
         return self.data_dir / "memory.sqlite3"
 
+    def _client_secret(self) -> str | None:
+        path = self.upstream_client_secret_file
+        if path is None:
+            return self.upstream_client_secret
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"upstream_client_secret_file {path} cannot be read: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        if not lines or not lines[0].strip():
+            raise ValueError(f"upstream_client_secret_file {path} is empty")
+        return lines[0].strip()
+
+    def upstream_settings(self) -> UpstreamSettings | None:
+        """The upstream sign-in's settings (`auth.upstream`), None without an upstream provider."""
+        if self.upstream_issuer is None or self.upstream_client_id is None:
+            return None
+        claim = None
+        if self.upstream_required_claim is not None:
+            name, _, value = self.upstream_required_claim.partition("=")
+            claim = (name.strip(), value.strip())
+        return UpstreamSettings(
+            issuer=self.upstream_issuer, client_id=self.upstream_client_id,
+            client_secret=self._client_secret(), scopes=self.upstream_scopes,
+            authorize_params=tuple(self.upstream_authorize_params.items()),
+            identity_claim=self.upstream_identity_claim,
+            policy=AdmissionPolicy(domains=self.upstream_allowed_domains, users=self.upstream_allowed_users,
+                                   required_claim=claim),
+            check=self.upstream_check, token_keys=tuple(_key_bytes(k) or b"" for k in self.upstream_token_keys))
+
     def auth_settings(self) -> AuthSettings:
         """The authorization server's settings: every field of AuthSettings that is also a
         setting here, by name (so a new shared setting needs no wiring), the rest its defaults."""
         shared = {f.name for f in dataclasses.fields(AuthSettings)} & set(type(self).model_fields)
         return AuthSettings(issuer=self.issuer, **{name: getattr(self, name) for name in shared})
+
+
+def _key_bytes(key: str) -> bytes | None:
+    """A key written in base64, standard or URL-safe, padded or not."""
+    try:
+        return base64.b64decode(key.replace("-", "+").replace("_", "/") + "=" * (-len(key) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _is_wildcard(host: str) -> bool:
@@ -269,7 +424,7 @@ def _unknown(name: str) -> str:
 
 
 # Settings whose values may hold a secret: an error names them, never their value.
-_SECRET_SETTINGS = frozenset({"redis_url"})
+_SECRET_SETTINGS = frozenset({"redis_url", "upstream_client_secret", "upstream_token_keys"})
 
 
 class ConfigError(Exception):

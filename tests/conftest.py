@@ -148,12 +148,13 @@ class OAuthUser:
     storage: MemoryTokenStorage = field(default_factory=MemoryTokenStorage)
     redirects: list[str] = field(default_factory=list)
     ssl_context: ssl.SSLContext | None = None  # for a server behind a test's TLS proxy
+    upstream: str | None = None  # sign in through this upstream OpenID provider (tests/browser.py)
     _pending: asyncio.Future[AuthorizationCodeResult] | None = None
 
     def provider(self, path: str = "/mcp") -> OAuthClientProvider:
         async def redirect_handler(url: str) -> None:
             self.redirects.append(url)
-            browser = Browser(self.username, self.password, ssl_context=self.ssl_context)
+            browser = Browser(self.username, self.password, ssl_context=self.ssl_context, provider=self.upstream)
             try:
                 result = await browser.authorize(url, self.base_url)
             finally:

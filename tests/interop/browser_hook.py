@@ -9,7 +9,9 @@ page its callback served.
 Clients may wait for the browser command to exit before they go on, so the work runs in a
 forked child and the command itself returns at once, as `xdg-open` does.
 
-Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log).
+Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log, and
+`provider`, the origin of an upstream OpenID provider to sign in through, for a driver's
+`--upstream` run).
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ def log(path: Path, entry: dict[str, Any]) -> None:
         f.write(json.dumps(entry) + "\n")
 
 
-async def authorize(config: dict[str, Any], url: str) -> str:
-    """Log in and consent at `url`; the redirect (to the client's callback) the server answered with."""
-    browser = Browser(config["username"], config["password"])
+async def authorize(config: dict[str, Any], url: str) -> tuple[str, list[str]]:
+    """Log in and consent at `url`; the redirect (to the client's callback) the server answered
+    with, and the pages visited on the way (without their queries)."""
+    browser = Browser(config["username"], config["password"], provider=config.get("provider"))
     try:
-        return (await browser.authorize(url, config["origin"])).url
+        return (await browser.authorize(url, config["origin"])).url, [u.split("?")[0] for u in browser.visited]
     finally:
         await browser.close()
 
@@ -48,8 +51,8 @@ def run(config: dict[str, Any], url: str) -> None:
     record = Path(config["log"])
     log(record, {"event": "open", "url": url})
     try:
-        callback = asyncio.run(authorize(config, url))
-        log(record, {"event": "redirect", "url": callback})
+        callback, visited = asyncio.run(authorize(config, url))
+        log(record, {"event": "redirect", "url": callback, "visited": visited})
         # The callback is the client's own loopback listener; no proxy may sit in between.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         with opener.open(callback, timeout=30) as resp:

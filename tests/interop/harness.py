@@ -95,3 +95,19 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not answer 200 within {timeout}s")
+
+
+def start_upstream(work: Path, server_origin: str) -> tuple[Any, str, list[str]]:
+    """For a driver's `--upstream` run: the OpenID provider of tests/upstream.py on its own loopback
+    port (`localhost`, another site than the server's 127.0.0.1), with the server as its client.
+    Returns the provider (stop it at the end), its issuer, and the `memory-mcp serve` flags that
+    make the server sign users in through it (and only through it)."""
+    from tests.upstream import client_for, start_provider
+
+    port = free_port()
+    issuer = f"http://localhost:{port}"
+    secret = "provider-secret-of-memory-mcp"
+    provider = start_provider(work / "provider", issuer, [client_for(server_origin, secret=secret)], port=port)
+    flags = ["--upstream-issuer", issuer, "--upstream-client-id", "memory-mcp", "--upstream-client-secret", secret,
+             "--local-login", "false"]
+    return provider, issuer, flags

@@ -22,6 +22,14 @@ Schema and the reasons for it:
 * `auth_consents`: approvals a user asked to remember (`auth.consent`), keyed by everything a
   request must match (user, client, redirect URI, resource, scope set as sorted space-joined
   string). Plain identifiers, no secret: nothing here lets anyone act as the user.
+* `auth_upstream_links`: accounts created by a sign-in through an upstream OpenID provider
+  (`auth.upstream`), keyed by the upstream identity (issuer, value of the identity claim); the
+  local `user_id` is UNIQUE (one identity per account). `link_upstream_user` finds or creates the
+  account and its link in one transaction, so two first sign-ins at once make one account.
+* `auth_upstream_tokens`: the upstream refresh token kept per user for `upstream_check=refresh`,
+  as `auth.upstream.kept` sealed it (AES-GCM under a configured key, bound to the user id): the
+  file alone yields no upstream credential. `set_upstream_tokens(..., replacing=...)` is a
+  compare-and-set on the whole sealed string, one `UPDATE ... WHERE sealed = ?`.
 * No foreign keys: rows are created in an order the auth flow controls, and deletes cascade
   explicitly inside one transaction, which keeps the contract identical to the Redis backend.
 * Expired rows are never returned (every read checks `expires_at`) and are purged lazily when new
@@ -33,6 +41,8 @@ atomic against other coroutines of this process and against other processes.
 `consume_code` and `rotate_refresh_token` read and decide inside one such transaction,
 so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
 
+Tables added after the first release (`auth_client_use`, `auth_consents`, `auth_upstream_links`,
+`auth_upstream_tokens`) reach older files through `CREATE TABLE IF NOT EXISTS` at every start.
 Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
 COLUMN`, nullable or with a constant default, so instant and safe on a live file).
 
@@ -57,6 +67,7 @@ from auth.models import (
     Revocation,
     Rotation,
     Token,
+    UpstreamLink,
     User,
 )
 from auth.store import UserExistsError
@@ -136,6 +147,17 @@ CREATE TABLE IF NOT EXISTS auth_consents (
 );
 CREATE INDEX IF NOT EXISTS auth_consents_client ON auth_consents (client_id);
 CREATE INDEX IF NOT EXISTS auth_consents_expiry ON auth_consents (expires_at);
+CREATE TABLE IF NOT EXISTS auth_upstream_links (
+    issuer TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    user_id TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (issuer, subject)
+);
+CREATE TABLE IF NOT EXISTS auth_upstream_tokens (
+    user_id TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS auth_revocations (
     id INTEGER PRIMARY KEY,
     subject TEXT,
@@ -174,11 +196,15 @@ def migrate(db: Database) -> None:
 
 
 def _delete_user_records(conn: sqlite3.Connection, user_id: str) -> None:
-    """Everything that lets the account act: codes, tokens, browser logins, remembered approvals."""
+    """Everything that lets the account act: codes, tokens, browser logins, remembered approvals,
+    its upstream link (a new sign-in through the provider then makes a new account) and the
+    upstream tokens kept for it."""
     conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
     conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
     conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM auth_upstream_links WHERE user_id = ?", (user_id,))
+    conn.execute("DELETE FROM auth_upstream_tokens WHERE user_id = ?", (user_id,))
 
 
 def _scopes(value: str) -> tuple[str, ...]:
@@ -360,6 +386,54 @@ class AuthTables:
             _delete_user_records(conn, user_id)
             return int(deleted)
         return await self.db.write(write) > 0
+
+    # Accounts of an upstream OpenID provider
+
+    async def link_upstream_user(self, issuer: str, subject: str, user: User, now: float) -> User:
+        def write(conn: sqlite3.Connection) -> User:
+            row = conn.execute(
+                """SELECT u.* FROM auth_upstream_links l JOIN auth_users u ON u.id = l.user_id
+                   WHERE l.issuer = ? AND l.subject = ? AND u.state = ?""",
+                (issuer, subject, AccountState.ACTIVE)).fetchone()
+            if row is not None:
+                return _user(row)
+            # A link to no active account cannot outlive a removal (it deletes the link in the
+            # same transaction); dropped here all the same, so that it never blocks a sign-in.
+            conn.execute("DELETE FROM auth_upstream_links WHERE issuer = ? AND subject = ?", (issuer, subject))
+            try:
+                conn.execute(
+                    "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
+                    (user.id, user.username, user.password_hash, user.created_at))
+            except sqlite3.IntegrityError as exc:
+                raise UserExistsError(user.username) from exc
+            conn.execute("INSERT INTO auth_upstream_links (issuer, subject, user_id, created_at) VALUES (?, ?, ?, ?)",
+                         (issuer, subject, user.id, now))
+            return user
+        return await self.db.write(write)
+
+    async def get_upstream_link(self, user_id: str) -> UpstreamLink | None:
+        row = await self.db.read(_one, "SELECT * FROM auth_upstream_links WHERE user_id = ?", (user_id,))
+        return UpstreamLink(row["issuer"], row["subject"], row["user_id"], row["created_at"]) if row else None
+
+    async def get_upstream_tokens(self, user_id: str) -> str | None:
+        row = await self.db.read(_one, "SELECT sealed FROM auth_upstream_tokens WHERE user_id = ?", (user_id,))
+        return str(row["sealed"]) if row else None
+
+    async def set_upstream_tokens(self, user_id: str, sealed: str | None, *, replacing: str | None = None) -> bool:
+        if replacing is not None:
+            if sealed is None:
+                return await self.db.write(_count, "DELETE FROM auth_upstream_tokens WHERE user_id = ? AND sealed = ?",
+                                           (user_id, replacing)) > 0
+            return await self.db.write(
+                _count, "UPDATE auth_upstream_tokens SET sealed = ? WHERE user_id = ? AND sealed = ?",
+                (sealed, user_id, replacing)) > 0
+        if sealed is None:
+            await self.db.write(_count, "DELETE FROM auth_upstream_tokens WHERE user_id = ?", (user_id,))
+            return True
+        await self.db.write(_count, """INSERT INTO auth_upstream_tokens (user_id, sealed) VALUES (?, ?)
+                                       ON CONFLICT (user_id) DO UPDATE SET sealed = excluded.sealed""",
+                            (user_id, sealed))
+        return True
 
     # Codes and tokens
 

@@ -56,7 +56,7 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.browser import Browser  # noqa: E402 - needs the repository on sys.path first
-from tests.interop.harness import free_port, kill_group, loopback_up, processes, wait_http  # noqa: E402
+from tests.interop.harness import free_port, kill_group, loopback_up, processes, start_upstream, wait_http  # noqa: E402
 
 # Bounds the whole run (about 15 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 100.0
@@ -173,7 +173,7 @@ def run_tty_step(name: str, argv: list[str], work: Path, env: dict[str, str], ti
     return text
 
 
-def paste_login(work: Path, origin: str) -> Callable[[str], str | None]:
+def paste_login(work: Path, origin: str, provider: str | None = None) -> Callable[[str], str | None]:
     """The person at `claude mcp login --no-browser`: once Claude Code asks for the redirect URL,
     open the URL it printed in the scripted browser, log in, consent, and type back the address
     the browser was sent to (which no listener need receive)."""
@@ -190,7 +190,7 @@ def paste_login(work: Path, origin: str) -> Callable[[str], str | None]:
             f.write(json.dumps({"event": "printed", "url": url}) + "\n")
 
         async def authorize() -> str:
-            browser = Browser(USERNAME, PASSWORD)
+            browser = Browser(USERNAME, PASSWORD, provider=provider)
             try:
                 return (await browser.authorize(url, origin)).url
             finally:
@@ -219,12 +219,14 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="an empty directory for every artifact")
     parser.add_argument("--claude", type=Path, default=default_claude())
     parser.add_argument("--python", default=sys.executable, help="the interpreter with memory-mcp installed")
+    parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
+                        "(tests/upstream.py) instead of a local password")
     args = parser.parse_args()
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.claude, args.python, results)
+        drive(work, args.claude, args.python, results, args.upstream)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -258,7 +260,7 @@ def claude_env(work: Path, home: Path, stub_port: int, browser: Path) -> dict[st
     }
 
 
-def drive(work: Path, claude: Path, python: str, results: dict[str, Any]) -> None:
+def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstream: bool = False) -> None:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -277,14 +279,17 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any]) -> Non
                    data_dir=str(data_dir), claude_config_dir=str(home / ".claude"))
 
     base_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
-                                   str(data_dir)], work, base_env, 60, results, stdin=PASSWORD + "\n")
-    if added.returncode != 0:
-        raise RuntimeError(f"users add failed: {added.stderr}")
+    provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
+    results["provider"] = issuer
+    if not upstream:
+        added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
+                                       str(data_dir)], work, base_env, 60, results, stdin=PASSWORD + "\n")
+        if added.returncode != 0:
+            raise RuntimeError(f"users add failed: {added.stderr}")
 
     with processes() as procs:
         server = procs.start([memory_mcp, "serve", "--port", str(server_port), "--data-dir", str(data_dir),
-                              "--public-url", origin], work / "server.log", env=base_env)
+                              "--public-url", origin, *upstream_flags], work / "server.log", env=base_env)
         wait_http(results["server_origin"] + "/healthz", 30, server)
         tap = procs.start([python, str(HERE / "wiretap.py"), "--target", results["server_origin"], "--port",
                            str(tap_port), "--record", str(work / "wire.jsonl")], work / "wiretap.log", env=base_env)
@@ -297,6 +302,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any]) -> Non
         # $BROWSER: a one-line script, since Claude Code runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
         hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
+                                           "provider": issuer,
                                            "log": str(work / "browser.jsonl")}))
         browser = work / "browser.sh"
         browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE.parent / 'browser_hook.py'))} "
@@ -335,12 +341,14 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any]) -> Non
                                           "--", REMEMBER_PROMPT], 60)
         claude_step("claude-mcp-logout", ["mcp", "logout", SERVER_NAME], 30)
         claude_step("claude-mcp-login-paste", ["mcp", "login", SERVER_NAME, "--no-browser"], 45, tty=True,
-                    respond=paste_login(work, origin))
+                    respond=paste_login(work, origin, issuer))
         # Time passes: the access token of the second login expires (Claude Code reads the
         # expiry it stored, `expiresAt` in ms), so the next command must refresh it first.
         expire_access_token(credentials, work / "credentials-expired.json")
         claude_step("claude-p-recall", [*print_argv, "--debug-file", str(work / "claude-p-recall.debug"),
                                         "--", RECALL_PROMPT], 60)
+    if provider is not None:
+        provider.stop()
     results["server_log"] = str(work / "server.log")
 
 

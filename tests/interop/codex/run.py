@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.interop.harness import free_port, loopback_up, processes, wait_http  # noqa: E402 - needs the repository on sys.path first
+from tests.interop.harness import free_port, loopback_up, processes, start_upstream, wait_http  # noqa: E402 - needs the repository on sys.path first
 
 # Bounds the whole run (about 10 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 150.0
@@ -123,12 +123,14 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="an empty directory for every artifact")
     parser.add_argument("--codex", type=Path, default=default_codex())
     parser.add_argument("--python", default=sys.executable, help="the interpreter with memory-mcp installed")
+    parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
+                        "(tests/upstream.py) instead of a local password")
     args = parser.parse_args()
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.codex, args.python, results)
+        drive(work, args.codex, args.python, results, args.upstream)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -137,7 +139,7 @@ def main() -> int:
     return 0 if "error" not in results else 1
 
 
-def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
+def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False) -> None:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -154,14 +156,17 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
 
-    added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
-                                   str(data_dir)], work, env, 60, results, stdin=PASSWORD + "\n")
-    if added.returncode != 0:
-        raise RuntimeError(f"users add failed: {added.stderr}")
+    provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
+    results["provider"] = issuer
+    if not upstream:
+        added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
+                                       str(data_dir)], work, env, 60, results, stdin=PASSWORD + "\n")
+        if added.returncode != 0:
+            raise RuntimeError(f"users add failed: {added.stderr}")
 
     with processes() as procs:
-        server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-                             work / "server.log", env=env)
+        server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir),
+                              *upstream_flags], work / "server.log", env=env)
         wait_http(origin + "/healthz", 30, server)
 
         stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
@@ -173,6 +178,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
         # $BROWSER: a one-line script, since Codex runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
         hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
+                                           "provider": issuer,
                                            "log": str(work / "browser.jsonl")}))
         browser = work / "browser.sh"
         browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE.parent / 'browser_hook.py'))} "
@@ -207,6 +213,8 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None
         codex_step("codex-mcp-logout", ["mcp", "logout", SERVER_NAME], 30)
         codex_step("codex-mcp-login", ["mcp", "login", SERVER_NAME, "--oauth-client-registration", "dcr"], 60)
         codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 60)
+    if provider is not None:
+        provider.stop()
     results["server_log"] = str(work / "server.log")
 
 
