@@ -1,0 +1,261 @@
+"""The read_graph view on Redis, and this process's copy of it: the contract of
+`server/storage/sqlite/graph_view.py`, on Redis keys.
+
+    graph:chunks:<owner>   hash  "e<n>" / "r<n>" -> generation, or "-<stamp>" while stale
+    graph:view:<owner>     hash  "e<n>" / "r<n>" -> the chunk's items as JSON, comma-led (`Piece`)
+    graph:generation       string  the last generation or stamp handed out (every owner)
+
+An owner's entities are cut into chunks by id (`id // 128`: chunk "e<n>"), relations likewise
+("r<n>"), and each chunk's JSON is kept exactly as the tool returns it, so that a whole graph is
+served by joining pieces, never by building 10,000 entities' JSON on each call.
+
+Rules that keep it exact (graph.py's scripts and the two scripts here):
+
+* every mutation marks the chunks of the rows it touched stale with a stamp taken from
+  `graph:generation`, in the same script as the change. The stamp is new each time, so a chunk
+  that changed again while a reader was rebuilding it does not carry the stamp that reader saw;
+* `_READ` is one script, so one state of the owner's keys: the listing, the JSON of every fresh
+  chunk this process does not hold at that generation, and the rows of every stale chunk. The
+  reply is a consistent graph whatever happens after it;
+* `_STORE` stores a rebuilt chunk only if its stamp is still the one `_READ` returned (compare and
+  set, in one script), under a new generation from `graph:generation`; a chunk found empty is
+  deleted instead. Generations come from one counter shared by every owner and every process, so
+  a (owner, chunk, generation) never names two different contents, even for a chunk deleted and
+  created again;
+* `delete_graph` UNLINKs both keys with the graph, so no chunk outlives it, and a rebuild racing
+  the removal finds no stamp to match.
+
+This process's copy (`RedisGraphView`): the chunks it last read, per owner, with their
+generations; `_READ` is told which it holds and sends only the others, so a repeated read moves a
+few hundred bytes, and a read after a write moves (or rebuilds) only the chunks the write
+touched. Redis keeps only the JSON; the escaped text of the tool result (`GraphJSON.text`) is
+derived here once per chunk fetched, since Redis memory is the dearer resource. The copy holds at
+most `VIEW_CACHE_BYTES`, least recently read owners dropped first, as on SQLite.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from redis import exceptions as redis_errors
+
+from server.memory.graph import GraphJSON, Piece, entity_json, piece, relation_json
+from server.storage.redis.base import RedisBase, unavailable
+
+SEP: Final = b"\xff"
+"""Between the texts of a record: a byte that valid UTF-8 never contains (graph.py)."""
+CHUNK_SIZE: Final = 128
+VIEW_CACHE_BYTES: Final = 64 * 1024 * 1024
+"""How much of the view one process keeps in memory: a 10,000-entity graph is about 9 MB."""
+
+PRELUDE: Final = r"""
+local SEP = '\255'
+local CHUNK = 128
+
+-- The texts of a record (SEP never occurs inside one).
+local function split(record)
+  local texts, position = {}, 1
+  while true do
+    local found = string.find(record, SEP, position, true)
+    if found == nil then
+      texts[#texts + 1] = string.sub(record, position)
+      return texts
+    end
+    texts[#texts + 1] = string.sub(record, position, found - 1)
+    position = found + 1
+  end
+end
+"""
+
+# KEYS: chunks, view, entities, relations. ARGV: pairs (chunk, generation) this process holds.
+# Returns per chunk: {chunk, generation} when held, {chunk, generation, json} when fresh, and
+# {chunk, stamp, {the 128 rows of its id range, false where none}} when stale.
+_READ = PRELUDE + """
+local held = {}
+for i = 1, #ARGV, 2 do held[ARGV[i]] = ARGV[i + 1] end
+local listing = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #listing, 2 do
+  local chunk, marker = listing[i], listing[i + 1]
+  local data = false
+  if string.sub(marker, 1, 1) ~= '-' then
+    if held[chunk] == marker then
+      out[#out + 1] = {chunk, marker}
+    else
+      data = redis.call('HGET', KEYS[2], chunk)
+    end
+  end
+  if data then
+    out[#out + 1] = {chunk, marker, data}
+  elseif held[chunk] ~= marker then
+    local first, ids = tonumber(string.sub(chunk, 2)) * CHUNK, {}
+    for id = first, first + CHUNK - 1 do ids[#ids + 1] = id end
+    local rows = KEYS[string.sub(chunk, 1, 1) == 'e' and 3 or 4]
+    out[#out + 1] = {chunk, marker, redis.call('HMGET', rows, unpack(ids))}
+  end
+end
+return out
+"""
+
+# KEYS: chunks, view, generation. ARGV: triples (chunk, stamp, json; "" for an empty chunk).
+# Returns per chunk its new generation, 0 if deleted, -1 if it changed meanwhile (not stored).
+_STORE = """
+local generation, out = nil, {}
+for i = 1, #ARGV, 3 do
+  local chunk, stamp, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HGET', KEYS[1], chunk) ~= stamp then
+    out[#out + 1] = -1
+  elseif json == '' then
+    redis.call('HDEL', KEYS[1], chunk)
+    redis.call('HDEL', KEYS[2], chunk)
+    out[#out + 1] = 0
+  else
+    if generation == nil then generation = redis.call('INCR', KEYS[3]) end
+    redis.call('HSET', KEYS[1], chunk, generation)
+    redis.call('HSET', KEYS[2], chunk, json)
+    out[#out + 1] = generation
+  end
+end
+return out
+"""
+
+@dataclass(frozen=True, slots=True)
+class OwnerKeys:
+    """The keys of one owner's graph, in the order every graph script takes them (graph.py)."""
+
+    owner: str
+    names: str
+    entities: str
+    folds: str
+    triples: str
+    relations: str
+    ends: str
+    chunks: str
+    view: str
+    generation: str
+
+    @classmethod
+    def of(cls, base: RedisBase, owner: str) -> OwnerKeys:
+        def key(kind: str) -> str:
+            return base.key("graph", kind, owner)
+
+        return cls(owner=key("owner"), names=key("names"), entities=key("entities"), folds=key("folds"),
+                   triples=key("triples"), relations=key("relations"), ends=key("ends"), chunks=key("chunks"),
+                   view=key("view"), generation=base.key("graph", "generation"))
+
+    @property
+    def all(self) -> list[str]:
+        return [self.owner, self.names, self.entities, self.folds, self.triples, self.relations, self.ends,
+                self.chunks, self.view, self.generation]
+
+
+ChunkKey = bytes
+"""b"e<n>" or b"r<n>"."""
+_Held = tuple[bytes, Piece]
+"""A chunk's generation (as Redis has it; b"" when not stored) and its JSON."""
+
+
+class RedisGraphView:
+    """`read_graph` from the view, through this process's copy of the chunks (see the module)."""
+
+    def __init__(self, base: RedisBase, budget: int = VIEW_CACHE_BYTES) -> None:
+        self.base = base
+        self.budget = budget
+        self._read = base.script(_READ)
+        self._store = base.script(_STORE)
+        self._held: OrderedDict[str, tuple[dict[ChunkKey, _Held], int]] = OrderedDict()
+        self._size = 0
+
+    async def read(self, owner: str) -> GraphJSON:
+        keys = OwnerKeys.of(self.base, owner)
+        held = self._held[owner][0] if owner in self._held else {}
+        known = [part for chunk, (generation, _) in held.items() if generation for part in (chunk, generation)]
+        reply: list[list[Any]] = await self._read(keys=[keys.chunks, keys.view, keys.entities, keys.relations],
+                                                  args=known)
+        chunks: dict[ChunkKey, _Held] = {}
+        rebuilt: list[bytes] = []
+        for chunk, marker, *data in reply:
+            if not data:
+                chunks[chunk] = held[chunk]
+            elif isinstance(data[0], bytes):
+                chunks[chunk] = (marker, (data[0], _escaped(data[0])))
+            else:
+                built = _build(chunk, data[0])
+                rebuilt += [chunk, marker, built[0]]
+                if built[0]:
+                    chunks[chunk] = (b"", built)
+        if rebuilt:
+            await self._store_rebuilt(keys.chunks, keys.view, keys.generation, rebuilt, chunks)
+        ordered = dict(sorted(chunks.items(), key=lambda item: _order(item[0])))
+        self._keep(owner, ordered)
+        return _graph(ordered)
+
+    async def _store_rebuilt(self, chunks_key: str, view_key: str, generation_key: str, rebuilt: list[bytes],
+                             chunks: dict[ChunkKey, _Held]) -> None:
+        """Store the chunks this read rebuilt; the copy keeps those stored under their generation.
+        The read does not depend on it: a Redis that cannot take the write now still got the rows
+        read, and the graph is served from them (as SQLite serves it when it cannot write)."""
+        try:
+            generations = await self._store(keys=[chunks_key, view_key, generation_key], args=rebuilt)
+        except redis_errors.RedisError as exc:
+            if unavailable(exc) is None:
+                raise
+            return
+        for chunk, generation in zip(rebuilt[::3], generations, strict=True):
+            if generation > 0 and chunk in chunks:
+                chunks[chunk] = (str(generation).encode(), chunks[chunk][1])
+
+    def forget(self, owner: str) -> None:
+        self._keep(owner, {})
+
+    @property
+    def held_bytes(self) -> int:
+        return self._size
+
+    def held_owners(self) -> list[str]:
+        """Least recently read first."""
+        return list(self._held)
+
+    def _keep(self, owner: str, chunks: dict[ChunkKey, _Held]) -> None:
+        if owner in self._held:
+            self._size -= self._held.pop(owner)[1]
+        size = sum(len(data) + len(text) for _, (data, text) in chunks.values())
+        if not chunks or size > self.budget:
+            return
+        self._held[owner] = (chunks, size)
+        self._size += size
+        while self._size > self.budget:
+            self._size -= self._held.popitem(last=False)[1][1]
+
+
+def _order(chunk: ChunkKey) -> tuple[bool, int]:
+    return chunk[:1] != b"e", int(chunk[1:])
+
+
+def _escaped(data: bytes) -> bytes:
+    """A chunk's JSON as the inside of a JSON string (`Piece`)."""
+    return orjson.dumps(data.decode())[1:-1]
+
+
+def _build(chunk: ChunkKey, rows: list[bytes | None]) -> Piece:
+    """A chunk's piece from its rows (in id order; None where no row); empty when it has none."""
+    items: list[bytes] = []
+    for row in rows:
+        if row is None:
+            continue
+        texts = [text.decode() for text in row.split(SEP)]
+        if chunk[:1] == b"e":
+            items.append(entity_json(texts[0], texts[1], texts[2:]))
+        else:
+            items.append(relation_json(*texts))
+    return piece(items) if items else (b"", b"")
+
+
+def _graph(chunks: dict[ChunkKey, _Held]) -> GraphJSON:
+    pieces: tuple[list[Piece], list[Piece]] = ([], [])
+    for chunk, (_, chunk_piece) in chunks.items():
+        pieces[chunk[:1] != b"e"].append(chunk_piece)
+    return GraphJSON.of(*pieces)
