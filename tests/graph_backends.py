@@ -166,10 +166,11 @@ async def check_store(store: Store) -> None:
         return
     prefix = store.key("graph", "owner", "").encode()
     for owner_key in await store.client.keys(prefix + b"*"):
-        await _check_owner(store, _bytes(owner_key)[len(prefix):].decode())
+        await check_owner(store, _bytes(owner_key)[len(prefix):].decode())
 
 
-async def _check_owner(store: RedisStorage, owner: str) -> None:
+async def check_owner(store: RedisStorage, owner: str) -> None:
+    """`check_store` for one owner of a Redis store."""
     keys = OwnerKeys.of(store, owner)
     meta = {k.decode(): v.decode() for k, v in (await _hash(store, keys.owner)).items()}
     names, entities, folds = [await _hash(store, key) for key in (keys.names, keys.entities, keys.folds)]
