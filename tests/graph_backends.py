@@ -119,6 +119,22 @@ def _texts(record: bytes) -> list[str]:
     return [text.decode() for text in record.split(SEP)]
 
 
+def _folds(blob: bytes) -> list[tuple[bytes, bytes]]:
+    """A chunk of folded records (graph_view.py's PRELUDE): (entity id, folded record), in order."""
+    found, position, ids = [], 0, []
+    while position < len(blob):
+        mark = blob.index(b"\xfe", position)
+        stop = blob.index(b"\xfd", mark)
+        entity_id = 0
+        for digit in blob[mark + 1:stop]:
+            entity_id = entity_id * 8 + digit - 0xF5
+        ids.append(entity_id)
+        found.append((str(entity_id).encode(), blob[position:mark]))
+        position = stop + 1
+    assert ids == sorted(ids) and len(set(ids)) == len(ids), ids
+    return found
+
+
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
 
@@ -173,7 +189,12 @@ async def check_owner(store: RedisStorage, owner: str) -> None:
     """`check_store` for one owner of a Redis store."""
     keys = OwnerKeys.of(store, owner)
     meta = {k.decode(): v.decode() for k, v in (await _hash(store, keys.owner)).items()}
-    names, entities, folds = [await _hash(store, key) for key in (keys.names, keys.entities, keys.folds)]
+    names, entities, fold_chunks = [await _hash(store, key) for key in (keys.names, keys.entities, keys.folds)]
+    folds: dict[bytes, bytes] = {}
+    for chunk, blob in fold_chunks.items():
+        for entity_id, fold in _folds(blob):
+            assert int(entity_id) // 128 == int(chunk), f"entity {entity_id!r} folded in chunk {chunk!r}"
+            folds[entity_id] = fold
     relations, triples = await _hash(store, keys.relations), await _hash(store, keys.triples)
     ends = {_bytes(member) for member in await store.client.zrange(keys.ends, 0, -1)}
     chunks, view = await _hash(store, keys.chunks), await _hash(store, keys.view)

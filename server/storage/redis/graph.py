@@ -50,6 +50,7 @@ Why it looks like this
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
@@ -69,12 +70,18 @@ from server.memory.graph import (
     QuotaExceededError,
     Relation,
     Usage,
-    entity_json,
-    piece,
-    relation_json,
 )
 from server.storage.redis.base import RedisBase, guard_all
-from server.storage.redis.graph_view import CHUNK_SIZE, PRELUDE, SEP, OwnerKeys, RedisGraphView
+from server.storage.redis.graph_view import (
+    CHUNK_SIZE,
+    PRELUDE,
+    SEP,
+    OwnerKeys,
+    RedisGraphView,
+    entity_pieces,
+    records,
+    relation_pieces,
+)
 
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
 _KEYS_LUA = """
@@ -127,6 +134,48 @@ local function separators(record)
   return count
 end
 
+-- The folded records, kept per chunk of 128 entities as one string (see the module): loaded on
+-- first use by a script, changed in place, written back by save_folds().
+local FOLDS = {}
+
+local function folds_of(chunk)
+  local folds = FOLDS[chunk]
+  if folds == nil then
+    folds = {}
+    local blob = redis.call('HGET', K.folds, chunk)
+    if blob then
+      for id, fold in each_fold(blob) do folds[id] = fold end
+    end
+    FOLDS[chunk] = folds
+  end
+  return folds
+end
+
+local function get_fold(id)
+  return folds_of(math.floor(tonumber(id) / CHUNK))[tonumber(id)]
+end
+
+local function set_fold(id, fold)
+  folds_of(math.floor(tonumber(id) / CHUNK))[tonumber(id)] = fold
+end
+
+local function save_folds()
+  for chunk, folds in pairs(FOLDS) do
+    local ids, parts = {}, {}
+    for id in pairs(folds) do ids[#ids + 1] = id end
+    table.sort(ids)
+    for _, id in ipairs(ids) do
+      parts[#parts + 1] = folds[id]
+      parts[#parts + 1] = TAG .. tag(id) .. TAG_END
+    end
+    if #ids == 0 then
+      redis.call('HDEL', K.folds, chunk)
+    else
+      redis.call('HSET', K.folds, chunk, table.concat(parts))
+    end
+  end
+end
+
 local function drop_relation(id, touched, delta)
   local triple = redis.call('HGET', K.relations, id)
   if not triple then return end
@@ -169,10 +218,11 @@ for _, i in ipairs(new) do
   local id = redis.call('HINCRBY', K.owner, 'next_entity', 1)
   redis.call('HSET', K.names, ARGV[i], id)
   redis.call('HSET', K.entities, id, ARGV[i + 1])
-  redis.call('HSET', K.folds, id, ARGV[i + 2])
+  set_fold(id, ARGV[i + 2])
   touched[chunk_of('e', id)] = true
   created[#created + 1] = (i - 4) / 4
 end
+save_folds()
 stale(touched)
 account(delta)
 return created
@@ -227,7 +277,7 @@ for _, addition in ipairs(additions) do
   local id, start, k = addition[1], addition[2], addition[3]
   if records[id] == nil then
     local record = redis.call('HGET', K.entities, id)
-    records[id], folds[id] = {record}, {redis.call('HGET', K.folds, id)}
+    records[id], folds[id] = {record}, {get_fold(id)}
     local set, texts = {}, split(record)
     for j = 3, #texts do set[texts[j]] = true end
     present[id] = set
@@ -252,10 +302,11 @@ local touched = {}
 for id, record in pairs(records) do
   if #record > 1 then
     redis.call('HSET', K.entities, id, table.concat(record, SEP))
-    redis.call('HSET', K.folds, id, table.concat(folds[id], SEP))
+    set_fold(id, table.concat(folds[id], SEP))
     touched[chunk_of('e', id)] = true
   end
 end
+save_folds()
 stale(touched)
 account(delta)
 return result
@@ -273,13 +324,14 @@ for _, name in ipairs(ARGV) do
     local seps = separators(record)
     redis.call('HDEL', K.names, name)
     redis.call('HDEL', K.entities, id)
-    redis.call('HDEL', K.folds, id)
+    set_fold(id, nil)
     delta[1] = delta[1] - 1
     delta[2] = delta[2] - (seps - 1)
     delta[3] = delta[3] - (#record - seps)
     touched[chunk_of('e', id)] = true
   end
 end
+save_folds()
 stale(touched)
 account(delta)
 return {'ok'}
@@ -296,7 +348,7 @@ while i <= #ARGV do
   if id then
     local entry = entries[id]
     if entry == nil then
-      entry = {split(redis.call('HGET', K.entities, id)), split(redis.call('HGET', K.folds, id)), false}
+      entry = {split(redis.call('HGET', K.entities, id)), split(get_fold(id)), false}
       entries[id] = entry
     end
     local doomed = {}
@@ -320,10 +372,11 @@ end
 for id, entry in pairs(entries) do
   if entry[3] then
     redis.call('HSET', K.entities, id, table.concat(entry[1], SEP))
-    redis.call('HSET', K.folds, id, table.concat(entry[2], SEP))
+    set_fold(id, table.concat(entry[2], SEP))
     touched[chunk_of('e', id)] = true
   end
 end
+save_folds()
 stale(touched)
 account(delta)
 return {'ok'}
@@ -352,42 +405,50 @@ redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.end
 return count
 """
 
-# The entities with these ids (or, for search, those whose folded record contains ARGV[1]) and
-# the relations touching them: {{id, record, ...}, {relation id, record, ...}}.
+# The entities with these ids and the relations touching them, each kind in id order as one string:
+# the records joined by END (FE), so that Python reads two strings, not thousands of replies.
 _SUBGRAPH_LUA = """
+local END = '\\254'
+
 local function subgraph(ids)
-  local entities, relations, seen = {}, {}, {}
+  table.sort(ids)
+  local entities, relation_ids, seen = {}, {}, {}
   for _, id in ipairs(ids) do
     local record = redis.call('HGET', K.entities, id)
-    entities[#entities + 1] = id
     entities[#entities + 1] = record
     local name = string.sub(record, 1, string.find(record, SEP, 1, true) - 1)
     for _, relation in ipairs(relations_of(name)) do
-      if not seen[relation] then
-        seen[relation] = true
-        relations[#relations + 1] = relation
-        relations[#relations + 1] = redis.call('HGET', K.relations, relation)
+      local number = tonumber(relation)
+      if not seen[number] then
+        seen[number] = true
+        relation_ids[#relation_ids + 1] = number
       end
     end
   end
-  return {entities, relations}
+  table.sort(relation_ids)
+  local relations = {}
+  for _, id in ipairs(relation_ids) do relations[#relations + 1] = redis.call('HGET', K.relations, id) end
+  return {table.concat(entities, END), table.concat(relations, END)}
 end
 """
 
 _SEARCH = """
-local query, hits, seen, cursor = ARGV[1], {}, {}, '0'
-repeat
-  local page = redis.call('HSCAN', K.folds, cursor, 'COUNT', 1000)
-  cursor = page[1]
-  local items = page[2]
-  for i = 1, #items, 2 do
-    -- HSCAN may return an item twice (the hash being resized): keep each id once.
-    if not seen[items[i]] and string.find(items[i + 1], query, 1, true) then
-      seen[items[i]] = true
-      hits[#hits + 1] = items[i]
-    end
+local query, hits = ARGV[1], {}
+local chunks = redis.call('HVALS', K.folds)
+for _, blob in ipairs(chunks) do
+  -- A match lies inside one folded record; the next tag after it names that record's entity,
+  -- and the search goes on after the tag (one hit per entity is enough).
+  local position = 1
+  while true do
+    local found = string.find(blob, query, position, true)
+    if found == nil then break end
+    local mark = string.find(blob, TAG, found, true)
+    if mark == nil then break end
+    local stop = string.find(blob, TAG_END, mark, true)
+    hits[#hits + 1] = untag(string.sub(blob, mark + 1, stop - 1))
+    position = stop + 1
   end
-until cursor == '0'
+end
 return subgraph(hits)
 """
 
@@ -396,7 +457,7 @@ _OPEN_NODES = """
 local ids = {}
 for _, name in ipairs(ARGV) do
   local id = redis.call('HGET', K.names, name)
-  if id then ids[#ids + 1] = id end
+  if id then ids[#ids + 1] = tonumber(id) end
 end
 return subgraph(ids)
 """
@@ -519,12 +580,12 @@ class RedisGraph(RedisBase):
 
     async def search_nodes(self, owner: str, query: str) -> GraphJSON:
         reply = await self._graph_scripts.search(keys=self.graph_keys(owner).all, args=[query.lower().encode()])
-        return _subgraph(reply)
+        return await _subgraph(reply)
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
         reply = await self._graph_scripts.open_nodes(keys=self.graph_keys(owner).all,
                                                      args=[name.encode() for name in _unique(names)])
-        return _subgraph(reply)
+        return await _subgraph(reply)
 
 
 def _limits(quota: Quota | None) -> tuple[int, int, int]:
@@ -545,17 +606,14 @@ def _folded(texts: Iterable[str]) -> bytes:
     return SEP.join(text.lower().encode() for text in texts)
 
 
-def _subgraph(reply: list[list[bytes]]) -> GraphJSON:
-    """The JSON of a search or open_nodes script's reply (entities and relations by id)."""
-    entity_items, relation_items = reply
-    entities = sorted(zip(entity_items[::2], entity_items[1::2], strict=True), key=lambda item: int(item[0]))
-    relations = sorted(zip(relation_items[::2], relation_items[1::2], strict=True), key=lambda item: int(item[0]))
-    entity_json_items = []
-    for _, record in entities:
-        name, entity_type, *observations = (text.decode() for text in record.split(SEP))
-        entity_json_items.append(entity_json(name, entity_type, observations))
-    relation_json_items = [relation_json(*(text.decode() for text in record.split(SEP))) for _, record in relations]
-    return GraphJSON.of([piece(entity_json_items)], [piece(relation_json_items)])
+async def _subgraph(reply: list[bytes]) -> GraphJSON:
+    """The JSON of a search or open_nodes script's reply: entity records, then relation records,
+    each kind in id order as one string (see `_SUBGRAPH_LUA`). A large answer is built in steps
+    with the loop free between them (docs/performance.md has what one step costs)."""
+    entity_records, relation_records = reply
+    entities = entity_pieces(records(entity_records))
+    await asyncio.sleep(0)
+    return GraphJSON.of([entities], [relation_pieces(records(relation_records))])
 
 
 __all__ = ["CHUNK_SIZE", "OwnerKeys", "RedisGraph"]

@@ -42,11 +42,13 @@ from typing import Any, Final
 import orjson
 from redis import exceptions as redis_errors
 
-from server.memory.graph import GraphJSON, Piece, entity_json, piece, relation_json
+from server.memory.graph import GraphJSON, Piece
 from server.storage.redis.base import RedisBase, unavailable
 
 SEP: Final = b"\xff"
 """Between the texts of a record: a byte that valid UTF-8 never contains (graph.py)."""
+END: Final = b"\xfe"
+"""Between records where several travel as one string."""
 CHUNK_SIZE: Final = 128
 VIEW_CACHE_BYTES: Final = 64 * 1024 * 1024
 """How much of the view one process keeps in memory: a 10,000-entity graph is about 9 MB."""
@@ -54,6 +56,39 @@ VIEW_CACHE_BYTES: Final = 64 * 1024 * 1024
 PRELUDE: Final = r"""
 local SEP = '\255'
 local CHUNK = 128
+
+-- A chunk's folded records are one string: each folded record followed by its entity's id, as
+-- TAG, the id in base 8 with digits written as the bytes F5..FC, and TAG_END. None of these bytes
+-- occurs in UTF-8, so a query can match only inside one folded text.
+local TAG, TAG_END = '\254', '\253'
+
+local function tag(id)
+  local n, digits = tonumber(id), {}
+  repeat
+    digits[#digits + 1] = string.char(245 + n % 8)
+    n = math.floor(n / 8)
+  until n == 0
+  return string.reverse(table.concat(digits))
+end
+
+local function untag(bytes)
+  local n = 0
+  for i = 1, #bytes do n = n * 8 + string.byte(bytes, i) - 245 end
+  return n
+end
+
+-- Iterate a chunk's folded records: id, folded record.
+local function each_fold(blob)
+  local position = 1
+  return function()
+    if position > #blob then return nil end
+    local mark = string.find(blob, TAG, position, true)
+    local stop = string.find(blob, TAG_END, mark, true)
+    local fold = string.sub(blob, position, mark - 1)
+    position = stop + 1
+    return untag(string.sub(blob, mark + 1, stop - 1)), fold
+  end
+end
 
 -- The texts of a record (SEP never occurs inside one).
 local function split(record)
@@ -242,16 +277,35 @@ def _escaped(data: bytes) -> bytes:
 
 def _build(chunk: ChunkKey, rows: list[bytes | None]) -> Piece:
     """A chunk's piece from its rows (in id order; None where no row); empty when it has none."""
-    items: list[bytes] = []
-    for row in rows:
-        if row is None:
-            continue
-        texts = [text.decode() for text in row.split(SEP)]
-        if chunk[:1] == b"e":
-            items.append(entity_json(texts[0], texts[1], texts[2:]))
-        else:
-            items.append(relation_json(*texts))
-    return piece(items) if items else (b"", b"")
+    texts = records(END.join(row for row in rows if row is not None))
+    return entity_pieces(texts) if chunk[:1] == b"e" else relation_pieces(texts)
+
+
+def records(joined: bytes) -> list[list[str]]:
+    """The texts of records joined by END (graph.py's `_SUBGRAPH_LUA`, `_build`). One decoding for
+    them all: FE and FF are not UTF-8, and "surrogateescape" turns them into U+DCFE and U+DCFF,
+    which no decoded text contains, so the splits that follow find exactly the separators."""
+    if not joined:
+        return []
+    return [record.split("\udcff") for record in joined.decode("utf-8", "surrogateescape").split("\udcfe")]
+
+
+def entity_pieces(texts: list[list[str]]) -> Piece:
+    """The piece of these entities (name, type, observations...): the items `entity_json` makes,
+    dumped by orjson as one list, since a list's items are written exactly as each alone."""
+    return _piece([{"name": t[0], "entityType": t[1], "observations": t[2:]} for t in texts])
+
+
+def relation_pieces(texts: list[list[str]]) -> Piece:
+    """As `entity_pieces`, for relations (from, to, type), the items of `relation_json`."""
+    return _piece([{"from": t[0], "to": t[1], "relationType": t[2]} for t in texts])
+
+
+def _piece(items: list[dict[str, Any]]) -> Piece:
+    if not items:
+        return b"", b""
+    run = b"," + orjson.dumps(items)[1:-1]
+    return run, _escaped(run)
 
 
 def _graph(chunks: dict[ChunkKey, _Held]) -> GraphJSON:
