@@ -7,7 +7,8 @@ part is the owner, so that no owner's keys can be named through another's:
                                     entities, observations, bytes (`Usage`), next_entity, next_relation
     graph:names:<owner>      hash   entity name -> entity id
     graph:entities:<owner>   hash   entity id -> record: name FF type FF observation FF observation ...
-    graph:folds:<owner>      hash   entity id -> the same record with every text folded (str.lower)
+    graph:folds:<owner>      hash   chunk (id // 128) -> its entities' records with every text folded
+                                    (str.lower), each followed by its id as a tag (graph_view.PRELUDE)
     graph:relations:<owner>  hash   relation id -> record: from FF to FF relationType
     graph:triples:<owner>    hash   relation record -> relation id
     graph:ends:<owner>       zset   "<endpoint name> FF <relation id>", all scored 0 (a lex index)
@@ -31,11 +32,17 @@ Why it looks like this
   mutation is all-or-nothing and atomic against every other client, in this process or another;
   the quota and the closed state are checked in the same step as the write.
 * Search is a case-insensitive substring match with Python's `str.lower` (all of Unicode, as the
-  official server's `toLowerCase`); Lua cannot fold Unicode, so the folded record is written
-  beside each entity by this module. A query never contains FF either, so a match can never span
-  two texts of a record; one `string.find` per entity. The search script walks the owner's folds
-  with HSCAN (a 10,000-entity graph in a few milliseconds: docs/performance.md) and returns the
-  hits' records and the relations touching them; Python folds the query the same way.
+  official server's `toLowerCase`); Lua cannot fold Unicode, so Python folds every text it writes
+  and the query, and the scripts store the folded records beside the records. They are kept per
+  chunk of 128 entities as one string, each folded record followed by a tag that holds its id in
+  bytes that UTF-8 never uses: a query (valid UTF-8, so without FF or any tag byte) can match only
+  inside one text, and the search is one `string.find` pass per chunk. Redis copies every value a
+  script reads into Lua, and 80 strings cost a third of 10,000 (a 10,000-entity graph: 5-7 ms
+  of Redis time per search, docs/performance.md); the scripts rewrite the chunks they touch.
+* search_nodes and open_nodes answer, in one script, the hits' records and the relations touching
+  them, each kind sorted by id and joined into one string: redis-py parses two strings instead of
+  tens of thousands of replies on the event loop, and Python builds each kind's JSON with one
+  orjson call (graph_view.py, `entity_pieces`).
 * `graph:ends` is the index of relations by endpoint name, the way "relations from or to these
   names" is found (delete_entities, search, open_nodes): every relation has one member per
   endpoint, and the members of one name are the lexical range [name FF, name FF FF], since no
@@ -51,7 +58,7 @@ Why it looks like this
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
 
@@ -66,6 +73,7 @@ from server.memory.graph import (
     GraphJSON,
     ObservationAddition,
     ObservationDeletion,
+    Piece,
     Quota,
     QuotaExceededError,
     Relation,
@@ -74,13 +82,14 @@ from server.memory.graph import (
 from server.storage.redis.base import RedisBase, guard_all
 from server.storage.redis.graph_view import (
     CHUNK_SIZE,
+    END,
     PRELUDE,
     SEP,
     OwnerKeys,
     RedisGraphView,
     entity_pieces,
-    records,
     relation_pieces,
+    texts_of,
 )
 
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
@@ -405,37 +414,76 @@ redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.end
 return count
 """
 
-# The entities with these ids and the relations touching them, each kind in id order as one string:
-# the records joined by END (FE), so that Python reads two strings, not thousands of replies.
+# search_nodes and open_nodes answer two strings, each kind's records joined by END (FE), so that
+# Python reads two replies, not tens of thousands.
 _SUBGRAPH_LUA = """
 local END = '\\254'
 
-local function subgraph(ids)
-  table.sort(ids)
-  local entities, relation_ids, seen = {}, {}, {}
-  for _, id in ipairs(ids) do
-    local record = redis.call('HGET', K.entities, id)
-    entities[#entities + 1] = record
-    local name = string.sub(record, 1, string.find(record, SEP, 1, true) - 1)
-    for _, relation in ipairs(relations_of(name)) do
-      local number = tonumber(relation)
-      if not seen[number] then
-        seen[number] = true
-        relation_ids[#relation_ids + 1] = number
+-- The records of these entity ids (sorted), fetched a chunk's worth per command.
+local function records_of(ids)
+  local out, batch = {}, {}
+  for i, id in ipairs(ids) do
+    batch[#batch + 1] = id
+    if #batch == CHUNK or i == #ids then
+      for _, record in ipairs(redis.call('HMGET', K.entities, unpack(batch))) do out[#out + 1] = record end
+      batch = {}
+    end
+  end
+  return out
+end
+
+-- The ids and records of the relations from or to any of these names (a set), in id order. Few
+-- names: the endpoint index, one range per name; many: one pass over all the relations, cheaper
+-- than thousands of commands.
+local function relations_touching(names, count)
+  local ids, records = {}, {}
+  if count * 8 > redis.call('HLEN', K.relations) then
+    local all = redis.call('HGETALL', K.relations)
+    for i = 1, #all, 2 do
+      local record = all[i + 1]
+      local first = string.find(record, SEP, 1, true)
+      local second = string.find(record, SEP, first + 1, true)
+      if names[string.sub(record, 1, first - 1)] or names[string.sub(record, first + 1, second - 1)] then
+        local id = tonumber(all[i])
+        ids[#ids + 1] = id
+        records[id] = record
+      end
+    end
+  else
+    for name in pairs(names) do
+      for _, relation in ipairs(relations_of(name)) do
+        local id = tonumber(relation)
+        if records[id] == nil then
+          ids[#ids + 1] = id
+          records[id] = true
+        end
       end
     end
   end
-  table.sort(relation_ids)
-  local relations = {}
-  for _, id in ipairs(relation_ids) do relations[#relations + 1] = redis.call('HGET', K.relations, id) end
-  return {table.concat(entities, END), table.concat(relations, END)}
+  table.sort(ids)
+  local out = {}
+  for _, id in ipairs(ids) do
+    local record = records[id]
+    if record == true then record = redis.call('HGET', K.relations, id) end
+    out[#out + 1] = record
+  end
+  return out
+end
+
+-- The entities with these ids and the relations touching them, each kind in id order as one
+-- string of records joined by END.
+local function subgraph(ids)
+  table.sort(ids)
+  local entities = records_of(ids)
+  local names = {}
+  for _, record in ipairs(entities) do names[string.sub(record, 1, string.find(record, SEP, 1, true) - 1)] = true end
+  return {table.concat(entities, END), table.concat(relations_touching(names, #entities), END)}
 end
 """
 
 _SEARCH = """
 local query, hits = ARGV[1], {}
-local chunks = redis.call('HVALS', K.folds)
-for _, blob in ipairs(chunks) do
+for _, blob in ipairs(redis.call('HVALS', K.folds)) do
   -- A match lies inside one folded record; the next tag after it names that record's entity,
   -- and the search goes on after the tag (one hit per entity is enough).
   local position = 1
@@ -468,6 +516,8 @@ def _script_source(body: str, *parts: str) -> str:
 
 
 _NO_LIMIT: Final = (0, 0, 0)
+SLICE: Final = 1000
+"""Records turned into JSON between two yields to the event loop (`_pieces`)."""
 
 
 class _Scripts:
@@ -608,12 +658,24 @@ def _folded(texts: Iterable[str]) -> bytes:
 
 async def _subgraph(reply: list[bytes]) -> GraphJSON:
     """The JSON of a search or open_nodes script's reply: entity records, then relation records,
-    each kind in id order as one string (see `_SUBGRAPH_LUA`). A large answer is built in steps
-    with the loop free between them (docs/performance.md has what one step costs)."""
-    entity_records, relation_records = reply
-    entities = entity_pieces(records(entity_records))
-    await asyncio.sleep(0)
-    return GraphJSON.of([entities], [relation_pieces(records(relation_records))])
+    each kind in id order, joined by END (see `_SUBGRAPH_LUA`)."""
+    entities, relations = reply
+    return GraphJSON.of(await _pieces(entities, entity_pieces), await _pieces(relations, relation_pieces))
+
+
+async def _pieces(joined: bytes, build: Callable[[list[list[str]]], Piece]) -> list[Piece]:
+    """The pieces of joined records, `SLICE` records each, the event loop free between two: a
+    search that hits 10,000 entities is ~40 ms of Python (decoding, the JSON, its escaped text),
+    which would otherwise hold every other request of the process that long."""
+    if not joined:
+        return []
+    records = joined.split(END)
+    pieces = []
+    for start in range(0, len(records), SLICE):
+        if start:
+            await asyncio.sleep(0)
+        pieces.append(build([texts_of(record) for record in records[start:start + SLICE]]))
+    return pieces
 
 
 __all__ = ["CHUNK_SIZE", "OwnerKeys", "RedisGraph"]

@@ -277,17 +277,12 @@ def _escaped(data: bytes) -> bytes:
 
 def _build(chunk: ChunkKey, rows: list[bytes | None]) -> Piece:
     """A chunk's piece from its rows (in id order; None where no row); empty when it has none."""
-    texts = records(END.join(row for row in rows if row is not None))
+    texts = [texts_of(row) for row in rows if row is not None]
     return entity_pieces(texts) if chunk[:1] == b"e" else relation_pieces(texts)
 
 
-def records(joined: bytes) -> list[list[str]]:
-    """The texts of records joined by END (graph.py's `_SUBGRAPH_LUA`, `_build`). One decoding for
-    them all: FE and FF are not UTF-8, and "surrogateescape" turns them into U+DCFE and U+DCFF,
-    which no decoded text contains, so the splits that follow find exactly the separators."""
-    if not joined:
-        return []
-    return [record.split("\udcff") for record in joined.decode("utf-8", "surrogateescape").split("\udcfe")]
+def texts_of(record: bytes) -> list[str]:
+    return [text.decode() for text in record.split(SEP)]
 
 
 def entity_pieces(texts: list[list[str]]) -> Piece:
