@@ -8,15 +8,17 @@ users (the indexes must keep each owner's scans to their own rows). `--backend r
 private redis-server on a free loopback port (tests/redis_server.py) unless `--redis-url` names
 one; the database it is given is emptied first.
 
-Besides the time of each call, "stall" is the longest the event loop went without running other
-tasks during the calls (a ticker's worst lateness): what a large reply's parsing costs the other
-requests of the process.
+Besides the time of each call, "stall" is the most CPU time the event loop's thread spent between
+two turns of a ticker task that sleeps 1 ms at a time: the longest stretch of work on the loop
+(a large reply's parsing, say) that the other requests of the process had to wait for. CPU time,
+not wall time, so that it measures the code and not the other processes of a busy machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import random
 import statistics
 import sys
@@ -62,16 +64,16 @@ def build_entities(rng: random.Random, n_entities: int, n_observations: int) -> 
 
 
 class Stalls:
-    """The event loop's worst lateness while `timed` runs: a ticker that sleeps 1 ms at a time."""
+    """The longest stretch of CPU time on the loop while `timed` runs (see the module)."""
 
     def __init__(self) -> None:
         self.worst = 0.0
 
     async def tick(self) -> None:
         while True:
-            start = time.perf_counter()
+            start = time.thread_time()
             await asyncio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - start - 0.001)
+            self.worst = max(self.worst, time.thread_time() - start)
 
 
 async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[list[float], float]:
@@ -160,6 +162,13 @@ async def bench(args: argparse.Namespace, store: GraphStore, size: Callable[[], 
         f"{args.backend}: loaded {args.owners} owner(s) x {args.entities} entities / {args.observations} "
         f"observations / {args.relations} relations in {load:.2f} s; {await size()}"
     )
+
+    # As the server does once started (server/limits.py): what lives for good leaves the
+    # collector's sight, so that a full collection does not count as a stall of the call it hits.
+    del entities
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 10, 10)
 
     owner = owners[0]
     for query in ("entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person", "qx"):

@@ -144,8 +144,8 @@ local function separators(record)
 end
 
 -- The folded records, kept per chunk of 128 entities as one string (see the module): loaded on
--- first use by a script, changed in place, written back by save_folds().
-local FOLDS = {}
+-- first use by a script, changed in place, the changed chunks written back by save_folds().
+local FOLDS, CHANGED = {}, {}
 
 local function folds_of(chunk)
   local folds = FOLDS[chunk]
@@ -165,12 +165,14 @@ local function get_fold(id)
 end
 
 local function set_fold(id, fold)
-  folds_of(math.floor(tonumber(id) / CHUNK))[tonumber(id)] = fold
+  local chunk = math.floor(tonumber(id) / CHUNK)
+  folds_of(chunk)[tonumber(id)] = fold
+  CHANGED[chunk] = true
 end
 
 local function save_folds()
-  for chunk, folds in pairs(FOLDS) do
-    local ids, parts = {}, {}
+  for chunk in pairs(CHANGED) do
+    local folds, ids, parts = FOLDS[chunk], {}, {}
     for id in pairs(folds) do ids[#ids + 1] = id end
     table.sort(ids)
     for _, id in ipairs(ids) do
