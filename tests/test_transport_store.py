@@ -131,7 +131,7 @@ async def test_an_event_id_means_nothing_outside_its_session(store: TransportSto
     assert await store.events_after("s2", mine) is None
     await store.append_event("s2", "u2", "0", None, WIDE)
     assert await store.events_after("s2", mine) is None
-    for unknown in ("999999", "", "abc", "-1", "1.0", " 1", mine + "x"):
+    for unknown in ("999999", "", "abc", "-1", "1.0", " 1", mine + "x", "²", "\u0663"):
         assert await store.events_after("s1", unknown) is None, unknown
 
 
