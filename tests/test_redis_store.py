@@ -105,6 +105,27 @@ async def test_a_stopped_redis_is_storage_unavailable_and_service_resumes(redis_
         await store.close()
 
 
+async def test_a_view_copy_is_not_fooled_by_redis_losing_its_data(redis_server: RedisServer, redis_url: str
+                                                                    ) -> None:
+    """A server holds a warm copy of an owner's view; Redis restarts empty (or from an older
+    snapshot) and the same steps are taken again with other contents: the server must serve the
+    new contents, not its copy (which a generation counter, counting again, would match)."""
+    store = RedisStorage(redis_url)
+    try:
+        await store.create_entities(OWNER, [ent("before", "t", "one")])
+        assert (await store.read_graph(OWNER)).model().entities == [ent("before", "t", "one")]
+        redis_server.stop()
+        redis_server.start()
+        with pytest.raises(StorageUnavailable):  # the pooled connection died with the server
+            await store.ping()
+        await store.create_entities(OWNER, [ent("after", "t", "two")])
+        assert (await store.read_graph(OWNER)).model().entities == [ent("after", "t", "two")]
+    finally:
+        if redis_server.process is None:
+            redis_server.start()
+        await store.close()
+
+
 async def test_concurrent_writers_keep_counters_and_view_exact(stores: tuple[RedisStorage, RedisStorage]) -> None:
     """Hundreds of mutations and reads of one owner at once, through two connections; afterwards the
     usage counters equal the rows, every derived key agrees with them, and both views equal them."""

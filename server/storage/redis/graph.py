@@ -14,7 +14,6 @@ part is the owner, so that no owner's keys can be named through another's:
     graph:ends:<owner>       zset   "<endpoint name> FF <relation id>", all scored 0 (a lex index)
     graph:chunks:<owner>     hash   chunk -> generation, or "-<stamp>" when stale: graph_view.py
     graph:view:<owner>       hash   chunk -> its JSON: graph_view.py
-    graph:generation         string the last generation or stamp handed out, for every owner
 
 Why it looks like this
 ----------------------
@@ -88,6 +87,7 @@ from server.storage.redis.graph_view import (
     OwnerKeys,
     RedisGraphView,
     entity_pieces,
+    new_stamp,
     relation_pieces,
     texts_of,
 )
@@ -95,7 +95,7 @@ from server.storage.redis.graph_view import (
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
 _KEYS_LUA = """
 local K = {owner = KEYS[1], names = KEYS[2], entities = KEYS[3], folds = KEYS[4], triples = KEYS[5],
-           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], generation = KEYS[10]}
+           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9]}
 local MEASURES = {'entities', 'observations', 'bytes'}
 
 local function closed()
@@ -111,7 +111,7 @@ end
 local function refused(delta)
   local before = usage()
   for i = 1, 3 do
-    local limit, old = tonumber(ARGV[i]), before[i]
+    local limit, old = tonumber(ARGV[i + 1]), before[i]
     local new = old + delta[i]
     if limit > 0 and new > old and new > limit then
       return {'quota', MEASURES[i], old, new, limit}
@@ -126,10 +126,11 @@ local function account(delta)
   end
 end
 
--- Mark the view's chunks of the touched rows stale, each with a stamp no chunk ever had.
+-- Mark the view's chunks of the touched rows stale with this call's stamp (ARGV[1]: random, new
+-- for every call; graph_view.py says why).
 local function stale(touched)
   if next(touched) == nil then return end
-  local marker = '-' .. redis.call('INCR', K.generation)
+  local marker = '-' .. ARGV[1]
   for field in pairs(touched) do redis.call('HSET', K.chunks, field, marker) end
 end
 
@@ -208,12 +209,13 @@ local function relations_of(name)
 end
 """
 
-# ARGV: the quota's three limits, then per entity (names already unique): name, record, folded
-# record, number of observations. Returns {'ok', index of each created entity (from 0)...}.
+# Every mutation's ARGV starts with its stamp (`stale`). Then here: the quota's three limits, then
+# per entity (names already unique): name, record, folded record, number of observations.
+# Returns {'ok', index of each created entity (from 0)...}.
 _CREATE_ENTITIES = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 4, #ARGV, 4 do
+for i = 5, #ARGV, 4 do
   if redis.call('HEXISTS', K.names, ARGV[i]) == 0 then
     local observations = tonumber(ARGV[i + 3])
     new[#new + 1] = i
@@ -231,7 +233,7 @@ for _, i in ipairs(new) do
   redis.call('HSET', K.entities, id, ARGV[i + 1])
   set_fold(id, ARGV[i + 2])
   touched[chunk_of('e', id)] = true
-  created[#created + 1] = (i - 4) / 4
+  created[#created + 1] = (i - 5) / 4
 end
 save_folds()
 stale(touched)
@@ -239,11 +241,11 @@ account(delta)
 return created
 """
 
-# ARGV: the quota's limits, then per relation (unique): record, from, to. Returns as above.
+# ARGV: the stamp, the quota's limits, then per relation (unique): record, from, to. Returns as above.
 _CREATE_RELATIONS = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 4, #ARGV, 3 do
+for i = 5, #ARGV, 3 do
   if redis.call('HEXISTS', K.triples, ARGV[i]) == 0 then
     new[#new + 1] = i
     delta[3] = delta[3] + #ARGV[i] - 2
@@ -258,20 +260,20 @@ for _, i in ipairs(new) do
   redis.call('HSET', K.triples, ARGV[i], id)
   redis.call('ZADD', K.ends, 0, ARGV[i + 1] .. SEP .. id, 0, ARGV[i + 2] .. SEP .. id)
   touched[chunk_of('r', id)] = true
-  created[#created + 1] = (i - 4) / 3
+  created[#created + 1] = (i - 5) / 3
 end
 stale(touched)
 account(delta)
 return created
 """
 
-# ARGV: the quota's limits, then per addition: entity name, k, then k pairs (content, folded
+# ARGV: the stamp, the quota's limits, then per addition: entity name, k, then k pairs (content, folded
 # content), contents unique within the addition. Returns {'missing', name...} (every unknown
 # name, once, in order) or {'ok', {indexes of the contents added}...} (one list per addition).
 _ADD_OBSERVATIONS = """
 if closed() then return {'closed'} end
 local ids, additions, missing, reported = {}, {}, {'missing'}, {}
-local i = 4
+local i = 5
 while i <= #ARGV do
   local name, k = ARGV[i], tonumber(ARGV[i + 1])
   if ids[name] == nil then ids[name] = redis.call('HGET', K.names, name) end
@@ -323,11 +325,13 @@ account(delta)
 return result
 """
 
-# ARGV: entity names (unique). Relations are deleted by name, whether the entity exists or not.
+# ARGV: the stamp, entity names (unique). Relations are deleted by name, whether the entity exists
+# or not.
 _DELETE_ENTITIES = """
 if closed() then return {'closed'} end
 local touched, delta = {}, {0, 0, 0}
-for _, name in ipairs(ARGV) do
+for i = 2, #ARGV do
+  local name = ARGV[i]
   for _, id in ipairs(relations_of(name)) do drop_relation(id, touched, delta) end
   local id = redis.call('HGET', K.names, name)
   if id then
@@ -348,11 +352,11 @@ account(delta)
 return {'ok'}
 """
 
-# ARGV: per deletion: entity name, k, then k contents.
+# ARGV: the stamp, then per deletion: entity name, k, then k contents.
 _DELETE_OBSERVATIONS = """
 if closed() then return {'closed'} end
 local entries, touched, delta = {}, {}, {0, 0, 0}
-local i = 1
+local i = 2
 while i <= #ARGV do
   local name, k = ARGV[i], tonumber(ARGV[i + 1])
   local id = redis.call('HGET', K.names, name)
@@ -393,11 +397,12 @@ account(delta)
 return {'ok'}
 """
 
-# ARGV: relation records.
+# ARGV: the stamp, relation records.
 _DELETE_RELATIONS = """
 if closed() then return {'closed'} end
 local touched, delta = {}, {0, 0, 0}
-for _, triple in ipairs(ARGV) do
+for i = 2, #ARGV do
+  local triple = ARGV[i]
   local id = redis.call('HGET', K.triples, triple)
   if id then drop_relation(id, touched, delta) end
 end
@@ -613,7 +618,7 @@ class RedisGraph(RedisBase):
 
     async def _run(self, script: AsyncScript, owner: str, args: Sequence[bytes | int]) -> list[Any]:
         """Run a mutation; its refusals (closed graph, quota) as the errors the contract names."""
-        reply: list[Any] = await script(keys=self.graph_keys(owner).all, args=args)
+        reply: list[Any] = await script(keys=self.graph_keys(owner).all, args=[new_stamp(), *args])
         if reply[0] == b"closed":
             raise GraphClosedError()
         if reply[0] == b"quota":

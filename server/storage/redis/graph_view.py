@@ -3,7 +3,6 @@
 
     graph:chunks:<owner>   hash  "e<n>" / "r<n>" -> generation, or "-<stamp>" while stale
     graph:view:<owner>     hash  "e<n>" / "r<n>" -> the chunk's items as JSON, comma-led (`Piece`)
-    graph:generation       string  the last generation or stamp handed out (every owner)
 
 An owner's entities are cut into chunks by id (`id // 128`: chunk "e<n>"), relations likewise
 ("r<n>"), and each chunk's JSON is kept exactly as the tool returns it, so that a whole graph is
@@ -11,17 +10,20 @@ served by joining pieces, never by building 10,000 entities' JSON on each call.
 
 Rules that keep it exact (graph.py's scripts and the two scripts here):
 
-* every mutation marks the chunks of the rows it touched stale with a stamp taken from
-  `graph:generation`, in the same script as the change. The stamp is new each time, so a chunk
-  that changed again while a reader was rebuilding it does not carry the stamp that reader saw;
+* every mutation marks the chunks of the rows it touched stale with its stamp, in the same script
+  as the change. The stamp is new each time, so a chunk that changed again while a reader was
+  rebuilding it does not carry the stamp that reader saw;
 * `_READ` is one script, so one state of the owner's keys: the listing, the JSON of every fresh
   chunk this process does not hold at that generation, and the rows of every stale chunk. The
   reply is a consistent graph whatever happens after it;
 * `_STORE` stores a rebuilt chunk only if its stamp is still the one `_READ` returned (compare and
-  set, in one script), under a new generation from `graph:generation`; a chunk found empty is
-  deleted instead. Generations come from one counter shared by every owner and every process, so
-  a (owner, chunk, generation) never names two different contents, even for a chunk deleted and
-  created again;
+  set, in one script), under a new generation; a chunk found empty is deleted instead;
+* stamps and generations are 64 random bits drawn by the process that writes (`new_stamp`), not a
+  counter: a (owner, chunk, generation) never names two different contents, even for a chunk
+  deleted and created again, and even after Redis lost writes (restarted without them, or
+  restored from an older snapshot while servers ran), where a counter would hand out again
+  numbers that some process's copy holds for other contents. Lua cannot draw them: Redis seeds
+  its random generator the same way for every script;
 * `delete_graph` UNLINKs both keys with the graph, so no chunk outlives it, and a rebuild racing
   the removal finds no stamp to match.
 
@@ -36,6 +38,7 @@ most `VIEW_CACHE_BYTES`, least recently read owners dropped first, as on SQLite.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
@@ -136,11 +139,11 @@ end
 return out
 """
 
-# KEYS: chunks, view, generation. ARGV: triples (chunk, stamp, json; "" for an empty chunk).
-# Returns per chunk its new generation, 0 if deleted, -1 if it changed meanwhile (not stored).
+# KEYS: chunks, view. ARGV: the new generation, then triples (chunk, stamp, json; "" for an empty
+# chunk). Returns per chunk 1 if stored, 0 if deleted, -1 if it changed meanwhile (not stored).
 _STORE = """
-local generation, out = nil, {}
-for i = 1, #ARGV, 3 do
+local generation, out = ARGV[1], {}
+for i = 2, #ARGV, 3 do
   local chunk, stamp, json = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('HGET', KEYS[1], chunk) ~= stamp then
     out[#out + 1] = -1
@@ -149,10 +152,9 @@ for i = 1, #ARGV, 3 do
     redis.call('HDEL', KEYS[2], chunk)
     out[#out + 1] = 0
   else
-    if generation == nil then generation = redis.call('INCR', KEYS[3]) end
     redis.call('HSET', KEYS[1], chunk, generation)
     redis.call('HSET', KEYS[2], chunk, json)
-    out[#out + 1] = generation
+    out[#out + 1] = 1
   end
 end
 return out
@@ -171,7 +173,6 @@ class OwnerKeys:
     ends: str
     chunks: str
     view: str
-    generation: str
 
     @classmethod
     def of(cls, base: RedisBase, owner: str) -> OwnerKeys:
@@ -180,16 +181,21 @@ class OwnerKeys:
 
         return cls(owner=key("owner"), names=key("names"), entities=key("entities"), folds=key("folds"),
                    triples=key("triples"), relations=key("relations"), ends=key("ends"), chunks=key("chunks"),
-                   view=key("view"), generation=base.key("graph", "generation"))
+                   view=key("view"))
 
     @property
     def all(self) -> list[str]:
         return [self.owner, self.names, self.entities, self.folds, self.triples, self.relations, self.ends,
-                self.chunks, self.view, self.generation]
+                self.chunks, self.view]
 
 
 _WORK_PER_TURN: Final = 8
 """Chunks fetched (1 each) or rebuilt (4 each) between two turns of the event loop."""
+
+def new_stamp() -> str:
+    """A stamp or a generation: 64 random bits (see the module)."""
+    return secrets.token_hex(8)
+
 
 ChunkKey = bytes
 """b"e<n>" or b"r<n>"."""
@@ -236,25 +242,26 @@ class RedisGraphView:
                     chunks[chunk] = (b"", built)
                 work += 4
         if rebuilt:
-            await self._store_rebuilt(keys.chunks, keys.view, keys.generation, rebuilt, chunks)
+            await self._store_rebuilt(keys.chunks, keys.view, rebuilt, chunks)
         ordered = dict(sorted(chunks.items(), key=lambda item: _order(item[0])))
         self._keep(owner, ordered)
         return _graph(ordered)
 
-    async def _store_rebuilt(self, chunks_key: str, view_key: str, generation_key: str, rebuilt: list[bytes],
+    async def _store_rebuilt(self, chunks_key: str, view_key: str, rebuilt: list[bytes],
                              chunks: dict[ChunkKey, _Held]) -> None:
         """Store the chunks this read rebuilt; the copy keeps those stored under their generation.
         The read does not depend on it: a Redis that cannot take the write now still got the rows
         read, and the graph is served from them (as SQLite serves it when it cannot write)."""
+        generation = new_stamp().encode()
         try:
-            generations = await self._store(keys=[chunks_key, view_key, generation_key], args=rebuilt)
+            stored = await self._store(keys=[chunks_key, view_key], args=[generation, *rebuilt])
         except redis_errors.RedisError as exc:
             if unavailable(exc) is None:
                 raise
             return
-        for chunk, generation in zip(rebuilt[::3], generations, strict=True):
-            if generation > 0 and chunk in chunks:
-                chunks[chunk] = (str(generation).encode(), chunks[chunk][1])
+        for chunk, outcome in zip(rebuilt[::3], stored, strict=True):
+            if outcome > 0 and chunk in chunks:
+                chunks[chunk] = (generation, chunks[chunk][1])
 
     def forget(self, owner: str) -> None:
         self._keep(owner, {})
