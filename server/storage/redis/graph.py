@@ -80,7 +80,6 @@ from server.memory.graph import (
 )
 from server.storage.redis.base import RedisBase, guard_all
 from server.storage.redis.graph_view import (
-    CHUNK_SIZE,
     END,
     PRELUDE,
     SEP,
@@ -685,4 +684,4 @@ async def _pieces(joined: bytes, build: Callable[[list[list[str]]], Piece]) -> l
     return pieces
 
 
-__all__ = ["CHUNK_SIZE", "OwnerKeys", "RedisGraph"]
+__all__ = ["RedisGraph"]

@@ -53,13 +53,12 @@ SEP: Final = b"\xff"
 """Between the texts of a record: a byte that valid UTF-8 never contains (graph.py)."""
 END: Final = b"\xfe"
 """Between records where several travel as one string."""
-CHUNK_SIZE: Final = 128
 VIEW_CACHE_BYTES: Final = 64 * 1024 * 1024
 """How much of the view one process keeps in memory: a 10,000-entity graph is about 9 MB."""
 
 PRELUDE: Final = r"""
 local SEP = '\255'
-local CHUNK = 128
+local CHUNK = 128  -- ids per chunk of the view and of the folds, as SQLite's view (1 << 7)
 
 -- A chunk's folded records are one string: each folded record followed by its entity's id, as
 -- TAG, the id in base 8 with digits written as the bytes F5..FC, and TAG_END. None of these bytes
@@ -191,6 +190,7 @@ class OwnerKeys:
 
 _WORK_PER_TURN: Final = 8
 """Chunks fetched (1 each) or rebuilt (4 each) between two turns of the event loop."""
+
 
 def new_stamp() -> str:
     """A stamp or a generation: 64 random bits (see the module)."""

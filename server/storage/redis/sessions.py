@@ -268,8 +268,9 @@ class RedisSessions(RedisBase):
             pipe.delete(key)
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's stubs want str keys and values
             pipe.zadd(self.key("session", "all"), {record.session_id: record.created_at})
-            if self.session_ttl is not None and record.transport != "sse":
-                pipe.pexpireat(key, int((record.last_seen_at + self.session_ttl) * 1000))
+            expiry = self._expiry(record.last_seen_at)
+            if expiry and record.transport != "sse":
+                pipe.pexpireat(key, int(expiry))
             await pipe.execute()
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
