@@ -1,10 +1,12 @@
-"""The SQLite knowledge graph (GraphTables) against the behaviour of the official server-memory."""
+"""The knowledge graph stores against the behaviour of the official server-memory: every test that
+is not about one backend's internals runs on SQLite and on Redis (the `store` and `backend`
+fixtures), which is what proves they implement one contract."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,48 +25,52 @@ from server.memory.graph import (
     Relation,
     Usage,
 )
-from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph import GraphTables
+from tests.graph_backends import (
+    Backend,
+    RedisBackend,
+    SQLiteBackend,
+    SQLiteStore,
+    Store,
+    check_store,
+    chunk_count,
+    ent,
+    graph_from_rows,
+    open_sqlite,
+    rel,
+    rows_of,
+)
 
 ALICE = "alice-subject"
 BOB = "bob-subject"
 
 
-class Store(GraphTables):
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-
-def open_store(path: Path) -> Store:
-    db = Database(path)
-    db.apply_schema(GraphTables.SCHEMA)
-    GraphTables.migrate(db)
-    return Store(db)
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    chosen: Backend
+    if request.param == "sqlite":
+        chosen = SQLiteBackend(tmp_path / "m.sqlite3")
+    else:
+        chosen = RedisBackend(request.getfixturevalue("redis_url"))
+    yield chosen
+    await chosen.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = open_store(tmp_path / "m.sqlite3")
+async def store(backend: Backend) -> Store:
+    return await backend.open()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    """For the tests of SQLite's own machinery (its FTS indexes, its migrations, its batches)."""
+    s = open_sqlite(tmp_path / "m.sqlite3")
     yield s
     s.db.close()
 
 
-def ent(name: str, entity_type: str = "person", *observations: str) -> Entity:
-    return Entity(name=name, entityType=entity_type, observations=list(observations))
-
-
-def rel(source: str, target: str, relation_type: str = "knows") -> Relation:
-    return Relation(from_=source, to=target, relationType=relation_type)
-
-
 def names(graph: KnowledgeGraph) -> list[str]:
     return [e.name for e in graph.entities]
-
-
-def assert_search_index_intact(store: Store) -> None:
-    # For external-content FTS tables this compares the index with the rows it was built from.
-    for table in ("memory_entity_search", "memory_observation_search"):
-        store.db.conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")  # noqa: S608
 
 
 # --- create_entities ---------------------------------------------------------------------------
@@ -171,9 +177,9 @@ async def test_delete_entities_removes_their_relations_and_observations(store: S
     assert graph.entities == [ent("B", "t", "b1"), ent("C", "t", "c1")]
     assert graph.relations == [rel("B", "C"), rel("C", "C")]
     assert (await store.search_nodes(ALICE, "a1")).model().entities == []
-    count = store.db.conn.execute("SELECT count(*) FROM memory_observations").fetchone()[0]
-    assert count == 2
-    assert_search_index_intact(store)
+    if isinstance(store, SQLiteStore):
+        assert store.db.conn.execute("SELECT count(*) FROM memory_observations").fetchone()[0] == 2
+    await check_store(store)
 
 
 async def test_delete_entities_clears_relations_to_names_never_created(store: Store) -> None:
@@ -202,7 +208,7 @@ async def test_delete_observations_is_exact_and_silent(store: Store) -> None:
     graph = (await store.read_graph(ALICE)).model()
     assert graph.entities == [ent("A", "t", "two", "three"), ent("B", "t", "one")]
     assert names((await store.search_nodes(ALICE, "one")).model()) == ["B"]
-    assert_search_index_intact(store)
+    await check_store(store)
 
 
 async def test_delete_relations_matches_the_exact_triple(store: Store) -> None:
@@ -365,25 +371,21 @@ async def test_owners_are_isolated(store: Store) -> None:
     )
     assert (await store.read_graph(BOB)).model() == KnowledgeGraph(entities=[], relations=[])
     assert names((await store.search_nodes(ALICE, "secret")).model()) == ["Shared"]
-    assert_search_index_intact(store)
+    await check_store(store)
 
 
-async def test_graph_survives_closing_and_reopening_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "m.sqlite3"
-    first = open_store(path)
+async def test_graph_survives_closing_and_reopening_the_store(backend: Backend) -> None:
+    first = await backend.open()
     await first.create_entities(ALICE, [ent("A", "t", "fact one"), ent("B", "t")])
     await first.create_relations(ALICE, [rel("A", "B")])
     await first.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["fact two"])])
     before = (await first.read_graph(ALICE)).model()
-    first.db.close()
+    await backend.close_store(first)
 
-    second = open_store(path)  # applying the schema again must keep the data
-    try:
-        assert (await second.read_graph(ALICE)).model() == before
-        assert names((await second.search_nodes(ALICE, "FACT TWO")).model()) == ["B"]
-        assert await second.create_entities(ALICE, [ent("A")]) == []
-    finally:
-        second.db.close()
+    second = await backend.open()  # SQLite: applying the schema again must keep the data
+    assert (await second.read_graph(ALICE)).model() == before
+    assert names((await second.search_nodes(ALICE, "FACT TWO")).model()) == ["B"]
+    assert await second.create_entities(ALICE, [ent("A")]) == []
 
 
 async def test_concurrent_calls_lose_nothing(store: Store) -> None:
@@ -453,33 +455,16 @@ async def test_delete_graph_forgets_one_owner_only(store: Store) -> None:
 # --- the read_graph view (memory_graph_chunks) -------------------------------------------------
 
 
-def graph_from_rows(store: Store, owner: str) -> KnowledgeGraph:
-    """The owner's graph read straight from the tables, bypassing the chunked view."""
-    conn = store.db.conn
-    observations = "SELECT content FROM memory_observations WHERE owner = ? AND entity_id = ? ORDER BY id"
-    entities = [
-        ent(row["name"], row["entity_type"], *(o[0] for o in conn.execute(observations, (owner, row["id"]))))
-        for row in conn.execute("SELECT id, name, entity_type FROM memory_entities WHERE owner = ? ORDER BY id",
-                                (owner,))
-    ]
-    relations = [rel(row["from_name"], row["to_name"], row["relation_type"]) for row in conn.execute(
-        "SELECT from_name, to_name, relation_type FROM memory_relations WHERE owner = ? ORDER BY id", (owner,))]
-    return KnowledgeGraph(entities=entities, relations=relations)
-
-
-async def test_read_graph_view_follows_every_kind_of_change(tmp_path: Path) -> None:
-    """Random mutations over several chunks and two owners, through two connections to one file
+async def test_read_graph_view_follows_every_kind_of_change(backend: Backend) -> None:
+    """Random mutations over several chunks and two owners, through two connections to one store
     (as two processes would have them), one of them keeping little of the view in memory; after
     each step, a read through either connection equals the rows."""
     rng = random.Random(3)
     owners = (ALICE, BOB)
-    connections = (open_store(tmp_path / "m.sqlite3"), open_store(tmp_path / "m.sqlite3"))
+    connections = (await backend.open(), await backend.open())
     connections[1]._view.budget = 150_000  # about one owner's graph: the other is evicted or not kept
-    try:
-        await _follow_random_changes(rng, owners, connections)
-    finally:
-        for connection in connections:
-            connection.db.close()
+    await _follow_random_changes(rng, owners, connections)
+    await check_store(connections[0])
 
 
 async def _follow_random_changes(rng: random.Random, owners: tuple[str, ...], connections: tuple[Store, ...]) -> None:
@@ -493,7 +478,7 @@ async def _follow_random_changes(rng: random.Random, owners: tuple[str, ...], co
         elif op == 1:
             await store.create_relations(owner, [rel(rng.choice(pool), rng.choice(pool)) for _ in range(20)])
         elif op == 2:
-            existing = [e.name for e in graph_from_rows(store, owner).entities]
+            existing = [e.name for e in (await graph_from_rows(store, owner)).entities]
             if existing:
                 await store.add_observations(owner, [ObservationAddition(entityName=n, contents=[f"more {step}"])
                                                      for n in rng.sample(existing, min(5, len(existing)))])
@@ -503,61 +488,50 @@ async def _follow_random_changes(rng: random.Random, owners: tuple[str, ...], co
             await store.delete_observations(owner, [ObservationDeletion(entityName=n, observations=[f"o{s}"])
                                                     for n in rng.sample(pool, 30) for s in range(step - 20, step)])
         else:
-            current = graph_from_rows(store, owner).relations
+            current = (await graph_from_rows(store, owner)).relations
             await store.delete_relations(owner, rng.sample(current, min(4, len(current))))
         if step % 3 == 0 or step > 280:
             for who in owners:
                 reader = rng.choice(connections)
-                assert (await reader.read_graph(who)).model() == graph_from_rows(store, who), f"step {step}"
+                assert (await reader.read_graph(who)).model() == await graph_from_rows(store, who), f"step {step}"
                 assert reader._view.held_bytes <= reader._view.budget
     # The test is only as good as its spread: rows in several chunks, and more than fits one copy.
-    chunks = store.db.conn.execute("SELECT count(*) FROM memory_graph_chunks WHERE owner = ? AND kind = 0",
-                                   (ALICE,)).fetchone()[0]
-    assert len(graph_from_rows(store, ALICE).entities) > 128 and chunks >= 4
+    chunks = await chunk_count(store, ALICE)
+    assert len((await graph_from_rows(store, ALICE)).entities) > 128 and chunks >= 4
     assert connections[1]._view.held_owners() != list(owners)
 
 
-async def test_read_graph_view_sees_another_connections_writes(tmp_path: Path) -> None:
-    """Two connections on one file, as two processes would have: a write through one is in the
+async def test_read_graph_view_sees_another_connections_writes(backend: Backend) -> None:
+    """Two connections to one store, as two processes would have: a write through one is in the
     next read through the other, however warm its view was."""
-    path = tmp_path / "m.sqlite3"
-    reader, writer = open_store(path), open_store(path)
-    try:
-        await writer.create_entities(ALICE, [ent("A", "t", "one")])
-        assert names((await reader.read_graph(ALICE)).model()) == ["A"]
-        await writer.add_observations(ALICE, [ObservationAddition(entityName="A", contents=["two"])])
-        await writer.create_relations(ALICE, [rel("A", "A")])
-        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(
-            entities=[ent("A", "t", "one", "two")], relations=[rel("A", "A")])
-        await writer.delete_entities(ALICE, ["A"])
-        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
-    finally:
-        reader.db.close()
-        writer.db.close()
+    reader, writer = await backend.open(), await backend.open()
+    await writer.create_entities(ALICE, [ent("A", "t", "one")])
+    assert names((await reader.read_graph(ALICE)).model()) == ["A"]
+    await writer.add_observations(ALICE, [ObservationAddition(entityName="A", contents=["two"])])
+    await writer.create_relations(ALICE, [rel("A", "A")])
+    assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(
+        entities=[ent("A", "t", "one", "two")], relations=[rel("A", "A")])
+    await writer.delete_entities(ALICE, ["A"])
+    assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
 
 
-async def test_read_graph_view_copy_follows_chunks_rebuilt_elsewhere(tmp_path: Path) -> None:
+async def test_read_graph_view_copy_follows_chunks_rebuilt_elsewhere(backend: Backend) -> None:
     """The case the generations exist for: another process writes *and* rebuilds the chunks (by
     reading), so this process finds them fresh but different from its copy; and a chunk deleted
-    and created again with other rows (the ids of the newest rows are reused) is not mistaken for
-    the one this process holds."""
-    path = tmp_path / "m.sqlite3"
-    reader, writer = open_store(path), open_store(path)
-    try:
-        await writer.create_entities(ALICE, [ent("A", "t", "one"), ent("B", "t", "two")])
-        assert names((await reader.read_graph(ALICE)).model()) == ["A", "B"]
-        await writer.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["three"])])
-        await writer.read_graph(ALICE)
-        assert (await reader.read_graph(ALICE)).model().entities[1] == ent("B", "t", "two", "three")
-        await writer.delete_entities(ALICE, ["A", "B"])
-        await writer.read_graph(ALICE)  # the chunk is now deleted...
-        await writer.create_entities(ALICE, [ent("C", "t", "four")])  # ...and created again, same ids
-        await writer.read_graph(ALICE)
-        assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[ent("C", "t", "four")],
-                                                                       relations=[])
-    finally:
-        reader.db.close()
-        writer.db.close()
+    and created again with other rows is not mistaken for
+    the one this process holds (on SQLite the ids of the newest rows are reused)."""
+    reader, writer = await backend.open(), await backend.open()
+    await writer.create_entities(ALICE, [ent("A", "t", "one"), ent("B", "t", "two")])
+    assert names((await reader.read_graph(ALICE)).model()) == ["A", "B"]
+    await writer.add_observations(ALICE, [ObservationAddition(entityName="B", contents=["three"])])
+    await writer.read_graph(ALICE)
+    assert (await reader.read_graph(ALICE)).model().entities[1] == ent("B", "t", "two", "three")
+    await writer.delete_entities(ALICE, ["A", "B"])
+    await writer.read_graph(ALICE)  # the chunk is now deleted...
+    await writer.create_entities(ALICE, [ent("C", "t", "four")])  # ...and created again
+    await writer.read_graph(ALICE)
+    assert (await reader.read_graph(ALICE)).model() == KnowledgeGraph(entities=[ent("C", "t", "four")],
+                                                                   relations=[])
 
 
 async def test_read_graph_view_copy_keeps_within_its_budget(store: Store) -> None:
@@ -578,18 +552,18 @@ async def test_read_graph_view_copy_keeps_within_its_budget(store: Store) -> Non
 
 
 async def test_read_graph_view_of_an_older_layout_is_replaced(tmp_path: Path) -> None:
-    """The first released layout (WITHOUT ROWID, no generations) is dropped and rebuilt."""
+    """SQLite: the first released layout (WITHOUT ROWID, no generations) is dropped and rebuilt."""
     path = tmp_path / "m.sqlite3"
-    store = open_store(path)
+    store = open_sqlite(path)
     await store.create_entities(ALICE, [ent(f"n{i}", "t", f"fact {i}") for i in range(300)])
-    expected = graph_from_rows(store, ALICE)
+    expected = await graph_from_rows(store, ALICE)
     with store.db.transaction() as conn:
         conn.execute("DROP TABLE memory_graph_chunks")
         conn.execute("CREATE TABLE memory_graph_chunks (owner TEXT NOT NULL, kind INTEGER NOT NULL,"
                      " chunk INTEGER NOT NULL, json BLOB, text BLOB, PRIMARY KEY (owner, kind, chunk)) WITHOUT ROWID")
         conn.execute("INSERT INTO memory_graph_chunks VALUES (?, 0, 0, x'00', x'00')", (ALICE,))
     store.db.close()
-    reopened = open_store(path)
+    reopened = open_sqlite(path)
     GraphTables.migrate(reopened.db)
     try:
         columns = [row[1] for row in reopened.db.conn.execute("PRAGMA table_info(memory_graph_chunks)")]
@@ -599,20 +573,18 @@ async def test_read_graph_view_of_an_older_layout_is_replaced(tmp_path: Path) ->
         reopened.db.close()
 
 
-async def test_read_graph_view_is_rebuilt_for_a_database_without_it(tmp_path: Path) -> None:
-    """A file written before the view existed has rows and no chunks: `migrate` indexes them."""
-    path = tmp_path / "m.sqlite3"
-    store = open_store(path)
+async def test_read_graph_view_is_rebuilt_for_a_database_without_it(sqlite_store: SQLiteStore) -> None:
+    """SQLite: a file written before the view existed has rows and no chunks: `migrate` indexes them."""
+    store = sqlite_store
     await store.create_entities(ALICE, [ent(f"n{i}", "t", f"fact {i}") for i in range(600)])
     await store.create_relations(ALICE, [rel("n1", "n2"), rel("n599", "n0")])
-    expected = graph_from_rows(store, ALICE)
+    expected = await graph_from_rows(store, ALICE)
     store.db.conn.execute("DELETE FROM memory_graph_chunks")
     assert (await store.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
     GraphTables.migrate(store.db)
     assert (await store.read_graph(ALICE)).model() == expected
     GraphTables.migrate(store.db)  # again: a no-op on a database that has its chunks
     assert (await store.read_graph(ALICE)).model() == expected
-    store.db.close()
 
 
 async def test_delete_graph_leaves_no_chunks(store: Store) -> None:
@@ -620,18 +592,10 @@ async def test_delete_graph_leaves_no_chunks(store: Store) -> None:
     await store.create_relations(ALICE, [rel("a", "ghost")])
     await store.read_graph(ALICE)
     await store.delete_graph(ALICE)
-    left = store.db.conn.execute("SELECT count(*) FROM memory_graph_chunks WHERE owner = ?", (ALICE,)).fetchone()
-    assert left[0] == 0
+    assert await chunk_count(store, ALICE, "e") == await chunk_count(store, ALICE, "r") == 0
 
 
 # --- exact strings, usage and removal (issue 10, defects 2 and 4; the storage quota) -------------
-
-
-def rows_of(store: Store, owner: str) -> dict[str, int]:
-    """How many rows the owner has left in each table that holds their memory."""
-    return {table: store.db.conn.execute(f"SELECT count(*) FROM {table} WHERE owner = ?",  # noqa: S608
-                                         (owner,)).fetchone()[0]
-            for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
 
 
 async def test_delete_graph_deletes_names_with_nul_and_other_odd_characters(store: Store) -> None:
@@ -640,34 +604,40 @@ async def test_delete_graph_deletes_names_with_nul_and_other_odd_characters(stor
     await store.create_relations(ALICE, [rel(odd[0], odd[1], "r\0"), rel("ghost\0", odd[2])])
     await store.create_entities(BOB, [ent("Alice", "t", "kept")])
     assert await store.delete_graph(ALICE) == len(odd)
-    assert rows_of(store, ALICE) == dict.fromkeys(rows_of(store, ALICE), 0)
+    left = await rows_of(store, ALICE)
+    assert left == dict.fromkeys(left, 0)
     assert (await store.read_graph(BOB)).model().entities == [ent("Alice", "t", "kept")]
-    assert_search_index_intact(store)
+    await check_store(store)
 
 
-async def test_a_write_from_another_connection_after_delete_graph_is_refused(tmp_path: Path) -> None:
+async def test_a_write_from_another_connection_after_delete_graph_is_refused(backend: Backend) -> None:
     """The server's connection writes for an owner whose removal another process has run: refused
     in the write's own transaction, so nothing outlives the removal."""
-    server, admin = open_store(tmp_path / "m.sqlite3"), open_store(tmp_path / "m.sqlite3")
-    try:
-        await server.create_entities(ALICE, [ent("a", "t", "x")])
-        await admin.delete_graph(ALICE)
-        for write in (server.create_entities(ALICE, [ent("late", "t", "y")]),
-                      server.create_relations(ALICE, [rel("a", "late")]),
-                      server.add_observations(ALICE, [ObservationAddition(entityName="a", contents=["z"])]),
-                      server.delete_entities(ALICE, ["a"])):
-            with pytest.raises(GraphClosedError):
-                await write
-        assert rows_of(server, ALICE) == dict.fromkeys(rows_of(server, ALICE), 0)
-        await server.create_entities(BOB, [ent("a", "t", "x")])  # other owners write as before
-    finally:
-        server.db.close()
-        admin.db.close()
+    server, admin = await backend.open(), await backend.open()
+    await server.create_entities(ALICE, [ent("a", "t", "x")])
+    await server.read_graph(ALICE)  # a warm view must not outlive the removal either
+    await admin.delete_graph(ALICE)
+    for write in (server.create_entities(ALICE, [ent("late", "t", "y")]),
+                  server.create_relations(ALICE, [rel("a", "late")]),
+                  server.add_observations(ALICE, [ObservationAddition(entityName="a", contents=["z"])]),
+                  server.delete_entities(ALICE, ["a"]),
+                  server.delete_observations(ALICE, [ObservationDeletion(entityName="a", observations=["x"])]),
+                  server.delete_relations(ALICE, [rel("a", "late")])):
+        with pytest.raises(GraphClosedError):
+            await write
+    left = await rows_of(server, ALICE)
+    assert left == dict.fromkeys(left, 0)
+    assert (await server.read_graph(ALICE)).model() == KnowledgeGraph(entities=[], relations=[])
+    await server.create_entities(BOB, [ent("a", "t", "x")])  # other owners write as before
+    await check_store(server)
 
 
-async def test_delete_graph_resumes_after_an_interruption(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_delete_graph_resumes_after_an_interruption(sqlite_store: SQLiteStore,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite deletes in batches of short transactions (on Redis the removal is one script)."""
     from server.storage.sqlite import graph as sqlite_graph
 
+    store = sqlite_store
     monkeypatch.setattr(sqlite_graph, "DELETE_BATCH", 7)
     await store.create_entities(ALICE, [ent(f"e{i}\0", "t", f"o{i}") for i in range(30)])
     await store.create_relations(ALICE, [rel(f"e{i}\0", f"e{i + 1}\0") for i in range(29)])
@@ -685,13 +655,14 @@ async def test_delete_graph_resumes_after_an_interruption(store: Store, monkeypa
     with pytest.raises(KeyboardInterrupt):
         await store.delete_graph(ALICE)
     monkeypatch.setattr(store.db, "write", original)
-    assert rows_of(store, ALICE)["memory_entities"] == 23
+    assert (await rows_of(store, ALICE))["memory_entities"] == 23
     with pytest.raises(GraphClosedError):
         await store.create_entities(ALICE, [ent("late", "t")])
     assert await store.delete_graph(ALICE) == 23
     assert await store.delete_graph(ALICE) == 0  # and again: nothing left, nothing fails
-    assert rows_of(store, ALICE) == dict.fromkeys(rows_of(store, ALICE), 0)
-    assert_search_index_intact(store)
+    left = await rows_of(store, ALICE)
+    assert left == dict.fromkeys(left, 0)
+    await check_store(store)
 
 
 async def test_usage_follows_every_write(store: Store) -> None:
@@ -723,8 +694,9 @@ async def test_quota_is_checked_against_what_is_really_added(store: Store) -> No
     assert await store.usage(ALICE) == Usage(entities=1, observations=1, bytes=3)
 
 
-async def test_migrate_folds_nul_and_counts_usage_in_an_older_file(store: Store) -> None:
-    """A file from before `memory_owners`: its folds kept NUL, which FTS5 ends the text at."""
+async def test_migrate_folds_nul_and_counts_usage_in_an_older_file(sqlite_store: SQLiteStore) -> None:
+    """SQLite: a file from before `memory_owners`: its folds kept NUL, which FTS5 ends the text at."""
+    store = sqlite_store
     store.db.conn.execute("DROP TABLE memory_owners")
     conn = store.db.conn
     for entity_id, (name, content) in enumerate([("Box\0lid", "abc\0needle"), ("Cup", "tea")], start=1):
@@ -742,4 +714,4 @@ async def test_migrate_folds_nul_and_counts_usage_in_an_older_file(store: Store)
     assert names((await store.search_nodes(ALICE, "needle")).model()) == ["Box\0lid"]
     assert names((await store.search_nodes(ALICE, "lid")).model()) == ["Box\0lid"]
     assert await store.usage(ALICE) == Usage(entities=2, observations=2, bytes=7 + 1 + 10 + 3 + 1 + 3 + 3)
-    assert_search_index_intact(store)
+    await check_store(store)

@@ -13,7 +13,8 @@ from server.storage.sqlite.ratelimit import FILENAME, SQLiteRateLimiter
 def open_backend(settings: Settings) -> tuple[Storage, Limiter]:
     """The backend the settings choose: Redis when `redis_url` is set, else SQLite in `data_dir`."""
     if settings.redis_url is not None:
-        storage = RedisStorage(settings.redis_url, timeout=settings.store_busy_timeout)
+        storage = RedisStorage(settings.redis_url, timeout=settings.store_busy_timeout,
+                               session_ttl=settings.session_idle_timeout)
         return storage, RedisLimiter(storage.client, storage.prefix)
     return (SQLiteStorage(settings.database_path, settings.store_busy_timeout),
             SQLiteRateLimiter(settings.data_dir / FILENAME, busy_timeout=settings.store_busy_timeout))

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "memory-mcp:"
 RETRY_AFTER_SECONDS = 1
+MAX_CONNECTIONS = 64
+"""Connections one process opens at most; more concurrent calls wait for one (up to the timeout)."""
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -90,9 +92,13 @@ class RedisBase:
         self.url = url
         self.prefix = prefix
         # No call waits longer than `timeout` (the store_busy_timeout setting): beyond it the
-        # request is refused as retryable, as with SQLite's lock.
-        self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30)
+        # request is refused as retryable, as with SQLite's lock. That includes waiting for a
+        # connection: redis-py's default pool raises at once past its size, so a burst of
+        # concurrent requests would fail where SQLite queues them.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
+            socket_connect_timeout=timeout, health_check_interval=30)
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)

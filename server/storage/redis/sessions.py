@@ -1,10 +1,378 @@
-"""(to be written: see server/storage/redis/__init__.py)"""
+"""MCP session records and their resumable event logs (`transports.store.TransportStore`) on Redis.
+
+Keys (formats and TTLs in docs/storage.md):
+
+    session:record:<session id>  hash    owner, user, transport, protocol_version, created_at,
+                                         last_seen_at, client_params (absent fields: None)
+    session:all                  zset    session id scored by created_at: every record, listing order
+    events:next                  string  the last event id handed out, for every session
+    events:log:<session id>      hash    event id -> stream id FF message (no FF: a priming event)
+    events:index:<session id>    zset    "<event id> FF <cost> FF <stream id>" scored by event id
+    events:meta:<session id>     hash    user (the session's, for its user's bounds), bytes (its cost)
+    events:user:<user>           zset    "<event id> FF <cost> FF <session id>" scored by event id
+    events:user-bytes            hash    user -> what that user's events cost
+    events:sessions              set     the session ids that have events (what a purge checks)
+
+Records. A streamable-http record expires `session_ttl` seconds (the session_idle_timeout
+setting) after its `last_seen_at`, renewed by each touch: past that no server restores it (the
+registry refuses a record idle that long), so Redis may forget it without anyone asking. A legacy
+SSE record has no TTL: its session is one open stream, which touches nothing while it lasts; it
+goes when the stream ends, or at the next start-up's purge, as on SQLite. `session:all` may name a
+record that expired; listing drops such names, in the same script that finds them gone.
+
+Events. Ids come from one counter (`events:next`), so they are digits, unique across sessions and
+growing, as SQLite's rowids: every lookup also names the session (`events:log:<session id>`), so
+another session's id finds nothing. Costs are counted as on SQLite (`EVENT_OVERHEAD_BYTES` plus the
+message's UTF-8 length) in `events:meta` and `events:user-bytes`; the members of both indexes
+carry each event's cost, so that evicting the oldest events reads no message. Each operation on
+the log is one Lua script: appending an event, evicting the oldest beyond both bounds and keeping
+the counters is one atomic step, as the SQLite transaction is. The scripts name the keys of other
+sessions of the same user (eviction by user), which a single Redis (or a primary with replicas)
+allows; Redis Cluster does not, and is not supported.
+"""
 
 from __future__ import annotations
 
-from server.storage.redis.base import RedisBase, guard_all
+import logging
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any, Final
+
+from redis import exceptions as redis_errors
+
+from server.storage.redis.base import DEFAULT_PREFIX, RedisBase, guard_all, unavailable
+from transports.store import EVENT_OVERHEAD_BYTES, EventLimits, SessionRecord
+
+log = logging.getLogger(__name__)
+
+SEP: Final = b"\xff"
+PURGE_BATCH: Final = 200
+"""Sessions looked at per script by a purge: each script is short, whatever the number of sessions."""
+
+_FIELDS: Final = ("owner", "user", "transport", "protocol_version", "created_at", "last_seen_at", "client_params")
+
+# ARGV[1]: the key prefix; `key(kind, id)` is how base.RedisBase.key names the events' keys.
+_EVENTS_LUA = r"""
+local SEP = '\255'
+local P = ARGV[1]
+local function key(kind, id) return P .. 'events:' .. kind .. ':' .. id end
+local USER_BYTES, SESSIONS, NEXT = P .. 'events:user-bytes', P .. 'events:sessions', P .. 'events:next'
+
+-- An index member: event id, cost, and the stream (session index) or session (user index).
+local function parse(member)
+  local a = string.find(member, SEP, 1, true)
+  local b = string.find(member, SEP, a + 1, true)
+  return string.sub(member, 1, a - 1), tonumber(string.sub(member, a + 1, b - 1)), string.sub(member, b + 1)
+end
+
+local function add_bytes(sid, user, size)
+  redis.call('HINCRBY', key('meta', sid), 'bytes', size)
+  if redis.call('HINCRBY', USER_BYTES, user, size) <= 0 then redis.call('HDEL', USER_BYTES, user) end
+end
+
+-- Forget one event of session `sid` (the user is the session's).
+local function drop(sid, user, id, size)
+  redis.call('HDEL', key('log', sid), id)
+  redis.call('ZREMRANGEBYSCORE', key('index', sid), id, id)
+  redis.call('ZREMRANGEBYSCORE', key('user', user), id, id)
+  add_bytes(sid, user, -size)
+end
+
+-- Forget every event of session `sid`.
+local function drop_session(sid)
+  local meta = key('meta', sid)
+  local user = redis.call('HGET', meta, 'user')
+  if user then
+    for _, member in ipairs(redis.call('ZRANGE', key('index', sid), 0, -1)) do
+      local id = parse(member)
+      redis.call('ZREMRANGEBYSCORE', key('user', user), id, id)
+    end
+    add_bytes(sid, user, -(tonumber(redis.call('HGET', meta, 'bytes')) or 0))
+  end
+  redis.call('DEL', key('log', sid), key('index', sid), meta)
+  redis.call('SREM', SESSIONS, sid)
+end
+
+-- Forget the oldest events of an index (a session's or a user's) until `counted` is within `limit`.
+local function evict(index, counted, limit, session_of)
+  local excess = counted() - limit
+  while excess > 0 do
+    local oldest = redis.call('ZRANGE', index, 0, 255)
+    if #oldest == 0 then return end
+    for _, member in ipairs(oldest) do
+      local id, size, rest = parse(member)
+      local sid, user = session_of(rest)
+      drop(sid, user, id, size)
+      excess = excess - size
+      if excess <= 0 then return end
+    end
+  end
+end
+"""
+
+# ARGV: prefix, session, user, stream, cost, per-session limit, per-user limit, then the message
+# (absent for a priming event). Returns the new event's id, or false when it was not stored.
+_APPEND = _EVENTS_LUA + """
+local sid, user, stream, size = ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local per_session, per_user = tonumber(ARGV[6]), tonumber(ARGV[7])
+local meta = key('meta', sid)
+if size > per_session or size > per_user then
+  -- Not stored, and the stream's earlier events go: a replay from one of them would skip it.
+  local owner = redis.call('HGET', meta, 'user')
+  for _, member in ipairs(redis.call('ZRANGE', key('index', sid), 0, -1)) do
+    local id, cost, event_stream = parse(member)
+    if event_stream == stream then drop(sid, owner, id, cost) end
+  end
+  return false
+end
+redis.call('HSETNX', meta, 'user', user)
+user = redis.call('HGET', meta, 'user')
+local id = redis.call('INCR', NEXT)
+local value = stream
+if #ARGV >= 8 then value = stream .. SEP .. ARGV[8] end
+redis.call('HSET', key('log', sid), id, value)
+redis.call('ZADD', key('index', sid), id, id .. SEP .. size .. SEP .. stream)
+redis.call('ZADD', key('user', user), id, id .. SEP .. size .. SEP .. sid)
+redis.call('SADD', SESSIONS, sid)
+add_bytes(sid, user, size)
+evict(key('index', sid), function() return tonumber(redis.call('HGET', meta, 'bytes')) end, per_session,
+      function() return sid, user end)
+evict(key('user', user), function() return tonumber(redis.call('HGET', USER_BYTES, user)) or 0 end, per_user,
+      function(other) return other, user end)
+return id
+"""
+
+# ARGV: prefix, session, event id. Returns false, or {stream, id, value, id, value...}.
+_AFTER = _EVENTS_LUA + """
+local sid, after = ARGV[2], ARGV[3]
+local value = redis.call('HGET', key('log', sid), after)
+if not value then return false end
+local cut = string.find(value, SEP, 1, true)
+local stream = cut and string.sub(value, 1, cut - 1) or value
+local out = {stream}
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', key('index', sid), '(' .. after, '+inf')) do
+  local id, _, event_stream = parse(member)
+  if event_stream == stream then
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGET', key('log', sid), id)
+  end
+end
+return out
+"""
+
+# ARGV: prefix, session, and either nothing (every event) or stream and the last event id to delete.
+_DELETE = _EVENTS_LUA + """
+local sid = ARGV[2]
+if #ARGV < 4 then
+  drop_session(sid)
+  return 0
+end
+local stream, through = ARGV[3], ARGV[4]
+local user = redis.call('HGET', key('meta', sid), 'user')
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', key('index', sid), '-inf', through)) do
+  local id, size, event_stream = parse(member)
+  if event_stream == stream then drop(sid, user, id, size) end
+end
+return 0
+"""
+
+# ARGV: prefix, then session ids: drop the events of those that have no record (any more).
+_DROP_ORPHANS = _EVENTS_LUA + """
+for i = 2, #ARGV do
+  if redis.call('EXISTS', P .. 'session:record:' .. ARGV[i]) == 0 then drop_session(ARGV[i]) end
+end
+return 0
+"""
+
+# KEYS: session:all. ARGV: prefix, last_seen_at bound, then session ids. Deletes the records idle
+# since before the bound, and SSE ones; forgets names whose record expired. Returns the count deleted.
+_PURGE = """
+local gone = 0
+for i = 3, #ARGV do
+  local record = ARGV[1] .. 'session:record:' .. ARGV[i]
+  local fields = redis.call('HMGET', record, 'last_seen_at', 'transport')
+  if not fields[1] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  elseif tonumber(fields[1]) < tonumber(ARGV[2]) or fields[2] == 'sse' then
+    redis.call('DEL', record)
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    gone = gone + 1
+  end
+end
+return gone
+"""
+
+# KEYS: session:all. ARGV: prefix. Every record, oldest first: {session id, HGETALL reply, ...};
+# forgets names whose record expired.
+_LIST = """
+local out = {}
+for _, sid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local record = redis.call('HGETALL', ARGV[1] .. 'session:record:' .. sid)
+  if #record == 0 then
+    redis.call('ZREM', KEYS[1], sid)
+  else
+    out[#out + 1] = sid
+    out[#out + 1] = record
+  end
+end
+return out
+"""
+
+# KEYS: the record. ARGV: last_seen_at, the expiry (ms since the epoch; "" for none). Touches
+# only a record that exists; an SSE record keeps no TTL.
+_TOUCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'transport') ~= 'sse' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+
+class _Scripts:
+    def __init__(self, base: RedisBase) -> None:
+        self.append = base.script(_APPEND)
+        self.after = base.script(_AFTER)
+        self.delete = base.script(_DELETE)
+        self.drop_orphans = base.script(_DROP_ORPHANS)
+        self.purge = base.script(_PURGE)
+        self.list = base.script(_LIST)
+        self.touch = base.script(_TOUCH)
 
 
 @guard_all
 class RedisSessions(RedisBase):
-    pass
+    """`TransportStore` on Redis (see the module)."""
+
+    def __init__(self, url: str, *, timeout: float = 3.0, prefix: str = DEFAULT_PREFIX,
+                 session_ttl: float | None = None) -> None:
+        super().__init__(url, timeout=timeout, prefix=prefix)
+        self.session_ttl = session_ttl
+        """Seconds a streamable-http record lives past its last_seen_at (None: until deleted)."""
+
+    @cached_property
+    def _session_scripts(self) -> _Scripts:
+        return _Scripts(self)
+
+    def _expiry(self, last_seen_at: float) -> str:
+        """PEXPIREAT's argument for a record last seen then ("" when records do not expire)."""
+        return "" if self.session_ttl is None else str(int((last_seen_at + self.session_ttl) * 1000))
+
+    # --- session records ---------------------------------------------------------------------
+
+    async def save_session(self, record: SessionRecord) -> None:
+        key = self.key("session", "record", record.session_id)
+        fields = {name: _encode(getattr(record, name)) for name in _FIELDS if getattr(record, name) is not None}
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's stubs want str keys and values
+            pipe.zadd(self.key("session", "all"), {record.session_id: record.created_at})
+            expiry = self._expiry(record.last_seen_at)
+            if expiry and record.transport != "sse":
+                pipe.pexpireat(key, int(expiry))
+            await pipe.execute()
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        fields = await self.client.hgetall(self.key("session", "record", session_id))
+        return _record(session_id, fields) if fields else None
+
+    async def touch_session(self, session_id: str, now: float) -> None:
+        # A hint for a later restore or purge: a request neither fails nor waits past one round
+        # trip for it (SQLite queues it without waiting).
+        try:
+            await self._session_scripts.touch(keys=[self.key("session", "record", session_id)],
+                                              args=[repr(now), self._expiry(now)])
+        except redis_errors.RedisError as exc:
+            if unavailable(exc) is None:
+                raise
+            log.warning("MCP session %s…: last-seen time not stored: %s", session_id[:8], exc)
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key("session", "record", session_id))
+            pipe.zrem(self.key("session", "all"), session_id)
+            await pipe.execute()
+
+    async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
+        reply = await self._session_scripts.list(keys=[self.key("session", "all")], args=[self.prefix])
+        records = []
+        for session_id, flat in zip(reply[::2], reply[1::2], strict=True):
+            record = _record(session_id.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+            if user is None or record.user == user:
+                records.append(record)
+        return records
+
+    async def purge_sessions(self, idle_before: float) -> int:
+        index = self.key("session", "all")
+        gone = 0
+        session_ids = [_text(sid) for sid in await self.client.zrange(index, 0, -1)]
+        for start in range(0, len(session_ids), PURGE_BATCH):
+            gone += int(await self._session_scripts.purge(
+                keys=[index], args=[self.prefix, repr(idle_before), *session_ids[start:start + PURGE_BATCH]]))
+        with_events = [_text(sid) for sid in await self.client.smembers(self.key("events", "sessions"))]
+        for start in range(0, len(with_events), PURGE_BATCH):
+            await self._session_scripts.drop_orphans(args=[self.prefix, *with_events[start:start + PURGE_BATCH]])
+        return gone
+
+    # --- event log ---------------------------------------------------------------------------
+
+    async def append_event(self, session_id: str, user: str, stream_id: str, message: str | None,
+                           limits: EventLimits) -> str | None:
+        encoded = None if message is None else message.encode()
+        size = EVENT_OVERHEAD_BYTES + (0 if encoded is None else len(encoded))
+        args: list[str | bytes | int] = [self.prefix, session_id, user, stream_id, size, limits.per_session,
+                                         limits.per_user]
+        if encoded is not None:
+            args.append(encoded)
+        event_id = await self._session_scripts.append(args=args)
+        return None if event_id is None else str(event_id)
+
+    async def events_after(self, session_id: str, event_id: str) -> tuple[str, list[tuple[str, str | None]]] | None:
+        if not (event_id.isascii() and event_id.isdigit()):
+            return None
+        reply = await self._session_scripts.after(args=[self.prefix, session_id, str(int(event_id))])
+        if reply is None:
+            return None
+        events = []
+        for found, value in zip(reply[1::2], reply[2::2], strict=True):
+            _, separator, message = value.partition(SEP)
+            events.append((found.decode(), message.decode() if separator else None))
+        return reply[0].decode(), events
+
+    async def delete_events(self, session_id: str, stream: tuple[str, str] | None = None) -> None:
+        args: list[str | int] = [self.prefix, session_id]
+        if stream is not None:
+            stream_id, through = stream
+            args += [stream_id, int(through)]
+        await self._session_scripts.delete(args=args)
+
+    async def event_bytes(self, session_id: str | None = None, user: str | None = None) -> int:
+        if session_id is not None:
+            counted = await self.client.hget(self.key("events", "meta", session_id), "bytes")
+        elif user is not None:
+            counted = await self.client.hget(self.key("events", "user-bytes"), user)
+        else:
+            return 0
+        return int(counted or 0)
+
+
+def _encode(value: object) -> str:
+    """A record field as stored: floats in their repr (read back exactly), text as is."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record(session_id: str, fields: Mapping[Any, Any]) -> SessionRecord:
+    text = {_text(name): _text(value) for name, value in fields.items()}
+    return SessionRecord(
+        session_id=session_id,
+        owner=text["owner"], user=text["user"], transport=text["transport"],
+        protocol_version=text.get("protocol_version"), created_at=float(text["created_at"]),
+        last_seen_at=float(text["last_seen_at"]), client_params=text.get("client_params"))
+
+
+__all__ = ["RedisSessions"]

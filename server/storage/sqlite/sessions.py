@@ -158,7 +158,7 @@ class EventTables:
         return None if event_id is None else str(event_id)
 
     async def events_after(self, session_id: str, event_id: str) -> tuple[str, list[tuple[str, str | None]]] | None:
-        if not event_id.isdigit():
+        if not (event_id.isascii() and event_id.isdigit()):  # "²" is a digit to str, not to int()
             return None
 
         def read(conn: sqlite3.Connection) -> tuple[str, list[tuple[str, str | None]]] | None:
