@@ -26,6 +26,7 @@ from server import admin
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
 from server.storage import Limiter, Storage, open_backend
+from server.supervisor import INHERITED_FLAG, read_settings
 
 log = logging.getLogger("memory_mcp")
 
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
     _add_settings_flags(serve, list(Settings.model_fields))
+    # How the supervisor of `--workers N` starts a worker (server/supervisor.py); not for people.
+    serve.add_argument(INHERITED_FLAG, dest="inherited_sockets", default=None, help=argparse.SUPPRESS)
 
     def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=text)
@@ -233,11 +236,11 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
     # error should not pay.
-    from server import limits, logs
+    from server import limits, logs, supervisor
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
     if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
         print(f"memory-mcp: max_connections={settings.max_connections} needs about "
@@ -253,9 +256,17 @@ def _serve(settings: Settings) -> int:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
               file=sys.stderr)
+    where = ", ".join(_address(sock) for sock in sockets)
+    workers = f"; {settings.workers} workers" if settings.workers > 1 else ""
+    if settings.workers > 1:
+        # The supervisor serves nothing: the store was opened to check it (and to create or
+        # migrate it once, before the workers start together).
+        asyncio.run(_close(backend))
+        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}"
+              f"{workers})", file=sys.stderr)
+        return supervisor.run(settings, sockets)
     app = build_app(settings, backend)
     keep_freed_memory()
-    where = ", ".join(_address(sock) for sock in sockets)
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
           file=sys.stderr)
     # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
@@ -264,6 +275,30 @@ def _serve(settings: Settings) -> int:
     limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
                    access_log_class=logs.AccessLogger)
     return 0
+
+
+def _serve_worker(fds: str) -> int:
+    """One worker of `serve --workers N` (server/supervisor.py): the supervisor's settings from
+    standard input, its listening sockets inherited, no start-up message."""
+    from server import limits, logs
+    from server.app import build_app
+    from server.malloc import keep_freed_memory
+
+    settings = read_settings()
+    logs.configure(settings.log_level, several_processes=True)
+    limits.raise_open_files_limit()
+    sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
+    app = build_app(settings, _open_backend(settings))
+    keep_freed_memory()
+    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+                   access_log_class=logs.AccessLogger, worker=True)
+    return 0
+
+
+async def _close(backend: tuple[Storage, Limiter]) -> None:
+    storage, limiter = backend
+    await limiter.close()
+    await storage.close()
 
 
 class ListenError(Exception):
@@ -348,6 +383,12 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "serve" and args.inherited_sockets is not None:
+        try:
+            return _serve_worker(args.inherited_sockets)
+        except DataDirError as exc:
+            print(f"memory-mcp: {exc}", file=sys.stderr)
+            return 1
     flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
     try:
         settings = load(flags)

@@ -103,6 +103,9 @@ class Settings(BaseModel):
     proxy_header: str = Field(
         "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
         "(RFC 7239); the other one is ignored")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes accepting connections on the same port: above 1, a "
+        "supervisor binds the port and starts that many workers, replacing any that dies")
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_timeout: float = Field(
         10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "

@@ -26,7 +26,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import resource
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -227,8 +229,9 @@ def install(app: web.Application, *, max_connections: int | None, header_read_ti
     return connections
 
 
-async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any]) -> None:
-    runner = LimitedRunner(app, handle_signals=True, **runner_options)
+async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any],
+                 stop: asyncio.Event | None) -> None:
+    runner = LimitedRunner(app, handle_signals=stop is None, **runner_options)
     await runner.setup()
     try:
         for sock in sockets:
@@ -240,18 +243,44 @@ async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_
         # Measured in docs/performance.md ("Garbage collection").
         gc.freeze()
         gc.set_threshold(7000, 10, 10)
-        await asyncio.Event().wait()  # until SIGINT or SIGTERM raises GracefulExit
+        if stop is None:
+            await asyncio.Event().wait()  # until SIGINT or SIGTERM raises GracefulExit
+        else:
+            await stop.wait()
     finally:
         await runner.cleanup()
 
 
+def _worker_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """How a worker of `serve --workers N` stops (server/supervisor.py): on the first SIGTERM (the
+    supervisor's, or a service manager's sent to the whole group: later ones are ignored rather
+    than cutting the drain short), or when its standard input closes (the supervisor is gone).
+    SIGINT is the supervisor's to handle: a terminal's Ctrl-C reaches the whole group."""
+    stop = asyncio.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def supervisor_gone() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, supervisor_gone)
+    return stop
+
+
 def run_app(app: web.Application, *, sockets: Sequence[socket.socket], loop: asyncio.AbstractEventLoop,
-            **runner_options: Any) -> None:
+            worker: bool = False, **runner_options: Any) -> None:
     """`aiohttp.web.run_app` on sockets already listening, with `LimitedRunner` (which `run_app` cannot be
-    given). Stops on SIGINT or SIGTERM: the runner shuts down, then the loop's leftovers."""
-    main = loop.create_task(_serve(app, sockets, runner_options))
+    given). Stops on SIGINT or SIGTERM: the runner shuts down, then the loop's leftovers. A `worker`
+    stops as `_worker_stop` says."""
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(_serve(app, sockets, runner_options, _worker_stop(loop) if worker else None))
     try:
-        asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
         pass
