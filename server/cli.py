@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from auth import accounts
-from auth.models import AccountState
+from auth.models import AccountState, User
 from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
@@ -248,22 +248,19 @@ def _serve(settings: Settings) -> int:
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
     backend = _open_backend(settings)
-    storage = backend[0]
     sockets = _listen(settings.host, settings.port)
     settings = _with_port(settings, sockets[0].getsockname()[1])
-    users = asyncio.run(accounts.list_users(storage))
+    # With workers, the supervisor serves nothing: it opened the store to check it (and to create
+    # or migrate it once, before the workers start together), and closes it on the same loop.
+    users = asyncio.run(_accounts(backend, close=settings.workers > 1))
     if not users:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
               file=sys.stderr)
     where = ", ".join(_address(sock) for sock in sockets)
-    workers = f"; {settings.workers} workers" if settings.workers > 1 else ""
     if settings.workers > 1:
-        # The supervisor serves nothing: the store was opened to check it (and to create or
-        # migrate it once, before the workers start together).
-        asyncio.run(_close(backend))
-        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}"
-              f"{workers})", file=sys.stderr)
+        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}; "
+              f"{settings.workers} workers)", file=sys.stderr)
         return supervisor.run(settings, sockets)
     app = build_app(settings, backend)
     keep_freed_memory()
@@ -295,10 +292,14 @@ def _serve_worker(fds: str) -> int:
     return 0
 
 
-async def _close(backend: tuple[Storage, Limiter]) -> None:
+async def _accounts(backend: tuple[Storage, Limiter], *, close: bool) -> list[User]:
     storage, limiter = backend
-    await limiter.close()
-    await storage.close()
+    try:
+        return await accounts.list_users(storage)
+    finally:
+        if close:
+            await limiter.close()
+            await storage.close()
 
 
 class ListenError(Exception):
@@ -383,19 +384,18 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "serve" and args.inherited_sockets is not None:
+    worker = args.command == "serve" and args.inherited_sockets is not None
+    settings: Settings | None = None
+    if not worker:  # a worker takes its settings from its supervisor, already checked
+        flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
         try:
-            return _serve_worker(args.inherited_sockets)
-        except DataDirError as exc:
+            settings = load(flags)
+        except ConfigError as exc:
             print(f"memory-mcp: {exc}", file=sys.stderr)
-            return 1
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
+            return 2
     try:
-        settings = load(flags)
-    except ConfigError as exc:
-        print(f"memory-mcp: {exc}", file=sys.stderr)
-        return 2
-    try:
+        if settings is None:
+            return _serve_worker(args.inherited_sockets)
         if args.command == "serve":
             return _serve(settings)
         return asyncio.run(_administer(args, settings))
