@@ -22,7 +22,8 @@ from server.config import Settings
 from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
-from server.storage import Limiter, Storage, open_backend
+from server.storage import Limiter, Storage
+from server.storage.backends import open_backend
 from transports.caller import Caller, Refusal
 from transports.direct import DIRECT_METHODS
 from transports.http import add_cors_headers, store_unavailable_middleware

@@ -22,10 +22,11 @@ from typing import Any
 from auth import accounts
 from auth.models import AccountState, User
 from auth.store import StoreUnavailable
-from server import admin
+from server import admin, backup
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
-from server.storage import Limiter, Storage, open_backend
+from server.storage import Limiter, Storage
+from server.storage.backends import open_backend
 from server.supervisor import INHERITED_FLAG, read_settings
 
 log = logging.getLogger("memory_mcp")
@@ -93,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
            "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
         "--user", required=True)
+    saved = commands.add_parser("backup", help="copy the SQLite data (memory and accounts) and the key file into a new "
+                                "directory, while the server runs")
+    saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
+    _add_settings_flags(saved, ["data_dir"])
+    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be stopped)")
+    back.add_argument("--from", dest="source", required=True, type=Path, help="a directory made by `memory-mcp backup`")
+    back.add_argument("--replace", action="store_true", help="move the data directory's current files aside "
+                      "(into before-restore-<time>/) instead of refusing")
+    _add_settings_flags(back, ["data_dir"])
     limits = group("throttle", "login throttles and registration limits (also of a running server)")
     action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
     clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
@@ -248,6 +258,8 @@ def _serve(settings: Settings) -> int:
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
     backend = _open_backend(settings)
+    if settings.redis_url is None:
+        backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
     sockets = _listen(settings.host, settings.port)
     settings = _with_port(settings, sockets[0].getsockname()[1])
     # With workers, the supervisor serves nothing: it opened the store to check it (and to create
@@ -285,7 +297,12 @@ def _serve_worker(fds: str) -> int:
     logs.configure(settings.log_level, several_processes=True)
     limits.raise_open_files_limit()
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
-    app = build_app(settings, _open_backend(settings))
+    backend = _open_backend(settings)
+    if settings.redis_url is None:
+        # Each worker, not only the supervisor: a worker still draining after its supervisor was
+        # killed keeps `memory-mcp restore` away too.
+        backup.hold_serve_lock(settings.data_dir)
+    app = build_app(settings, backend)
     keep_freed_memory()
     limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
                    access_log_class=logs.AccessLogger, worker=True)
@@ -398,8 +415,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve_worker(args.inherited_sockets)
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "backup":
+            print(backup.backup(settings, args.to))
+            return 0
+        if args.command == "restore":
+            print(backup.restore(settings, args.source, replace=args.replace))
+            return 0
         return asyncio.run(_administer(args, settings))
-    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError) as exc:
+    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError,
+            backup.BackupError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
