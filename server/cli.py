@@ -244,11 +244,7 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 
 
 def _serve(settings: Settings) -> int:
-    # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
-    # error should not pay.
     from server import limits, logs, supervisor
-    from server.app import build_app
-    from server.malloc import keep_freed_memory
 
     logs.configure(settings.log_level, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
@@ -274,6 +270,11 @@ def _serve(settings: Settings) -> int:
         print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}; "
               f"{settings.workers} workers)", file=sys.stderr)
         return supervisor.run(settings, sockets)
+    # Imported here: the MCP SDK takes a second to import, which `users`, a configuration error
+    # and a supervisor should not pay.
+    from server.app import build_app
+    from server.malloc import keep_freed_memory
+
     app = build_app(settings, backend)
     keep_freed_memory()
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
