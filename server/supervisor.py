@@ -115,7 +115,8 @@ class Supervisor:
                 if worker is not None and worker.process.poll() is None:
                     worker.process.kill()
                     worker.process.wait()
-        failed = [code for code in self._exit_codes if code != 0]
+        # Killed by the SIGTERM sent to it: a worker still starting, before it handles the signal.
+        failed = [code for code in self._exit_codes if code not in (0, -signal.SIGTERM)]
         log.info("all workers stopped" + (f"; {len(failed)} exited with an error" if failed else ""))
         return 1 if failed else 0
 

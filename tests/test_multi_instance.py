@@ -542,6 +542,17 @@ async def test_workers_share_one_port_and_are_replaced(tmp_path: Path) -> None:
                     break
             assert replacement in served_by()
 
+            # Dying again soon after its start: replaced after a longer delay, and the log says so.
+            os.kill(replacement, signal.SIGKILL)
+            for _ in range(200):
+                if workers()[1] != replacement:
+                    break
+                await asyncio.sleep(0.05)
+            assert re.search(rf"worker 1 \(pid {replacement}\) was killed by SIGKILL [\d.]+ s after it started "
+                             r"\(2 time\(s\) in a row\); starting another in 1 s", log_path.read_text()), \
+                log_path.read_text()
+            assert await status(http, url, session) == 200
+
         supervisor.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(supervisor.wait, 30) == 0
         text = log_path.read_text()

@@ -84,14 +84,14 @@ async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(store
     holder, poster = stores
     await holder.save_session(record("s1", "sse"))
     await holder.save_session(record("s2", "sse"))
-    await poster.send_to_session("s1", "first")  # queued before the holder reads: kept for it
+    assert await poster.send_to_session("s1", "first", 64)  # queued before the holder reads: kept for it
     got: dict[str, list[str]] = {"s1": [], "s2": []}
     inboxes = {sid: holder.session_messages(sid) for sid in got}
     tasks = [asyncio.create_task(collect(inboxes[sid], got[sid])) for sid in got]
     try:
         for i in range(20):
-            await poster.send_to_session("s1", f"m{i}")
-        await poster.send_to_session("s2", "for s2")
+            assert await poster.send_to_session("s1", f"m{i}", 64)
+        assert await poster.send_to_session("s2", "for s2", 64)
         await until(lambda: len(got["s1"]) == 21 and got["s2"] == ["for s2"], 2)
         assert got["s1"] == ["first", *(f"m{i}" for i in range(20))]
         await asyncio.sleep(0.2)
@@ -104,8 +104,8 @@ async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(store
                 await task
         for inbox in inboxes.values():
             await inbox.aclose()
-    # Nobody reads s1's inbox now; what is queued goes with the session's record.
-    await poster.send_to_session("s1", "unread")
+    # Nobody reads s1's inbox now: what waits is bounded, and goes with the session's record.
+    assert [await poster.send_to_session("s1", f"unread {i}", 3) for i in range(4)] == [True, True, True, False]
     await holder.delete_session("s1")
     late: list[str] = []
     inbox = holder.session_messages("s1")

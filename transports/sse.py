@@ -40,6 +40,9 @@ from transports.sdk import serve_loop, sse_endpoint_session_id
 log = logging.getLogger(__name__)
 
 MESSAGES_PATH = "/messages"
+INBOX_LIMIT = 64
+"""Messages that may wait in a session's inbox for the process holding its stream (which takes
+them within moments): beyond, a POST is refused with 429, so that a client cannot fill the store."""
 
 
 class SSEEndpoint:
@@ -171,7 +174,9 @@ class SSEEndpoint:
         message's tools need to know of who posted it (its token's scopes; the principal is the
         stream's, checked equal)."""
         queued = json.dumps({"scopes": sorted(caller.scopes), "message": body.decode()})
-        await self._registry.store.send_to_session(session_id, queued)
+        if not await self._registry.store.send_to_session(session_id, queued, INBOX_LIMIT):
+            return web.Response(status=429, headers={"Retry-After": "1"},
+                                text=f"Too many messages waiting for this session ({INBOX_LIMIT}): retry in a moment")
         return web.Response(status=202, text="Accepted")
 
     async def _deliver(self, transport: SseServerTransport, session_id: str, opener: Caller, queued: str) -> None:

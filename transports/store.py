@@ -81,10 +81,12 @@ class SessionInbox(Protocol):
     that does not hold the session's stream: the process that holds it reads them and answers on
     the stream. A queue per session, consumed by that one process."""
 
-    async def send_to_session(self, session_id: str, message: str) -> None:
-        """Queue `message` (opaque text) for the session. Durable once it returns: the process
-        iterating `session_messages(session_id)` gets it, now or when it starts iterating. What no
-        process reads goes with the session's record (`delete_session`, `purge_sessions`)."""
+    async def send_to_session(self, session_id: str, message: str, limit: int) -> bool:
+        """Queue `message` (opaque text) for the session, unless `limit` messages already wait
+        for it (False: nothing stored; the holder takes them within moments, so only a client
+        flooding the session gets there). Durable once it returns True: the process iterating
+        `session_messages(session_id)` gets it, now or when it starts iterating. What no process
+        reads goes with the session's record (`delete_session`, `purge_sessions`)."""
         ...
 
     def session_messages(self, session_id: str) -> AsyncGenerator[str, None]:

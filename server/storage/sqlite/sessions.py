@@ -145,9 +145,15 @@ class SessionTables:
 
     # SessionInbox
 
-    async def send_to_session(self, session_id: str, message: str) -> None:
-        await self.db.write(_execute, "INSERT INTO mcp_session_inbox (session_id, message) VALUES (?, ?)",
-                            (session_id, message))
+    async def send_to_session(self, session_id: str, message: str, limit: int) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            waiting = conn.execute("SELECT count(*) FROM (SELECT 1 FROM mcp_session_inbox WHERE session_id = ? "
+                                   "LIMIT ?)", (session_id, limit)).fetchone()[0]
+            if waiting >= limit:
+                return False
+            conn.execute("INSERT INTO mcp_session_inbox (session_id, message) VALUES (?, ?)", (session_id, message))
+            return True
+        return await self.db.write(write)
 
     def session_messages(self, session_id: str) -> AsyncGenerator[str, None]:
         if self._inbox is None:
