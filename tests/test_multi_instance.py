@@ -424,12 +424,14 @@ async def test_delete_on_one_instance_ends_the_stream_held_by_another(cluster: C
 
             await asyncio.wait_for(drain(), 5)
             took = loop.time() - began
-        assert took < 1.6, f"the stream held by another instance ended {took:.2f} s after the DELETE"
-        # Every instance that held it lets go of it within the same second.
+        # About a second (the store is polled once a second), with room for a loaded machine:
+        # without the announcement, the stream would stay open until the session's idle timeout.
+        assert took < 2, f"the stream held by another instance ended {took:.2f} s after the DELETE"
+        # Every instance that held it lets go of it within the same time.
         statuses: list[int] = []
-        for _ in range(16):
+        for _ in range(20):
             statuses = [await status(http, i.url, session) for i in cluster.instances]
-            if statuses == [404, 404, 404] or loop.time() - began > 1.6:
+            if statuses == [404, 404, 404] or loop.time() - began > 2:
                 break
             await asyncio.sleep(0.1)
         assert statuses == [404, 404, 404]

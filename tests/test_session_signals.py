@@ -50,7 +50,9 @@ async def until(condition: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_every_process_learns_of_an_end_within_a_second(stores: tuple[Storage, Storage]) -> None:
+async def test_every_process_learns_of_an_end(stores: tuple[Storage, Storage]) -> None:
+    """Within about a second on SQLite (the poll interval); the bound checked here is looser, for
+    a loaded machine: what it tells apart is an announcement from no announcement at all."""
     here, there = stores
     for session_id in ("a", "b", "old"):
         await there.save_session(record(session_id, last_seen_at=time.time() - (100 if session_id == "old" else 0)))
@@ -61,14 +63,12 @@ async def test_every_process_learns_of_an_end_within_a_second(stores: tuple[Stor
              asyncio.create_task(collect(endings_there, seen_there))]
     try:
         await asyncio.sleep(0.1)  # both iterators started: what follows is "from now on"
-        began = time.monotonic()
         await there.delete_session("a")
-        await until(lambda: seen_here == ["a"], 1.5)
-        assert time.monotonic() - began < 1.5
+        await until(lambda: seen_here == ["a"], 5)
         await there.delete_session("a")  # no record: nothing announced
         await there.delete_session("never")
         assert await here.purge_sessions(time.time() - 50) == 1
-        await until(lambda: seen_here == ["a", "old"] and seen_there == ["a", "old"], 1.5)
+        await until(lambda: seen_here == ["a", "old"] and seen_there == ["a", "old"], 5)
         assert await here.get_session("b") is not None
     finally:
         for task in tasks:
@@ -92,7 +92,7 @@ async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(store
         for i in range(20):
             assert await poster.send_to_session("s1", f"m{i}", 64)
         assert await poster.send_to_session("s2", "for s2", 64)
-        await until(lambda: len(got["s1"]) == 21 and got["s2"] == ["for s2"], 2)
+        await until(lambda: len(got["s1"]) == 21 and got["s2"] == ["for s2"], 10)
         assert got["s1"] == ["first", *(f"m{i}" for i in range(20))]
         await asyncio.sleep(0.2)
         assert len(got["s1"]) == 21  # once each
@@ -135,3 +135,11 @@ async def test_touching_a_record_never_moves_it_back(stores: tuple[Storage, Stor
     await asyncio.sleep(0.1)
     found = await here.get_session("s")
     assert found is not None and found.last_seen_at == now + 5
+
+
+async def test_a_users_sessions_are_counted_up_to_a_limit(stores: tuple[Storage, Storage]) -> None:
+    here, there = stores
+    for i in range(5):
+        await there.save_session(record(f"s{i}"))
+    assert [await here.count_sessions("user-1", limit) for limit in (3, 5, 10)] == [3, 5, 5]
+    assert await here.count_sessions("someone else", 10) == 0

@@ -450,7 +450,12 @@ class SessionRegistry:
 
     async def _live_records(self, user: str, now: float) -> dict[str, SessionRecord]:
         """The user's sessions that count against the cap, in every process: records neither
-        expired nor left by a process that died while holding an SSE stream."""
+        expired nor left by a process that died while holding an SSE stream. Read whole only when
+        a count says the user may be near the cap (opening a session must not cost a read of all
+        the user's records)."""
+        mine = len(self._per_user.get(user, []))
+        if await self._store.count_sessions(user, self.max_sessions_per_user) + mine < self.max_sessions_per_user:
+            return {}
         return {r.session_id: r for r in await self._store.list_sessions(user)
                 if r.last_seen_at >= now - (SSE_STALE_SECONDS if r.transport == "sse" else self.idle_timeout)}
 

@@ -62,6 +62,11 @@ class SessionStore(Protocol):
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
 
+    async def count_sessions(self, user: str, limit: int) -> int:
+        """How many records the user's sessions have (expired ones included), counted up to
+        `limit`: a cheap first look at the per-user cap, before `list_sessions`."""
+        ...
+
     async def purge_sessions(self, idle_before: float) -> int:
         """Forget the sessions last seen before `idle_before` (expired while nobody served
         them, or left by a process that died) with their events and inbox, announcing each end;

@@ -107,6 +107,11 @@ class SessionTables:
             rows = await self.db.read(_rows, "SELECT * FROM mcp_sessions WHERE user = ? ORDER BY created_at", (user,))
         return [SessionRecord(**dict(row)) for row in rows]
 
+    async def count_sessions(self, user: str, limit: int) -> int:
+        rows = await self.db.read(_rows, "SELECT count(*) FROM (SELECT 1 FROM mcp_sessions WHERE user = ? LIMIT ?)",
+                                  (user, limit))
+        return int(rows[0][0])
+
     async def purge_sessions(self, idle_before: float) -> int:
         def purge(conn: sqlite3.Connection) -> int:
             ids = [row[0] for row in conn.execute("SELECT session_id FROM mcp_sessions WHERE last_seen_at < ?",
