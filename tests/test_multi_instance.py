@@ -569,3 +569,21 @@ async def test_workers_share_one_port_and_are_replaced(tmp_path: Path) -> None:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+
+
+async def test_processes_starting_together_on_a_new_data_directory_share_one_key(tmp_path: Path) -> None:
+    """The key file is created once, atomically: every process starting at once on an empty data
+    directory (workers, instances) reads the same key, and none a half-written file."""
+    data = tmp_path / "data"
+    # Each process waits for the same instant, so that their first looks at the directory coincide.
+    script = "import sys, time; from pathlib import Path; from server.keyfile import cookie_key; " \
+             "time.sleep(max(0, float(sys.argv[2]) - time.time())); print(cookie_key(Path(sys.argv[1])).hex())"
+    at = str(time.time() + 1.5)
+    processes = [await asyncio.create_subprocess_exec(sys.executable, "-c", script, str(data), at,
+                                                      stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                 for _ in range(12)]
+    results = [await process.communicate() for process in processes]
+    assert all(process.returncode == 0 for process in processes), results
+    keys = {out.decode().strip() for out, _ in results}
+    assert keys == {(data / "session.key").read_bytes().hex()}
+    assert [p.name for p in data.iterdir()] == ["session.key"]  # no temporary file left behind
