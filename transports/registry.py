@@ -319,8 +319,9 @@ class SessionRegistry:
         await self._store.touch_session(session.session_id, now)
 
     async def stop(self) -> None:
-        """Close every stream at once, then the task group. Session records stay in the store:
-        the next process restores the sessions their clients use again (`restore`)."""
+        """Close every stream at once, then the task group. Session records stay in the store
+        (but those of SSE sessions, which are their streams): the next process, or another one
+        serving the same store, restores the sessions their clients use again (`restore`)."""
         await self.close_where(lambda _s: True, keep_records=True)
         self._stop.set()
         if self._holder is not None:
