@@ -128,11 +128,15 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
         await limiter.close()
         await storage.close()
 
-    async def on_shutdown(_app: web.Application) -> None:
-        # Before aiohttp waits for handlers: open SSE streams never finish on their own, so close
-        # every session first and the process exits at once (docs/sdk-pitfalls.md#P6). Their records stay,
-        # so that the next start serves them again.
-        await registry.close_where(lambda _s: True, keep_records=True)
+    async def on_shutdown(app: web.Application) -> None:
+        # aiohttp has stopped accepting connections and closed the idle ones. Each session ends
+        # once its requests are answered (open streams, which never end by themselves, then end
+        # too), within the shutdown window; then aiohttp waits for the other requests, and the
+        # cleanup above closes the store (docs/sdk-pitfalls.md#P6).
+        deadline = app[limits.CONNECTIONS].drain_deadline
+        if deadline is None:  # a runner other than LimitedRunner
+            deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout
+        await registry.drain(deadline)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

@@ -17,7 +17,9 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from auth import accounts
 from auth.models import AccountState, User
@@ -29,7 +31,14 @@ from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
 from server.supervisor import INHERITED_FLAG, read_settings
 
+if TYPE_CHECKING:
+    from aiohttp import web
+
 log = logging.getLogger("memory_mcp")
+
+# The session id the service watchdog looks up to see that the store answers: none is ever issued
+# (real ids are 43 or 32 characters of another alphabet).
+WATCHDOG_PROBE = "watchdog-probe"
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -256,16 +265,25 @@ def _serve(settings: Settings) -> int:
     backend = _open_backend(settings)
     if settings.redis_url is None:
         backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
-    sockets = _listen(settings.host, settings.port)
-    settings = _with_port(settings, sockets[0].getsockname()[1])
+    passed = _passed_sockets()
+    if passed:
+        sockets = passed
+        settings = _with_address(settings, sockets[0])
+    else:
+        sockets = _listen(settings.host, settings.port)
+        settings = _with_port(settings, sockets[0].getsockname()[1])
     # With workers, the supervisor serves nothing: it opened the store to check it (and to create
     # or migrate it once, before the workers start together), and closes it on the same loop.
     users = asyncio.run(_accounts(backend, close=settings.workers > 1))
     if not users:
-        print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
-              file=sys.stderr)
-    where = ", ".join(_address(sock) for sock in sockets)
+        # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
+        # memory-mcp-admin runs the command as that user, which plain `memory-mcp` as root must not.
+        add = ("memory-mcp-admin users add <name> --password-stdin"
+               if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
+               f"{_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}")
+        print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
+              f"  {add}", file=sys.stderr)
+    where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     if settings.workers > 1:
         print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}; "
               f"{settings.workers} workers)", file=sys.stderr)
@@ -279,11 +297,33 @@ def _serve(settings: Settings) -> int:
     keep_freed_memory()
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
           file=sys.stderr)
-    # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
-    # flight then get shutdown_timeout to finish and send their responses (aiohttp waits that long,
-    # then cancels and waits that long again). A write committed just before SIGTERM is answered.
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
-                   access_log_class=logs.AccessLogger)
+    return _run(settings, app, backend[0], sockets, worker=False)
+
+
+def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket], *,
+         worker: bool) -> int:
+    """Serve until SIGTERM, telling the service manager (a worker's is its supervisor,
+    server/supervisor.py) when it is ready, alive and stopping."""
+    from server import limits, logs, systemd
+
+    # On SIGTERM: no new connections; requests in flight get shutdown_timeout to finish and send
+    # their responses, each session ends once its requests are answered (its open streams with it),
+    # then the store closes (server/limits.py LimitedRunner, server/app.py on_shutdown). A write
+    # committed just before SIGTERM is answered.
+    service = systemd.Notifier.from_environ()
+
+    def ready() -> None:
+        service.ready(f"serving MCP at {settings.issuer}/mcp")
+        service.start_watchdog(lambda: storage.get_session(WATCHDOG_PROBE))
+
+    def stopping() -> None:
+        service.stopping(f"draining: requests in flight get up to {settings.shutdown_timeout:g} s")
+
+    try:
+        limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+                       access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping, worker=worker)
+    finally:
+        service.close()
     return 0
 
 
@@ -305,9 +345,7 @@ def _serve_worker(fds: str) -> int:
         backup.hold_serve_lock(settings.data_dir)
     app = build_app(settings, backend)
     keep_freed_memory()
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
-                   access_log_class=logs.AccessLogger, worker=True)
-    return 0
+    return _run(settings, app, backend[0], sockets, worker=True)
 
 
 async def _accounts(backend: tuple[Storage, Limiter], *, close: bool) -> list[User]:
@@ -357,6 +395,37 @@ def _listen(host: str, port: int) -> list[socket.socket]:
         raise ListenError(f"cannot listen on {_where(host, port)}: {(exc.strerror or str(exc)).lower()}; {fix}") \
             from None
     return sockets
+
+
+def _passed_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (scripts/memory-mcp.socket), checked: TCP, listening.
+    host and port then say nothing about where the server listens; the socket unit does."""
+    from server import systemd
+
+    try:
+        sockets = systemd.listen_fds()
+    except (ValueError, OSError) as exc:
+        raise ListenError(f"cannot use the sockets passed by the service manager: {exc}") from None
+    for sock in sockets:
+        if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            raise ListenError(f"the service manager passed descriptor {sock.fileno()}, which is not a listening TCP "
+                              "socket: use ListenStream=ADDRESS:PORT in the socket unit (memory-mcp.socket)")
+        sock.setblocking(False)
+    return sockets
+
+
+def _with_address(settings: Settings, sock: socket.socket) -> Settings:
+    """The settings for a socket passed by the service manager: host and port are the socket's, so
+    that the default public URL (the issuer) names where the server really listens."""
+    host, port = sock.getsockname()[:2]
+    given = {name: getattr(settings, name) for name in settings.model_fields_set}
+    try:
+        return Settings(**{**given, "host": host, "port": port})
+    except ValidationError:
+        raise ListenError(f"the socket passed by the service manager listens on every address ({_where(host, port)}), "
+                          "so the public URL cannot be guessed: set MEMORY_MCP_PUBLIC_URL (e.g. in "
+                          "/etc/memory-mcp/env)") from None
 
 
 def _where(host: str, port: int) -> str:

@@ -107,8 +107,9 @@ class Settings(BaseModel):
         "supervisor binds the port and starts that many workers, replacing any that dies")
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_timeout: float = Field(
-        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "
-        "2 x this under the service manager's stop timeout, 90 s for systemd)")
+        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish before their sessions end; "
+        "shutdown takes at most about twice this: keep 2 x this under the service manager's stop timeout "
+        "(TimeoutStopSec in scripts/memory-mcp.service)")
 
     @field_validator("log_level")
     @classmethod

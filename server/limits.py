@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 # and their WAL, argon2 and rate-limit threads, outbound metadata-document fetches, logs.
 RESERVED_FDS = 128
 REFUSAL_LOG_INTERVAL = 10.0
+# The least aiohttp waits for handlers still running after the shutdown window, and then again
+# for them to end once cancelled.
+LAST_WAIT = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
             b"Retry-After: 1\r\n\r\n")
 
@@ -94,6 +98,9 @@ class Connections:
     _busy: set[RequestHandler] = field(default_factory=set)
     _refused: int = 0
     _refusal_logged: float = 0.0
+    drain_deadline: float | None = None
+    """At shutdown (`LimitedRunner.shutdown`): the event-loop time by which requests in flight
+    must have finished."""
 
     def __len__(self) -> int:
         return len(self._idle) + len(self._busy)
@@ -160,11 +167,18 @@ class _LimitedServer(Server):
 
 class LimitedRunner(web.AppRunner):
     """An `AppRunner` that applies the app's `Connections` (installed by `install`): the
-    connection limit, and the header deadline as aiohttp's keep-alive timeout."""
+    connection limit, the header deadline as aiohttp's keep-alive timeout, and one shutdown window.
+
+    aiohttp's own shutdown gives handlers `shutdown_timeout`, cancels them, and gives them as long
+    again, after `on_shutdown` however long that took. Here `shutdown_timeout` is one window that
+    starts when shutdown does: `on_shutdown` handlers read its end (`Connections.drain_deadline`),
+    and aiohttp's two waits get what is left of it (at least `LAST_WAIT`). Shutdown then takes at
+    most about twice `shutdown_timeout`, whatever the handlers do."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         limits = app[CONNECTIONS]
         kwargs["keepalive_timeout"] = limits.header_read_timeout
+        self._window: float = kwargs.get("shutdown_timeout", 60.0)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> Server:
@@ -174,6 +188,15 @@ class LimitedRunner(web.AppRunner):
         options = {k: v for k, v in self._kwargs.items() if k != "handler_cancellation"}
         return _LimitedServer(self.app[CONNECTIONS], made.request_handler, request_factory=made.request_factory,
                               handler_cancellation=made.handler_cancellation, **options)
+
+    async def shutdown(self) -> None:
+        """Called by `cleanup` once the sites stopped accepting and idle connections closed."""
+        loop = asyncio.get_running_loop()
+        connections = self.app[CONNECTIONS]
+        deadline = connections.drain_deadline = loop.time() + self._window
+        await super().shutdown()
+        # Read by aiohttp's wait for the handlers still running; 0 would mean no limit at all.
+        self._shutdown_timeout = max(deadline - loop.time(), LAST_WAIT)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -230,10 +253,19 @@ def install(app: web.Application, *, max_connections: int | None, header_read_ti
 
 
 async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any],
-                 stop: asyncio.Event | None) -> None:
-    runner = LimitedRunner(app, handle_signals=stop is None, **runner_options)
+                 on_ready: Callable[[], None], on_stopping: Callable[[], None], worker: bool) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    runner = LimitedRunner(app, **runner_options)
     await runner.setup()
     try:
+        # Our own handlers rather than aiohttp's (`handle_signals`), which raise GracefulExit out of
+        # the event loop: the drain below then runs in this task, not in one already cancelled.
+        if worker:
+            _worker_signals(loop, stop)
+        else:
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop.set)
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         # Everything built so far (modules, the app, the SDK's and pydantic's tables: ~100,000
@@ -243,20 +275,26 @@ async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_
         # Measured in docs/performance.md ("Garbage collection").
         gc.freeze()
         gc.set_threshold(7000, 10, 10)
-        if stop is None:
-            await asyncio.Event().wait()  # until SIGINT or SIGTERM raises GracefulExit
-        else:
-            await stop.wait()
+        on_ready()
+        await stop.wait()
+        if not worker:
+            # A second signal now has its default effect (the process ends at once), as someone
+            # who presses Ctrl-C twice expects.
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
+        log.info("stopping: no new connections; requests in flight get up to %g s to finish",
+                 runner_options.get("shutdown_timeout", 60.0))
+        on_stopping()
     finally:
         await runner.cleanup()
 
 
-def _worker_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-    """How a worker of `serve --workers N` stops (server/supervisor.py): on the first SIGTERM (the
-    supervisor's, or a service manager's sent to the whole group: later ones are ignored rather
-    than cutting the drain short), or when its standard input closes (the supervisor is gone).
-    SIGINT is the supervisor's to handle: a terminal's Ctrl-C reaches the whole group."""
-    stop = asyncio.Event()
+def _worker_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """How a worker of `serve --workers N` stops (server/supervisor.py): on SIGTERM, later ones
+    changing nothing (the supervisor forwards its own, and a service manager may signal the whole
+    group: a second one must not cut the drain short), or when its standard input closes (the
+    supervisor is gone, whatever killed it). SIGINT is the supervisor's to handle: a terminal's
+    Ctrl-C reaches the whole group."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop.add_signal_handler(signal.SIGTERM, stop.set)
 
@@ -270,19 +308,25 @@ def _worker_stop(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
             stop.set()
 
     loop.add_reader(0, supervisor_gone)
-    return stop
+
+
+def _nothing() -> None:
+    pass
 
 
 def run_app(app: web.Application, *, sockets: Sequence[socket.socket], loop: asyncio.AbstractEventLoop,
+            on_ready: Callable[[], None] = _nothing, on_stopping: Callable[[], None] = _nothing,
             worker: bool = False, **runner_options: Any) -> None:
     """`aiohttp.web.run_app` on sockets already listening, with `LimitedRunner` (which `run_app` cannot be
-    given). Stops on SIGINT or SIGTERM: the runner shuts down, then the loop's leftovers. A `worker`
-    stops as `_worker_stop` says."""
-    asyncio.set_event_loop(loop)
-    main = loop.create_task(_serve(app, sockets, runner_options, _worker_stop(loop) if worker else None))
+    given). `on_ready` is called on the event loop once every socket accepts connections and the
+    app has started (its store open); on SIGINT or SIGTERM (a `worker`: as `_worker_signals`
+    says), `on_stopping`, then the runner shuts down (stop accepting, drain, clean up), then the
+    loop's leftovers."""
+    main = loop.create_task(_serve(app, sockets, runner_options, on_ready, on_stopping, worker))
     try:
+        asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
         pass
     finally:
         try:

@@ -23,7 +23,13 @@ The supervisor:
   dies again within `STARTUP_SECONDS` of its start is failing at start-up, and is restarted after
   a delay doubling from `FIRST_DELAY` to `MAX_DELAY`, with one log line each time that says so;
 * on SIGTERM or SIGINT sends SIGTERM to every worker, once, waits until all have exited (each
-  drains as a single server does: `shutdown_timeout`), and exits 0 if they all did.
+  drains as a single server does: `shutdown_timeout`), and exits 0 if they all did;
+* is the service manager of its workers (server/systemd.py): each worker notifies a datagram
+  socket of its own (`NOTIFY_SOCKET`), which the supervisor reads. Under systemd the supervisor,
+  the unit's main process, says READY once every worker has, STOPPING when it stops, and pings
+  the watchdog itself; it gives its workers the same watchdog period, and kills a worker that
+  stops pinging (its store or event loop stuck) so that it is replaced, as systemd would restart a
+  single server.
 
 Several workers share one data directory as several instances do: SQLite in WAL mode serialises
 their writes, the throttle database likewise, and the key file is created atomically
@@ -35,15 +41,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
+from server import systemd
 from server.config import Settings
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,8 @@ class Worker:
     slot: int
     process: subprocess.Popen[bytes]
     started: float
+    ready: bool = False
+    pinged: float | None = None
 
 
 def worker_command(fds: Sequence[int]) -> list[str]:
@@ -96,6 +108,15 @@ class Supervisor:
         self._signals: list[int] = []
         self._stopping = False
         self._exit_codes: list[int] = []
+        self._service = systemd.Notifier.from_environ()
+        self._announced = False
+        self._pinged = 0.0
+        self._channels_dir = Path(tempfile.mkdtemp(prefix="memory-mcp-"))
+        self._channels: dict[int, socket.socket] = {}
+        for slot in self._workers:
+            channel = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+            channel.bind(str(self._channels_dir / f"worker-{slot}"))
+            self._channels[slot] = channel
 
     def run(self) -> int:
         previous = {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -104,7 +125,9 @@ class Supervisor:
                 self._handle_signals()
                 now = time.monotonic()
                 for slot in self._workers:
+                    self._read_channel(slot, now)
                     self._check(slot, now)
+                self._tell_service(now)
                 if self._stopping and not any(self._workers.values()):
                     break
                 time.sleep(POLL_SECONDS)
@@ -115,6 +138,10 @@ class Supervisor:
                 if worker is not None and worker.process.poll() is None:
                     worker.process.kill()
                     worker.process.wait()
+            for channel in self._channels.values():
+                channel.close()
+            shutil.rmtree(self._channels_dir, ignore_errors=True)
+            self._service.close()
         # Killed by the SIGTERM sent to it: a worker still starting, before it handles the signal.
         failed = [code for code in self._exit_codes if code not in (0, -signal.SIGTERM)]
         log.info("all workers stopped" + (f"; {len(failed)} exited with an error" if failed else ""))
@@ -131,10 +158,48 @@ class Supervisor:
                          "shutdown_timeout, %g s)", name, 2 * self._settings.shutdown_timeout)
                 continue
             self._stopping = True
+            self._service.stopping(f"draining: requests in flight get up to {self._settings.shutdown_timeout:g} s")
             log.info("%s: stopping %d worker(s)", name, sum(1 for w in self._workers.values() if w))
             for worker in self._workers.values():
                 if worker is not None and worker.process.poll() is None:
                     worker.process.send_signal(signal.SIGTERM)
+
+    def _read_channel(self, slot: int, now: float) -> None:
+        """What the slot's worker told its service manager: READY, WATCHDOG pings."""
+        while True:
+            try:
+                datagram = self._channels[slot].recv(4096)
+            except BlockingIOError:
+                return
+            worker = self._workers[slot]
+            if worker is None:
+                continue
+            lines = datagram.decode(errors="replace").splitlines()
+            if "READY=1" in lines and not worker.ready:
+                worker.ready = True
+                log.info("worker %d (pid %d) is ready", slot, worker.process.pid)
+            if "WATCHDOG=1" in lines:
+                worker.pinged = now
+
+    def _tell_service(self, now: float) -> None:
+        """READY once every worker is; the watchdog pinged while this loop runs; a worker whose
+        pings stopped for the watchdog period killed, to be replaced."""
+        everyone_ready = all(w is not None and w.ready for w in self._workers.values())
+        if everyone_ready and not self._announced and not self._stopping:
+            self._announced = True
+            self._service.ready(f"serving MCP at {self._settings.issuer}/mcp with {len(self._workers)} workers")
+        interval = self._service.watchdog_interval
+        if interval is None:
+            return
+        if now - self._pinged >= interval:
+            self._pinged = now
+            self._service.notify("WATCHDOG=1")
+        for worker in self._workers.values():
+            if (worker is not None and not self._stopping and worker.ready
+                    and now - (worker.pinged or worker.started) > 2 * interval and worker.process.poll() is None):
+                log.error("worker %d (pid %d) sent no watchdog ping for %g s (its store or event loop is stuck): "
+                          "killing it", worker.slot, worker.process.pid, 2 * interval)
+                worker.process.kill()
 
     def _check(self, slot: int, now: float) -> None:
         worker = self._workers[slot]
@@ -167,11 +232,19 @@ class Supervisor:
             log.error("worker %d (pid %d) %s; starting another", worker.slot, worker.process.pid, how)
         self._not_before[worker.slot] = now + delay
 
+    def _worker_environment(self, slot: int) -> dict[str, str]:
+        """This process's environment, but with the worker's own service manager: this supervisor."""
+        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env["NOTIFY_SOCKET"] = str(self._channels_dir / f"worker-{slot}")
+        if self._service.watchdog_interval is not None:
+            env["WATCHDOG_USEC"] = str(int(self._service.watchdog_interval * 2_000_000))
+        return env
+
     def _start(self, slot: int) -> None:
         try:
             # This program with a fixed argument list: nothing in it comes from a client.
             process = subprocess.Popen(worker_command(self._fds), stdin=subprocess.PIPE,  # noqa: S603
-                                       pass_fds=self._fds)
+                                       pass_fds=self._fds, env=self._worker_environment(slot))
         except OSError as exc:
             self._failures[slot] += 1
             delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (self._failures[slot] - 1))

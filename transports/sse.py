@@ -35,7 +35,7 @@ from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi, pos
 from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
 from transports.http import check_origin, cors_preflight, parse_json, read_body
 from transports.registry import Session, SessionLimitError, SessionRegistry
-from transports.sdk import serve_loop, sse_endpoint_session_id
+from transports.sdk import Dispatcher, serve_connection, session_loop, sse_endpoint_session_id
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,14 @@ class SSEEndpoint:
         cancel_scope = anyio.CancelScope()
         holder: dict[str, Session] = {}
         admitted = anyio.Event()
+        dispatcher: Dispatcher | None = None
         lifespan_state = self._registry.lifespan_state
 
         async def admit(session_id: str) -> bool:
             try:
                 with anyio.CancelScope(shield=True):  # registered and held, or not registered
-                    holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope))
+                    holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope),
+                                                                      dispatcher)
             except SessionLimitError as exc:
                 log.warning("closing SSE stream: %s", exc)
                 cancel_scope.cancel()
@@ -114,11 +116,18 @@ class SSEEndpoint:
                         return
                 await send(message)
 
+            nonlocal dispatcher
             with cancel_scope:
                 async with (transport.connect_sse(scope, receive, watch) as (read_stream, write_stream),
                             anyio.create_task_group() as relaying):
+                    # What the SDK's `serve_loop` does, with the dispatcher kept for the registry (a
+                    # shutdown waits for the requests it serves). Built before the endpoint event
+                    # goes out (`connect_sse` only schedules its writer), so `admit` has it.
+                    dispatcher, connection = session_loop(read_stream, write_stream, session_id=None,
+                                                          client_params=None, protocol_version=None)
                     relaying.start_soon(relay)
-                    await serve_loop(self._server, read_stream, write_stream, lifespan_state=lifespan_state)
+                    await serve_connection(self._server, dispatcher, connection=connection,
+                                           lifespan_state=lifespan_state)
                     relaying.cancel_scope.cancel()
 
         try:
