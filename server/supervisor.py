@@ -23,7 +23,8 @@ The supervisor:
   dies again within `STARTUP_SECONDS` of its start is failing at start-up, and is restarted after
   a delay doubling from `FIRST_DELAY` to `MAX_DELAY`, with one log line each time that says so;
 * on SIGTERM or SIGINT sends SIGTERM to every worker, once, waits until all have exited (each
-  drains as a single server does: `shutdown_timeout`), and exits 0 if they all did;
+  drains as a single server does: `shutdown_timeout`), and exits 0 if they all did; a second
+  signal kills the workers at once, as a second Ctrl-C ends a single server;
 * is the service manager of its workers (server/systemd.py): each worker notifies a datagram
   socket of its own (`NOTIFY_SOCKET`), which the supervisor reads. Under systemd the supervisor,
   the unit's main process, says READY once every worker has, STOPPING when it stops, and pings
@@ -154,8 +155,10 @@ class Supervisor:
         while self._signals:
             name = signal.Signals(self._signals.pop(0)).name
             if self._stopping:
-                log.info("%s: already stopping; the workers are finishing their requests (at most twice "
-                         "shutdown_timeout, %g s)", name, 2 * self._settings.shutdown_timeout)
+                log.warning("%s again: killing the workers without waiting for their requests", name)
+                for worker in self._workers.values():
+                    if worker is not None and worker.process.poll() is None:
+                        worker.process.kill()
                 continue
             self._stopping = True
             self._service.stopping(f"draining: requests in flight get up to {self._settings.shutdown_timeout:g} s")

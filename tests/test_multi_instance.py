@@ -10,9 +10,11 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -587,3 +589,49 @@ async def test_processes_starting_together_on_a_new_data_directory_share_one_key
     keys = {out.decode().strip() for out, _ in results}
     assert keys == {(data / "session.key").read_bytes().hex()}
     assert [p.name for p in data.iterdir()] == ["session.key"]  # no temporary file left behind
+
+
+async def test_workers_under_a_service_manager(tmp_path: Path) -> None:
+    """Under systemd (`Type=notify`, `NotifyAccess=main`) the supervisor speaks for its workers:
+    READY once every worker is, its own watchdog pings, STOPPING at SIGTERM. A worker whose event
+    loop stops (SIGSTOP: it can no longer ping) is killed and replaced."""
+    from tests.test_systemd import ManagerSocket
+
+    path = Path(tempfile.mkdtemp(prefix="notify-")) / "notify"
+    manager = ManagerSocket(str(path), str(path))
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen(
+            [*CLI, "serve", "--workers", "2", "--port", "0", "--data-dir", str(tmp_path / "data")],
+            stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+    try:
+        ready = await manager.wait_for("READY", 60)
+        text = log_path.read_text()
+        assert text.count("is ready") == 2, text  # both workers, before the supervisor said so
+        assert re.fullmatch(r"serving MCP at \S+/mcp with 2 workers", ready.fields.get("STATUS", "")), ready.fields
+        await asyncio.sleep(1.2)
+        assert sum("WATCHDOG" in d.fields for d in manager.drain()) >= 2
+
+        [stuck] = [int(pid) for slot, pid in re.findall(r"worker (\d) started \(pid (\d+)\)", text) if slot == "2"]
+        os.kill(stuck, signal.SIGSTOP)
+        for _ in range(200):
+            if re.search(rf"worker 2 \(pid {stuck}\) sent no watchdog ping", log_path.read_text()) and \
+                    len(re.findall(r"worker 2 started", log_path.read_text())) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(re.findall(r"worker 2 started", log_path.read_text())) == 2, log_path.read_text()
+        with pytest.raises(ProcessLookupError):
+            os.kill(stuck, 0)
+        assert sum("READY" in d.fields for d in manager.drain()) == 1  # said once, not per worker
+
+        supervisor.send_signal(signal.SIGTERM)
+        stopping = await manager.wait_for("STOPPING", 10)
+        assert stopping.fields.get("STATUS", "").startswith("draining")
+        assert await asyncio.to_thread(supervisor.wait, 30) == 0, log_path.read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+        manager.close()
+        shutil.rmtree(path.parent, ignore_errors=True)
