@@ -180,6 +180,14 @@ class Session:
                 and not sdk.dispatcher_busy(self._dispatcher))
 
 
+def _new_session_id() -> str:
+    """256 random bits, URL-safe; never starting with "-", which a command line (`memory-mcp
+    sessions revoke ID`) would read as an option."""
+    while (session_id := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return session_id
+
+
 def _move(session: Session, to: SessionState) -> None:
     if to not in TRANSITIONS[session.state]:
         raise SessionStateError(f"MCP session {session.session_id[:8]}… cannot go from {session.state.name} "
@@ -522,7 +530,7 @@ class SessionRegistry:
     async def open_streamable(self, caller: Caller) -> Session:
         """Create a session and start the task that serves it; the caller then passes the
         initialize request to `session.transport`."""
-        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.ACTIVE)
+        session = await self._admit(caller, "streamable-http", _new_session_id(), SessionState.ACTIVE)
         try:
             await self._launch(session)
         except BaseException:
@@ -533,7 +541,7 @@ class SessionRegistry:
     async def open_parked(self, caller: Caller, protocol_version: str, client_params: str) -> Session:
         """Create a session whose `initialize` was answered without the SDK transport
         (transports.direct): recorded, and parked from the start, like a restored one."""
-        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.PARKED)
+        session = await self._admit(caller, "streamable-http", _new_session_id(), SessionState.PARKED)
         try:
             await self.established(session, protocol_version, client_params)
         except BaseException:
