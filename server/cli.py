@@ -17,11 +17,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from auth import accounts
+from auth.models import User
 from auth.store import StoreUnavailable
 from auth.upstream.client import UpstreamClient
 from auth.upstream.http import BadResponse, Misconfigured, Unavailable
@@ -31,6 +32,10 @@ from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE, cookie_key
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
+from server.supervisor import INHERITED_FLAG, read_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 log = logging.getLogger("memory_mcp")
 
@@ -55,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the server")
     serve.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
     _add_settings_flags(serve, list(Settings.model_fields))
+    # How the supervisor of `--workers N` starts a worker (server/supervisor.py); not for people.
+    serve.add_argument(INHERITED_FLAG, dest="inherited_sockets", default=None, help=argparse.SUPPRESS)
 
     def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=text)
@@ -247,13 +254,9 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 
 
 def _serve(settings: Settings) -> int:
-    # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
-    # error should not pay.
-    from server import limits, logs, systemd
-    from server.app import build_app
-    from server.malloc import keep_freed_memory
+    from server import limits, logs, supervisor
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
     if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
         print(f"memory-mcp: max_connections={settings.max_connections} needs about "
@@ -261,7 +264,6 @@ def _serve(settings: Settings) -> int:
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
     backend = _open_backend(settings)
-    storage = backend[0]
     if settings.redis_url is None:
         backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
     passed = _passed_sockets()
@@ -281,7 +283,9 @@ def _serve(settings: Settings) -> int:
                 sock.close()
             print(f"memory-mcp: upstream_issuer={upstream.issuer}: {exc}", file=sys.stderr)
             return 2
-    users = asyncio.run(accounts.list_users(storage))
+    # With workers, the supervisor serves nothing: it opened the store to check it (and to create
+    # or migrate it once, before the workers start together), and closes it on the same loop.
+    users = asyncio.run(_accounts(backend, close=settings.workers > 1))
     if not users:
         # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
         # memory-mcp-admin runs the command as that user, which plain `memory-mcp` as root must not.
@@ -290,11 +294,29 @@ def _serve(settings: Settings) -> int:
                f"{_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}")
         print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {add}", file=sys.stderr)
+    where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
+    if settings.workers > 1:
+        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}; "
+              f"{settings.workers} workers)", file=sys.stderr)
+        return supervisor.run(settings, sockets)
+    # Imported here: the MCP SDK takes a second to import, which `users`, a configuration error
+    # and a supervisor should not pay.
+    from server.app import build_app
+    from server.malloc import keep_freed_memory
+
     app = build_app(settings, backend)
     keep_freed_memory()
-    where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
           file=sys.stderr)
+    return _run(settings, app, backend[0], sockets, worker=False)
+
+
+def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket], *,
+         worker: bool) -> int:
+    """Serve until SIGTERM, telling the service manager (a worker's is its supervisor,
+    server/supervisor.py) when it is ready, alive and stopping."""
+    from server import limits, logs, systemd
+
     # On SIGTERM: no new connections; requests in flight get shutdown_timeout to finish and send
     # their responses, each session ends once its requests are answered (its open streams with it),
     # then the store closes (server/limits.py LimitedRunner, server/app.py on_shutdown). A write
@@ -310,7 +332,7 @@ def _serve(settings: Settings) -> int:
 
     try:
         limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
-                       access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping)
+                       access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping, worker=worker)
     finally:
         service.close()
     return 0
@@ -334,6 +356,37 @@ async def _check_upstream(upstream: UpstreamSettings, issuer: str) -> list[str]:
         lines.append(f"warning: no admission policy: anyone who can sign in at {upstream.issuer} gets an account "
                      "here (set upstream_allowed_domains, upstream_allowed_users or upstream_required_claim)")
     return lines
+
+
+def _serve_worker(fds: str) -> int:
+    """One worker of `serve --workers N` (server/supervisor.py): the supervisor's settings from
+    standard input, its listening sockets inherited, no start-up message."""
+    from server import limits, logs
+    from server.app import build_app
+    from server.malloc import keep_freed_memory
+
+    settings = read_settings()
+    logs.configure(settings.log_level, several_processes=True)
+    limits.raise_open_files_limit()
+    sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
+    backend = _open_backend(settings)
+    if settings.redis_url is None:
+        # Each worker, not only the supervisor: a worker still draining after its supervisor was
+        # killed keeps `memory-mcp restore` away too.
+        backup.hold_serve_lock(settings.data_dir)
+    app = build_app(settings, backend)
+    keep_freed_memory()
+    return _run(settings, app, backend[0], sockets, worker=True)
+
+
+async def _accounts(backend: tuple[Storage, Limiter], *, close: bool) -> list[User]:
+    storage, limiter = backend
+    try:
+        return await accounts.list_users(storage)
+    finally:
+        if close:
+            await limiter.close()
+            await storage.close()
 
 
 class ListenError(Exception):
@@ -449,13 +502,18 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
+    worker = args.command == "serve" and args.inherited_sockets is not None
+    settings: Settings | None = None
+    if not worker:  # a worker takes its settings from its supervisor, already checked
+        flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
+        try:
+            settings = load(flags)
+        except ConfigError as exc:
+            print(f"memory-mcp: {exc}", file=sys.stderr)
+            return 2
     try:
-        settings = load(flags)
-    except ConfigError as exc:
-        print(f"memory-mcp: {exc}", file=sys.stderr)
-        return 2
-    try:
+        if settings is None:
+            return _serve_worker(args.inherited_sockets)
         if args.command == "serve":
             return _serve(settings)
         if args.command == "backup":

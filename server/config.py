@@ -138,6 +138,9 @@ class Settings(BaseModel):
     upstream_token_keys: tuple[str, ...] = Field(
         (), repr=False, description="keys encrypting the kept upstream tokens: 32 random bytes each, base64 "
         "(openssl rand -base64 32), comma-separated; the first encrypts, all decrypt")
+    workers: int = Field(
+        1, ge=1, le=64, description="server processes accepting connections on the same port: above 1, a "
+        "supervisor binds the port and starts that many workers, replacing any that dies")
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_timeout: float = Field(
         10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish before their sessions end; "

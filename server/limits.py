@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import resource
 import signal
 import socket
@@ -252,7 +253,7 @@ def install(app: web.Application, *, max_connections: int | None, header_read_ti
 
 
 async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any],
-                 on_ready: Callable[[], None], on_stopping: Callable[[], None]) -> None:
+                 on_ready: Callable[[], None], on_stopping: Callable[[], None], worker: bool) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     runner = LimitedRunner(app, **runner_options)
@@ -260,8 +261,11 @@ async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_
     try:
         # Our own handlers rather than aiohttp's (`handle_signals`), which raise GracefulExit out of
         # the event loop: the drain below then runs in this task, not in one already cancelled.
-        for sig in STOP_SIGNALS:
-            loop.add_signal_handler(sig, stop.set)
+        if worker:
+            _worker_signals(loop, stop)
+        else:
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, stop.set)
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         # Everything built so far (modules, the app, the SDK's and pydantic's tables: ~100,000
@@ -273,15 +277,37 @@ async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_
         gc.set_threshold(7000, 10, 10)
         on_ready()
         await stop.wait()
-        # A second signal now has its default effect (the process ends at once), as someone who
-        # presses Ctrl-C twice expects.
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
+        if not worker:
+            # A second signal now has its default effect (the process ends at once), as someone
+            # who presses Ctrl-C twice expects.
+            for sig in STOP_SIGNALS:
+                loop.remove_signal_handler(sig)
         log.info("stopping: no new connections; requests in flight get up to %g s to finish",
                  runner_options.get("shutdown_timeout", 60.0))
         on_stopping()
     finally:
         await runner.cleanup()
+
+
+def _worker_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """How a worker of `serve --workers N` stops (server/supervisor.py): on SIGTERM, later ones
+    changing nothing (the supervisor forwards its own, and a service manager may signal the whole
+    group: a second one must not cut the drain short), or when its standard input closes (the
+    supervisor is gone, whatever killed it). SIGINT is the supervisor's to handle: a terminal's
+    Ctrl-C reaches the whole group."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def supervisor_gone() -> None:
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(0)
+            stop.set()
+
+    loop.add_reader(0, supervisor_gone)
 
 
 def _nothing() -> None:
@@ -290,12 +316,13 @@ def _nothing() -> None:
 
 def run_app(app: web.Application, *, sockets: Sequence[socket.socket], loop: asyncio.AbstractEventLoop,
             on_ready: Callable[[], None] = _nothing, on_stopping: Callable[[], None] = _nothing,
-            **runner_options: Any) -> None:
+            worker: bool = False, **runner_options: Any) -> None:
     """`aiohttp.web.run_app` on sockets already listening, with `LimitedRunner` (which `run_app` cannot be
     given). `on_ready` is called on the event loop once every socket accepts connections and the
-    app has started (its store open); on SIGINT or SIGTERM, `on_stopping`, then the runner shuts
-    down (stop accepting, drain, clean up), then the loop's leftovers."""
-    main = loop.create_task(_serve(app, sockets, runner_options, on_ready, on_stopping))
+    app has started (its store open); on SIGINT or SIGTERM (a `worker`: as `_worker_signals`
+    says), `on_stopping`, then the runner shuts down (stop accepting, drain, clean up), then the
+    loop's leftovers."""
+    main = loop.create_task(_serve(app, sockets, runner_options, on_ready, on_stopping, worker))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)

@@ -34,9 +34,12 @@ SERVER_LOGGER = "aiohttp.server"
 OWN_LOGGERS = ("auth", "server", "transports", "memory_mcp")
 
 
-def configure(level: str) -> None:
+def configure(level: str, *, several_processes: bool = False) -> None:
+    """`several_processes` (`serve --workers N`): every line names the process that wrote it."""
     wanted = logging.getLevelNamesMapping()[level.upper()]
-    logging.basicConfig(level=max(wanted, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    process = "[%(process)d]" if several_processes else ""
+    logging.basicConfig(level=max(wanted, logging.INFO),
+                        format=f"%(asctime)s %(levelname)s %(name)s{process}: %(message)s")
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(wanted)
     server_logger = logging.getLogger(SERVER_LOGGER)

@@ -4,6 +4,9 @@ Why hand-written and not `aiohttp-asgi`: that package's `receive()` never report
 `http.disconnect` and returns immediately at EOF, so sse-starlette's disconnect listener spins and
 wedges the event loop on the first SSE response (docs/sdk-pitfalls.md#P1).
 
+`post_detached` serves a request that has no connection here (a legacy SSE message posted to another
+process, transports/sse.py).
+
 What this bridge guarantees, each learned the hard way (docs/sdk-pitfalls.md#P3, #P4):
 * P3: aiohttp may cancel a handler when its client goes away (always under the test server). The
   SDK must not be cancelled mid-request, or a session being opened is discarded half-made: the ASGI
@@ -122,3 +125,40 @@ async def call_asgi(
     if response is None:
         return web.Response(status=500, text="the MCP transport sent no response")
     return response
+
+
+async def post_detached(app: ASGIApp, path: str, query: str, body: bytes, state: dict[str, Any] | None = None) -> int:
+    """POST `body` to `app` as a request that arrived in another process (which answered the
+    client itself): no connection behind it, the response's status returned and its body dropped."""
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        "client": None,
+        "server": None,
+        "state": dict(state or {}),
+    }
+    status = 0
+    body_sent = False
+
+    async def receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+
+    await app(scope, receive, send)
+    return status

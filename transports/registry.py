@@ -19,6 +19,21 @@ the least recently used idle one of the user's other clients. Only when none is 
 session refused (429). A client whose idle session was ended gets 404 on its next request and
 starts a new session, as the spec tells clients to; work in progress is never cut.
 
+Several processes (workers, instances) on one store serve the same sessions: any of them serves
+any request of a session, restoring it from its record (`restore`), so a session may be held by
+several at once. What each must then take from the store rather than from its own memory
+(docs/decisions.md#10):
+* When the session was last used: every process touches the record while it serves the session
+  (at most every `touch_interval`, and each sweep while a request or stream is open), and a
+  session idle here is ended only if its record is idle too; otherwise this process just lets go
+  of it (`_expire`).
+* That it ended: deleting the record announces the end (`TransportStore.session_endings`), and
+  every process that holds the session ends its transport and streams (`_follow_endings`), within
+  a second on SQLite.
+* The per-user cap: counted over the user's live records, not only those held here. Sessions held
+  elsewhere are ended to make room only when their record shows no use for two touch intervals
+  (every holder refreshes it while a request or stream is open); see `_victim`.
+
 Every session task runs in one anyio task group that a single holder task owns (anyio task groups
 are bound to the task that entered them; entering one from aiohttp's cleanup_ctx fails at
 teardown, docs/sdk-pitfalls.md#P2). Handlers hand work to the group with `TaskGroup.start`.
@@ -47,13 +62,18 @@ from mcp_types import InitializeRequestParams, JSONRPCNotification, jsonrpc_mess
 from transports import sdk
 from transports.caller import Caller
 from transports.events import DELIVERED_KEPT_SECONDS, SessionEventStore
-from transports.store import EventLimits, SessionRecord, TransportStore
+from transports.store import EventLimits, SessionRecord, StoreUnavailable, TransportStore
 
 log = logging.getLogger(__name__)
 
-# A session's record is rewritten at most this often; a write per request would cost more than
-# the request itself.
+# A session's record is rewritten at most this often (or a quarter of the idle timeout, if less);
+# a write per request would cost more than the request itself.
 TOUCH_INTERVAL_SECONDS = 60.0
+# A legacy SSE session lives exactly as long as its stream, in the one process holding it; that
+# process refreshes the record this often, so that another process can tell a live stream from
+# one whose process died (no refresh for SSE_STALE_SECONDS) and answer a POST for it with 404.
+SSE_HEARTBEAT_SECONDS = 10.0
+SSE_STALE_SECONDS = 3 * SSE_HEARTBEAT_SECONDS
 SSE_RETRY_MILLISECONDS = 1000
 # A session's SDK transport is stopped after this long without a request that needed it.
 PARK_AFTER_SECONDS = 30.0
@@ -160,6 +180,14 @@ class Session:
                 and not sdk.dispatcher_busy(self._dispatcher))
 
 
+def _new_session_id() -> str:
+    """256 random bits, URL-safe; never starting with "-", which a command line (`memory-mcp
+    sessions revoke ID`) would read as an option."""
+    while (session_id := secrets.token_urlsafe(32)).startswith("-"):
+        pass
+    return session_id
+
+
 def _move(session: Session, to: SessionState) -> None:
     if to not in TRANSITIONS[session.state]:
         raise SessionStateError(f"MCP session {session.session_id[:8]}… cannot go from {session.state.name} "
@@ -184,6 +212,7 @@ class SessionRegistry:
         self._store = store
         self._owner_label = owner_label
         self.idle_timeout = idle_timeout
+        self.touch_interval = min(TOUCH_INTERVAL_SECONDS, idle_timeout / 4)
         self.max_sessions = max_sessions
         self.max_sessions_per_user = max_sessions_per_user
         self.event_limits = event_limits
@@ -217,8 +246,10 @@ class SessionRegistry:
                     self._lifespan_state, self._tg = state, tg
                     started.set_result(None)
                     sweeper = asyncio.create_task(self._expire_idle(), name="mcp-session-sweeper")
+                    follower = asyncio.create_task(self._follow_endings(), name="mcp-session-endings")
                     await self._stop.wait()
                     sweeper.cancel()
+                    follower.cancel()
                     tg.cancel_scope.cancel()
             except BaseException as exc:
                 if not started.done():
@@ -232,10 +263,35 @@ class SessionRegistry:
         await started
 
     async def _expire_idle(self) -> None:
-        interval = min(max(self.idle_timeout / 4, 0.05), 30.0)
+        interval = min(max(self.idle_timeout / 4, 0.05), SSE_HEARTBEAT_SECONDS)
         while True:
             await asyncio.sleep(interval)
-            await self.sweep()
+            try:
+                await self.sweep()
+            except StoreUnavailable:
+                pass  # the store logs why; the next sweep tries again
+
+    async def _follow_endings(self) -> None:
+        endings = self._store.session_endings()
+        try:
+            async for session_id in endings:
+                try:
+                    await self.ended(session_id)
+                except Exception:
+                    log.exception("ending MCP session %s… after its end was announced failed", session_id[:8])
+        finally:
+            await endings.aclose()
+
+    async def ended(self, session_id: str) -> None:
+        """The session's record was deleted, here or by another process: stop holding it (its
+        transport and streams end; the record is not written again)."""
+        session = self._sessions.get(session_id)
+        if session is not None:
+            await self.forget(session, keep_record=True)
+            return
+        self._ends += 1
+        if self._restoring:
+            self._ended_while_restoring[session_id] = self._ends
 
     async def sweep(self, now: float | None = None) -> None:
         """End sessions nobody used for `idle_timeout`, park the transports of idle ones, delete
@@ -248,13 +304,38 @@ class SessionRegistry:
             while session._delivered and session._delivered[0][0] <= now:
                 _, stream_id, through = session._delivered.popleft()
                 await self._store.delete_events(session.session_id, (stream_id, through))
-            if session.in_flight or session.state not in (SessionState.ACTIVE, SessionState.PARKED):
-                continue  # an SSE session is its open stream
+            if session.state is SessionState.SSE:  # an SSE session is its open stream
+                if now - session._stored_seen_at >= SSE_HEARTBEAT_SECONDS:
+                    await self._touch(session, now)
+                continue
+            if session.in_flight:
+                # In use here: the record must say so to the other processes judging it idle.
+                if now - session._stored_seen_at >= self.touch_interval:
+                    await self._touch(session, now)
+                continue
+            if session.state not in (SessionState.ACTIVE, SessionState.PARKED):
+                continue
             if session.last_seen_at < now - self.idle_timeout:
-                log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
-                await self.forget(session)
+                await self._expire(session, now)
             elif session.state is SessionState.ACTIVE and session.last_seen_at < now - PARK_AFTER_SECONDS:
                 await self.park(session)
+
+    async def _expire(self, session: Session, now: float) -> None:
+        """End a session idle here, unless another process has used it meanwhile: then only let
+        go of it here (it comes back by `restore` if a request for it arrives)."""
+        record = await self._store.get_session(session.session_id)
+        if session.state is SessionState.CLOSED or session.in_flight or session.last_seen_at >= now - self.idle_timeout:
+            return  # used or ended while the record was read
+        if record is not None and record.last_seen_at >= now - self.idle_timeout:
+            log.debug("MCP session %s… idle here but used elsewhere: let go", session.session_id[:8])
+            await self.forget(session, keep_record=True)
+            return
+        log.info("MCP session %s… expired after %ss idle", session.session_id[:8], self.idle_timeout)
+        await self.forget(session)
+
+    async def _touch(self, session: Session, now: float) -> None:
+        session._stored_seen_at = now
+        await self._store.touch_session(session.session_id, now)
 
     async def drain(self, deadline: float) -> None:
         """Shutdown, once no new request can come: end each session as soon as it serves no request
@@ -281,8 +362,9 @@ class SessionRegistry:
                         busy)
 
     async def stop(self) -> None:
-        """Close every stream at once, then the task group. Session records stay in the store:
-        the next process restores the sessions their clients use again (`restore`)."""
+        """Close every stream at once, then the task group. Session records stay in the store
+        (but those of SSE sessions, which are their streams): the next process, or another one
+        serving the same store, restores the sessions their clients use again (`restore`)."""
         await self.close_where(lambda _s: True, keep_records=True)
         self._stop.set()
         if self._holder is not None:
@@ -302,6 +384,10 @@ class SessionRegistry:
     @property
     def lifespan_state(self) -> Any:
         return self._lifespan_state
+
+    @property
+    def store(self) -> TransportStore:
+        return self._store
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -328,9 +414,8 @@ class SessionRegistry:
         try:
             now = time.time()
             session._last_seen_at = now
-            if now - session._stored_seen_at >= TOUCH_INTERVAL_SECONDS:
-                session._stored_seen_at = now
-                await self._store.touch_session(session.session_id, now)
+            if now - session._stored_seen_at >= self.touch_interval:
+                await self._touch(session, now)
             yield session
         finally:
             session._in_flight -= 1
@@ -371,41 +456,81 @@ class SessionRegistry:
 
     # -- opening -----------------------------------------------------------------------------
 
-    async def _admit(self, caller: Caller, kind: str, session_id: str, state: SessionState) -> Session:
-        """Count a new session in, ending an idle one of the user's to make room at the user's cap
-        (the rule is in the module docstring)."""
+    async def _admit(self, caller: Caller, kind: str, session_id: str, state: SessionState, *,
+                     new: bool = True) -> Session:
+        """Count a session in: a new one against both caps, ending an idle session of the user's
+        to make room at the user's cap (the rule is in the module docstring); a restored one,
+        already counted in the store, against this process's `max_sessions` only."""
         if state is SessionState.CLOSED:
             raise SessionStateError("a session cannot start CLOSED")
         while True:
+            now = time.time()
+            # Read first: from the checks to the insertion below nothing is awaited, so that
+            # concurrent openings in this process cannot both take the last place.
+            records = await self._live_records(caller.user, now) if new else {}
             if len(self._sessions) >= self.max_sessions:
                 raise SessionLimitError(
                     f"the server holds its maximum of {self.max_sessions} MCP sessions; retry later "
                     "(operators: raise max_sessions)", per_user=False)
             mine = self._per_user.get(caller.user, [])
-            if len(mine) < self.max_sessions_per_user:
+            if not new or len(records.keys() | {s.session_id for s in mine}) < self.max_sessions_per_user:
                 break
-            idle = [s for s in mine if s.idle]
-            if not idle:
+            victim = self._victim(caller, mine, records, now)
+            if victim is None:
                 raise SessionLimitError(
                     f"this user already has {self.max_sessions_per_user} open MCP sessions, none of them idle; "
                     "close one (clients send DELETE on exit) or retry when one is idle", per_user=True)
-            victim = min(idle, key=lambda s: (s.owner != caller.owner, s.last_seen_at))
             log.info("MCP session %s… ended to make room for a new session of its user (the cap is %d)",
                      victim.session_id[:8], self.max_sessions_per_user)
             # Ended before the new one is counted in, and the caps checked again after: a
             # concurrent opening may have taken the room meanwhile, and a cancellation here
             # leaves no half-admitted session.
-            await self.forget(victim)
-        now = time.time()
+            if isinstance(victim, Session):
+                await self.forget(victim)
+            else:  # held elsewhere, or by nobody: its holders end it on the announcement
+                await self._store.delete_session(victim.session_id)
+                await self._store.delete_events(victim.session_id)
         session = Session(session_id, caller.owner, caller.user, kind, now, state, now, _stored_seen_at=now)
         self._sessions[session_id] = session
         self._per_user.setdefault(caller.user, []).append(session)
         return session
 
+    async def _live_records(self, user: str, now: float) -> dict[str, SessionRecord]:
+        """The user's sessions that count against the cap, in every process: records neither
+        expired nor left by a process that died while holding an SSE stream. Read whole only when
+        a count says the user may be near the cap (opening a session must not cost a read of all
+        the user's records)."""
+        mine = len(self._per_user.get(user, []))
+        if await self._store.count_sessions(user, self.max_sessions_per_user) + mine < self.max_sessions_per_user:
+            return {}
+        return {r.session_id: r for r in await self._store.list_sessions(user)
+                if r.last_seen_at >= now - (SSE_STALE_SECONDS if r.transport == "sse" else self.idle_timeout)}
+
+    def _victim(self, caller: Caller, mine: list[Session], records: Mapping[str, SessionRecord],
+                now: float) -> Session | SessionRecord | None:
+        """The session to end for a new one of `caller`'s at the user's cap: the least recently
+        used idle one, the same client's first. Held here: idle here, and its record not touched
+        by another process since this one last did (a process that restores a session touches
+        it). Not held here: a Streamable HTTP session whose record nobody touched for two touch
+        intervals (holders refresh it while a request or stream is open). An SSE session is its
+        open stream: never."""
+        label = self._owner_label(caller.owner)
+        candidates: list[tuple[tuple[bool, float], Session | SessionRecord]] = []
+        for session in mine:
+            record = records.get(session.session_id)
+            if session.idle and (record is None or record.last_seen_at <= session._stored_seen_at):
+                candidates.append(((session.owner != caller.owner, session.last_seen_at), session))
+        quiet = now - 2 * self.touch_interval
+        for record in records.values():
+            if (record.session_id not in self._sessions and record.session_id not in self._ending
+                    and record.transport == "streamable-http" and record.last_seen_at < quiet):
+                candidates.append(((record.owner != label, record.last_seen_at), record))
+        return min(candidates, key=lambda c: c[0])[1] if candidates else None
+
     async def open_streamable(self, caller: Caller) -> Session:
         """Create a session and start the task that serves it; the caller then passes the
         initialize request to `session.transport`."""
-        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.ACTIVE)
+        session = await self._admit(caller, "streamable-http", _new_session_id(), SessionState.ACTIVE)
         try:
             await self._launch(session)
         except BaseException:
@@ -416,7 +541,7 @@ class SessionRegistry:
     async def open_parked(self, caller: Caller, protocol_version: str, client_params: str) -> Session:
         """Create a session whose `initialize` was answered without the SDK transport
         (transports.direct): recorded, and parked from the start, like a restored one."""
-        session = await self._admit(caller, "streamable-http", secrets.token_urlsafe(32), SessionState.PARKED)
+        session = await self._admit(caller, "streamable-http", _new_session_id(), SessionState.PARKED)
         try:
             await self.established(session, protocol_version, client_params)
         except BaseException:
@@ -462,12 +587,24 @@ class SessionRegistry:
             return None
         if session_id in self._sessions:  # restored by a concurrent request meanwhile
             return self.lookup(session_id, caller.owner, "streamable-http")
-        session = await self._admit(caller, "streamable-http", session_id, SessionState.PARKED)
+        session = await self._admit(caller, "streamable-http", session_id, SessionState.PARKED, new=False)
         session.client_params = params
         session.protocol_version = record.protocol_version or params.protocol_version
-        session.created_at, session._stored_seen_at = record.created_at, record.last_seen_at
+        session.created_at = record.created_at
+        # Touched at once: the other processes holding it learn that it is used here too.
+        await self._touch(session, session.last_seen_at)
         log.info("MCP session %s… restored from storage", session_id[:8])
         return session
+
+    async def held_elsewhere(self, session_id: str, caller: Caller) -> bool:
+        """Whether a legacy SSE session whose stream this process does not hold is live in
+        another process on the store and belongs to `caller`: what is posted for it then goes
+        through the store's inbox to that process (`TransportStore.send_to_session`)."""
+        if session_id in self._ending:
+            return False
+        record = await self._store.get_session(session_id)
+        return (record is not None and record.transport == "sse" and record.owner == self._owner_label(caller.owner)
+                and record.last_seen_at >= time.time() - SSE_STALE_SECONDS)
 
     async def activate(self, session: Session) -> StreamableHTTPServerTransport:
         """The session's SDK transport, started again (handshake already done) if it was parked."""
@@ -569,7 +706,8 @@ class SessionRegistry:
 
     async def _end(self, session: Session, *, keep_record: bool) -> None:
         """End a detached session's transport or stream, shielded so that it completes even while
-        the caller is being cancelled, and delete its record and events unless `keep_record`."""
+        the caller is being cancelled, and delete its record and events unless `keep_record`
+        (always for an SSE session: it cannot outlive its stream)."""
         try:
             with anyio.CancelScope(shield=True):
                 transport, session._transport, session._dispatcher, session._events = (
@@ -578,7 +716,7 @@ class SessionRegistry:
                     await transport.terminate()
                 if session._cancel is not None:
                     await session._cancel()
-                if not keep_record:
+                if not keep_record or session.kind == "sse":
                     await self._store.delete_session(session.session_id)
                     await self._store.delete_events(session.session_id)
         finally:
@@ -589,8 +727,8 @@ class SessionRegistry:
             session._ended.set()
 
     async def forget(self, session: Session, *, keep_record: bool = False) -> None:
-        """End the session. `keep_record` (shutdown) leaves the stored record and events for a
-        later restore."""
+        """End the session. `keep_record` only lets go of it here (shutdown, ended or used
+        elsewhere): the stored record and events stay for whoever serves it next."""
         if self._detach(session):
             await self._end(session, keep_record=keep_record)
         else:

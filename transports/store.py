@@ -1,12 +1,19 @@
 """What the transports store: a record per live MCP session.
 
 The record is what outlives the process: it lets operators list and revoke sessions
-(`memory-mcp sessions`), and a later backend can move a session between instances. The transport
-object itself (queues, streams) only lives in the process that serves the session.
+(`memory-mcp sessions`), and it lets any process that serves the same store serve any request of
+the session (workers, instances, a restart). The transport object itself (queues, streams) lives
+only in the processes that serve the session at the moment.
+
+Two small signals cross processes through the store (docs/decisions.md#10): a session's end
+(`SessionStore.session_endings`), so that every process holding the session lets go of it within
+a second, and the messages a legacy SSE client posts to a process that does not hold its stream
+(`SessionInbox`).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -41,15 +48,57 @@ class SessionStore(Protocol):
 
     async def get_session(self, session_id: str) -> SessionRecord | None: ...
 
-    async def touch_session(self, session_id: str, now: float) -> None: ...
+    async def touch_session(self, session_id: str, now: float) -> None:
+        """Set the record's `last_seen_at` (only ever forward). May return before it is written:
+        it is bookkeeping no request should wait for. Every process touches the sessions it serves,
+        open streams included, so that the record tells all of them when the session was last used."""
+        ...
 
-    async def delete_session(self, session_id: str) -> None: ...
+    async def delete_session(self, session_id: str) -> None:
+        """Forget the record and the session's inbox; when there was a record, announce the end on
+        `session_endings` (in the same transaction on SQLite: a process that sees the announcement
+        can no longer read the record)."""
+        ...
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]: ...
 
+    async def count_sessions(self, user: str, limit: int) -> int:
+        """How many records the user's sessions have (expired ones included), counted up to
+        `limit`: a cheap first look at the per-user cap, before `list_sessions`."""
+        ...
+
     async def purge_sessions(self, idle_before: float) -> int:
         """Forget the sessions last seen before `idle_before` (expired while nobody served
-        them) with their events; called at start-up."""
+        them, or left by a process that died) with their events and inbox, announcing each end;
+        called at start-up."""
+        ...
+
+    def session_endings(self) -> AsyncGenerator[str, None]:
+        """The ids of the sessions whose record is deleted from now on, by any process on this
+        store (this one included), as the ends are announced, for as long as the caller iterates.
+        A store that cannot answer for a while is retried inside: the iterator does not end.
+        SQLite: a log polled once a second; Redis: a pub/sub channel."""
+        ...
+
+
+class SessionInbox(Protocol):
+    """Messages for a legacy SSE session (2024-11-05 transport) that a client posted to a process
+    that does not hold the session's stream: the process that holds it reads them and answers on
+    the stream. A queue per session, consumed by that one process."""
+
+    async def send_to_session(self, session_id: str, message: str, limit: int) -> bool:
+        """Queue `message` (opaque text) for the session, unless `limit` messages already wait
+        for it (False: nothing stored; the holder takes them within moments, so only a client
+        flooding the session gets there). Durable once it returns True: the process iterating
+        `session_messages(session_id)` gets it, now or when it starts iterating. What no process
+        reads goes with the session's record (`delete_session`, `purge_sessions`)."""
+        ...
+
+    def session_messages(self, session_id: str) -> AsyncGenerator[str, None]:
+        """The messages queued for the session, oldest first, each one once, as they come, for as
+        long as the caller iterates (close it with `aclose`). One caller per session: the holder of
+        its stream. SQLite: the table polled every 50 ms while this process holds any stream;
+        Redis: a list per session with a blocking pop, or pub/sub as a wake-up."""
         ...
 
 
@@ -103,5 +152,5 @@ class EventLog(Protocol):
         ...
 
 
-class TransportStore(SessionStore, EventLog, Protocol):
+class TransportStore(SessionStore, SessionInbox, EventLog, Protocol):
     """Everything `transports/` stores."""

@@ -616,7 +616,10 @@ class AuthTables:
 
     async def record_revocation(self, revocation: Revocation, now: float) -> None:
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM auth_revocations WHERE created_at < ?", (now - REVOCATION_LOG_SECONDS,))
+            # The newest row stays whatever its age: with none left, the next revocation would get a
+            # rowid readers' cursors are already past, and no running server would see it.
+            conn.execute("DELETE FROM auth_revocations WHERE created_at < ? AND id < (SELECT max(id) FROM "
+                         "auth_revocations)", (now - REVOCATION_LOG_SECONDS,))
             conn.execute("INSERT INTO auth_revocations (subject, client_id, grant_id, created_at) VALUES (?, ?, ?, ?)",
                          (revocation.subject, revocation.client_id, revocation.grant_id, now))
         await self.db.write(write)

@@ -1,8 +1,18 @@
-"""MCP session records on SQLite (`transports.store.SessionStore`).
+"""MCP session records on SQLite (`transports.store.SessionStore`, `SessionInbox`).
 
     mcp_sessions(session_id PK, owner, user, transport, protocol_version, created_at, last_seen_at,
                  client_params: the initialize params, JSON)
-    index on user: `memory-mcp sessions list --user` and teardown of one user's sessions.
+    index on user: `memory-mcp sessions list --user`, teardown of one user's sessions, and the
+    per-user cap counted across processes.
+    mcp_session_endings(id AUTOINCREMENT, session_id, created_at): the ends announced by
+    `delete_session` and `purge_sessions`, read by every process once a second
+    (`session_endings`) with a cursor; kept an hour, far longer than any reader's interval.
+    AUTOINCREMENT so that an id is never reused once old rows are deleted: a reader's cursor
+    would skip it.
+    mcp_session_inbox(id AUTOINCREMENT, session_id, message): what a legacy SSE client posted to
+    a process that does not hold its stream; the holder polls it every 50 ms while it holds any
+    stream, and deletes what it took. Never reused ids: the holder skips ids it already took
+    (when deleting them failed), which a reused id would be mistaken for.
 
 The session id is not a credential (every request is authenticated by its bearer token and the
 session must belong to the same principal), so it is stored as is: operators need to name it.
@@ -10,10 +20,14 @@ session must belong to the same principal), so it is stored as is: operators nee
 
 from __future__ import annotations
 
+import asyncio
+import json
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncGenerator, Sequence
 from typing import Final
 
+from server.storage import StorageUnavailable
 from server.storage.sqlite.db import Database
 from transports.store import EVENT_OVERHEAD_BYTES, EventLimits, SessionRecord
 
@@ -28,7 +42,19 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
     last_seen_at REAL NOT NULL,
     client_params TEXT
 );
-CREATE INDEX IF NOT EXISTS mcp_sessions_user ON mcp_sessions(user)
+CREATE INDEX IF NOT EXISTS mcp_sessions_user ON mcp_sessions(user);
+CREATE TABLE IF NOT EXISTS mcp_session_endings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mcp_session_endings_age ON mcp_session_endings(created_at);
+CREATE TABLE IF NOT EXISTS mcp_session_inbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS mcp_session_inbox_session ON mcp_session_inbox(session_id, id)
 """
 
 
@@ -36,9 +62,19 @@ DELETE_BATCH: Final = 1000
 """Events deleted per transaction by a purge."""
 
 
+ENDINGS_POLL_SECONDS: Final = 1.0
+"""How often `session_endings` reads the log: a session ended by another process ends here within
+about this long."""
+ENDINGS_KEPT_SECONDS: Final = 3600.0
+INBOX_POLL_SECONDS: Final = 0.05
+"""How often the holder of legacy SSE streams reads their inbox: the extra latency of a message
+posted to another process."""
+
+
 class SessionTables:
     SCHEMA = SCHEMA
     db: Database
+    _inbox: _Inbox | None = None
 
     async def save_session(self, record: SessionRecord) -> None:
         await self.db.write(
@@ -51,13 +87,18 @@ class SessionTables:
         return SessionRecord(**dict(rows[0])) if rows else None
 
     async def touch_session(self, session_id: str, now: float) -> None:
-        # Not awaited: a request must not wait for the lock (or fail) for the sake of this hint,
-        # which only matters to a later restore or purge.
-        self.db.write_soon(_execute, "UPDATE mcp_sessions SET last_seen_at = ? WHERE session_id = ?",
-                           (now, session_id))
+        # Not awaited: a request must not wait for the lock (or fail) for the sake of this hint.
+        # Never backwards: several processes touch the same record with their own clocks' times.
+        self.db.write_soon(_execute, "UPDATE mcp_sessions SET last_seen_at = ? WHERE session_id = ? "
+                           "AND last_seen_at < ?", (now, session_id, now))
 
     async def delete_session(self, session_id: str) -> None:
-        await self.db.write(_execute, "DELETE FROM mcp_sessions WHERE session_id = ?", (session_id,))
+        def write(conn: sqlite3.Connection) -> None:
+            gone = conn.execute("DELETE FROM mcp_sessions WHERE session_id = ?", (session_id,)).rowcount
+            conn.execute("DELETE FROM mcp_session_inbox WHERE session_id = ?", (session_id,))
+            if gone:
+                _announce(conn, [session_id])
+        await self.db.write(write)
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
         if user is None:
@@ -66,10 +107,20 @@ class SessionTables:
             rows = await self.db.read(_rows, "SELECT * FROM mcp_sessions WHERE user = ? ORDER BY created_at", (user,))
         return [SessionRecord(**dict(row)) for row in rows]
 
+    async def count_sessions(self, user: str, limit: int) -> int:
+        rows = await self.db.read(_rows, "SELECT count(*) FROM (SELECT 1 FROM mcp_sessions WHERE user = ? LIMIT ?)",
+                                  (user, limit))
+        return int(rows[0][0])
+
     async def purge_sessions(self, idle_before: float) -> int:
-        # An SSE session is its open stream: it cannot outlive the process that held it.
-        gone = await self.db.write(_execute, "DELETE FROM mcp_sessions WHERE last_seen_at < ? OR transport = 'sse'",
-                                   (idle_before,))
+        def purge(conn: sqlite3.Connection) -> int:
+            ids = [row[0] for row in conn.execute("SELECT session_id FROM mcp_sessions WHERE last_seen_at < ?",
+                                                  (idle_before,))]
+            conn.executemany("DELETE FROM mcp_sessions WHERE session_id = ?", [(i,) for i in ids])
+            _announce(conn, ids)
+            conn.execute("DELETE FROM mcp_session_inbox WHERE session_id NOT IN (SELECT session_id FROM mcp_sessions)")
+            return len(ids)
+        gone = await self.db.write(purge)
         # Their events in batches of short transactions: there may be many.
         while await self.db.write(
                 _execute, "DELETE FROM mcp_events WHERE event_id IN (SELECT event_id FROM mcp_events"
@@ -78,6 +129,102 @@ class SessionTables:
         await self.db.write(_execute, "DELETE FROM mcp_event_bytes WHERE session_id NOT IN "
                             "(SELECT session_id FROM mcp_sessions)", ())
         return gone
+
+    async def session_endings(self) -> AsyncGenerator[str, None]:
+        cursor: int | None = None
+        while True:
+            try:
+                if cursor is None:
+                    rows = await self.db.read(_rows, "SELECT coalesce(max(id), 0) FROM mcp_session_endings", ())
+                    cursor = int(rows[0][0])
+                    found = []
+                else:
+                    found = await self.db.read(_rows, "SELECT id, session_id FROM mcp_session_endings WHERE id > ? "
+                                               "ORDER BY id", (cursor,))
+            except StorageUnavailable:
+                found = []  # the database says why, once a minute; the next round tries again
+            for row in found:
+                cursor = int(row["id"])
+                yield str(row["session_id"])
+            await asyncio.sleep(ENDINGS_POLL_SECONDS)
+
+    # SessionInbox
+
+    async def send_to_session(self, session_id: str, message: str, limit: int) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            waiting = conn.execute("SELECT count(*) FROM (SELECT 1 FROM mcp_session_inbox WHERE session_id = ? "
+                                   "LIMIT ?)", (session_id, limit)).fetchone()[0]
+            if waiting >= limit:
+                return False
+            conn.execute("INSERT INTO mcp_session_inbox (session_id, message) VALUES (?, ?)", (session_id, message))
+            return True
+        return await self.db.write(write)
+
+    def session_messages(self, session_id: str) -> AsyncGenerator[str, None]:
+        if self._inbox is None:
+            self._inbox = _Inbox(self.db)
+        return self._inbox.messages(session_id)
+
+
+def _announce(conn: sqlite3.Connection, session_ids: Sequence[str]) -> None:
+    if not session_ids:
+        return
+    now = time.time()
+    conn.execute("DELETE FROM mcp_session_endings WHERE created_at < ?", (now - ENDINGS_KEPT_SECONDS,))
+    conn.executemany("INSERT INTO mcp_session_endings (session_id, created_at) VALUES (?, ?)",
+                     [(session_id, now) for session_id in session_ids])
+
+
+class _Inbox:
+    """This process's readers of the inbox: one polling task for all the sessions whose stream it
+    holds, running only while it holds one, every statement on the database's threads."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._queues: dict[str, asyncio.Queue[str]] = {}
+        self._taken: dict[str, int] = {}
+        """The last id handed out per session: a row whose deletion failed is not handed out twice."""
+        self._poller: asyncio.Task[None] | None = None
+
+    async def messages(self, session_id: str) -> AsyncGenerator[str, None]:
+        queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queues[session_id] = queue
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll(), name="mcp-session-inbox")
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            if self._queues.get(session_id) is queue:
+                del self._queues[session_id]
+                self._taken.pop(session_id, None)
+
+    async def _poll(self) -> None:
+        while self._queues:
+            await asyncio.sleep(INBOX_POLL_SECONDS)
+            try:
+                rows = await self._db.read(
+                    _rows, "SELECT id, session_id, message FROM mcp_session_inbox WHERE session_id IN "
+                    "(SELECT value FROM json_each(?)) ORDER BY id", (json.dumps(list(self._queues)),))
+            except StorageUnavailable:
+                continue
+            taken = []
+            for row in rows:
+                message_id, session_id = int(row["id"]), str(row["session_id"])
+                queue = self._queues.get(session_id)
+                if queue is not None and message_id > self._taken.get(session_id, 0):
+                    self._taken[session_id] = message_id
+                    queue.put_nowait(str(row["message"]))
+                taken.append(message_id)
+            if taken:
+                try:
+                    await self._db.write(_delete_ids, taken)
+                except StorageUnavailable:
+                    pass  # read again next round, and skipped by `_taken`
+
+
+def _delete_ids(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+    conn.executemany("DELETE FROM mcp_session_inbox WHERE id = ?", [(i,) for i in ids])
 
 
 EVENTS_SCHEMA = """
