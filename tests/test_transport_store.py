@@ -89,18 +89,21 @@ async def test_list_by_creation_and_by_user_and_delete(store: TransportStore) ->
     assert await store.get_session("b") is None
 
 
-async def test_purge_forgets_idle_and_sse_sessions_with_their_events(store: TransportStore) -> None:
+async def test_purge_forgets_idle_sessions_of_both_transports_with_their_events(store: TransportStore) -> None:
+    """By age alone: a live SSE session's stream may be held by another process on the store (its
+    holder keeps the record fresh), while one whose process died is idle like any other."""
     await store.save_session(record("idle", last_seen_at=100))
     await store.save_session(record("live", last_seen_at=5000))
-    await store.save_session(record("sse", last_seen_at=5000, transport="sse"))
-    for session_id in ("idle", "live", "sse", "no-record"):
+    await store.save_session(record("sse", created_at=1001, last_seen_at=5000, transport="sse"))
+    await store.save_session(record("dead-sse", last_seen_at=100, transport="sse"))
+    for session_id in ("idle", "live", "sse", "dead-sse", "no-record"):
         await store.append_event(session_id, "u1", "0", f'"{session_id}"', WIDE)
     assert await store.purge_sessions(1000) == 2
-    assert [r.session_id for r in await store.list_sessions()] == ["live"]
-    for session_id in ("idle", "sse", "no-record"):
+    assert [r.session_id for r in await store.list_sessions()] == ["live", "sse"]
+    for session_id in ("idle", "dead-sse", "no-record"):
         assert await store.event_bytes(session_id) == 0
     assert await store.event_bytes("live") == cost('"live"')
-    assert await store.event_bytes(user="u1") == cost('"live"')
+    assert await store.event_bytes(user="u1") == cost('"live"') + cost('"sse"')
     assert await store.purge_sessions(1000) == 0
 
 
