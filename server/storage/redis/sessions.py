@@ -33,12 +33,15 @@ allows; Redis Cluster does not, and is not supported.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Awaitable, Mapping
 from functools import cached_property
 from typing import Any, Final
 
+import redis.asyncio as aioredis
 from redis import exceptions as redis_errors
+from redis.asyncio.client import PubSub
 
 from server.storage.redis.base import DEFAULT_PREFIX, RedisBase, guard_all, unavailable
 from transports.store import EVENT_OVERHEAD_BYTES, EventLimits, SessionRecord
@@ -48,6 +51,12 @@ log = logging.getLogger(__name__)
 SEP: Final = b"\xff"
 PURGE_BATCH: Final = 200
 """Sessions looked at per script by a purge: each script is short, whatever the number of sessions."""
+ENDINGS_WAIT_SECONDS: Final = 1.0
+INBOX_WAIT_SECONDS: Final = 1.0
+"""How long one wait for an end or a message lasts: the longest a closed iterator takes to let go
+of its connection (a closing caller does not wait for it; the wait itself is cut short)."""
+RETRY_SECONDS: Final = 1.0
+"""The pause before an iterator asks again a Redis that did not answer."""
 
 _FIELDS: Final = ("owner", "user", "transport", "protocol_version", "created_at", "last_seen_at", "client_params")
 
@@ -184,22 +193,96 @@ end
 return 0
 """
 
-# KEYS: session:all. ARGV: prefix, last_seen_at bound, then session ids. Deletes the records idle
-# since before the bound, and SSE ones; forgets names whose record expired. Returns the count deleted.
-_PURGE = """
+# What the session scripts share. ARGV[1]: the key prefix, as base.RedisBase.key builds keys.
+_SESSION_LUA = r"""
+local P = ARGV[1]
+local ALL, ENDED = P .. 'session:all', P .. 'session-ended'
+local function record_key(sid) return P .. 'session:record:' .. sid end
+local function inbox_key(sid) return P .. 'session:inbox:' .. sid end
+local function user_key(user) return P .. 'session:user:' .. user end
+
+-- Forget session `sid` (its record, its names, its inbox); announce the end if it had a record.
+local function forget(sid)
+  local user = redis.call('HGET', record_key(sid), 'user')
+  redis.call('DEL', record_key(sid), inbox_key(sid))
+  redis.call('ZREM', ALL, sid)
+  if not user then return 0 end
+  redis.call('SREM', user_key(user), sid)
+  redis.call('PUBLISH', ENDED, sid)
+  return 1
+end
+"""
+
+# ARGV: prefix, the session, then field, value pairs; the last two are the transport and the
+# expiry (ms since the epoch, "" for none). Replaces the record, moving it to its user's set.
+_SAVE = _SESSION_LUA + """
+local sid, transport, expiry = ARGV[2], ARGV[#ARGV - 1], ARGV[#ARGV]
+local record = record_key(sid)
+local before = redis.call('HGET', record, 'user')
+if before then redis.call('SREM', user_key(before), sid) end
+redis.call('DEL', record)
+local fields, user = {}, nil
+for i = 3, #ARGV - 2, 2 do
+  fields[#fields + 1] = ARGV[i]
+  fields[#fields + 1] = ARGV[i + 1]
+  if ARGV[i] == 'user' then user = ARGV[i + 1] end
+end
+redis.call('HSET', record, unpack(fields))
+redis.call('ZADD', ALL, redis.call('HGET', record, 'created_at'), sid)
+redis.call('SADD', user_key(user), sid)
+if expiry ~= '' and transport ~= 'sse' then redis.call('PEXPIREAT', record, expiry) end
+return 1
+"""
+
+# ARGV: prefix, the session. Returns 1 when there was a record (its end announced), else 0.
+_FORGET = _SESSION_LUA + """
+return forget(ARGV[2])
+"""
+
+# ARGV: prefix, last_seen_at bound, then session ids. Forgets the records last seen before the
+# bound (announcing each end) and the names whose record expired. Returns the count forgotten.
+_PURGE = _SESSION_LUA + """
 local gone = 0
 for i = 3, #ARGV do
-  local record = ARGV[1] .. 'session:record:' .. ARGV[i]
-  local fields = redis.call('HMGET', record, 'last_seen_at', 'transport')
-  if not fields[1] then
-    redis.call('ZREM', KEYS[1], ARGV[i])
-  elseif tonumber(fields[1]) < tonumber(ARGV[2]) or fields[2] == 'sse' then
-    redis.call('DEL', record)
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    gone = gone + 1
+  local sid = ARGV[i]
+  local seen = redis.call('HGET', record_key(sid), 'last_seen_at')
+  if not seen then
+    redis.call('ZREM', ALL, sid)
+    redis.call('DEL', inbox_key(sid))
+  elseif tonumber(seen) < tonumber(ARGV[2]) then
+    gone = gone + forget(sid)
   end
 end
 return gone
+"""
+
+# ARGV: prefix, user, limit. The user's records, up to `limit`; at the limit, names whose record
+# expired are dropped first (nothing else learns of an expiry), so the set stays near the cap.
+_COUNT = _SESSION_LUA + """
+local users, limit = user_key(ARGV[2]), tonumber(ARGV[3])
+local count = redis.call('SCARD', users)
+if count >= limit then
+  for _, sid in ipairs(redis.call('SMEMBERS', users)) do
+    if redis.call('EXISTS', record_key(sid)) == 0 then
+      redis.call('SREM', users, sid)
+      count = count - 1
+    end
+  end
+end
+return math.min(count, limit)
+"""
+
+# ARGV: prefix, the session, the message, the limit. 0: the limit is reached; 1: queued (or
+# dropped, when the session has no record any more: it would have gone with the record).
+_SEND = _SESSION_LUA + """
+local sid, limit = ARGV[2], tonumber(ARGV[4])
+local ttl = redis.call('PTTL', record_key(sid))
+if ttl == -2 then return 1 end
+local inbox = inbox_key(sid)
+if redis.call('LLEN', inbox) >= limit then return 0 end
+redis.call('RPUSH', inbox, ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', inbox, ttl) end
+return 1
 """
 
 # KEYS: session:all. ARGV: prefix. Every record, oldest first: {session id, HGETALL reply, ...};
@@ -218,13 +301,17 @@ end
 return out
 """
 
-# KEYS: the record. ARGV: last_seen_at, the expiry (ms since the epoch; "" for none). Touches
-# only a record that exists; an SSE record keeps no TTL.
-_TOUCH = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'last_seen_at', ARGV[1])
-if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'transport') ~= 'sse' then
-  redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+# ARGV: prefix, the session, last_seen_at, the expiry (ms since the epoch; "" for none). Touches
+# only a record that exists, and only forward (processes touch with their own clocks); an SSE record
+# keeps no TTL; the inbox keeps the record's.
+_TOUCH = _SESSION_LUA + """
+local record = record_key(ARGV[2])
+local fields = redis.call('HMGET', record, 'last_seen_at', 'transport')
+if not fields[1] or tonumber(fields[1]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', record, 'last_seen_at', ARGV[3])
+if ARGV[4] ~= '' and fields[2] ~= 'sse' then
+  redis.call('PEXPIREAT', record, ARGV[4])
+  if redis.call('EXISTS', inbox_key(ARGV[2])) == 1 then redis.call('PEXPIREAT', inbox_key(ARGV[2]), ARGV[4]) end
 end
 return 1
 """
@@ -236,7 +323,11 @@ class _Scripts:
         self.after = base.script(_AFTER)
         self.delete = base.script(_DELETE)
         self.drop_orphans = base.script(_DROP_ORPHANS)
+        self.save = base.script(_SAVE)
+        self.forget = base.script(_FORGET)
         self.purge = base.script(_PURGE)
+        self.count = base.script(_COUNT)
+        self.send = base.script(_SEND)
         self.list = base.script(_LIST)
         self.touch = base.script(_TOUCH)
 
@@ -250,6 +341,7 @@ class RedisSessions(RedisBase):
         super().__init__(url, timeout=timeout, prefix=prefix)
         self.session_ttl = session_ttl
         """Seconds a streamable-http record lives past its last_seen_at (None: until deleted)."""
+        self.timeout = timeout
 
     @cached_property
     def _session_scripts(self) -> _Scripts:
@@ -262,16 +354,11 @@ class RedisSessions(RedisBase):
     # --- session records ---------------------------------------------------------------------
 
     async def save_session(self, record: SessionRecord) -> None:
-        key = self.key("session", "record", record.session_id)
-        fields = {name: _encode(getattr(record, name)) for name in _FIELDS if getattr(record, name) is not None}
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]  # redis-py's stubs want str keys and values
-            pipe.zadd(self.key("session", "all"), {record.session_id: record.created_at})
-            expiry = self._expiry(record.last_seen_at)
-            if expiry and record.transport != "sse":
-                pipe.pexpireat(key, int(expiry))
-            await pipe.execute()
+        args: list[str] = [self.prefix, record.session_id]
+        for name in _FIELDS:
+            if getattr(record, name) is not None:
+                args += [name, _encode(getattr(record, name))]
+        await self._session_scripts.save(args=[*args, record.transport, self._expiry(record.last_seen_at)])
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         fields = await self.client.hgetall(self.key("session", "record", session_id))
@@ -281,18 +368,14 @@ class RedisSessions(RedisBase):
         # A hint for a later restore or purge: a request neither fails nor waits past one round
         # trip for it (SQLite queues it without waiting).
         try:
-            await self._session_scripts.touch(keys=[self.key("session", "record", session_id)],
-                                              args=[repr(now), self._expiry(now)])
+            await self._session_scripts.touch(args=[self.prefix, session_id, repr(now), self._expiry(now)])
         except redis_errors.RedisError as exc:
             if unavailable(exc) is None:
                 raise
             log.warning("MCP session %s…: last-seen time not stored: %s", session_id[:8], exc)
 
     async def delete_session(self, session_id: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(self.key("session", "record", session_id))
-            pipe.zrem(self.key("session", "all"), session_id)
-            await pipe.execute()
+        await self._session_scripts.forget(args=[self.prefix, session_id])
 
     async def list_sessions(self, user: str | None = None) -> list[SessionRecord]:
         reply = await self._session_scripts.list(keys=[self.key("session", "all")], args=[self.prefix])
@@ -303,17 +386,87 @@ class RedisSessions(RedisBase):
                 records.append(record)
         return records
 
+    async def count_sessions(self, user: str, limit: int) -> int:
+        return int(await self._session_scripts.count(args=[self.prefix, user, limit]))
+
     async def purge_sessions(self, idle_before: float) -> int:
-        index = self.key("session", "all")
         gone = 0
-        session_ids = [_text(sid) for sid in await self.client.zrange(index, 0, -1)]
+        session_ids = [_text(sid) for sid in await self.client.zrange(self.key("session", "all"), 0, -1)]
         for start in range(0, len(session_ids), PURGE_BATCH):
             gone += int(await self._session_scripts.purge(
-                keys=[index], args=[self.prefix, repr(idle_before), *session_ids[start:start + PURGE_BATCH]]))
+                args=[self.prefix, repr(idle_before), *session_ids[start:start + PURGE_BATCH]]))
         with_events = [_text(sid) for sid in await self.client.smembers(self.key("events", "sessions"))]
         for start in range(0, len(with_events), PURGE_BATCH):
             await self._session_scripts.drop_orphans(args=[self.prefix, *with_events[start:start + PURGE_BATCH]])
         return gone
+
+    async def session_endings(self) -> AsyncGenerator[str, None]:
+        # Its own connection (not the pool's): it is held for as long as the caller iterates.
+        client = self._dedicated_client(ENDINGS_WAIT_SECONDS)
+        channel = self.key("session-ended")
+        pubsub: PubSub | None = None
+        outage = False
+        try:
+            while True:
+                try:
+                    if pubsub is None:
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        await pubsub.subscribe(channel)
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=ENDINGS_WAIT_SECONDS)
+                except (redis_errors.RedisError, OSError) as exc:
+                    # Pub/sub keeps nothing for a subscriber that is away: ends announced until
+                    # the next subscription are missed (docs/storage.md says what that costs).
+                    if not outage:
+                        log.warning("MCP session ends from other processes not followed until Redis answers "
+                                    "again: %s: %s", type(exc).__name__, exc)
+                        outage = True
+                    if pubsub is not None:
+                        await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                        pubsub = None
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                if outage:
+                    log.warning("MCP session ends from other processes followed again")
+                    outage = False
+                if message is not None and message.get("type") == "message":
+                    yield _text(message["data"])
+        finally:
+            if pubsub is not None:
+                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            await _quietly(client.aclose())
+
+    # --- inboxes of legacy SSE sessions ------------------------------------------------------
+
+    async def send_to_session(self, session_id: str, message: str, limit: int) -> bool:
+        return bool(await self._session_scripts.send(args=[self.prefix, session_id, message, limit]))
+
+    async def session_messages(self, session_id: str) -> AsyncGenerator[str, None]:
+        # A connection of its own: BLPOP holds it while it waits, which the shared pool must not
+        # lend (one per held stream would starve the requests).
+        client = self._dedicated_client(INBOX_WAIT_SECONDS)
+        inbox = self.key("session", "inbox", session_id)
+        outage = False
+        try:
+            while True:
+                try:
+                    popped = await client.blpop([inbox], timeout=INBOX_WAIT_SECONDS)
+                except (redis_errors.RedisError, OSError) as exc:
+                    if not outage:
+                        log.warning("messages for SSE session %s… not read until Redis answers again: %s: %s",
+                                    session_id[:8], type(exc).__name__, exc)
+                        outage = True
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                outage = False
+                if popped is not None:
+                    yield _text(popped[1])
+        finally:
+            await _quietly(client.aclose())
+
+    def _dedicated_client(self, wait: float) -> aioredis.Redis:
+        """A client with one connection of its own, for a command that blocks up to `wait` seconds."""
+        return aioredis.Redis.from_url(self.url, single_connection_client=True, socket_connect_timeout=self.timeout,
+                                       socket_timeout=wait + self.timeout)
 
     # --- event log ---------------------------------------------------------------------------
 
@@ -360,6 +513,14 @@ class RedisSessions(RedisBase):
 def _encode(value: object) -> str:
     """A record field as stored: floats in their repr (read back exactly), text as is."""
     return repr(value) if isinstance(value, float) else str(value)
+
+
+async def _quietly(closing: Awaitable[None]) -> None:
+    """Close a connection that may be broken: closing it is all that is left to do."""
+    try:
+        await closing
+    except (redis_errors.RedisError, OSError) as exc:
+        log.debug("closing a Redis connection: %s", exc)
 
 
 def _text(value: Any) -> str:
