@@ -5,6 +5,9 @@ Keys (formats and TTLs in docs/storage.md):
     session:record:<session id>  hash    owner, user, transport, protocol_version, created_at,
                                          last_seen_at, client_params (absent fields: None)
     session:all                  zset    session id scored by created_at: every record, listing order
+    session:user:<user>          set     the user's session ids (the per-user cap's count)
+    session:inbox:<session id>   list    messages posted for a legacy SSE session, oldest first
+    session-ended                channel a session id, published when its record is deleted
     events:next                  string  the last event id handed out, for every session
     events:log:<session id>      hash    event id -> stream id FF message (no FF: a priming event)
     events:index:<session id>    zset    "<event id> FF <cost> FF <stream id>" scored by event id
@@ -16,9 +19,23 @@ Keys (formats and TTLs in docs/storage.md):
 Records. A streamable-http record expires `session_ttl` seconds (the session_idle_timeout
 setting) after its `last_seen_at`, renewed by each touch: past that no server restores it (the
 registry refuses a record idle that long), so Redis may forget it without anyone asking. A legacy
-SSE record has no TTL: its session is one open stream, which touches nothing while it lasts; it
-goes when the stream ends, or at the next start-up's purge, as on SQLite. `session:all` may name a
-record that expired; listing drops such names, in the same script that finds them gone.
+SSE record has no TTL, as on SQLite: it goes when its stream ends, or with a purge once idle (its
+holder touches it every few seconds while the stream lasts). Touches only move `last_seen_at`
+forward: several processes touch one record, each with its own clock. `session:all` and
+`session:user:<user>` may name a record that expired: listing drops such names from the first,
+counting a user at the cap from the second, in the script that finds them gone.
+
+What crosses processes (docs/decisions.md#10). Deleting a record (delete_session, a purge) is one
+script that also deletes the inbox and, when there was a record, publishes the id on
+`session-ended`: a process that hears of the end can no longer read the record. `session_endings`
+subscribes on a connection of its own; pub/sub keeps nothing for a subscriber that is away, so an
+end announced while the subscription is down (Redis restarting, a network cut) is missed by that
+process, which keeps serving such a session it holds until the session is idle there, rather
+than letting go of it at once. The iterator retries every second and never ends. A legacy
+SSE session's inbox is a list: `send_to_session` checks its length and appends in one script, and
+gives it the record's TTL (an SSE record has none: the inbox goes with it); `session_messages`
+pops it with BLPOP on a connection of its own, one per held stream, so waits never take the
+shared pool's connections.
 
 Events. Ids come from one counter (`events:next`), so they are digits, unique across sessions and
 growing, as SQLite's rowids: every lookup also names the session (`events:log:<session id>`), so
@@ -53,8 +70,8 @@ PURGE_BATCH: Final = 200
 """Sessions looked at per script by a purge: each script is short, whatever the number of sessions."""
 ENDINGS_WAIT_SECONDS: Final = 1.0
 INBOX_WAIT_SECONDS: Final = 1.0
-"""How long one wait for an end or a message lasts: the longest a closed iterator takes to let go
-of its connection (a closing caller does not wait for it; the wait itself is cut short)."""
+"""How long one wait for an end or a message lasts before the iterator asks again. Closing the
+iterator never waits for it: the caller cancels the task that waits, or closes it between items."""
 RETRY_SECONDS: Final = 1.0
 """The pause before an iterator asks again a Redis that did not answer."""
 
