@@ -12,20 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from server.storage import Storage, StorageUnavailable
+from server.storage import StorageUnavailable
 from server.storage.redis import RedisStorage
 from server.storage.sqlite import SQLiteStorage
 from tests.redis_server import RedisServer
-from transports.store import SessionRecord
+from transports.store import SessionRecord, TransportStore
 
 BACKENDS = ["sqlite", "redis"]
+Stores = tuple[TransportStore, TransportStore]
 
 
 @pytest.fixture(params=BACKENDS)
-async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Storage, Storage]]:
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     """Two processes' stores on the same data."""
-    one: Storage
-    two: Storage
+    one: TransportStore
+    two: TransportStore
     if request.param == "sqlite":
         one, two = SQLiteStorage(tmp_path / "memory.sqlite3"), SQLiteStorage(tmp_path / "memory.sqlite3")
     else:
@@ -57,7 +58,7 @@ async def until(condition: Callable[[], bool], within: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_every_process_learns_of_an_end(stores: tuple[Storage, Storage]) -> None:
+async def test_every_process_learns_of_an_end(stores: Stores) -> None:
     """Within about a second on SQLite (the poll interval); the bound checked here is looser, for
     a loaded machine: what it tells apart is an announcement from no announcement at all."""
     here, there = stores
@@ -87,7 +88,7 @@ async def test_every_process_learns_of_an_end(stores: tuple[Storage, Storage]) -
         await endings_there.aclose()
 
 
-async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(stores: tuple[Storage, Storage]) -> None:
+async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(stores: Stores) -> None:
     holder, poster = stores
     await holder.save_session(record("s1", "sse"))
     await holder.save_session(record("s2", "sse"))
@@ -125,7 +126,7 @@ async def test_an_inbox_delivers_each_message_once_in_order_to_its_session(store
     assert late == []
 
 
-async def test_touching_a_record_never_moves_it_back(stores: tuple[Storage, Storage]) -> None:
+async def test_touching_a_record_never_moves_it_back(stores: Stores) -> None:
     here, there = stores
     now = time.time()
     await here.save_session(record("s", last_seen_at=now))
@@ -144,7 +145,7 @@ async def test_touching_a_record_never_moves_it_back(stores: tuple[Storage, Stor
     assert found is not None and found.last_seen_at == now + 5
 
 
-async def test_a_users_sessions_are_counted_up_to_a_limit(stores: tuple[Storage, Storage]) -> None:
+async def test_a_users_sessions_are_counted_up_to_a_limit(stores: Stores) -> None:
     here, there = stores
     for i in range(5):
         await there.save_session(record(f"s{i}"))
