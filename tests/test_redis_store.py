@@ -70,6 +70,8 @@ def every_call(store: RedisStorage) -> dict[str, Callable[[], Awaitable[Any]]]:
         "get_session": lambda: store.get_session("s1"),
         "delete_session": lambda: store.delete_session("s1"),
         "list_sessions": lambda: store.list_sessions(),
+        "count_sessions": lambda: store.count_sessions("user-1", 10),
+        "send_to_session": lambda: store.send_to_session("s1", "m", 64),
         "purge_sessions": lambda: store.purge_sessions(0.0),
         "append_event": lambda: store.append_event("s1", "user-1", "0", '{"m": 1}', LIMITS),
         "events_after": lambda: store.events_after("s1", "1"),

@@ -153,37 +153,88 @@ async def test_a_users_sessions_are_counted_up_to_a_limit(stores: Stores) -> Non
     assert await here.count_sessions("someone else", 10) == 0
 
 
-async def test_ends_are_followed_again_after_redis_restarts(redis_server: RedisServer, redis_url: str) -> None:
-    """Redis only: the subscription is lost with the connection; the iterator neither ends nor
-    raises, and delivers the ends announced once Redis answers again."""
+async def test_ends_and_inboxes_are_followed_again_after_redis_restarts(redis_server: RedisServer,
+                                                                        redis_url: str) -> None:
+    """Redis only: the subscription and the inbox's connection are lost with the server; neither
+    iterator ends nor raises, and both deliver what comes once Redis answers again."""
     here, there = RedisStorage(redis_url), RedisStorage(redis_url)
     seen: list[str] = []
-    endings = here.session_endings()
-    task = asyncio.create_task(collect(endings, seen))
+    got: list[str] = []
+    endings, inbox = here.session_endings(), here.session_messages("sse")
+    tasks = [asyncio.create_task(collect(endings, seen)), asyncio.create_task(collect(inbox, got))]
     try:
         await there.save_session(record("before"))
         await asyncio.sleep(0.1)
         await there.delete_session("before")
         await until(lambda: seen == ["before"], 5)
         redis_server.stop()
-        await asyncio.sleep(1.5)  # the iterator finds Redis gone and retries
-        redis_server.start()
+        await asyncio.sleep(1.5)  # both iterators find Redis gone and retry
+        redis_server.start()  # empty
         deadline = time.monotonic() + 10
         # Announced until this process has subscribed again: ends announced before that are
         # missed by design (pub/sub), so the test repeats the announcement. The first calls may
         # meet the pool's connections to the stopped server: retryable, and retried.
         while "after" not in seen:
             assert time.monotonic() < deadline, "no end delivered after the restart"
-            assert not task.done(), "the iterator ended"
+            assert not any(task.done() for task in tasks), "an iterator ended"
             with contextlib.suppress(StorageUnavailable):
                 await there.save_session(record("after"))
                 await there.delete_session("after")
             await asyncio.sleep(0.2)
         assert seen[0] == "before" and set(seen) == {"before", "after"}
+        await there.save_session(record("sse", "sse"))
+        assert await there.send_to_session("sse", "after the restart", 64)
+        await until(lambda: got == ["after the restart"], 5)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await endings.aclose()
+        await inbox.aclose()
         await here.close()
         await there.close()
+
+
+async def test_a_closed_iterator_lets_go_of_its_redis_connection_at_once(redis_url: str) -> None:
+    """Redis only: each iterator waits on a connection of its own (not the pool's); closing it,
+    mid-wait or between items, closes that connection without waiting for the wait to end."""
+    store = RedisStorage(redis_url)
+    try:
+        await store.save_session(record("s", "sse"))
+
+        async def connections() -> int:
+            return len(await store.client.client_list())
+
+        before = await connections()
+        iterators = [store.session_messages("s"), store.session_messages("other"), store.session_endings()]
+        tasks = [asyncio.create_task(collect(iterator, [])) for iterator in iterators]
+        await asyncio.sleep(0.3)
+        assert await connections() == before + 3
+        started = time.monotonic()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for iterator in iterators:
+            await iterator.aclose()
+        assert time.monotonic() - started < 0.5  # not the end of a 1 s wait
+        for _ in range(50):
+            if await connections() == before:
+                break
+            await asyncio.sleep(0.01)
+        assert await connections() == before
+        # Closed between items: a message taken, then the caller stops.
+        assert await store.send_to_session("s", "one", 64)
+        inbox = store.session_messages("s")
+        assert await inbox.__anext__() == "one"
+        await inbox.aclose()
+        for _ in range(50):
+            if await connections() == before:
+                break
+            await asyncio.sleep(0.01)
+        assert await connections() == before
+    finally:
+        await store.close()
