@@ -24,10 +24,15 @@ from auth.models import AccountState
 from auth.store import StoreUnavailable
 from server import admin
 from server.config import ConfigError, Settings, load
-from server.keyfile import KEY_FILE, cookie_key
+from server.keyfile import KEY_FILE
 from server.storage import Limiter, Storage, open_backend
+from server.storage.redis.base import redacted
 
 log = logging.getLogger("memory_mcp")
+
+
+# The settings every administration command takes: where the store is.
+STORE_SETTINGS = ("data_dir", "redis_url")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -51,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         parser = commands.add_parser(name, help=text)
         parser.add_argument("--config", default=argparse.SUPPRESS,
                             help="TOML file with settings (env MEMORY_MCP_CONFIG)")
-        _add_settings_flags(parser, ["data_dir"])
+        _add_settings_flags(parser, STORE_SETTINGS)
         return parser.add_subparsers(dest="action", required=True)
 
     def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
@@ -59,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=text, description=text)
         for arg in args:
             sub.add_argument(arg)
-        _add_settings_flags(sub, ["data_dir"])
+        _add_settings_flags(sub, STORE_SETTINGS)
         return sub
 
     users = group("users", "manage local accounts")
@@ -163,31 +168,50 @@ def _user() -> str:
         return f"uid {os.getuid()}"
 
 
-def _open_backend(settings: Settings) -> tuple[Storage, Limiter]:
-    """The storage and rate limiter, or `DataDirError` with one line a user can act on (never a
-    traceback)."""
+class StoreUnreachable(Exception):
+    """The configured Redis does not answer at start-up; the message names it (without its
+    password) and what to do."""
+
+
+async def _open_backend(settings: Settings) -> tuple[Storage, Limiter]:
+    """The storage and rate limiter, ready (the cookie key read or created), or `DataDirError` /
+    `StoreUnreachable` with one line a user can act on (never a traceback)."""
     fix = (f"make it readable and writable by user {_user()}, or choose another directory with "
            "--data-dir (env MEMORY_MCP_DATA_DIR)")
-    found = _data_dir_problem(settings)
-    if found is not None:
-        problem, permissions = found
-        raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another directory "
-                                             "with --data-dir (env MEMORY_MCP_DATA_DIR)"))
+    if settings.redis_url is None:
+        found = _data_dir_problem(settings)
+        if found is not None:
+            problem, permissions = found
+            raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another "
+                                                 "directory with --data-dir (env MEMORY_MCP_DATA_DIR)"))
     try:
-        cookie_key(settings.data_dir)
-        return open_backend(settings)
+        storage, limiter = open_backend(settings)
     except (OSError, ValueError) as exc:
         raise DataDirError(f"{exc}; {fix}") from None
     except sqlite3.Error as exc:
         raise DataDirError(f"cannot open the database {settings.database_path}: {exc}; if it is damaged, restore "
                            f"it from a backup; otherwise {fix}") from None
+    try:
+        # The first call on the store: on Redis it also proves that the server answers.
+        await storage.cookie_key()
+    except BaseException as exc:
+        await limiter.close()
+        await storage.close()
+        if isinstance(exc, StoreUnavailable) and settings.redis_url is not None:
+            raise StoreUnreachable(
+                f"cannot use Redis at {redacted(settings.redis_url)} (redis_url): {exc}; start it, or correct "
+                "redis_url (--redis-url, env MEMORY_MCP_REDIS_URL, or the config file)") from None
+        if isinstance(exc, OSError | ValueError):
+            raise DataDirError(f"{exc}; {fix}") from None
+        raise
+    return storage, limiter
 
 
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    storage, limiter = _open_backend(settings)
+    storage, limiter = await _open_backend(settings)
     try:
         if (args.command, args.action) == ("keys", "rotate"):
-            print(await admin.keys_rotate(storage, settings.data_dir, settings.auth_settings()))
+            print(await admin.keys_rotate(storage, settings.auth_settings()))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
         else:
@@ -244,24 +268,39 @@ def _serve(settings: Settings) -> int:
               f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
-    backend = _open_backend(settings)
-    storage = backend[0]
-    sockets = _listen(settings.host, settings.port)
-    settings = _with_port(settings, sockets[0].getsockname()[1])
-    users = asyncio.run(accounts.list_users(storage))
+    # One event loop from the first call on the store to the last: a Redis connection belongs to
+    # the loop that opened it.
+    loop = _event_loop()
+    try:
+        backend = loop.run_until_complete(_open_backend(settings))
+    except BaseException:
+        loop.close()
+        raise
+    storage, limiter = backend
+    try:
+        sockets = _listen(settings.host, settings.port)
+        settings = _with_port(settings, sockets[0].getsockname()[1])
+        users = loop.run_until_complete(accounts.list_users(storage))
+        app = loop.run_until_complete(build_app(settings, backend))
+    except BaseException:
+        loop.run_until_complete(limiter.close())
+        loop.run_until_complete(storage.close())
+        loop.close()
+        raise
+    store = ("--data-dir " + shlex.quote(str(settings.data_dir)) if settings.redis_url is None
+             else "  (with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
     if not users:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
-              file=sys.stderr)
-    app = build_app(settings, backend)
+              f"  {_command()} users add <name> --password-stdin {store}", file=sys.stderr)
     keep_freed_memory()
     where = ", ".join(_address(sock) for sock in sockets)
-    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
+    data = settings.data_dir if settings.redis_url is None else f"Redis at {redacted(settings.redis_url)}"
+    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
     # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
     # flight then get shutdown_timeout to finish and send their responses (aiohttp waits that long,
     # then cancels and waits that long again). A write committed just before SIGTERM is answered.
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=loop,
                    access_log_class=logs.AccessLogger)
     return 0
 
@@ -358,6 +397,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(settings)
         return asyncio.run(_administer(args, settings))
+    except StoreUnreachable as exc:
+        # A configuration error like those above: the store named cannot be used.
+        print(f"memory-mcp: {exc}", file=sys.stderr)
+        return 2
     except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1

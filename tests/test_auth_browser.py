@@ -26,6 +26,7 @@ from server.storage.sqlite.db import Database
 from tests.authflow import (
     COOKIE_KEY,
     PASSWORD,
+    Backend,
     Env,
     Store,
     authorize_path,
@@ -46,8 +47,9 @@ BOB_PASSWORD = "bob's own passphrase"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 class FakeClock:

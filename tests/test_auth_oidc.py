@@ -27,6 +27,7 @@ from auth.settings import AuthSettings
 from tests.authflow import (
     PASSWORD,
     USERNAME,
+    Backend,
     Env,
     approve,
     authorize_path,
@@ -52,8 +53,9 @@ class Clock:
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 async def get_json(env: Env, path: str) -> Any:

@@ -22,7 +22,7 @@ from auth.server import AUTH_SERVER
 from auth.token import open_successor
 from server.config import ConfigError, load
 from server.storage.sqlite import SQLiteStorage
-from tests.authflow import Env, Grant, make_env, obtain_code, obtain_tokens, register, token_request
+from tests.authflow import Backend, Env, Grant, make_env, obtain_code, obtain_tokens, register, token_request
 from tests.conftest import RunningServer, tokens_by_hand
 from tests.test_mcp_http import open_session
 from tests.test_teardown import stream_ends
@@ -47,8 +47,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, clock: Clock) -> Env:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, clock: Clock,
+              store_backend: Backend) -> Env:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
     env.server.clock = clock
     return env
 
@@ -297,9 +298,9 @@ async def test_access_token_is_not_a_refresh_token(env: Env) -> None:
 
 @pytest.fixture
 async def short_env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
-                    clock: Clock) -> Env:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, access_token_ttl=3600,
-                         refresh_token_ttl=1000, refresh_token_max_lifetime=2500)
+                    clock: Clock, store_backend: Backend) -> Env:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         access_token_ttl=3600, refresh_token_ttl=1000, refresh_token_max_lifetime=2500)
     env.server.clock = clock
     return env
 

@@ -26,6 +26,7 @@ from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database
 from tests.authflow import (
     COOKIE_KEY,
+    Backend,
     Env,
     Store,
     authorize_path,
@@ -41,8 +42,9 @@ CB = "http://127.0.0.1:9/callback"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -273,8 +275,10 @@ async def test_purge_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> No
 # Rate limit
 
 async def test_registration_is_rate_limited_per_address(aiohttp_server: Any, aiohttp_client: Any,
-                                                        unused_tcp_port: int, tmp_path: Path) -> None:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, registration_rate_limit=3)
+                                                        unused_tcp_port: int, tmp_path: Path,
+                                                        store_backend: Backend) -> None:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         registration_rate_limit=3)
     await register(env)
     bad = await env.client.post("/register", json={"redirect_uris": ["javascript:x"]})
     assert bad.status == 400  # refused attempts count too
@@ -291,8 +295,9 @@ async def test_registration_is_rate_limited_per_address(aiohttp_server: Any, aio
 
 
 async def test_rate_limit_zero_means_unlimited(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,
-                                               tmp_path: Path) -> None:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, registration_rate_limit=0)
+                                               tmp_path: Path, store_backend: Backend) -> None:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         registration_rate_limit=0)
     for _ in range(25):
         await register(env)
 
