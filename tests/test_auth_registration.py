@@ -30,6 +30,8 @@ from tests.authflow import (
     Env,
     Store,
     authorize_path,
+    client_last_used,
+    lose_client_use,
     make_env,
     obtain_tokens,
     pkce,
@@ -233,8 +235,7 @@ async def test_long_idle_client_without_live_tokens_is_purged(env: Env) -> None:
     assert settings.refresh_token_ttl < settings.idle_client_ttl
     await register(env)
     assert await env.store.get_client(used.client_id) is None
-    assert env.db.conn.execute("SELECT count(*) FROM auth_client_use WHERE client_id = ?",
-                               (used.client_id,)).fetchone()[0] == 0
+    assert await client_last_used(env, used.client_id) is None
 
 
 async def test_client_with_live_tokens_is_never_purged(env: Env) -> None:
@@ -242,7 +243,7 @@ async def test_client_with_live_tokens_is_never_purged(env: Env) -> None:
     env.server.clock = lambda: now[0]
     used = await obtain_tokens(env)
     # Forget the use record, as if it had been lost: the live tokens alone protect the client.
-    env.db.conn.execute("DELETE FROM auth_client_use")
+    await lose_client_use(env)
     now[0] += env.server.settings.unused_client_ttl * 3
     await register(env)
     assert await env.store.get_client(used.client_id) is not None
@@ -256,9 +257,7 @@ async def test_refresh_marks_the_client_used(env: Env) -> None:
     resp = await env.client.post("/token", data={"grant_type": "refresh_token", "client_id": grant.client_id,
                                                  "refresh_token": grant.tokens["refresh_token"]})
     assert resp.status == 200, await resp.text()
-    row = env.db.conn.execute("SELECT last_used_at FROM auth_client_use WHERE client_id = ?",
-                              (grant.client_id,)).fetchone()
-    assert row is not None and row[0] == now[0]
+    assert await client_last_used(env, grant.client_id) == now[0]
 
 
 async def test_purge_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
