@@ -145,7 +145,10 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
     (`RevocationLog.wait_revocations`). This process's own revocations come through the listener
     at once and again here, where ending no session is harmless."""
     cursor, _ = await revocations.revocations_after(None)
-    while True:
+    task = asyncio.current_task()
+    # A cancellation a library swallowed (redis-py's `asyncio.wait_for` around writes can, on
+    # Python 3.11) still ends the loop at the next turn.
+    while task is None or not task.cancelling():
         try:
             cursor, found = await revocations.wait_revocations(cursor, REVOCATION_POLL_SECONDS)
             for revocation in found:
@@ -154,6 +157,7 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
             log.exception("reading the revocation log failed; retrying")
             # A store that fails at once (unreachable) must not turn this into a busy loop.
             await asyncio.sleep(REVOCATION_POLL_SECONDS)
+    raise asyncio.CancelledError
 
 
 async def _health(_request: web.Request) -> web.Response:

@@ -42,6 +42,7 @@ wrote (`repr`, exact) and are only compared inside.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import math
@@ -49,6 +50,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.connection import Connection
 
 from auth.models import (
     AccountState,
@@ -418,8 +421,8 @@ _FORGET_CONSENTS = _script("return del_all(k('user-consents', ARGV[2]), del_cons
 # same clock, so the trim can never drop it, whatever the callers' clocks say.
 _RECORD_REVOCATION = _script("""
 local t = redis.call('TIME')
-local oldest = (tonumber(t[1]) - tonumber(ARGV[2])) * 1000
-return redis.call('XADD', k0('revocations'), 'MINID', '~', string.format('%d', oldest), '*',
+local oldest = (tonumber(t[1]) - tonumber(ARGV[2])) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('XADD', k0('revocations'), 'MINID', string.format('%d', oldest), '*',
                   unpack(ARGV, 3))
 """)
 
@@ -526,8 +529,8 @@ def _after(cursor: int, entries: Any) -> tuple[int, list[Revocation]]:
 class RedisAuth(RedisBase):
     """Mixin implementing `auth.store.AuthStore` but `SigningKeyStore` (`RedisKeys`)."""
 
-    # The connection `wait_revocations` blocks on, apart from the pool every request uses.
-    _follower: aioredis.Redis | None = None
+    # The connection `wait_revocations` blocks on (and its pool), apart from the pool every request uses.
+    _follower: tuple[aioredis.ConnectionPool, Connection] | None = None
 
     async def _run(self, source: str, *args: str) -> Any:
         scripts: dict[str, Any] = self.__dict__.setdefault("_auth_scripts", {})
@@ -742,22 +745,43 @@ class RedisAuth(RedisBase):
 
     async def wait_revocations(self, cursor: int, seconds: float) -> tuple[int, list[Revocation]]:
         """`revocations_after(cursor)`, returning as soon as there is one: XREAD BLOCK on a
-        connection of its own, so that no request's command waits behind it."""
-        block = max(1, math.ceil(min(seconds, WAIT_MAX) * 1000))
-        found: Any = await self._follow_client().xread({self.key("revocations"): _entry_id(cursor)}, block=block)
-        return _after(cursor, found[0][1] if found else [])
+        connection of its own, so that no request's command waits behind it.
 
-    def _follow_client(self) -> aioredis.Redis:
+        It is the one Redis call the server cancels (at shutdown), so it avoids what can lose a
+        cancellation: the client's retries, and redis-py's `asyncio.wait_for` around socket
+        writes (on Python 3.11 a cancel landing as the write completes is swallowed). A plain
+        connection without socket timeout, and this method's own deadline instead; cancelled or
+        timed out mid-read, the connection is dropped and the next call opens another."""
+        block = min(seconds, WAIT_MAX)
+        conn = await self._follow_connection()
+        try:
+            async with asyncio.timeout(block + self._follow_timeout()):
+                await conn.send_command("XREAD", "BLOCK", str(max(1, math.ceil(block * 1000))), "STREAMS",
+                                        self.key("revocations"), _entry_id(cursor))
+                found: Any = await conn.read_response()
+        except TimeoutError:
+            await conn.disconnect(nowait=True)
+            raise redis_errors.TimeoutError("no answer to XREAD BLOCK in time") from None
+        if not found:
+            return cursor, []
+        # RESP3 answers a map {stream: entries}, RESP2 a list [[stream, entries]].
+        [entries] = found.values() if isinstance(found, dict) else [found[0][1]]
+        return _after(cursor, entries)
+
+    def _follow_timeout(self) -> float:
+        timeout: float | None = self.client.connection_pool.connection_kwargs.get("socket_timeout")
+        return timeout or WAIT_MAX
+
+    async def _follow_connection(self) -> Connection:
         if self._follower is None:
-            timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout") or WAIT_MAX
-            # Its reads may block for the whole wait, and then must still fail as fast as the pool's.
-            self._follower = aioredis.Redis.from_url(
-                self.url, socket_connect_timeout=timeout, socket_timeout=timeout + WAIT_MAX,
-                single_connection_client=True)
-        return self._follower
+            # socket_timeout None (redis-py's default is a number): no `wait_for` around its writes.
+            pool = aioredis.ConnectionPool.from_url(self.url, socket_timeout=None,
+                                                    socket_connect_timeout=self._follow_timeout())
+            self._follower = pool, await pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._follower[1]
 
     async def close(self) -> None:
         follower, self._follower = self._follower, None
         if follower is not None:
-            await follower.aclose()
+            await follower[0].disconnect()
         await super().close()
