@@ -27,13 +27,12 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import NamedTuple
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from auth.http import parse_json
-from auth.rfc8252 import has_unsafe_characters, valid_host
+from auth.rfc8252 import URLError, split_url, valid_host
 
 MAX_DOCUMENT_BYTES = 5 * 1024
 FETCH_TIMEOUT = 5.0
@@ -75,13 +74,11 @@ def check_document_url(url: str) -> DocumentURL:
     """The URL rules of the draft (section 3), plus sane length and characters."""
     if len(url) > MAX_URL_LENGTH:
         raise ClientMetadataError(f"the client_id URL is longer than {MAX_URL_LENGTH} characters")
-    if has_unsafe_characters(url):
-        raise ClientMetadataError("the client_id URL contains whitespace or control characters")
     try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise ClientMetadataError("the client_id is not a valid URL") from exc
+        parts = split_url(url)
+    except URLError as exc:
+        raise ClientMetadataError("the client_id URL contains whitespace or control characters" if exc.unsafe
+                                  else "the client_id is not a valid URL") from None
     if parts.scheme != "https":
         raise ClientMetadataError("a client_id URL must use https")
     host = parts.hostname

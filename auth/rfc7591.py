@@ -30,7 +30,6 @@ import json
 import logging
 import math
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -38,7 +37,7 @@ from auth.crypto import new_secret
 from auth.errors import OAuth2Error
 from auth.http import client_address, read_json_object
 from auth.models import Client
-from auth.rfc8252 import RedirectURIError, check_registrable, has_unsafe_characters
+from auth.rfc8252 import RedirectURIError, URLError, check_registrable, split_url
 from auth.server import AUTH_SERVER, AuthorizationServer
 from auth.store import StoreUnavailable
 
@@ -138,13 +137,11 @@ def _https_uri(field: str, value: str) -> str:
     """Informational URIs (RFC 7591 client_uri, logo_uri, tos_uri, policy_uri). https only: they
     are meant to be shown or followed, and any other scheme (javascript:, data:, file:, plain
     http) is either an attack on whoever renders it or an invitation to a downgrade."""
-    if has_unsafe_characters(value):
-        raise _invalid(field, "must not contain whitespace or control characters")
     try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise _invalid(field, "is not a valid URI") from exc
+        parts = split_url(value)
+    except URLError as exc:
+        raise _invalid(field, "must not contain whitespace or control characters" if exc.unsafe
+                       else "is not a valid URI") from None
     if parts.scheme.lower() != "https" or not parts.hostname:
         raise _invalid(field, "must be an absolute https:// URI")
     if "@" in parts.netloc:

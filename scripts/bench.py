@@ -17,6 +17,8 @@ another. Everything listens on 127.0.0.1 only. Scenarios (see README, "Benchmark
   memory    create_entities / search_nodes / open_nodes / read_graph on a 10,000-entity,
             50,000-observation graph, against the official memory server (npm, stdio)
   profile   py-spy samples of memory-mcp under tools/call load: where the time goes
+  scale     tools/call at 16/64 sessions on SQLite and Redis (a private redis-server), 1 and 2 workers;
+            and the first request of a session on another instance of the same store (restore cost)
 """
 
 # A benchmark harness: it starts servers, wrk, npm and py-spy as subprocesses on purpose (S603,
@@ -67,7 +69,7 @@ TARGET_ENTITIES = 10_000
 PROBE_NAME = "Entity 00042"
 OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL = "memory-mcp", "sdk-default", "sdk-fast", "official-memory"
 HTTP_SERVERS = (OURS, SDK_DEFAULT, SDK_FAST)
-SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile")
+SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile", "scale")
 OFFICIAL_PACKAGE = BENCH_DIR / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 
 
@@ -202,23 +204,30 @@ async def wait_http(proc: subprocess.Popen[bytes], url: str, log_path: Path, tim
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-async def start_ours(workdir: Path, tag: str) -> Server:
-    data_dir = workdir / f"ours-{tag}"
+async def start_ours(workdir: Path, tag: str, *, args: Sequence[str] = (), data_dir: Path | None = None,
+                     token: str | None = None) -> Server:
+    """memory-mcp with the bench user. `args`: more `serve` flags (--workers, --redis-url; the
+    user is added with them, so on the same store). Given a `token` (another instance's, on the
+    same store), no new client is registered."""
+    data_dir = data_dir or workdir / f"ours-{tag}"
     cli = [sys.executable, "-m", "server"]
-    subprocess.run([*cli, "users", "add", USER, "--password-stdin", "--data-dir", str(data_dir)],
-                   input=PASSWORD.encode() + b"\n", check=True, cwd=ROOT, capture_output=True)
+    store_args = [a for a in args if a.startswith("--redis-url")]
+    if token is None:
+        subprocess.run([*cli, "users", "add", USER, "--password-stdin", "--data-dir", str(data_dir), *store_args],
+                       input=PASSWORD.encode() + b"\n", check=True, cwd=ROOT, capture_output=True)
     port = free_port()
     log_path = workdir / f"ours-{tag}.log"
     # One user holds every session here: the idle scenario's 10,000, and the sessions scenario's
     # opens, which are never closed (~2,500/s for 3 rounds of 8 s, plus the warm-up).
     env = {"MEMORY_MCP_MAX_SESSIONS": "200000", "MEMORY_MCP_MAX_SESSIONS_PER_USER": "200000",
            "MEMORY_MCP_LOG_LEVEL": "warning"}
-    proc = spawn([*cli, "serve", "--port", str(port), "--data-dir", str(data_dir)], log_path, env)
-    server = Server(OURS, proc, port, "", data_dir=data_dir, log_path=log_path)
+    proc = spawn([*cli, "serve", "--port", str(port), "--data-dir", str(data_dir), *args], log_path, env)
+    server = Server(OURS, proc, port, token or "", data_dir=data_dir, log_path=log_path)
     try:
         await wait_http(proc, server.url + "/healthz", log_path)
-        server.client_id = await register_client(server.url)
-        server.token = (await authorize(server.url, server.client_id))["access_token"]
+        if token is None:
+            server.client_id = await register_client(server.url)
+            server.token = (await authorize(server.url, server.client_id))["access_token"]
     except BaseException:
         server.stop()
         raise
@@ -1211,9 +1220,100 @@ def top_self(stacks: dict[str, int], k: int) -> list[tuple[str, int]]:
 
 # --- main ----------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def private_redis(workdir: Path) -> Iterator[Any]:
+    """A redis-server of the bench's own (tests/redis_server.py), never one already running."""
+    from tests.redis_server import RedisServer
+
+    redis = RedisServer(workdir / "redis")
+    redis.start()
+    try:
+        yield redis
+    finally:
+        redis.stop()
+
+
+async def restore_cost(first: Server, second: Server, count: int) -> tuple[list[float], list[float]]:
+    """Sessions opened on `first`, then each one's first request to `second` (which restores it
+    from the store), and a second request there: the times of both, in ms."""
+    ids, errors = await open_sessions(first, count)
+    if errors:
+        raise RuntimeError(f"{errors} sessions failed to open")
+    arguments = {"names": [PROBE_NAME]}
+    restored, again = [], []
+    async with http_session() as http:
+        mcp = McpHttp(http, second)
+        for session_id in ids:
+            restored.append((await mcp.timed_call(session_id, "open_nodes", arguments)).ms)
+        for session_id in ids:
+            again.append((await mcp.timed_call(session_id, "open_nodes", arguments)).ms)
+    return restored, again
+
+
+async def scenario_scale(cfg: Config, workdir: Path, results: Results) -> None:
+    """tools/call at 16 and 64 sessions on SQLite and on Redis, with 1 and 2 workers; and what a
+    session costs the first time another instance serves it."""
+    ensure_wrk()
+    body = toolcall_body("open_nodes", {"names": [PROBE_NAME]})
+    concurrencies = [c for c in cfg.concurrencies if c > 1]
+    at16: dict[str, float] = {}
+    with private_redis(workdir) as redis:
+        for backend in ("sqlite", "redis"):
+            store = [f"--redis-url={redis.url}"] if backend == "redis" else []
+            for workers in (1, 2):
+                label = f"{backend}, {workers} worker{'s' if workers > 1 else ''}"
+                tag = f"scale-{backend}-{workers}"
+                server = await start_ours(workdir, tag, args=[*store, f"--workers={workers}"])
+                try:
+                    await load_small_graph(server)
+                    ids, errors = await open_sessions(server, max(concurrencies))
+                    if errors:
+                        raise RuntimeError(f"{label}: {errors} sessions failed to open")
+                    await run_wrk(server, ids[:16], body, PROBE_NAME, 1 if cfg.quick else 2, workdir)
+                    for c in concurrencies:
+                        runs = []
+                        for round_no in range(cfg.rounds):
+                            log(f"scale round {round_no + 1}/{cfg.rounds}, {c} sessions: {label}")
+                            runs.append(await run_wrk(server, ids[:c], body, PROBE_NAME, cfg.duration, workdir))
+                        results.add(f"scale c={c} {label}", "req/s", {OURS: [r["rps"] for r in runs]})
+                        results.add(f"scale c={c} {label}", "p99 ms", {OURS: [r["p99_ms"] for r in runs]}, "lower")
+                        if c == 16:
+                            at16[label] = median([r["rps"] for r in runs])
+                finally:
+                    server.stop()
+                # The next configuration starts from an empty store, as the SQLite ones do.
+                redis.flush()
+            # Restore cost: two instances on one store; sessions opened on the first are
+            # served by the second.
+            first = await start_ours(workdir, f"restore-{backend}", args=store)
+            try:
+                second = await start_ours(workdir, f"restore-{backend}-b", args=store, data_dir=first.data_dir,
+                                          token=first.token)
+                try:
+                    await load_small_graph(first)
+                    restored, again = await restore_cost(first, second, 50 if cfg.quick else 500)
+                finally:
+                    second.stop()
+            finally:
+                first.stop()
+            results.add(f"restore on another instance ({backend})", "p50 ms", {OURS: [pct(restored, 50)]}, "lower")
+            results.add(f"restore on another instance ({backend})", "p99 ms", {OURS: [pct(restored, 99)]}, "lower")
+            results.add(f"the next call there ({backend})", "p99 ms", {OURS: [pct(again, 99)]}, "lower")
+            results.target(f"a session restored on another instance ({backend}) <= 10 ms at p99",
+                           pct(restored, 99) <= 10, f"{pct(restored, 99):.1f} ms (next call {pct(again, 99):.1f} ms)")
+            redis.flush()
+    if len(SERVER_CPUS) < 2:
+        results.notes.append(f"the server had {len(SERVER_CPUS)} CPU: 2 workers cannot use a second one here, so "
+                             "the workers rows measure the cost of the supervisor and the shared store, not a gain")
+    redis16, sqlite16 = at16.get("redis, 1 worker"), at16.get("sqlite, 1 worker")
+    if redis16 and sqlite16:
+        results.target("Redis backend @16 sessions >= 0.8x SQLite", redis16 >= 0.8 * sqlite16,
+                       f"{redis16:,.0f} vs {sqlite16:,.0f} req/s = {redis16 / sqlite16:.2f}x")
+
+
 RUNNERS: dict[str, Callable[[Config, Path, Results], Awaitable[None]]] = {
     "toolcall": scenario_toolcall, "sessions": scenario_sessions, "refresh": scenario_refresh,
-    "idle": scenario_idle, "memory": scenario_memory, "profile": scenario_profile,
+    "idle": scenario_idle, "memory": scenario_memory, "profile": scenario_profile, "scale": scenario_scale,
 }
 
 

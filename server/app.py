@@ -21,7 +21,8 @@ from server import limits
 from server.config import Settings
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
-from server.storage import Limiter, Storage, open_backend
+from server.storage import Limiter, Storage
+from server.storage.backends import open_backend
 from transports.caller import Caller, Refusal
 from transports.direct import DIRECT_METHODS
 from transports.http import add_cors_headers, store_unavailable_middleware
@@ -128,11 +129,15 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
         await limiter.close()
         await storage.close()
 
-    async def on_shutdown(_app: web.Application) -> None:
-        # Before aiohttp waits for handlers: open SSE streams never finish on their own, so close
-        # every session first and the process exits at once (docs/sdk-pitfalls.md#P6). Their records stay,
-        # so that the next start serves them again.
-        await registry.close_where(lambda _s: True, keep_records=True)
+    async def on_shutdown(app: web.Application) -> None:
+        # aiohttp has stopped accepting connections and closed the idle ones. Each session ends
+        # once its requests are answered (open streams, which never end by themselves, then end
+        # too), within the shutdown window; then aiohttp waits for the other requests, and the
+        # cleanup above closes the store (docs/sdk-pitfalls.md#P6).
+        deadline = app[limits.CONNECTIONS].drain_deadline
+        if deadline is None:  # a runner other than LimitedRunner
+            deadline = asyncio.get_running_loop().time() + settings.shutdown_timeout
+        await registry.drain(deadline)
 
     app.cleanup_ctx.append(lifecycle)
     app.on_shutdown.append(on_shutdown)

@@ -19,16 +19,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from auth import accounts
 from auth.models import AccountState
 from auth.store import StoreUnavailable
-from server import admin
+from server import admin, backup
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE
-from server.storage import Limiter, Storage, open_backend
+from server.storage import Limiter, Storage
+from server.storage.backends import open_backend
 from server.storage.redis.base import redacted
 
 log = logging.getLogger("memory_mcp")
+
+# The session id the service watchdog looks up to see that the store answers: none is ever issued
+# (real ids are 43 or 32 characters of another alphabet).
+WATCHDOG_PROBE = "watchdog-probe"
 
 
 # The settings every administration command takes: where the store is.
@@ -95,6 +102,15 @@ def _parser() -> argparse.ArgumentParser:
     action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
            "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
         "--user", required=True)
+    saved = commands.add_parser("backup", help="copy the SQLite data (memory and accounts) and the key file into a new "
+                                "directory, while the server runs")
+    saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
+    _add_settings_flags(saved, ["data_dir"])
+    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be stopped)")
+    back.add_argument("--from", dest="source", required=True, type=Path, help="a directory made by `memory-mcp backup`")
+    back.add_argument("--replace", action="store_true", help="move the data directory's current files aside "
+                      "(into before-restore-<time>/) instead of refusing")
+    _add_settings_flags(back, ["data_dir"])
     limits = group("throttle", "login throttles and registration limits (also of a running server)")
     action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
     clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
@@ -257,7 +273,7 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration
     # error should not pay.
-    from server import limits, logs
+    from server import limits, logs, systemd
     from server.app import build_app
     from server.malloc import keep_freed_memory
 
@@ -278,8 +294,15 @@ def _serve(settings: Settings) -> int:
         raise
     storage, limiter = backend
     try:
-        sockets = _listen(settings.host, settings.port)
-        settings = _with_port(settings, sockets[0].getsockname()[1])
+        if settings.redis_url is None:
+            backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
+        passed = _passed_sockets()
+        if passed:
+            sockets = passed
+            settings = _with_address(settings, sockets[0])
+        else:
+            sockets = _listen(settings.host, settings.port)
+            settings = _with_port(settings, sockets[0].getsockname()[1])
         users = loop.run_until_complete(accounts.list_users(storage))
         app = loop.run_until_complete(build_app(settings, backend))
     except BaseException:
@@ -287,21 +310,39 @@ def _serve(settings: Settings) -> int:
         loop.run_until_complete(storage.close())
         loop.close()
         raise
-    store = ("--data-dir " + shlex.quote(str(settings.data_dir)) if settings.redis_url is None
-             else "  (with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
     if not users:
-        print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {_command()} users add <name> --password-stdin {store}", file=sys.stderr)
+        # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
+        # memory-mcp-admin runs the command as that user, which plain `memory-mcp` as root must not.
+        store = ("--data-dir " + shlex.quote(str(settings.data_dir)) if settings.redis_url is None
+                 else "  (with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
+        add = ("memory-mcp-admin users add <name> --password-stdin"
+               if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
+               f"{_command()} users add <name> --password-stdin {store}")
+        print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
+              f"  {add}", file=sys.stderr)
     keep_freed_memory()
-    where = ", ".join(_address(sock) for sock in sockets)
+    where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     data = settings.data_dir if settings.redis_url is None else f"Redis at {redacted(settings.redis_url)}"
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
-    # Sessions are ended in on_shutdown (open SSE streams never finish by themselves); requests in
-    # flight then get shutdown_timeout to finish and send their responses (aiohttp waits that long,
-    # then cancels and waits that long again). A write committed just before SIGTERM is answered.
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=loop,
-                   access_log_class=logs.AccessLogger)
+    # On SIGTERM: no new connections; requests in flight get shutdown_timeout to finish and send
+    # their responses, each session ends once its requests are answered (its open streams with it),
+    # then the store closes (server/limits.py LimitedRunner, server/app.py on_shutdown). A write
+    # committed just before SIGTERM is answered.
+    service = systemd.Notifier.from_environ()
+
+    def ready() -> None:
+        service.ready(f"serving MCP at {settings.issuer}/mcp")
+        service.start_watchdog(lambda: storage.get_session(WATCHDOG_PROBE))
+
+    def stopping() -> None:
+        service.stopping(f"draining: requests in flight get up to {settings.shutdown_timeout:g} s")
+
+    try:
+        limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=loop,
+                       access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping)
+    finally:
+        service.close()
     return 0
 
 
@@ -342,6 +383,37 @@ def _listen(host: str, port: int) -> list[socket.socket]:
         raise ListenError(f"cannot listen on {_where(host, port)}: {(exc.strerror or str(exc)).lower()}; {fix}") \
             from None
     return sockets
+
+
+def _passed_sockets() -> list[socket.socket]:
+    """The listening sockets systemd passed (scripts/memory-mcp.socket), checked: TCP, listening.
+    host and port then say nothing about where the server listens; the socket unit does."""
+    from server import systemd
+
+    try:
+        sockets = systemd.listen_fds()
+    except (ValueError, OSError) as exc:
+        raise ListenError(f"cannot use the sockets passed by the service manager: {exc}") from None
+    for sock in sockets:
+        if (sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM
+                or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            raise ListenError(f"the service manager passed descriptor {sock.fileno()}, which is not a listening TCP "
+                              "socket: use ListenStream=ADDRESS:PORT in the socket unit (memory-mcp.socket)")
+        sock.setblocking(False)
+    return sockets
+
+
+def _with_address(settings: Settings, sock: socket.socket) -> Settings:
+    """The settings for a socket passed by the service manager: host and port are the socket's, so
+    that the default public URL (the issuer) names where the server really listens."""
+    host, port = sock.getsockname()[:2]
+    given = {name: getattr(settings, name) for name in settings.model_fields_set}
+    try:
+        return Settings(**{**given, "host": host, "port": port})
+    except ValidationError:
+        raise ListenError(f"the socket passed by the service manager listens on every address ({_where(host, port)}), "
+                          "so the public URL cannot be guessed: set MEMORY_MCP_PUBLIC_URL (e.g. in "
+                          "/etc/memory-mcp/env)") from None
 
 
 def _where(host: str, port: int) -> str:
@@ -396,12 +468,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "backup":
+            print(backup.backup(settings, args.to))
+            return 0
+        if args.command == "restore":
+            print(backup.restore(settings, args.source, replace=args.replace))
+            return 0
         return asyncio.run(_administer(args, settings))
     except StoreUnreachable as exc:
         # A configuration error like those above: the store named cannot be used.
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 2
-    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError) as exc:
+    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError,
+            backup.BackupError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -14,11 +14,10 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from auth.rfc8252 import has_unsafe_characters
+from auth.rfc8252 import URLError, split_url
 from auth.settings import AuthSettings
 from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
 
@@ -105,8 +104,9 @@ class Settings(BaseModel):
         "(RFC 7239); the other one is ignored")
     log_level: str = Field("info", description="debug, info, warning or error")
     shutdown_timeout: float = Field(
-        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "
-        "2 x this under the service manager's stop timeout, 90 s for systemd)")
+        10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish before their sessions end; "
+        "shutdown takes at most about twice this: keep 2 x this under the service manager's stop timeout "
+        "(TimeoutStopSec in scripts/memory-mcp.service)")
 
     @field_validator("log_level")
     @classmethod
@@ -164,13 +164,10 @@ class Settings(BaseModel):
         if value is None:
             return None
         example = "e.g. redis://127.0.0.1:6379/0, rediss://:password@redis.example:6380/0 or unix:///run/redis.sock"
-        if has_unsafe_characters(value):
-            raise ValueError(f"must not contain whitespace or control characters ({example})")
         try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError on a malformed port
-        except ValueError:
-            raise ValueError(f"is not a valid URL ({example})") from None
+            parts = split_url(value)
+        except URLError as exc:
+            raise ValueError(f"{exc} ({example})") from None
         if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError(f"must start with redis://, rediss:// or unix:// ({example})")
         if parts.scheme == "unix":
@@ -248,10 +245,11 @@ def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
     no default port, no path, no trailing slash (docs/protocol.md#A2)."""
     url = url.strip()
-    # urlsplit would silently drop a TAB, CR or LF inside the value and strip leading controls.
-    if has_unsafe_characters(url):
-        raise ValueError(f"{what} {url!r} must not contain whitespace or control characters")
-    parts = urlsplit(url)
+    try:
+        parts = split_url(url)
+    except URLError as exc:
+        raise ValueError(f"{what} {url!r} must not contain whitespace or control characters" if exc.unsafe
+                         else f"{what} {url!r} is not a valid URL (check the port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} {url!r} must look like https://host[:port]")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
@@ -259,10 +257,7 @@ def canonical_origin(url: str, what: str) -> str:
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"{what} {url!r} has an invalid port") from exc
+    port = parts.port
     default = 443 if parts.scheme == "https" else 80
     return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 

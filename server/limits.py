@@ -27,6 +27,7 @@ import contextlib
 import gc
 import logging
 import resource
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 # and their WAL, argon2 and rate-limit threads, outbound metadata-document fetches, logs.
 RESERVED_FDS = 128
 REFUSAL_LOG_INTERVAL = 10.0
+# The least aiohttp waits for handlers still running after the shutdown window, and then again
+# for them to end once cancelled.
+LAST_WAIT = 1.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _REFUSED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n"
             b"Retry-After: 1\r\n\r\n")
 
@@ -92,6 +97,9 @@ class Connections:
     _busy: set[RequestHandler] = field(default_factory=set)
     _refused: int = 0
     _refusal_logged: float = 0.0
+    drain_deadline: float | None = None
+    """At shutdown (`LimitedRunner.shutdown`): the event-loop time by which requests in flight
+    must have finished."""
 
     def __len__(self) -> int:
         return len(self._idle) + len(self._busy)
@@ -158,11 +166,18 @@ class _LimitedServer(Server):
 
 class LimitedRunner(web.AppRunner):
     """An `AppRunner` that applies the app's `Connections` (installed by `install`): the
-    connection limit, and the header deadline as aiohttp's keep-alive timeout."""
+    connection limit, the header deadline as aiohttp's keep-alive timeout, and one shutdown window.
+
+    aiohttp's own shutdown gives handlers `shutdown_timeout`, cancels them, and gives them as long
+    again, after `on_shutdown` however long that took. Here `shutdown_timeout` is one window that
+    starts when shutdown does: `on_shutdown` handlers read its end (`Connections.drain_deadline`),
+    and aiohttp's two waits get what is left of it (at least `LAST_WAIT`). Shutdown then takes at
+    most about twice `shutdown_timeout`, whatever the handlers do."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         limits = app[CONNECTIONS]
         kwargs["keepalive_timeout"] = limits.header_read_timeout
+        self._window: float = kwargs.get("shutdown_timeout", 60.0)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> Server:
@@ -172,6 +187,15 @@ class LimitedRunner(web.AppRunner):
         options = {k: v for k, v in self._kwargs.items() if k != "handler_cancellation"}
         return _LimitedServer(self.app[CONNECTIONS], made.request_handler, request_factory=made.request_factory,
                               handler_cancellation=made.handler_cancellation, **options)
+
+    async def shutdown(self) -> None:
+        """Called by `cleanup` once the sites stopped accepting and idle connections closed."""
+        loop = asyncio.get_running_loop()
+        connections = self.app[CONNECTIONS]
+        deadline = connections.drain_deadline = loop.time() + self._window
+        await super().shutdown()
+        # Read by aiohttp's wait for the handlers still running; 0 would mean no limit at all.
+        self._shutdown_timeout = max(deadline - loop.time(), LAST_WAIT)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -227,10 +251,17 @@ def install(app: web.Application, *, max_connections: int | None, header_read_ti
     return connections
 
 
-async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any]) -> None:
-    runner = LimitedRunner(app, handle_signals=True, **runner_options)
+async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_options: dict[str, Any],
+                 on_ready: Callable[[], None], on_stopping: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    runner = LimitedRunner(app, **runner_options)
     await runner.setup()
     try:
+        # Our own handlers rather than aiohttp's (`handle_signals`), which raise GracefulExit out of
+        # the event loop: the drain below then runs in this task, not in one already cancelled.
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, stop.set)
         for sock in sockets:
             await web.SockSite(runner, sock).start()
         # Everything built so far (modules, the app, the SDK's and pydantic's tables: ~100,000
@@ -240,20 +271,35 @@ async def _serve(app: web.Application, sockets: Sequence[socket.socket], runner_
         # Measured in docs/performance.md ("Garbage collection").
         gc.freeze()
         gc.set_threshold(7000, 10, 10)
-        await asyncio.Event().wait()  # until SIGINT or SIGTERM raises GracefulExit
+        on_ready()
+        await stop.wait()
+        # A second signal now has its default effect (the process ends at once), as someone who
+        # presses Ctrl-C twice expects.
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+        log.info("stopping: no new connections; requests in flight get up to %g s to finish",
+                 runner_options.get("shutdown_timeout", 60.0))
+        on_stopping()
     finally:
         await runner.cleanup()
 
 
+def _nothing() -> None:
+    pass
+
+
 def run_app(app: web.Application, *, sockets: Sequence[socket.socket], loop: asyncio.AbstractEventLoop,
+            on_ready: Callable[[], None] = _nothing, on_stopping: Callable[[], None] = _nothing,
             **runner_options: Any) -> None:
     """`aiohttp.web.run_app` on sockets already listening, with `LimitedRunner` (which `run_app` cannot be
-    given). Stops on SIGINT or SIGTERM: the runner shuts down, then the loop's leftovers."""
-    main = loop.create_task(_serve(app, sockets, runner_options))
+    given). `on_ready` is called on the event loop once every socket accepts connections and the
+    app has started (its store open); on SIGINT or SIGTERM, `on_stopping`, then the runner shuts
+    down (stop accepting, drain, clean up), then the loop's leftovers."""
+    main = loop.create_task(_serve(app, sockets, runner_options, on_ready, on_stopping))
     try:
         asyncio.set_event_loop(loop)
         loop.run_until_complete(main)
-    except (web.GracefulExit, KeyboardInterrupt):
+    except KeyboardInterrupt:  # a second Ctrl-C during the drain
         pass
     finally:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import re
+import ssl
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -57,11 +58,14 @@ class Redirect:
 
 
 class Browser:
-    def __init__(self, username: str, password: str, *, decision: str = "approve") -> None:
+    def __init__(self, username: str, password: str, *, decision: str = "approve",
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: what to trust for https (a test's own certificate); default the system's."""
         self.username = username
         self.password = password
         self.decision = decision
-        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+        self.session = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                             connector=aiohttp.TCPConnector(ssl=ssl_context or True))
         self.pages: list[str] = []
 
     async def close(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -147,12 +148,13 @@ class OAuthUser:
     password: str
     storage: MemoryTokenStorage = field(default_factory=MemoryTokenStorage)
     redirects: list[str] = field(default_factory=list)
+    ssl_context: ssl.SSLContext | None = None  # for a server behind a test's TLS proxy
     _pending: asyncio.Future[AuthorizationCodeResult] | None = None
 
     def provider(self, path: str = "/mcp") -> OAuthClientProvider:
         async def redirect_handler(url: str) -> None:
             self.redirects.append(url)
-            browser = Browser(self.username, self.password)
+            browser = Browser(self.username, self.password, ssl_context=self.ssl_context)
             try:
                 result = await browser.authorize(url, self.base_url)
             finally:
@@ -181,7 +183,7 @@ class OAuthUser:
 
         @asynccontextmanager
         async def connect() -> AsyncIterator[tuple[Client, OAuthClientProvider]]:
-            async with httpx2.AsyncClient(auth=oauth, timeout=30) as http:
+            async with httpx2.AsyncClient(auth=oauth, timeout=30, verify=self.ssl_context or True) as http:
                 transport = streamable_http_client(self.base_url + "/mcp", http_client=http)
                 async with Client(transport, mode=mode) as client:
                     yield client, oauth

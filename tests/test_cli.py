@@ -68,11 +68,19 @@ def test_users_lifecycle(tmp_path: Path) -> None:
     (["--config", "/nonexistent.toml"], {}, "cannot read config file"),
     (["--memory-max-bytes", "-1"], {}, "memory_max_bytes='-1' (from flag --memory-max-bytes)"),
     ([], {"MEMORY_MCP_MEMORY_MAX_ENTITIES": "lots"}, "memory_max_entities='lots' (from environment variable"),
+    (["--redis-url", "http://:s3cret-pw@cache:6379/0"], {}, "redis_url (from flag --redis-url): must start with "
+     "redis://, rediss:// or unix://"),
+    ([], {"MEMORY_MCP_REDIS_URL": "redis://:s3cret-pw@cache:6379/zero"}, "the path must be a database number"),
+    (["--redis-url", "redis://:s3cret-pw@cache:port/0"], {}, "redis_url (from flag --redis-url): is not a valid URL"),
+    (["--redis-url", "redis://:s3cret-pw@cache:6379/0\r\nX"], {}, "whitespace or control characters"),
+    (["--redis-url", "unix://"], {}, "needs the socket's path"),
 ])
 def test_bad_configuration_is_explained(tmp_path: Path, args: list[str], env: dict[str, str], needle: str) -> None:
     result = run("serve", "--data-dir", str(tmp_path), *args, env=env)
     assert result.returncode == 2
     assert needle in result.stderr, result.stderr
+    # A Redis URL may carry its password: an error names the setting, never the value.
+    assert "s3cret-pw" not in result.stderr
 
 
 class Process:

@@ -1,17 +1,23 @@
-"""Sessions end when the user's access ends, and when they are idle, and at the caps."""
+"""Sessions end when the user's access ends, when they are idle, at the caps, and at shutdown (SIGTERM:
+requests in flight are answered first)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx2
 
 from tests.browser import Browser, parse_forms
-from tests.conftest import RunningServer, start_server, tokens_by_hand
-from tests.test_mcp_http import ACCEPT, open_session
+from tests.conftest import OAuthUser, RunningServer, start_server, tokens_by_hand
+from tests.test_mcp_http import ACCEPT, INIT, open_session
 
 BOTH = "memory:read memory:write"
 
@@ -190,3 +196,213 @@ async def test_session_caps(http: httpx2.AsyncClient, tmp_path: Path) -> None:
         assert len(server.registry) == 3
     finally:
         await server.stop()
+
+
+# --- SIGTERM: requests in flight are answered, then sessions and streams end, then the process exits ---
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SlowServer:
+    """tests/slow_server.py as a process: the real app whose one tool takes its time, run as
+    `memory-mcp serve` runs; its log in a file."""
+
+    def __init__(self, tmp_path: Path, shutdown_timeout: float) -> None:
+        data = tmp_path / "data"
+        added = subprocess.run([sys.executable, "-m", "server", "users", "add", "alice", "--password-stdin",
+                                "--data-dir", str(data)], input="alice-password-1\n", capture_output=True,
+                               text=True, timeout=60)
+        assert added.returncode == 0, added.stderr
+        self.log_path = tmp_path / "slow-server.log"
+        with self.log_path.open("w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.slow_server", "--data-dir", str(data),
+                 "--shutdown-timeout", str(shutdown_timeout)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        self.url = ""
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    async def started(self) -> None:
+        for _ in range(300):
+            found = re.search(r"serving at (\S+)", self.log)
+            if found:
+                self.url = found.group(1)
+                try:
+                    async with httpx2.AsyncClient() as http:
+                        if (await http.get(self.url + "/healthz")).status_code == 200:
+                            return
+                except httpx2.TransportError:
+                    pass
+            assert self.proc.poll() is None, self.log
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the server did not start: {self.log}")
+
+    async def tool_started(self) -> None:
+        for _ in range(100):
+            if "slow tool started" in self.log:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"the tool call never started: {self.log}")
+
+    async def token(self) -> str:
+        user = OAuthUser(self.url, "alice", "alice-password-1")
+        async with user.client() as (client, _):
+            await client.list_tools()
+        assert user.storage.tokens is not None
+        return user.storage.tokens.access_token
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def sse_messages(text: str) -> list[dict[str, Any]]:
+    """The JSON-RPC messages in an SSE body (the `data:` lines of its events)."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            try:
+                found.append(json.loads(line[5:]))
+            except ValueError:
+                continue  # the legacy transport's endpoint event
+    return found
+
+
+SLOW_CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+             "params": {"name": "slow", "arguments": {"seconds": 1.5, "reply": "answered after SIGTERM"}}}
+
+
+async def test_sigterm_answers_a_call_in_flight_on_the_sdk_transport(tmp_path: Path) -> None:
+    """A tool call that the session's SDK transport serves (not the direct path) is in flight when
+    SIGTERM comes, and the session has an open GET stream: the call is answered whole, then the
+    stream ends cleanly (the chunked body is terminated, not reset), then the process exits 0,
+    all within shutdown_timeout."""
+    window = 8.0
+    server = SlowServer(tmp_path, shutdown_timeout=window)
+    try:
+        await server.started()
+        token = await server.token()
+        async with httpx2.AsyncClient(timeout=30) as http:
+            headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+            init = await http.post(server.url + "/mcp", json=INIT, headers=headers)
+            assert init.status_code == 200, init.text
+            session = {**headers, "Mcp-Session-Id": init.headers["mcp-session-id"],
+                       "MCP-Protocol-Version": "2025-06-18"}
+            note = await http.post(server.url + "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                                   headers=session)
+            assert note.status_code == 202
+
+            async def call() -> tuple[str, str]:
+                async with http.stream("POST", server.url + "/mcp", json=SLOW_CALL, headers=session) as resp:
+                    assert resp.status_code == 200
+                    return resp.headers["content-type"], (await resp.aread()).decode()
+
+            async def stream() -> str:
+                async with http.stream("GET", server.url + "/mcp", headers=session) as resp:
+                    assert resp.status_code == 200
+                    # Raises (httpx2.RemoteProtocolError) if the stream is cut rather than ended.
+                    return (await resp.aread()).decode()
+
+            streaming = asyncio.ensure_future(stream())
+            calling = asyncio.ensure_future(call())
+            await server.tool_started()
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            content_type, body = await asyncio.wait_for(calling, window)
+            await asyncio.wait_for(streaming, window)
+            code = await asyncio.wait_for(asyncio.to_thread(server.proc.wait), window)
+            took = time.monotonic() - began
+    finally:
+        server.kill()
+    log = server.log
+    assert content_type.startswith("text/event-stream"), "the call went through the SDK transport"
+    answers = [m for m in sse_messages(body) if m.get("id") == 7]
+    assert answers and answers[0]["result"]["content"][0]["text"] == "answered after SIGTERM", (body, log)
+    assert code == 0, log
+    assert took < window, f"the process took {took:.1f}s to exit"
+    assert "Traceback" not in log and "still in flight" not in log, log
+
+
+async def test_sigterm_answers_a_call_in_flight_on_the_legacy_sse_transport(tmp_path: Path) -> None:
+    """The same on the 2024-11-05 transport, where the answer travels on the session's GET /sse
+    stream after the POST got its 202: the stream carries the answer, then ends cleanly."""
+    window = 8.0
+    server = SlowServer(tmp_path, shutdown_timeout=window)
+    try:
+        await server.started()
+        token = await server.token()
+        auth = {"Authorization": f"Bearer {token}"}
+        async with httpx2.AsyncClient(timeout=30) as http, \
+                http.stream("GET", server.url + "/sse", headers=auth) as events:
+            assert events.status_code == 200
+            lines = events.aiter_lines()
+            endpoint = None
+            async for line in lines:
+                if line.startswith("data:") and "session_id=" in line:
+                    endpoint = line[5:].strip()
+                    break
+            assert endpoint is not None
+            post = {**auth, "Content-Type": "application/json"}
+            for message in (INIT, {"jsonrpc": "2.0", "method": "notifications/initialized"}):
+                assert (await http.post(server.url + endpoint, json=message, headers=post)).status_code == 202
+            assert (await http.post(server.url + endpoint, json=SLOW_CALL, headers=post)).status_code == 202
+            await server.tool_started()
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+
+            async def rest() -> str:
+                # Raises (httpx2.RemoteProtocolError) if the stream is cut rather than ended.
+                return "\n".join([line async for line in lines])
+
+            body = await asyncio.wait_for(rest(), window)
+            code = await asyncio.wait_for(asyncio.to_thread(server.proc.wait), window)
+            took = time.monotonic() - began
+    finally:
+        server.kill()
+    log = server.log
+    answers = [m for m in sse_messages(body) if m.get("id") == 7]
+    assert answers and answers[0]["result"]["content"][0]["text"] == "answered after SIGTERM", (body, log)
+    assert code == 0, log
+    assert took < window, f"the process took {took:.1f}s to exit"
+    assert "Traceback" not in log and "still in flight" not in log, log
+
+
+async def test_a_call_longer_than_the_shutdown_window_is_ended_in_time(tmp_path: Path) -> None:
+    """The window bounds the drain: a call that would outlast it is cut, and the process still
+    exits 0 well within twice the window (what the unit's TimeoutStopSec allows for)."""
+    window = 1.5
+    server = SlowServer(tmp_path, shutdown_timeout=window)
+    try:
+        await server.started()
+        token = await server.token()
+        async with httpx2.AsyncClient(timeout=30) as http:
+            headers = {**ACCEPT, "Authorization": f"Bearer {token}"}
+            init = await http.post(server.url + "/mcp", json=INIT, headers=headers)
+            session = {**headers, "Mcp-Session-Id": init.headers["mcp-session-id"],
+                       "MCP-Protocol-Version": "2025-06-18"}
+            long_call = {**SLOW_CALL, "params": {"name": "slow", "arguments": {"seconds": 60, "reply": "never"}}}
+
+            async def call() -> str:
+                try:
+                    async with http.stream("POST", server.url + "/mcp", json=long_call, headers=session) as resp:
+                        return (await resp.aread()).decode()
+                except httpx2.TransportError as exc:
+                    return repr(exc)
+
+            calling = asyncio.ensure_future(call())
+            await server.tool_started()
+            began = time.monotonic()
+            server.proc.send_signal(signal.SIGTERM)
+            code = await asyncio.wait_for(asyncio.to_thread(server.proc.wait), 4 * window)
+            took = time.monotonic() - began
+            body = await asyncio.wait_for(calling, 5)
+    finally:
+        server.kill()
+    log = server.log
+    assert "never" not in body
+    assert code == 0, log
+    assert window - 0.5 < took < 2 * window + 1, f"the process took {took:.1f}s to exit"
+    assert "1 MCP session(s) with requests still in flight" in log, log

@@ -57,6 +57,8 @@ TOUCH_INTERVAL_SECONDS = 60.0
 SSE_RETRY_MILLISECONDS = 1000
 # A session's SDK transport is stopped after this long without a request that needed it.
 PARK_AFTER_SECONDS = 30.0
+# How often `drain` looks for sessions that no longer serve a request.
+DRAIN_POLL_SECONDS = 0.05
 
 
 class SessionState(enum.Enum):
@@ -113,6 +115,8 @@ class Session:
     _dispatcher: sdk.Dispatcher | None = None
     _events: SessionEventStore | None = None
     _in_flight: int = 0
+    _streams: int = 0
+    """Of `_in_flight`, the open GET streams: they end only when the session does."""
     _stored_seen_at: float = 0.0
     _activating: asyncio.Lock = field(default_factory=asyncio.Lock)
     _cancel: Callable[[], Awaitable[None]] | None = None
@@ -135,6 +139,13 @@ class Session:
     def in_flight(self) -> int:
         """Requests being served (an open stream counts): a session is never idle while one is."""
         return self._in_flight
+
+    @property
+    def serving(self) -> bool:
+        """A request of it is being answered: one in flight other than an open GET stream, or a
+        client request its SDK dispatcher still handles (an SSE session's are answered on its
+        stream, after the POST that carried them got its 202)."""
+        return self._in_flight > self._streams or sdk.dispatcher_serving(self._dispatcher)
 
     @property
     def last_seen_at(self) -> float:
@@ -245,6 +256,30 @@ class SessionRegistry:
             elif session.state is SessionState.ACTIVE and session.last_seen_at < now - PARK_AFTER_SECONDS:
                 await self.park(session)
 
+    async def drain(self, deadline: float) -> None:
+        """Shutdown, once no new request can come: end each session as soon as it serves no request
+        (which ends its open streams cleanly), and at `deadline` (event-loop time) every session
+        left. A request in flight is answered before its session ends, whichever path serves it.
+        Records stay, so that the next process serves the sessions again (`restore`).
+
+        A session is ended only when two looks `DRAIN_POLL_SECONDS` apart both find it free: a
+        message posted to an SSE session is acknowledged (202) a moment before the SDK's
+        dispatcher takes it up."""
+        loop = asyncio.get_running_loop()
+        free_before: set[Session] = set()
+        while self._sessions:
+            free = {s for s in self._sessions.values() if not s.serving}
+            for session in free & free_before:
+                await self.forget(session, keep_record=True)
+            free_before = free
+            if loop.time() >= deadline:
+                break
+            await asyncio.sleep(min(DRAIN_POLL_SECONDS, max(0.0, deadline - loop.time())))
+        busy = await self.close_where(lambda _s: True, keep_records=True)
+        if busy:
+            log.warning("ended %d MCP session(s) with requests still in flight at the end of the shutdown window",
+                        busy)
+
     async def stop(self) -> None:
         """Close every stream at once, then the task group. Session records stay in the store:
         the next process restores the sessions their clients use again (`restore`)."""
@@ -284,10 +319,12 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     @contextlib.asynccontextmanager
-    async def using(self, session: Session) -> AsyncIterator[Session]:
+    async def using(self, session: Session, *, stream: bool = False) -> AsyncIterator[Session]:
         """Serve one request of the session: it is in flight (never idle, never parked) until the
-        block ends, streams included, and the session counts as seen at both ends."""
+        block ends, streams included, and the session counts as seen at both ends. `stream`: a GET
+        that opens a stream, which a shutdown does not wait for (`drain`)."""
         session._in_flight += 1
+        session._streams += stream
         try:
             now = time.time()
             session._last_seen_at = now
@@ -297,6 +334,7 @@ class SessionRegistry:
             yield session
         finally:
             session._in_flight -= 1
+            session._streams -= stream
             session._last_seen_at = time.time()
 
     async def delivered(self, session: Session, stream_id: str, last_event_id: str) -> None:
@@ -386,10 +424,12 @@ class SessionRegistry:
             raise
         return session
 
-    async def open_sse(self, caller: Caller, session_id: str, cancel: Callable[[], Awaitable[None]]) -> Session:
-        """Record a 2024-11-05 session whose stream is open; `cancel` ends that stream."""
+    async def open_sse(self, caller: Caller, session_id: str, cancel: Callable[[], Awaitable[None]],
+                       dispatcher: sdk.Dispatcher | None) -> Session:
+        """Record a 2024-11-05 session whose stream is open; `cancel` ends that stream, and
+        `dispatcher` is the SDK's, which serves its requests."""
         session = await self._admit(caller, "sse", session_id, SessionState.SSE)
-        session._cancel = cancel
+        session._cancel, session._dispatcher = cancel, dispatcher
         try:
             await self.established(session, "2024-11-05")
         except BaseException:

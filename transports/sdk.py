@@ -71,6 +71,7 @@ __all__ = [
     "Server",
     "SseServerTransport",
     "dispatcher_busy",
+    "dispatcher_serving",
     "handshake_connection",
     "initialize_succeeded",
     "modern_error",
@@ -227,7 +228,7 @@ def modern_connection(route: ModernRoute) -> Connection:
 Dispatcher = JSONRPCDispatcher[TransportContext]
 
 
-def session_loop(read_stream: Any, write_stream: Any, *, session_id: str,
+def session_loop(read_stream: Any, write_stream: Any, *, session_id: str | None,
                  client_params: InitializeRequestParams | None,
                  protocol_version: str | None) -> tuple[Dispatcher, Connection]:
     """The dispatcher and connection the SDK's `serve_loop` builds over a transport's streams; with
@@ -241,6 +242,12 @@ def session_loop(read_stream: Any, write_stream: Any, *, session_id: str,
                             protocol_version=protocol_version or client_params.protocol_version)
     connection.initialized.set()
     return dispatcher, connection
+
+
+def dispatcher_serving(dispatcher: Dispatcher | None) -> bool:
+    """Whether the SDK's dispatcher still handles a client request (`_in_flight`, as in
+    `dispatcher_busy`)."""
+    return dispatcher is not None and bool(dispatcher._in_flight)
 
 
 def dispatcher_busy(dispatcher: Dispatcher | None) -> bool:
@@ -419,7 +426,7 @@ COPIED_RULES: dict[str, tuple[str, str]] = {
     "runner:serve_one": ("87bacb6b578bb41b", "serve_request: serve_one, closing the exit stack only when used"),
     "runner:serve_loop": ("5f6a87940f1365e7", "session_loop: the dispatcher and connection serve_loop builds"),
     "jsonrpc_dispatcher:JSONRPCDispatcher.__init__": (
-        "63f8f92be6a1444a", "dispatcher_busy: the private `_in_flight` and `_pending` tables it reads"),
+        "63f8f92be6a1444a", "dispatcher_busy, dispatcher_serving: the private `_in_flight` and `_pending` tables"),
     "runner:ServerRunner._negotiate_initialize": ("1890b616f10a37c9", "negotiated_version: called"),
     "runner:ServerRunner._on_request": (
         "cb7dea37a3cb2fc9", "committed_handshake: initialize commits client params only on success"),

@@ -22,7 +22,7 @@ from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi
 from transports.caller import Authenticate, GuardMessage, Refusal, current_caller
 from transports.http import check_origin, cors_preflight, parse_json, read_body
 from transports.registry import Session, SessionLimitError, SessionRegistry
-from transports.sdk import serve_loop, sse_endpoint_session_id
+from transports.sdk import Dispatcher, serve_connection, session_loop, sse_endpoint_session_id
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,14 @@ class SSEEndpoint:
         transport = SseServerTransport(MESSAGES_PATH)
         cancel_scope = anyio.CancelScope()
         holder: dict[str, Session] = {}
+        dispatcher: Dispatcher | None = None
         lifespan_state = self._registry.lifespan_state
 
         async def admit(session_id: str) -> bool:
             try:
                 with anyio.CancelScope(shield=True):  # registered and held, or not registered
-                    holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope))
+                    holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope),
+                                                                      dispatcher)
             except SessionLimitError as exc:
                 log.warning("closing SSE stream: %s", exc)
                 cancel_scope.cancel()
@@ -88,9 +90,16 @@ class SSEEndpoint:
                         return
                 await send(message)
 
+            nonlocal dispatcher
             with cancel_scope:
                 async with transport.connect_sse(scope, receive, watch) as (read_stream, write_stream):
-                    await serve_loop(self._server, read_stream, write_stream, lifespan_state=lifespan_state)
+                    # What the SDK's `serve_loop` does, with the dispatcher kept for the registry (a
+                    # shutdown waits for the requests it serves). Built before the endpoint event
+                    # goes out (`connect_sse` only schedules its writer), so `admit` has it.
+                    dispatcher, connection = session_loop(read_stream, write_stream, session_id=None,
+                                                          client_params=None, protocol_version=None)
+                    await serve_connection(self._server, dispatcher, connection=connection,
+                                           lifespan_state=lifespan_state)
 
         try:
             return await call_asgi(app, request, b"", {"caller": caller})

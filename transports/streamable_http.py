@@ -108,7 +108,7 @@ class StreamableHTTPEndpoint:
                 return _too_many(exc)
         if session is None:
             return _session_not_found()
-        async with self._registry.using(session):
+        async with self._registry.using(session, stream=request.method == "GET"):
             try:
                 return await self._serve(request, caller, session, body, message, version)
             except SessionGoneError:

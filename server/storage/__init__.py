@@ -8,14 +8,15 @@ one class implementing all of them (`Storage`) and one rate limiter (`Limiter`):
   install);
 * `server.storage.redis`: a Redis server (`redis_url`), shared by several instances or workers.
 
-`open_backend` picks one from the settings; nothing else in the server names a backend.
+`server.storage.backends.open_backend` picks one from the settings; nothing else in the server
+names a backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from auth.ratelimit import RateLimiter
 from auth.store import AuthStore
@@ -23,9 +24,6 @@ from auth.store import StoreUnavailable as AuthStoreUnavailable
 from server.memory.graph import GraphStore
 from transports.store import StoreUnavailable as TransportStoreUnavailable
 from transports.store import TransportStore
-
-if TYPE_CHECKING:
-    from server.config import Settings
 
 
 class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
@@ -74,17 +72,3 @@ class Limiter(RateLimiter, Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def open_backend(settings: Settings) -> tuple[Storage, Limiter]:
-    """The backend the settings choose: Redis when `redis_url` is set, else SQLite in `data_dir`."""
-    if settings.redis_url is not None:
-        from server.storage.redis import RedisLimiter, RedisStorage
-
-        storage = RedisStorage(settings.redis_url, timeout=settings.store_busy_timeout)
-        return storage, RedisLimiter(storage.client, storage.prefix)
-    from server.storage.sqlite import SQLiteStorage
-    from server.storage.sqlite.ratelimit import FILENAME, SQLiteRateLimiter
-
-    return (SQLiteStorage(settings.database_path, settings.store_busy_timeout),
-            SQLiteRateLimiter(settings.data_dir / FILENAME, busy_timeout=settings.store_busy_timeout))
