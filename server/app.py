@@ -22,7 +22,6 @@ from auth.store import RevocationLog
 from auth.upstream.flow import UpstreamSignIn
 from server import limits
 from server.config import Settings
-from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage import Limiter, Storage
@@ -46,12 +45,14 @@ SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MCP_ENDPOINT: web.AppKey[StreamableHTTPEndpoint] = web.AppKey("mcp_endpoint", StreamableHTTPEndpoint)
 
 
-def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
-              mcp_server: Server[Any] | None = None) -> web.Application:
+async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
+                    mcp_server: Server[Any] | None = None) -> web.Application:
     """The whole server. `backend`: the storage and rate limiter to use (default: those the
     settings choose, `open_backend`). `mcp_server` replaces the memory tools with another MCP
-    server on the same transports and authentication (the conformance suite's fixture server does)."""
+    server on the same transports and authentication (the conformance suite's fixture server does).
+    A coroutine because the cookie key comes from the store (shared by every instance on Redis)."""
     storage, limiter = backend or open_backend(settings)
+    key = await storage.cookie_key()
     app = web.Application()
     app[SETTINGS] = settings
     app[STORAGE] = storage
@@ -60,7 +61,7 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
     auth_conf = settings.auth_settings()
-    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir),
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
                                    sign_in=sign_in_methods(settings))
     # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
     # instance reach them.
@@ -161,17 +162,23 @@ def sign_in_methods(settings: Settings) -> list[SignInMethod]:
 
 async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revocation], Awaitable[None]]) -> None:
     """End the sessions of revocations made elsewhere (`memory-mcp users remove` run beside the
-    server, another instance): the log is polled once a second. This process's own revocations
-    come through the listener at once and again here, where ending no session is harmless."""
+    server, another instance): SQLite's log is polled once a second, Redis's wakes this at once
+    (`RevocationLog.wait_revocations`). This process's own revocations come through the listener
+    at once and again here, where ending no session is harmless."""
     cursor, _ = await revocations.revocations_after(None)
-    while True:
-        await asyncio.sleep(REVOCATION_POLL_SECONDS)
+    task = asyncio.current_task()
+    # A cancellation a library swallowed (redis-py's `asyncio.wait_for` around writes can, on
+    # Python 3.11) still ends the loop at the next turn.
+    while task is None or not task.cancelling():
         try:
-            cursor, found = await revocations.revocations_after(cursor)
+            cursor, found = await revocations.wait_revocations(cursor, REVOCATION_POLL_SECONDS)
             for revocation in found:
                 await apply(revocation)
         except Exception:
             log.exception("reading the revocation log failed; retrying")
+            # A store that fails at once (unreachable) must not turn this into a busy loop.
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
+    raise asyncio.CancelledError
 
 
 async def _health(_request: web.Request) -> web.Response:

@@ -41,6 +41,12 @@ class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
 class Storage(AuthStore, GraphStore, TransportStore, Protocol):
     """Everything the server stores."""
 
+    async def cookie_key(self) -> bytes:
+        """The server's own secret (`server.keyfile` says what it protects): created by the first
+        process that asks, then the same for every process on this store (SQLite: a file in the
+        data directory; Redis: a key, so that instances on several machines share it)."""
+        ...
+
     async def close(self) -> None:
         """Finish what is queued and release connections and threads."""
         ...
