@@ -174,7 +174,9 @@ local function del_user_records(user_id)
   local link = redis.call('HMGET', k('user-upstream', user_id), 'issuer', 'subject')
   if link[1] then
     local field = link[1] .. '\\n' .. link[2]
-    if redis.call('HGET', k0('upstream-links'), field) == user_id then redis.call('HDEL', k0('upstream-links'), field) end
+    if redis.call('HGET', k0('upstream-links'), field) == user_id then
+      redis.call('HDEL', k0('upstream-links'), field)
+    end
   end
   redis.call('DEL', k('user-upstream', user_id), k('upstream-tokens', user_id))
 end
@@ -587,7 +589,8 @@ class RedisAuth(RedisBase):
     async def save_client(self, client: Client) -> None:
         # ZADD NX: re-saving a client (a re-fetched metadata document) keeps its first issue time,
         # which the unused-registration purge goes by.
-        await self._auth_script(_SAVE_CLIENT, client.client_id, str(client.client_id_issued_at), client.model_dump_json())
+        await self._auth_script(_SAVE_CLIENT, client.client_id, str(client.client_id_issued_at),
+                                client.model_dump_json())
 
     async def get_client(self, client_id: str) -> Client | None:
         raw = await self.client.get(self.key("client", client_id))
@@ -768,7 +771,8 @@ class RedisAuth(RedisBase):
 
     async def remember_consent(self, consent: RememberedConsent) -> None:
         c = consent
-        await self._auth_script(_REMEMBER_CONSENT, consent_id(c.user_id, c.client_id, c.redirect_uri, c.resource, c.scopes),
+        await self._auth_script(_REMEMBER_CONSENT,
+                                consent_id(c.user_id, c.client_id, c.redirect_uri, c.resource, c.scopes),
                         c.user_id, c.client_id, c.redirect_uri, c.resource, _consent_scopes(c.scopes),
                         _num(c.created_at), _num(c.expires_at), str(ttl_ms(c.expires_at, c.created_at)))
 
