@@ -236,8 +236,9 @@ def _serve(settings: Settings) -> int:
     from server import limits, logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
+    from server.metrics import MetricsListenError
 
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     open_files = limits.raise_open_files_limit()
     if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
         print(f"memory-mcp: max_connections={settings.max_connections} needs about "
@@ -253,7 +254,10 @@ def _serve(settings: Settings) -> int:
         print("No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}",
               file=sys.stderr)
-    app = build_app(settings, backend)
+    try:
+        app = build_app(settings, backend)
+    except MetricsListenError as exc:
+        raise ListenError(str(exc)) from None
     keep_freed_memory()
     where = ", ".join(_address(sock) for sock in sockets)
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",

@@ -13,10 +13,19 @@ import ipaddress
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from auth.rfc8252 import has_unsafe_characters
 from auth.settings import AuthSettings
@@ -104,6 +113,21 @@ class Settings(BaseModel):
         "X-Forwarded-For", description="the header the trusted proxies write: X-Forwarded-For or Forwarded "
         "(RFC 7239); the other one is ignored")
     log_level: str = Field("info", description="debug, info, warning or error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (one readable line per record) or json (one JSON object per line), for every "
+        "log line, access log included")
+    metrics_token: SecretStr | None = Field(
+        None, description="serve Prometheus metrics at /metrics to requests that send this bearer token "
+        "(Authorization: Bearer ...; at least 16 characters); prefer metrics_token_file")
+    metrics_token_file: Path | None = Field(
+        None, description="file holding the metrics bearer token (as metrics_token; surrounding whitespace "
+        "ignored), so that it need not sit in the environment or on the command line")
+    metrics_address: str | None = Field(
+        None, description="host:port of a separate listener that serves only /metrics (e.g. 127.0.0.1:9464); "
+        "the main port then does not serve it. Without this, metrics_token or metrics_token_file, there are "
+        "no metrics")
+    # Read from metrics_token_file at validation, so that a missing or bad file stops the start.
+    _metrics_bearer: str | None = PrivateAttr(None)
     shutdown_timeout: float = Field(
         10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish (twice at most; keep "
         "2 x this under the service manager's stop timeout, 90 s for systemd)")
@@ -137,6 +161,34 @@ class Settings(BaseModel):
                                      "fd00::/8)") from None
                 raise ValueError(f"{entry!r} has host bits set; write the network as {network}") from None
         return tuple(networks)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else SecretStr(valid_metrics_token(value.get_secret_value()))
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = split_address(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _metrics_secret(self) -> Settings:
+        if self.metrics_token is not None and self.metrics_token_file is not None:
+            raise ValueError("set metrics_token or metrics_token_file, not both")
+        if self.metrics_token_file is not None:
+            path = self.metrics_token_file
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ValueError(f"metrics_token_file {path} cannot be read: {reason.lower()}; make it readable "
+                                 "by the server's user") from None
+            self._metrics_bearer = valid_metrics_token(text.strip(), f"the token in metrics_token_file {path} ")
+        return self
 
     @field_validator("proxy_header")
     @classmethod
@@ -222,6 +274,18 @@ class Settings(BaseModel):
         return self.public_url
 
     @property
+    def metrics_bearer(self) -> str | None:
+        """The token /metrics requires (from metrics_token or metrics_token_file), or None."""
+        if self.metrics_token is not None:
+            return self.metrics_token.get_secret_value()
+        return self._metrics_bearer
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Metrics exist only when asked for: a token, or a listener of their own."""
+        return self.metrics_bearer is not None or self.metrics_address is not None
+
+    @property
     def memory_quota(self) -> Quota:
         return Quota(entities=self.memory_max_entities, observations=self.memory_max_observations,
                      bytes=self.memory_max_bytes)
@@ -242,6 +306,44 @@ def _is_wildcard(host: str) -> bool:
         return ipaddress.ip_address(host).is_unspecified
     except ValueError:
         return host == ""
+
+
+METRICS_TOKEN_MIN = 16
+_TOKEN_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+def valid_metrics_token(token: str, where: str = "") -> str:
+    """A bearer token as RFC 6750 writes one, long enough not to be guessed. The message never
+    contains the token."""
+    if len(token) < METRICS_TOKEN_MIN:
+        raise ValueError(f"{where}must be at least {METRICS_TOKEN_MIN} characters (e.g. the output of "
+                         "`openssl rand -hex 32`)")
+    if not set(token) <= _TOKEN_CHARACTERS:
+        raise ValueError(f"{where}may contain only letters, digits and -._~+/= (e.g. the output of "
+                         "`openssl rand -hex 32`)")
+    return token
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as (host, port); ValueError with what to write otherwise."""
+    example = "write host:port, e.g. 127.0.0.1:9464 or [::1]:9464"
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(example)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address; {example}") from None
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets; {example}")
+    if has_unsafe_characters(host):
+        raise ValueError(example)
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535); {example}")
+    return host, port
 
 
 def canonical_origin(url: str, what: str) -> str:
@@ -274,7 +376,7 @@ def _unknown(name: str) -> str:
 
 
 # Settings whose values may hold a secret: an error names them, never their value.
-_SECRET_SETTINGS = frozenset({"redis_url"})
+_SECRET_SETTINGS = frozenset({"redis_url", "metrics_token"})
 
 
 class ConfigError(Exception):

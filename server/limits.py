@@ -40,6 +40,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from auth.http import client_address
+from server.logs import AccessLogger
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +159,13 @@ class _LimitedServer(Server):
 
 class LimitedRunner(web.AppRunner):
     """An `AppRunner` that applies the app's `Connections` (installed by `install`): the
-    connection limit, and the header deadline as aiohttp's keep-alive timeout."""
+    connection limit, and the header deadline as aiohttp's keep-alive timeout. Its access log is
+    the server's (`server.logs.AccessLogger`) unless told otherwise."""
 
     def __init__(self, app: web.Application, **kwargs: Any) -> None:
         limits = app[CONNECTIONS]
         kwargs["keepalive_timeout"] = limits.header_read_timeout
+        kwargs.setdefault("access_log_class", AccessLogger)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> Server:

@@ -13,7 +13,7 @@ one class implementing all of them (`Storage`) and one rate limiter (`Limiter`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -42,6 +42,12 @@ class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
 
 class Storage(AuthStore, GraphStore, TransportStore, Protocol):
     """Everything the server stores."""
+
+    def ping(self) -> Awaitable[None]:
+        """Answer a trivial query the way a request's would be answered (readiness, `/readyz`);
+        `StorageUnavailable` when the store cannot. (Declared as returning an awaitable rather
+        than `async def` so that a decorated coroutine method, as the Redis backend's, fits.)"""
+        ...
 
     async def close(self) -> None:
         """Finish what is queued and release connections and threads."""
