@@ -103,13 +103,10 @@ class Metrics:
         prometheus_client.PlatformCollector(registry=self.registry)
         prometheus_client.GCCollector(registry=self.registry)
         r = self.registry
-        self.http_requests = prometheus_client.Counter(
-            PREFIX + "http_requests", "HTTP requests answered, by endpoint (route), method and status",
-            ("endpoint", "method", "status"), registry=r)
         self.http_duration = prometheus_client.Histogram(
             PREFIX + "http_request_duration_seconds", "Time to answer an HTTP request (a stream: its whole life), "
-            "by endpoint (route), method and status", ("endpoint", "method", "status"), buckets=HTTP_BUCKETS,
-            registry=r)
+            "by endpoint (route), method and status; its _count is the number of requests",
+            ("endpoint", "method", "status"), buckets=HTTP_BUCKETS, registry=r)
         self.mcp_requests = prometheus_client.Counter(
             PREFIX + "mcp_requests", "Requests to /mcp by the protocol version they announce "
             "(MCP-Protocol-Version; none before a session's first answer)", ("protocol_version",), registry=r)
@@ -129,8 +126,6 @@ class Metrics:
         self.store_unavailable = prometheus_client.Counter(
             PREFIX + "store_unavailable", "Storage calls refused as unavailable (retryable), by reason",
             ("reason",), registry=r)
-        self._http: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._operations: dict[str, Any] = {}
 
     def watch_sessions(self, sessions: Callable[[], Iterable[Session]]) -> None:
         self.registry.register(SessionsCollector(sessions))
@@ -138,27 +133,26 @@ class Metrics:
     # -- HTTP ----------------------------------------------------------------------------------
 
     def middleware(self) -> Middleware:
-        children = self._http
+        observed: dict[tuple[object, str, int], tuple[Any, bool]] = {}
         versions: dict[str, Any] = {}
-        requests, duration, mcp_requests = self.http_requests, self.http_duration, self.mcp_requests
+        duration, mcp_requests = self.http_duration, self.mcp_requests
         clock = time.perf_counter
 
         def record(request: web.Request, status: int, seconds: float) -> None:
+            # Keyed by the route's resource object itself: the label values are worked out once.
             resource = request.match_info.route.resource
-            endpoint = resource.canonical if resource is not None else "unmatched"
             method = request.method if request.method in METHODS else "other"
-            key = (endpoint, method, status)
-            pair = children.get(key)
-            if pair is None:
-                pair = children[key] = (requests.labels(endpoint, method, str(status)),
-                                        duration.labels(endpoint, method, str(status)))
-            pair[0].inc()
-            pair[1].observe(seconds)
-            if endpoint in MCP_PATHS:
-                version = _version(request.headers.get(VERSION_HEADER))
-                counter = versions.get(version)
+            key = (resource, method, status)
+            found = observed.get(key)
+            if found is None:
+                endpoint = resource.canonical if resource is not None else "unmatched"
+                found = observed[key] = (duration.labels(endpoint, method, str(status)), endpoint in MCP_PATHS)
+            found[0].observe(seconds)
+            if found[1]:
+                label = _version(request.headers.get(VERSION_HEADER))
+                counter = versions.get(label)
                 if counter is None:
-                    counter = versions[version] = mcp_requests.labels(version)
+                    counter = versions[label] = mcp_requests.labels(label)
                 counter.inc()
 
         @web.middleware
@@ -206,9 +200,11 @@ class Metrics:
             setattr(store, name, self._timed(prefix + name, getattr(store, name)))
 
     def _timed(self, operation: str, method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        histogram = self.store_duration.labels(operation)
+        durations = self.store_duration
         unavailable = self.store_unavailable
         clock = time.perf_counter
+        # Created at the first call: an operation never used shows no series.
+        histogram: list[Any] = []
 
         @functools.wraps(method)
         async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -219,7 +215,9 @@ class Metrics:
                 unavailable.labels(exc.reason).inc()
                 raise
             finally:
-                histogram.observe(clock() - start)
+                if not histogram:
+                    histogram.append(durations.labels(operation))
+                histogram[0].observe(clock() - start)
 
         return timed
 
