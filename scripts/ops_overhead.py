@@ -3,10 +3,17 @@
 
     .venv/bin/python scripts/ops_overhead.py [--rounds 5]
 
-Each figure is the best of `--rounds` rounds of many calls, in microseconds, on a request made
-with aiohttp's test helper (no socket): the request-id middleware, the request-id and metrics
-middlewares together, one access-log line in each format (to /dev/null), and one store call through
-the metrics wrapper. The difference to the bare handler (or the bare store call) is the overhead.
+prints the best of `--rounds` rounds of many calls, in microseconds, for each piece, on a request
+made with aiohttp's test helper (no socket): the bare handler, the request-id middleware, the same
+middleware timing the request for the metrics, one access-log line in each format (to /dev/null),
+and one store call bare and through the metrics wrapper. Wall-clock figures move with whatever
+else runs on the machine; instruction counts do not:
+
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null \\
+        .venv/bin/python scripts/ops_overhead.py --only ids --calls 10000
+
+runs one piece `--calls` times and nothing else; (instructions with N calls - with 0) / N is the
+piece's cost per call.
 """
 
 from __future__ import annotations
@@ -25,28 +32,6 @@ from aiohttp.test_utils import make_mocked_request
 from server import logs
 from server.metrics import Metrics
 
-CALLS = 100_000
-
-
-async def best(rounds: int, call: Callable[[], Awaitable[Any]], n: int = CALLS) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(n):
-            await call()
-        times.append((time.perf_counter() - start) / n * 1e6)
-    return min(times)
-
-
-def best_sync(rounds: int, call: Callable[[], Any], n: int = CALLS // 2) -> float:
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(n):
-            call()
-        times.append((time.perf_counter() - start) / n * 1e6)
-    return min(times)
-
 
 class Graph(Protocol):
     async def open_nodes(self, user: str, names: list[str]) -> None: ...
@@ -57,54 +42,78 @@ class Store:
         return None
 
 
-def discarding_logger() -> tuple[logging.Logger, logging.Handler]:
-    logger = logging.getLogger("ops-overhead.access")
+def discarding_logger(formatter: logging.Formatter) -> logging.Logger:
+    logger = logging.getLogger(f"ops-overhead.{type(formatter).__name__}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
-    sink = logging.StreamHandler(open(os.devnull, "w"))
+    sink = logging.StreamHandler(open(os.devnull, "w"))  # open as long as the script runs
     sink.addFilter(logs.RequestIdFilter())
+    sink.setFormatter(formatter)
     logger.addHandler(sink)
-    return logger, sink
+    return logger
 
 
-async def main(rounds: int) -> None:
+def pieces() -> dict[str, Callable[[], Awaitable[Any] | None]]:
+    """Each piece, as one call."""
     request = make_mocked_request("POST", "/mcp", headers={"Mcp-Session-Id": "abcdefgh0123456789",
                                                            "MCP-Protocol-Version": "2025-11-25"})
+    request[logs.REQUEST_ID] = logs.new_request_id()
+    response = web.Response(text="{}", headers={"Mcp-Session-Id": "abcdefgh0123456789"})
 
     async def handler(_request: web.Request) -> web.StreamResponse:
         return web.Response(text="{}")
 
-    ids = logs.request_ids(())
     metrics = Metrics()
-    measured = metrics.middleware()
+    ids = logs.request_ids(())
+    timed = logs.request_ids((), metrics.request_observer())
+    text = logs.AccessLogger(discarding_logger(logs.TextFormatter()), "")
+    json = logs.AccessLogger(discarding_logger(logs.JSONFormatter()), "")
+    plain, measured = Store(), Store()
+    metrics.instrument(measured, Graph)
+    return {
+        "handler": lambda: handler(request),
+        "ids": lambda: ids(request, handler),
+        "timed": lambda: timed(request, handler),
+        "text": lambda: text.log(request, response, 0.0003),
+        "json": lambda: json.log(request, response, 0.0003),
+        "store": lambda: plain.open_nodes("u", ["x"]),
+        "store-timed": lambda: measured.open_nodes("u", ["x"]),
+    }
 
-    async def inner(r: web.Request) -> web.StreamResponse:
-        return await measured(r, handler)
 
-    bare = await best(rounds, lambda: handler(request))
-    with_ids = await best(rounds, lambda: ids(request, handler))
-    with_both = await best(rounds, lambda: ids(request, inner))
-    print(f"handler alone                       {bare:6.2f} us")
-    print(f"+ request id middleware             {with_ids - bare:6.2f} us")
-    print(f"+ request id and metrics middleware {with_both - bare:6.2f} us")
+async def run(call: Callable[[], Awaitable[Any] | None], n: int) -> None:
+    for _ in range(n):
+        result = call()
+        if result is not None:
+            await result
 
-    logger, sink = discarding_logger()
-    response = web.Response(text="{}", headers={"Mcp-Session-Id": "abcdefgh0123456789"})
-    request[logs.REQUEST_ID] = logs.new_request_id()
-    access = logs.AccessLogger(logger, "")
-    for name, formatter in (("text", logs.TextFormatter()), ("json", logs.JSONFormatter())):
-        sink.setFormatter(formatter)
-        line = best_sync(rounds, lambda: access.log(request, response, 0.0003))
-        print(f"access-log line ({name})               {line:6.2f} us")
 
-    plain, timed = Store(), Store()
-    metrics.instrument(timed, Graph)
-    untimed = await best(rounds, lambda: plain.open_nodes("u", ["x"]))
-    wrapped = await best(rounds, lambda: timed.open_nodes("u", ["x"]))
-    print(f"+ metrics around one store call     {wrapped - untimed:6.2f} us")
+async def best(rounds: int, call: Callable[[], Awaitable[Any] | None], n: int = 100_000) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        await run(call, n)
+        times.append((time.perf_counter() - start) / n * 1e6)
+    return min(times)
+
+
+async def main(args: argparse.Namespace) -> None:
+    each = pieces()
+    if args.only:
+        await run(each[args.only], args.calls)
+        return
+    us = {name: await best(args.rounds, call) for name, call in each.items()}
+    print(f"handler alone                        {us['handler']:6.2f} us")
+    print(f"+ request id middleware              {us['ids'] - us['handler']:6.2f} us")
+    print(f"+ request id middleware, timed       {us['timed'] - us['handler']:6.2f} us")
+    print(f"access-log line (text)               {us['text']:6.2f} us")
+    print(f"access-log line (json)               {us['json']:6.2f} us")
+    print(f"+ metrics around one store call      {us['store-timed'] - us['store']:6.2f} us")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--only", choices=["handler", "ids", "timed", "text", "json", "store", "store-timed"])
+    parser.add_argument("--calls", type=int, default=10_000)
+    asyncio.run(main(parser.parse_args()))

@@ -176,10 +176,9 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     # Not ready from the first moment of the shutdown, before the sessions are closed.
     app.on_shutdown.append(readiness.on_shutdown)
     app.on_shutdown.append(on_shutdown)
-    # Outermost, in this order: every request gets its id first, then is measured whole.
-    if measured is not None:
-        app.middlewares.insert(0, measured.middleware())
-    app.middlewares.insert(0, logs.request_ids(settings.trusted_proxies))
+    # Outermost: every request gets its id before anything logs, and is timed whole.
+    app.middlewares.insert(0, logs.request_ids(
+        settings.trusted_proxies, measured.request_observer() if measured is not None else None))
     return app
 
 

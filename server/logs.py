@@ -37,7 +37,7 @@ import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 import orjson
@@ -64,7 +64,7 @@ current_request_id: ContextVar[str | None] = ContextVar("memory_mcp_request_id",
 
 SESSION_HEADER = "Mcp-Session-Id"
 SESSION_PREFIX = 8
-_SESSION_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_SESSION_PREFIX_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 PATH_MAX = 256
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -91,9 +91,14 @@ def new_request_id() -> str:
     return os.urandom(8).hex()
 
 
-def request_ids(trusted_proxies: Sequence[IPNetwork]) -> Middleware:
-    """Give each request its id (module docstring). Outermost, so that every later middleware's
-    and handler's lines carry it."""
+Observe = Callable[[web.Request, int, float], None]
+"""Told each answered request's status and seconds (`server.metrics`)."""
+
+
+def request_ids(trusted_proxies: Sequence[IPNetwork], observe: Observe | None = None) -> Middleware:
+    """Give each request its id (module docstring), and with `observe`, time it. Outermost, so
+    that every later middleware's and handler's lines carry the id and the time is the whole
+    request's; one middleware for both, since each layer costs every request."""
 
     def proxied(request: web.Request) -> str | None:
         sent = request.headers.get(REQUEST_ID_HEADER)
@@ -105,11 +110,14 @@ def request_ids(trusted_proxies: Sequence[IPNetwork]) -> Middleware:
             return None
         return sent if any(peer in network for network in trusted_proxies) else None
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def begin(request: web.Request) -> Token[str | None]:
         request_id = (proxied(request) if trusted_proxies else None) or new_request_id()
         request[REQUEST_ID] = request_id
-        token = current_request_id.set(request_id)
+        return current_request_id.set(request_id)
+
+    @web.middleware
+    async def with_ids(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = begin(request)
         try:
             return await handler(request)
         finally:
@@ -117,7 +125,28 @@ def request_ids(trusted_proxies: Sequence[IPNetwork]) -> Middleware:
             # inherit this id.
             current_request_id.reset(token)
 
-    return middleware
+    if observe is None:
+        return with_ids
+    clock = time.perf_counter
+
+    @web.middleware
+    async def with_ids_timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        token = begin(request)
+        start = clock()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            observe(request, exc.status, clock() - start)
+            raise
+        except Exception:
+            observe(request, 500, clock() - start)  # what aiohttp answers for it
+            raise
+        finally:
+            current_request_id.reset(token)
+        observe(request, response.status, clock() - start)
+        return response
+
+    return with_ids_timed
 
 
 async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -131,45 +160,48 @@ async def send_request_id(request: web.Request, response: web.StreamResponse) ->
 
 
 def _session_prefix(request: web.BaseRequest, response: web.StreamResponse) -> str | None:
-    session_id = response.headers.get(SESSION_HEADER) or request.headers.get(SESSION_HEADER)
+    session_id = request.headers.get(SESSION_HEADER) or response.headers.get(SESSION_HEADER)
     if session_id is None and request.path.startswith("/messages"):
         # The 2024-11-05 transport names its session in the query, which is never logged whole.
         session_id = request.rel_url.query.get("session_id")
     if not session_id:
         return None
     prefix = session_id[:SESSION_PREFIX]
-    return prefix if set(prefix) <= _SESSION_CHARACTERS else None
+    return prefix if _SESSION_PREFIX_PATTERN.fullmatch(prefix) else None
+
+
+ACCESS_FORMAT = '%s "%s %s HTTP/%d.%d" %d %d %.6fs id=%s'
+ACCESS_FORMAT_SESSION = ACCESS_FORMAT + " session=%s…"
+# The fields of an access line, in the order of its args (the JSON format names them).
+ACCESS_FIELDS = ("client", "method", "path", "http_major", "http_minor", "status", "bytes", "seconds", "request_id",
+                 "session")
 
 
 class AccessLogger(AbstractAccessLogger):
     """`address "METHOD /path[?…] HTTP/x.y" status bytes seconds id=<request id>[ session=<prefix>…]`:
     the path as sent (still percent-encoded, so it cannot break a log line; cut at `PATH_MAX`),
-    the query only as `?…`."""
+    the query only as `?…`. The fields are the record's args, which `JSONFormatter` names; no
+    `extra`, which would cost every request more than the rest of the line."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         url = request.rel_url
         path = url.raw_path if len(url.raw_path) <= PATH_MAX else url.raw_path[:PATH_MAX] + "…"
-        query = "?…" if url.raw_query_string else ""
-        method = request.method[:32]
-        request_id = request.get(REQUEST_ID) or "-"
+        if url.raw_query_string:
+            path += "?…"
         session = _session_prefix(request, response)
-        address = client_address(request)
-        fields = {"client": address, "method": method, "path": path + query, "status": response.status,
-                  "bytes": response.body_length, "seconds": round(time, 6), "session": session}
-        # The id in the record too, not only in the line: the access log is written after the
-        # request's context is gone.
-        extra = {"access": fields, "request_id": request_id}
+        args = (client_address(request), request.method[:32], path, request.version.major, request.version.minor,
+                response.status, response.body_length, time, request.get(REQUEST_ID) or "-")
         if session is None:
-            self.logger.info('%s "%s %s%s HTTP/%d.%d" %d %d %.6fs id=%s', address, method, path, query,
-                             request.version.major, request.version.minor, response.status, response.body_length,
-                             time, request_id, extra=extra)
+            self.logger.info(ACCESS_FORMAT, *args)
         else:
-            self.logger.info('%s "%s %s%s HTTP/%d.%d" %d %d %.6fs id=%s session=%s…', address, method, path,
-                             query, request.version.major, request.version.minor, response.status,
-                             response.body_length, time, request_id, session, extra=extra)
+            self.logger.info(ACCESS_FORMAT_SESSION, *args, session)
 
 
 # -- formats -----------------------------------------------------------------------------------
+
+
+def _is_access(record: logging.LogRecord) -> bool:
+    return record.msg is ACCESS_FORMAT or record.msg is ACCESS_FORMAT_SESSION
 
 
 class RequestIdFilter(logging.Filter):
@@ -191,7 +223,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         request_id = getattr(record, "request_id", None)
-        record.request_tag = f" [{request_id}]" if request_id and not hasattr(record, "access") else ""
+        record.request_tag = f" [{request_id}]" if request_id else ""
         return super().format(record)
 
 
@@ -208,9 +240,11 @@ class JSONFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None)
         if request_id is not None:
             entry["request_id"] = request_id
-        access = getattr(record, "access", None)
-        if isinstance(access, dict):
-            entry.update({k: v for k, v in access.items() if v is not None})
+        if _is_access(record) and isinstance(record.args, tuple):
+            fields: dict[str, Any] = dict(zip(ACCESS_FIELDS, record.args, strict=False))
+            fields["seconds"] = round(fields["seconds"], 6)
+            del fields["http_major"], fields["http_minor"]
+            entry.update(fields)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

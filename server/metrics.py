@@ -9,7 +9,8 @@ Off unless asked for (`metrics_token`, `metrics_token_file` or `metrics_address`
   otherwise.
 * What is measured, and where:
   - HTTP requests and their latency by endpoint (the route as declared, never the path as sent),
-    method and status: `middleware`, one per request.
+    method and status: `request_observer`, which the request middleware (`server.logs.request_ids`)
+    calls once per request.
   - Live MCP sessions by transport, state and protocol version, counted from the session registry
     at each scrape (`SessionsCollector`): nothing on the request path. MCP requests by the
     protocol version they announce (`MCP-Protocol-Version`; the 2026-07-28 era has no sessions
@@ -38,18 +39,20 @@ import ipaddress
 import logging
 import socket
 import time
+from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from hashlib import sha256
-from typing import Any, ParamSpec, TypeVar
+from itertools import accumulate
+from typing import ParamSpec, TypeVar
 
 import prometheus_client
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from auth.server import AuthEvent
 from server.config import split_address
@@ -93,102 +96,134 @@ class SessionsCollector(Collector):
         yield family
 
 
-class Metrics:
+class Counter:
+    """A counter family: label values -> count. Only ever changed on the event loop, so a plain
+    dict; `prometheus_client`'s own instruments take a lock for every increment, which on the
+    request path costs several times what is counted here."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name, self.documentation, self.labels = name, documentation, labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, *labels: str) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + 1
+
+    def family(self) -> Metric:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, count in sorted(self.values.items()):
+            family.add_metric(labels, count)
+        return family
+
+
+class Histogram:
+    """A histogram family. `child(labels)` is the list one series counts into: one slot per
+    bucket (not cumulative; the last is +Inf), then the sum; `observe` is a bisection and two
+    additions."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name, self.documentation, self.labels, self.bounds = name, documentation, labels, buckets
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+    def child(self, *labels: str) -> list[float]:
+        found = self.series.get(labels)
+        if found is None:
+            found = self.series[labels] = [0.0] * (len(self.bounds) + 2)
+        return found
+
+    def observe(self, child: list[float], value: float) -> None:
+        child[bisect_left(self.bounds, value)] += 1
+        child[-1] += value
+
+    def family(self) -> Metric:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        edges = [*(floatToGoString(b) for b in self.bounds), "+Inf"]  # type: ignore[no-untyped-call]
+        for labels, child in sorted(self.series.items()):
+            family.add_metric(labels, list(zip(edges, accumulate(child[:-1]), strict=True)), child[-1])
+        return family
+
+
+class Metrics(Collector):
     """Every instrument, in a registry of this app's own (several apps may share a process:
-    tests, benchmarks)."""
+    tests, benchmarks). The instruments are read when scraped (`collect`)."""
 
     def __init__(self) -> None:
-        # The `_created` series double every counter for a timestamp nobody graphs.
-        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = prometheus_client.CollectorRegistry()
         prometheus_client.ProcessCollector(registry=self.registry)
         prometheus_client.PlatformCollector(registry=self.registry)
         prometheus_client.GCCollector(registry=self.registry)
-        r = self.registry
-        self.http_duration = prometheus_client.Histogram(
+        self.http_duration = Histogram(
             PREFIX + "http_request_duration_seconds", "Time to answer an HTTP request (a stream: its whole life), "
             "by endpoint (route), method and status; its _count is the number of requests",
-            ("endpoint", "method", "status"), buckets=HTTP_BUCKETS, registry=r)
-        self.mcp_requests = prometheus_client.Counter(
+            ("endpoint", "method", "status"), HTTP_BUCKETS)
+        self.mcp_requests = Counter(
             PREFIX + "mcp_requests", "Requests to /mcp by the protocol version they announce "
-            "(MCP-Protocol-Version; none before a session's first answer)", ("protocol_version",), registry=r)
-        self.auth_failures = prometheus_client.Counter(
+            "(MCP-Protocol-Version; none before a session's first answer)", ("protocol_version",))
+        self.auth_failures = Counter(
             PREFIX + "auth_failures", "Refused authentication: kind bearer (reason missing, malformed, "
             "invalid_or_expired, wrong_resource, insufficient_scope), login (failed, throttled, busy), token "
-            "(the OAuth error code)", ("kind", "reason"), registry=r)
-        self.tokens = prometheus_client.Counter(
+            "(the OAuth error code)", ("kind", "reason"))
+        self.tokens = Counter(
             PREFIX + "tokens", "Token events: issued (authorization code), refreshed, revoked (at /revoke)",
-            ("event",), registry=r)
-        self.replays = prometheus_client.Counter(
+            ("event",))
+        self.replays = Counter(
             PREFIX + "token_replays", "A used authorization code or a superseded refresh token presented again "
-            "(its grant is revoked)", ("grant_type",), registry=r)
-        self.store_duration = prometheus_client.Histogram(
+            "(its grant is revoked)", ("grant_type",))
+        self.store_duration = Histogram(
             PREFIX + "store_call_duration_seconds", "Time of a storage call, by operation", ("operation",),
-            buckets=STORE_BUCKETS, registry=r)
-        self.store_unavailable = prometheus_client.Counter(
-            PREFIX + "store_unavailable", "Storage calls refused as unavailable (retryable), by reason",
-            ("reason",), registry=r)
+            STORE_BUCKETS)
+        self.store_unavailable = Counter(
+            PREFIX + "store_unavailable", "Storage calls refused as unavailable (retryable), by reason", ("reason",))
+        self._instruments: list[Counter | Histogram] = [
+            self.http_duration, self.mcp_requests, self.auth_failures, self.tokens, self.replays,
+            self.store_duration, self.store_unavailable]
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        for instrument in self._instruments:
+            yield instrument.family()
 
     def watch_sessions(self, sessions: Callable[[], Iterable[Session]]) -> None:
         self.registry.register(SessionsCollector(sessions))
 
     # -- HTTP ----------------------------------------------------------------------------------
 
-    def middleware(self) -> Middleware:
-        observed: dict[tuple[object, str, int], tuple[Any, bool]] = {}
-        versions: dict[str, Any] = {}
+    def request_observer(self) -> Callable[[web.Request, int, float], None]:
+        """What the request middleware (`server.logs.request_ids`) calls once a request is
+        answered: its status and seconds."""
+        children: dict[tuple[object, str, int], tuple[list[float], bool]] = {}
         duration, mcp_requests = self.http_duration, self.mcp_requests
-        clock = time.perf_counter
 
-        def record(request: web.Request, status: int, seconds: float) -> None:
+        def observe(request: web.Request, status: int, seconds: float) -> None:
             # Keyed by the route's resource object itself: the label values are worked out once.
             resource = request.match_info.route.resource
             method = request.method if request.method in METHODS else "other"
             key = (resource, method, status)
-            found = observed.get(key)
+            found = children.get(key)
             if found is None:
                 endpoint = resource.canonical if resource is not None else "unmatched"
-                found = observed[key] = (duration.labels(endpoint, method, str(status)), endpoint in MCP_PATHS)
-            found[0].observe(seconds)
+                found = children[key] = (duration.child(endpoint, method, str(status)), endpoint in MCP_PATHS)
+            duration.observe(found[0], seconds)
             if found[1]:
-                label = _version(request.headers.get(VERSION_HEADER))
-                counter = versions.get(label)
-                if counter is None:
-                    counter = versions[label] = mcp_requests.labels(label)
-                counter.inc()
+                mcp_requests.inc(_version(request.headers.get(VERSION_HEADER)))
 
-        @web.middleware
-        async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-            start = clock()
-            try:
-                response = await handler(request)
-            except web.HTTPException as exc:
-                record(request, exc.status, clock() - start)
-                raise
-            except Exception:
-                record(request, 500, clock() - start)  # what aiohttp answers for it
-                raise
-            record(request, response.status, clock() - start)
-            return response
-
-        return middleware
+        return observe
 
     # -- auth ----------------------------------------------------------------------------------
 
     def bearer_refused(self, reason: str) -> None:
-        self.auth_failures.labels("bearer", reason).inc()
+        self.auth_failures.inc("bearer", reason)
 
     def observe_auth(self, event: AuthEvent, detail: str) -> None:
         if event is AuthEvent.LOGIN_REFUSED:
-            self.auth_failures.labels("login", detail).inc()
+            self.auth_failures.inc("login", detail)
         elif event is AuthEvent.TOKEN_ERROR:
-            self.auth_failures.labels("token", detail).inc()
+            self.auth_failures.inc("token", detail)
         elif event is AuthEvent.TOKEN_ISSUED:
-            self.tokens.labels("refreshed" if detail == "refresh_token" else "issued").inc()
+            self.tokens.inc("refreshed" if detail == "refresh_token" else "issued")
         elif event is AuthEvent.TOKEN_REVOKED:
-            self.tokens.labels("revoked").inc()
+            self.tokens.inc("revoked")
         elif event is AuthEvent.REPLAY_DETECTED:
-            self.replays.labels(detail).inc()
+            self.replays.inc(detail)
 
     # -- storage -------------------------------------------------------------------------------
 
@@ -202,11 +237,11 @@ class Metrics:
             setattr(store, name, self._timed(prefix + name, getattr(store, name)))
 
     def _timed(self, operation: str, method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-        durations = self.store_duration
-        unavailable = self.store_unavailable
+        durations, unavailable = self.store_duration, self.store_unavailable
+        observe = durations.observe
         clock = time.perf_counter
-        # Created at the first call: an operation never used shows no series.
-        histogram: list[Any] = []
+        # The series is made at the first call: an operation never used shows none.
+        series: list[list[float]] = []
 
         @functools.wraps(method)
         async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -214,12 +249,12 @@ class Metrics:
             try:
                 return await method(*args, **kwargs)
             except StorageUnavailable as exc:
-                unavailable.labels(exc.reason).inc()
+                unavailable.inc(exc.reason)
                 raise
             finally:
-                if not histogram:
-                    histogram.append(durations.labels(operation))
-                histogram[0].observe(clock() - start)
+                if not series:
+                    series.append(durations.child(operation))
+                observe(series[0], clock() - start)
 
         return timed
 
