@@ -282,8 +282,9 @@ def _serve(settings: Settings) -> int:
     from server import limits, logs, supervisor
     from server.app import build_app
     from server.malloc import keep_freed_memory
+    from server.metrics import MetricsListenError
 
-    logs.configure(settings.log_level, several_processes=settings.workers > 1)
+    logs.configure(settings.log_level, settings.log_format, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
     if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
         print(f"memory-mcp: max_connections={settings.max_connections} needs about "
@@ -325,7 +326,10 @@ def _serve(settings: Settings) -> int:
         users = loop.run_until_complete(accounts.list_users(storage))
         # With workers, the supervisor serves nothing: it opened the store to check it (and to
         # create or migrate it once, before the workers start together), and closes it.
-        app = None if settings.workers > 1 else loop.run_until_complete(build_app(settings, backend))
+        try:
+            app = None if settings.workers > 1 else loop.run_until_complete(build_app(settings, backend))
+        except MetricsListenError as exc:
+            raise ListenError(str(exc)) from None
     except BaseException:
         loop.run_until_complete(limiter.close())
         loop.run_until_complete(storage.close())
@@ -412,7 +416,7 @@ def _serve_worker(fds: str) -> int:
     from server.malloc import keep_freed_memory
 
     settings = read_settings()
-    logs.configure(settings.log_level, several_processes=True)
+    logs.configure(settings.log_level, settings.log_format, several_processes=True)
     limits.raise_open_files_limit()
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
     loop = _event_loop()  # the one loop of this process's Redis connections (see _serve)

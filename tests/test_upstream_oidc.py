@@ -764,12 +764,11 @@ async def test_store_links_one_account_per_identity_and_compares_before_setting(
         tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     from auth.models import User
     from auth.store import UserExistsError
-    from server.storage import Storage
     from server.storage.redis import RedisStorage
     from server.storage.sqlite import SQLiteStorage
 
-    storage: Storage = (SQLiteStorage(tmp_path / "db.sqlite3") if backend == "sqlite"
-                        else RedisStorage(request.getfixturevalue("redis_url")))
+    storage: SQLiteStorage | RedisStorage = (SQLiteStorage(tmp_path / "db.sqlite3") if backend == "sqlite"
+                                             else RedisStorage(request.getfixturevalue("redis_url")))
     try:
         now = time.time()
 
