@@ -33,7 +33,7 @@ from auth.errors import PageError
 from auth.http import client_address
 from auth.passwords import BUSY_RETRY_AFTER, PasswordsBusy, hash_password, needs_rehash, verify_password
 from auth.pending import AuthorizationRequest
-from auth.server import AUTH_SERVER
+from auth.server import AUTH_SERVER, AuthEvent
 from auth.signin import SignInMethod, SignInView
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class PasswordSignIn(SignInMethod):
         address = client_address(request)
         wait = await throttle.begin(server.limiter, username, address)
         if wait is not None:
+            server.observe(AuthEvent.LOGIN_REFUSED, "throttled")
             log.warning("throttled login for %r from %s (%d s)", username[:64], address, wait)
             return await self._page(request, csrf.token(sess), sealed, username, retry_after=wait)
         user = await server.store.get_user_by_name(username) if valid_username(username) else None
@@ -99,11 +100,13 @@ class PasswordSignIn(SignInMethod):
                                        source=source)
         except PasswordsBusy:
             await throttle.not_attempted(server.limiter, username, address)
+            server.observe(AuthEvent.LOGIN_REFUSED, "busy")
             log.warning("login from %s refused: password checks busy", address)
             return await self._page(request, csrf.token(sess), sealed, username, retry_after=BUSY_RETRY_AFTER,
                                     busy=True)
         if not ok or user is None:
             # One line per failure, for fail2ban-style throttling in front of the server.
+            server.observe(AuthEvent.LOGIN_REFUSED, "failed")
             log.warning("failed login for %r from %s", username[:64], address)
             return await self._page(request, csrf.token(sess), sealed, username, failed=True)
         await throttle.succeeded(server.limiter, username, address)
@@ -115,6 +118,7 @@ class PasswordSignIn(SignInMethod):
                     user = replace(user, password_hash=rehashed)
         signed_in = await browser.log_in(request, user)
         if signed_in is None:
+            server.observe(AuthEvent.LOGIN_REFUSED, "failed")
             log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],
                         address)
             return await self._page(request, csrf.token(sess), sealed, username, failed=True)

@@ -3,9 +3,9 @@
 A limiter answers "may this key act now?" for a budget of `limit` actions per `window` seconds,
 and says how long to wait when not. Keys name what is limited ("register:<address>",
 "login-user:<hash>"), so one limiter serves every endpoint. `MemoryRateLimiter` keeps its counts
-in the process (tests, embedding); the server keeps them in SQLite
-(`server.storage.sqlite.ratelimit`), where `memory-mcp throttle` can list and clear them while it
-runs, and where several instances on one data directory share one budget.
+in the process (tests, embedding); the server keeps them in its store (SQLite or Redis,
+`server/storage/`), where `memory-mcp throttle` can list and clear them while it runs, and where
+every instance on that store shares one budget.
 
 Policies that a plain count cannot express (login backoff, `auth.throttle`) use `admit`: it
 reads the keys' recent actions, asks the policy how long to wait and, when not at all, counts the

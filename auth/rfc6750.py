@@ -38,10 +38,13 @@ _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
 class BearerError(OAuth2Error):
     """A refused request with its RFC 6750 challenge. Raised inside this server's endpoints it is
     translated by `auth.errors.middleware`; a resource server elsewhere (server/app.py) sends
-    `response()` itself."""
+    `response()` itself. `reason`, for counting refusals, is one of `missing`, `malformed`,
+    `invalid_or_expired` (the store keeps no expired token, so the two look alike), `wrong_resource`
+    and `insufficient_scope`."""
 
-    def __init__(self, status: int, challenge: str, error: str, description: str) -> None:
+    def __init__(self, status: int, challenge: str, error: str, description: str, reason: str) -> None:
         super().__init__(error, description, status, {"WWW-Authenticate": challenge})
+        self.reason = reason
 
     @property
     def body(self) -> dict[str, str]:
@@ -66,30 +69,31 @@ class BearerVerifier:
         in this process at once."""
         self._verified.clear()
 
-    def _unauthorized(self, resource_path: str, error: str | None, description: str) -> BearerError:
+    def _unauthorized(self, resource_path: str, error: str | None, description: str, reason: str) -> BearerError:
         challenge = (f'Bearer resource_metadata="{metadata_url(self.settings, resource_path)}", '
                      f'scope="{join(self.settings.scopes_supported)}"')
         if error is not None:
             challenge += f', error="{error}", error_description="{description}"'
-        return BearerError(401, challenge, error or "invalid_request", description)
+        return BearerError(401, challenge, error or "invalid_request", description, reason)
 
     def insufficient_scope(self, resource_path: str, scope: str) -> BearerError:
         """403 asking for `scope` (the full set needed, already granted scopes included: clients
         re-authorize with exactly what the challenge names)."""
         challenge = (f'Bearer error="insufficient_scope", scope="{scope}", '
                      f'resource_metadata="{metadata_url(self.settings, resource_path)}"')
-        return BearerError(403, challenge, "insufficient_scope", f"this request needs the scope {scope!r}")
+        return BearerError(403, challenge, "insufficient_scope", f"this request needs the scope {scope!r}",
+                           "insufficient_scope")
 
     async def verify(self, authorization: str | None, resource_path: str) -> AccessGrant:
         if not authorization:
-            raise self._unauthorized(resource_path, None, "an access token is required")
+            raise self._unauthorized(resource_path, None, "an access token is required", "missing")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer":
             # Another scheme is not a presented bearer token: a plain challenge (section 3.1).
-            raise self._unauthorized(resource_path, None, "use the Bearer authentication scheme")
+            raise self._unauthorized(resource_path, None, "use the Bearer authentication scheme", "missing")
         token = token.strip()
         if _B64TOKEN.fullmatch(token) is None:
-            raise self._unauthorized(resource_path, "invalid_token", "the access token is malformed")
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is malformed", "malformed")
         now = self.clock()
         token_hash = hash_secret(token)
         remembered = self._verified.get(token_hash)
@@ -97,11 +101,13 @@ class BearerVerifier:
             return remembered[0]
         record = await self.store.get_token(token_hash, now)
         if record is None or record.kind != "access" or record.expires_at <= now:
-            raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired")
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired",
+                                     "invalid_or_expired")
         if normalize_resource(record.resource) not in self._resources:
             # Audience check (RFC 8707, MCP "token passthrough"): a token minted for another
             # resource is not ours to honour, even if this store happens to know it.
-            raise self._unauthorized(resource_path, "invalid_token", "the access token is for another resource")
+            raise self._unauthorized(resource_path, "invalid_token", "the access token is for another resource",
+                                     "wrong_resource")
         grant = AccessGrant(
             principal=Principal(self.settings.issuer, record.subject, record.client_id),
             scopes=frozenset(record.scopes),

@@ -16,7 +16,7 @@ from auth.clientauth import authenticated_form
 from auth.crypto import hash_secret
 from auth.errors import NO_STORE, OAuth2Error
 from auth.models import Revocation
-from auth.server import AUTH_SERVER
+from auth.server import AUTH_SERVER, AuthEvent
 
 REVOKE_FORM_LIMIT = 16 * 1024
 
@@ -37,5 +37,6 @@ async def handle(request: web.Request) -> web.Response:
             await server.store.revoke_grant(record.grant_id)
         else:
             await server.store.delete_token(token_hash)
+        server.observe(AuthEvent.TOKEN_REVOKED, record.kind)
         await server.notify(Revocation(record.subject, record.client_id, record.grant_id))
     return web.Response(status=200, headers=NO_STORE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,28 @@ RevocationListener = Callable[[Revocation], Awaitable[None]]
 RefreshCheck = Callable[[str], Awaitable[bool]]
 
 
+class AuthEvent(enum.Enum):
+    """What the authorization server tells its observers (metrics), with a detail from a fixed
+    set: never a user, client, token or address, so that whoever counts them by detail stays
+    bounded."""
+
+    LOGIN_REFUSED = enum.auto()
+    """detail: `failed` (wrong user name or password), `throttled`, `busy` (password checks busy)."""
+    TOKEN_ERROR = enum.auto()
+    """The token endpoint refused a request; detail: the OAuth error code."""
+    TOKEN_ISSUED = enum.auto()
+    """detail: the grant type (`authorization_code` or `refresh_token`)."""
+    TOKEN_REVOKED = enum.auto()
+    """At the revocation endpoint; detail: the kind of token (`access` or `refresh`)."""
+    REPLAY_DETECTED = enum.auto()
+    """A redeemed code or a superseded refresh token presented again, and its grant revoked;
+    detail: `authorization_code` or `refresh_token`."""
+
+
+AuthObserver = Callable[[AuthEvent, str], None]
+"""Called on the event loop for every event: must be quick and must not raise."""
+
+
 @dataclass(eq=False)
 class AuthorizationServer:
     settings: AuthSettings
@@ -35,6 +58,7 @@ class AuthorizationServer:
     key_sealer: Fernet
     revocation_listeners: list[RevocationListener] = field(default_factory=list)
     refresh_checks: list[RefreshCheck] = field(default_factory=list)
+    observers: list[AuthObserver] = field(default_factory=list)
     clock: Callable[[], float] = time.time
     limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Fetches Client ID Metadata Documents; None = auth.cimd's default. Tests put one here that
@@ -52,6 +76,10 @@ class AuthorizationServer:
                 await listener(revocation)
             except Exception:
                 log.exception("revocation listener %r failed for %r", listener, revocation)
+
+    def observe(self, event: AuthEvent, detail: str) -> None:
+        for observer in self.observers:
+            observer(event, detail)
 
     async def sign_out_everywhere(self, subject: str) -> accounts.SignedOut:
         """`accounts.sign_out_everywhere`, then end the user's live MCP sessions."""

@@ -209,14 +209,21 @@ class ConsentStore(Protocol):
 
 class RevocationLog(Protocol):
     """Revocations in the order they happened, for every process that serves this store: a
-    server learns within a second that a `memory-mcp` command (or another instance) revoked a
-    user's access, and ends that user's live sessions."""
+    server learns that a `memory-mcp` command (or another instance) revoked a user's access, and
+    ends that user's live sessions (within a second on a store that polls, at once on one that
+    pushes)."""
 
     async def record_revocation(self, revocation: Revocation, now: float) -> None: ...
 
     async def revocations_after(self, cursor: int | None) -> tuple[int, list[Revocation]]:
         """Revocations recorded after `cursor`, and the cursor to ask with next time. Cursor None
         asks only for the current end of the log ("from now on")."""
+        ...
+
+    async def wait_revocations(self, cursor: int, seconds: float) -> tuple[int, list[Revocation]]:
+        """As `revocations_after(cursor)`, after waiting up to `seconds` for one to be recorded:
+        a store that can be woken (Redis) returns as soon as there is one; one that cannot
+        (SQLite) sleeps `seconds` and then looks."""
         ...
 
 

@@ -49,7 +49,7 @@ from auth.errors import NO_STORE, OAuth2Error
 from auth.models import Client, Revocation, Token
 from auth.rfc8707 import normalize_resource
 from auth.scopes import join, parse
-from auth.server import AUTH_SERVER, AuthorizationServer
+from auth.server import AUTH_SERVER, AuthEvent, AuthorizationServer
 from auth.settings import OPENID_SCOPE
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ async def _code_grant(server: AuthorizationServer, client: Client, form: dict[st
         replayed = redemption.code
         log.warning("authorization code replayed (client %s, user %s): grant %s revoked", replayed.client_id,
                     replayed.subject, replayed.grant_id)
+        server.observe(AuthEvent.REPLAY_DETECTED, "authorization_code")
         await server.notify(Revocation(replayed.subject, replayed.client_id, replayed.grant_id))
         raise OAuth2Error("invalid_grant", "the authorization code was already used; the tokens issued for it "
                          "are revoked")
@@ -215,6 +216,7 @@ async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict
     if rotation.status == "replayed":
         log.warning("superseded refresh token replayed (client %s, user %s): grant %s revoked", record.client_id,
                     record.subject, record.grant_id)
+        server.observe(AuthEvent.REPLAY_DETECTED, "refresh_token")
         await server.notify(Revocation(record.subject, record.client_id, record.grant_id))
     raise OAuth2Error("invalid_grant", "the refresh token is invalid, expired or already used")
 
@@ -229,12 +231,17 @@ def _check_grant_type(form: dict[str, str]) -> None:
 
 async def handle(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    form, client = await authenticated_form(server, request, TOKEN_FORM_LIMIT, _check_grant_type)
-    grant_type = form["grant_type"]
-    if grant_type not in client.grant_types:
-        raise OAuth2Error("unauthorized_client", f"this client did not register the {grant_type} grant")
-    if grant_type == "authorization_code":
-        body = await _code_grant(server, client, form)
-    else:
-        body = await _refresh_grant(server, client, form)
+    try:
+        form, client = await authenticated_form(server, request, TOKEN_FORM_LIMIT, _check_grant_type)
+        grant_type = form["grant_type"]
+        if grant_type not in client.grant_types:
+            raise OAuth2Error("unauthorized_client", f"this client did not register the {grant_type} grant")
+        if grant_type == "authorization_code":
+            body = await _code_grant(server, client, form)
+        else:
+            body = await _refresh_grant(server, client, form)
+    except OAuth2Error as exc:
+        server.observe(AuthEvent.TOKEN_ERROR, exc.error)
+        raise
+    server.observe(AuthEvent.TOKEN_ISSUED, grant_type)
     return web.json_response(body, headers=NO_STORE)

@@ -18,12 +18,10 @@ import ipaddress
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 
 from auth import accounts, rfc7517, rfc7591, throttle
 from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
-from server.keyfile import cookie_key
 from server.principals import parse_owner_label
 from server.storage import Limiter, Storage
 
@@ -165,8 +163,8 @@ async def users_remove(storage: Storage, username: str) -> str:
     return f"removed user {user.username}: {done}"
 
 
-async def keys_rotate(storage: Storage, data_dir: Path, auth_settings: AuthSettings) -> str:
-    kid = await rfc7517.rotate_signing_key(storage, rfc7517.private_key_cipher(cookie_key(data_dir)), time.time(),
+async def keys_rotate(storage: Storage, auth_settings: AuthSettings) -> str:
+    kid = await rfc7517.rotate_signing_key(storage, rfc7517.private_key_cipher(await storage.cookie_key()), time.time(),
                                            auth_settings.id_token_ttl)
     return (f"new ID-token signing key {kid}; the previous one stays published until the tokens it signed expire. "
             "Running servers use the new key from now on.")

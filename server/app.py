@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from html import escape
 from typing import Any
 
@@ -20,14 +21,13 @@ from auth.routes import install
 from auth.signin import SignInMethod
 from auth.store import RevocationLog
 from auth.upstream.flow import UpstreamSignIn
-from server import limits
+from server import health, limits, logs, metrics
 from server.config import Settings
-from server.keyfile import cookie_key
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
-from transports.caller import Caller, Refusal
+from transports.caller import Caller, GuardMessage, Refusal
 from transports.direct import DIRECT_METHODS
 from transports.http import add_cors_headers, store_unavailable_middleware
 from transports.registry import Session, SessionRegistry
@@ -44,15 +44,28 @@ LIMITER: web.AppKey[Limiter] = web.AppKey("limiter", Limiter)
 REGISTRY: web.AppKey[SessionRegistry] = web.AppKey("registry", SessionRegistry)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MCP_ENDPOINT: web.AppKey[StreamableHTTPEndpoint] = web.AppKey("mcp_endpoint", StreamableHTTPEndpoint)
+READINESS: web.AppKey[health.Readiness] = web.AppKey("readiness", health.Readiness)
+METRICS: web.AppKey[metrics.Metrics] = web.AppKey("metrics", metrics.Metrics)
+"""Present only when metrics are on."""
+METRICS_SOCKET: web.AppKey[socket.socket] = web.AppKey("metrics_socket", socket.socket)
+"""The separate metrics listener's socket, when `metrics_address` is set."""
 
 
-def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
-              mcp_server: Server[Any] | None = None) -> web.Application:
+async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
+                    mcp_server: Server[Any] | None = None) -> web.Application:
     """The whole server. `backend`: the storage and rate limiter to use (default: those the
     settings choose, `open_backend`). `mcp_server` replaces the memory tools with another MCP
-    server on the same transports and authentication (the conformance suite's fixture server does)."""
+    server on the same transports and authentication (the conformance suite's fixture server does).
+    A coroutine because the cookie key comes from the store (shared by every instance on Redis)."""
     storage, limiter = backend or open_backend(settings)
+    key = await storage.cookie_key()
     app = web.Application()
+    measured = metrics.Metrics() if settings.metrics_enabled else None
+    if measured is not None:
+        # Before anything holds the storage: every store call from here on is timed.
+        measured.instrument(storage, Storage)
+        measured.instrument(limiter, Limiter, "limiter.")
+        app[METRICS] = measured
     app[SETTINGS] = settings
     app[STORAGE] = storage
     app[LIMITER] = limiter
@@ -60,12 +73,14 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
     auth_conf = settings.auth_settings()
-    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=cookie_key(settings.data_dir),
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
                                    sign_in=sign_in_methods(settings))
     # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
     # instance reach them.
     authorization_server.limiter = limiter
     verifier = BearerVerifier(auth_conf, storage)
+    if measured is not None:
+        authorization_server.observers.append(measured.observe_auth)
 
     tools = MemoryTools(storage, settings.memory_quota)
     # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
@@ -79,13 +94,21 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
         event_limits=EventLimits(per_session=settings.event_log_bytes_per_session,
                                  per_user=settings.event_log_bytes_per_user))
     app[REGISTRY] = registry
+    if measured is not None:
+        measured.watch_sessions(registry.sessions)
 
     async def authenticate(request: web.Request, resource_path: str) -> Caller:
         try:
             grant = await verifier.verify(request.headers.get("Authorization"), resource_path)
         except BearerError as exc:
+            if measured is not None:
+                measured.bearer_refused(exc.reason)
             raise Refusal(exc.response()) from None
         return caller_from_grant(grant)
+
+    guard = scope_guard(verifier)
+    if measured is not None:
+        guard = _counting_refusals(guard, measured)
 
     async def end_sessions(revocation: Revocation) -> None:
         verifier.forget()
@@ -101,17 +124,28 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
     authorization_server.revocation_listeners.append(end_sessions)
 
     allowed_origins = frozenset({settings.issuer, *settings.allowed_origins})
-    mcp = StreamableHTTPEndpoint(registry, authenticate, scope_guard(verifier), allowed_origins=allowed_origins,
+    mcp = StreamableHTTPEndpoint(registry, authenticate, guard, allowed_origins=allowed_origins,
                                  max_body_bytes=settings.max_body_bytes, direct_methods=direct)
     app[MCP_ENDPOINT] = mcp
-    sse = SSEEndpoint(registry, mcp_server, authenticate, scope_guard(verifier),
+    sse = SSEEndpoint(registry, mcp_server, authenticate, guard,
                       allowed_origins=allowed_origins, max_body_bytes=settings.max_body_bytes)
     # The MCP paths, declared once: routed here, and the only ones that get MCP's CORS headers.
     mcp_routes = {"/mcp": mcp.handle, "/mcp/": mcp.handle, "/sse": sse.stream,
                   "/messages": sse.message, "/messages/": sse.message}
     for path, handler in mcp_routes.items():
         app.router.add_route("*", path, handler)
-    app.router.add_get("/healthz", _health)
+    readiness = health.Readiness(storage)
+    app[READINESS] = readiness
+    app.router.add_get("/healthz", health.handle_health)
+    app.router.add_get("/readyz", readiness.handle_ready)
+    metrics_socket = None
+    if measured is not None:
+        token = settings.metrics_bearer
+        if settings.metrics_address is None:
+            app.router.add_get(metrics.PATH, measured.handler(token))
+        else:
+            metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
+            app[METRICS_SOCKET] = metrics_socket
     app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes)))
     app.router.add_get("/", _home)
 
@@ -120,11 +154,17 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
             add_cors_headers(request, response, allowed_origins)
 
     app.on_response_prepare.append(cors)
+    app.on_response_prepare.append(logs.send_request_id)
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()
         follower = asyncio.create_task(follow_revocations(storage, end_sessions), name="revocation-follower")
+        stop_metrics = None
+        if measured is not None and metrics_socket is not None:
+            stop_metrics = await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer), metrics_socket)
         yield
+        if stop_metrics is not None:
+            await stop_metrics()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
@@ -143,7 +183,12 @@ def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None
         await registry.drain(deadline)
 
     app.cleanup_ctx.append(lifecycle)
+    # Not ready from the first moment of the shutdown, before the sessions are closed.
+    app.on_shutdown.append(readiness.on_shutdown)
     app.on_shutdown.append(on_shutdown)
+    # Outermost: every request gets its id before anything logs, and is timed whole.
+    app.middlewares.insert(0, logs.request_ids(
+        settings.trusted_proxies, measured.request_observer() if measured is not None else None))
     return app
 
 
@@ -159,23 +204,37 @@ def sign_in_methods(settings: Settings) -> list[SignInMethod]:
     return methods
 
 
+def _counting_refusals(guard: GuardMessage, measured: metrics.Metrics) -> GuardMessage:
+    """`guard`, counting the requests it refuses (a tools/call whose token lacks the scope)."""
+
+    def counting(caller: Caller, resource_path: str, message: Mapping[str, Any]) -> web.StreamResponse | None:
+        refused = guard(caller, resource_path, message)
+        if refused is not None:
+            measured.bearer_refused("insufficient_scope")
+        return refused
+
+    return counting
+
+
 async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revocation], Awaitable[None]]) -> None:
     """End the sessions of revocations made elsewhere (`memory-mcp users remove` run beside the
-    server, another instance): the log is polled once a second. This process's own revocations
-    come through the listener at once and again here, where ending no session is harmless."""
+    server, another instance): SQLite's log is polled once a second, Redis's wakes this at once
+    (`RevocationLog.wait_revocations`). This process's own revocations come through the listener
+    at once and again here, where ending no session is harmless."""
     cursor, _ = await revocations.revocations_after(None)
-    while True:
-        await asyncio.sleep(REVOCATION_POLL_SECONDS)
+    task = asyncio.current_task()
+    # A cancellation a library swallowed (redis-py's `asyncio.wait_for` around writes can, on
+    # Python 3.11) still ends the loop at the next turn.
+    while task is None or not task.cancelling():
         try:
-            cursor, found = await revocations.revocations_after(cursor)
+            cursor, found = await revocations.wait_revocations(cursor, REVOCATION_POLL_SECONDS)
             for revocation in found:
                 await apply(revocation)
         except Exception:
             log.exception("reading the revocation log failed; retrying")
-
-
-async def _health(_request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+            # A store that fails at once (unreachable) must not turn this into a busy loop.
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
+    raise asyncio.CancelledError
 
 
 async def _home(request: web.Request) -> web.Response:

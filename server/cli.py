@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from auth import accounts
-from auth.models import User
 from auth.store import StoreUnavailable
 from auth.upstream.client import UpstreamClient
 from auth.upstream.http import BadResponse, Misconfigured, Unavailable
 from auth.upstream.settings import CALLBACK_PATH, UpstreamSettings
 from server import admin, backup
 from server.config import ConfigError, Settings, load
-from server.keyfile import KEY_FILE, cookie_key
+from server.keyfile import KEY_FILE
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
+from server.storage.redis.base import redacted
 from server.supervisor import INHERITED_FLAG, read_settings
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ log = logging.getLogger("memory_mcp")
 # The session id the service watchdog looks up to see that the store answers: none is ever issued
 # (real ids are 43 or 32 characters of another alphabet).
 WATCHDOG_PROBE = "watchdog-probe"
+
+
+# The settings every administration command takes: where the store is.
+STORE_SETTINGS = ("data_dir", "redis_url")
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
@@ -67,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         parser = commands.add_parser(name, help=text)
         parser.add_argument("--config", default=argparse.SUPPRESS,
                             help="TOML file with settings (env MEMORY_MCP_CONFIG)")
-        _add_settings_flags(parser, ["data_dir"])
+        _add_settings_flags(parser, STORE_SETTINGS)
         return parser.add_subparsers(dest="action", required=True)
 
     def action(actions: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str,
@@ -75,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = actions.add_parser(name, help=text, description=text)
         for arg in args:
             sub.add_argument(arg)
-        _add_settings_flags(sub, ["data_dir"])
+        _add_settings_flags(sub, STORE_SETTINGS)
         return sub
 
     users = group("users", "manage local accounts")
@@ -188,31 +192,50 @@ def _user() -> str:
         return f"uid {os.getuid()}"
 
 
-def _open_backend(settings: Settings) -> tuple[Storage, Limiter]:
-    """The storage and rate limiter, or `DataDirError` with one line a user can act on (never a
-    traceback)."""
+class StoreUnreachable(Exception):
+    """The configured Redis does not answer at start-up; the message names it (without its
+    password) and what to do."""
+
+
+async def _open_backend(settings: Settings) -> tuple[Storage, Limiter]:
+    """The storage and rate limiter, ready (the cookie key read or created), or `DataDirError` /
+    `StoreUnreachable` with one line a user can act on (never a traceback)."""
     fix = (f"make it readable and writable by user {_user()}, or choose another directory with "
            "--data-dir (env MEMORY_MCP_DATA_DIR)")
-    found = _data_dir_problem(settings)
-    if found is not None:
-        problem, permissions = found
-        raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another directory "
-                                             "with --data-dir (env MEMORY_MCP_DATA_DIR)"))
+    if settings.redis_url is None:
+        found = _data_dir_problem(settings)
+        if found is not None:
+            problem, permissions = found
+            raise DataDirError(f"{problem}; " + (fix if permissions else "move it away, or choose another "
+                                                 "directory with --data-dir (env MEMORY_MCP_DATA_DIR)"))
     try:
-        cookie_key(settings.data_dir)
-        return open_backend(settings)
+        storage, limiter = open_backend(settings)
     except (OSError, ValueError) as exc:
         raise DataDirError(f"{exc}; {fix}") from None
     except sqlite3.Error as exc:
         raise DataDirError(f"cannot open the database {settings.database_path}: {exc}; if it is damaged, restore "
                            f"it from a backup; otherwise {fix}") from None
+    try:
+        # The first call on the store: on Redis it also proves that the server answers.
+        await storage.cookie_key()
+    except BaseException as exc:
+        await limiter.close()
+        await storage.close()
+        if isinstance(exc, StoreUnavailable) and settings.redis_url is not None:
+            raise StoreUnreachable(
+                f"cannot use Redis at {redacted(settings.redis_url)} (redis_url): {exc}; start it, or correct "
+                "redis_url (--redis-url, env MEMORY_MCP_REDIS_URL, or the config file)") from None
+        if isinstance(exc, OSError | ValueError):
+            raise DataDirError(f"{exc}; {fix}") from None
+        raise
+    return storage, limiter
 
 
 async def _administer(args: argparse.Namespace, settings: Settings) -> int:
-    storage, limiter = _open_backend(settings)
+    storage, limiter = await _open_backend(settings)
     try:
         if (args.command, args.action) == ("keys", "rotate"):
-            print(await admin.keys_rotate(storage, settings.data_dir, settings.auth_settings()))
+            print(await admin.keys_rotate(storage, settings.auth_settings()))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
         else:
@@ -254,65 +277,92 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 
 
 def _serve(settings: Settings) -> int:
+    # Imported here: the MCP SDK takes a second to import, which `users` and a configuration error
+    # should not pay.
     from server import limits, logs, supervisor
+    from server.app import build_app
+    from server.malloc import keep_freed_memory
+    from server.metrics import MetricsListenError
 
-    logs.configure(settings.log_level, several_processes=settings.workers > 1)
+    logs.configure(settings.log_level, settings.log_format, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
     if settings.max_connections is not None and settings.max_connections > open_files - limits.RESERVED_FDS:
         print(f"memory-mcp: max_connections={settings.max_connections} needs about "
               f"{settings.max_connections + limits.RESERVED_FDS} open files, but the limit is {open_files}: raise "
               "it (ulimit -n) or lower max_connections", file=sys.stderr)
         return 2
-    backend = _open_backend(settings)
-    if settings.redis_url is None:
-        backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
-    passed = _passed_sockets()
-    if passed:
-        sockets = passed
-        settings = _with_address(settings, sockets[0])
-    else:
-        sockets = _listen(settings.host, settings.port)
-        settings = _with_port(settings, sockets[0].getsockname()[1])
-    upstream = settings.upstream_settings()
-    if upstream is not None:
+    # One event loop from the first call on the store to the last: a Redis connection belongs to
+    # the loop that opened it.
+    loop = _event_loop()
+    try:
+        backend = loop.run_until_complete(_open_backend(settings))
+    except BaseException:
+        loop.close()
+        raise
+    storage, limiter = backend
+    try:
+        if settings.redis_url is None:
+            backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for no server (server/backup.py)
+        passed = _passed_sockets()
+        if passed:
+            sockets = passed
+            settings = _with_address(settings, sockets[0])
+        else:
+            sockets = _listen(settings.host, settings.port)
+            settings = _with_port(settings, sockets[0].getsockname()[1])
+        upstream = settings.upstream_settings()
+        if upstream is not None:
+            try:
+                for line in loop.run_until_complete(_check_upstream(upstream, settings.issuer)):
+                    print(f"memory-mcp: {line}", file=sys.stderr)
+            except Misconfigured as exc:
+                for sock in sockets:
+                    sock.close()
+                print(f"memory-mcp: upstream_issuer={upstream.issuer}: {exc}", file=sys.stderr)
+                loop.run_until_complete(limiter.close())
+                loop.run_until_complete(storage.close())
+                loop.close()
+                return 2
+        users = loop.run_until_complete(accounts.list_users(storage))
+        # With workers, the supervisor serves nothing: it opened the store to check it (and to
+        # create or migrate it once, before the workers start together), and closes it.
         try:
-            for line in asyncio.run(_check_upstream(upstream, settings.issuer)):
-                print(f"memory-mcp: {line}", file=sys.stderr)
-        except Misconfigured as exc:
-            for sock in sockets:
-                sock.close()
-            print(f"memory-mcp: upstream_issuer={upstream.issuer}: {exc}", file=sys.stderr)
-            return 2
-    # With workers, the supervisor serves nothing: it opened the store to check it (and to create
-    # or migrate it once, before the workers start together), and closes it on the same loop.
-    users = asyncio.run(_accounts(backend, close=settings.workers > 1))
+            app = None if settings.workers > 1 else loop.run_until_complete(build_app(settings, backend))
+        except MetricsListenError as exc:
+            raise ListenError(str(exc)) from None
+    except BaseException:
+        loop.run_until_complete(limiter.close())
+        loop.run_until_complete(storage.close())
+        loop.close()
+        raise
+    if app is None:
+        loop.run_until_complete(limiter.close())
+        loop.run_until_complete(storage.close())
+        loop.close()
     if not users:
         # Under systemd the data belongs to the service's user: scripts/install-systemd.sh's
         # memory-mcp-admin runs the command as that user, which plain `memory-mcp` as root must not.
+        store = ("--data-dir " + shlex.quote(str(settings.data_dir)) if settings.redis_url is None
+                 else "  (with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
         add = ("memory-mcp-admin users add <name> --password-stdin"
                if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
-               f"{_command()} users add <name> --password-stdin --data-dir {shlex.quote(str(settings.data_dir))}")
+               f"{_command()} users add <name> --password-stdin {store}")
         print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
               f"  {add}", file=sys.stderr)
     where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
-    if settings.workers > 1:
-        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir}; "
+    data = settings.data_dir if settings.redis_url is None else f"Redis at {redacted(settings.redis_url)}"
+    if app is None:
+        print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data}; "
               f"{settings.workers} workers)", file=sys.stderr)
         return supervisor.run(settings, sockets)
-    # Imported here: the MCP SDK takes a second to import, which `users`, a configuration error
-    # and a supervisor should not pay.
-    from server.app import build_app
-    from server.malloc import keep_freed_memory
-
-    app = build_app(settings, backend)
     keep_freed_memory()
-    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {settings.data_dir})",
+    print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
-    return _run(settings, app, backend[0], sockets, worker=False)
+    return _run(settings, app, backend[0], sockets, loop, worker=False)
 
 
-def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket], *,
-         worker: bool) -> int:
+def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket],
+         loop: asyncio.AbstractEventLoop, *, worker: bool) -> int:
     """Serve until SIGTERM, telling the service manager (a worker's is its supervisor,
     server/supervisor.py) when it is ready, alive and stopping."""
     from server import limits, logs, systemd
@@ -331,7 +381,7 @@ def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Se
         service.stopping(f"draining: requests in flight get up to {settings.shutdown_timeout:g} s")
 
     try:
-        limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+        limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=loop,
                        access_log_class=logs.AccessLogger, on_ready=ready, on_stopping=stopping, worker=worker)
     finally:
         service.close()
@@ -366,27 +416,18 @@ def _serve_worker(fds: str) -> int:
     from server.malloc import keep_freed_memory
 
     settings = read_settings()
-    logs.configure(settings.log_level, several_processes=True)
+    logs.configure(settings.log_level, settings.log_format, several_processes=True)
     limits.raise_open_files_limit()
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
-    backend = _open_backend(settings)
+    loop = _event_loop()  # the one loop of this process's Redis connections (see _serve)
+    backend = loop.run_until_complete(_open_backend(settings))
     if settings.redis_url is None:
         # Each worker, not only the supervisor: a worker still draining after its supervisor was
         # killed keeps `memory-mcp restore` away too.
         backup.hold_serve_lock(settings.data_dir)
-    app = build_app(settings, backend)
+    app = loop.run_until_complete(build_app(settings, backend))
     keep_freed_memory()
-    return _run(settings, app, backend[0], sockets, worker=True)
-
-
-async def _accounts(backend: tuple[Storage, Limiter], *, close: bool) -> list[User]:
-    storage, limiter = backend
-    try:
-        return await accounts.list_users(storage)
-    finally:
-        if close:
-            await limiter.close()
-            await storage.close()
+    return _run(settings, app, backend[0], sockets, loop, worker=True)
 
 
 class ListenError(Exception):
@@ -523,6 +564,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(backup.restore(settings, args.source, replace=args.replace))
             return 0
         return asyncio.run(_administer(args, settings))
+    except StoreUnreachable as exc:
+        # A configuration error like those above: the store named cannot be used.
+        print(f"memory-mcp: {exc}", file=sys.stderr)
+        return 2
     except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError,
             backup.BackupError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)

@@ -17,9 +17,18 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from auth.rfc8252 import URLError, split_url
+from auth.rfc8252 import URLError, has_unsafe_characters, split_url
 from auth.settings import AuthSettings
 from auth.upstream.discovery import check_url
 from auth.upstream.http import Misconfigured
@@ -142,6 +151,21 @@ class Settings(BaseModel):
         1, ge=1, le=64, description="server processes accepting connections on the same port: above 1, a "
         "supervisor binds the port and starts that many workers, replacing any that dies")
     log_level: str = Field("info", description="debug, info, warning or error")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text (one readable line per record) or json (one JSON object per line), for every "
+        "log line, access log included")
+    metrics_token: SecretStr | None = Field(
+        None, description="serve Prometheus metrics at /metrics to requests that send this bearer token "
+        "(Authorization: Bearer ...; at least 16 characters); prefer metrics_token_file")
+    metrics_token_file: Path | None = Field(
+        None, description="file holding the metrics bearer token (as metrics_token; surrounding whitespace "
+        "ignored), so that it need not sit in the environment or on the command line")
+    metrics_address: str | None = Field(
+        None, description="host:port of a separate listener that serves only /metrics (e.g. 127.0.0.1:9464); "
+        "the main port then does not serve it. Without this, metrics_token or metrics_token_file, there are "
+        "no metrics")
+    # Read from metrics_token_file at validation, so that a missing or bad file stops the start.
+    _metrics_bearer: str | None = PrivateAttr(None)
     shutdown_timeout: float = Field(
         10, gt=0, le=40, description="seconds requests in flight at SIGTERM get to finish before their sessions end; "
         "shutdown takes at most about twice this: keep 2 x this under the service manager's stop timeout "
@@ -258,6 +282,38 @@ class Settings(BaseModel):
                              "upstream_token_keys (one key: `openssl rand -base64 32`)")
         return self
 
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return None if value is None else SecretStr(valid_metrics_token(value.get_secret_value()))
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _metrics_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, port = split_address(value)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @model_validator(mode="after")
+    def _metrics_secret(self) -> Settings:
+        if self.workers > 1 and (self.metrics_token or self.metrics_token_file or self.metrics_address):
+            # Each worker counts its own; a scrape would see one of them, at random.
+            raise ValueError("metrics are counted per process, and workers > 1 would each show their own: "
+                             "run one worker per instance to collect metrics, or leave the metrics_* settings unset")
+        if self.metrics_token is not None and self.metrics_token_file is not None:
+            raise ValueError("set metrics_token or metrics_token_file, not both")
+        if self.metrics_token_file is not None:
+            path = self.metrics_token_file
+            try:
+                text = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise ValueError(f"metrics_token_file {path} cannot be read: {reason.lower()}; make it readable "
+                                 "by the server's user") from None
+            self._metrics_bearer = valid_metrics_token(text.strip(), f"the token in metrics_token_file {path} ")
+        return self
+
     @field_validator("proxy_header")
     @classmethod
     def _proxy_header(cls, value: str) -> str:
@@ -339,6 +395,18 @@ class Settings(BaseModel):
         return self.public_url
 
     @property
+    def metrics_bearer(self) -> str | None:
+        """The token /metrics requires (from metrics_token or metrics_token_file), or None."""
+        if self.metrics_token is not None:
+            return self.metrics_token.get_secret_value()
+        return self._metrics_bearer
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Metrics exist only when asked for: a token, or a listener of their own."""
+        return self.metrics_bearer is not None or self.metrics_address is not None
+
+    @property
     def memory_quota(self) -> Quota:
         return Quota(entities=self.memory_max_entities, observations=self.memory_max_observations,
                      bytes=self.memory_max_bytes)
@@ -399,6 +467,44 @@ def _is_wildcard(host: str) -> bool:
         return host == ""
 
 
+METRICS_TOKEN_MIN = 16
+_TOKEN_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+def valid_metrics_token(token: str, where: str = "") -> str:
+    """A bearer token as RFC 6750 writes one, long enough not to be guessed. The message never
+    contains the token."""
+    if len(token) < METRICS_TOKEN_MIN:
+        raise ValueError(f"{where}must be at least {METRICS_TOKEN_MIN} characters (e.g. the output of "
+                         "`openssl rand -hex 32`)")
+    if not set(token) <= _TOKEN_CHARACTERS:
+        raise ValueError(f"{where}may contain only letters, digits and -._~+/= (e.g. the output of "
+                         "`openssl rand -hex 32`)")
+    return token
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` as (host, port); ValueError with what to write otherwise."""
+    example = "write host:port, e.g. 127.0.0.1:9464 or [::1]:9464"
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(example)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address; {example}") from None
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets; {example}")
+    if has_unsafe_characters(host):
+        raise ValueError(example)
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range (0-65535); {example}")
+    return host, port
+
+
 def canonical_origin(url: str, what: str) -> str:
     """scheme://host[:port] in the form clients compare byte for byte: lowercase scheme and host,
     no default port, no path, no trailing slash (docs/protocol.md#A2)."""
@@ -427,7 +533,7 @@ def _unknown(name: str) -> str:
 
 
 # Settings whose values may hold a secret: an error names them, never their value.
-_SECRET_SETTINGS = frozenset({"redis_url", "upstream_client_secret", "upstream_token_keys"})
+_SECRET_SETTINGS = frozenset({"redis_url", "upstream_client_secret", "upstream_token_keys", "metrics_token"})
 
 
 class ConfigError(Exception):

@@ -20,21 +20,21 @@ def cookie_key(data_dir: Path) -> bytes:
     try:
         key = path.read_bytes()
     except FileNotFoundError:
-        key = _create(path)
+        key = _create(data_dir, path)
     if len(key) != 32:
         raise ValueError(f"{path} must hold exactly 32 bytes; delete it to generate a new one "
                          "(browser logins will end)")
     return key
 
 
-def _create(path: Path) -> bytes:
-    """A new key, written whole under another name and then linked into place: several processes
-    starting at once on a new data directory (workers, instances) all end up with the one key that
-    was linked first, and none reads a file still being written."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}-")
+def _create(data_dir: Path, path: Path) -> bytes:
+    """A new key, written whole under a temporary name and then linked into place: of several
+    processes starting at once one wins and the others read its key, and none ever reads a file
+    still being written."""
+    key = secrets.token_bytes(32)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=f".{KEY_FILE}-")  # mode 0600
     try:
-        key = secrets.token_bytes(32)
         with os.fdopen(fd, "wb") as fh:
             fh.write(key)
             fh.flush()
@@ -43,6 +43,6 @@ def _create(path: Path) -> bytes:
             os.link(temporary, path)
         except FileExistsError:
             return path.read_bytes()
-        return key
     finally:
         os.unlink(temporary)
+    return key

@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from auth.http import client_address
+from server.logs import AccessLogger
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ class _LimitedServer(Server):
 class LimitedRunner(web.AppRunner):
     """An `AppRunner` that applies the app's `Connections` (installed by `install`): the
     connection limit, the header deadline as aiohttp's keep-alive timeout, and one shutdown window.
+    Its access log is the server's (`server.logs.AccessLogger`) unless told otherwise.
 
     aiohttp's own shutdown gives handlers `shutdown_timeout`, cancels them, and gives them as long
     again, after `on_shutdown` however long that took. Here `shutdown_timeout` is one window that
@@ -179,6 +181,7 @@ class LimitedRunner(web.AppRunner):
         limits = app[CONNECTIONS]
         kwargs["keepalive_timeout"] = limits.header_read_timeout
         self._window: float = kwargs.get("shutdown_timeout", 60.0)
+        kwargs.setdefault("access_log_class", AccessLogger)
         super().__init__(app, **kwargs)
 
     async def _make_server(self) -> Server:

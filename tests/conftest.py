@@ -26,6 +26,7 @@ from server.config import Settings
 from server.limits import LimitedRunner
 from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
+from tests.authflow import Backend
 from tests.browser import Browser
 from tests.redis_server import RedisServer
 
@@ -72,7 +73,7 @@ async def start_server(data_dir: Path, port: int | None = None, **overrides: Any
         sock.bind(("127.0.0.1", port))
     port = sock.getsockname()[1]
     settings = Settings(host="127.0.0.1", port=port, data_dir=data_dir, **overrides)
-    app = build_app(settings)
+    app = await build_app(settings)
     runner = LimitedRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()
@@ -243,3 +244,12 @@ async def tokens_by_hand(server: RunningServer, username: str, password: str, sc
         tokens: dict[str, Any] = resp.json()
         tokens["client_id"] = client["client_id"]
         return tokens
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_backend(request: pytest.FixtureRequest) -> Backend:
+    """The storage backend of an auth test's store: every test that takes it runs on both (the
+    Redis one starts the private redis-server, tests/redis_server.py, only when needed)."""
+    if request.param == "redis":
+        return Backend("redis", request.getfixturevalue("redis_url"))
+    return Backend("sqlite")

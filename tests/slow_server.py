@@ -55,9 +55,11 @@ def main() -> None:
     settings = Settings.model_validate({"host": "127.0.0.1", "port": port, "data_dir": ns.data_dir,
                                         "shutdown_timeout": ns.shutdown_timeout})
     server: Server[Any] = Server("slow", version="1", on_list_tools=_list_tools, on_call_tool=_call_tool)
-    app = build_app(settings, _open_backend(settings), mcp_server=server)
+    loop = _event_loop()
+    app = loop.run_until_complete(build_app(settings, loop.run_until_complete(_open_backend(settings)),
+                                            mcp_server=server))
     print(f"serving at {settings.issuer}", file=sys.stderr, flush=True)
-    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=_event_loop(),
+    limits.run_app(app, sockets=sockets, shutdown_timeout=settings.shutdown_timeout, loop=loop,
                    access_log_class=logs.AccessLogger)
 
 

@@ -12,6 +12,7 @@ from auth.settings import AuthSettings
 from tests.authflow import (
     COOKIE_KEY,
     PASSWORD,
+    Backend,
     Env,
     approve,
     authorize_path,
@@ -28,8 +29,9 @@ CB = "http://127.0.0.1:9/callback"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 def assert_page_headers(resp: Any) -> None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,7 @@ from auth.crypto import hash_secret
 from auth.models import AuthorizationCode, BrowserLogin, Rotation, Token
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.settings import AuthSettings
-from server.storage.sqlite.auth import AuthTables
-from server.storage.sqlite.db import Database
-from tests.authflow import Env, Store, make_env, obtain_tokens
+from tests.authflow import AnyStore, Backend, Env, make_env, obtain_tokens, stored_bytes
 
 ISSUER = "https://mcp.example.com"
 META = ISSUER + "/.well-known/oauth-protected-resource"
@@ -27,19 +24,18 @@ SCOPE = 'scope="memory:read memory:write"'
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Database(tmp_path / "auth.sqlite3")
-    db.apply_schema(AuthTables.SCHEMA)
-    yield Store(db)
-    db.close()
+async def store(tmp_path: Path, store_backend: Backend) -> AsyncIterator[AnyStore]:
+    opened = store_backend.open(tmp_path)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture
-def verifier(store: Store) -> BearerVerifier:
+def verifier(store: AnyStore) -> BearerVerifier:
     return BearerVerifier(AuthSettings(issuer=ISSUER), store)
 
 
-async def save_access(store: Store, secret: str, resource: str = ISSUER + "/mcp", ttl: float = 3600,
+async def save_access(store: AnyStore, secret: str, resource: str = ISSUER + "/mcp", ttl: float = 3600,
                       kind: str = "access") -> None:
     now = time.time()
     await store.save_tokens([Token(hash_secret(secret), kind, "grant-1", "client-1", "user-1",  # type: ignore[arg-type]
@@ -52,7 +48,7 @@ async def refused(verifier: BearerVerifier, authorization: str | None, path: str
     return info.value
 
 
-async def test_valid_token(store: Store, verifier: BearerVerifier) -> None:
+async def test_valid_token(store: AnyStore, verifier: BearerVerifier) -> None:
     await save_access(store, "good-token")
     grant = await verifier.verify("Bearer good-token", "/mcp")
     assert grant.principal.issuer == ISSUER and grant.principal.subject == "user-1"
@@ -94,7 +90,7 @@ async def test_garbage_token(verifier: BearerVerifier, token: str) -> None:
     assert error.status == 401 and 'error="invalid_token"' in error.headers["WWW-Authenticate"]
 
 
-async def test_expired_refresh_and_foreign_tokens(store: Store, verifier: BearerVerifier) -> None:
+async def test_expired_refresh_and_foreign_tokens(store: AnyStore, verifier: BearerVerifier) -> None:
     await save_access(store, "expired", ttl=-1)
     await save_access(store, "refresh", kind="refresh")
     await save_access(store, "foreign", resource="https://other.example/mcp")
@@ -109,7 +105,7 @@ async def test_expired_refresh_and_foreign_tokens(store: Store, verifier: Bearer
 @pytest.mark.parametrize("resource", ["https://mcp.example.com/mcp/", "HTTPS://MCP.EXAMPLE.COM/mcp",
                                       "https://mcp.example.com:443/mcp", "https://mcp.example.com",
                                       "https://mcp.example.com/", "https://mcp.example.com/sse"])
-async def test_resource_normalisation(store: Store, verifier: BearerVerifier, resource: str) -> None:
+async def test_resource_normalisation(store: AnyStore, verifier: BearerVerifier, resource: str) -> None:
     await save_access(store, "tok", resource=resource)
     assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "user-1"
 
@@ -125,9 +121,9 @@ async def test_insufficient_scope(verifier: BearerVerifier) -> None:
 # Secrets at rest
 
 
-async def test_sqlite_file_holds_no_plaintext_secret(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,
-                                                     tmp_path: Path) -> None:
-    env: Env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def test_store_holds_no_plaintext_secret(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,
+                                               tmp_path: Path, store_backend: Backend) -> None:
+    env: Env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
     grant = await obtain_tokens(env)
     resp = await env.client.post("/token", data={"grant_type": "refresh_token", "client_id": grant.client_id,
                                                  "refresh_token": grant.tokens["refresh_token"]})
@@ -136,23 +132,19 @@ async def test_sqlite_file_holds_no_plaintext_secret(aiohttp_server: Any, aiohtt
     _, pending_code, _ = await obtain_code(env)
     verifier = BearerVerifier(env.server.settings, env.store)
     assert (await verifier.verify("Bearer " + rotated["access_token"], "/mcp")).principal.client_id == grant.client_id
-    env.db.conn.execute("PRAGMA wal_checkpoint(FULL)")
     secrets = [grant.tokens["access_token"], grant.tokens["refresh_token"], rotated["access_token"],
                rotated["refresh_token"], pending_code]
-    blobs = b"".join(p.read_bytes() for p in tmp_path.glob("auth.sqlite3*"))
+    stored = await stored_bytes(env)  # SQLite: the dump and the files; Redis: every key and value
     for secret in secrets:
-        assert secret.encode() not in blobs
-    dump = "\n".join(sqlite3.connect(tmp_path / "auth.sqlite3").iterdump())
-    for secret in secrets:
-        assert secret not in dump
-    assert hash_secret(rotated["access_token"]) in dump
-    assert accounts.USERNAME_RULE and "correct horse" not in dump
+        assert secret.encode() not in stored
+    assert hash_secret(rotated["access_token"]).encode() in stored
+    assert accounts.USERNAME_RULE and b"correct horse" not in stored
 
 
 # Store behaviour the flows rely on
 
 
-async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
+async def test_consume_code_is_single_use_and_expires(store: AnyStore) -> None:
     user = await accounts.add_user(store, "bob", "password-1234")
     now = time.time()
     assert await store.create_browser_session("login", user.id, user.password_hash, now, now + 60)
@@ -160,9 +152,11 @@ async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
                              now, now + 60)
     assert await store.save_code(code, "login")
     results = await asyncio.gather(*(store.consume_code("h1", f"g{i}", now) for i in range(5)))
-    assert [r.code for r in results if r.status == "redeemed"] == [replace(code, grant_id="g0")]
-    # The second redemption is a replay (and deletes the record), the rest find nothing.
-    assert [r.status for r in results] == ["redeemed", "replayed", "invalid", "invalid", "invalid"]
+    # Whichever reaches the store first redeems (on Redis, not necessarily the first sent).
+    [winner] = [i for i, r in enumerate(results) if r.status == "redeemed"]
+    assert results[winner].code == replace(code, grant_id=f"g{winner}")
+    # The next redemption is a replay (and deletes the record), the rest find nothing.
+    assert sorted(r.status for r in results) == ["invalid", "invalid", "invalid", "redeemed", "replayed"]
     assert await store.save_code(AuthorizationCode("h2", "c", "u", "x", (), "r", user.id, now - 10, now - 1), "login")
     assert (await store.consume_code("h2", "g", now)).status == "invalid"
     # No code without the browser login that approved it, for that user (GrantStore.save_code).
@@ -172,7 +166,7 @@ async def test_consume_code_is_single_use_and_expires(store: Store) -> None:
     assert (await store.consume_code("h4", "g", now)).status == "invalid"
 
 
-async def test_rotate_refresh_is_atomic(store: Store) -> None:
+async def test_rotate_refresh_is_atomic(store: AnyStore) -> None:
     await save_access(store, "r1", kind="refresh")
     now = time.time()
     new = [Token(hash_secret("r2"), "refresh", "grant-1", "client-1", "user-1", (), ISSUER, now, now + 60)]
@@ -183,7 +177,7 @@ async def test_rotate_refresh_is_atomic(store: Store) -> None:
     assert await store.get_token(hash_secret("r1"), now) is None
 
 
-async def test_remove_user_and_delete_client_cascade(store: Store) -> None:
+async def test_remove_user_and_delete_client_cascade(store: AnyStore) -> None:
     user = await accounts.add_user(store, "bob", "password-1234")
     now = time.time()
     await store.save_tokens([Token(hash_secret("t"), "access", "g", "client-1", user.id, (), ISSUER, now, now + 60),
@@ -202,7 +196,7 @@ async def test_remove_user_and_delete_client_cascade(store: Store) -> None:
 # Accounts
 
 
-async def test_accounts_lifecycle(store: Store) -> None:
+async def test_accounts_lifecycle(store: AnyStore) -> None:
     user = await accounts.add_user(store, "carol.x@home-1", "a long password")
     assert [u.username for u in await accounts.list_users(store)] == ["carol.x@home-1"]
     with pytest.raises(accounts.DuplicateUserError, match="already exists"):
@@ -220,44 +214,38 @@ async def test_accounts_lifecycle(store: Store) -> None:
 
 
 @pytest.mark.parametrize("username", ["", "a" * 65, "with space", "slash/", "ümlaut", "semi;colon"])
-async def test_invalid_usernames(store: Store, username: str) -> None:
+async def test_invalid_usernames(store: AnyStore, username: str) -> None:
     with pytest.raises(accounts.InvalidUsernameError, match="1-64 characters"):
         await accounts.add_user(store, username, "good password")
 
 
 @pytest.mark.parametrize(("password", "rule"), [("short", "at least 8"), ("x" * 1025, "at most 1024")])
-async def test_invalid_passwords(store: Store, password: str, rule: str) -> None:
+async def test_invalid_passwords(store: AnyStore, password: str, rule: str) -> None:
     with pytest.raises(accounts.InvalidPasswordError, match=rule):
         await accounts.add_user(store, "dave", password)
     assert await store.get_user_by_name("dave") is None
 
 
-async def test_verified_tokens_are_remembered_for_a_second_at_most(tmp_path: Path) -> None:
+async def test_verified_tokens_are_remembered_for_a_second_at_most(store: AnyStore) -> None:
     """The verifier's memory: a second lookup of a fresh token needs no store read, a token
     deleted behind its back stops working within a second, and forget() ends it at once."""
     from auth.rfc6750 import VERIFIED_CACHE_SECONDS
 
     now = [1000.0]
-    db = Database(tmp_path / "a.sqlite3")
-    db.apply_schema(AuthTables.SCHEMA)
-    try:
-        store = Store(db)
-        settings = AuthSettings(issuer="http://127.0.0.1:9")
-        token = Token(hash_secret("tok"), "access", "g", "c", "alice", ("memory:read",), settings.issuer + "/mcp",
-                      now[0], now[0] + 3600)
-        await store.save_tokens([token])
-        verifier = BearerVerifier(settings, store, clock=lambda: now[0])
-        assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"
-        await store.delete_token(token.token_hash)
-        assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"  # remembered
-        now[0] += VERIFIED_CACHE_SECONDS
-        with pytest.raises(BearerError):
-            await verifier.verify("Bearer tok", "/mcp")
-        await store.save_tokens([token])
+    settings = AuthSettings(issuer="http://127.0.0.1:9")
+    token = Token(hash_secret("tok"), "access", "g", "c", "alice", ("memory:read",), settings.issuer + "/mcp",
+                  now[0], now[0] + 3600)
+    await store.save_tokens([token])
+    verifier = BearerVerifier(settings, store, clock=lambda: now[0])
+    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"
+    await store.delete_token(token.token_hash)
+    assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "alice"  # remembered
+    now[0] += VERIFIED_CACHE_SECONDS
+    with pytest.raises(BearerError):
         await verifier.verify("Bearer tok", "/mcp")
-        await store.delete_token(token.token_hash)
-        verifier.forget()
-        with pytest.raises(BearerError):
-            await verifier.verify("Bearer tok", "/mcp")
-    finally:
-        db.close()
+    await store.save_tokens([token])
+    await verifier.verify("Bearer tok", "/mcp")
+    await store.delete_token(token.token_hash)
+    verifier.forget()
+    with pytest.raises(BearerError):
+        await verifier.verify("Bearer tok", "/mcp")

@@ -26,9 +26,11 @@ from server.storage.sqlite.db import Database
 from tests.authflow import (
     COOKIE_KEY,
     PASSWORD,
+    Backend,
     Env,
     Store,
     authorize_path,
+    count,
     hidden_fields,
     login,
     make_env,
@@ -46,8 +48,9 @@ BOB_PASSWORD = "bob's own passphrase"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 class FakeClock:
@@ -77,10 +80,6 @@ def fast_passwords(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr("auth.login.verify_password", verify)
     return checked
-
-
-def count(env: Env, table: str, where: str = "1", *args: object) -> int:
-    return int(env.db.conn.execute(f"SELECT count(*) FROM {table} WHERE {where}", args).fetchone()[0])  # noqa: S608
 
 
 def assert_secure_page(resp: Any, page: str) -> None:
@@ -190,7 +189,7 @@ async def test_consent_csrf_refused_and_nothing_issued(env: Env) -> None:
         resp = await env.client.post("/consent", data=bad, allow_redirects=False)
         assert resp.status == 403 and "Location" not in resp.headers
         assert_secure_page(resp, await resp.text())
-    assert count(env, "auth_codes") == 0
+    assert await count(env, "codes") == 0
     assert await env.store.list_consents((await alice(env)).id, time.time()) == []
 
 
@@ -199,7 +198,7 @@ async def test_login_csrf_refused_and_no_login_created(env: Env) -> None:
     form = dict(hidden_fields(page), username="alice", password=PASSWORD, csrf_token="forged")
     resp = await env.client.post("/login", data=form, allow_redirects=False)
     assert resp.status == 403 and "Location" not in resp.headers
-    assert count(env, "auth_browser_sessions") == 0
+    assert await count(env, "logins") == 0
     assert 'name="password"' in await (await env.client.get("/login")).text()
 
 
@@ -212,13 +211,13 @@ async def test_logout_csrf_refused_and_nothing_revoked(env: Env) -> None:
     page = await (await env.client.get("/logout")).text()
     resp = await env.client.post("/logout", data=dict(hidden_fields(page), csrf_token="forged"))
     assert resp.status == 403
-    assert count(env, "auth_tokens") == 2 and count(env, "auth_browser_sessions") == 1
+    assert await count(env, "tokens") == 2 and await count(env, "logins") == 1
     assert len(await env.store.list_consents(user.id, time.time())) == 1
     assert env.revocations == []
     # The real form signs out everywhere: tokens, remembered approvals, the login itself.
     resp = await env.client.post("/logout", data=hidden_fields(page))
     assert resp.status == 200
-    assert count(env, "auth_tokens") == 0 and count(env, "auth_browser_sessions") == 0
+    assert await count(env, "tokens") == 0 and await count(env, "logins") == 0
     assert await env.store.list_consents(user.id, time.time()) == []
     assert [(r.subject, r.client_id) for r in env.revocations] == [(user.id, None)]
 
@@ -240,12 +239,12 @@ async def test_consent_from_another_browser_refused(env: Env, aiohttp_client: An
     resp = await other.post("/consent", data=planted, allow_redirects=False)
     assert resp.status == 403 and "Location" not in resp.headers
     assert "another browser" in await resp.text()
-    assert count(env, "auth_codes") == 0
+    assert await count(env, "codes") == 0
     assert await env.store.list_consents((await alice(env)).id, time.time()) == []
     # Without any binding cookie at all, too.
     other.session.cookie_jar.clear(lambda c: c.key == "memory-mcp-binding")
     resp = await other.post("/consent", data=dict(form_b, decision="approve"), allow_redirects=False)
-    assert resp.status == 403 and count(env, "auth_codes") == 0
+    assert resp.status == 403 and await count(env, "codes") == 0
     # Each browser completes its own request.
     resp = await env.client.post("/consent", data=dict(form_a, decision="approve"), allow_redirects=False)
     assert resp.status == 303 and "code" in query_of(resp.headers["Location"])
@@ -261,7 +260,7 @@ async def test_login_seal_from_another_browser_refused(env: Env, aiohttp_client:
     resp = await other.post("/login", data=dict(form_b, request=seal_a, username="alice", password=PASSWORD),
                             allow_redirects=False)
     assert resp.status == 403 and "Location" not in resp.headers
-    assert count(env, "auth_browser_sessions") == 0
+    assert await count(env, "logins") == 0
 
 
 async def test_https_binding_cookie_is_host_prefixed(aiohttp_server: Any, aiohttp_client: Any, tmp_path: Path) -> None:
@@ -351,9 +350,9 @@ async def test_remembered_consent_only_for_the_exact_same_request(env: Env) -> N
     assert await env.store.list_consents((await alice(env)).id, time.time()) == []
     assert not await silently(env, path)
     await approve_remembering(env, path)
-    codes = count(env, "auth_codes")
+    codes = await count(env, "codes")
     assert await silently(env, path)
-    assert count(env, "auth_codes") == codes + 1
+    assert await count(env, "codes") == codes + 1
     # Same scope set in another order, and a new state or challenge: still the same approval.
     _, challenge2 = pkce()
     assert await silently(env, authorize_path(cid, CB, challenge2, scope="memory:write memory:read",
@@ -369,9 +368,9 @@ async def test_remembered_consent_only_for_the_exact_same_request(env: Env) -> N
                        resource=env.url("/mcp")),
         path + "&prompt=consent",
     ):
-        before = count(env, "auth_codes")
+        before = await count(env, "codes")
         assert not await silently(env, different), different
-        assert count(env, "auth_codes") == before
+        assert await count(env, "codes") == before
     # Not a first-party navigation: a third-party site, a frame, or a browser that says nothing.
     for headers in ({}, {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document"},
                     {"Sec-Fetch-Site": "same-site", "Sec-Fetch-Dest": "document"},
@@ -444,15 +443,15 @@ async def test_withdraw_remembered_consent(env: Env) -> None:
     # A forged withdrawal changes nothing.
     resp = await env.client.post("/consents", data=dict(form, csrf_token="forged"), allow_redirects=False)
     assert resp.status == 403
-    assert len(await env.store.list_consents(user.id, time.time())) == 2 and count(env, "auth_tokens") == 4
+    assert len(await env.store.list_consents(user.id, time.time())) == 2 and await count(env, "tokens") == 4
     assert env.revocations == []
     resp = await env.client.post("/consents", data=form, allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"] == env.url("/consents")
     remaining = await env.store.list_consents(user.id, time.time())
     assert [c.client_id for c in remaining] == [keep["client_id"]]
     # The withdrawn client's tokens are gone and its sessions told to end; the other keeps its own.
-    assert count(env, "auth_tokens", "client_id = ?", client["client_id"]) == 0
-    assert count(env, "auth_tokens", "client_id = ?", keep["client_id"]) == 2
+    assert await count(env, "tokens", client_id=client["client_id"]) == 0
+    assert await count(env, "tokens", client_id=keep["client_id"]) == 2
     assert [(r.subject, r.client_id) for r in env.revocations] == [(user.id, client["client_id"])]
     assert not await silently(env, path)
     assert await silently(env, keep_path)
@@ -481,7 +480,7 @@ async def test_login_backoff_per_account(env: Env, clock: FakeClock, fast_passwo
         resp = await login(env, page)  # even the right password is not looked at while throttled
         assert resp.status == 429 and len(fast_passwords) == checked
         assert "Too many failed sign-in attempts" in await resp.text()
-        assert count(env, "auth_browser_sessions") == 0
+        assert await count(env, "logins") == 0
         waits.append(int(resp.headers["Retry-After"]))
         clock.now += waits[-1] - 1
         assert (await login(env, page)).status == 429  # one second early
@@ -490,7 +489,7 @@ async def test_login_backoff_per_account(env: Env, clock: FakeClock, fast_passwo
     assert waits == [30, 60, 120, 240, 480, 900, 900, 900]  # capped, for as long as the failures go on
     clock.now += 900
     resp = await login(env, page)
-    assert resp.status == 303 and count(env, "auth_browser_sessions") == 1
+    assert resp.status == 303 and await count(env, "logins") == 1
     # A success clears the account's failures; so does a pause longer than QUIET.
     page = await (await env.client.get("/login")).text()
     for _ in range(throttle.FREE_FAILURES):
@@ -521,7 +520,7 @@ async def test_login_limit_per_address(env: Env, clock: FakeClock, fast_password
     resp = await login(env, page)
     assert resp.status == 429 and len(fast_passwords) == checked
     assert int(resp.headers["Retry-After"]) == throttle.WINDOW - throttle.ADDRESS_FAILURES + 1
-    assert count(env, "auth_browser_sessions") == 0
+    assert await count(env, "logins") == 0
     clock.now += throttle.WINDOW
     assert (await login(env, page)).status == 303
 
@@ -591,7 +590,7 @@ async def test_login_starts_a_new_session(env: Env, aiohttp_client: Any) -> None
     assert "signed in as <strong>alice</strong>" in victim_page
     assert hidden_fields(victim_page)["csrf_token"] != hidden_fields(attacker_page)["csrf_token"]
     resp = await env.client.post("/logout", data=hidden_fields(attacker_page))
-    assert resp.status == 403 and count(env, "auth_browser_sessions") == 1
+    assert resp.status == 403 and await count(env, "logins") == 1
 
 
 async def test_consent_shows_the_verified_metadata_host(env: Env) -> None:
@@ -631,14 +630,14 @@ async def test_sign_out_everywhere_ends_every_browsers_login(env: Env, aiohttp_c
     assert 'value="approve"' in held  # signed in: no password asked
     page = await (await env.client.get("/logout")).text()
     assert (await env.client.post("/logout", data=hidden_fields(page))).status == 200
-    assert count(env, "auth_browser_sessions") == 0
+    assert await count(env, "logins") == 0
     # The consent form it already holds leads back to the password form, and no code is made.
     resp = await attacker.post("/consent", data=dict(hidden_fields(held), decision="approve", remember="1"),
                                allow_redirects=False)
     assert resp.status == 303 and resp.headers["Location"].startswith(env.url("/authorize?"))
     assert 'name="password"' in await (await attacker.get(path_of(resp.headers["Location"]))).text()
     assert 'name="password"' in await (await attacker.get(path)).text()
-    assert count(env, "auth_codes") == 0 and count(env, "auth_consents") == 0
+    assert await count(env, "codes") == 0 and await count(env, "consents") == 0
     assert "You are signed in as" not in await (await attacker.get("/login")).text()
 
 
@@ -660,7 +659,7 @@ async def test_login_checked_against_a_password_changed_meanwhile_is_refused(
     page = await (await env.client.get(authorize_path(client["client_id"], CB, challenge))).text()
     resp = await login(env, page)
     assert resp.status == 401 and 'name="password"' in await resp.text()
-    assert count(env, "auth_browser_sessions") == 0
+    assert await count(env, "logins") == 0
 
 
 async def test_code_approved_under_an_ended_login_is_not_stored(env: Env) -> None:
@@ -678,7 +677,7 @@ async def test_code_approved_under_an_ended_login_is_not_stored(env: Env) -> Non
     env.store.save_code = sign_out_first  # type: ignore[method-assign]
     resp = await env.client.post("/consent", data=dict(form, decision="approve"), allow_redirects=False)
     assert resp.status == 401 and "Location" not in resp.headers
-    assert count(env, "auth_codes") == 0
+    assert await count(env, "codes") == 0
 
 
 async def test_login_rehash_never_overwrites_a_changed_password(env: Env) -> None:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from auth.cimd_fetch import ClientMetadataError, DocumentFetcher, cache_ttl, check_document_url, is_public_address
-from tests.authflow import Env, approve, authorize_path, login, make_env, pkce, query_of, token_request
+from tests.authflow import SQLITE, Backend, Env, approve, authorize_path, login, make_env, pkce, query_of, token_request
 from tests.conftest import free_socket
 
 CALLBACK = "http://127.0.0.1/callback"
@@ -150,26 +150,26 @@ def trusting(tls: TLSFiles) -> ssl.SSLContext:
     return ctx
 
 
-async def cimd_env(aiohttp_server: Any, aiohttp_client: Any, port: int, tmp_path: Path, tls: TLSFiles,
-                   dns: FakeDNS, **overrides: Any) -> Env:
+async def cimd_env(aiohttp_server: Any, aiohttp_client: Any, port: int, tmp_path: Path, store_backend: Backend,
+                   tls: TLSFiles, dns: FakeDNS, **overrides: Any) -> Env:
     settings: dict[str, Any] = {"client_id_metadata_documents": True, "cimd_allow_private_addresses": True,
                                 **overrides}
-    env = await make_env(aiohttp_server, aiohttp_client, port, tmp_path, **settings)
+    env = await make_env(aiohttp_server, aiohttp_client, port, tmp_path, store_backend, **settings)
     env.server.cimd_fetcher = DocumentFetcher(ssl_context=trusting(tls), resolve=dns, timeout=1.0)
     return env
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, tls: TLSFiles,
-              dns: FakeDNS) -> Env:
-    return await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, tls, dns)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, store_backend: Backend,
+              tls: TLSFiles, dns: FakeDNS) -> Env:
+    return await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend, tls, dns)
 
 
 @pytest.fixture
-async def guarded(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, tls: TLSFiles,
-                  dns: FakeDNS) -> Env:
+async def guarded(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+                  store_backend: Backend, tls: TLSFiles, dns: FakeDNS) -> Env:
     """CIMD on with the address guard on (the default)."""
-    return await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, tls, dns,
+    return await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend, tls, dns,
                           cimd_allow_private_addresses=False)
 
 
@@ -193,7 +193,8 @@ async def test_metadata_advertised_only_when_enabled(env: Env, aiohttp_server: A
                                                      unused_tcp_port_factory: Any, tmp_path: Path) -> None:
     doc = await (await env.client.get("/.well-known/oauth-authorization-server")).json()
     assert doc["client_id_metadata_document_supported"] is True
-    off = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port_factory(), tmp_path / "off")
+    # A second server, on a store of its own (the discovery document does not depend on it).
+    off = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port_factory(), tmp_path / "off", SQLITE)
     doc = await (await off.client.get("/.well-known/oauth-authorization-server")).json()
     assert "client_id_metadata_document_supported" not in doc
 
@@ -376,9 +377,10 @@ async def test_token_endpoint_uses_stored_document_when_refetch_fails_transientl
 
 
 async def test_fetches_count_against_the_registration_budget(aiohttp_server: Any, aiohttp_client: Any,
-                                                             unused_tcp_port: int, tmp_path: Path, tls: TLSFiles,
-                                                             dns: FakeDNS, docs: DocServer) -> None:
-    env = await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, tls, dns,
+                                                             unused_tcp_port: int, tmp_path: Path,
+                                                             store_backend: Backend, tls: TLSFiles, dns: FakeDNS,
+                                                             docs: DocServer) -> None:
+    env = await cimd_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend, tls, dns,
                          registration_rate_limit=2)
     for i in range(2):
         assert (await authorize_page(env, docs.serve(f"/c{i}.json")))[0] == 200
@@ -471,8 +473,8 @@ async def test_invalid_url_client_ids_are_refused_without_fetching(env: Env, doc
 
 
 async def test_disabled_by_default(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
-                                   docs: DocServer) -> None:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+                                   docs: DocServer, store_backend: Backend) -> None:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
     url = docs.serve("/client.json")
     await assert_refused(env, url, "not enabled")
     resp = await token_request(env, grant_type="authorization_code", code="x", code_verifier="v" * 43, client_id=url)

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from tests.authflow import Env, make_env, register
+from tests.authflow import Backend, Env, make_env, register
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 async def test_authorization_server_metadata(env: Env) -> None:

@@ -27,6 +27,7 @@ from auth.settings import AuthSettings
 from tests.authflow import (
     PASSWORD,
     USERNAME,
+    Backend,
     Env,
     approve,
     authorize_path,
@@ -52,8 +53,9 @@ class Clock:
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 async def get_json(env: Env, path: str) -> Any:
@@ -180,9 +182,9 @@ async def test_jwks_publishes_only_public_keys_and_stores_private_ones_encrypted
     assert len(published) == 1
     assert published[0]["kty"] == "RSA" and published[0]["use"] == "sig" and published[0]["alg"] == "RS256"
     assert not {"d", "p", "q", "dp", "dq", "qi"} & set(published[0])
-    [row] = env.db.conn.execute("SELECT kid, private_jwk FROM auth_signing_keys").fetchall()
-    assert row["kid"] == published[0]["kid"]
-    assert '"d"' not in row["private_jwk"] and published[0]["n"] not in row["private_jwk"]
+    [stored] = await env.store.signing_keys(time.time())  # as the store holds it
+    assert stored.kid == published[0]["kid"]
+    assert '"d"' not in stored.private_jwk and published[0]["n"] not in stored.private_jwk
 
 
 async def test_key_rotation_keeps_issued_tokens_verifiable(env: Env) -> None:

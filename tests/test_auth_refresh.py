@@ -22,7 +22,19 @@ from auth.server import AUTH_SERVER
 from auth.token import open_successor
 from server.config import ConfigError, load
 from server.storage.sqlite import SQLiteStorage
-from tests.authflow import Env, Grant, make_env, obtain_code, obtain_tokens, register, token_request
+from tests.authflow import (
+    Backend,
+    Env,
+    Grant,
+    count,
+    make_env,
+    obtain_code,
+    obtain_tokens,
+    records,
+    register,
+    stored_bytes,
+    token_request,
+)
 from tests.conftest import RunningServer, tokens_by_hand
 from tests.test_mcp_http import open_session
 from tests.test_teardown import stream_ends
@@ -47,19 +59,20 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, clock: Clock) -> Env:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path, clock: Clock,
+              store_backend: Backend) -> Env:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
     env.server.clock = clock
     return env
 
 
-def tokens_table(env: Env) -> list[tuple[Any, ...]]:
-    """Every token row, superseded ones and their sealed successors included."""
-    return [tuple(r) for r in env.db.conn.execute("SELECT * FROM auth_tokens ORDER BY token_hash")]
+async def tokens_table(env: Env) -> list[dict[str, str]]:
+    """Every token record, superseded ones and their sealed successors included."""
+    return await records(env, "tokens")
 
 
-def grant_rows(env: Env, grant_id: str) -> int:
-    return int(env.db.conn.execute("SELECT count(*) FROM auth_tokens WHERE grant_id = ?", (grant_id,)).fetchone()[0])
+async def grant_rows(env: Env, grant_id: str) -> int:
+    return await count(env, "tokens", grant_id=grant_id)
 
 
 async def grant_id_of(env: Env, token: str, now: float) -> str:
@@ -100,17 +113,17 @@ async def test_code_replay_revokes_tokens_issued_from_it(env: Env, clock: Clock)
     clock.advance(5)
     second = await refreshed(env, Grant(client_id, CB, verifier, first), first["refresh_token"])
     bystander = await obtain_tokens(env)
-    bystander_rows = grant_rows(env, await grant_id_of(env, bystander.tokens["access_token"], clock()))
+    bystander_rows = await grant_rows(env, await grant_id_of(env, bystander.tokens["access_token"], clock()))
     clock.advance(5)
 
     await refused(await token_request(env, **form))
 
-    assert grant_rows(env, grant_id) == 0
+    assert await grant_rows(env, grant_id) == 0
     for token in (first["access_token"], second["access_token"], second["refresh_token"]):
         assert await env.store.get_token(hash_secret(token), clock()) is None
     subject = env.revocations[-1].subject
     assert env.revocations == [Revocation(subject, client_id, grant_id)]
-    assert grant_rows(env, await grant_id_of(env, bystander.tokens["access_token"], clock())) == bystander_rows
+    assert await grant_rows(env, await grant_id_of(env, bystander.tokens["access_token"], clock())) == bystander_rows
     # A third attempt finds nothing at all (the redeemed record went with the grant).
     await refused(await token_request(env, **form))
     assert len(env.revocations) == 1
@@ -125,7 +138,7 @@ async def test_code_replay_between_redemption_and_issuance_issues_nothing(env: E
     late = [Token(hash_secret("late-access"), "access", "grant-a", client_id, first.code.subject, (), env.url("/mcp"),
                   clock(), clock() + 60)]
     assert not await env.store.save_code_tokens(code_hash, late)
-    assert tokens_table(env) == []
+    assert await tokens_table(env) == []
 
 
 async def test_code_replay_after_expiry_is_only_refused(env: Env, clock: Clock) -> None:
@@ -133,11 +146,11 @@ async def test_code_replay_after_expiry_is_only_refused(env: Env, clock: Clock) 
     form = {"grant_type": "authorization_code", "code": code, "code_verifier": verifier, "client_id": client_id,
             "redirect_uri": CB}
     assert (await token_request(env, **form)).status == 200
-    before = tokens_table(env)
+    before = await tokens_table(env)
     clock.advance(env.server.settings.code_ttl + 1)
     await refused(await token_request(env, **form))
     # The redeemed record lives as long as the code would have: past that, nothing to revoke by.
-    assert tokens_table(env) == before and env.revocations == []
+    assert await tokens_table(env) == before and env.revocations == []
 
 
 async def test_expired_code_refused(env: Env, clock: Clock) -> None:
@@ -146,7 +159,7 @@ async def test_expired_code_refused(env: Env, clock: Clock) -> None:
     clock.advance(env.server.settings.code_ttl + 1)
     await refused(await token_request(env, grant_type="authorization_code", code=code, code_verifier=verifier,
                                       client_id=client_id, redirect_uri=CB))
-    assert tokens_table(env) == []
+    assert await tokens_table(env) == []
 
 
 async def test_wrong_verifier_burns_code_and_issues_nothing(env: Env) -> None:
@@ -154,7 +167,7 @@ async def test_wrong_verifier_burns_code_and_issues_nothing(env: Env) -> None:
     form = {"grant_type": "authorization_code", "code": code, "client_id": client_id, "redirect_uri": CB}
     await refused(await token_request(env, **form, code_verifier="x" * 43))
     await refused(await token_request(env, **form, code_verifier=verifier))
-    assert tokens_table(env) == []
+    assert await tokens_table(env) == []
 
 
 # Refresh: retry, replay, concurrency
@@ -163,13 +176,13 @@ async def test_wrong_verifier_burns_code_and_issues_nothing(env: Env) -> None:
 async def test_refresh_retry_within_grace_returns_same_pair(env: Env, clock: Clock) -> None:
     grant = await obtain_tokens(env)
     first = await refreshed(env, grant, grant.tokens["refresh_token"])
-    after_rotation = tokens_table(env)
+    after_rotation = await tokens_table(env)
     clock.advance(env.server.settings.refresh_grace_seconds - 1)
     again = await refreshed(env, grant, grant.tokens["refresh_token"])
     assert {k: v for k, v in again.items() if k != "expires_in"} == {k: v for k, v in first.items()
                                                                    if k != "expires_in"}
     assert again["expires_in"] == first["expires_in"] - (env.server.settings.refresh_grace_seconds - 1)
-    assert tokens_table(env) == after_rotation and env.revocations == []
+    assert await tokens_table(env) == after_rotation and env.revocations == []
     # The pair handed out twice is the live one.
     assert await env.store.get_token(hash_secret(first["refresh_token"]), clock()) is not None
     assert (await refresh(env, grant.client_id, first["refresh_token"])).status == 200
@@ -184,7 +197,7 @@ async def test_refresh_replay_after_grace_revokes_family_and_notifies(env: Env, 
 
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"]))
 
-    assert grant_rows(env, grant_id) == 0
+    assert await grant_rows(env, grant_id) == 0
     subject = env.revocations[-1].subject
     assert env.revocations == [Revocation(subject, grant.client_id, grant_id)]
     await refused(await refresh(env, grant.client_id, rotated["refresh_token"]))
@@ -203,7 +216,7 @@ async def test_refresh_replay_after_backward_clock_jump_revokes_family(env: Env,
 
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"]))
 
-    assert grant_rows(env, grant_id) == 0
+    assert await grant_rows(env, grant_id) == 0
     assert env.revocations[-1].grant_id == grant_id
     await refused(await refresh(env, grant.client_id, rotated["refresh_token"]))
 
@@ -217,7 +230,7 @@ async def test_concurrent_refreshes_both_succeed(env: Env) -> None:
     bodies = [await r.json() for r in responses]
     assert len({(b["access_token"], b["refresh_token"]) for b in bodies}) == 1
     # One rotation happened: the original pair plus one new pair, and no revocation.
-    assert grant_rows(env, grant_id) == 4 and env.revocations == []
+    assert await grant_rows(env, grant_id) == 4 and env.revocations == []
     assert (await refresh(env, grant.client_id, bodies[0]["refresh_token"])).status == 200
 
 
@@ -225,11 +238,11 @@ async def test_retry_after_successor_rotated_is_refused_without_revoking(env: En
     grant = await obtain_tokens(env)
     second = await refreshed(env, grant, grant.tokens["refresh_token"])
     third = await refreshed(env, grant, second["refresh_token"])
-    before = tokens_table(env)
+    before = await tokens_table(env)
     clock.advance(10)
     # Within the first token's window, but its successor is spent: no pair to give, no attack proven.
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"]))
-    assert tokens_table(env) == before and env.revocations == []
+    assert await tokens_table(env) == before and env.revocations == []
     assert await env.store.get_token(hash_secret(third["refresh_token"]), clock()) is not None
 
 
@@ -244,11 +257,11 @@ async def test_superseded_token_is_no_longer_live(env: Env, clock: Clock) -> Non
 async def test_retry_response_is_stored_sealed(env: Env, clock: Clock) -> None:
     grant = await obtain_tokens(env)
     new = await refreshed(env, grant, grant.tokens["refresh_token"])
-    dump = "\n".join(env.db.conn.iterdump())
+    stored = await stored_bytes(env)
     for secret in (grant.tokens["refresh_token"], new["access_token"], new["refresh_token"]):
-        assert secret not in dump
-    sealed = env.db.conn.execute("SELECT successor FROM auth_tokens WHERE token_hash = ?",
-                                 (hash_secret(grant.tokens["refresh_token"]),)).fetchone()[0]
+        assert secret.encode() not in stored
+    [old] = await records(env, "tokens", token_hash=hash_secret(grant.tokens["refresh_token"]))
+    sealed = old["successor"]
     assert open_successor(grant.tokens["refresh_token"], sealed, clock()) is not None
     # Only the old token opens it: not the new one, not the stored hash.
     assert open_successor(new["refresh_token"], sealed, clock()) is None
@@ -260,36 +273,36 @@ async def test_retry_response_is_stored_sealed(env: Env, clock: Clock) -> None:
 
 async def test_scope_escalation_on_refresh_refused(env: Env) -> None:
     grant = await obtain_tokens(env, scope="memory:read")
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"],
                                 scope="memory:read memory:write"), "invalid_scope")
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"], scope="openid"),
                   "invalid_scope")
-    assert tokens_table(env) == before
+    assert await tokens_table(env) == before
     assert (await refreshed(env, grant, grant.tokens["refresh_token"]))["scope"] == "memory:read"
 
 
 async def test_refresh_token_of_another_client_refused(env: Env) -> None:
     grant = await obtain_tokens(env)
     thief = await register(env, [CB])
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, thief["client_id"], grant.tokens["refresh_token"]))
-    assert tokens_table(env) == before and env.revocations == []
+    assert await tokens_table(env) == before and env.revocations == []
 
 
 async def test_refresh_for_another_resource_refused(env: Env) -> None:
     grant = await obtain_tokens(env)
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, grant.client_id, grant.tokens["refresh_token"],
                                 resource="https://evil.example/mcp"), "invalid_target")
-    assert tokens_table(env) == before
+    assert await tokens_table(env) == before
 
 
 async def test_access_token_is_not_a_refresh_token(env: Env) -> None:
     grant = await obtain_tokens(env)
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, grant.client_id, grant.tokens["access_token"]))
-    assert tokens_table(env) == before and env.revocations == []
+    assert await tokens_table(env) == before and env.revocations == []
 
 
 # Lifetimes
@@ -297,9 +310,9 @@ async def test_access_token_is_not_a_refresh_token(env: Env) -> None:
 
 @pytest.fixture
 async def short_env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
-                    clock: Clock) -> Env:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, access_token_ttl=3600,
-                         refresh_token_ttl=1000, refresh_token_max_lifetime=2500)
+                    clock: Clock, store_backend: Backend) -> Env:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         access_token_ttl=3600, refresh_token_ttl=1000, refresh_token_max_lifetime=2500)
     env.server.clock = clock
     return env
 
@@ -322,9 +335,9 @@ async def test_refresh_expiry_slides(short_env: Env, clock: Clock) -> None:
     assert (await expiries(env, body))[1] == start + 1900  # renewed from this rotation
     # Unused for longer than refresh_token_ttl: expired, although the grant's cap is not reached.
     clock.advance(1001)
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, grant.client_id, body["refresh_token"]))
-    assert tokens_table(env) == before
+    assert await tokens_table(env) == before
 
 
 async def test_refresh_absolute_cap(short_env: Env, clock: Clock) -> None:
@@ -339,9 +352,9 @@ async def test_refresh_absolute_cap(short_env: Env, clock: Clock) -> None:
         assert await expiries(env, body) == (start + 2500, start + refresh_expiry)
         token = body["refresh_token"]
     clock.now = start + 2500
-    before = tokens_table(env)
+    before = await tokens_table(env)
     await refused(await refresh(env, grant.client_id, token))
-    assert tokens_table(env) == before and env.revocations == []
+    assert await tokens_table(env) == before and env.revocations == []
 
 
 def test_max_lifetime_setting_is_validated(tmp_path: Path) -> None:

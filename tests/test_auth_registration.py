@@ -26,9 +26,12 @@ from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database
 from tests.authflow import (
     COOKIE_KEY,
+    Backend,
     Env,
     Store,
     authorize_path,
+    client_last_used,
+    lose_client_use,
     make_env,
     obtain_tokens,
     pkce,
@@ -41,8 +44,9 @@ CB = "http://127.0.0.1:9/callback"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -231,8 +235,7 @@ async def test_long_idle_client_without_live_tokens_is_purged(env: Env) -> None:
     assert settings.refresh_token_ttl < settings.idle_client_ttl
     await register(env)
     assert await env.store.get_client(used.client_id) is None
-    assert env.db.conn.execute("SELECT count(*) FROM auth_client_use WHERE client_id = ?",
-                               (used.client_id,)).fetchone()[0] == 0
+    assert await client_last_used(env, used.client_id) is None
 
 
 async def test_client_with_live_tokens_is_never_purged(env: Env) -> None:
@@ -240,7 +243,7 @@ async def test_client_with_live_tokens_is_never_purged(env: Env) -> None:
     env.server.clock = lambda: now[0]
     used = await obtain_tokens(env)
     # Forget the use record, as if it had been lost: the live tokens alone protect the client.
-    env.db.conn.execute("DELETE FROM auth_client_use")
+    await lose_client_use(env)
     now[0] += env.server.settings.unused_client_ttl * 3
     await register(env)
     assert await env.store.get_client(used.client_id) is not None
@@ -254,9 +257,7 @@ async def test_refresh_marks_the_client_used(env: Env) -> None:
     resp = await env.client.post("/token", data={"grant_type": "refresh_token", "client_id": grant.client_id,
                                                  "refresh_token": grant.tokens["refresh_token"]})
     assert resp.status == 200, await resp.text()
-    row = env.db.conn.execute("SELECT last_used_at FROM auth_client_use WHERE client_id = ?",
-                              (grant.client_id,)).fetchone()
-    assert row is not None and row[0] == now[0]
+    assert await client_last_used(env, grant.client_id) == now[0]
 
 
 async def test_purge_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -273,8 +274,10 @@ async def test_purge_is_bounded(env: Env, monkeypatch: pytest.MonkeyPatch) -> No
 # Rate limit
 
 async def test_registration_is_rate_limited_per_address(aiohttp_server: Any, aiohttp_client: Any,
-                                                        unused_tcp_port: int, tmp_path: Path) -> None:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, registration_rate_limit=3)
+                                                        unused_tcp_port: int, tmp_path: Path,
+                                                        store_backend: Backend) -> None:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         registration_rate_limit=3)
     await register(env)
     bad = await env.client.post("/register", json={"redirect_uris": ["javascript:x"]})
     assert bad.status == 400  # refused attempts count too
@@ -291,8 +294,9 @@ async def test_registration_is_rate_limited_per_address(aiohttp_server: Any, aio
 
 
 async def test_rate_limit_zero_means_unlimited(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int,
-                                               tmp_path: Path) -> None:
-    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, registration_rate_limit=0)
+                                               tmp_path: Path, store_backend: Backend) -> None:
+    env = await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend,
+                         registration_rate_limit=0)
     for _ in range(25):
         await register(env)
 

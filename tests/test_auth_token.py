@@ -11,14 +11,15 @@ import pytest
 
 from auth.crypto import hash_secret
 from auth.models import Token
-from tests.authflow import Env, make_env, obtain_code, obtain_tokens, pkce, register, token_request
+from tests.authflow import Backend, Env, make_env, obtain_code, obtain_tokens, pkce, register, token_request
 
 CB = "http://127.0.0.1:9/callback"
 
 
 @pytest.fixture
-async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path) -> Env:
-    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path)
+async def env(aiohttp_server: Any, aiohttp_client: Any, unused_tcp_port: int, tmp_path: Path,
+              store_backend: Backend) -> Env:
+    return await make_env(aiohttp_server, aiohttp_client, unused_tcp_port, tmp_path, store_backend)
 
 
 async def assert_error(resp: Any, error: str, status: int = 400) -> None:

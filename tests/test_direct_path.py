@@ -339,7 +339,7 @@ async def test_a_failing_handler_is_answered_as_the_sdk_answers_it(http: httpx2.
     sock = free_socket()
     options: dict[str, Any] = {"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": data_dir}
     settings = Settings(**options)
-    app = build_app(settings, mcp_server=Server("t", on_list_tools=list_tools, on_call_tool=call_tool))
+    app = await build_app(settings, mcp_server=Server("t", on_list_tools=list_tools, on_call_tool=call_tool))
     runner = web.AppRunner(app, handler_cancellation=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()

@@ -545,7 +545,7 @@ async def start_fixture_server(fixture: Fixture, data_dir: Path, public_url: str
     sock = free_socket()
     settings = Settings.model_validate({"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": data_dir,
                                         "public_url": public_url})
-    app = build_app(settings, mcp_server=fixture.server)
+    app = await build_app(settings, mcp_server=fixture.server)
     runner = web.AppRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()

@@ -109,7 +109,7 @@ async def custom(tmp_path: Path) -> AsyncIterator[tuple[RunningServer, Custom]]:
     options: dict[str, Any] = {"host": "127.0.0.1", "port": sock.getsockname()[1], "data_dir": tmp_path / "data"}
     settings = Settings(**options)
     handlers = Custom()
-    app = build_app(settings, mcp_server=handlers.server())
+    app = await build_app(settings, mcp_server=handlers.server())
     runner = web.AppRunner(app, shutdown_timeout=2.0, handler_cancellation=False)
     await runner.setup()
     await web.SockSite(runner, sock).start()

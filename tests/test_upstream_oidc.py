@@ -759,12 +759,16 @@ def test_upstream_settings_are_validated_without_echoing_secrets(tmp_path: Path)
 # The store's side: one account per upstream identity, compare-and-set on kept tokens
 
 
-async def test_store_links_one_account_per_identity_and_compares_before_setting(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_store_links_one_account_per_identity_and_compares_before_setting(
+        tmp_path: Path, backend: str, request: pytest.FixtureRequest) -> None:
     from auth.models import User
     from auth.store import UserExistsError
+    from server.storage.redis import RedisStorage
     from server.storage.sqlite import SQLiteStorage
 
-    storage = SQLiteStorage(tmp_path / "db.sqlite3")
+    storage: SQLiteStorage | RedisStorage = (SQLiteStorage(tmp_path / "db.sqlite3") if backend == "sqlite"
+                                             else RedisStorage(request.getfixturevalue("redis_url")))
     try:
         now = time.time()
 

@@ -14,7 +14,7 @@ names a backend.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +40,17 @@ class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
 
 class Storage(AuthStore, GraphStore, TransportStore, Protocol):
     """Everything the server stores."""
+
+    async def cookie_key(self) -> bytes:
+        """The server's own secret (`server.keyfile` says what it protects): created by the first
+        process that asks, then the same for every process on this store (SQLite: a file in the
+        data directory; Redis: a key, so that instances on several machines share it)."""
+
+    def ping(self) -> Awaitable[None]:
+        """Answer a trivial query the way a request's would be answered (readiness, `/readyz`);
+        `StorageUnavailable` when the store cannot. (Declared as returning an awaitable rather
+        than `async def` so that a decorated coroutine method, as the Redis backend's, fits.)"""
+        ...
 
     async def close(self) -> None:
         """Finish what is queued and release connections and threads."""

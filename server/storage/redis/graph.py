@@ -567,7 +567,7 @@ class RedisGraph(RedisBase):
         for entity in unique:
             texts = [entity.name, entity.entityType, *entity.observations]
             args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations)]
-        reply = await self._run(self._graph_scripts.create_entities, owner, args)
+        reply = await self._mutate(self._graph_scripts.create_entities, owner, args)
         return [unique[index] for index in reply[1:]]
 
     async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
@@ -579,7 +579,7 @@ class RedisGraph(RedisBase):
         args: list[bytes | int] = [*_limits(quota)]
         for record, relation in unique:
             args += [record, relation.from_.encode(), relation.to.encode()]
-        reply = await self._run(self._graph_scripts.create_relations, owner, args)
+        reply = await self._mutate(self._graph_scripts.create_relations, owner, args)
         return [unique[index][1] for index in reply[1:]]
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
@@ -590,32 +590,32 @@ class RedisGraph(RedisBase):
             args += [addition.entityName.encode(), len(unique)]
             for content in unique:
                 args += [content.encode(), content.lower().encode()]
-        reply = await self._run(self._graph_scripts.add_observations, owner, args)
+        reply = await self._mutate(self._graph_scripts.add_observations, owner, args)
         if reply[0] == b"missing":
             raise EntityNotFoundError([name.decode() for name in reply[1:]])
         return [AddedObservations(entityName=addition.entityName, addedObservations=[unique[i] for i in added])
                 for addition, unique, added in zip(additions, contents, reply[1:], strict=True)]
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
-        await self._run(self._graph_scripts.delete_entities, owner, [name.encode() for name in _unique(names)])
+        await self._mutate(self._graph_scripts.delete_entities, owner, [name.encode() for name in _unique(names)])
 
     async def delete_observations(self, owner: str, deletions: Sequence[ObservationDeletion]) -> None:
         args: list[bytes | int] = []
         for deletion in deletions:
             doomed = _unique(deletion.observations)
             args += [deletion.entityName.encode(), len(doomed), *(content.encode() for content in doomed)]
-        await self._run(self._graph_scripts.delete_observations, owner, args)
+        await self._mutate(self._graph_scripts.delete_observations, owner, args)
 
     async def delete_relations(self, owner: str, relations: Sequence[Relation]) -> None:
         args: list[bytes | int] = [_record((r.from_, r.to, r.relationType)) for r in relations]
-        await self._run(self._graph_scripts.delete_relations, owner, args)
+        await self._mutate(self._graph_scripts.delete_relations, owner, args)
 
     async def delete_graph(self, owner: str) -> int:
         deleted = int(await self._graph_scripts.delete_graph(keys=self.graph_keys(owner).all))
         self._view.forget(owner)
         return deleted
 
-    async def _run(self, script: AsyncScript, owner: str, args: Sequence[bytes | int]) -> list[Any]:
+    async def _mutate(self, script: AsyncScript, owner: str, args: Sequence[bytes | int]) -> list[Any]:
         """Run a mutation; its refusals (closed graph, quota) as the errors the contract names."""
         reply: list[Any] = await script(keys=self.graph_keys(owner).all, args=[new_stamp(), *args])
         if reply[0] == b"closed":

@@ -12,6 +12,7 @@ thread with a queue, a few reader threads; a store that cannot answer in time ra
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from server.storage.sqlite.auth import AuthTables, migrate
@@ -30,6 +31,14 @@ class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, Ev
         EventTables.migrate(self.db)
         GraphTables.migrate(self.db)
 
+    async def ping(self) -> None:
+        """One read on a reader thread that touches the file (its schema), as every read does."""
+        await self.db.read(_touch)
+
     async def close(self) -> None:
         """Finish the queued statements and stop the database's threads."""
         await self.db.aclose()
+
+
+def _touch(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone()

@@ -53,6 +53,7 @@ memory is deleted; `begin_removal` sets REMOVING, `remove_user` deletes the row 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import replace
@@ -634,6 +635,11 @@ class AuthTables:
         if not rows:
             return cursor, []
         return int(rows[-1]["id"]), [Revocation(r["subject"], r["client_id"], r["grant_id"]) for r in rows]
+
+    async def wait_revocations(self, cursor: int, seconds: float) -> tuple[int, list[Revocation]]:
+        # Nothing can wake a reader of a file: poll.
+        await asyncio.sleep(seconds)
+        return await self.revocations_after(cursor)
 
 
 # One statement, as a `Database.read`/`write` job.

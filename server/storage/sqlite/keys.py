@@ -1,4 +1,5 @@
-"""ID-token signing keys in the embedded SQLite backend (`auth.store.SigningKeyStore`).
+"""ID-token signing keys in the embedded SQLite backend (`auth.store.SigningKeyStore`), and the
+cookie key (`server.storage.Storage.cookie_key`: the key file beside the database, `server.keyfile`).
 
 `auth_signing_keys` holds one row per key, keyed by its `kid` (the RFC 7638 thumbprint). The
 private JWK column holds ciphertext only (Fernet under a key derived from the server's key file,
@@ -12,9 +13,11 @@ transaction (`Database.write`), so two processes generating a first key at once 
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 from auth.models import SigningKey
+from server import keyfile
 from server.storage.sqlite.db import Database
 
 SCHEMA = """
@@ -63,3 +66,7 @@ class SigningKeyTables:
                 (key.kid, key.alg, key.public_jwk, key.private_jwk, key.created_at))
             return True
         return await self.db.write(write)
+
+    async def cookie_key(self) -> bytes:
+        # On a thread: reading (or creating) the file waits on the disk.
+        return await asyncio.to_thread(keyfile.cookie_key, self.db.path.parent)
