@@ -110,9 +110,26 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
+# A test module whose tests that take `server` must run on both backends says so with
+# `SERVER_BACKENDS = BACKENDS` (pytest_generate_tests below).
+BACKENDS = ["sqlite", "redis"]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = getattr(metafunc.module, "SERVER_BACKENDS", None)
+    # A test that looks inside the SQLite file says `@pytest.mark.parametrize("server", ["sqlite"],
+    # indirect=True)` itself.
+    chosen = any("server" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+    if backends and "server" in metafunc.fixturenames and not chosen:
+        metafunc.parametrize("server", backends, indirect=True)
+
+
 @pytest.fixture
-async def server(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(data_dir)
+async def server(data_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
+    """The real server with alice and bob; on SQLite unless the module parametrises it (above)."""
+    backend = getattr(request, "param", "sqlite")
+    overrides = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    running = await start_server(data_dir, **overrides)
     await accounts.add_user(running.storage, "alice", "alice-password-1")
     await accounts.add_user(running.storage, "bob", "bob-password-22")
     yield running

@@ -43,8 +43,11 @@ from pydantic import AnyUrl
 from auth import csrf
 from server.logs import REQUEST_ID_HEADER, JSONFormatter, RequestIdFilter, TextFormatter
 from tests.browser import Browser, parse_forms
-from tests.conftest import MemoryTokenStorage, RunningServer, free_socket, start_server
+from tests.conftest import BACKENDS, MemoryTokenStorage, RunningServer, free_socket, start_server
 from tests.test_end_to_end import structured
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
 
 PASSWORD = "alice-password-1"
 WRONG_PASSWORD = "not-alices-password-42"

@@ -9,7 +9,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import OAuthUser, RunningServer, start_server
+from tests.conftest import BACKENDS, OAuthUser, RunningServer, start_server
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
 
 TOOL_NAMES = {"create_entities", "create_relations", "add_observations", "delete_entities",
               "delete_observations", "delete_relations", "read_graph", "search_nodes", "open_nodes"}
@@ -123,6 +126,7 @@ async def test_users_are_isolated(server: RunningServer) -> None:
         assert [e["name"] for e in structured(await a.call_tool("read_graph", {}))["entities"]] == ["secret"]
 
 
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)  # restarts on the same SQLite file
 async def test_restart_keeps_tokens_sessions_and_memory(server: RunningServer) -> None:
     """A server restart is invisible to a connected client: same tokens, same MCP session, same graph."""
     alice = OAuthUser(server.url, "alice", "alice-password-1")

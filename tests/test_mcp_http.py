@@ -9,7 +9,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from tests.conftest import RunningServer, access_token, tokens_by_hand
+from tests.conftest import BACKENDS, RunningServer, access_token, tokens_by_hand
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
 
 INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}

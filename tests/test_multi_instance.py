@@ -35,8 +35,10 @@ from multidict import CIMultiDict
 from auth import accounts
 from auth.crypto import hash_secret
 from auth.models import Token
+from server.storage.redis import RedisStorage
 from server.storage.sqlite import SQLiteStorage
 from tests.conftest import OAuthUser, free_socket
+from tests.redis_server import RedisServer
 from tests.test_end_to_end import structured
 from tests.test_mcp_http import ACCEPT, INIT
 
@@ -201,10 +203,11 @@ class Cluster:
         return self.proxy.url
 
 
-async def issue_tokens(data: Path, public_url: str) -> dict[str, str]:
+async def issue_tokens(data: Path, public_url: str, redis_url: str | None = None) -> dict[str, str]:
     """Alice's and Bob's accounts, and an access token for each, written with the storage API (as
-    `/token` would store them) before the instances start."""
-    storage = SQLiteStorage(data / "memory.sqlite3")
+    `/token` would store them) before the instances start: in `data`'s SQLite file, or in Redis."""
+    storage: SQLiteStorage | RedisStorage = (SQLiteStorage(data / "memory.sqlite3") if redis_url is None
+                                             else RedisStorage(redis_url))
     try:
         tokens = {}
         now = time.time()
@@ -227,12 +230,15 @@ def free_port() -> int:
 
 
 @asynccontextmanager
-async def running_cluster(tmp_path: Path, *flags: str, size: int = 3) -> AsyncIterator[Cluster]:
+async def running_cluster(tmp_path: Path, *flags: str, size: int = 3, redis_url: str | None = None
+                          ) -> AsyncIterator[Cluster]:
     data = tmp_path / "data"
     ports = [free_port() for _ in range(size)]
     proxy = RoundRobin(ports)
     await proxy.start()
-    tokens = await issue_tokens(data, proxy.url)
+    tokens = await issue_tokens(data, proxy.url, redis_url)
+    if redis_url is not None:
+        flags = (*flags, "--redis-url", redis_url)
     instances = [Instance(tmp_path, data, port, proxy.url, flags) for port in ports]
     try:
         for instance in instances:
@@ -254,10 +260,20 @@ async def running_cluster(tmp_path: Path, *flags: str, size: int = 3) -> AsyncIt
         assert "Traceback" not in instance.log, instance.log
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    async with running_cluster(tmp_path_factory.mktemp("cluster")) as running:
-        yield running
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=["sqlite", "redis"])
+async def cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
+    """Three instances on one store: one SQLite data directory, or one Redis (a private one)."""
+    if request.param == "sqlite":
+        async with running_cluster(tmp_path_factory.mktemp("cluster")) as running:
+            yield running
+        return
+    redis = RedisServer(tmp_path_factory.mktemp("cluster-redis"))
+    redis.start()
+    try:
+        async with running_cluster(tmp_path_factory.mktemp("cluster"), redis_url=redis.url) as running:
+            yield running
+    finally:
+        redis.stop()
 
 
 @asynccontextmanager

@@ -20,9 +20,12 @@ from mcp.shared.message import ServerMessageMetadata
 from auth import accounts
 from server.app import build_app
 from server.config import Settings
-from tests.conftest import RunningServer, access_token, free_socket, tokens_by_hand
+from tests.conftest import BACKENDS, RunningServer, access_token, free_socket, tokens_by_hand
 from tests.test_resumability import events
 from transports.registry import PARK_AFTER_SECONDS, SessionState
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 VERSION = "2025-11-25"

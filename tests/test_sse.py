@@ -8,8 +8,11 @@ import httpx2
 from mcp import Client
 from mcp.client.sse import sse_client
 
-from tests.conftest import OAuthUser, RunningServer
+from tests.conftest import BACKENDS, OAuthUser, RunningServer
 from tests.test_end_to_end import TOOL_NAMES, structured
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
 
 
 async def test_sse_client_logs_in_and_calls_tools(server: RunningServer) -> None:
