@@ -31,9 +31,13 @@ traceback, and on access-log lines the fields of the line (`client`, `method`, `
 
 from __future__ import annotations
 
+import atexit
+import copy
 import ipaddress
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,12 +75,40 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the writer thread: a message whose arguments are not plain values is
+    merged with them (they may change meanwhile); everything else, the request id included, is
+    left for the output's formatter."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        args = record.args
+        # Arguments of plain values are kept (the JSON access line reads them as fields); any
+        # other object is rendered now, as it may change before the writer thread formats it.
+        if not (isinstance(args, tuple) and all(isinstance(a, _PLAIN) for a in args)):
+            record.msg, record.args = record.getMessage(), None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
 def configure(level: str, log_format: str = "text", *, several_processes: bool = False) -> None:
     """`several_processes` (`serve --workers N`): every line names the process that wrote it."""
     wanted = logging.getLevelNamesMapping()[level.upper()]
-    handler = logging.StreamHandler()
+    output = logging.StreamHandler()
+    output.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter(several_processes))
+    # Writing to stderr can block (a full pipe, a slow journald): a log call on the event loop
+    # must not. Records go through an unbounded queue to one thread that writes them. The request
+    # id is read where the record is made (the filter runs on the queue's side, in the caller).
+    handler = _Enqueue(queue.SimpleQueue())
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JSONFormatter() if log_format == "json" else TextFormatter(several_processes))
+    listener = logging.handlers.QueueListener(handler.queue, output)
+    listener.start()
+    atexit.register(listener.stop)
     logging.basicConfig(level=max(wanted, logging.INFO), handlers=[handler])
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(wanted)
