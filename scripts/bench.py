@@ -1287,8 +1287,9 @@ async def scenario_scale(cfg: Config, workdir: Path, results: Results) -> None:
             # served by the second.
             first = await start_ours(workdir, f"restore-{backend}", args=store)
             try:
-                second = await start_ours(workdir, f"restore-{backend}-b", args=store, data_dir=first.data_dir,
-                                          token=first.token)
+                # The same public URL: a token is bound to the resource it was issued for.
+                second = await start_ours(workdir, f"restore-{backend}-b", args=[*store, f"--public-url={first.url}"],
+                                          data_dir=first.data_dir, token=first.token)
                 try:
                     await load_small_graph(first)
                     restored, again = await restore_cost(first, second, 50 if cfg.quick else 500)
