@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -48,6 +47,7 @@ from redis import exceptions as redis_errors
 
 from server.memory.graph import GraphJSON, Piece
 from server.storage.redis.base import RedisBase, unavailable
+from server.storage.view_copy import HeldChunks
 
 SEP: Final = b"\xff"
 """Between the texts of a record: a byte that valid UTF-8 never contains (graph.py)."""
@@ -203,16 +203,14 @@ _Held = tuple[bytes, Piece]
 """A chunk's generation (as Redis has it; b"" when not stored) and its JSON."""
 
 
-class RedisGraphView:
+class RedisGraphView(HeldChunks[ChunkKey, bytes]):
     """`read_graph` from the view, through this process's copy of the chunks (see the module)."""
 
     def __init__(self, base: RedisBase, budget: int = VIEW_CACHE_BYTES) -> None:
         self.base = base
-        self.budget = budget
+        super().__init__(budget)
         self._read = base.script(_READ)
         self._store = base.script(_STORE)
-        self._held: OrderedDict[str, tuple[dict[ChunkKey, _Held], int]] = OrderedDict()
-        self._size = 0
 
     async def read(self, owner: str) -> GraphJSON:
         keys = OwnerKeys.of(self.base, owner)
@@ -263,27 +261,6 @@ class RedisGraphView:
             if outcome > 0 and chunk in chunks:
                 chunks[chunk] = (generation, chunks[chunk][1])
 
-    def forget(self, owner: str) -> None:
-        self._keep(owner, {})
-
-    @property
-    def held_bytes(self) -> int:
-        return self._size
-
-    def held_owners(self) -> list[str]:
-        """Least recently read first."""
-        return list(self._held)
-
-    def _keep(self, owner: str, chunks: dict[ChunkKey, _Held]) -> None:
-        if owner in self._held:
-            self._size -= self._held.pop(owner)[1]
-        size = sum(len(data) + len(text) for _, (data, text) in chunks.values())
-        if not chunks or size > self.budget:
-            return
-        self._held[owner] = (chunks, size)
-        self._size += size
-        while self._size > self.budget:
-            self._size -= self._held.popitem(last=False)[1][1]
 
 
 def _order(chunk: ChunkKey) -> tuple[bool, int]:

@@ -58,13 +58,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 from auth.store import StoreUnavailable
 from server.memory.graph import GraphJSON, Piece, entity_json, piece, relation_json
 from server.storage.sqlite.db import Database
+from server.storage.view_copy import HeldChunks
 
 ENTITIES: Final = 0
 RELATIONS: Final = 1
@@ -136,14 +136,12 @@ def stale(conn: sqlite3.Connection, owner: str, kind: int, ids: Iterable[int]) -
         )
 
 
-class GraphView:
+class GraphView(HeldChunks[ChunkKey, int]):
     """`read_graph` from the view, through this process's copy of the chunks (see the module)."""
 
     def __init__(self, db: Database, budget: int = VIEW_CACHE_BYTES) -> None:
         self.db = db
-        self.budget = budget
-        self._held: OrderedDict[str, tuple[dict[ChunkKey, _Held], int]] = OrderedDict()
-        self._size = 0
+        super().__init__(budget)
 
     async def read(self, owner: str) -> GraphJSON:
         # The copy is only ever changed on the loop (`_keep`); a thread gets this owner's held
@@ -191,17 +189,6 @@ class GraphView:
                    if generation is not None or key in built]
         return self._current(conn, owner, current, built, held)
 
-    def forget(self, owner: str) -> None:
-        self._keep(owner, {})
-
-    @property
-    def held_bytes(self) -> int:
-        return self._size
-
-    def held_owners(self) -> list[str]:
-        """Least recently read first."""
-        return list(self._held)
-
     @staticmethod
     def _current(conn: sqlite3.Connection, owner: str, listing: Sequence[tuple[ChunkKey, int | None]],
                  rebuilt: dict[ChunkKey, _Held], held: dict[ChunkKey, _Held]) -> dict[ChunkKey, _Held]:
@@ -228,16 +215,6 @@ class GraphView:
                 chunks[kind, chunk] = (generation, (data, text))
         return chunks
 
-    def _keep(self, owner: str, chunks: dict[ChunkKey, _Held]) -> None:
-        if owner in self._held:
-            self._size -= self._held.pop(owner)[1]
-        size = sum(len(data) + len(text) for _, (data, text) in chunks.values())
-        if not chunks or size > self.budget:
-            return
-        self._held[owner] = (chunks, size)
-        self._size += size
-        while self._size > self.budget:
-            self._size -= self._held.popitem(last=False)[1][1]
 
 
 def _graph(chunks: dict[ChunkKey, _Held]) -> GraphJSON:

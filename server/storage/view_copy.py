@@ -1,0 +1,49 @@
+"""This process's copy of rendered `read_graph` chunks, shared by both backends' views.
+
+Each backend's view (`server.storage.sqlite.graph_view`, `server.storage.redis.graph_view`) keeps,
+per owner, the chunks it last read with their generation, so that a read fetches only the chunks
+whose generation changed. What is kept, and dropped, is the same on both: within `budget` bytes,
+the least recently read owner's chunks go first, and an owner larger than the budget is not kept.
+Changed only on the event loop.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Generic, TypeVar
+
+from server.memory.graph import Piece
+
+K = TypeVar("K")
+G = TypeVar("G")
+
+
+class HeldChunks(Generic[K, G]):
+    """Owners' chunks, each with its generation (of type G) and its JSON, keyed by K."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held: OrderedDict[str, tuple[dict[K, tuple[G, Piece]], int]] = OrderedDict()
+        self._size = 0
+
+    def forget(self, owner: str) -> None:
+        self._keep(owner, {})
+
+    @property
+    def held_bytes(self) -> int:
+        return self._size
+
+    def held_owners(self) -> list[str]:
+        """Least recently read first."""
+        return list(self._held)
+
+    def _keep(self, owner: str, chunks: dict[K, tuple[G, Piece]]) -> None:
+        if owner in self._held:
+            self._size -= self._held.pop(owner)[1]
+        size = sum(len(data) + len(text) for _, (data, text) in chunks.values())
+        if not chunks or size > self.budget:
+            return
+        self._held[owner] = (chunks, size)
+        self._size += size
+        while self._size > self.budget:
+            self._size -= self._held.popitem(last=False)[1][1]
