@@ -1,11 +1,11 @@
-"""The MCP tools (server.memory.tools) over a real SQLite graph."""
+"""The MCP tools (server.memory.tools) over a real graph store, on SQLite and on Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,7 @@ from server.memory.tools import (
     GraphResult,
     call_tool,
 )
-from server.storage.sqlite.db import Database
-from server.storage.sqlite.graph import GraphTables
+from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store
 
 OWNER = "user-1"
 OFFICIAL_NAMES = [
@@ -44,18 +43,17 @@ OFFICIAL_NAMES = [
 ]
 
 
-class Store(GraphTables):
-    def __init__(self, db: Database) -> None:
-        self.db = db
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "sqlite":
+        return SQLiteBackend(tmp_path / "m.sqlite3")
+    return RedisBackend(request.getfixturevalue("redis_url"))
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Database(tmp_path / "m.sqlite3")
-    db.apply_schema(GraphTables.SCHEMA)
-    GraphTables.migrate(db)
-    yield Store(db)
-    db.close()
+async def store(backend: Backend) -> AsyncIterator[Store]:
+    yield await backend.open()
+    await backend.close()
 
 
 def text_of(result: types.CallToolResult) -> str:
@@ -442,14 +440,25 @@ def touching(relations: list[dict[str, str]], names: set[str]) -> list[dict[str,
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(names=st.lists(odd_name, min_size=2, max_size=6, unique=True), data=st.data())
-def test_every_tool_treats_a_string_as_exactly_itself(store: Store, names: list[str], data: st.DataObject) -> None:
+def test_every_tool_treats_a_string_as_exactly_itself(backend: Backend, names: list[str],
+                                                      data: st.DataObject) -> None:
     """What is created is exactly what open, search and delete find, and no other entity is touched."""
     owner = f"owner-{uuid.uuid4()}"
+    store: Store
 
     async def call(tool: str, arguments: dict[str, Any]) -> Any:
         result = plain(await call_tool(store, owner, tool, arguments))
         assert not result.is_error, text_of(result)
         return result.structured_content
+
+    async def each_example() -> None:
+        # A connection per example: each runs in its own event loop (asyncio.run below).
+        nonlocal store
+        store = await backend.open()
+        try:
+            await scenario()
+        finally:
+            await backend.close_store(store)
 
     async def scenario() -> None:
         entities: list[dict[str, Any]] = [{"name": name, "entityType": data.draw(odd_name), "observations": data.draw(
@@ -496,7 +505,7 @@ def test_every_tool_treats_a_string_as_exactly_itself(store: Store, names: list[
                                                                                *e["observations"])) + \
             sum(len(t.encode()) for r in relations for t in r.values())
 
-    asyncio.run(scenario())
+    asyncio.run(each_example())
 
 
 async def test_a_name_with_nul_is_not_the_name_before_it(store: Store) -> None:
