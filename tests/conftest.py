@@ -21,7 +21,7 @@ from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull,
 from pydantic import AnyUrl
 
 from auth import accounts
-from server.app import REGISTRY, STORAGE, build_app
+from server.app import REGISTRY, SETTINGS, STORAGE, build_app
 from server.config import Settings
 from server.limits import LimitedRunner
 from server.storage import Storage
@@ -52,6 +52,17 @@ class RunningServer:
     @property
     def registry(self) -> Any:
         return self.app[REGISTRY]
+
+    @property
+    def settings(self) -> Settings:
+        return self.app[SETTINGS]
+
+    def store_args(self) -> list[str]:
+        """The flags that point an administration command (`memory-mcp users ...`) at this server's store."""
+        args = ["--data-dir", str(self.settings.data_dir)]
+        if self.settings.redis_url is not None:
+            args += ["--redis-url", self.settings.redis_url]
+        return args
 
     async def stop(self) -> None:
         await self.runner.cleanup()
@@ -110,18 +121,30 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
         yield client
 
 
-# A test module whose tests that take `server` must run on both backends says so with
-# `SERVER_BACKENDS = BACKENDS` (pytest_generate_tests below).
+# A test module whose tests that take `server` (or `store_settings`, for a test that starts its own
+# server) must run on both backends says so with `SERVER_BACKENDS = BACKENDS` (pytest_generate_tests
+# below).
 BACKENDS = ["sqlite", "redis"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = getattr(metafunc.module, "SERVER_BACKENDS", None)
-    # A test that looks inside the SQLite file says `@pytest.mark.parametrize("server", ["sqlite"],
-    # indirect=True)` itself.
-    chosen = any("server" in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
-    if backends and "server" in metafunc.fixturenames and not chosen:
-        metafunc.parametrize("server", backends, indirect=True)
+    for name in ("server", "store_settings"):
+        # A test that looks inside the SQLite file says `@pytest.mark.parametrize("server", ["sqlite"],
+        # indirect=True)` itself.
+        chosen = any(name in m.args[0] for m in metafunc.definition.iter_markers("parametrize"))
+        if backends and name in metafunc.fixturenames and not chosen:
+            metafunc.parametrize(name, backends, indirect=True)
+            return
+
+
+@pytest.fixture
+def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings that put a test's own server (`start_server(data_dir, **store_settings)`) on
+    the chosen backend: SQLite in its data_dir unless the module parametrises it (above)."""
+    if getattr(request, "param", "sqlite") == "redis":
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    return {}
 
 
 @pytest.fixture

@@ -12,17 +12,21 @@ import pytest
 
 from auth import accounts
 from server import admin
+from server.storage import Storage
+from server.storage.redis import RedisStorage
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
-from tests.conftest import RunningServer, start_server, tokens_by_hand
+from tests.conftest import BACKENDS, RunningServer, start_server, tokens_by_hand
+from tests.graph_backends import SQLiteStore, rows_of
 from tests.test_mcp_http import open_session, sse_or_json
 
+SERVER_BACKENDS = BACKENDS
 BOTH = "memory:read memory:write"
 
 
 async def cli(server: RunningServer, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server", *args, "--data-dir", str(server.sqlite.db.path.parent),
+        sys.executable, "-m", "server", *args, *server.store_args(),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await proc.communicate(stdin.encode())
     assert proc.returncode is not None
@@ -182,13 +186,23 @@ async def remember(http: httpx2.AsyncClient, server: RunningServer, session: dic
     assert status == 200 and not body["result"].get("isError"), body
 
 
-def memory_left(server: RunningServer, owner: str) -> dict[str, int]:
-    conn = server.sqlite.db.conn
-    return {table: conn.execute(f"SELECT count(*) FROM {table} WHERE owner = ?", (owner,)).fetchone()[0]  # noqa: S608
-            for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
+async def memory_left(server: RunningServer, owner: str) -> dict[str, int]:
+    """What the owner still has in the store's rows (SQLite) or keys (Redis), by where it is."""
+    storage = server.storage
+    store = SQLiteStore(storage.db) if isinstance(storage, SQLiteStorage) else storage
+    if not isinstance(store, SQLiteStore | RedisStorage):
+        raise TypeError(f"no way to look inside {type(storage).__name__}")
+    return {where: count for where, count in (await rows_of(store, owner)).items() if count}
 
 
-NOTHING = dict.fromkeys(("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks"), 0)
+NOTHING: dict[str, int] = {}
+
+
+def another_connection(server: RunningServer) -> Storage:
+    """The server's store opened once more, as another process (the command line) opens it."""
+    if server.settings.redis_url is not None:
+        return RedisStorage(server.settings.redis_url)
+    return SQLiteStorage(server.sqlite.db.path)
 
 
 async def test_users_remove_racing_writes_leaves_nothing(http: httpx2.AsyncClient, server: RunningServer) -> None:
@@ -214,7 +228,7 @@ async def test_users_remove_racing_writes_leaves_nothing(http: httpx2.AsyncClien
     assert done.returncode == 0, done.stderr
     assert "removed user bob" in done.stdout
     assert accepted_after_removal == 0
-    assert memory_left(server, owner) == NOTHING
+    assert await memory_left(server, owner) == NOTHING
     assert await server.storage.get_user_by_name("bob") is None
     assert (await server.storage.usage(owner)).entities == 0
 
@@ -227,7 +241,7 @@ async def test_a_write_after_removal_by_another_connection_is_refused(http: http
     session = await open_session(http, server, bob["access_token"])
     owner = (await server.storage.get_user_by_name("bob")).id  # type: ignore[union-attr]
     await remember(http, server, session, *NUL_NAMES)
-    other = SQLiteStorage(server.sqlite.db.path)
+    other = another_connection(server)
     try:
         status, _ = await tool(http, server, session, "read_graph", {})  # bob's token is verified (and cached)
         assert status == 200
@@ -237,7 +251,7 @@ async def test_a_write_after_removal_by_another_connection_is_refused(http: http
         assert status == 401 or "being removed" in body["result"]["content"][0]["text"]
     finally:
         await other.close()
-    assert memory_left(server, owner) == NOTHING
+    assert await memory_left(server, owner) == NOTHING
 
 
 async def test_an_interrupted_removal_is_finished_by_running_it_again(http: httpx2.AsyncClient,
@@ -253,7 +267,7 @@ async def test_an_interrupted_removal_is_finished_by_running_it_again(http: http
     async def crash(_owner: str) -> int:
         raise Crash  # the process died after the account was marked and its tokens revoked
 
-    other = SQLiteStorage(server.sqlite.db.path)
+    other = another_connection(server)
     try:
         other.delete_graph = crash  # type: ignore[method-assign,assignment]
         with pytest.raises(Crash):
@@ -271,21 +285,22 @@ async def test_an_interrupted_removal_is_finished_by_running_it_again(http: http
     assert finished.returncode == 0, finished.stderr
     assert "finished the interrupted removal of user bob" in finished.stdout
     assert f"memory ({len(NUL_NAMES)} entities)" in finished.stdout
-    assert memory_left(server, owner) == NOTHING
+    assert await memory_left(server, owner) == NOTHING
     assert "bob" not in (await cli(server, "users", "list")).stdout
 
     again = await cli(server, "users", "remove", "bob")
     assert again.returncode == 1
     assert "no user 'bob': nothing of theirs is left to remove" in again.stderr
-    assert memory_left(server, owner) == NOTHING
+    assert await memory_left(server, owner) == NOTHING
     # The name can be taken again, by a new account that owns none of the old one's memory.
     added = await cli(server, "users", "add", "bob", "--password-stdin", stdin="bob-password-33\n")
     assert added.returncode == 0, added.stderr
     assert (await server.storage.get_user_by_name("bob")).id != owner  # type: ignore[union-attr]
 
 
-async def test_the_configured_quota_applies_to_a_running_server(http: httpx2.AsyncClient, data_dir: Any) -> None:
-    running = await start_server(data_dir, memory_max_entities=2)
+async def test_the_configured_quota_applies_to_a_running_server(http: httpx2.AsyncClient, data_dir: Any,
+                                                                store_settings: dict[str, Any]) -> None:
+    running = await start_server(data_dir, memory_max_entities=2, **store_settings)
     try:
         await accounts.add_user(running.storage, "carol", "carol-password-1")
         carol = await tokens_by_hand(running, "carol", "carol-password-1", BOTH)
