@@ -1,5 +1,5 @@
 """Login throttling under concurrency, behind a reverse proxy, and lifted by an administrator:
-the real server (SQLite throttle store, real argon2) over real sockets."""
+the real server (its throttle store on SQLite and on Redis, real argon2) over real sockets."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from auth import accounts, passwords, throttle
 from auth.http import forwarded_client
 from server.config import ConfigError, load
 from tests.authflow import hidden_fields
-from tests.conftest import RunningServer, start_server
+from tests.conftest import BACKENDS, RunningServer, start_server
 
+# The tests that count in the store (those taking `store_settings`) run on both backends; those
+# about which address is counted, not how, run on SQLite only.
+SERVER_BACKENDS = BACKENDS
 CLI = [sys.executable, "-m", "server"]
 ALICE_PASSWORD = "alice-password-1"
 
@@ -65,8 +68,8 @@ async def running(data_dir: Path, **overrides: Any) -> RunningServer:
 
 
 async def test_concurrent_spray_verifies_at_most_the_limit_and_others_still_sign_in(
-        data_dir: Path, verified: list[str]) -> None:
-    server = await running(data_dir)
+        data_dir: Path, verified: list[str], store_settings: dict[str, Any]) -> None:
+    server = await running(data_dir, **store_settings)
     try:
         async with session_from("127.0.0.1") as spray, session_from("127.0.0.2") as alice:
             form = await login_page(spray, server.url)
@@ -183,13 +186,14 @@ def test_trusted_proxies_forms() -> None:
 # Administration
 
 
-def cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, "throttle", *args, "--data-dir", str(data_dir)], capture_output=True, text=True,
+def cli(data_dir: Path, *args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
+    store = ["--data-dir", str(data_dir)] + (["--redis-url", redis_url] if redis_url else [])
+    return subprocess.run([*CLI, "throttle", *args, *store], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ))
 
 
-async def test_throttle_list_and_clear_while_the_server_runs(data_dir: Path) -> None:
-    server = await running(data_dir)
+async def test_throttle_list_and_clear_while_the_server_runs(data_dir: Path, store_settings: dict[str, Any]) -> None:
+    server = await running(data_dir, **store_settings)
     try:
         async with session_from("127.0.0.3") as client:
             form = await login_page(client, server.url)
@@ -198,23 +202,23 @@ async def test_throttle_list_and_clear_while_the_server_runs(data_dir: Path) -> 
                 assert await post_login(client, server.url, form, user, "wrong") == 401
             assert await post_login(client, server.url, form, "alice", ALICE_PASSWORD) == 429
 
-            listed = await asyncio.to_thread(cli, data_dir, "list")
+            listed = await asyncio.to_thread(cli, data_dir, "list", **store_settings)
             assert listed.returncode == 0, listed.stderr
             lines = listed.stdout.splitlines()
             assert any(line.split()[:3] == ["login", "address", "127.0.0.3"] and "s" in line.split()[-1]
                        for line in lines), listed.stdout
             assert any(line.split()[:3] == ["login", "user", "alice"] for line in lines), listed.stdout
 
-            cleared = await asyncio.to_thread(cli, data_dir, "clear", "--address", "127.0.0.3")
+            cleared = await asyncio.to_thread(cli, data_dir, "clear", "--address", "127.0.0.3", **store_settings)
             assert cleared.returncode == 0 and "127.0.0.3" in cleared.stdout, cleared.stderr
             # The account's own backoff still holds until it is cleared too.
             assert await post_login(client, server.url, form, "alice", ALICE_PASSWORD) == 429
-            cleared = await asyncio.to_thread(cli, data_dir, "clear", "--user", "alice")
+            cleared = await asyncio.to_thread(cli, data_dir, "clear", "--user", "alice", **store_settings)
             assert cleared.returncode == 0, cleared.stderr
             assert await post_login(client, server.url, form, "alice", ALICE_PASSWORD) == 303
 
-            assert (await asyncio.to_thread(cli, data_dir, "clear", "--all")).returncode == 0
-            assert "no throttles" in (await asyncio.to_thread(cli, data_dir, "list")).stdout
+            assert (await asyncio.to_thread(cli, data_dir, "clear", "--all", **store_settings)).returncode == 0
+            assert "no throttles" in (await asyncio.to_thread(cli, data_dir, "list", **store_settings)).stdout
     finally:
         await server.stop()
 
@@ -229,8 +233,10 @@ def test_throttle_clear_usage_errors(tmp_path: Path, args: tuple[str, ...], need
     assert result.returncode == 1 and needle in result.stderr, result.stderr
 
 
-async def test_registration_limit_counts_the_forwarded_address(data_dir: Path) -> None:
-    server = await start_server(data_dir, trusted_proxies=("127.0.0.0/8",), registration_rate_limit=2)
+async def test_registration_limit_counts_the_forwarded_address(data_dir: Path,
+                                                               store_settings: dict[str, Any]) -> None:
+    server = await start_server(data_dir, trusted_proxies=("127.0.0.0/8",), registration_rate_limit=2,
+                                **store_settings)
     body = {"redirect_uris": ["http://127.0.0.1:9/cb"], "token_endpoint_auth_method": "none"}
 
     async def register(address: str) -> int:
