@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth import accounts
-from tests.conftest import RunningServer, start_server, tokens_by_hand
+from tests.conftest import BACKENDS, RunningServer, start_server, tokens_by_hand
+from tests.redis_server import RedisServer
 
 T = TypeVar("T")
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -28,11 +29,11 @@ INIT_PARAMS = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo"
 
 
 class ThreadedServer:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, **store_settings: Any) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server: RunningServer = self.run(start_server(data_dir))
+        self.server: RunningServer = self.run(start_server(data_dir, **store_settings))
         self.run(accounts.add_user(self.server.storage, "alice", "alice-password-1"))
         self.run(accounts.add_user(self.server.storage, "bob", "bob-password-22"))
         self.token = self.run(tokens_by_hand(self.server, "alice", "alice-password-1",
@@ -58,9 +59,16 @@ class ThreadedServer:
         self.thread.join(10)
 
 
-@pytest.fixture(scope="module")
-def threaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedServer]:
-    server = ThreadedServer(tmp_path_factory.mktemp("fuzz") / "data")
+@pytest.fixture(scope="module", params=BACKENDS)
+def threaded(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ThreadedServer]:
+    store_settings: dict[str, Any] = {}
+    if request.param == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        if redis.process is None:  # a test before this one stopped it
+            redis.start()
+        redis.flush()
+        store_settings["redis_url"] = redis.url
+    server = ThreadedServer(tmp_path_factory.mktemp("fuzz") / "data", **store_settings)
     yield server
     server.close()
 
