@@ -138,6 +138,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             return
 
 
+def on_both_backends(fixture: str = "server") -> pytest.MarkDecorator:
+    """For one test of a module that runs on SQLite only (its other tests are not about storage, or
+    cost too much twice): run this one on both backends, through `server` or `store_settings`."""
+    return pytest.mark.parametrize(fixture, BACKENDS, indirect=True)
+
+
 @pytest.fixture
 def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The settings that put a test's own server (`start_server(data_dir, **store_settings)`) on

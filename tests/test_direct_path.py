@@ -6,17 +6,18 @@ version header, middleware that never saw a direct call."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-import sqlite3
 from typing import Any
 
 import httpx2
 import pytest
 
 from server.app import MCP_ENDPOINT
-from tests.conftest import RunningServer, access_token
+from tests.conftest import RunningServer, access_token, on_both_backends
+
+# The tests about sessions and what is stored run on both backends; those about the wire (ids,
+# names, Accept, middleware) on SQLite only: the store does not see what they test.
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 CALLS: list[dict[str, Any]] = [
@@ -61,6 +62,7 @@ def transport_of(session: Any) -> Any:
     return session.transport  # read through a function: mypy would otherwise keep its first narrowing
 
 
+@on_both_backends()
 async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http: httpx2.AsyncClient,
                                                                           server: RunningServer) -> None:
     """An idle session holds no SDK transport: tools/call is answered without one, anything else
@@ -95,6 +97,7 @@ async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http:
     assert len(server.registry) == 0
 
 
+@on_both_backends()
 async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx2.AsyncClient,
                                                                      server: RunningServer) -> None:
     """Above 256 KiB the direct path writes the graph's JSON as separate pieces (transports.direct
@@ -194,6 +197,7 @@ async def test_a_lone_surrogate_is_refused_as_not_json(http: httpx2.AsyncClient,
     assert tracebacks(caplog) == []
 
 
+@on_both_backends()
 @pytest.mark.parametrize("direct", [True, False])
 async def test_a_failed_initialize_leaves_no_session(http: httpx2.AsyncClient, server: RunningServer,
                                                     direct: bool) -> None:
@@ -223,14 +227,16 @@ async def test_a_failed_initialize_leaves_no_session(http: httpx2.AsyncClient, s
     assert "result" in last_message(opened) and len(server.registry) == 1
 
 
-async def test_a_session_cap_is_counted_after_the_handshake(http: httpx2.AsyncClient, data_dir: Any) -> None:
+@on_both_backends("store_settings")
+async def test_a_session_cap_is_counted_after_the_handshake(http: httpx2.AsyncClient, data_dir: Any,
+                                                            store_settings: dict[str, Any]) -> None:
     """Failed handshakes do not use up a user's sessions: with a cap of 2, ten failed ones leave no
     session behind, and two good ones then open without ending any (a third one would end the
     least recently used idle one: the fair cap, tests/test_teardown.py)."""
     from auth import accounts
     from tests.conftest import start_server
 
-    server = await start_server(data_dir, max_sessions_per_user=2)
+    server = await start_server(data_dir, max_sessions_per_user=2, **store_settings)
     try:
         await accounts.add_user(server.storage, "alice", "alice-password-1")
         token = await access_token(server, "alice", "alice-password-1")
@@ -250,13 +256,7 @@ async def test_a_session_cap_is_counted_after_the_handshake(http: httpx2.AsyncCl
         await server.stop()
 
 
-def stored_events(server: RunningServer) -> int:
-    from server.app import SETTINGS
-
-    with contextlib.closing(sqlite3.connect(server.app[SETTINGS].database_path)) as db:
-        return int(db.execute("SELECT count(*) FROM mcp_events").fetchone()[0])
-
-
+@on_both_backends()
 @pytest.mark.parametrize("accept", ["Application/JSON, Text/Event-Stream", "text/event-stream;q=0.5, APPLICATION/JSON",
                                     "*/*", "application/*, text/*"])
 async def test_the_case_of_accept_does_not_choose_the_path(http: httpx2.AsyncClient, server: RunningServer,
@@ -266,12 +266,12 @@ async def test_the_case_of_accept_does_not_choose_the_path(http: httpx2.AsyncCli
     chooses both whether a request is acceptable and which path answers it."""
     token = await access_token(server, "alice", "alice-password-1")
     headers = {**await initialize(http, server, token, "2025-11-25"), "Accept": accept}
-    before = stored_events(server)
+    before = await server.storage.event_bytes(headers["Mcp-Session-Id"])
     for _ in range(3):
         resp = await http.post(server.url + "/mcp", headers=headers, json={
             "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
         assert resp.status_code == 200 and resp.headers["content-type"] == "application/json", resp.text
-    assert stored_events(server) == before
+    assert await server.storage.event_bytes(headers["Mcp-Session-Id"]) == before
 
 
 async def test_an_accept_the_sdk_refuses_is_refused_for_every_method(http: httpx2.AsyncClient,
