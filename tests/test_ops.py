@@ -1,8 +1,8 @@
 """The operations surface: `/healthz`, `/readyz`, and `/metrics` (off by default, protected by a
 token or served on a listener of its own), with the values a real flow moves.
 
-Real server, real HTTP, real SQLite; the metrics are read back with prometheus_client's own
-parser, as Prometheus would scrape them.
+Real server, real HTTP, real SQLite or Redis (the tests about the store run on both); the metrics
+are read back with prometheus_client's own parser, as Prometheus would scrape them.
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth import accounts
@@ -26,7 +28,7 @@ from server.config import ConfigError, Settings, load
 from server.health import READY_TIMEOUT
 from server.metrics import MetricsListenError
 from server.storage.sqlite.db import READERS
-from tests.conftest import OAuthUser, RunningServer, free_socket, start_server
+from tests.conftest import OAuthUser, RunningServer, free_socket, on_both_backends, start_server
 from tests.test_access_log import WRONG_PASSWORD, wrong_password
 from tests.test_end_to_end import structured
 from tests.test_store_concurrency import ACCEPT, write_lock_held_elsewhere
@@ -54,23 +56,43 @@ async def metrics_of(http: httpx2.AsyncClient, url: str, token: str = TOKEN) -> 
 
 
 @pytest.fixture
-async def metered(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(data_dir, metrics_token=TOKEN, store_busy_timeout=0.5)
+async def metered(data_dir: Path, store_settings: dict[str, Any]) -> AsyncIterator[RunningServer]:
+    running = await start_server(data_dir, metrics_token=TOKEN, store_busy_timeout=0.5, **store_settings)
     await accounts.add_user(running.storage, "alice", "alice-password-1")
     yield running
     await running.stop()
 
 
-@pytest.fixture
-async def sqlite_server(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(data_dir)
-    yield running
-    await running.stop()
+@asynccontextmanager
+async def redis_paused(url: str, mode: str = "ALL") -> AsyncIterator[None]:
+    """Redis stops answering (`mode` ALL) or stops taking writes (WRITE) until the block ends, as
+    under a long-running script or a failover's pause. Paused for ALL, Redis holds back even the
+    UNPAUSE: that pause lasts 2 s, and leaving the block waits for its end."""
+    other = aioredis.Redis.from_url(url)
+    try:
+        await other.execute_command("CLIENT", "PAUSE", 2_000 if mode == "ALL" else 30_000, mode)
+        try:
+            yield
+        finally:
+            await other.execute_command("CLIENT", "UNPAUSE")
+    finally:
+        await other.aclose()
+
+
+@asynccontextmanager
+async def writes_held_elsewhere(server: RunningServer) -> AsyncIterator[None]:
+    """The store takes no write until the block ends: SQLite's write lock held by another process,
+    Redis paused for writes."""
+    redis_url = server.settings.redis_url
+    held = write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None else redis_paused(redis_url, "WRITE")
+    async with held:
+        yield
 
 
 # -- /healthz and /readyz ------------------------------------------------------------------------
 
 
+@on_both_backends()
 async def test_ready_and_alive(http: httpx2.AsyncClient, server: RunningServer) -> None:
     alive = await http.get(server.url + "/healthz")
     assert (alive.status_code, alive.json()) == (200, {"status": "ok"})
@@ -79,11 +101,14 @@ async def test_ready_and_alive(http: httpx2.AsyncClient, server: RunningServer) 
     assert ready.headers["Cache-Control"] == "no-store"
 
 
-async def test_not_ready_while_the_store_does_not_answer(http: httpx2.AsyncClient,
-                                                         sqlite_server: RunningServer) -> None:
-    """Every reader thread busy (a disk that stopped answering, reads that take forever): the
-    readiness query cannot run, /readyz says so within its deadline, /healthz is unaffected."""
-    server = sqlite_server
+@asynccontextmanager
+async def store_not_answering(server: RunningServer) -> AsyncIterator[None]:
+    """SQLite: every reader thread busy (a disk that stopped answering, reads that take forever).
+    Redis: paused for every client."""
+    if server.settings.redis_url is not None:
+        async with redis_paused(server.settings.redis_url):
+            yield
+        return
     release = threading.Event()
     started = threading.Semaphore(0)
 
@@ -95,20 +120,28 @@ async def test_not_ready_while_the_store_does_not_answer(http: httpx2.AsyncClien
     try:
         for _ in range(READERS):
             await asyncio.to_thread(started.acquire, True, 10)
+        yield
+    finally:
+        release.set()
+        await asyncio.gather(*readers)
+
+
+@on_both_backends()
+async def test_not_ready_while_the_store_does_not_answer(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    """The readiness query cannot run: /readyz says so within its deadline, /healthz is unaffected."""
+    async with store_not_answering(server):
         probes = await asyncio.gather(*(http.get(server.url + "/readyz") for _ in range(3)))
         for probe in probes:
             assert probe.status_code == 503
             assert probe.json() == {"status": "unavailable", "reason": f"store: no answer within {READY_TIMEOUT:g} s"}
         assert (await http.get(server.url + "/healthz")).status_code == 200
-    finally:
-        release.set()
-        await asyncio.gather(*readers)
     assert (await http.get(server.url + "/readyz")).status_code == 200
 
 
-async def test_not_ready_when_the_store_refuses(http: httpx2.AsyncClient, sqlite_server: RunningServer) -> None:
-    await sqlite_server.storage.close()  # every call now raises StorageUnavailable
-    probe = await http.get(sqlite_server.url + "/readyz")
+@on_both_backends()
+async def test_not_ready_when_the_store_refuses(http: httpx2.AsyncClient, server: RunningServer) -> None:
+    await server.storage.close()  # every call now raises StorageUnavailable
+    probe = await http.get(server.url + "/readyz")
     assert probe.status_code == 503
     assert probe.json() == {"status": "unavailable", "reason": "store: the server is stopping"}
 
@@ -233,6 +266,7 @@ async def test_a_busy_metrics_port_stops_the_start(data_dir: Path, tmp_path: Pat
 # -- what the metrics say ------------------------------------------------------------------------
 
 
+@on_both_backends("store_settings")
 async def test_a_flow_moves_the_metrics(http: httpx2.AsyncClient, metered: RunningServer) -> None:
     server = metered
     before = await metrics_of(http, server.url)
@@ -266,9 +300,9 @@ async def test_a_flow_moves_the_metrics(http: httpx2.AsyncClient, metered: Runni
     tools_list = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     assert (await http.post(server.url + "/mcp", headers=headers, json=tools_list)).status_code == 401
     assert (await http.get(server.url + "/consents/" + client_id)).status_code == 404
-    # A write while another process holds the database's lock: refused as unavailable.
+    # A write while the store takes none: refused as unavailable.
     async with OAuthUser(server.url, "alice", "alice-password-1").client() as (second, _):
-        async with write_lock_held_elsewhere(server.sqlite.db.path):
+        async with writes_held_elsewhere(server):
             refused = await second.call_tool("create_entities", {"entities": [
                 {"name": "Bob", "entityType": "person", "observations": []}]})
             assert refused.is_error

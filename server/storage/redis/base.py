@@ -4,7 +4,7 @@ Keys: every key starts with the backend's prefix (`memory-mcp:` unless told othe
 table group and the record, for example `memory-mcp:user:<id>`. The full list, with value formats
 and TTLs, is in docs/storage.md beside the SQLite schema.
 
-Errors: a Redis that cannot answer now (unreachable, timed out, loading its data after a
+Errors: a Redis that cannot answer now (unreachable, busy beyond the timeout, loading its data after a
 restart, a replica that became read-only in a failover, out of memory under `noeviction`) is a
 `StorageUnavailable` (503 with Retry-After on HTTP, a retryable tool error), never a 500. Every
 public method of the backend runs under `guarded` (each mixin is decorated with `guard_all`), so
@@ -59,6 +59,10 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
     if isinstance(exc, redis_errors.ReadOnlyError):
         return StorageUnavailable(f"Redis is read-only (a replica, or a failover in progress): {exc}",
                                   "the store is failing over", RETRY_AFTER_SECONDS)
+    if isinstance(exc, redis_errors.TimeoutError) and "connecting" not in str(exc):
+        # Reached, but no answer within store_busy_timeout (a long script, a paused or overloaded
+        # server): what SQLite calls a lock held too long, not a network fault to chase.
+        return StorageUnavailable(f"Redis did not answer in time: {exc}", "the store is busy", RETRY_AFTER_SECONDS)
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
         return StorageUnavailable(f"Redis cannot be reached: {type(exc).__name__}: {exc}",
                                   "the store cannot be reached", RETRY_AFTER_SECONDS)
@@ -74,6 +78,10 @@ def guarded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
 
     @functools.wraps(method)
     async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        if args and getattr(args[0], "closed", False):
+            # redis-py would open a new connection, which nothing closes any more.
+            raise StorageUnavailable("the Redis client is closed (the server is stopping)", "the server is stopping",
+                                     RETRY_AFTER_SECONDS)
         try:
             return await method(*args, **kwargs)
         except redis_errors.RedisError as exc:
@@ -99,6 +107,7 @@ class RedisBase:
             url, max_connections=MAX_CONNECTIONS, timeout=timeout, socket_timeout=timeout,
             socket_connect_timeout=timeout, health_check_interval=30)
         self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)
+        self.closed = False
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -112,6 +121,9 @@ class RedisBase:
         await self.client.ping()
 
     async def close(self) -> None:
+        """Close the connections; a call after this is refused as "the server is stopping", as
+        on SQLite."""
+        self.closed = True
         await self.client.aclose()
 
 
