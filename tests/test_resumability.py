@@ -11,10 +11,11 @@ import httpx2
 
 from auth import accounts
 from server.app import MCP_ENDPOINT
-from tests.conftest import RunningServer, access_token, start_server, tokens_by_hand
+from tests.conftest import BACKENDS, RunningServer, access_token, start_server, tokens_by_hand
 from transports.events import DELIVERED_KEPT_SECONDS
 
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+SERVER_BACKENDS = BACKENDS
 VERSION = "2025-11-25"  # priming events (and so resumption of POST streams) start with this version
 
 
@@ -83,18 +84,17 @@ async def test_events_are_deleted_with_their_session(http: httpx2.AsyncClient, s
     alice = await session(http, server, await access_token(server, "alice", "alice-password-1"))
     await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
     sid = alice["Mcp-Session-Id"]
-    count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
-    assert count.fetchone()[0] > 0
+    user = (await server.storage.get_user_by_name("alice")).id  # type: ignore[union-attr]
+    assert await server.storage.event_bytes(sid) > 0
     assert (await http.delete(server.url + "/mcp", headers=alice)).status_code == 200
     # The SDK transport has sent its 200 when the server goes on to forget the session, and the
     # store's statements run on its threads: wait (bounded) for the handler to finish.
     for _ in range(500):
-        count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
-        if count.fetchone()[0] == 0:
+        if await server.storage.event_bytes(sid) == 0:
             break
         await asyncio.sleep(0.01)
-    count = server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_events WHERE session_id = ?", (sid,))
-    assert count.fetchone()[0] == 0
+    assert await server.storage.event_bytes(sid) == 0
+    assert await server.storage.event_bytes(user=user) == 0
 
 
 async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, server: RunningServer) -> None:
@@ -105,10 +105,10 @@ async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, ser
     bob_token = await access_token(server, "bob", "bob-password-22")
     posted = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 3, "method": "ping"})
     priming = events(posted.text)[0]["id"]
-    data_dir, port = server.sqlite.db.path.parent, int(server.url.rsplit(":", 1)[1])
+    settings, port = server.settings, int(server.url.rsplit(":", 1)[1])
     await server.stop()
 
-    restarted = await start_server(data_dir, port=port)
+    restarted = await start_server(settings.data_dir, port=port, redis_url=settings.redis_url)
     try:
         assert len(restarted.registry) == 0
         stolen = await http.post(restarted.url + "/mcp", json={"jsonrpc": "2.0", "id": 4, "method": "tools/list"},
@@ -139,14 +139,15 @@ async def test_a_session_survives_a_server_restart(http: httpx2.AsyncClient, ser
         await restarted.stop()
 
 
-async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.AsyncClient, tmp_path: Path) -> None:
+async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.AsyncClient, tmp_path: Path,
+                                                               store_settings: dict[str, Any]) -> None:
     """Defect 5: a read-only token reading a large graph again and again on the SDK path (SSE
     responses) cannot grow the event log past its bounds, whether it reads each response whole or
     drops each stream; what is left stays resumable, an evicted point replays nothing, and
     delivered streams go after their grace period."""
     per_session, per_user = 600_000, 900_000
     server = await start_server(tmp_path / "data", event_log_bytes_per_session=per_session,
-                                event_log_bytes_per_user=per_user)
+                                event_log_bytes_per_user=per_user, **store_settings)
     try:
         await accounts.add_user(server.storage, "alice", "alice-password-1")
         writer = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:write"))["access_token"]
@@ -161,20 +162,24 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
         assert created.status_code == 200
         assert (await http.delete(server.url + "/mcp", headers=writing)).status_code == 200
 
-        def stored() -> dict[str, int]:
-            rows = server.sqlite.db.conn.execute(
-                "SELECT session_id, SUM(length(CAST(message AS BLOB))) FROM mcp_events GROUP BY session_id")
-            return {sid: size or 0 for sid, size in rows}
-
+        user = (await server.storage.get_user_by_name("alice")).id  # type: ignore[union-attr]
         sessions = [await session(http, server, reader) for _ in range(2)]
+
+        async def stored() -> dict[str, int]:
+            """What each session's events cost, as the bounds count it."""
+            return {headers["Mcp-Session-Id"]: await server.storage.event_bytes(headers["Mcp-Session-Id"])
+                    for headers in [writing, *sessions]}
+
         read = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}}
         dropped: list[tuple[dict[str, str], str, int]] = []
+        read_whole: list[tuple[str, str]] = []
         request_id = 10
         for _ in range(6):
             for headers in sessions:
                 request_id += 1
                 whole = await http.post(server.url + "/mcp", headers=headers, json={**read, "id": request_id})
                 assert whole.status_code == 200 and len(whole.content) > 100_000
+                read_whole.append((headers["Mcp-Session-Id"], events(whole.text)[0]["id"]))
                 request_id += 1
                 # A stream dropped after its priming event: the response is stored for resumption.
                 async with http.stream("POST", server.url + "/mcp", headers=headers,
@@ -185,9 +190,10 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
                         if text.endswith("\n"):
                             break
                 dropped.append((headers, events(text)[0]["id"], request_id))
-                sizes = stored()
+                sizes = await stored()
                 assert all(size <= per_session for size in sizes.values()), sizes
                 assert sum(sizes.values()) <= per_user, sizes
+                assert await server.storage.event_bytes(user=user) <= per_user
 
         # The newest dropped stream is still there in full...
         headers, priming, last_id = dropped[-1]
@@ -210,13 +216,11 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
             assert not [e for e in events((await gone.aread()).decode()) if e.get("data")]
 
         # Streams read whole are deleted after their grace period; dropped ones stay (bounded).
-        before = sum(stored().values())
+        before = sum((await stored()).values())
         await server.registry.sweep(time.time() + DELIVERED_KEPT_SECONDS + 1)
-        after = stored()
-        assert sum(after.values()) < before
-        kept = server.sqlite.db.conn.execute(
-            "SELECT count(*) FROM mcp_events WHERE message LIKE '%\"entities\"%' AND CAST(stream_id AS INTEGER) % 2 = 1"
-        ).fetchone()[0]
-        assert kept == 0  # no response of a stream read whole (odd ids) is left
+        assert sum((await stored()).values()) < before
+        for sid, priming in read_whole:  # no response of a stream read whole is left
+            found = await server.storage.events_after(sid, priming)
+            assert found is None or not [message for _, message in found[1] if message and '"entities"' in message]
     finally:
         await server.stop()
