@@ -15,10 +15,14 @@ from typing import Any
 
 import httpx2
 
+from server.storage.redis import RedisStorage
 from tests.browser import Browser, parse_forms
-from tests.conftest import OAuthUser, RunningServer, start_server, tokens_by_hand
+from tests.conftest import BACKENDS, OAuthUser, RunningServer, start_server, tokens_by_hand
 from tests.test_mcp_http import ACCEPT, INIT, open_session
 
+# Every test but the SIGTERM ones (below) runs on both backends: how a session learns that it must
+# end goes through the store.
+SERVER_BACKENDS = BACKENDS
 BOTH = "memory:read memory:write"
 
 
@@ -83,11 +87,10 @@ async def test_user_removed_from_the_command_line_is_disconnected(http: httpx2.A
                                                                    server: RunningServer) -> None:
     tokens = await tokens_by_hand(server, "bob", "bob-password-22", BOTH)
     session = await open_session(http, server, tokens["access_token"])
-    data_dir = server.sqlite.db.path.parent
 
     async def remove() -> None:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "server", "users", "remove", "bob", "--data-dir", str(data_dir),
+            sys.executable, "-m", "server", "users", "remove", "bob", *server.store_args(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         _, err = await proc.communicate()
         assert proc.returncode == 0, err
@@ -106,8 +109,11 @@ async def test_expired_access_token_then_refresh_continues_the_session(http: htt
 
     tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
     session = await open_session(http, server, tokens["access_token"])
-    server.sqlite.db.conn.execute("UPDATE auth_tokens SET expires_at = 1 WHERE token_hash = ?",
-                                   (hash_secret(tokens["access_token"]),))
+    token_hash = hash_secret(tokens["access_token"])
+    if isinstance(server.storage, RedisStorage):
+        await server.storage.client.hset(server.storage.key("token", token_hash), "expires_at", 1)
+    else:
+        server.sqlite.db.conn.execute("UPDATE auth_tokens SET expires_at = 1 WHERE token_hash = ?", (token_hash,))
     # Editing the store behind the server's back is like a change made by another process: the
     # verifier's one-second memory of verified tokens (auth/rfc6750.py) lets it show after that.
     await asyncio.sleep(1.1)
@@ -126,10 +132,10 @@ async def test_expired_access_token_then_refresh_continues_the_session(http: htt
     assert resumed.status_code == 200
 
 
-async def test_idle_sessions_expire(http: httpx2.AsyncClient, tmp_path: Path) -> None:
+async def test_idle_sessions_expire(http: httpx2.AsyncClient, tmp_path: Path, store_settings: dict[str, Any]) -> None:
     from auth import accounts
 
-    server = await start_server(tmp_path / "data", session_idle_timeout=0.5)
+    server = await start_server(tmp_path / "data", session_idle_timeout=0.5, **store_settings)
     try:
         await accounts.add_user(server.storage, "alice", "alice-password-1")
         tokens = await tokens_by_hand(server, "alice", "alice-password-1", BOTH)
@@ -142,17 +148,17 @@ async def test_idle_sessions_expire(http: httpx2.AsyncClient, tmp_path: Path) ->
         gone = await http.post(server.url + "/mcp", headers=session, json={"jsonrpc": "2.0", "id": 1,
                                                                             "method": "tools/list"})
         assert gone.status_code == 404
-        assert server.sqlite.db.conn.execute("SELECT count(*) FROM mcp_sessions").fetchone()[0] == 0
+        assert await server.storage.list_sessions() == []
     finally:
         await server.stop()
 
 
-async def test_session_caps(http: httpx2.AsyncClient, tmp_path: Path) -> None:
+async def test_session_caps(http: httpx2.AsyncClient, tmp_path: Path, store_settings: dict[str, Any]) -> None:
     """At the user's cap, a new session ends the user's least recently used idle session, the
     same client's first; only when none is idle is it refused. The server-wide cap refuses."""
     from auth import accounts
 
-    server = await start_server(tmp_path / "data", max_sessions_per_user=2, max_sessions=3)
+    server = await start_server(tmp_path / "data", max_sessions_per_user=2, max_sessions=3, **store_settings)
     try:
         for name in ("alice", "bob"):
             await accounts.add_user(server.storage, name, f"{name}-password-1")
@@ -199,6 +205,7 @@ async def test_session_caps(http: httpx2.AsyncClient, tmp_path: Path) -> None:
 
 
 # --- SIGTERM: requests in flight are answered, then sessions and streams end, then the process exits ---
+# On SQLite only: a process's shutdown, which the store does not take part in.
 
 REPO = Path(__file__).resolve().parents[1]
 
