@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx2
+import redis
 
 from auth.models import User
 from auth.passwords import hash_password
@@ -64,9 +65,22 @@ async def attack_server(data_dir: Path, **overrides: Any) -> RunningServer:
 
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
+# On Redis, a snapshot holds the keys of records, each under the SQLite table that holds the same
+# records, as (record id, its value): a test's expectations (`ignore=`, which tables changed, which
+# records went) read alike on both. Left out: the indexes derived from the records (per user,
+# client or grant; name lookups; event costs), and, as SQLite keeps them outside TABLES too, the
+# rate limiter's counts and the server's cookie key.
+REDIS_RECORDS = (("token:", "auth_tokens"), ("code:", "auth_codes"), ("client:", "auth_clients"),
+                 ("user:", "auth_users"), ("login:", "auth_browser_sessions"), ("consent:", "auth_consents"),
+                 ("signing-key:", "auth_signing_keys"), ("revocations", "auth_revocations"),
+                 ("session:record:", "mcp_sessions"), ("events:log:", "mcp_events"), ("graph:", "memory_entities"))
+
 
 def snapshot(server: RunningServer) -> Snapshot:
-    """Every row of every table, through a read-only connection of its own."""
+    """Every row of every table (SQLite) or every record with its value (Redis), through a
+    connection of its own."""
+    if server.settings.redis_url is not None:
+        return _redis_snapshot(server.settings.redis_url, server.storage.key(""))  # type: ignore[attr-defined]
     conn = sqlite3.connect(f"file:{server.sqlite.db.path}?mode=ro", uri=True)
     try:
         return {table: sorted((tuple(row) for row in conn.execute(f"SELECT * FROM {table}")),  # noqa: S608
@@ -74,6 +88,37 @@ def snapshot(server: RunningServer) -> Snapshot:
                 for table in TABLES}
     finally:
         conn.close()
+
+
+def _redis_snapshot(url: str, prefix: str) -> Snapshot:
+    client: Any = redis.Redis.from_url(url)  # what it answers is typed by the kind of key
+    found: Snapshot = {}
+    try:
+        for raw in client.scan_iter(match=prefix + "*", count=1000):
+            name = raw.decode()[len(prefix):]
+            record = next(((start, t) for start, t in REDIS_RECORDS if name.startswith(start)), None)
+            if record is None:
+                continue
+            start, table = record
+            record_id = name.removeprefix(start)
+            kind = client.type(raw).decode()
+            value: Any
+            if kind == "hash":
+                value = tuple(sorted(client.hgetall(raw).items()))
+            elif kind == "zset":
+                value = tuple(client.zrange(raw, 0, -1, withscores=True))
+            elif kind == "set":
+                value = tuple(sorted(client.smembers(raw)))
+            elif kind == "list":
+                value = tuple(client.lrange(raw, 0, -1))
+            elif kind == "stream":
+                value = tuple((entry_id, tuple(sorted(fields.items()))) for entry_id, fields in client.xrange(raw))
+            else:
+                value = client.get(raw)
+            found.setdefault(table, []).append((record_id, value))
+    finally:
+        client.close()
+    return {table: sorted(found.get(table, []), key=repr) for table in TABLES}
 
 
 def changes(before: Snapshot, after: Snapshot) -> dict[str, tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]]:
@@ -100,6 +145,8 @@ def rows(server: RunningServer, sql: str, *args: object) -> list[tuple[Any, ...]
 
 
 def count(server: RunningServer, table: str) -> int:
+    if server.settings.redis_url is not None:
+        return len(snapshot(server)[table])
     return int(rows(server, f"SELECT count(*) FROM {table}")[0][0])  # noqa: S608
 
 

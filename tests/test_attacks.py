@@ -25,6 +25,7 @@ import pytest
 
 from auth.models import Token
 from auth.server import AUTH_SERVER
+from server.storage.redis import RedisStorage
 from tests.attackkit import (
     ALICE,
     BOB,
@@ -59,15 +60,18 @@ from tests.attackkit import (
     snapshot,
 )
 from tests.browser import Browser
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, on_both_backends
 from tests.test_resumability import events
 
 TOOLS_LIST = {"jsonrpc": "2.0", "id": 5, "method": "tools/list"}
 
 
+# The attacks whose defence is an atomic step of the store (a code redeemed once, a refresh token
+# rotated once, a grant revoked whole, a session bound to its user, a login ended) also run on
+# Redis (`on_both_backends`); the rest, about what the HTTP layer refuses, on SQLite only.
 @pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[RunningServer]:
-    server = await attack_server(tmp_path / "data")
+async def srv(tmp_path: Path, store_settings: dict[str, Any]) -> AsyncIterator[RunningServer]:
+    server = await attack_server(tmp_path / "data", **store_settings)
     yield server
     await server.stop()
 
@@ -157,6 +161,7 @@ async def stream_closes(http: httpx2.AsyncClient, url: str, headers: dict[str, s
 # Authorization codes and PKCE (RFC 9700 4.2.1, 4.5; RFC 7636).
 
 
+@on_both_backends("store_settings")
 async def test_attack_code_replay_revokes_what_the_first_redemption_issued(
         srv: RunningServer, http: httpx2.AsyncClient, alice: Browser) -> None:
     client = await register(http, srv)
@@ -183,6 +188,7 @@ async def test_attack_code_replay_revokes_what_the_first_redemption_issued(
     oauth_error(await refresh(http, srv, tokens["refresh_token"], client.client_id), 400, "invalid_grant")
 
 
+@on_both_backends("store_settings")
 async def test_attack_code_redeemed_by_another_client(srv: RunningServer, http: httpx2.AsyncClient,
                                                       alice: Browser) -> None:
     victim = await register(http, srv)
@@ -264,6 +270,7 @@ async def test_attack_missing_or_malformed_code_challenge(srv: RunningServer, ht
     assert_unchanged(srv, before)
 
 
+@on_both_backends("store_settings")
 async def test_attack_code_injection_with_another_sessions_code(srv: RunningServer, http: httpx2.AsyncClient,
                                                                 bob: Browser) -> None:
     """RFC 9700 4.5: the attacker obtains a code for *its own* account from the honest client (with
@@ -281,10 +288,14 @@ async def test_attack_code_injection_with_another_sessions_code(srv: RunningServ
     assert count(srv, "auth_tokens") == 0
 
 
+@on_both_backends("store_settings")
 async def test_attack_expired_code(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser) -> None:
     code = await obtain_code(alice, srv, await register(http, srv))
-    srv.sqlite.db.conn.execute("UPDATE auth_codes SET expires_at = ? WHERE code_hash = ?",
-                                (time.time() - 1, secret_hash(code.code)))
+    if isinstance(srv.storage, RedisStorage):
+        await srv.storage.client.hset(srv.storage.key("code", secret_hash(code.code)), "expires_at", time.time() - 1)
+    else:
+        srv.sqlite.db.conn.execute("UPDATE auth_codes SET expires_at = ? WHERE code_hash = ?",
+                                    (time.time() - 1, secret_hash(code.code)))
     before = snapshot(srv)
 
     oauth_error(await http.post(srv.url + "/token", data=code_form(code)), 400, "invalid_grant")
@@ -553,6 +564,7 @@ async def test_attack_scope_escalation_on_refresh(srv: RunningServer, http: http
     assert still.status_code == 200 and still.json()["scope"] == "memory:read"
 
 
+@on_both_backends("store_settings")
 async def test_attack_refresh_replay_within_grace_gets_the_same_pair(srv: RunningServer, http: httpx2.AsyncClient,
                                                                      alice: Browser) -> None:
     tokens = await grant(http, srv, alice)
@@ -595,6 +607,7 @@ async def test_attack_refresh_replay_after_grace_revokes_the_family(srv: Running
     oauth_error(await refresh(http, srv, rotated["refresh_token"], tokens["client_id"]), 400, "invalid_grant")
 
 
+@on_both_backends("store_settings")
 async def test_attack_refresh_token_used_by_another_client(srv: RunningServer, http: httpx2.AsyncClient,
                                                            alice: Browser) -> None:
     tokens = await grant(http, srv, alice)
@@ -628,6 +641,7 @@ async def test_attack_refresh_token_presented_as_access_token(srv: RunningServer
     assert len(srv.registry) == 0
 
 
+@on_both_backends("store_settings")
 async def test_attack_refresh_token_of_a_revoked_grant(srv: RunningServer, http: httpx2.AsyncClient,
                                                        alice: Browser) -> None:
     tokens = await grant(http, srv, alice)
@@ -641,6 +655,7 @@ async def test_attack_refresh_token_of_a_revoked_grant(srv: RunningServer, http:
     assert_unchanged(srv, before)
 
 
+@on_both_backends("store_settings")
 async def test_attack_revoking_another_clients_token(srv: RunningServer, http: httpx2.AsyncClient,
                                                      alice: Browser) -> None:
     """RFC 7009 2.1: a client may only revoke its own tokens; the answer must not say whether the
@@ -762,6 +777,7 @@ async def test_attack_revoked_token_on_a_live_session(srv: RunningServer, http: 
     assert_unchanged(srv, before)
 
 
+@on_both_backends("store_settings")
 async def test_attack_other_users_session_id_on_mcp(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser,
                                                     bob: Browser) -> None:
     alices = await open_session(http, srv, (await grant(http, srv, alice))["access_token"])
@@ -780,6 +796,7 @@ async def test_attack_other_users_session_id_on_mcp(srv: RunningServer, http: ht
     assert ok.status_code == 200 and "planted by bob" not in ok.text
 
 
+@on_both_backends("store_settings")
 async def test_attack_delete_of_another_users_session(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser,
                                                       bob: Browser) -> None:
     alices = await open_session(http, srv, (await grant(http, srv, alice))["access_token"])
@@ -793,6 +810,7 @@ async def test_attack_delete_of_another_users_session(srv: RunningServer, http: 
     assert (await http.post(srv.url + "/mcp", headers=alices, json=TOOLS_LIST)).status_code == 200
 
 
+@on_both_backends("store_settings")
 async def test_attack_other_users_session_id_on_messages(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser,
                                                          bob: Browser) -> None:
     alices_token = (await grant(http, srv, alice))["access_token"]
@@ -882,6 +900,7 @@ async def test_attack_foreign_origin_on_mcp(srv: RunningServer, http: httpx2.Asy
     assert len(srv.registry) == 0
 
 
+@on_both_backends("store_settings")
 async def test_attack_removed_users_token_dies_at_once(srv: RunningServer, http: httpx2.AsyncClient) -> None:
     await add_users(srv, CAROL)
     carol = Browser(*CAROL)
@@ -996,6 +1015,7 @@ async def test_attack_login_seal_from_another_browser(srv: RunningServer, http: 
         await victim.close()
 
 
+@on_both_backends("store_settings")
 async def test_attack_consent_seal_of_another_user(srv: RunningServer, http: httpx2.AsyncClient) -> None:
     """A consent page shown to bob, submitted after the same browser signed in as alice: the
     approval must come from the user the page was shown to, so it is asked again."""
@@ -1042,6 +1062,7 @@ async def test_attack_tampered_sealed_request(srv: RunningServer, http: httpx2.A
     assert_unchanged(srv, before)
 
 
+@on_both_backends("store_settings")
 async def test_attack_logout_and_withdrawal_csrf(srv: RunningServer, http: httpx2.AsyncClient, alice: Browser) -> None:
     """Cross-site sign-out would revoke every token: GET only asks, POST needs the token."""
     client = await register(http, srv)
@@ -1149,6 +1170,7 @@ async def test_attack_user_enumeration(srv: RunningServer) -> None:
         await browser.close()
 
 
+@on_both_backends("store_settings")
 async def test_attack_session_fixation(srv: RunningServer) -> None:
     """A cookie planted before the login (or read by the attacker) is not the logged-in one."""
     victim = Browser(*ALICE)

@@ -64,17 +64,17 @@ async def metered(data_dir: Path, store_settings: dict[str, Any]) -> AsyncIterat
 
 
 @asynccontextmanager
-async def redis_paused(url: str, mode: str = "ALL") -> AsyncIterator[None]:
-    """Redis stops answering (`mode` ALL) or stops taking writes (WRITE) until the block ends, as
-    under a long-running script or a failover's pause. Paused for ALL, Redis holds back even the
+async def redis_paused(url: str, writes_only: bool = False) -> AsyncIterator[None]:
+    """Redis stops answering (or, `writes_only`, taking writes) until the block ends, as under a
+    long-running script or a failover's pause. Paused for everything, Redis holds back even the
     UNPAUSE: that pause lasts 2 s, and leaving the block waits for its end."""
     other = aioredis.Redis.from_url(url)
     try:
-        await other.execute_command("CLIENT", "PAUSE", 2_000 if mode == "ALL" else 30_000, mode)
+        await other.client_pause(30_000 if writes_only else 2_000, all=not writes_only)
         try:
             yield
         finally:
-            await other.execute_command("CLIENT", "UNPAUSE")
+            await other.client_unpause()
     finally:
         await other.aclose()
 
@@ -84,7 +84,8 @@ async def writes_held_elsewhere(server: RunningServer) -> AsyncIterator[None]:
     """The store takes no write until the block ends: SQLite's write lock held by another process,
     Redis paused for writes."""
     redis_url = server.settings.redis_url
-    held = write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None else redis_paused(redis_url, "WRITE")
+    held = (write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None
+            else redis_paused(redis_url, writes_only=True))
     async with held:
         yield
 
