@@ -5,7 +5,8 @@ take it down or forge its ID tokens (tests/upstream.py).
 The provider is on `localhost` and the server under test on `127.0.0.1`: two sites, as in a real
 deployment, so the browser-side cookies (SameSite=Lax) see a cross-site return from the provider.
 Everything is real: the mcp SDK's OAuthClientProvider, the provider's own sign-in and consent
-forms (driven by tests/browser.py), SQLite, the server's /token.
+forms (driven by tests/browser.py), the server's /token, its store on SQLite (and, for the flows that
+write what the store must keep consistent, on Redis too).
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from playwright.async_api import async_playwright
 
 from auth.crypto import hash_secret
 from server import admin
+from server.storage.redis import RedisStorage
 from tests import test_pages_browser as pages_browser
 from tests.browser import Browser, parse_forms
-from tests.conftest import OAuthUser, RunningServer, start_server
+from tests.conftest import OAuthUser, RunningServer, on_both_backends, start_server
 from tests.conftest import free_socket as socket_for_callback
 from tests.upstream import (
     Gateway,
@@ -84,8 +86,10 @@ class Setup:
         return self.server.url + "/login/upstream/callback"
 
 
+# The flows that write links, upstream tokens and accounts run on both backends
+# (`on_both_backends("store_settings")`); those about what the provider sends, on SQLite only.
 @pytest.fixture
-async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
+async def make(tmp_path: Path, store_settings: dict[str, Any]) -> AsyncIterator[Callable[..., Awaitable[Setup]]]:
     """`await make(**settings)`: a provider (behind its gateway) and a server signing in through it."""
     made: list[Setup] = []
 
@@ -99,7 +103,8 @@ async def make(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Setup]]]
         await gateway.start()
         idp = IdP(issuer, gateway, provider, tmp_path / "idp", clients)
         options: dict[str, Any] = {"upstream_issuer": issuer, "upstream_client_id": "memory-mcp",
-                                   "upstream_client_secret": SECRET, "local_login": False, **settings}
+                                   "upstream_client_secret": SECRET, "local_login": False, **store_settings,
+                                   **settings}
         server = await start_server(tmp_path / f"data-{len(made)}", port=port, **options)
         setup = Setup(idp, server, port)
         made.append(setup)
@@ -182,18 +187,28 @@ async def failed_sign_in(setup: Setup, account: str = "alice") -> tuple[int, str
         await browser.close()
 
 
+async def stored(server: RunningServer, *kinds: str) -> list[int]:
+    """How many codes, tokens and upstream links ("codes", "tokens", "links") the store holds."""
+    storage = server.storage
+    if isinstance(storage, RedisStorage):
+        client: Any = storage.client
+        words = {"codes": "code:", "tokens": "token:", "links": "user-upstream:"}
+        return [len([key async for key in client.scan_iter(match=storage.key(words[kind]) + "*")]) for kind in kinds]
+    tables = {"codes": "auth_codes", "tokens": "auth_tokens", "links": "auth_upstream_links"}
+    return await server.sqlite.db.read(lambda conn: [
+        conn.execute(f"SELECT count(*) FROM {tables[kind]}").fetchone()[0] for kind in kinds])  # noqa: S608
+
+
 async def nothing_issued(setup: Setup) -> None:
     """No account was created and no code or token exists."""
     assert await setup.server.storage.list_users() == []
-    db = setup.server.sqlite.db
-    counts = await db.read(lambda conn: [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # noqa: S608
-                                         for t in ("auth_codes", "auth_tokens", "auth_upstream_links")])
-    assert counts == [0, 0, 0]
+    assert await stored(setup.server, "codes", "tokens", "links") == [0, 0, 0]
 
 
 # The whole flow
 
 
+@on_both_backends("store_settings")
 async def test_mcp_client_signs_in_through_the_provider_and_holds_our_tokens(make: Any) -> None:
     setup = await make()
     seen_upstream: list[dict[str, Any]] = []
@@ -252,6 +267,7 @@ async def test_sign_in_page_is_the_consent_and_leaves_by_navigation(make: Any) -
     assert refused.status_code == 403 and "turned off" in refused.text
 
 
+@on_both_backends("store_settings")
 async def test_password_and_provider_side_by_side(make: Any) -> None:
     setup = await make(local_login=True)
     from auth import accounts
@@ -553,6 +569,7 @@ async def test_refresh_checks_the_account_upstream(make: Any) -> None:
     assert await setup.server.storage.get_upstream_tokens(account.id) is None
 
 
+@on_both_backends("store_settings")
 async def test_concurrent_refreshes_share_one_upstream_check(make: Any) -> None:
     setup = await make(**REFRESH_SETTINGS)
     first, first_client = await sign_in(setup, "alice")
@@ -567,6 +584,7 @@ async def test_concurrent_refreshes_share_one_upstream_check(make: Any) -> None:
     assert again.status_code == 200, again.text  # the provider's chain is intact
 
 
+@on_both_backends("store_settings")
 async def test_refresh_without_a_refresh_token_from_the_provider_is_a_clear_error(make: Any) -> None:
     # upstream_check=refresh without offline_access: the provider issues no refresh token.
     setup = await make(upstream_check="refresh", upstream_token_keys=(TOKEN_KEY,))
@@ -607,6 +625,7 @@ async def test_logout_offers_to_sign_out_upstream(make: Any) -> None:
         await browser.close()
 
 
+@on_both_backends("store_settings")
 async def test_users_remove_works_for_linked_users(make: Any) -> None:
     setup = await make(**REFRESH_SETTINGS)
     tokens, _ = await sign_in(setup, "alice")
@@ -809,6 +828,7 @@ async def test_store_links_one_account_per_identity_and_compares_before_setting(
         await storage.close()
 
 
+@on_both_backends("store_settings")
 async def test_plain_sign_in_without_an_application(make: Any) -> None:
     """From /login (or /consents): the provider's button signs the browser in, nothing else."""
     setup = await make()
@@ -827,5 +847,4 @@ async def test_plain_sign_in_without_an_application(make: Any) -> None:
             assert "No remembered approvals for <strong>alice</strong>" in await resp.text()
     finally:
         await browser.close()
-    db = setup.server.sqlite.db
-    assert await db.read(lambda conn: conn.execute("SELECT count(*) FROM auth_codes").fetchone()[0]) == 0
+    assert await stored(setup.server, "codes") == [0]
