@@ -107,6 +107,34 @@ async def test_a_stopped_redis_is_storage_unavailable_and_service_resumes(redis_
         await store.close()
 
 
+async def test_a_full_redis_refuses_writes_as_the_store_is_full_and_reads_go_on(redis_url: str) -> None:
+    """At `maxmemory` under `noeviction`, Redis answers a write with OOM: retryable, "the store is
+    full", for a graph write and an event (redis-py parses the reply into its own error class, whose
+    message has lost the "OOM"); reads are answered; writes work again once there is room."""
+    store = RedisStorage(redis_url)
+    admin: Any = RedisStorage(redis_url).client
+    try:
+        await store.create_entities(OWNER, [ent("a", "t", "one")])
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", 1)
+        writes: dict[str, Callable[[], Awaitable[Any]]] = {
+            "create_entities": lambda: store.create_entities(OWNER, [ent("b", "t", "two")]),
+            "append_event": lambda: store.append_event("s1", "user-1", "0", '{"m": 1}', LIMITS)}
+        for name, write in writes.items():
+            with pytest.raises(StorageUnavailable) as refused:
+                await write()
+            assert refused.value.reason == "the store is full" and refused.value.retry_after > 0, name
+        assert (await store.read_graph(OWNER)).model().entities == [ent("a", "t", "one")]
+        assert (await store.search_nodes(OWNER, "one")).model().entities == [ent("a", "t", "one")]
+        await admin.config_set("maxmemory", 0)
+        await store.create_entities(OWNER, [ent("b", "t", "two")])
+        await check_owner(store, OWNER)
+    finally:
+        await admin.config_set("maxmemory", 0)
+        await admin.aclose()
+        await store.close()
+
+
 async def test_a_view_copy_is_not_fooled_by_redis_losing_its_data(redis_server: RedisServer, redis_url: str
                                                                     ) -> None:
     """A server holds a warm copy of an owner's view; Redis restarts empty (or from an older

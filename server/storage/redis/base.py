@@ -66,9 +66,11 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
     if isinstance(exc, redis_errors.ConnectionError | redis_errors.TimeoutError | OSError):
         return StorageUnavailable(f"Redis cannot be reached: {type(exc).__name__}: {exc}",
                                   "the store cannot be reached", RETRY_AFTER_SECONDS)
-    if isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("OOM", "MISCONF")):
+    if isinstance(exc, redis_errors.OutOfMemoryError) or (
+            isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(("OOM", "MISCONF"))):
         # OOM: maxmemory reached under noeviction; MISCONF: Redis refuses writes after a failed
-        # snapshot. Both pass when the operator acts; neither is the request's fault.
+        # snapshot. Both pass when the operator acts; neither is the request's fault. (redis-py
+        # parses an OOM reply into OutOfMemoryError, its message without the "OOM" code.)
         return StorageUnavailable(f"Redis refuses writes: {exc}", "the store is full", RETRY_AFTER_SECONDS)
     return None
 
