@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx2
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from auth import accounts
@@ -31,7 +30,7 @@ from server.storage.sqlite.db import READERS
 from tests.conftest import OAuthUser, RunningServer, free_socket, on_both_backends, start_server
 from tests.test_access_log import WRONG_PASSWORD, wrong_password
 from tests.test_end_to_end import structured
-from tests.test_store_concurrency import ACCEPT, write_lock_held_elsewhere
+from tests.test_store_concurrency import ACCEPT, redis_paused, writes_held_elsewhere
 
 TOKEN = "metrics-token-0123456789abcdef"
 REQUESTS = "memory_mcp_http_request_duration_seconds_count"
@@ -61,33 +60,6 @@ async def metered(data_dir: Path, store_settings: dict[str, Any]) -> AsyncIterat
     await accounts.add_user(running.storage, "alice", "alice-password-1")
     yield running
     await running.stop()
-
-
-@asynccontextmanager
-async def redis_paused(url: str, writes_only: bool = False) -> AsyncIterator[None]:
-    """Redis stops answering (or, `writes_only`, taking writes) until the block ends, as under a
-    long-running script or a failover's pause. Paused for everything, Redis holds back even the
-    UNPAUSE: that pause lasts 2 s, and leaving the block waits for its end."""
-    other = aioredis.Redis.from_url(url)
-    try:
-        await other.client_pause(30_000 if writes_only else 2_000, all=not writes_only)
-        try:
-            yield
-        finally:
-            await other.client_unpause()
-    finally:
-        await other.aclose()
-
-
-@asynccontextmanager
-async def writes_held_elsewhere(server: RunningServer) -> AsyncIterator[None]:
-    """The store takes no write until the block ends: SQLite's write lock held by another process,
-    Redis paused for writes."""
-    redis_url = server.settings.redis_url
-    held = (write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None
-            else redis_paused(redis_url, writes_only=True))
-    async with held:
-        yield
 
 
 # -- /healthz and /readyz ------------------------------------------------------------------------

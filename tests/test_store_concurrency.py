@@ -25,6 +25,7 @@ import aiohttp
 import httpx2
 import mcp_types as types
 import pytest
+import redis.asyncio as aioredis
 from mcp import Client
 from mcp.client.sse import sse_client
 
@@ -34,7 +35,7 @@ from server.memory.graph import Entity, KnowledgeGraph, Relation
 from server.storage.sqlite import SQLiteStorage
 from server.storage.sqlite.graph import DELETE_BATCH
 from tests.browser import parse_forms
-from tests.conftest import OAuthUser, RunningServer, access_token, start_server
+from tests.conftest import OAuthUser, RunningServer, access_token, on_both_backends, start_server
 
 BUSY_TIMEOUT = 2.0
 VERSION = "2025-11-25"
@@ -86,6 +87,61 @@ async def write_lock_held_elsewhere(path: Path) -> AsyncIterator[None]:
         assert await asyncio.wait_for(holder.wait(), 30) == 0
 
 
+@contextlib.asynccontextmanager
+async def redis_paused(url: str, writes_only: bool = False) -> AsyncIterator[None]:
+    """Redis stops answering (or, `writes_only`, taking writes) until the block ends, as under a
+    long-running script or a failover's pause. Paused for everything, Redis holds back even the
+    UNPAUSE: that pause lasts 2 s, and leaving the block waits for its end."""
+    other = aioredis.Redis.from_url(url)
+    try:
+        await other.client_pause(30_000 if writes_only else 2_000, all=not writes_only)
+        try:
+            yield
+        finally:
+            await other.client_unpause()
+    finally:
+        await other.aclose()
+
+
+@contextlib.asynccontextmanager
+async def redis_out_of_memory(url: str) -> AsyncIterator[None]:
+    """Redis at its `maxmemory` (under `noeviction`, the policy docs/deploy.md asks for): it refuses
+    every write, and answers reads, until the block ends."""
+    other: Any = aioredis.Redis.from_url(url)
+    try:
+        before = await other.config_get("maxmemory*")
+        await other.config_set("maxmemory-policy", "noeviction")
+        await other.config_set("maxmemory", 1)
+        try:
+            yield
+        finally:
+            for name, value in before.items():
+                await other.config_set(name, value)
+    finally:
+        await other.aclose()
+
+
+@contextlib.asynccontextmanager
+async def writes_refused(server: RunningServer) -> AsyncIterator[None]:
+    """The store refuses writes until the block ends: SQLite's write lock held by another process,
+    Redis out of memory."""
+    redis_url = server.settings.redis_url
+    held = write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None else redis_out_of_memory(redis_url)
+    async with held:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def writes_held_elsewhere(server: RunningServer) -> AsyncIterator[None]:
+    """The store takes no write until the block ends: SQLite's write lock held by another process,
+    Redis paused for writes."""
+    redis_url = server.settings.redis_url
+    held = (write_lock_held_elsewhere(server.sqlite.db.path) if redis_url is None
+            else redis_paused(redis_url, writes_only=True))
+    async with held:
+        yield
+
+
 @pytest.fixture
 async def http() -> AsyncIterator[httpx2.AsyncClient]:
     async with httpx2.AsyncClient(timeout=30) as client:
@@ -93,8 +149,8 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
 
 
 @pytest.fixture
-async def busy_server(data_dir: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(data_dir, store_busy_timeout=BUSY_TIMEOUT)
+async def busy_server(data_dir: Path, store_settings: dict[str, Any]) -> AsyncIterator[RunningServer]:
+    running = await start_server(data_dir, store_busy_timeout=BUSY_TIMEOUT, **store_settings)
     await accounts.add_user(running.storage, "alice", "alice-password-1")
     yield running
     await running.stop()
@@ -192,6 +248,7 @@ async def test_a_write_lock_held_elsewhere_blocks_nothing_and_writes_answer_retr
         "client_name": "c", "redirect_uris": ["http://127.0.0.1:9/cb"]})).status_code == 201
 
 
+@on_both_backends("store_settings")
 async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_server: RunningServer) -> None:
     """The legacy SSE transport always goes through the SDK's server: the same tool error there."""
     server = busy_server
@@ -199,7 +256,7 @@ async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_
     transport = sse_client(server.url + "/sse", auth=alice.provider("/sse"))
     async with Client(transport, mode="legacy") as client:
         await client.call_tool("create_entities", {"entities": [entity("before")]})
-        async with write_lock_held_elsewhere(server.sqlite.db.path):
+        async with writes_refused(server):
             refused = await client.call_tool("create_entities", {"entities": [entity("during")]})
             graph = await client.call_tool("read_graph", {})
         assert refused.is_error
@@ -210,13 +267,14 @@ async def test_a_tool_write_on_the_sdk_path_answers_a_retryable_tool_error(busy_
         assert not (await client.call_tool("create_entities", {"entities": [entity("during")]})).is_error
 
 
+@on_both_backends("store_settings")
 async def test_a_request_through_the_sdk_transport_is_answered_when_its_event_cannot_be_stored(
         http: httpx2.AsyncClient, busy_server: RunningServer) -> None:
     """A ping goes through the SDK transport, which stores each SSE event for resumability: with
     the store locked it is still answered (resuming from it is what is lost), not a 500."""
     server = busy_server
     alice = await mcp_session(http, server, await access_token(server, "alice", "alice-password-1"))
-    async with write_lock_held_elsewhere(server.sqlite.db.path):
+    async with writes_refused(server):
         ping = await http.post(server.url + "/mcp", headers=alice, json={"jsonrpc": "2.0", "id": 5, "method": "ping"})
     assert ping.status_code == 200, ping.text
     assert '{"jsonrpc":"2.0","id":5,"result":{}}' in ping.text.replace(" ", "")
