@@ -9,7 +9,8 @@ tools with its ToolSearch and call `create_entities` then `read_graph`; `claude 
 token marked expired, a second `claude -p` that refreshes it and reads the memory back. A
 recording proxy in front of the server (wiretap.py) keeps the protocol version and JSON-RPC
 method of every /mcp request. The tests below check each part of that run against Claude Code's
-own files, the stand-in's record, the tap's record, the server's access log and its SQLite.
+own files, the stand-in's record, the tap's record, the server's access log and its store. The run
+is made twice: with the server on SQLite, and on a private Redis (the same tests, one more run).
 
 Claude Code must be installed (`bash tests/interop/claude/install.sh`): without it these tests fail.
 """
@@ -30,7 +31,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from auth.crypto import hash_secret
-from server.storage.sqlite import SQLiteStorage
+from server.storage import Storage
+from tests.interop.harness import store_after
 
 CLAUDE_DIR = Path(__file__).parent / "interop" / "claude"
 CLAUDE = CLAUDE_DIR / "node_modules" / ".bin" / "claude"
@@ -111,11 +113,13 @@ def namespace_argv() -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module")
-def claude_run(tmp_path_factory: pytest.TempPathFactory) -> ClaudeRun:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def claude_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> ClaudeRun:
     assert CLAUDE.exists(), f"Claude Code not installed: run `bash {CLAUDE_DIR / 'install.sh'}`"
     work = tmp_path_factory.mktemp("claude")
     argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--claude", str(CLAUDE)]
+    if request.param == "redis":
+        argv.append("--redis")
     # Its own process group: on a timeout everything it started goes too.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -141,11 +145,11 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory) -> ClaudeRun:
 
 
 @pytest.fixture
-async def storage(claude_run: ClaudeRun) -> AsyncIterator[SQLiteStorage]:
-    """The server's database after the run (the server has stopped)."""
-    db = SQLiteStorage(Path(claude_run.result["data_dir"]) / "memory.sqlite3")
-    yield db
-    await db.close()
+async def storage(claude_run: ClaudeRun) -> AsyncIterator[Storage]:
+    """The server's store after the run (the server has stopped; its Redis is started again on the
+    data it kept)."""
+    async with store_after(claude_run.result) as opened:
+        yield opened
 
 
 def test_pinned_claude_code_ran(claude_run: ClaudeRun) -> None:
@@ -179,7 +183,7 @@ def test_mcp_add_then_login_through_our_authorization_server(claude_run: ClaudeR
 
 
 async def test_claude_code_holds_tokens_our_server_issued_to_alice(claude_run: ClaudeRun,
-                                                                   storage: SQLiteStorage) -> None:
+                                                                   storage: Storage) -> None:
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     first, second = claude_run.credentials("claude-mcp-login"), claude_run.credentials("claude-mcp-login-paste")
@@ -208,7 +212,7 @@ async def test_claude_code_holds_tokens_our_server_issued_to_alice(claude_run: C
     assert json.loads(claude_run.text("credentials-after-claude-mcp-logout.json")) == {"mcpOAuth": {}}
 
 
-async def test_expired_access_token_is_refreshed_with_rotation(claude_run: ClaudeRun, storage: SQLiteStorage) -> None:
+async def test_expired_access_token_is_refreshed_with_rotation(claude_run: ClaudeRun, storage: Storage) -> None:
     expired = json.loads(claude_run.text("credentials-expired.json"))["mcpOAuth"]
     [before] = list(expired.values())
     after = claude_run.credentials("claude-p-recall")
@@ -312,7 +316,7 @@ def test_second_login_reads_the_same_memory(claude_run: ClaudeRun) -> None:
     assert claude_run.mcp_methods("claude-p-recall") == ["server/discover", "tools/list", "tools/call"]
 
 
-async def test_entity_is_in_alices_graph(claude_run: ClaudeRun, storage: SQLiteStorage) -> None:
+async def test_entity_is_in_alices_graph(claude_run: ClaudeRun, storage: Storage) -> None:
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     graph = (await storage.read_graph(alice.id)).model()

@@ -5,7 +5,8 @@ does: `memory-mcp users add` and `serve`; `codex mcp add` (which logs in through
 the scripted browser standing in for the person); `codex exec`, where a loopback stand-in model
 makes Codex call `create_entities` then `read_graph`; `codex mcp logout` and `codex mcp login`;
 a second `codex exec` that reads the memory back. The tests below check each part of that run
-against Codex's own files, the model stand-in's record, the server's access log and its SQLite.
+against Codex's own files, the model stand-in's record, the server's access log and its store. The
+run is made twice: with the server on SQLite, and on a private Redis (the same tests, one more run).
 
 Codex must be installed (`bash tests/interop/codex/install.sh`): without it these tests fail.
 """
@@ -26,7 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from auth.crypto import hash_secret
-from server.storage.sqlite import SQLiteStorage
+from server.storage import Storage
+from tests.interop.harness import store_after
 
 CODEX_DIR = Path(__file__).parent / "interop" / "codex"
 CODEX = CODEX_DIR / "node_modules" / ".bin" / "codex"
@@ -84,11 +86,13 @@ def namespace_argv() -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module")
-def codex_run(tmp_path_factory: pytest.TempPathFactory) -> CodexRun:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def codex_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CodexRun:
     assert CODEX.exists(), f"Codex CLI not installed: run `bash {CODEX_DIR / 'install.sh'}`"
     work = tmp_path_factory.mktemp("codex")
     argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--codex", str(CODEX)]
+    if request.param == "redis":
+        argv.append("--redis")
     # Its own process group: on a timeout everything it started goes too.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -115,11 +119,11 @@ def codex_run(tmp_path_factory: pytest.TempPathFactory) -> CodexRun:
 
 
 @pytest.fixture
-async def storage(codex_run: CodexRun) -> AsyncIterator[SQLiteStorage]:
-    """The server's database after the run (the server has stopped)."""
-    db = SQLiteStorage(Path(codex_run.result["data_dir"]) / "memory.sqlite3")
-    yield db
-    await db.close()
+async def storage(codex_run: CodexRun) -> AsyncIterator[Storage]:
+    """The server's store after the run (the server has stopped; its Redis is started again on the
+    data it kept)."""
+    async with store_after(codex_run.result) as opened:
+        yield opened
 
 
 def test_pinned_codex_ran(codex_run: CodexRun) -> None:
@@ -153,7 +157,7 @@ def test_mcp_add_logs_in_through_our_authorization_server(codex_run: CodexRun) -
     assert not [e for e in codex_run.jsonl("browser.jsonl") if e["event"] == "error"]
 
 
-async def test_codex_holds_tokens_our_server_issued_to_alice(codex_run: CodexRun, storage: SQLiteStorage) -> None:
+async def test_codex_holds_tokens_our_server_issued_to_alice(codex_run: CodexRun, storage: Storage) -> None:
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     first, second = codex_run.credentials("codex-mcp-add"), codex_run.credentials("codex-mcp-login")
@@ -217,7 +221,7 @@ def test_second_login_reads_the_same_memory(codex_run: CodexRun) -> None:
     assert calls[0]["result"]["structured_content"] == {"entities": [ADA], "relations": []}
 
 
-async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: SQLiteStorage) -> None:
+async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: Storage) -> None:
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     graph = (await storage.read_graph(alice.id)).model()

@@ -33,7 +33,7 @@ from server.config import Settings
 from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
-from tests.conftest import RunningServer, free_socket, start_server, tokens_by_hand
+from tests.conftest import RunningServer, free_socket, on_both_backends, start_server, tokens_by_hand
 from tests.interop.bearer_proxy import BearerProxy
 from tests.interop.conformance_fixture import ERROR_TEXT, LOG_MESSAGES, RECONNECTION_TEXT, SIMPLE_TEXT, Fixture
 from tests.interop.conformance_fixture import TOOLS as FIXTURE_TOOLS
@@ -419,6 +419,9 @@ async def test_inspector_cli_signs_in_itself(server: RunningServer, tmp_path: Pa
 # --- TypeScript SDK ------------------------------------------------------------------------------
 
 
+# The one run of a node client with the server on Redis too: the others exercise the clients' side,
+# the same on either backend, and each costs seconds.
+@on_both_backends()
 async def test_typescript_sdk_client(server: RunningServer, tmp_path: Path) -> None:
     cmd = [installed(BIN / "node"), str(TS_SDK_CLIENT), server.url + "/mcp", "via the TypeScript SDK"]
     events: dict[str, dict[str, Any]] = {}

@@ -12,8 +12,8 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,3 +111,48 @@ def start_upstream(work: Path, server_origin: str) -> tuple[Any, str, list[str]]
     flags = ["--upstream-issuer", issuer, "--upstream-client-id", "memory-mcp", "--upstream-client-secret", secret,
              "--local-login", "false"]
     return provider, issuer, flags
+
+
+@contextmanager
+def store(work: Path, redis: bool) -> Iterator[list[str]]:
+    """For a driver's `--redis` run: a private redis-server (tests/redis_server.py) inside the
+    run's namespace, its data kept in WORK/redis with AOF, so that the test can start it again to
+    look inside once the run is over. Yields the flags that put `memory-mcp` on it (none: SQLite
+    in the data directory)."""
+    if not redis:
+        yield []
+        return
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(work / "redis", appendonly=True)
+    server.start()
+    try:
+        yield ["--redis-url", server.url]
+    finally:
+        server.stop()
+
+
+@asynccontextmanager
+async def store_after(result: dict[str, Any]) -> AsyncIterator[Any]:
+    """The store of a finished run (its result.json): the SQLite file, or its Redis started again
+    on the data it kept (`store`)."""
+    if result.get("redis_dir"):
+        from server.storage.redis import RedisStorage
+        from tests.redis_server import RedisServer
+
+        server = RedisServer(Path(result["redis_dir"]), appendonly=True)
+        server.start()
+        redis = RedisStorage(server.url)
+        try:
+            yield redis
+        finally:
+            await redis.close()
+            server.stop()
+        return
+    from server.storage.sqlite import SQLiteStorage
+
+    sqlite = SQLiteStorage(Path(result["data_dir"]) / "memory.sqlite3")
+    try:
+        yield sqlite
+    finally:
+        await sqlite.close()

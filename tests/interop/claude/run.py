@@ -56,7 +56,7 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.browser import Browser  # noqa: E402 - needs the repository on sys.path first
-from tests.interop.harness import free_port, kill_group, loopback_up, processes, start_upstream, wait_http  # noqa: E402
+from tests.interop.harness import free_port, kill_group, loopback_up, processes, start_upstream, store, wait_http  # noqa: E402
 
 # Bounds the whole run (about 15 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 100.0
@@ -219,6 +219,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="an empty directory for every artifact")
     parser.add_argument("--claude", type=Path, default=default_claude())
     parser.add_argument("--python", default=sys.executable, help="the interpreter with memory-mcp installed")
+    parser.add_argument("--redis", action="store_true", help="keep the server's data in a private Redis (WORK/redis) "
+                        "instead of SQLite")
     parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
                         "(tests/upstream.py) instead of a local password")
     args = parser.parse_args()
@@ -226,7 +228,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.claude, args.python, results, args.upstream)
+        drive(work, args.claude, args.python, results, args.upstream, args.redis)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -260,7 +262,8 @@ def claude_env(work: Path, home: Path, stub_port: int, browser: Path) -> dict[st
     }
 
 
-def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstream: bool = False) -> None:
+def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstream: bool = False,
+          redis: bool = False) -> None:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -281,15 +284,17 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
     base_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
-    if not upstream:
-        added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
-                                       str(data_dir)], work, base_env, 60, results, stdin=PASSWORD + "\n")
-        if added.returncode != 0:
-            raise RuntimeError(f"users add failed: {added.stderr}")
-
-    with processes() as procs:
+    with store(work, redis) as store_flags, processes() as procs:
+        results["redis_dir"] = str(work / "redis") if redis else None
+        if not upstream:
+            added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
+                                           str(data_dir), *store_flags], work, base_env, 60, results,
+                             stdin=PASSWORD + "\n")
+            if added.returncode != 0:
+                raise RuntimeError(f"users add failed: {added.stderr}")
         server = procs.start([memory_mcp, "serve", "--port", str(server_port), "--data-dir", str(data_dir),
-                              "--public-url", origin, *upstream_flags], work / "server.log", env=base_env)
+                              "--public-url", origin, *store_flags, *upstream_flags], work / "server.log",
+                             env=base_env)
         wait_http(results["server_origin"] + "/healthz", 30, server)
         tap = procs.start([python, str(HERE / "wiretap.py"), "--target", results["server_origin"], "--port",
                            str(tap_port), "--record", str(work / "wire.jsonl")], work / "wiretap.log", env=base_env)

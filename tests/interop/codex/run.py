@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.interop.harness import free_port, loopback_up, processes, start_upstream, wait_http  # noqa: E402 - needs the repository on sys.path first
+from tests.interop.harness import free_port, loopback_up, processes, start_upstream, store, wait_http  # noqa: E402 - needs the repository on sys.path first
 
 # Bounds the whole run (about 10 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 150.0
@@ -123,6 +123,8 @@ def main() -> int:
     parser.add_argument("--work", type=Path, required=True, help="an empty directory for every artifact")
     parser.add_argument("--codex", type=Path, default=default_codex())
     parser.add_argument("--python", default=sys.executable, help="the interpreter with memory-mcp installed")
+    parser.add_argument("--redis", action="store_true", help="keep the server's data in a private Redis (WORK/redis) "
+                        "instead of SQLite")
     parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
                         "(tests/upstream.py) instead of a local password")
     args = parser.parse_args()
@@ -130,7 +132,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.codex, args.python, results, args.upstream)
+        drive(work, args.codex, args.python, results, args.upstream, args.redis)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -139,7 +141,8 @@ def main() -> int:
     return 0 if "error" not in results else 1
 
 
-def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False) -> None:
+def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False,
+          redis: bool = False) -> None:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -158,15 +161,15 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
 
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
-    if not upstream:
-        added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
-                                       str(data_dir)], work, env, 60, results, stdin=PASSWORD + "\n")
-        if added.returncode != 0:
-            raise RuntimeError(f"users add failed: {added.stderr}")
-
-    with processes() as procs:
+    with store(work, redis) as store_flags, processes() as procs:
+        results["redis_dir"] = str(work / "redis") if redis else None
+        if not upstream:
+            added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
+                                           str(data_dir), *store_flags], work, env, 60, results, stdin=PASSWORD + "\n")
+            if added.returncode != 0:
+                raise RuntimeError(f"users add failed: {added.stderr}")
         server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir),
-                              *upstream_flags], work / "server.log", env=env)
+                              *store_flags, *upstream_flags], work / "server.log", env=env)
         wait_http(origin + "/healthz", 30, server)
 
         stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
