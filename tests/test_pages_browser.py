@@ -31,6 +31,9 @@ from playwright.async_api import Browser, BrowserContext, ConsoleMessage, Page, 
 
 from tests.conftest import RunningServer, free_socket
 
+# On SQLite only: what these tests add is what only a browser enforces (CSP, cookies, navigation);
+# the same flows' storage runs on both backends in tests/test_auth_browser.py.
+
 # Bounds a wait for the browser to reach the client so that a blocked navigation fails the test
 # instead of hanging it; not a speed assertion.
 ARRIVAL_TIMEOUT = 15.0
