@@ -114,7 +114,7 @@ def start_upstream(work: Path, server_origin: str) -> tuple[Any, str, list[str]]
 
 
 @contextmanager
-def store(work: Path, redis: bool) -> Iterator[list[str]]:
+def run_store(work: Path, redis: bool) -> Iterator[list[str]]:
     """For a driver's `--redis` run: a private redis-server (tests/redis_server.py) inside the
     run's namespace, its data kept in WORK/redis with AOF, so that the test can start it again to
     look inside once the run is over. Yields the flags that put `memory-mcp` on it (none: SQLite
@@ -135,7 +135,7 @@ def store(work: Path, redis: bool) -> Iterator[list[str]]:
 @asynccontextmanager
 async def store_after(result: dict[str, Any]) -> AsyncIterator[Any]:
     """The store of a finished run (its result.json): the SQLite file, or its Redis started again
-    on the data it kept (`store`)."""
+    on the data it kept (`run_store`)."""
     if result.get("redis_dir"):
         from server.storage.redis import RedisStorage
         from tests.redis_server import RedisServer

@@ -56,7 +56,7 @@ REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
 from tests.browser import Browser  # noqa: E402 - needs the repository on sys.path first
-from tests.interop.harness import free_port, kill_group, loopback_up, processes, start_upstream, store, wait_http  # noqa: E402
+from tests.interop.harness import free_port, kill_group, loopback_up, processes, run_store, start_upstream, wait_http  # noqa: E402
 
 # Bounds the whole run (about 15 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 100.0
@@ -284,7 +284,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
     base_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
-    with store(work, redis) as store_flags, processes() as procs:
+    with run_store(work, redis) as store_flags, processes() as procs:
         results["redis_dir"] = str(work / "redis") if redis else None
         if not upstream:
             added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.interop.harness import free_port, loopback_up, processes, start_upstream, store, wait_http  # noqa: E402 - needs the repository on sys.path first
+from tests.interop.harness import free_port, loopback_up, processes, run_store, start_upstream, wait_http  # noqa: E402 - needs the repository on sys.path first
 
 # Bounds the whole run (about 10 s when healthy); each step also has its own, shorter timeout.
 RUN_DEADLINE = 150.0
@@ -161,7 +161,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
 
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
-    with store(work, redis) as store_flags, processes() as procs:
+    with run_store(work, redis) as store_flags, processes() as procs:
         results["redis_dir"] = str(work / "redis") if redis else None
         if not upstream:
             added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", "--data-dir",
