@@ -52,10 +52,13 @@ METRICS_SOCKET: web.AppKey[socket.socket] = web.AppKey("metrics_socket", socket.
 
 
 async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
-                    mcp_server: Server[Any] | None = None) -> web.Application:
+                    mcp_server: Server[Any] | None = None, *, workers: metrics.Workers | None = None,
+                    metrics_socket: socket.socket | None = None) -> web.Application:
     """The whole server. `backend`: the storage and rate limiter to use (default: those the
     settings choose, `open_backend`). `mcp_server` replaces the memory tools with another MCP
     server on the same transports and authentication (the conformance suite's fixture server does).
+    `workers`: this process is one worker of several (server/supervisor.py), whose metrics it
+    gathers; `metrics_socket`: the `metrics_address` listener, when the supervisor bound it.
     A coroutine because the cookie key comes from the store (shared by every instance on Redis)."""
     storage, limiter = backend or open_backend(settings)
     key = await storage.cookie_key()
@@ -138,13 +141,13 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     app[READINESS] = readiness
     app.router.add_get("/healthz", health.handle_health)
     app.router.add_get("/readyz", readiness.handle_ready)
-    metrics_socket = None
     if measured is not None:
         token = settings.metrics_bearer
         if settings.metrics_address is None:
-            app.router.add_get(metrics.PATH, measured.handler(token))
+            app.router.add_get(metrics.PATH, measured.handler(token, workers))
         else:
-            metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
+            if metrics_socket is None:
+                metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
             app[METRICS_SOCKET] = metrics_socket
     app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes)))
     app.router.add_get("/", _home)
@@ -159,12 +162,15 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()
         follower = asyncio.create_task(follow_revocations(storage, end_sessions), name="revocation-follower")
-        stop_metrics = None
+        stops = []
         if measured is not None and metrics_socket is not None:
-            stop_metrics = await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer), metrics_socket)
+            stops.append(await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer, workers),
+                                             metrics_socket))
+        if measured is not None and workers is not None:
+            stops.append(await metrics.serve_worker(metrics.worker_app(measured), workers.socket_path(workers.slot)))
         yield
-        if stop_metrics is not None:
-            await stop_metrics()
+        for stop in stops:
+            await stop()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower

@@ -32,7 +32,7 @@ from server.keyfile import KEY_FILE
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
 from server.storage.redis.base import redacted
-from server.supervisor import INHERITED_FLAG, read_settings
+from server.supervisor import INHERITED_FLAG, read_brief
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -279,10 +279,9 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration error
     # should not pay.
-    from server import limits, logs, supervisor
+    from server import limits, logs, metrics, supervisor
     from server.app import build_app
     from server.malloc import keep_freed_memory
-    from server.metrics import MetricsListenError
 
     logs.configure(settings.log_level, settings.log_format, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
@@ -326,9 +325,13 @@ def _serve(settings: Settings) -> int:
         users = loop.run_until_complete(accounts.list_users(storage))
         # With workers, the supervisor serves nothing: it opened the store to check it (and to
         # create or migrate it once, before the workers start together), and closes it.
+        metrics_socket = None
         try:
+            if settings.workers > 1 and settings.metrics_enabled and settings.metrics_address is not None:
+                # Bound here, passed to every worker: one listener whichever worker answers.
+                metrics_socket = metrics.listen(settings.metrics_address, protected=settings.metrics_bearer is not None)
             app = None if settings.workers > 1 else loop.run_until_complete(build_app(settings, backend))
-        except MetricsListenError as exc:
+        except metrics.MetricsListenError as exc:
             raise ListenError(str(exc)) from None
     except BaseException:
         loop.run_until_complete(limiter.close())
@@ -354,7 +357,7 @@ def _serve(settings: Settings) -> int:
     if app is None:
         print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data}; "
               f"{settings.workers} workers)", file=sys.stderr)
-        return supervisor.run(settings, sockets)
+        return supervisor.run(settings, sockets, metrics_socket)
     keep_freed_memory()
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
@@ -414,8 +417,10 @@ def _serve_worker(fds: str) -> int:
     from server import limits, logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
+    from server.metrics import Workers
 
-    settings = read_settings()
+    brief = read_brief()
+    settings = brief.settings
     logs.configure(settings.log_level, settings.log_format, several_processes=True)
     limits.raise_open_files_limit()
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
@@ -425,7 +430,9 @@ def _serve_worker(fds: str) -> int:
         # Each worker, not only the supervisor: a worker still draining after its supervisor was
         # killed keeps `memory-mcp restore` away too.
         backup.hold_serve_lock(settings.data_dir)
-    app = loop.run_until_complete(build_app(settings, backend))
+    workers = Workers(brief.slot, brief.count, brief.directory)
+    metrics_socket = None if brief.metrics_fd is None else socket.socket(fileno=brief.metrics_fd)
+    app = loop.run_until_complete(build_app(settings, backend, workers=workers, metrics_socket=metrics_socket))
     keep_freed_memory()
     return _run(settings, app, backend[0], sockets, loop, worker=True)
 
