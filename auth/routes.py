@@ -14,6 +14,7 @@
     GET  /.well-known/openid-configuration             OpenID Connect Discovery (CORS)
     GET  /.well-known/jwks.json                        RFC 7517 ID-token signing keys (CORS)
     GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
+    GET  /setup, POST /setup                           the first account, from the one-time link
 
 Handlers raise `auth.errors.OAuth2Error` for every refusal; `auth.errors.middleware`, installed
 here, is where it becomes a response (a page on the browser paths), as `_store_unavailable` is
@@ -41,6 +42,7 @@ from auth import (
     rfc7591,
     rfc8414,
     rfc9728,
+    setup,
     signin,
     token,
 )
@@ -94,6 +96,8 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, c
         ("POST", "/logout", login.handle_logout),
         ("GET", "/consents", consent.handle_consents_page),
         ("POST", "/consents", consent.handle_withdraw),
+        # The first account is a password account: only where passwords sign in.
+        *(setup.SetupPage(cookie_key).routes if any(isinstance(m, login.PasswordSignIn) for m in methods) else ()),
         *(route for method in methods for route in method.routes),
     ]
     if not any(route[:2] == ("POST", "/login") for route in browser_routes):

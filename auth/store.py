@@ -38,6 +38,10 @@ class UserExistsError(Exception):
     """A user with that username already exists."""
 
 
+class NotFirstUserError(Exception):
+    """`add_user(first=True)` found an account already there."""
+
+
 class StoreUnavailable(Exception):
     """The store cannot answer now (its lock is held elsewhere, its disk is full or failing):
     the request may succeed if retried after `retry_after` seconds. `reason` is a short phrase
@@ -71,8 +75,9 @@ class ClientStore(Protocol):
 
 
 class UserStore(Protocol):
-    async def add_user(self, user: User) -> None:
-        """Raises `UserExistsError` when the username is taken."""
+    async def add_user(self, user: User, *, first: bool = False) -> None:
+        """Raises `UserExistsError` when the username is taken; with `first`, `NotFirstUserError`
+        when any account exists (checked in the same step as the insert: `auth.setup`)."""
         ...
 
     async def get_user(self, user_id: str) -> User | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from auth import accounts
+from auth.setup import SETUP_TTL, setup_link
 from auth.store import StoreUnavailable
 from auth.upstream.client import UpstreamClient
 from auth.upstream.http import BadResponse, Misconfigured, Unavailable
@@ -323,6 +324,7 @@ def _serve(settings: Settings) -> int:
                 loop.close()
                 return 2
         users = loop.run_until_complete(accounts.list_users(storage))
+        setup_link = None if users else _setup_link(settings, sockets, loop.run_until_complete(storage.cookie_key()))
         # With workers, the supervisor serves nothing: it opened the store to check it (and to
         # create or migrate it once, before the workers start together), and closes it.
         metrics_socket = None
@@ -350,8 +352,15 @@ def _serve(settings: Settings) -> int:
         add = ("memory-mcp-admin users add <name> --password-stdin"
                if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
                f"{_command()} users add <name> --password-stdin {store}")
-        print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {add}", file=sys.stderr)
+        if setup_link is not None:
+            port = settings.port
+            print(f"No users yet. Create the first account in a browser on this machine (the link works once, for "
+                  f"{SETUP_TTL // 60} minutes; from another machine: ssh -L {port}:localhost:{port} <this host>, then "
+                  f"open it there):\n  {setup_link}\nor on the command line (the password is read from standard "
+                  f"input, or prompted for at a terminal):\n  {add}", file=sys.stderr)
+        else:
+            print(f"No users yet. Add one (the password is read from standard input, or prompted for at a "
+                  f"terminal):\n  {add}", file=sys.stderr)
     where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     data = settings.data_dir if settings.redis_url is None else f"Redis at {redacted(settings.redis_url)}"
     if app is None:
@@ -362,6 +371,21 @@ def _serve(settings: Settings) -> int:
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
     return _run(settings, app, backend[0], sockets, loop, worker=False)
+
+
+def _setup_link(settings: Settings, sockets: Sequence[socket.socket], cookie_key: bytes) -> str | None:
+    """The first account's one-time link (auth/setup.py), on a loopback address this server listens
+    on; None where there is none, where passwords do not sign in, or under a service manager,
+    whose journal is a log that others may read (the link is a credential): there the CLI path."""
+    if not settings.local_login or "INVOCATION_ID" in os.environ or "NOTIFY_SOCKET" in os.environ:
+        return None
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        if sock.family == socket.AF_INET and (host == "0.0.0.0" or host.startswith("127.")):  # noqa: S104
+            return setup_link(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", cookie_key)  # noqa: S104
+        if sock.family == socket.AF_INET6 and host in ("::", "::1"):
+            return setup_link(f"http://[::1]:{port}", cookie_key)
+    return None
 
 
 def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket],

@@ -14,6 +14,7 @@ import pytest
 from auth import accounts
 from auth.crypto import hash_secret
 from auth.models import AuthorizationCode, RememberedConsent, Revocation, SigningKey, Token
+from auth.store import NotFirstUserError
 from tests.authflow import AnyStore, Backend
 
 ISSUER = "https://mcp.example.com"
@@ -142,6 +143,21 @@ async def test_concurrent_add_user_keeps_one(store: AnyStore, reopen: Reopen) ->
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, accounts.DuplicateUserError) for r in results if isinstance(r, BaseException))
     assert [u.username for u in await store.list_users()] == ["carol"]
+
+
+async def test_the_first_account_only_once(store: AnyStore, reopen: Reopen) -> None:
+    """`add_user(first=True)` (the setup link, auth/setup.py): of concurrent calls through two
+    connections with different usernames, one creates the account; later ones are refused, and a
+    plain add_user (the CLI) still works."""
+    other = reopen()
+    results = await asyncio.gather(*(accounts.add_user(store if i % 2 else other, f"first{i}", f"password-{i:04d}",
+                                                       first=True) for i in range(8)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1, results
+    assert all(isinstance(r, NotFirstUserError) for r in results if isinstance(r, BaseException)), results
+    with pytest.raises(NotFirstUserError):
+        await accounts.add_user(store, "later", "password-later", first=True)
+    await accounts.add_user(store, "later", "password-later")
+    assert len(await store.list_users()) == 2
 
 
 # Accounts and their cascades

@@ -66,7 +66,7 @@ from auth.models import (
     UpstreamLink,
     User,
 )
-from auth.store import UserExistsError
+from auth.store import NotFirstUserError, UserExistsError
 from server.storage.redis.base import RedisBase, guard_all
 
 # How long a revocation stays in the log: far longer than any reader's wait (as in SQLite).
@@ -253,8 +253,11 @@ end
 return n
 """)
 
+# ARGV: prefix, id, username, password_hash, created_at, state, first ('1': only while no account
+# exists, auth.setup). -1: not the first; 0: the username is taken.
 _ADD_USER = _script("""
 local id, name = ARGV[2], ARGV[3]
+if ARGV[7] == '1' and redis.call('HLEN', k0('usernames')) > 0 then return -1 end
 if redis.call('HSETNX', k0('usernames'), name, id) == 0 then return 0 end
 redis.call('HSET', k('user', id), 'username', name, 'password_hash', ARGV[4], 'created_at', ARGV[5],
            'state', ARGV[6])
@@ -613,9 +616,11 @@ class RedisAuth(RedisBase):
 
     # Users
 
-    async def add_user(self, user: User) -> None:
+    async def add_user(self, user: User, *, first: bool = False) -> None:
         added = await self._auth_script(_ADD_USER, user.id, user.username, user.password_hash, _num(user.created_at),
-                                str(user.state))
+                                        str(user.state), "1" if first else "0")
+        if added == -1:
+            raise NotFirstUserError(user.username)
         if not added:
             raise UserExistsError(user.username)
 

@@ -71,7 +71,7 @@ from auth.models import (
     UpstreamLink,
     User,
 )
-from auth.store import UserExistsError
+from auth.store import NotFirstUserError, UserExistsError
 from server.storage.sqlite.db import Database
 
 SCHEMA = """
@@ -340,15 +340,19 @@ class AuthTables:
 
     # Users
 
-    async def add_user(self, user: User) -> None:
+    async def add_user(self, user: User, *, first: bool = False) -> None:
         def write(conn: sqlite3.Connection) -> None:
+            # One statement, in the writer's transaction: no account can appear between the
+            # check and the insert.
+            only_first = " WHERE NOT EXISTS (SELECT 1 FROM auth_users)" if first else ""
             try:
-                conn.execute(
-                    "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (user.id, user.username, user.password_hash, user.created_at),
-                )
+                added = conn.execute(
+                    "INSERT INTO auth_users (id, username, password_hash, created_at) SELECT ?, ?, ?, ?"
+                    + only_first, (user.id, user.username, user.password_hash, user.created_at)).rowcount
             except sqlite3.IntegrityError as exc:
                 raise UserExistsError(user.username) from exc
+            if not added:
+                raise NotFirstUserError(user.username)
         await self.db.write(write)
 
     async def get_user(self, user_id: str) -> User | None:
