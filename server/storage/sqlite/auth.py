@@ -344,8 +344,8 @@ class AuthTables:
         def write(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (user.id, user.username, user.password_hash, user.created_at),
+                    "INSERT INTO auth_users (id, username, password_hash, created_at, state) VALUES (?, ?, ?, ?, ?)",
+                    (user.id, user.username, user.password_hash, user.created_at, user.state),
                 )
             except sqlite3.IntegrityError as exc:
                 raise UserExistsError(user.username) from exc
