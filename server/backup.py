@@ -206,10 +206,21 @@ def _backup_redis(settings: Settings, destination: Path) -> str:
         return counts
 
     counts = _run(settings, copy)
+    _one_file(local.database_path)
     _check(local.database_path)
     return (f"backed up Redis at {redacted(settings.redis_url or '')} to {destination} in "
             f"{time.monotonic() - started:.1f} s ({counts.line()}; keep the directory private: it holds the "
             "server's key)")
+
+
+def _one_file(database: Path) -> None:
+    """Fold the write-ahead log into the database and leave rollback-journal mode on: a backup is
+    these two files and nothing else (a server opening it goes back to WAL)."""
+    conn = sqlite3.connect(database)
+    try:
+        conn.execute("PRAGMA journal_mode = DELETE")
+    finally:
+        conn.close()
 
 
 def _restore_redis(settings: Settings, database: Path, *, replace: bool) -> str:
