@@ -12,7 +12,8 @@ from typing import Any
 import httpx2
 
 from auth import accounts
-from tests.conftest import OAuthUser, RunningServer, free_socket, start_server
+from tests.browser import Browser
+from tests.conftest import OAuthUser, RunningServer, free_socket, start_server, tokens_by_hand
 from tests.redis_server import RedisServer
 from tests.test_backup import run_async
 from tests.test_cli import Process, run
@@ -67,6 +68,9 @@ async def test_migrate_moves_a_sqlite_deployment_to_redis_without_a_new_login(
         graph = await write_memory(client)
         assert [e["name"] for e in graph["entities"]] == ["zulu", "alpha", "mike"]
         [session] = server.registry.sessions()
+        browser = Browser("alice", PASSWORD)  # signs in once, and keeps its login cookie
+        await tokens_by_hand(server, "alice", PASSWORD, "memory:read memory:write", browser)
+        assert any('name="password"' in page for page in browser.pages)
         await server.stop()
 
         code, out = await run_async("migrate", "--to", redis_url, "--data-dir", str(data))
@@ -76,7 +80,11 @@ async def test_migrate_moves_a_sqlite_deployment_to_redis_without_a_new_login(
         moved = await start_server(data, port=port, redis_url=redis_url)
         try:
             await continues(moved, alice, client, graph, session.session_id)
+            seen = len(browser.pages)
+            await tokens_by_hand(moved, "alice", PASSWORD, "memory:read memory:write", browser)
+            assert not any('name="password"' in page for page in browser.pages[seen:]), "the browser login ended"
         finally:
+            await browser.close()
             await moved.stop()
 
     again = run("migrate", "--to", redis_url, "--data-dir", str(data))
