@@ -5,6 +5,8 @@ subprocess, the private test Redis."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -97,26 +99,57 @@ async def test_a_redis_backup_taken_while_serving_restores_into_an_empty_redis(
     server = await start_server(data, redis_url=redis_url)
     port = int(server.url.rsplit(":", 1)[1])
     await accounts.add_user(server.storage, "alice", PASSWORD)
-    alice = OAuthUser(server.url, "alice", PASSWORD)
+    await accounts.add_user(server.storage, "bob", "bob-password-22")
+    alice, bob = OAuthUser(server.url, "alice", PASSWORD), OAuthUser(server.url, "bob", "bob-password-22")
     async with alice.client() as (client, _):
         graph = await write_memory(client)
         [session] = server.registry.sessions()
-        code, out = await run_async("backup", "--to", str(saved), "--redis-url", redis_url)
+        async with bob.client() as (writing, _):
+            written = 0
+
+            async def writer() -> None:
+                # Each call adds an entity and a relation to the previous one: a graph read in two
+                # steps could hold a relation without its entity, or skip one in the middle.
+                nonlocal written
+                while True:
+                    name = f"during-{written:05d}"
+                    await writing.call_tool("create_entities", {"entities": [
+                        {"name": name, "entityType": "t", "observations": ["x" * 100]}]})
+                    if written:
+                        await writing.call_tool("create_relations", {"relations": [
+                            {"from": f"during-{written - 1:05d}", "to": name, "relationType": "next"}]})
+                    written += 1
+
+            task = asyncio.create_task(writer())
+            await asyncio.sleep(0.3)
+            code, out = await run_async("backup", "--to", str(saved), "--redis-url", redis_url)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         assert code == 0, out
-        assert "backed up Redis" in out and "3 entities" in out
+        assert "backed up Redis" in out and "2 accounts" in out
         assert sorted(p.name for p in saved.iterdir()) == ["memory.sqlite3", "session.key"]
         await server.stop()
 
         redis_server.flush()
         code, out = await run_async("restore", "--from", str(saved), "--redis-url", redis_url)
         assert code == 0, out
-        assert "1 accounts" in out and "3 entities" in out
+        assert "2 accounts" in out
 
         restored = await start_server(data, port=port, redis_url=redis_url)
         try:
             await continues(restored, alice, client, graph, session.session_id)
+            found = await restored.storage.get_user_by_name("bob")
+            assert found is not None
+            bobs = json.loads((await restored.storage.read_graph(found.id)).json)
         finally:
             await restored.stop()
+    # Each user's graph is one state of it, taken while bob wrote: a prefix of his writes, every
+    # relation with its entities.
+    during = [e["name"] for e in bobs["entities"]]
+    assert 0 < len(during) <= written and during == [f"during-{i:05d}" for i in range(len(during))]
+    assert len(bobs["relations"]) in (len(during) - 1, len(during) - 2)
+    assert all(r["to"] in during for r in bobs["relations"])
 
     refused = run("restore", "--from", str(saved), "--redis-url", redis_url, "--replace")
     assert refused.returncode == 1 and "already holds memory-mcp data" in refused.stderr, refused.stderr
