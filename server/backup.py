@@ -191,6 +191,7 @@ def migrate(settings: Settings, target: Settings) -> str:
 def _backup_redis(settings: Settings, destination: Path) -> str:
     if destination.exists() and any(destination.iterdir()):
         raise BackupError(f"{destination} is not empty: back up into a new directory")
+    created = not destination.exists()
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
     started = time.monotonic()
     local = settings.model_copy(update={"redis_url": None, "data_dir": destination})
@@ -205,7 +206,15 @@ def _backup_redis(settings: Settings, destination: Path) -> str:
         _compare(counts, found, str(destination))
         return counts
 
-    counts = _run(settings, copy)
+    try:
+        counts = _run(settings, copy)
+    except BaseException:
+        # Half a backup must not look like one.
+        for path in destination.iterdir():
+            path.unlink()
+        if created:
+            destination.rmdir()
+        raise
     _one_file(local.database_path)
     _check(local.database_path)
     return (f"backed up Redis at {redacted(settings.redis_url or '')} to {destination} in "

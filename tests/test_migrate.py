@@ -173,6 +173,7 @@ async def test_migrate_refuses_what_it_cannot_do_and_never_prints_the_password(t
         assert down.returncode == 1, down.stderr
         assert "cannot use Redis at redis://:***@127.0.0.1:1/0" in down.stderr, down.stderr
         assert secret not in down.stdout + down.stderr
+    assert not (tmp_path / "b").exists(), "a failed backup leaves nothing that looks like one"
     bad = run("migrate", "--to", f"http://:{secret}@example/", "--data-dir", str(data))
     assert bad.returncode == 2 and "redis://" in bad.stderr and secret not in bad.stderr, bad.stderr
     both = run("migrate", "--to", redis_url, "--data-dir", str(data), env={"MEMORY_MCP_REDIS_URL": redis_url})
