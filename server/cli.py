@@ -111,15 +111,21 @@ def _parser() -> argparse.ArgumentParser:
     action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
            "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
         "--user", required=True)
-    saved = commands.add_parser("backup", help="copy the SQLite data (memory and accounts) and the key file into a new "
-                                "directory, while the server runs")
+    saved = commands.add_parser("backup", help="copy the data (memory and accounts) and the server key into a new "
+                                "directory, while the server runs (SQLite, or Redis when redis_url is set)")
     saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
-    _add_settings_flags(saved, ["data_dir"])
-    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be stopped)")
+    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be "
+                               "stopped), or with redis_url set into a Redis without memory-mcp data")
     back.add_argument("--from", dest="source", required=True, type=Path, help="a directory made by `memory-mcp backup`")
     back.add_argument("--replace", action="store_true", help="move the data directory's current files aside "
-                      "(into before-restore-<time>/) instead of refusing")
-    _add_settings_flags(back, ["data_dir"])
+                      "(into before-restore-<time>/) instead of refusing (SQLite only)")
+    moved = commands.add_parser("migrate", help="copy a SQLite data directory into a Redis without memory-mcp data "
+                                "(the server must be stopped); then set redis_url to it")
+    moved.add_argument("--to", dest="target", required=True, metavar="REDIS_URL",
+                       help="redis://, rediss:// or unix:// URL of the target (a password in it is never printed)")
+    for sub in (saved, back, moved):
+        sub.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
+        _add_settings_flags(sub, STORE_SETTINGS if sub is not moved else ["data_dir"])
     limits = group("throttle", "login throttles and registration limits (also of a running server)")
     action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
     clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
@@ -579,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not worker:  # a worker takes its settings from its supervisor, already checked
         flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
         try:
-            settings = load(flags)
+            settings = load(dict(flags))
         except ConfigError as exc:
             print(f"memory-mcp: {exc}", file=sys.stderr)
             return 2
@@ -593,6 +599,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "restore":
             print(backup.restore(settings, args.source, replace=args.replace))
+            return 0
+        if args.command == "migrate":
+            try:
+                target = load({**flags, "redis_url": args.target})
+            except ConfigError as exc:
+                print(f"memory-mcp: --to: {exc}", file=sys.stderr)
+                return 2
+            print(backup.migrate(settings, target))
             return 0
         return asyncio.run(_administer(args, settings))
     except StoreUnreachable as exc:

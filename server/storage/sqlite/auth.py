@@ -347,8 +347,8 @@ class AuthTables:
             only_first = " WHERE NOT EXISTS (SELECT 1 FROM auth_users)" if first else ""
             try:
                 added = conn.execute(
-                    "INSERT INTO auth_users (id, username, password_hash, created_at) SELECT ?, ?, ?, ?"
-                    + only_first, (user.id, user.username, user.password_hash, user.created_at)).rowcount
+                    "INSERT INTO auth_users (id, username, password_hash, created_at, state) SELECT ?, ?, ?, ?, ?"
+                    + only_first, (user.id, user.username, user.password_hash, user.created_at, user.state)).rowcount
             except sqlite3.IntegrityError as exc:
                 raise UserExistsError(user.username) from exc
             if not added:
