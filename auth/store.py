@@ -158,6 +158,11 @@ class GrantStore(Protocol):
 
     async def revoke_grant(self, grant_id: str) -> int: ...
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        """Every unexpired token of the user, superseded refresh tokens included, oldest
+        `issued_at` first: what the account page tells the user's connected applications by."""
+        ...
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         """Delete the user's tokens and codes (only those of `client_id` when given)."""
         ...

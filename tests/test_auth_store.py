@@ -136,6 +136,25 @@ async def test_rotation_edge_cases(store: AnyStore) -> None:
     assert await store.get_token(hash_secret("a1"), now) is None
 
 
+async def test_list_subject_tokens_is_the_users_unexpired_tokens_oldest_first(store: AnyStore) -> None:
+    now = time.time()
+    await store.save_tokens([token("r-late", now=now + 2), token("a-early", "access", now=now),
+                             token("r-other-client", grant="grant-2", client="client-2", now=now + 1),
+                             token("expired", "access", now=now - 700),
+                             token("bobs", subject="user-2", now=now)])
+    # Rotated: the superseded refresh token is still listed (it tells when the grant began).
+    rotation = await store.rotate_refresh_token(hash_secret("r-late"), [token("r-next", now=now + 3)], "s",
+                                                now + 3, 60)
+    assert rotation.status == "rotated"
+    listed = await store.list_subject_tokens("user-1", now + 3)
+    assert [t.token_hash for t in listed] == [hash_secret(s) for s in ("a-early", "r-other-client", "r-late",
+                                                                        "r-next")]
+    assert listed[2].superseded_at == now + 3 and {t.client_id for t in listed} == {"client-1", "client-2"}
+    assert await store.list_subject_tokens("nobody", now) == []
+    await store.revoke_subject("user-1", "client-2")
+    assert [t.client_id for t in await store.list_subject_tokens("user-1", now + 3)] == ["client-1"] * 3
+
+
 async def test_concurrent_add_user_keeps_one(store: AnyStore, reopen: Reopen) -> None:
     other = reopen()
     results = await asyncio.gather(*(accounts.add_user(store if i % 2 else other, "carol", f"password-{i:04d}")

@@ -749,6 +749,17 @@ class RedisAuth(RedisBase):
     async def revoke_grant(self, grant_id: str) -> int:
         return int(await self._auth_script(_REVOKE_GRANT, grant_id))
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        hashes = [_text(m) for m in await self.client.zrangebyscore(  # type: ignore[union-attr]
+            self.key("user-tokens", subject), f"({_num(now)}", "+inf")]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for token_hash in hashes:
+                pipe.hgetall(self.key("token", token_hash))
+            rows = await pipe.execute()
+        found = [_token(h, f) for h, row in zip(hashes, rows, strict=True)
+                 if (f := _fields(row)) is not None and float(f["expires_at"]) > now]
+        return sorted(found, key=lambda t: (t.issued_at, t.token_hash))
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         return int(await self._auth_script(_REVOKE_SUBJECT, subject, client_id or ""))
 

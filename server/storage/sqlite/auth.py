@@ -540,6 +540,12 @@ class AuthTables:
     async def revoke_grant(self, grant_id: str) -> int:
         return await self.db.write(_count, "DELETE FROM auth_tokens WHERE grant_id = ?", (grant_id,))
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        rows = await self.db.read(
+            _all, "SELECT * FROM auth_tokens WHERE subject = ? AND expires_at > ? ORDER BY issued_at, token_hash",
+            (subject, now))
+        return [_token(r) for r in rows]
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         where = "subject = ?" if client_id is None else "subject = ? AND client_id = ?"
         params = (subject,) if client_id is None else (subject, client_id)
