@@ -66,9 +66,13 @@ __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
 
 
 def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, cookie_key: bytes,
-            sign_in: Sequence[signin.SignInMethod] | None = None) -> AuthorizationServer:
+            sign_in: Sequence[signin.SignInMethod] | None = None,
+            app_pages: Sequence[signin.Route] = ()) -> AuthorizationServer:
     """`sign_in`: the ways people sign in, in the order the sign-in page shows them (`auth.signin`);
-    default local passwords alone."""
+    default local passwords alone. `app_pages`: the application's own browser pages (an account
+    page), served like ours: the login cookie, error pages, a sign-in that
+    returns to them (`signin.RETURN_PATHS`, their GET paths). One with the method and path of one
+    of ours replaces it."""
     server = AuthorizationServer(settings=settings, store=store,
                                  sealer=browser.derive_fernet(cookie_key, "pending authorization"),
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
@@ -100,6 +104,9 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, c
         *(setup.SetupPage(cookie_key).routes if any(isinstance(m, login.PasswordSignIn) for m in methods) else ()),
         *(route for method in methods for route in method.routes),
     ]
+    replaced = {(verb, path) for verb, path, _ in app_pages}
+    browser_routes = [route for route in browser_routes if route[:2] not in replaced] + list(app_pages)
+    app[signin.RETURN_PATHS] = frozenset(path for verb, path, _ in app_pages if verb == "GET")
     if not any(route[:2] == ("POST", "/login") for route in browser_routes):
         browser_routes.append(("POST", "/login", login.handle_login_off))
     browser_paths = frozenset(path for _, path, _ in browser_routes)

@@ -22,6 +22,7 @@ from auth.signin import SignInMethod
 from auth.store import RevocationLog
 from auth.upstream.flow import UpstreamSignIn
 from server import health, limits, logs, metrics
+from server.account import AccountPages
 from server.config import Settings
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
@@ -75,16 +76,6 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     # Before the authorization server's middleware: its forwarded-address one must run first.
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
-    auth_conf = settings.auth_settings()
-    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
-                                   sign_in=sign_in_methods(settings))
-    # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
-    # instance reach them.
-    authorization_server.limiter = limiter
-    verifier = BearerVerifier(auth_conf, storage)
-    if measured is not None:
-        authorization_server.observers.append(measured.observe_auth)
-
     tools = MemoryTools(storage, settings.memory_quota)
     # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
     # cannot carry: only its handshake takes the direct path.
@@ -99,6 +90,16 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     app[REGISTRY] = registry
     if measured is not None:
         measured.watch_sessions(registry.sessions)
+    auth_conf = settings.auth_settings()
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
+                                   sign_in=sign_in_methods(settings),
+                                   app_pages=AccountPages(storage, registry).routes)
+    # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
+    # instance reach them.
+    authorization_server.limiter = limiter
+    verifier = BearerVerifier(auth_conf, storage)
+    if measured is not None:
+        authorization_server.observers.append(measured.observe_auth)
 
     async def authenticate(request: web.Request, resource_path: str) -> Caller:
         try:
@@ -245,7 +246,7 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
 
 async def _home(request: web.Request) -> web.Response:
     """What someone who opens the server's address in a browser finds: what this is, where MCP
-    clients connect, and the two pages a person uses (with the other pages' headers)."""
+    clients connect, and the pages a person uses (with the other pages' headers)."""
     mcp_url = request.app[SETTINGS].issuer + "/mcp"
     return pages.render("memory-mcp", (
         "<p>This is a <strong>memory-mcp</strong> server: a remote Model Context Protocol server that gives "
@@ -254,5 +255,6 @@ async def _home(request: web.Request) -> web.Response:
         f"<p>Point your MCP client at <code>{escape(mcp_url)}</code>; it will send you here to sign in "
         "and approve it.</p>"
         '<ul><li><a href="/login">Sign in</a></li>'
-        '<li><a href="/consents">Approved applications</a>: see and withdraw what you have approved</li>'
+        '<li><a href="/account">Your account</a>: the applications you approved, their live sessions, '
+        "your memory</li>"
         '<li><a href="/logout">Sign out everywhere</a></li></ul>'))

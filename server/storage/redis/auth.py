@@ -750,8 +750,8 @@ class RedisAuth(RedisBase):
         return int(await self._auth_script(_REVOKE_GRANT, grant_id))
 
     async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
-        hashes = [_text(m) for m in await self.client.zrangebyscore(  # type: ignore[union-attr]
-            self.key("user-tokens", subject), f"({_num(now)}", "+inf")]
+        members: Any = await self.client.zrangebyscore(self.key("user-tokens", subject), f"({_num(now)}", "+inf")
+        hashes = [_text(m) for m in members]
         async with self.client.pipeline(transaction=True) as pipe:
             for token_hash in hashes:
                 pipe.hgetall(self.key("token", token_hash))
