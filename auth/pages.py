@@ -60,7 +60,7 @@ def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, 
     document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
                 f'<meta name="viewport" content="width=device-width,initial-scale=1">{head}'
                 f"<title>{escape(title)}</title><style>{_STYLE}{style}</style></head>"
-                f"<body><h1>{escape(title)}</h1>{body}</body></html>")
+                f"<body><main><h1>{escape(title)}</h1>{body}</main></body></html>")
     return web.Response(
         text=document, status=status, content_type="text/html", charset="utf-8",
         headers={

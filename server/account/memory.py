@@ -108,15 +108,18 @@ def browser_body(csrf_token: str, view: View, entities: list[dict[str, Any]],
                    f"<strong>{escape(view.query)}</strong>. <a href=\"/account/memory\">Show everything</a></p>")
     else:
         summary = f"<p>Your memory holds {total} {'entity' if total == 1 else 'entities'}.</p>"
-    paging = ""
-    if pages > 1:
+
+    def paging(where: str) -> str:
+        if pages == 1:
+            return ""
         previous = f'<a href="{escape(view.url(page=page - 1))}">Previous page</a>' if page > 1 else ""
         following = f'<a href="{escape(view.url(page=page + 1))}">Next page</a>' if page < pages else ""
-        paging = (f'<nav class="paging" aria-label="Pages">{previous}<span>Page {page} of {pages}</span>'
-                  f"{following}</nav>")
+        return (f'<nav class="paging" aria-label="Pages, {where}">{previous}<span>Page {page} of {pages}</span>'
+                f"{following}</nav>")
+
     cards = "".join(_entity(csrf_token, e, outgoing.get(e["name"], []), incoming.get(e["name"], [])) for e in shown)
-    listing = f'<ul class="cards">{cards}</ul>' if cards else ""
-    return search + summary + paging + listing + paging
+    listing = f'<h2 class="vh">Entities</h2><ul class="cards">{cards}</ul>' if cards else ""
+    return search + summary + paging("top") + listing + paging("bottom")
 
 
 def confirm_body(csrf_token: str, entity: dict[str, Any], observation: str | None, relations: int) -> str:
