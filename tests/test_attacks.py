@@ -1267,8 +1267,9 @@ async def test_attack_cimd_client_id_pointing_at_a_private_address(tmp_path: Pat
 
 # Hostile input on every endpoint: a clear 4xx, never a 5xx or a trace.
 
+ACCOUNT_FORMS = ("/account/disconnect", "/account/sessions/end", "/account/memory/delete")
 ENDPOINTS = ["/register", "/authorize", "/login", "/consent", "/token", "/revoke", "/userinfo", "/mcp", "/messages",
-             "/logout", "/consents", "/sse"]
+             "/logout", "/consents", "/sse", "/account", "/account/memory", *ACCOUNT_FORMS]
 
 
 def no_crash(resp: httpx2.Response, what: object) -> None:
@@ -1293,7 +1294,8 @@ async def test_attack_oversized_bodies(srv: RunningServer, http: httpx2.AsyncCli
                                                                          "Connection": "close",
                                                                          "Accept": ACCEPT_JSON["Accept"]})
             no_crash(resp, (path, content_type, auth))
-            if path in ("/register", "/login", "/consent", "/token", "/revoke", "/logout", "/consents") and (
+            if path in ("/register", "/login", "/consent", "/token", "/revoke", "/logout", "/consents",
+                        *ACCOUNT_FORMS) and (
                     path != "/register" or content_type == "application/json") and (
                     content_type != "application/json" or path == "/register"):
                 assert resp.status_code == 413, (path, content_type, resp.status_code)
@@ -1338,7 +1340,7 @@ async def test_attack_malformed_bodies(srv: RunningServer, http: httpx2.AsyncCli
             no_crash(resp, (path, name, method))
             if method == "POST" and path in ("/register", "/token", "/revoke"):
                 assert 400 <= resp.status_code < 500 and resp.json()["error"], (path, name, resp.text)
-            if method == "POST" and path in ("/login", "/consent", "/logout", "/consents"):
+            if method == "POST" and path in ("/login", "/consent", "/logout", "/consents", *ACCOUNT_FORMS):
                 assert resp.status_code in (400, 401, 403, 413, 415), (path, name, resp.status_code)
     assert_unchanged(srv, before, ignore=("mcp_sessions", "mcp_events"))
     assert len(srv.registry) == 0
