@@ -33,6 +33,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -441,6 +442,11 @@ def check_writes(writes: Writes, present: set[str]) -> list[str]:
     return problems
 
 
+def errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """An outage is a condition the server expects: warnings say so, an error would be a bug."""
+    return [f"logged {r.levelname} by {r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
     stop.set()
     done, pending = await asyncio.wait(tasks, timeout=30)
@@ -454,11 +460,14 @@ async def stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> No
 # -- the outage ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["stop", "kill"])
-async def test_an_outage_under_load_is_503_and_service_resumes_by_itself(
-        how: str, own_redis: RedisServer, running: RunningServer) -> None:
-    server = running
-    seen = Seen()
+CLIENTS = {"mcp0", "mcp1", "mcp2", "sse", "token", "authorize"}
+
+
+async def under_load(server: RunningServer, seen: Seen, go_away: Callable[[], Awaitable[None]],
+                     come_back: Callable[[], Awaitable[None]], away: float) -> tuple[Writes, set[str]]:
+    """Every client of CLIENTS at work, with Redis going away (phase "down") for `away` seconds and
+    coming back (phase "after"); once each client has succeeded again, the writes and the names of
+    the entities in both users' graphs."""
     stop = asyncio.Event()
     async with httpx2.AsyncClient(timeout=20) as http:
         alice = await login(http, server, *USERS[0])
@@ -476,16 +485,15 @@ async def test_an_outage_under_load_is_503_and_service_resumes_by_itself(
                   asyncio.create_task(refresher("token", http, server, chain, seen, stop)),
                   asyncio.create_task(page_loader("authorize", http, page, seen, stop)),
                   asyncio.create_task(prober(http, server, seen, stop))]
-        clients = {"mcp0", "mcp1", "mcp2", "sse", "token", "authorize"}
         try:
             await asyncio.sleep(0.5)
-            await asyncio.to_thread(own_redis.stop if how == "stop" else own_redis.kill)
+            await go_away()
             seen.phase = "down"
-            await asyncio.sleep(DOWN_SECONDS)
+            await asyncio.sleep(away)
             seen.phase = "restarting"
-            await asyncio.to_thread(own_redis.start)
+            await come_back()
             seen.phase = "after"
-            await until(lambda: seen.succeeded_after >= clients, RESUME_WITHIN, "every client served again", seen)
+            await until(lambda: seen.succeeded_after >= CLIENTS, RESUME_WITHIN, "every client served again", seen)
             await until(lambda: any(p == "after" and s == 200 for p, s, _ in seen.readiness), RESUME_WITHIN,
                         "/readyz 200 again")
         finally:
@@ -494,19 +502,95 @@ async def test_an_outage_under_load_is_503_and_service_resumes_by_itself(
 
         assert (await http.get(server.url + "/healthz")).status_code == 200
         present = await entity_names(http, server, sessions[0]) | await entity_names(http, server, sessions[2])
+    return writes, present
 
-    problems = seen.problems + check_writes(writes, present)
+
+@pytest.mark.parametrize("how", ["stop", "kill"])
+async def test_an_outage_under_load_is_503_and_service_resumes_by_itself(
+        how: str, own_redis: RedisServer, running: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    seen = Seen()
+
+    async def go_away() -> None:
+        await asyncio.to_thread(own_redis.stop if how == "stop" else own_redis.kill)
+
+    writes, present = await under_load(running, seen, go_away, lambda: asyncio.to_thread(own_redis.start),
+                                       DOWN_SECONDS)
+    problems = seen.problems + check_writes(writes, present) + errors_logged(caplog)
     down = [(status, body) for phase, status, body in seen.readiness if phase == "down"]
     if not down:
         problems.append("no /readyz probe while Redis was down")
     for status, body in down:
-        if status != 503 or body.get("status") != "unavailable" or not str(body.get("reason")).startswith("store: "):
+        if status != 503 or body != {"status": "unavailable", "reason": "store: the store cannot be reached"}:
             problems.append(f"/readyz while Redis was down: {status} {body}")
     assert not problems, "\n".join(problems[:40]) + f"\n{seen.counts}"
     # The outage was seen by every kind of client, and writes went through on both sides of it.
-    for client in clients:
+    for client in CLIENTS:
         assert seen.counts.get(f"{client} 503 (down)"), (client, seen.counts)
     assert len(writes.acknowledged) > 10 and writes.refused, seen.counts
+
+
+@pytest.fixture
+async def failover_pair(tmp_path: Path) -> AsyncIterator[tuple[RedisServer, RedisServer, Path]]:
+    """A primary and its replica, and the Unix socket path the server is given, a symbolic link to
+    the primary's socket: moving the link is how the address moves to the new primary (as a DNS
+    name or a proxy would)."""
+    primary = RedisServer(tmp_path / "a", appendonly=True)
+    primary.start()
+    replica = RedisServer(tmp_path / "b", appendonly=True, replica_of=primary)
+    try:
+        replica.start()
+        link = tmp_path / "redis.sock"
+        link.symlink_to(primary.socket)
+        deadline = time.monotonic() + 10
+        while primary.command("WAIT", "1", "100") != b":1":  # the replica is in sync
+            assert time.monotonic() < deadline, "the replica did not catch up with its primary"
+        yield primary, replica, link
+    finally:
+        primary.kill()
+        replica.kill()
+
+
+async def test_a_failover_under_load_is_503_and_service_follows_the_new_primary(
+        failover_pair: tuple[RedisServer, RedisServer, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary hands over to its replica (Redis's FAILOVER: writes pause until the replica has
+    them all, then the two swap roles) and the address moves to the new primary a second later.
+    Meanwhile writes meet a read-only Redis (503, "failing over"); then the server must write to
+    the new primary, although its pooled connections still lead to the old one."""
+    primary, replica, link = failover_pair
+    server = await start_server(tmp_path / "data", redis_url=f"unix://{link}?db=0", registration_rate_limit=0)
+    seen = Seen()
+    try:
+        for username, password in USERS:
+            await accounts.add_user(server.storage, username, password)
+
+        def hand_over() -> None:
+            answer = primary.command("FAILOVER", "TO", "127.0.0.1", str(replica.port), "TIMEOUT", "5000")
+            assert answer == b"+OK", answer
+            deadline = time.monotonic() + 10
+            while (primary.role(), replica.role()) != ("slave", "master"):
+                assert time.monotonic() < deadline, "the failover did not complete"
+                time.sleep(0.02)
+
+        def move_address() -> None:
+            moved = link.with_name("moved.sock")
+            moved.symlink_to(replica.socket)
+            moved.replace(link)
+
+        writes, present = await under_load(server, seen, lambda: asyncio.to_thread(hand_over),
+                                           lambda: asyncio.to_thread(move_address), 1.0)
+    finally:
+        await server.stop()
+    problems = seen.problems + check_writes(writes, present) + errors_logged(caplog)
+    for phase, status, body in seen.readiness:
+        # A replica answers reads, so the server may stay ready; if not, it says why.
+        if status != 200 and not (status == 503 and str(body.get("reason")).startswith("store: ")):
+            problems.append(f"/readyz ({phase}): {status} {body}")
+    assert not problems, "\n".join(problems[:40]) + f"\n{seen.counts}"
+    for client in ("mcp0", "mcp1", "mcp2", "sse", "token"):  # each writes, and met the read-only Redis
+        assert seen.counts.get(f"{client} 503 (down)") or seen.counts.get(f"{client} tool refusal (down)"), \
+            (client, seen.counts)
+    assert len(writes.acknowledged) > 10, seen.counts
 
 
 # -- persistence ---------------------------------------------------------------------------------
