@@ -680,3 +680,28 @@ async def test_every_acknowledged_write_and_issued_token_survives_a_killed_redis
         await fresh.stop()
     assert not problems, "\n".join(problems[:40]) + f"\n{seen.counts}"
     assert len(writes.acknowledged) > 10 and len(issued) >= 2 and len(handed_out) > 4, seen.counts
+
+
+# -- stopping while Redis is away ----------------------------------------------------------------
+
+
+async def test_streams_end_and_the_server_stops_cleanly_while_redis_is_down(
+        own_redis: RedisServer, running: RunningServer, caplog: pytest.LogCaptureFixture) -> None:
+    """A legacy SSE client leaving while Redis is down, and the server stopping then with another
+    stream open: each ends (its record cannot be deleted now; it is purged once idle), nothing
+    is logged as an error, and the shutdown completes."""
+    server = running
+    async with httpx2.AsyncClient(timeout=20) as http:
+        alice = await login(http, server, *USERS[0])
+        await open_session(http, server, alice.access_token)
+        leaving, staying = SSEClient(http, server, alice.access_token), SSEClient(http, server, alice.access_token)
+        await leaving.open()
+        await staying.open()
+        await asyncio.to_thread(own_redis.kill)
+        await leaving.close()
+        await until(lambda: len(server.registry.sessions()) == 2, 10, "the server noticed the client leave")
+        await asyncio.wait_for(server.stop(), 20)
+        assert await asyncio.wait_for(staying.ended, 10)
+        await staying.close()
+    assert not server.registry.sessions()
+    assert not errors_logged(caplog), errors_logged(caplog)
