@@ -111,7 +111,7 @@ class Seen:
         self.problems.append(f"{client} ({self.phase}): {text}")
 
     def refused(self, client: str, response: httpx2.Response) -> bool:
-        """A 503 with Retry-After (recorded as a refusal), or a problem (False)."""
+        """Whether this is a 503 (counted as a refusal; a problem if it lacks Retry-After)."""
         if response.status_code != 503:
             return False
         if not response.headers.get("Retry-After", "").isdigit():
@@ -216,6 +216,8 @@ async def login(http: httpx2.AsyncClient, server: RunningServer, username: str, 
         redirect = await browser.authorize(authorize_url(server, client_id, challenge), server.url)
     finally:
         await browser.close()
+    if "code" not in redirect.params:  # an OAuth error sent back to the client
+        raise AssertionError(f"{redirect.params.get('error')} from /authorize: {redirect.params}")
     response = await http.post(server.url + "/token", data={
         "grant_type": "authorization_code", "code": redirect.params["code"], "code_verifier": verifier,
         "client_id": client_id, "redirect_uri": REDIRECT_URI, "resource": server.url + "/mcp"})
@@ -612,8 +614,8 @@ async def retrying(seen: Seen, name: str, attempt: Callable[[], Awaitable[Login]
     try:
         return await attempt()
     except AssertionError as exc:
-        if str(exc).startswith("500") or " 500 " in str(exc)[:40]:
-            seen.problem(name, f"a login step answered 500: {exc}")
+        if str(exc).startswith(("500", "server_error")):
+            seen.problem(name, f"a login step failed as a bug would: {exc}")
         seen.count(f"{name} refused ({seen.phase})")
         return None
     except httpx2.TransportError as exc:
