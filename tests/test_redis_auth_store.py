@@ -6,6 +6,7 @@ is tested on both in tests/test_auth_*.py, tests/test_auth_store.py and tests/te
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -171,8 +172,11 @@ async def test_follow_revocations_is_woken_at_once(storage: RedisStorage, redis_
 
 async def test_follow_revocations_survives_a_redis_restart(storage: RedisStorage, redis_url: str,
                                                            redis_server: RedisServer,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     from server import app
+
+    caplog.set_level(logging.INFO, logger="server.app")
 
     monkeypatch.setattr(app, "REVOCATION_POLL_SECONDS", 0.2)
     arrived: asyncio.Queue[Revocation] = asyncio.Queue()
@@ -188,6 +192,11 @@ async def test_follow_revocations_survives_a_redis_restart(storage: RedisStorage
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
+    # An outage is a condition, said once when it starts and once when it ends, never a traceback
+    # per retry.
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "server.app"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert said[0][1].startswith("revocations made elsewhere not followed until the store answers again: Redis")
 
 
 async def test_revocation_log_is_trimmed_by_age(storage: RedisStorage, monkeypatch: pytest.MonkeyPatch) -> None:
