@@ -250,6 +250,12 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.auth_settings()))
         elif (args.command, args.action) == ("tokens", "create"):
+            if "public_url" not in settings.model_fields_set:
+                # The token is bound to the resource: made with a guessed URL, the server refuses it.
+                print(f"memory-mcp: warning: public_url is not set, so the token is bound to {settings.issuer}/mcp, "
+                      "which only a server reached at that address accepts; pass the server's --public-url (or "
+                      "set MEMORY_MCP_PUBLIC_URL or public_url in the config file) if clients use another URL",
+                      file=sys.stderr)
             print(await admin.tokens_create(storage, settings.auth_settings(), args.user, name=args.name,
                                             scope=args.scope, expires_in=args.expires_in))
         elif args.command == "throttle":

@@ -94,6 +94,10 @@ async def test_create_prints_the_token_alone_on_the_last_line_and_list_never_sho
                       (["--expires-in", "soon"], "never"), (["--name", "x" * 101], "--name")):
         refused = await cli(server, "tokens", "create", "--user", "alice", *bad)
         assert refused.returncode == 1 and says in refused.stderr and "mmcp_pat_" not in refused.stdout, bad
+    # Without the server's public URL the token would be bound to a guessed one: said, on stderr.
+    guessed = await cli(server, "tokens", "create", "--user", "alice")
+    assert guessed.returncode == 0 and "public_url is not set" in guessed.stderr
+    assert personal.well_formed(guessed.stdout.splitlines()[-1])
     nobody = await cli(server, "tokens", "create", "--user", "carol")
     assert nobody.returncode == 1 and "users list" in nobody.stderr
 
