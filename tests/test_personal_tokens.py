@@ -167,12 +167,23 @@ async def test_revoking_by_id_ends_the_live_sessions_that_used_it_within_a_secon
     oauth = await tokens_by_hand(server, "alice", "alice-password-1", "memory:read memory:write")
     oauth_session = await open_session(http, server, oauth["access_token"])
 
-    revoked = await cli(server, "tokens", "revoke", "--id", token_id)
-    assert revoked.returncode == 0, revoked.stderr
-    # The revocation is in the log before the command exits; the server reads the log at least once
-    # a second (SQLite) or is woken by it (Redis). The margin is for a loaded test machine.
-    took = await ended(server, session["Mcp-Session-Id"], within=5.0)
-    assert took is not None and took < 1.5, took
+    # A legacy SSE session too: its stream must end, not only its record.
+    async with http.stream("GET", server.url + "/sse", headers={"Authorization": f"Bearer {secret}"}) as stream:
+        assert stream.status_code == 200
+
+        async def drain() -> None:
+            async for _ in stream.aiter_bytes():
+                pass
+
+        draining = asyncio.ensure_future(drain())
+        revoked = await cli(server, "tokens", "revoke", "--id", token_id)
+        assert revoked.returncode == 0, revoked.stderr
+        # The revocation is in the log before the command exits; the server reads the log at least
+        # once a second (SQLite) or is woken by it (Redis). The margin is for a loaded test machine.
+        took = await ended(server, session["Mcp-Session-Id"], within=5.0)
+        assert took is not None and took < 1.5, took
+        await asyncio.wait_for(draining, 1.5)
+    assert not any(s.kind == "sse" for s in server.registry.sessions())
     assert (await http.post(server.url + "/mcp", headers=session, json=CALL)).status_code == 401
     fresh = await http.post(server.url + "/mcp", headers={"Authorization": f"Bearer {secret}", "Accept":
                                                           "application/json, text/event-stream"}, json=CALL)
