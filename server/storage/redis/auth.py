@@ -440,8 +440,8 @@ return del_where(k('user-tokens', subject), 'token', 'client_id', client, del_to
 """)
 
 # ARGV: prefix, token_hash, id, subject, name, scopes, resource, created_at, expires_at ('' = never),
-# ttl_ms ('' = never), the ACTIVE state. A token that never expires keeps its user's index without
-# a TTL (PERSIST); otherwise the index lives at least as long as its longest-lived member.
+# ttl_ms ('' = never), the ACTIVE state. The user's index keeps no TTL while it holds a token that
+# never expires (score +inf), and otherwise lives at least as long as its longest-lived member.
 _SAVE_PAT = _script("""
 local h, id, subject, created, expires, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[9], ARGV[10]
 if redis.call('HGET', k('user', subject), 'state') ~= ARGV[11] then return 0 end
@@ -452,16 +452,19 @@ redis.call('HSET', key, 'id', id, 'subject', subject, 'name', ARGV[5], 'scopes',
 if expires == '' then
   redis.call('SET', k('pat-id', id), h)
   redis.call('ZADD', index, '+inf', h)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', created)
-  redis.call('PERSIST', index)
 else
   redis.call('HSET', key, 'expires_at', expires)
   redis.call('PEXPIRE', key, ttl)
   redis.call('SET', k('pat-id', id), h, 'PX', ttl)
   redis.call('ZADD', index, expires, h)
-  redis.call('ZREMRANGEBYSCORE', index, '-inf', created)
-  local left = redis.call('PTTL', index)
-  if left ~= -1 and left < tonumber(ttl) then redis.call('PEXPIRE', index, ttl) end
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', created)
+local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+if top == 'inf' then
+  redis.call('PERSIST', index)
+else
+  local keep = math.max(tonumber(ttl), math.ceil((tonumber(top) - tonumber(created)) * 1000))
+  redis.call('PEXPIRE', index, string.format('%d', keep))
 end
 return 1
 """)
