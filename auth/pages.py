@@ -270,15 +270,16 @@ def logout_confirm(csrf_token: str, username: str | None) -> web.Response:
     if username is None:
         return render("Signed out", "<p>You are not signed in.</p>")
     return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> everywhere? This signs you "
-                              "out in every browser, forgets your remembered approvals and disconnects every "
-                              "application you approved; each will ask you to sign in again.</p>"
+                              "out in every browser, forgets your remembered approvals, disconnects every "
+                              "application you approved (each will ask you to sign in again) and revokes your "
+                              "personal access tokens.</p>"
                               + logout_form(csrf_token))
 
 
 def signed_out(extra: str = "") -> web.Response:
     """`extra`: what the sign-in methods add (`auth.signin.SignInMethod.signed_out`)."""
-    return render("Signed out", "<p>You are signed out in every browser, and the applications you had "
-                                "approved are disconnected.</p>" + extra)
+    return render("Signed out", "<p>You are signed out in every browser, the applications you had "
+                                "approved are disconnected, and your personal access tokens are revoked.</p>" + extra)
 
 
 def upstream_sign_out(url: str, provider: str) -> str:

@@ -19,7 +19,7 @@ from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
 from auth.signin import SignInMethod
-from auth.store import RevocationLog
+from auth.store import RevocationLog, StoreUnavailable
 from auth.upstream.flow import UpstreamSignIn
 from server import health, limits, logs, metrics
 from server.account import AccountPages
@@ -150,7 +150,7 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
             if metrics_socket is None:
                 metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
             app[METRICS_SOCKET] = metrics_socket
-    app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes)))
+    app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes), settings.max_body_bytes))
     app.router.add_get("/", _home)
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
@@ -230,13 +230,23 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
     at once and again here, where ending no session is harmless."""
     cursor, _ = await revocations.revocations_after(None)
     task = asyncio.current_task()
+    outage = False
     # A cancellation a library swallowed (redis-py's `asyncio.wait_for` around writes can, on
     # Python 3.11) still ends the loop at the next turn.
     while task is None or not task.cancelling():
         try:
             cursor, found = await revocations.wait_revocations(cursor, REVOCATION_POLL_SECONDS)
+            if outage:
+                log.info("revocations made elsewhere are followed again")
+                outage = False
             for revocation in found:
                 await apply(revocation)
+        except StoreUnavailable as exc:
+            # A condition, not a bug: said once per outage, not once a second with a traceback.
+            if not outage:
+                log.warning("revocations made elsewhere not followed until the store answers again: %s", exc)
+                outage = True
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
         except Exception:
             log.exception("reading the revocation log failed; retrying")
             # A store that fails at once (unreachable) must not turn this into a busy loop.

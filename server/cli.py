@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from auth import accounts
+from auth import accounts, personal
 from auth.setup import SETUP_TTL, setup_link
 from auth.store import StoreUnavailable
 from auth.upstream.client import UpstreamClient
@@ -107,10 +107,23 @@ def _parser() -> argparse.ArgumentParser:
     keys = group("keys", "ID-token signing keys")
     action(keys, "rotate", "start signing with a new key (the old one stays published while its tokens live)")
 
-    tokens = group("tokens", "issued tokens")
-    action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
-           "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
+    tokens = group("tokens", "personal access tokens, and signing users out everywhere")
+    create = action(tokens, "create", "create a personal access token for an agent that cannot sign in with a "
+                    "browser; the token is printed once, alone on the last line")
+    create.add_argument("--user", required=True, help="whose token it is")
+    create.add_argument("--name", help="a label to recognize it by in `tokens list`")
+    create.add_argument("--scope", help='space-separated scopes (default "memory:read memory:write")')
+    create.add_argument("--expires-in", metavar="DAYS", help=f"days until it expires (default "
+                        f"{personal.DEFAULT_DAYS}), or {personal.NEVER!r} for a token that does not expire")
+    _add_settings_flags(create, ["public_url"])
+    action(tokens, "list", "list a user's personal access tokens (never their secrets)").add_argument(
         "--user", required=True)
+    revoke_token = action(tokens, "revoke", "revoke one personal access token (--id), ending the MCP sessions that "
+                          "used it; or with --user sign the user out everywhere: end their browser logins, forget "
+                          "their remembered approvals, revoke their tokens (personal ones too) and end their MCP "
+                          "sessions (the password stays)")
+    revoke_token.add_argument("--id", dest="token_id", help="a personal access token id, from `tokens list`")
+    revoke_token.add_argument("--user")
     saved = commands.add_parser("backup", help="copy the data (memory and accounts) and the server key into a new "
                                 "directory, while the server runs (SQLite, or Redis when redis_url is set)")
     saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
@@ -243,6 +256,15 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.auth_settings()))
+        elif (args.command, args.action) == ("tokens", "create"):
+            if "public_url" not in settings.model_fields_set:
+                # The token is bound to the resource: made with a guessed URL, the server refuses it.
+                print(f"memory-mcp: warning: public_url is not set, so the token is bound to {settings.issuer}/mcp, "
+                      "which only a server reached at that address accepts; pass the server's --public-url (or "
+                      "set MEMORY_MCP_PUBLIC_URL or public_url in the config file) if clients use another URL",
+                      file=sys.stderr)
+            print(await admin.tokens_create(storage, settings.auth_settings(), args.user, name=args.name,
+                                            scope=args.scope, expires_in=args.expires_in))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
         else:
@@ -278,7 +300,14 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
             return await admin.sessions_list(storage, args.user)
         case "sessions", "revoke":
             return await admin.sessions_revoke(storage, args.session_id, args.user)
+        case "tokens", "list":
+            return await admin.tokens_list(storage, args.user)
         case "tokens", "revoke":
+            if (args.token_id is None) == (args.user is None):
+                raise admin.AdminError("name either --id ID (one personal access token) or --user NAME (sign the "
+                                       "user out everywhere)")
+            if args.token_id is not None:
+                return await admin.token_revoke(storage, args.token_id)
             return await admin.tokens_revoke(storage, args.user)
     raise AssertionError(f"unhandled command {command} {action}")
 

@@ -33,7 +33,8 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "attacker", "version": "1"}}}
 
 # Every table the server writes. A refused attack leaves all of them as they were.
-TABLES = ("auth_clients", "auth_client_use", "auth_users", "auth_codes", "auth_tokens", "auth_browser_sessions",
+TABLES = ("auth_clients", "auth_client_use", "auth_users", "auth_codes", "auth_tokens", "auth_personal_tokens",
+          "auth_browser_sessions",
           "auth_consents", "auth_revocations", "auth_signing_keys", "mcp_sessions", "mcp_events",
           "memory_entities", "memory_observations", "memory_relations")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import re
@@ -23,8 +24,10 @@ from urllib.parse import urlencode, urlsplit
 import httpx2
 import pytest
 
+from auth import personal
 from auth.models import Token
 from auth.server import AUTH_SERVER
+from server.app import SETTINGS
 from tests.attackkit import (
     ALICE,
     BOB,
@@ -738,6 +741,75 @@ async def test_attack_token_request_for_a_foreign_resource(srv: RunningServer, h
     oauth_error(resp, 400, "invalid_target")
     assert set(changes(before, snapshot(srv))) <= {"auth_codes"}
     assert count(srv, "auth_tokens") == 0
+
+
+# Personal access tokens (auth.personal): bearer tokens for the MCP endpoints only, never a grant.
+
+
+async def personal_token(srv: RunningServer, issuer: str | None = None, scope: str | None = None) -> str:
+    """Alice's new personal access token, bound to `issuer`'s resource (default: this server's)."""
+    settings = srv.app[SETTINGS].auth_settings()
+    if issuer is not None:
+        settings = dataclasses.replace(settings, issuer=issuer)
+    user = await srv.storage.get_user_by_name("alice")
+    assert user is not None
+    created = await personal.create(srv.storage, settings, user, name="attack", days=1, now=time.time(),
+                                    scopes=personal.parse_scopes(scope, settings))
+    return created.secret
+
+
+async def test_attack_personal_token_at_the_token_endpoint(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    client = await register(http, srv)
+    before = snapshot(srv)
+    oauth_error(await refresh(http, srv, secret, client.client_id), 400, "invalid_grant")
+    oauth_error(await refresh(http, srv, secret, client.client_id, scope="memory:read openid"), 400, "invalid_grant")
+    resp = await http.post(srv.url + "/token", data={
+        "grant_type": "authorization_code", "code": secret, "code_verifier": "v" * 43, "client_id": client.client_id,
+        "redirect_uri": client.redirect_uri})
+    oauth_error(resp, 400, "invalid_grant")
+    resp = await http.post(srv.url + "/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": secret,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "client_id": client.client_id})
+    oauth_error(resp, 400, "unsupported_grant_type")
+    assert_unchanged(srv, before)
+
+
+async def test_attack_personal_token_at_userinfo(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    before = snapshot(srv)
+    for method in ("GET", "POST"):
+        resp = await http.request(method, srv.url + "/userinfo", headers=bearer(secret))
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["error"] == "invalid_token"
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+        assert "sub" not in resp.json() and "preferred_username" not in resp.json()
+    assert_unchanged(srv, before)
+
+
+async def test_attack_personal_token_for_another_resource(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv, issuer="https://other.example")
+    before = snapshot(srv)
+    for method, path in (("POST", "/mcp"), ("GET", "/mcp"), ("GET", "/sse"), ("POST", "/messages?session_id=x")):
+        resp = await http.request(method, srv.url + path, headers=bearer(secret), content=json.dumps(INIT))
+        assert resp.status_code == 401, (path, resp.text)
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    await asyncio.sleep(0.2)  # a use recorded by mistake would be written by now
+    assert_unchanged(srv, before)  # its last use included
+    assert len(srv.registry) == 0
+
+
+async def test_attack_forged_personal_tokens(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    flipped = secret[:20] + ("a" if secret[20] != "a" else "b") + secret[21:]
+    before = snapshot(srv)
+    for forged in (flipped, personal.new_secret(), secret[:-1], secret + "0", secret.upper(), personal.PREFIX,
+                   secret.replace(personal.PREFIX, "mmcp_pat-")):
+        resp = await http.post(srv.url + "/mcp", headers=bearer(forged), json=INIT)
+        assert resp.status_code == 401, forged
+    await asyncio.sleep(0.2)
+    assert_unchanged(srv, before)
+    assert len(srv.registry) == 0
 
 
 # The resource server's sessions (MCP transports).

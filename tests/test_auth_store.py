@@ -13,7 +13,7 @@ import pytest
 
 from auth import accounts
 from auth.crypto import hash_secret
-from auth.models import AuthorizationCode, RememberedConsent, Revocation, SigningKey, Token
+from auth.models import AuthorizationCode, PersonalToken, RememberedConsent, Revocation, SigningKey, Token
 from auth.store import NotFirstUserError
 from tests.authflow import AnyStore, Backend
 
@@ -261,6 +261,80 @@ async def test_purge_keeps_clients_with_live_tokens_and_deletes_the_rest(store: 
     assert await store.purge_clients(now + 50, now + 50, now + 2000, 1) == 1
     assert await store.purge_clients(now + 50, now + 50, now + 2000, 1) == 1
     assert await store.list_clients() == []
+
+
+# Personal access tokens
+
+
+def pat(token_id: str, subject: str, now: float, expires_in: float | None = 600, secret: str | None = None,
+        name: str = "agent") -> PersonalToken:
+    return PersonalToken(token_id, hash_secret(secret or f"secret-{token_id}"), subject, name, ("memory:read",),
+                         ISSUER + "/mcp", now, None if expires_in is None else now + expires_in)
+
+
+async def test_personal_tokens_are_stored_listed_touched_and_deleted(store: AnyStore, reopen: Reopen) -> None:
+    alice = await accounts.add_user(store, "alice", "password-1234")
+    bob = await accounts.add_user(store, "bob", "password-1234")
+    now = time.time()
+    assert await store.save_personal_token(pat("a1" * 8, alice.id, now, name=""))
+    assert await store.save_personal_token(pat("a2" * 8, alice.id, now + 1, expires_in=None))
+    assert await store.save_personal_token(pat("a3" * 8, alice.id, now + 2, expires_in=10))
+    assert await store.save_personal_token(pat("b1" * 8, bob.id, now))
+    # Nobody's: refused, nothing stored.
+    assert not await store.save_personal_token(pat("c1" * 8, "nobody", now))
+    assert await store.get_personal_token(hash_secret("secret-" + "c1" * 8), now) is None
+
+    other = reopen()  # another process sees them
+    found = await other.get_personal_token(hash_secret("secret-" + "a1" * 8), now)
+    assert found == pat("a1" * 8, alice.id, now, name="")
+    never = await store.get_personal_token(hash_secret("secret-" + "a2" * 8), now + 10**9)
+    assert never is not None and never.expires_at is None
+    assert await store.get_personal_token(hash_secret("secret-" + "a3" * 8), now + 12) is None
+    assert [t.id for t in await other.list_personal_tokens(alice.id, now)] == ["a1" * 8, "a2" * 8, "a3" * 8]
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now + 12)] == ["a1" * 8, "a2" * 8]
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now + 10**9)] == ["a2" * 8]
+
+    await store.touch_personal_token("a1" * 8, now + 5)
+    await other.touch_personal_token("a1" * 8, now + 3)  # never backwards
+    [first, *_] = await store.list_personal_tokens(alice.id, now)
+    assert first.last_used_at == now + 5
+
+    deleted = await store.delete_personal_token("a1" * 8)
+    assert deleted is not None and deleted.subject == alice.id
+    assert deleted.token_hash == hash_secret("secret-" + "a1" * 8)
+    assert await other.delete_personal_token("a1" * 8) is None
+    await store.touch_personal_token("a1" * 8, now + 6)  # does not bring it back
+    assert await store.get_personal_token(hash_secret("secret-" + "a1" * 8), now) is None
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now)] == ["a2" * 8, "a3" * 8]
+    assert [t.id for t in await store.list_personal_tokens(bob.id, now)] == ["b1" * 8]
+
+
+async def test_personal_tokens_go_with_their_user(store: AnyStore) -> None:
+    alice = await accounts.add_user(store, "alice", "password-1234")
+    bob = await accounts.add_user(store, "bob", "password-1234")
+    now = time.time()
+    for token_id, subject, expires_in in (("a1" * 8, alice.id, None), ("a2" * 8, alice.id, 600.0),
+                                          ("b1" * 8, bob.id, None)):
+        assert await store.save_personal_token(pat(token_id, subject, now, expires_in))
+    # One client's tokens revoked: personal access tokens are no client's, they stay.
+    assert await store.revoke_subject(alice.id, "client-1") == 0
+    assert len(await store.list_personal_tokens(alice.id, now)) == 2
+    # Signed out everywhere: they go.
+    assert await store.revoke_subject(alice.id) == 2
+    assert await store.list_personal_tokens(alice.id, now) == []
+    assert await store.get_personal_token(hash_secret("secret-" + "a1" * 8), now) is None
+    assert await store.delete_personal_token("a1" * 8) is None
+
+    assert await store.save_personal_token(pat("b2" * 8, bob.id, now))
+    removing = await store.begin_removal("bob")
+    assert removing is not None
+    assert await store.list_personal_tokens(bob.id, now) == []
+    # Being removed: no new token can be saved for it.
+    assert not await store.save_personal_token(pat("b3" * 8, bob.id, now))
+    assert await store.remove_user(bob.id)
+    for token_id in ("b1", "b2", "b3"):
+        assert await store.get_personal_token(hash_secret("secret-" + token_id * 8), now) is None
+        assert await store.delete_personal_token(token_id * 8) is None
 
 
 # The revocation log

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from auth.models import AccountState, Client, RememberedConsent, SigningKey, Token, User
+from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, User
 from server.memory.graph import Entity, ObservationDeletion, Relation
 from server.storage.portable import (
     EntityRecord,
@@ -93,6 +93,14 @@ async def fill(store: PortableStore) -> None:
     assert rotation.status == "rotated"
     await store.save_tokens([Token("acc-bob", "access", "grant-2", "c-used", "id-bob", ("memory",), "https://r/mcp",
                                    NOW - 30, NOW + 3600)])
+    # Personal access tokens: one used, one that never expires, one expired (not carried).
+    assert await store.save_personal_token(PersonalToken("pat-1", "pat-hash-1", "id-alice", "ci", ("memory:read",),
+                                                         "https://r/mcp", NOW - 300, NOW + 3600))
+    await store.touch_personal_token("pat-1", NOW - 20)
+    assert await store.save_personal_token(PersonalToken("pat-2", "pat-hash-2", "id-bob", "", ("memory:read",
+                                                         "memory:write"), "https://r/mcp", NOW - 200, None))
+    assert await store.save_personal_token(PersonalToken("pat-3", "pat-hash-3", "id-alice", "old", ("memory:read",),
+                                                         "https://r/mcp", NOW - 7200, NOW - 3600))
     # Graphs: gaps in the ids (deleted entities and relations), observations deleted and added, odd text.
     await store.create_entities("owner-a", [Entity(name=n, entityType="t", observations=[f"{n} one", f"{n} two"])
                                             for n in ("zeta", "alpha", "mid", "gone", "nul\x00x", "ünï")])
@@ -123,7 +131,8 @@ async def test_every_kind_survives_the_trip_to_the_other_backend_and_back(
         exported = await collect(stores[0].export_records(NOW))
         assert {k: len(v) for k, v in exported.items()} == {
             "CookieKey": 1, "SigningKeyRecord": 2, "UserRecord": 5, "ClientRecord": 2, "ConsentRecord": 1,
-            "LoginRecord": 2, "TokenRecord": 5, "EntityRecord": 7, "RelationRecord": 2, "SessionRecordRecord": 2}
+            "LoginRecord": 2, "TokenRecord": 5, "PersonalTokenRecord": 2, "EntityRecord": 7, "RelationRecord": 2,
+            "SessionRecordRecord": 2}
         for source, target in itertools.pairwise(stores):
             counts = await import_records(target, source.export_records(NOW))
             assert counts["tokens"] == 5 and counts["entities"] == 7
@@ -135,6 +144,10 @@ async def test_every_kind_survives_the_trip_to_the_other_backend_and_back(
         assert (await target.get_browser_session("login-a", NOW)) is not None
         assert (await target.get_token("acc-2", NOW)) is not None
         assert (await target.get_token("acc-old", NOW)) is None
+        used = await target.get_personal_token("pat-hash-1", NOW)
+        assert used is not None and used.last_used_at == NOW - 20
+        assert (await target.get_personal_token("pat-hash-2", NOW + 10**8)) is not None  # never expires
+        assert (await target.get_personal_token("pat-hash-3", NOW)) is None
         retry = await target.rotate_refresh_token("ref-1", [], "unused", NOW, 60)
         assert (retry.status, retry.successor) == ("retry", "sealed-answer")
         assert (await target.get_upstream_tokens("id-carol")) == "sealed-upstream"

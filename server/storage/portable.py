@@ -10,7 +10,8 @@ stored) through the few `put_*` methods of `PortableStore`.
 
 Carried: the cookie key (signing keys and kept upstream tokens are encrypted under keys derived
 from it, and browser login cookies are sealed with it), accounts, OAuth clients and when each last
-obtained a token, remembered approvals, tokens that have not expired (their hashes, as stored),
+obtained a token, remembered approvals, tokens and personal access tokens that have not expired
+(their hashes, as stored, and a personal token's last use),
 browser logins, signing keys (the private key as its ciphertext), upstream links and kept upstream
 tokens (ciphertext), memory graphs (entities and relations in creation order, observations in the
 order added) and MCP session records. Not carried: rate-limit counts (they matter for minutes),
@@ -28,7 +29,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from auth.models import AccountState, Client, RememberedConsent, SigningKey, Token, UpstreamLink, User
+from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, UpstreamLink, User
 from server.memory.graph import Entity, Quota, Relation
 from server.storage import Storage
 from transports.store import SessionRecord
@@ -81,6 +82,12 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonalTokenRecord:
+    token: PersonalToken
+    """As stored: the secret's hash, never the secret; with its last use."""
+
+
+@dataclass(frozen=True, slots=True)
 class EntityRecord:
     owner: str
     name: str
@@ -102,14 +109,15 @@ class SessionRecordRecord:
 
 
 Record = (CookieKey | SigningKeyRecord | UserRecord | ClientRecord | ConsentRecord | LoginRecord | TokenRecord
-          | EntityRecord | RelationRecord | SessionRecordRecord)
+          | PersonalTokenRecord | EntityRecord | RelationRecord | SessionRecordRecord)
 
 # The order of an export, and the names counts are reported under. An importer relies on it: a
 # login names its user, a token its client, a relation entities created before it (per owner:
 # the owner's entities, then the owner's relations).
 KINDS: Final[dict[type, str]] = {
     CookieKey: "cookie key", SigningKeyRecord: "signing keys", UserRecord: "accounts", ClientRecord: "clients",
-    ConsentRecord: "approvals", LoginRecord: "browser logins", TokenRecord: "tokens", EntityRecord: "entities",
+    ConsentRecord: "approvals", LoginRecord: "browser logins", TokenRecord: "tokens",
+    PersonalTokenRecord: "personal access tokens", EntityRecord: "entities",
     RelationRecord: "relations", SessionRecordRecord: "MCP sessions",
 }
 
@@ -204,6 +212,11 @@ async def import_records(store: PortableStore, records: AsyncIterable[Record]) -
                 await store.save_tokens([token])
                 if token.superseded_at is not None:
                     await store.put_supersession(record)
+            case PersonalTokenRecord(personal):
+                if not await store.save_personal_token(personal):
+                    continue  # the token of an account that is not carried (being removed)
+                if personal.last_used_at is not None:
+                    await store.touch_personal_token(personal.id, personal.last_used_at)
             case SessionRecordRecord(session):
                 await store.save_session(session)
         counts[KINDS[type(record)]] += 1

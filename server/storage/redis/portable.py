@@ -23,6 +23,7 @@ from server.storage.portable import (
     CookieKey,
     EntityRecord,
     LoginRecord,
+    PersonalTokenRecord,
     PortableError,
     Record,
     RelationRecord,
@@ -63,7 +64,8 @@ class RedisPortable(RedisAuth, RedisKeys, RedisGraph, RedisSessions):
         yield CookieKey(bytes(key))
         for signing in sorted(await self.signing_keys(now), key=lambda k: (k.created_at, k.kid)):
             yield SigningKeyRecord(signing)
-        for user in sorted(await self.list_users(), key=lambda u: (u.created_at, u.id)):
+        users = sorted(await self.list_users(), key=lambda u: (u.created_at, u.id))
+        for user in users:
             link = await self.get_upstream_link(user.id)
             yield UserRecord(user, link, await self.get_upstream_tokens(user.id))
         for client in await self.list_clients():
@@ -81,6 +83,9 @@ class RedisPortable(RedisAuth, RedisKeys, RedisGraph, RedisSessions):
             found = _fields(await self.client.hgetall(self.key("token", ident)))  # type: ignore[arg-type]
             if found is not None and float(found["expires_at"]) > now:
                 yield TokenRecord(_token(ident, found), found.get("successor_hash"), found.get("successor"))
+        personal = [t for user in users for t in await self.list_personal_tokens(user.id, now)]
+        for token in sorted(personal, key=lambda t: (t.created_at, t.id)):
+            yield PersonalTokenRecord(token)
         owners = [owner async for owner in self._scan("graph:owner")]
         for owner in sorted(owners):
             async for record in self._export_graph(owner):

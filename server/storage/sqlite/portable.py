@@ -25,6 +25,7 @@ from server.storage.portable import (
     CookieKey,
     EntityRecord,
     LoginRecord,
+    PersonalTokenRecord,
     PortableError,
     Record,
     RelationRecord,
@@ -33,7 +34,7 @@ from server.storage.portable import (
     TokenRecord,
     UserRecord,
 )
-from server.storage.sqlite.auth import _client, _consent, _token
+from server.storage.sqlite.auth import _client, _consent, _personal, _token
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.keys import _key
 from transports.store import SessionRecord
@@ -91,6 +92,9 @@ def _records(conn: sqlite3.Connection, key_file: Path, now: float) -> Iterator[R
         yield LoginRecord(row["session_hash"], row["user_id"], row["created_at"], row["expires_at"])
     for row in conn.execute("SELECT * FROM auth_tokens WHERE expires_at > ? ORDER BY issued_at, token_hash", (now,)):
         yield TokenRecord(_token(row), row["successor_hash"], row["successor"])
+    for row in conn.execute("SELECT * FROM auth_personal_tokens WHERE expires_at IS NULL OR expires_at > ? "
+                            "ORDER BY created_at, id", (now,)):
+        yield PersonalTokenRecord(_personal(row))
     owners = [row[0] for row in conn.execute(
         """SELECT owner FROM (SELECT owner FROM memory_entities UNION SELECT owner FROM memory_relations)
            WHERE owner NOT IN (SELECT owner FROM memory_owners WHERE state = 'closed') ORDER BY owner""")]
