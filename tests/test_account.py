@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx2
 
+from server.account.memory import digest
 from tests.attackkit import BOTH, Page, call_tool, get_page, open_session, post_page
 from tests.browser import Browser, parse_forms
 from tests.conftest import BACKENDS, OAuthUser, RunningServer, tokens_by_hand
@@ -189,8 +190,8 @@ async def test_memory_browser_pages_searches_and_deletes_after_confirmation(
         assert "<h3>entity 00</h3>" in one.text and "<h3>entity 01</h3>" not in one.text
 
         # An observation: the first POST only asks.
-        ask = await post_page(browser, server.url + "/account/memory/delete",
-                              form_for(one, "/account/memory/delete", entity="entity 00", observation="fact 0 one"))
+        asking = form_for(one, "/account/memory/delete", entity="entity 00", observation=digest("fact 0 one"))
+        ask = await post_page(browser, server.url + "/account/memory/delete", asking)
         assert ask.status == 200 and "Delete this observation?" in ask.text and "fact 0 one" in ask.text
         assert "fact 0 one" in (await graph(server, alice.id))["entities"][0]["observations"]
         done = await post_page(browser, server.url + "/account/memory/delete",

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from server.account.memory import digest
 from tests.attackkit import (
     ALICE,
     BOB,
@@ -78,7 +79,7 @@ def actions(things: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
     """Every account form, filled in with Alice's ids (deletion both as the question and as the
     confirmed step)."""
     entity = {"entity": "diary"}
-    observation = {"entity": "diary", "observation": "alice's secret"}
+    observation = {"entity": "diary", "observation": digest("alice's secret")}
     return [("/account/disconnect", {"client_id": things["client_id"]}),
             ("/account/sessions/end", {"session_id": things["session_id"]}),
             ("/account/memory/delete", entity), ("/account/memory/delete", {**entity, "confirmed": "yes"}),

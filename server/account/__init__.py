@@ -169,13 +169,14 @@ class AccountPages:
         title = "Deleting failed"
         csrf_token, user, form = await _acting(request, title)
         name = form.get("entity", "")
-        observation = form.get("observation")
+        wanted = form.get("observation")
         entities, relations = memory.decode(await self.storage.open_nodes(user.id, [name])) if name else ([], [])
         entity = next((e for e in entities if e["name"] == name), None)
         missing = "There is no such entity in your memory (it may have been deleted already)."
         if entity is None:
             raise PageError(missing, 404, title, hint_html='<a href="/account/memory">Back to your memory</a>')
-        if observation is not None and observation not in entity["observations"]:
+        observation = next((o for o in entity["observations"] if memory.digest(o) == wanted), None)
+        if wanted is not None and observation is None:
             raise PageError("That entity has no such observation (it may have been deleted already).", 404, title,
                             hint_html=f'<a href="{escape(memory.View(entity=name).url())}">Back to the entity</a>')
         if form.get("confirmed") != "yes":

@@ -6,6 +6,9 @@ another user's graph. A page shows `PAGE_SIZE` entities, each with its type, obs
 relations from and to it. The store answers with the whole result as JSON, which is parsed with
 orjson and cut into pages here (a 10,000-entity graph is a few megabytes: milliseconds).
 
+An observation is named in the forms by the SHA-256 of its text (`digest`): it may be 16 KiB of
+text, more than a form may carry once encoded.
+
 Deleting is two POSTs, both with the CSRF token: the first (a button beside the item) answers
 with a confirmation page naming exactly what goes, the second (`confirmed=yes`) deletes. No
 script is needed, and a forged or replayed first step deletes nothing. The entity (and the
@@ -15,6 +18,7 @@ changes.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from html import escape
@@ -45,6 +49,10 @@ class View:
         return "/account/memory" + (f"?{urlencode(kept)}" if kept else "")
 
 
+def digest(observation: str) -> str:
+    return hashlib.sha256(observation.encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def parse_page(value: str | None) -> int:
     try:
         return max(1, int(value or "1"))
@@ -66,7 +74,7 @@ def _entity(csrf_token: str, entity: dict[str, Any], outgoing: list[dict[str, An
     name = entity["name"]
     observations = "".join(
         f"<li>{escape(text)}"
-        + post_form("/account/memory/delete", csrf_token, {"entity": name, "observation": text}, "Delete",
+        + post_form("/account/memory/delete", csrf_token, {"entity": name, "observation": digest(text)}, "Delete",
                     what=f"observation of {name}", css="inline", danger=True) + "</li>"
         for text in entity["observations"]) or "<li>none</li>"
     relations = "".join(
@@ -127,7 +135,7 @@ def confirm_body(csrf_token: str, entity: dict[str, Any], observation: str | Non
     if observation is not None:
         what = (f"<p>Delete this observation of <strong>{escape(name)}</strong>?</p>"
                 f"<blockquote>{escape(observation)}</blockquote>")
-        fields = hidden("entity", name) + hidden("observation", observation)
+        fields = hidden("entity", name) + hidden("observation", digest(observation))
         back = View(entity=name).url()
     else:
         count = len(entity["observations"])
