@@ -7,6 +7,7 @@ tests/test_account_attacks.py."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx2
@@ -226,5 +227,51 @@ async def test_signed_out_pages_ask_for_a_sign_in_that_returns(server: RunningSe
         form.update(username=ALICE[0], password=ALICE[1], return_to="https://evil.example/")
         done = await post_page(browser, server.url + "/login", form)
         assert done.status == 303 and done.headers["Location"] == server.url + "/login"
+    finally:
+        await browser.close()
+
+
+async def test_personal_tokens_are_created_used_and_revoked(server: RunningServer, http: httpx2.AsyncClient) -> None:
+    browser = await signed_in(server)
+    try:
+        page = await get_page(browser, server.url + "/account")
+        assert "You have no personal access tokens" in page.text
+        form = form_for(page, "/account/tokens")
+        # Both kinds of access are ticked to begin with.
+        assert form.pop("scope memory:read") == form.pop("scope memory:write") == "1"
+        # Refused forms create nothing.
+        for bad in ({"name": "x" * 101, "scope memory:read": "1", "expires": "90"},
+                    {"name": "no access", "expires": "90"},
+                    {"name": "odd expiry", "scope memory:read": "1", "expires": "9999"}):
+            refused = await post_page(browser, server.url + "/account/tokens", {**form, **bad})
+            assert refused.status == 400, (bad, refused.text[:300])
+        alice = await server.storage.get_user_by_name(ALICE[0])
+        assert alice is not None and await server.storage.list_personal_tokens(alice.id, 0) == []
+
+        made = await post_page(browser, server.url + "/account/tokens",
+                               {**form, "name": "ci agent", "scope memory:read": "1", "expires": "30"})
+        assert made.status == 200 and made.headers["Cache-Control"] == "no-store"
+        [secret] = re.findall(r'value="(mmcp_pat_[A-Za-z0-9]+)"', made.text)
+        assert "shown only this once" in made.text
+        [token] = await server.storage.list_personal_tokens(alice.id, 0)
+        assert token.name == "ci agent" and token.scopes == ("memory:read",)
+        assert token.expires_at is not None and 29 * 86400 < token.expires_at - token.created_at <= 30 * 86400
+
+        session = await open_session(http, server, secret)
+        page = await get_page(browser, server.url + "/account")
+        assert "<h3>ci agent</h3>" in page.text and token.id in page.text
+        # Its session is listed under the token's name, and it is not an application.
+        assert "Personal access token “ci agent”" in page.text and "No application is connected" in page.text
+        revoke = form_for(page, "/account/tokens/revoke", token_id=token.id)
+
+        async def revoked() -> None:
+            after = await follow(browser, server, await post_page(browser, server.url + "/account/tokens/revoke",
+                                                                  revoke))
+            assert "You have no personal access tokens" in after.text
+
+        await stream_closes(http, server.url + "/mcp", session, revoked)
+        assert (await http.post(server.url + "/mcp", headers=session, json=TOOLS_LIST)).status_code == 401
+        again = await post_page(browser, server.url + "/account/tokens/revoke", revoke)
+        assert again.status == 404
     finally:
         await browser.close()

@@ -5,12 +5,15 @@ snapshot: every table) to prove that nothing changed and the victim's live sessi
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx2
 import pytest
 
+from auth import personal
+from auth.server import AUTH_SERVER
 from server.account.memory import digest
 from tests.attackkit import (
     ALICE,
@@ -66,13 +69,19 @@ async def csrf_of(browser: Browser, srv: RunningServer) -> str:
 
 
 async def alices_things(http: httpx2.AsyncClient, srv: RunningServer, alice: Browser) -> dict[str, str]:
-    """Alice's connected client with a live session, and an entity with an observation."""
+    """Alice's connected client with a live session, an entity with an observation, and a
+    personal access token."""
+    user = await srv.storage.get_user_by_name(ALICE[0])
+    assert user is not None
+    pat = await personal.create(srv.storage, srv.app[AUTH_SERVER].settings, user, name="alice's agent",
+                                scopes=("memory:read",), days=30, now=time.time())
     tokens = await grant(http, srv, alice)
     session = await open_session(http, srv, tokens["access_token"])
     created = await call_tool(http, srv, session, "create_entities", {"entities": [
         {"name": "diary", "entityType": "secret", "observations": ["alice's secret"]}]})
     assert created.status_code == 200
-    return {"client_id": tokens["client_id"], "session_id": session["Mcp-Session-Id"], **session}
+    return {"client_id": tokens["client_id"], "session_id": session["Mcp-Session-Id"], "token_id": pat.token.id,
+            **session}
 
 
 def actions(things: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
@@ -82,12 +91,14 @@ def actions(things: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
     observation = {"entity": "diary", "observation": digest("alice's secret")}
     return [("/account/disconnect", {"client_id": things["client_id"]}),
             ("/account/sessions/end", {"session_id": things["session_id"]}),
+            ("/account/tokens/revoke", {"token_id": things["token_id"]}),
+            ("/account/tokens", {"name": "planted", "scope memory:write": "1", "expires": "never"}),
             ("/account/memory/delete", entity), ("/account/memory/delete", {**entity, "confirmed": "yes"}),
             ("/account/memory/delete", observation), ("/account/memory/delete", {**observation, "confirmed": "yes"})]
 
 
 async def still_alive(http: httpx2.AsyncClient, srv: RunningServer, things: dict[str, str]) -> None:
-    headers = {k: v for k, v in things.items() if k not in ("client_id", "session_id")}
+    headers = {k: v for k, v in things.items() if k not in ("client_id", "session_id", "token_id")}
     assert (await http.post(srv.url + "/mcp", headers=headers, json=TOOLS_LIST)).status_code == 200
     read = await call_tool(http, srv, headers, "read_graph", {})
     assert "alice's secret" in read.text
@@ -129,12 +140,16 @@ async def test_attack_account_actions_on_another_users_ids(srv: RunningServer, h
     token = await csrf_of(bob, srv)
     before = snapshot(srv)
     for path, fields in actions(things):
+        if path == "/account/tokens":
+            continue  # names nobody's id: Bob would create a token of his own
         page: Page = await post_page(bob, srv.url + path, {**fields, "csrf_token": token})
         assert page.status == 404, (path, fields, page.status, page.text[:300])
         assert things["client_id"] not in page.text and "alice" not in page.text
     # Ids of nothing at all get the same answer: nobody learns whether an id exists for someone else.
     for path, fields in (("/account/disconnect", {"client_id": "no-such-client"}),
                          ("/account/sessions/end", {"session_id": "no-such-session"}),
+                         ("/account/tokens/revoke", {"token_id": "0123456789abcdef"}),
+                         ("/account/tokens/revoke", {}),
                          ("/account/memory/delete", {"entity": "no-such-entity"}),
                          ("/account/disconnect", {}), ("/account/sessions/end", {}), ("/account/memory/delete", {})):
         page = await post_page(bob, srv.url + path, {**fields, "csrf_token": token})

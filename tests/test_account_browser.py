@@ -105,13 +105,35 @@ async def test_the_account_flow_in_a_browser(server: RunningServer, browser: Bro
     assert (await http.post(server.url + "/mcp", headers=session, json=TOOLS_LIST)).status_code == 401
     await shoot(page, tmp_path, "account-empty")
 
+    # A personal access token: created (its secret shown once), used, revoked.
+    await page.get_by_label("Name (what it is for)").fill("nightly agent")
+    await page.get_by_label("Change your memory").uncheck()
+    await page.get_by_label("Expires after").select_option("30")
+    await page.get_by_role("button", name="Create token").click()
+    await page.wait_for_selector("h1:has-text('Token created')")
+    secret = await page.get_by_label("Token").input_value()
+    assert secret.startswith("mmcp_pat_")
+    await shoot(page, tmp_path, "token")
+    pat_session = {**{k: v for k, v in session.items() if k != "Mcp-Session-Id"}, "Authorization": f"Bearer {secret}"}
+    init = await http.post(server.url + "/mcp", headers=pat_session, json={
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "agent", "version": "1"}}})
+    assert init.status_code == 200
+    await page.get_by_role("link", name="Back to your account").click()
+    await page.wait_for_selector("h3:has-text('nightly agent')")
+    assert await page.locator("h3:has-text('Personal access token “nightly agent”')").count() == 1
+    await page.get_by_role("button", name="Revoke nightly agent").click()
+    await page.wait_for_selector("text=You have no personal access tokens")
+    pat_session["Mcp-Session-Id"] = init.headers["mcp-session-id"]
+    assert (await http.post(server.url + "/mcp", headers=pat_session, json=TOOLS_LIST)).status_code == 401
+
     await page.get_by_role("button", name="Sign out everywhere").click()
     await page.wait_for_selector("text=You are signed out")
     await page.goto(server.url + "/account")
     assert await page.title() == "Sign in to memory-mcp"
     assert tab.csp_violations == []
     assert requests and all(url.startswith(server.url + "/") for url in requests), requests
-    for name in ("account", "memory", "confirm", "account-empty"):
+    for name in ("account", "memory", "confirm", "account-empty", "token"):
         assert all((tmp_path / f"{name}-{w}.png").stat().st_size > 0 for w in WIDTHS)
 
 
@@ -160,6 +182,11 @@ async def test_the_account_pages_pass_axe(server: RunningServer, browser: Browse
     await page.get_by_role("button", name="Delete entity entity 01").click()
     await page.wait_for_selector("h1:has-text('Delete this entity?')")
     await check("confirm")
+    await page.goto(server.url + "/account")
+    await page.get_by_label("Name (what it is for)").fill("axe")
+    await page.get_by_role("button", name="Create token").click()
+    await page.wait_for_selector("h1:has-text('Token created')")
+    await check("token")
     await context.close()
     (tmp_path / "axe.txt").write_text(repr(checked))
     serious = {name: [v for v in found if v["impact"] in ("serious", "critical")] for name, found in checked.items()}

@@ -1,8 +1,11 @@
 """The account pages: a person's own view of their account, in the browser.
 
-    GET  /account                  connected applications, live MCP sessions, sign out everywhere
+    GET  /account                  connected applications, live MCP sessions, personal access
+                                   tokens, sign out everywhere
     POST /account/disconnect       disconnect an application (client_id)
     POST /account/sessions/end     end one live MCP session (session_id)
+    POST /account/tokens           create a personal access token (shown once, on the answer)
+    POST /account/tokens/revoke    revoke one (token_id)
     GET  /account/memory           the memory browser (?q= search, ?entity= one entity, ?page=)
     POST /account/memory/delete    delete an entity or one observation: a confirmation page, then
                                    the same POST with confirmed=yes
@@ -18,8 +21,9 @@ Defences (docs/security.md, "The account pages"):
 * Every POST carries the session's CSRF token (`auth.browser.csrf_form`), checked first: a forged
   form changes nothing (403).
 * Ownership is checked on the server for every id a form names, against the signed-in user: an
-  application must be connected to *this* user, a session's record must be this user's, an
-  entity must be in this user's graph (the graph is only ever opened with the user as owner).
+  application must be connected to *this* user, a session's record must be this user's, a
+  personal access token must be one of this user's live tokens, an entity must be in this
+  user's graph (the graph is only ever opened with the user as owner).
   Anything else is 404 with nothing changed, the same whether the id exists for someone else or
   not at all.
 * Disconnecting forgets the user's remembered approvals of the client and deletes its tokens and
@@ -38,12 +42,12 @@ from html import escape
 
 from aiohttp import web
 
-from auth import browser, csrf, signin
+from auth import browser, csrf, personal, signin
 from auth.errors import PageError
 from auth.models import Revocation, User
 from auth.server import AUTH_SERVER
 from auth.signin import Route
-from server.account import applications, memory
+from server.account import applications, memory, tokens
 from server.account.html import page, post_form
 from server.memory.graph import GraphClosedError, ObservationDeletion
 from server.principals import parse_owner_label
@@ -88,6 +92,8 @@ class AccountPages:
             ("GET", "/account", self.handle_account),
             ("POST", "/account/disconnect", self.handle_disconnect),
             ("POST", "/account/sessions/end", self.handle_end_session),
+            ("POST", "/account/tokens", self.handle_create_token),
+            ("POST", "/account/tokens/revoke", self.handle_revoke_token),
             ("GET", "/account/memory", self.handle_memory),
             ("POST", "/account/memory/delete", self.handle_delete),
             ("GET", "/consents", self.handle_consents),
@@ -101,14 +107,24 @@ class AccountPages:
         now = time.time()
         records = await self.storage.list_sessions(user.id)
         apps = await applications.connected(self.storage, user.id, now, records)
-        names = {a.client_id: a.name for a in apps}
+        personal_tokens = await self.storage.list_personal_tokens(user.id, now)
+        by_id = {t.id: t for t in personal_tokens}
+        names: dict[str, str | None] = {a.client_id: a.name for a in apps}
+        for record in records:
+            client_id = applications.session_client(record)
+            token_id = personal.token_id_of(client_id)
+            if token_id is not None:
+                names[client_id] = tokens.session_name(by_id.get(token_id))
+        settings = request.app[AUTH_SERVER].settings
         body = (f"<p>Signed in as <strong>{escape(user.username)}</strong>.</p>"
                 + applications.applications_section(csrf_token, apps)
                 + applications.sessions_section(csrf_token, records, names)
+                + tokens.section(csrf_token, personal_tokens, settings)
                 + '<h2 id="memory">Memory</h2><p><a href="/account/memory">Browse your memory</a>: '
                   "its entities, observations and relations; search it and delete what should go.</p>"
                 + '<h2 id="sign-out">Sign out everywhere</h2><p>Signs you out in every browser, forgets your '
-                  "remembered approvals and disconnects every application.</p>"
+                  "remembered approvals, disconnects every application and revokes your personal access "
+                  "tokens.</p>"
                 + post_form("/logout", csrf_token, {}, "Sign out everywhere", danger=True))
         return page("Your account", "/account", body)
 
@@ -147,6 +163,37 @@ class AccountPages:
             # Held by another process, or by none: deleting the record ends it wherever it is.
             await self.storage.delete_session(session_id)
         return _see_other(request, "/account#sessions")
+
+    async def handle_create_token(self, request: web.Request) -> web.Response:
+        title = "Creating the token failed"
+        _, user, form = await _acting(request, title)
+        server = request.app[AUTH_SERVER]
+        settings = server.settings
+        back = '<a href="/account#new-token">Back to your account</a> to try again.'
+        name, expires = form.get("name", ""), form.get("expires", "")
+        wanted = " ".join(s for s in settings.scopes_supported if form.get(f"scope {s}"))
+        problem = tokens.form_problem(name, wanted, expires)
+        if problem is not None:
+            raise PageError(problem, 400, title, hint_html=back)
+        try:
+            created = await personal.create(
+                server.store, settings, user, name=name, scopes=personal.parse_scopes(wanted, settings),
+                days=personal.parse_expiry(expires), now=server.clock())
+        except personal.PersonalTokenError as exc:  # the account is being removed
+            raise PageError(str(exc), 409, title, hint_html=_BACK) from None
+        return page("Token created", "", tokens.created_body(created.secret, created.token))
+
+    async def handle_revoke_token(self, request: web.Request) -> web.Response:
+        title = "Revoking the token failed"
+        _, user, form = await _acting(request, title)
+        server = request.app[AUTH_SERVER]
+        token_id = form.get("token_id", "")
+        mine = {t.id for t in await self.storage.list_personal_tokens(user.id, server.clock())}
+        if token_id not in mine or await self.storage.delete_personal_token(token_id) is None:
+            raise PageError("You have no such personal access token (it may have been revoked already, or have "
+                            "expired).", 404, title, hint_html=_BACK)
+        await server.notify(Revocation(user.id, personal.client_id(token_id), None))
+        return _see_other(request, "/account#tokens")
 
     async def handle_memory(self, request: web.Request) -> web.Response:
         viewer = await _viewer(request)

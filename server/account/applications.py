@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from html import escape
 from urllib.parse import urlsplit
 
-from auth import pages
+from auth import pages, personal
 from auth.models import RememberedConsent, Token
 from auth.rfc8252 import is_loopback
 from server.account.html import plain, post_form, when
@@ -56,7 +56,9 @@ async def connected(storage: Storage, user_id: str, now: float,
         consents.setdefault(consent.client_id, []).append(consent)
     sessions: dict[str, list[SessionRecord]] = {}
     for record in records:
-        sessions.setdefault(session_client(record), []).append(record)
+        # Opened with a personal access token: not an application (server.account.tokens).
+        if personal.token_id_of(session_client(record)) is None:
+            sessions.setdefault(session_client(record), []).append(record)
     found = []
     for client_id in {*tokens, *consents, *sessions}:
         client = await storage.get_client(client_id)

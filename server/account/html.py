@@ -32,6 +32,7 @@ button.danger{border-color:#b00020;color:#b00020;background:#fff}
 .search{display:flex;flex-wrap:wrap;gap:.5rem;align-items:end;margin-top:1rem}
 .search label{margin:0;width:100%}.search input{flex:1 1 12rem;padding:.5rem;min-width:0}
 .search button{margin:0}.paging{display:flex;gap:1rem;align-items:center;flex-wrap:wrap;margin:1rem 0}
+select{font:inherit;padding:.4rem}fieldset{border:1px solid #bbb;border-radius:6px;margin:1rem 0 0}
 .vh{position:absolute;width:1px;height:1px;overflow:hidden;clip:rect(0 0 0 0);white-space:nowrap}
 blockquote{margin:.5rem 0;padding:.5rem 1rem;border-left:4px solid #bbb;overflow-wrap:anywhere}
 @media (max-width:32rem){dl{grid-template-columns:1fr}dt{margin-top:.3rem}}"""
