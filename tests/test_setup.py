@@ -22,6 +22,7 @@ from playwright.async_api import async_playwright
 from auth import accounts
 from auth.setup import SETUP_TTL, new_code
 from tests.conftest import BACKENDS, RunningServer, start_server
+from tests.test_account_browser import axe_source, axe_violations
 from tests.test_pages_browser import chromium_path
 
 CLI = [sys.executable, "-m", "server"]
@@ -131,6 +132,13 @@ async def test_the_account_is_made_in_a_real_browser(tmp_path: Path) -> None:
                     # Nothing wider than the window: readable on a phone without scrolling sideways.
                     assert await page.evaluate("document.documentElement.scrollWidth") <= width
                     await context.close()
+                # The setup page under axe-core (in a context of its own that lets the script in).
+                context = await browser.new_context(bypass_csp=True)
+                page = await context.new_page()
+                await page.goto(link)
+                found = await axe_violations(page, axe_source())
+                assert found == [], found
+                await context.close()
                 context = await browser.new_context()
                 page = await context.new_page()
                 await page.goto(link)
@@ -146,6 +154,13 @@ async def test_the_account_is_made_in_a_real_browser(tmp_path: Path) -> None:
                 await page.get_by_role("button", name="Create account").click()
                 await page.wait_for_selector("text=is ready")
                 assert await page.title() == "Account created"
+                # The new account's own page, signed in from it.
+                await page.goto(link.split("/setup")[0] + "/account")
+                await page.get_by_label("Username").fill("alice")
+                await page.get_by_label("Password").fill(PASSWORD)
+                await page.get_by_role("button", name="Sign in").click()
+                await page.wait_for_selector("h1:has-text('Your account')")
+                await page.screenshot(path=str(tmp_path / "setup-then-account.png"), full_page=True)
                 await context.close()
             finally:
                 await browser.close()
