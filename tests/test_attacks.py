@@ -1144,7 +1144,9 @@ async def test_attack_clickjacking_headers_on_every_html_page(srv: RunningServer
             await get_page(anonymous, authorize_url(srv, client, pkce()[1])),
             await get_page(anonymous, srv.url + "/login"),
             await get_page(anonymous, srv.url + "/logout"),
-            await get_page(anonymous, srv.url + "/consents"),
+            await get_page(anonymous, srv.url + "/account"),
+            await get_page(anonymous, srv.url + "/account/memory"),
+            *[await post_page(anonymous, srv.url + path, {}) for path in ACCOUNT_FORMS],
             await post_page(anonymous, srv.url + "/login", {"username": "x", "password": "y"}),
             await post_page(anonymous, srv.url + "/consent", {}),
             await post_page(anonymous, srv.url + "/logout", {}),
@@ -1154,7 +1156,8 @@ async def test_attack_clickjacking_headers_on_every_html_page(srv: RunningServer
         pages.append(await post_page(anonymous, srv.url + "/login",
                                      {**login_page.form(), "username": "bob", "password": "wrong"}))
         pages.append(await consent_page(alice, srv, authorize_url(srv, client, pkce()[1])))
-        pages += [await get_page(alice, srv.url + p) for p in ("/login", "/logout", "/consents")]
+        pages += [await get_page(alice, srv.url + p) for p in ("/login", "/logout", "/account", "/account/memory",
+                                                               "/account/memory?q=x&page=2")]
         ipv6 = await register(http, srv, ["http://[::1]:9/cb"])
         pages.append(await consent_page(alice, srv, authorize_url(srv, ipv6, pkce()[1])))
     finally:
@@ -1239,8 +1242,9 @@ async def test_attack_session_fixation(srv: RunningServer) -> None:
         before = snapshot(srv)
         seen = await get_page(attacker, srv.url + "/login")
         assert "Signed in" not in seen.text and 'name="password"' in seen.text
-        consents = await get_page(attacker, srv.url + "/consents")
-        assert 'name="password"' in consents.text
+        for path in ("/account", "/account/memory"):
+            account = await get_page(attacker, srv.url + path)
+            assert 'name="password"' in account.text and "Your account" not in account.text
         assert_unchanged(srv, before)
     finally:
         await victim.close()
@@ -1339,7 +1343,8 @@ async def test_attack_cimd_client_id_pointing_at_a_private_address(tmp_path: Pat
 
 # Hostile input on every endpoint: a clear 4xx, never a 5xx or a trace.
 
-ACCOUNT_FORMS = ("/account/disconnect", "/account/sessions/end", "/account/memory/delete")
+ACCOUNT_FORMS = ("/account/disconnect", "/account/sessions/end", "/account/tokens", "/account/tokens/revoke",
+                 "/account/memory/delete")
 ENDPOINTS = ["/register", "/authorize", "/login", "/consent", "/token", "/revoke", "/userinfo", "/mcp", "/messages",
              "/logout", "/consents", "/sse", "/account", "/account/memory", *ACCOUNT_FORMS]
 
