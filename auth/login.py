@@ -1,6 +1,10 @@
 """`/login` and `/logout`: the browser login that the consent page relies on, and the local-password
 way of signing in (`PasswordSignIn`, one of the `auth.signin` methods; the `local_login` setting).
 
+Signed out, a page of the application's (`auth.signin.RETURN_PATHS`) shows the sign-in page with
+its own path in a `return_to` field; the login POST without a pending authorization redirects
+there, and to `/login` for any value that is not exactly one of those paths.
+
 A failed login says only "invalid username or password", with the same status and the same
 argon2 work whether the user exists or not (no user enumeration). Attempts are throttled per
 account and per source address before any of that work (`auth.throttle`: 429 with

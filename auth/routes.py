@@ -16,6 +16,10 @@
     GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
     GET  /setup, POST /setup                           the first account, from the one-time link
 
+The application may add browser pages of its own (`install(app_pages=...)`: an account page),
+which get the login cookie, error pages and a sign-in that returns to them, and may replace one of
+these by method and path.
+
 Handlers raise `auth.errors.OAuth2Error` for every refusal; `auth.errors.middleware`, installed
 here, is where it becomes a response (a page on the browser paths), as `_store_unavailable` is
 for a store that cannot answer now.
