@@ -36,7 +36,6 @@ Defences (docs/security.md, "The account pages"):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from html import escape
 
@@ -104,7 +103,7 @@ class AccountPages:
         if isinstance(viewer, web.Response):
             return viewer
         csrf_token, user = viewer
-        now = time.time()
+        now = request.app[AUTH_SERVER].clock()
         records = await self.storage.list_sessions(user.id)
         apps = await applications.connected(self.storage, user.id, now, records)
         personal_tokens = await self.storage.list_personal_tokens(user.id, now)
@@ -136,7 +135,7 @@ class AccountPages:
         _, user, form = await _acting(request, title)
         client_id = form.get("client_id", "")
         records = await self.storage.list_sessions(user.id)
-        apps = await applications.connected(self.storage, user.id, time.time(), records)
+        apps = await applications.connected(self.storage, user.id, request.app[AUTH_SERVER].clock(), records)
         if not client_id or client_id not in {a.client_id for a in apps}:
             raise PageError("That application is not connected to your account (it may have been disconnected "
                             "already).", 404, title, hint_html=_BACK)
