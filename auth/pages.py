@@ -219,7 +219,7 @@ def continue_to(location: str, *, provider: str | None = None) -> web.Response:
 
 def signed_in(csrf_token: str, username: str) -> web.Response:
     return render("Signed in", f"<p>You are signed in as <strong>{escape(username)}</strong>.</p>"
-                              '<p><a href="/consents">Remembered approvals</a></p>'
+                              '<p><a href="/account">Your account</a></p>'
                               + logout_form(csrf_token))
 
 
