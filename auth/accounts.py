@@ -67,7 +67,8 @@ def check_password(password: str) -> None:
         raise InvalidPasswordError(f"passwords must be at most {PASSWORD_MAX} characters long")
 
 
-async def add_user(store: AuthStore, username: str, password: str) -> User:
+async def add_user(store: AuthStore, username: str, password: str, *, first: bool = False) -> User:
+    """`first`: only as the first account (`NotFirstUserError` otherwise; `auth.setup`)."""
     check_username(username)
     check_password(password)
     # A fresh random id, never the username: a removed then re-created username must not inherit
@@ -75,7 +76,7 @@ async def add_user(store: AuthStore, username: str, password: str) -> User:
     user = User(id=secrets.token_hex(16), username=username, password_hash=await hash_password(password),
                 created_at=time.time())
     try:
-        await store.add_user(user)
+        await store.add_user(user, first=first)
     except UserExistsError as exc:
         pending = any(u.username == username and u.state is AccountState.REMOVING for u in await store.list_users())
         hint = f"; its removal was interrupted: `memory-mcp users remove {username}` finishes it" if pending else ""

@@ -63,12 +63,15 @@ class PageError(OAuth2Error):
     go back to the client, because its redirect URI is not (yet) trusted or the request is the
     browser's own form."""
 
-    def __init__(self, description: str, status: int = 400, title: str = "Authorization failed") -> None:
+    def __init__(self, description: str, status: int = 400, title: str = "Authorization failed", *,
+                 hint_html: str = "") -> None:
+        """`hint_html`: what to do next, as markup of ours (default: start the login again)."""
         super().__init__("invalid_request", description, status)
         self.title = title
+        self.hint_html = hint_html
 
     def response(self, page: bool = True) -> web.Response:
-        response = pages.error(self.description, self.status, self.title)
+        response = pages.error(self.description, self.status, self.title, hint_html=self.hint_html)
         response.headers.update(self.headers)
         return response
 

@@ -1,6 +1,10 @@
 """`/login` and `/logout`: the browser login that the consent page relies on, and the local-password
 way of signing in (`PasswordSignIn`, one of the `auth.signin` methods; the `local_login` setting).
 
+Signed out, a page of the application's (`auth.signin.RETURN_PATHS`) shows the sign-in page with
+its own path in a `return_to` field; the login POST without a pending authorization redirects
+there, and to `/login` for any value that is not exactly one of those paths.
+
 A failed login says only "invalid username or password", with the same status and the same
 argon2 work whether the user exists or not (no user enumeration). Attempts are throttled per
 account and per source address before any of that work (`auth.throttle`: 429 with
@@ -60,17 +64,19 @@ class PasswordSignIn(SignInMethod):
         self.routes = (("POST", "/login", self.handle_login),)
 
     def section(self, view: SignInView) -> str:
-        return pages.password_form(view.csrf_token, view.seal, username=view.username, again=view.again)[0]
+        return pages.password_form(view.csrf_token, view.seal, username=view.username, again=view.again,
+                                   return_to=view.return_to)[0]
 
     async def _page(self, request: web.Request, sess_csrf: str, sealed: str | None, username: str, *,
-                    failed: bool = False, retry_after: int | None = None, busy: bool = False) -> web.Response:
+                    failed: bool = False, retry_after: int | None = None, busy: bool = False,
+                    return_to: str = "") -> web.Response:
         html, status = pages.password_form(sess_csrf, sealed, username=username, failed=failed,
-                                           retry_after=retry_after, busy=busy)
+                                           retry_after=retry_after, busy=busy, return_to=return_to)
         server = request.app[AUTH_SERVER]
         pending = browser.unseal(server.sealer, sealed, AuthorizationRequest) if sealed else None
         client = await server.store.get_client(pending.client_id) if pending else None
-        return signin.page(request, SignInView(sess_csrf, sealed, pending, client, username), own=self,
-                           own_html=html, status=status, retry_after=retry_after)
+        return signin.page(request, SignInView(sess_csrf, sealed, pending, client, username, return_to=return_to),
+                           own=self, own_html=html, status=status, retry_after=retry_after)
 
     async def handle_login(self, request: web.Request) -> web.Response:
         server = request.app[AUTH_SERVER]
@@ -83,12 +89,14 @@ class PasswordSignIn(SignInMethod):
             raise PageError(pages.OTHER_BROWSER, 403, "Sign-in failed")
         username = form.get("username", "")
         password = form.get("password", "")
+        return_to = signin.return_path(request, form.get(pages.RETURN_FIELD))
         address = client_address(request)
         wait = await throttle.begin(server.limiter, username, address)
         if wait is not None:
             server.observe(AuthEvent.LOGIN_REFUSED, "throttled")
             log.warning("throttled login for %r from %s (%d s)", username[:64], address, wait)
-            return await self._page(request, csrf.token(sess), sealed, username, retry_after=wait)
+            return await self._page(request, csrf.token(sess), sealed, username, retry_after=wait,
+                                    return_to=return_to)
         user = await server.store.get_user_by_name(username) if valid_username(username) else None
         # Oversized passwords, and accounts without a password (upstream sign-in only), are verified
         # against the dummy hash: same work, no special response.
@@ -103,12 +111,13 @@ class PasswordSignIn(SignInMethod):
             server.observe(AuthEvent.LOGIN_REFUSED, "busy")
             log.warning("login from %s refused: password checks busy", address)
             return await self._page(request, csrf.token(sess), sealed, username, retry_after=BUSY_RETRY_AFTER,
-                                    busy=True)
+                                    busy=True, return_to=return_to)
         if not ok or user is None:
             # One line per failure, for fail2ban-style throttling in front of the server.
             server.observe(AuthEvent.LOGIN_REFUSED, "failed")
             log.warning("failed login for %r from %s", username[:64], address)
-            return await self._page(request, csrf.token(sess), sealed, username, failed=True)
+            return await self._page(request, csrf.token(sess), sealed, username, failed=True,
+                                    return_to=return_to)
         await throttle.succeeded(server.limiter, username, address)
         if needs_rehash(user.password_hash):
             with contextlib.suppress(PasswordsBusy):  # upgraded at a quieter login
@@ -121,11 +130,12 @@ class PasswordSignIn(SignInMethod):
             server.observe(AuthEvent.LOGIN_REFUSED, "failed")
             log.warning("login for %r from %s refused: the password changed while it was checked", username[:64],
                         address)
-            return await self._page(request, csrf.token(sess), sealed, username, failed=True)
+            return await self._page(request, csrf.token(sess), sealed, username, failed=True,
+                                    return_to=return_to)
         new, login = signed_in
         csrf.token(new)
         if pending is None:
-            return redirect(server.settings.url("/login"))
+            return redirect(server.settings.url(return_to or "/login"))
         return await resume(server, new, pending, login)
 
 

@@ -183,6 +183,24 @@ class SigningKey:
 
 
 @dataclass(frozen=True, slots=True)
+class PersonalToken:
+    """A personal access token (`auth.personal`): one user's credential for the MCP endpoints,
+    made by that user (or an administrator) rather than by an OAuth flow. `id` is public (lists,
+    revocation, the session owner `auth.personal.client_id`); the secret is kept only as
+    `token_hash`. `expires_at` None: never expires, which is only ever set when asked for."""
+
+    id: str
+    token_hash: str
+    subject: str
+    name: str
+    scopes: tuple[str, ...]
+    resource: str
+    created_at: float
+    expires_at: float | None
+    last_used_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AccessGrant:
     """What a resource server learns from a valid bearer token."""
 

@@ -11,7 +11,8 @@ Profile claims are served by UserInfo only (section 5.4: an access token was iss
 where they belong).
 
 UserInfo (section 5.3) takes the access token as a bearer token in the header only, like the MCP
-endpoints, and needs `openid` in its scope; `profile` adds `preferred_username`.
+endpoints, and needs `openid` in its scope; `profile` adds `preferred_username`. A personal
+access token is refused here (`auth.personal`): it was issued to no OpenID Connect client.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hashlib
 from aiohttp import web
 from joserfc import jwt
 
-from auth import rfc7517
+from auth import personal, rfc7517
 from auth.errors import NO_STORE, OAuth2Error
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -64,6 +65,10 @@ def _challenge(error: str | None, description: str, status: int = 401, scope: st
 
 async def handle_userinfo(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
+    scheme, _, presented = (request.headers.get("Authorization") or "").strip().partition(" ")
+    if scheme.lower() == "bearer" and personal.is_personal(presented.strip()):
+        # Not an OpenID Connect client's token (auth.personal): refused before any lookup.
+        raise _challenge("invalid_token", "personal access tokens are accepted by the MCP endpoints only")
     verifier = BearerVerifier(server.settings, server.store, clock=server.clock)
     try:
         grant = await verifier.verify(request.headers.get("Authorization"), "")

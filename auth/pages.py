@@ -37,6 +37,8 @@ CSRF_FAILED = ("The form was not submitted from this browser session (CSRF check
 OTHER_BROWSER = ("This authorization was started in another browser (or its cookie expired). "
                  "Start again from your application, in the browser you want to use.")
 
+RETURN_FIELD = "return_to"
+
 SCOPE_DESCRIPTIONS = {
     "memory:read": "Read your memory (entities, relations, observations)",
     "memory:write": "Change your memory (create, update and delete)",
@@ -52,12 +54,13 @@ def _csp(form_action: tuple[str, ...] | None) -> str:
 
 
 def render(title: str, body: str, status: int = 200, *, form_action: tuple[str, ...] | None = (),
-           head: str = "") -> web.Response:
-    """`form_action=None` leaves the directive out (see the module docstring)."""
+           head: str = "", style: str = "") -> web.Response:
+    """`form_action=None` leaves the directive out (see the module docstring). `style`: CSS after
+    the pages' own, for a page that needs more (the account pages, wider)."""
     document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
                 f'<meta name="viewport" content="width=device-width,initial-scale=1">{head}'
-                f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-                f"<body><h1>{escape(title)}</h1>{body}</body></html>")
+                f"<title>{escape(title)}</title><style>{_STYLE}{style}</style></head>"
+                f"<body><main><h1>{escape(title)}</h1>{body}</main></body></html>")
     return web.Response(
         text=document, status=status, content_type="text/html", charset="utf-8",
         headers={
@@ -75,9 +78,14 @@ def _hidden(name: str, value: str) -> str:
     return f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
 
 
-def error(message: str, status: int = 400, title: str = "Authorization failed") -> web.Response:
+LOGIN_AGAIN = "Go back to your application and start the login again."
+
+
+def error(message: str, status: int = 400, title: str = "Authorization failed", *,
+          hint: str = LOGIN_AGAIN, hint_html: str = "") -> web.Response:
+    """`hint`: what to do next (text); `hint_html` replaces it with markup of ours (a link)."""
     return render(title, f'<p class="error">{escape(message)}</p>'
-                         '<p class="muted">Go back to your application and start the login again.</p>', status)
+                         f'<p class="muted">{hint_html or escape(hint)}</p>', status)
 
 
 def _duration(seconds: int) -> str:
@@ -87,12 +95,14 @@ def _duration(seconds: int) -> str:
 
 
 def password_form(csrf_token: str, request_seal: str | None, *, username: str = "", failed: bool = False,
-                  retry_after: int | None = None, again: bool = False, busy: bool = False) -> tuple[str, int]:
+                  retry_after: int | None = None, again: bool = False, busy: bool = False,
+                  return_to: str = "") -> tuple[str, int]:
     """The password sign-in (`auth.login`) as a section of the sign-in page, and the page's status.
     `retry_after`: throttled (auth.throttle), a 429; the message names no account, so it reads
     the same for a user who does not exist. With `busy`, the server had no capacity to check the
     password (auth.passwords): a 503. `again`: the user is signed in, but the application asked
-    for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`)."""
+    for a fresh sign-in (OpenID Connect `prompt=login`, `max_age`). `return_to`: the page of ours
+    to show after signing in (`auth.signin.RETURN_PATHS`)."""
     status = 401 if failed else 200
     message = '<p class="error">Invalid username or password.</p>' if failed else ""
     if again and not failed:
@@ -105,7 +115,8 @@ def password_form(csrf_token: str, request_seal: str | None, *, username: str = 
         status = 429
         message = (f'<p class="error">Too many failed sign-in attempts. Try again in '
                    f"{_duration(retry_after)}.</p>")
-    fields = _hidden(csrf.FIELD, csrf_token) + (_hidden("request", request_seal) if request_seal else "")
+    fields = (_hidden(csrf.FIELD, csrf_token) + (_hidden("request", request_seal) if request_seal else "")
+              + (_hidden(RETURN_FIELD, return_to) if return_to else ""))
     body = (f'{message}<form method="post" action="/login">{fields}'
             f'<label for="username">Username</label>'
             f'<input type="text" id="username" name="username" value="{escape(username)}" '
@@ -208,7 +219,7 @@ def continue_to(location: str, *, provider: str | None = None) -> web.Response:
 
 def signed_in(csrf_token: str, username: str) -> web.Response:
     return render("Signed in", f"<p>You are signed in as <strong>{escape(username)}</strong>.</p>"
-                              '<p><a href="/consents">Remembered approvals</a></p>'
+                              '<p><a href="/account">Your account</a></p>'
                               + logout_form(csrf_token))
 
 
@@ -259,15 +270,16 @@ def logout_confirm(csrf_token: str, username: str | None) -> web.Response:
     if username is None:
         return render("Signed out", "<p>You are not signed in.</p>")
     return render("Sign out", f"<p>Sign out <strong>{escape(username)}</strong> everywhere? This signs you "
-                              "out in every browser, forgets your remembered approvals and disconnects every "
-                              "application you approved; each will ask you to sign in again.</p>"
+                              "out in every browser, forgets your remembered approvals, disconnects every "
+                              "application you approved (each will ask you to sign in again) and revokes your "
+                              "personal access tokens.</p>"
                               + logout_form(csrf_token))
 
 
 def signed_out(extra: str = "") -> web.Response:
     """`extra`: what the sign-in methods add (`auth.signin.SignInMethod.signed_out`)."""
-    return render("Signed out", "<p>You are signed out in every browser, and the applications you had "
-                                "approved are disconnected.</p>" + extra)
+    return render("Signed out", "<p>You are signed out in every browser, the applications you had "
+                                "approved are disconnected, and your personal access tokens are revoked.</p>" + extra)
 
 
 def upstream_sign_out(url: str, provider: str) -> str:

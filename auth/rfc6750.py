@@ -4,10 +4,18 @@ Every 401 carries a `WWW-Authenticate: Bearer` challenge pointing at the protect
 metadata of the path that was called, with the scopes needed for normal use: Codex only refreshes
 on a 401 that has it, and all clients start discovery from it (docs/protocol.md#B2, #G2).
 `error="invalid_token"` is added only when a token was actually presented (RFC 6750 section 3.1).
+
+A personal access token (`auth.personal`, told apart by its prefix) is accepted here exactly like
+an OAuth access token: the same audience check and the same scopes, with a principal of its own
+(`auth.personal.client_id`). Its last use is written to the store at most once a minute per token,
+in a task of its own: the request never waits for that write.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import re
 import time
 from collections import OrderedDict
@@ -15,9 +23,10 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from auth import personal
 from auth.crypto import hash_secret
 from auth.errors import OAuth2Error
-from auth.models import AccessGrant, Principal
+from auth.models import AccessGrant, PersonalToken, Principal
 from auth.rfc8707 import normalize_resource
 from auth.rfc9728 import metadata_url
 from auth.scopes import join
@@ -30,6 +39,8 @@ from auth.store import AuthStore
 # revocation log that ends live sessions.
 VERIFIED_CACHE_SECONDS = 1.0
 VERIFIED_CACHE_SIZE = 10_000
+
+log = logging.getLogger(__name__)
 
 # RFC 6750 section 2.1 b64token; anything else cannot be one of our tokens, so no lookup is spent.
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]{1,512}=*")
@@ -63,6 +74,9 @@ class BearerVerifier:
         self.clock = clock
         self._resources = frozenset(r for r in map(normalize_resource, settings.resources) if r)
         self._verified: OrderedDict[str, tuple[AccessGrant, float]] = OrderedDict()
+        # Personal access token id -> when this process last wrote its use.
+        self._noted: OrderedDict[str, float] = OrderedDict()
+        self._writes: set[asyncio.Task[None]] = set()
 
     def forget(self) -> None:
         """Drop every remembered verification: call on any revocation, so that it takes effect
@@ -99,23 +113,64 @@ class BearerVerifier:
         remembered = self._verified.get(token_hash)
         if remembered is not None and now < remembered[1]:
             return remembered[0]
-        record = await self.store.get_token(token_hash, now)
-        if record is None or record.kind != "access" or record.expires_at <= now:
-            raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired",
-                                     "invalid_or_expired")
-        if normalize_resource(record.resource) not in self._resources:
+        if personal.is_personal(token):
+            grant = await self._personal(token, token_hash, resource_path, now)
+        else:
+            record = await self.store.get_token(token_hash, now)
+            if record is None or record.kind != "access" or record.expires_at <= now:
+                raise self._unauthorized(resource_path, "invalid_token", "the access token is invalid or expired",
+                                         "invalid_or_expired")
+            self._check_resource(record.resource, resource_path)
+            grant = AccessGrant(
+                principal=Principal(self.settings.issuer, record.subject, record.client_id),
+                scopes=frozenset(record.scopes),
+                resource=record.resource,
+                expires_at=record.expires_at,
+                grant_id=record.grant_id,
+            )
+        self._verified[token_hash] = (grant, min(now + VERIFIED_CACHE_SECONDS, grant.expires_at))
+        if len(self._verified) > VERIFIED_CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return grant
+
+    def _check_resource(self, resource: str, resource_path: str) -> None:
+        if normalize_resource(resource) not in self._resources:
             # Audience check (RFC 8707, MCP "token passthrough"): a token minted for another
             # resource is not ours to honour, even if this store happens to know it.
             raise self._unauthorized(resource_path, "invalid_token", "the access token is for another resource",
                                      "wrong_resource")
-        grant = AccessGrant(
-            principal=Principal(self.settings.issuer, record.subject, record.client_id),
+
+    async def _personal(self, token: str, token_hash: str, resource_path: str, now: float) -> AccessGrant:
+        # A look-alike (wrong length, alphabet or checksum) costs no store lookup.
+        record = await self.store.get_personal_token(token_hash, now) if personal.well_formed(token) else None
+        if record is None:
+            raise self._unauthorized(resource_path, "invalid_token",
+                                     "the personal access token is invalid, expired or revoked", "invalid_or_expired")
+        self._check_resource(record.resource, resource_path)
+        self._note_use(record, now)
+        owner = personal.client_id(record.id)
+        return AccessGrant(
+            principal=Principal(self.settings.issuer, record.subject, owner),
             scopes=frozenset(record.scopes),
             resource=record.resource,
-            expires_at=record.expires_at,
-            grant_id=record.grant_id,
+            expires_at=math.inf if record.expires_at is None else record.expires_at,
+            grant_id=owner,
         )
-        self._verified[token_hash] = (grant, min(now + VERIFIED_CACHE_SECONDS, record.expires_at))
-        if len(self._verified) > VERIFIED_CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return grant
+
+    def _note_use(self, record: PersonalToken, now: float) -> None:
+        last = self._noted.get(record.id, record.last_used_at)
+        if last is not None and 0 <= now - last < personal.LAST_USE_INTERVAL:
+            return
+        self._noted[record.id] = now
+        self._noted.move_to_end(record.id)
+        if len(self._noted) > VERIFIED_CACHE_SIZE:
+            self._noted.popitem(last=False)
+        task = asyncio.get_running_loop().create_task(self._write_use(record.id, now))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def _write_use(self, token_id: str, now: float) -> None:
+        try:
+            await self.store.touch_personal_token(token_id, now)
+        except Exception as exc:  # a lost "last used" is not worth failing anything for
+            log.warning("could not record the use of personal access token %s: %s", token_id, exc)

@@ -14,6 +14,11 @@
     GET  /.well-known/openid-configuration             OpenID Connect Discovery (CORS)
     GET  /.well-known/jwks.json                        RFC 7517 ID-token signing keys (CORS)
     GET  /userinfo, POST /userinfo                     OpenID Connect UserInfo (CORS)
+    GET  /setup, POST /setup                           the first account, from the one-time link
+
+The application may add browser pages of its own (`install(app_pages=...)`: an account page),
+which get the login cookie, error pages and a sign-in that returns to them, and may replace one of
+these by method and path.
 
 Handlers raise `auth.errors.OAuth2Error` for every refusal; `auth.errors.middleware`, installed
 here, is where it becomes a response (a page on the browser paths), as `_store_unavailable` is
@@ -41,6 +46,7 @@ from auth import (
     rfc7591,
     rfc8414,
     rfc9728,
+    setup,
     signin,
     token,
 )
@@ -64,9 +70,13 @@ __all__ = ["AUTH_SERVER", "AuthorizationServer", "Revocation", "install"]
 
 
 def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, cookie_key: bytes,
-            sign_in: Sequence[signin.SignInMethod] | None = None) -> AuthorizationServer:
+            sign_in: Sequence[signin.SignInMethod] | None = None,
+            app_pages: Sequence[signin.Route] = ()) -> AuthorizationServer:
     """`sign_in`: the ways people sign in, in the order the sign-in page shows them (`auth.signin`);
-    default local passwords alone."""
+    default local passwords alone. `app_pages`: the application's own browser pages (an account
+    page), served like ours: the login cookie, error pages, a sign-in that
+    returns to them (`signin.RETURN_PATHS`, their GET paths). One with the method and path of one
+    of ours replaces it."""
     server = AuthorizationServer(settings=settings, store=store,
                                  sealer=browser.derive_fernet(cookie_key, "pending authorization"),
                                  key_sealer=rfc7517.private_key_cipher(cookie_key))
@@ -94,8 +104,13 @@ def install(app: web.Application, *, settings: AuthSettings, store: AuthStore, c
         ("POST", "/logout", login.handle_logout),
         ("GET", "/consents", consent.handle_consents_page),
         ("POST", "/consents", consent.handle_withdraw),
+        # The first account is a password account: only where passwords sign in.
+        *(setup.SetupPage(cookie_key).routes if any(isinstance(m, login.PasswordSignIn) for m in methods) else ()),
         *(route for method in methods for route in method.routes),
     ]
+    replaced = {(verb, path) for verb, path, _ in app_pages}
+    browser_routes = [route for route in browser_routes if route[:2] not in replaced] + list(app_pages)
+    app[signin.RETURN_PATHS] = frozenset(path for verb, path, _ in app_pages if verb == "GET")
     if not any(route[:2] == ("POST", "/login") for route in browser_routes):
         browser_routes.append(("POST", "/login", login.handle_login_off))
     browser_paths = frozenset(path for _, path, _ in browser_routes)

@@ -38,7 +38,7 @@ class AuthEvent(enum.Enum):
     TOKEN_ISSUED = enum.auto()
     """detail: the grant type (`authorization_code` or `refresh_token`)."""
     TOKEN_REVOKED = enum.auto()
-    """At the revocation endpoint; detail: the kind of token (`access` or `refresh`)."""
+    """At the revocation endpoint; detail: the kind of token (`access`, `refresh` or `personal`)."""
     REPLAY_DETECTED = enum.auto()
     """A redeemed code or a superseded refresh token presented again, and its grant revoked;
     detail: `authorization_code` or `refresh_token`."""

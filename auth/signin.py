@@ -54,6 +54,9 @@ class SignInView:
     username: str = ""
     # The browser is signed in, but the application asked for a fresh sign-in (prompt, max_age).
     again: bool = False
+    # A page of ours to go back to once signed in (one of `RETURN_PATHS`), when there is no
+    # pending authorization: the page that asked for the sign-in.
+    return_to: str = ""
 
 
 class SignInMethod:
@@ -84,6 +87,15 @@ class SignInMethod:
 
 
 METHODS: web.AppKey[tuple[SignInMethod, ...]] = web.AppKey("memory_mcp_sign_in_methods", tuple)
+RETURN_PATHS: web.AppKey[frozenset[str]] = web.AppKey("memory_mcp_return_paths", frozenset)
+"""The pages a sign-in may return to (`SignInView.return_to`): the application's own pages
+(`auth.routes.install(pages=...)`) by exact path, so that the field can never send the browser
+anywhere else."""
+
+
+def return_path(request: web.Request, value: str | None) -> str:
+    """`value` if it is one of `RETURN_PATHS`, else ""."""
+    return value if value and value in request.app.get(RETURN_PATHS, frozenset()) else ""
 
 
 def page(request: web.Request, view: SignInView, *, own: SignInMethod | None = None, own_html: str = "",

@@ -23,6 +23,7 @@ from auth.models import (
     AuthorizationCode,
     BrowserLogin,
     Client,
+    PersonalToken,
     Redemption,
     RememberedConsent,
     Revocation,
@@ -36,6 +37,10 @@ from auth.models import (
 
 class UserExistsError(Exception):
     """A user with that username already exists."""
+
+
+class NotFirstUserError(Exception):
+    """`add_user(first=True)` found an account already there."""
 
 
 class StoreUnavailable(Exception):
@@ -71,8 +76,9 @@ class ClientStore(Protocol):
 
 
 class UserStore(Protocol):
-    async def add_user(self, user: User) -> None:
-        """Raises `UserExistsError` when the username is taken."""
+    async def add_user(self, user: User, *, first: bool = False) -> None:
+        """Raises `UserExistsError` when the username is taken; with `first`, `NotFirstUserError`
+        when any account exists (checked in the same step as the insert: `auth.setup`)."""
         ...
 
     async def get_user(self, user_id: str) -> User | None:
@@ -90,7 +96,7 @@ class UserStore(Protocol):
 
     async def begin_removal(self, username: str) -> User | None:
         """First step of removing an account: mark it REMOVING and delete its codes, tokens,
-        browser sessions, remembered approvals, upstream link and kept upstream tokens, in one
+        personal access tokens, browser sessions, remembered approvals, upstream link and kept upstream tokens, in one
         step. Returns the account as it was before (REMOVING already when an earlier removal was
         interrupted), None if there is none."""
         ...
@@ -101,8 +107,9 @@ class UserStore(Protocol):
         ...
 
     async def remove_user(self, user_id: str) -> bool:
-        """Delete the account, its codes and tokens, its browser sessions, its upstream link and
-        kept upstream tokens (in any state: the last step of a removal)."""
+        """Delete the account, its codes and tokens, its personal access tokens, its browser
+        sessions, its upstream link and kept upstream tokens (in any state: the last step of a
+        removal)."""
         ...
 
 
@@ -153,8 +160,41 @@ class GrantStore(Protocol):
 
     async def revoke_grant(self, grant_id: str) -> int: ...
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        """Every unexpired token of the user, superseded refresh tokens included, oldest
+        `issued_at` first: what the account page tells the user's connected applications by."""
+        ...
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
-        """Delete the user's tokens and codes (only those of `client_id` when given)."""
+        """Delete the user's tokens and codes (only those of `client_id` when given); without
+        `client_id`, their personal access tokens too (signing out everywhere ends those)."""
+        ...
+
+
+class PersonalTokenStore(Protocol):
+    """Personal access tokens (`auth.personal`). `UserStore.begin_removal` and `remove_user`
+    delete the user's, and `revoke_subject` without a client, in the same step as the rest."""
+
+    async def save_personal_token(self, token: PersonalToken) -> bool:
+        """Store it only while its user is ACTIVE, in one step: a token created while the account
+        is being removed must not outlive the removal. False, and nothing stored, otherwise."""
+        ...
+
+    async def get_personal_token(self, token_hash: str, now: float) -> PersonalToken | None:
+        """The unexpired token with that hash."""
+        ...
+
+    async def list_personal_tokens(self, subject: str, now: float) -> list[PersonalToken]:
+        """The user's unexpired tokens, oldest first."""
+        ...
+
+    async def delete_personal_token(self, token_id: str) -> PersonalToken | None:
+        """Delete the token; what it was, None if there was none."""
+        ...
+
+    async def touch_personal_token(self, token_id: str, used_at: float) -> None:
+        """Record a use: `last_used_at` becomes `used_at` unless it is later already. Creates
+        nothing: a token deleted meanwhile stays deleted."""
         ...
 
 
@@ -272,6 +312,6 @@ class UpstreamStore(Protocol):
         ...
 
 
-class AuthStore(ClientStore, UserStore, GrantStore, BrowserSessionStore, ConsentStore, SigningKeyStore,
-                RevocationLog, UpstreamStore, Protocol):
+class AuthStore(ClientStore, UserStore, GrantStore, PersonalTokenStore, BrowserSessionStore, ConsentStore,
+                SigningKeyStore, RevocationLog, UpstreamStore, Protocol):
     """Everything `auth/` stores."""

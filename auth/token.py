@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from auth import oidc_core, rfc7636
+from auth import oidc_core, personal, rfc7636
 from auth.clientauth import authenticated_form
 from auth.crypto import hash_secret, new_secret
 from auth.errors import NO_STORE, OAuth2Error
@@ -234,6 +234,9 @@ async def handle(request: web.Request) -> web.Response:
     try:
         form, client = await authenticated_form(server, request, TOKEN_FORM_LIMIT, _check_grant_type)
         grant_type = form["grant_type"]
+        if any(personal.is_personal(form.get(name) or "") for name in ("code", "refresh_token")):
+            raise OAuth2Error("invalid_grant", "a personal access token is no grant: it cannot be refreshed or "
+                              "exchanged here; send it as a bearer token to the MCP endpoint")
         if grant_type not in client.grant_types:
             raise OAuth2Error("unauthorized_client", f"this client did not register the {grant_type} grant")
         if grant_type == "authorization_code":

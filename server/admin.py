@@ -6,6 +6,10 @@ records a revocation that a running server reads within a second to end the live
 concerned (`server.app.follow_revocations`). A running server may still accept a revoked token
 for up to a second: its bearer check remembers a verified token that long.
 
+Personal access tokens (`tokens create|list|revoke --id`, `auth.personal`) are created here, for
+agents that cannot sign in with a browser. Signing a user out everywhere revokes theirs too:
+whoever knew the password could have made one.
+
 Which end browser logins: `users passwd`, `users remove`, `tokens revoke --user` and
 `sessions revoke --user` (the same command as `tokens revoke --user`) do, with the user's
 remembered approvals; `sessions revoke SESSION_ID` and `clients remove` do not (they end one
@@ -19,7 +23,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from auth import accounts, rfc7517, rfc7591, throttle
+from auth import accounts, personal, rfc7517, rfc7591, throttle
 from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
 from server.principals import parse_owner_label
@@ -98,10 +102,17 @@ async def sessions_revoke(storage: Storage, session_id: str | None, username: st
     if record is None:
         raise AdminError(f"no session {session_id!r}; `memory-mcp sessions list` shows the open ones")
     subject, client_id = parse_owner_label(record.owner)
-    await storage.revoke_subject(subject, client_id)
+    token_id = personal.token_id_of(client_id)
+    if token_id is not None:
+        # Opened with a personal access token: that token is what must go, or it opens another.
+        await storage.delete_personal_token(token_id)
+        done = f"revoked the personal access token {token_id} it was opened with"
+    else:
+        await storage.revoke_subject(subject, client_id)
+        done = f"revoked the tokens of client {client_id} for that user"
     await storage.delete_session(session_id)
     await _revoke(storage, Revocation(subject, client_id, None))
-    return f"ended session {session_id} and revoked the tokens of client {client_id} for that user"
+    return f"ended session {session_id} and {done}"
 
 
 async def _sign_out_everywhere(storage: Storage, user_id: str) -> str:
@@ -116,6 +127,61 @@ async def tokens_revoke(storage: Storage, username: str) -> str:
     too, or a browser that is still signed in (perhaps the attacker's) could approve new tokens."""
     user_id = await _user_id(storage, username)
     return f"signed {username} out everywhere: " + await _sign_out_everywhere(storage, user_id)
+
+
+async def tokens_create(storage: Storage, settings: AuthSettings, username: str, *, name: str | None,
+                        scope: str | None, expires_in: str | None) -> str:
+    """A personal access token for the user (`auth.personal`). The secret is the last line, alone,
+    so that a script can take it with `tail -n 1`; it is shown this once."""
+    try:
+        days = personal.parse_expiry(expires_in)
+        scopes = personal.parse_scopes(scope, settings)
+        user = await storage.get_user_by_name(username)
+        if user is None:
+            raise AdminError(f"no user {username!r}; `memory-mcp users list` shows the accounts")
+        created = await personal.create(storage, settings, user, name=name or "", scopes=scopes, days=days,
+                                        now=time.time())
+    except personal.PersonalTokenError as exc:
+        raise AdminError(str(exc)) from None
+    token = created.token
+    expires = "never (revoke it when it is no longer needed)" if token.expires_at is None else (
+        f"{_when(token.expires_at)} (in {days} days)")
+    return "\n".join((
+        f"created personal access token {token.id} for {username}",
+        f"  name:     {token.name or '-'}",
+        f"  scopes:   {' '.join(token.scopes)}",
+        f"  resource: {token.resource} (clients must use this server's URL)",
+        f"  expires:  {expires}",
+        f"It is shown only now and stored as a hash: keep it in a secret store. Revoke it with "
+        f"`memory-mcp tokens revoke --id {token.id}`.",
+        created.secret,
+    ))
+
+
+async def tokens_list(storage: Storage, username: str) -> str:
+    """The user's live personal access tokens; never a secret (the store has none to show)."""
+    user_id = await _user_id(storage, username)
+    tokens = await storage.list_personal_tokens(user_id, time.time())
+    if not tokens:
+        return f"no personal access tokens for {username}"
+    rows = [(t.id, t.name or "-", " ".join(t.scopes), _when(t.created_at),
+             "never" if t.last_used_at is None else _when(t.last_used_at),
+             "never" if t.expires_at is None else _when(t.expires_at)) for t in tokens]
+    return _table(("ID", "NAME", "SCOPES", "CREATED", "LAST USED", "EXPIRES"), rows)
+
+
+async def token_revoke(storage: Storage, token_id: str) -> str:
+    """Revoke one personal access token and end the sessions that used it. Idempotent: a token
+    already gone is said to be, and that is not an error."""
+    if not personal.valid_id(token_id):
+        raise AdminError(f"{token_id!r} is not a personal access token id (16 hexadecimal digits, as "
+                         "`memory-mcp tokens list --user NAME` shows them)")
+    token = await storage.delete_personal_token(token_id)
+    if token is None:
+        return (f"no live personal access token {token_id}: nothing to revoke (already revoked, expired, or never "
+                "created; `memory-mcp tokens list --user NAME` shows the live ones)")
+    await _revoke(storage, Revocation(token.subject, personal.client_id(token.id), None))
+    return f"revoked personal access token {token_id}; the MCP sessions that used it end"
 
 
 async def users_passwd(storage: Storage, username: str, password: str) -> str:

@@ -19,9 +19,10 @@ from auth.models import Principal, Revocation
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.routes import install
 from auth.signin import SignInMethod
-from auth.store import RevocationLog
+from auth.store import RevocationLog, StoreUnavailable
 from auth.upstream.flow import UpstreamSignIn
 from server import health, limits, logs, metrics
+from server.account import AccountPages
 from server.config import Settings
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
@@ -52,10 +53,13 @@ METRICS_SOCKET: web.AppKey[socket.socket] = web.AppKey("metrics_socket", socket.
 
 
 async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None = None,
-                    mcp_server: Server[Any] | None = None) -> web.Application:
+                    mcp_server: Server[Any] | None = None, *, workers: metrics.Workers | None = None,
+                    metrics_socket: socket.socket | None = None) -> web.Application:
     """The whole server. `backend`: the storage and rate limiter to use (default: those the
     settings choose, `open_backend`). `mcp_server` replaces the memory tools with another MCP
     server on the same transports and authentication (the conformance suite's fixture server does).
+    `workers`: this process is one worker of several (server/supervisor.py), whose metrics it
+    gathers; `metrics_socket`: the `metrics_address` listener, when the supervisor bound it.
     A coroutine because the cookie key comes from the store (shared by every instance on Redis)."""
     storage, limiter = backend or open_backend(settings)
     key = await storage.cookie_key()
@@ -72,16 +76,6 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     # Before the authorization server's middleware: its forwarded-address one must run first.
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
-    auth_conf = settings.auth_settings()
-    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
-                                   sign_in=sign_in_methods(settings))
-    # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
-    # instance reach them.
-    authorization_server.limiter = limiter
-    verifier = BearerVerifier(auth_conf, storage)
-    if measured is not None:
-        authorization_server.observers.append(measured.observe_auth)
-
     tools = MemoryTools(storage, settings.memory_quota)
     # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
     # cannot carry: only its handshake takes the direct path.
@@ -96,6 +90,16 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     app[REGISTRY] = registry
     if measured is not None:
         measured.watch_sessions(registry.sessions)
+    auth_conf = settings.auth_settings()
+    authorization_server = install(app, settings=auth_conf, store=storage, cookie_key=key,
+                                   sign_in=sign_in_methods(settings),
+                                   app_pages=AccountPages(storage, registry).routes)
+    # Login throttles and rate limits in the store, where `memory-mcp throttle` and every other
+    # instance reach them.
+    authorization_server.limiter = limiter
+    verifier = BearerVerifier(auth_conf, storage)
+    if measured is not None:
+        authorization_server.observers.append(measured.observe_auth)
 
     async def authenticate(request: web.Request, resource_path: str) -> Caller:
         try:
@@ -138,15 +142,15 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     app[READINESS] = readiness
     app.router.add_get("/healthz", health.handle_health)
     app.router.add_get("/readyz", readiness.handle_ready)
-    metrics_socket = None
     if measured is not None:
         token = settings.metrics_bearer
         if settings.metrics_address is None:
-            app.router.add_get(metrics.PATH, measured.handler(token))
+            app.router.add_get(metrics.PATH, measured.handler(token, workers))
         else:
-            metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
+            if metrics_socket is None:
+                metrics_socket = metrics.listen(settings.metrics_address, protected=token is not None)
             app[METRICS_SOCKET] = metrics_socket
-    app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes)))
+    app.middlewares.append(store_unavailable_middleware(frozenset(mcp_routes), settings.max_body_bytes))
     app.router.add_get("/", _home)
 
     async def cors(request: web.Request, response: web.StreamResponse) -> None:
@@ -159,12 +163,15 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()
         follower = asyncio.create_task(follow_revocations(storage, end_sessions), name="revocation-follower")
-        stop_metrics = None
+        stops = []
         if measured is not None and metrics_socket is not None:
-            stop_metrics = await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer), metrics_socket)
+            stops.append(await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer, workers),
+                                             metrics_socket))
+        if measured is not None and workers is not None:
+            stops.append(await metrics.serve_worker(metrics.worker_app(measured), workers.socket_path(workers.slot)))
         yield
-        if stop_metrics is not None:
-            await stop_metrics()
+        for stop in stops:
+            await stop()
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await follower
@@ -223,13 +230,23 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
     at once and again here, where ending no session is harmless."""
     cursor, _ = await revocations.revocations_after(None)
     task = asyncio.current_task()
+    outage = False
     # A cancellation a library swallowed (redis-py's `asyncio.wait_for` around writes can, on
     # Python 3.11) still ends the loop at the next turn.
     while task is None or not task.cancelling():
         try:
             cursor, found = await revocations.wait_revocations(cursor, REVOCATION_POLL_SECONDS)
+            if outage:
+                log.info("revocations made elsewhere are followed again")
+                outage = False
             for revocation in found:
                 await apply(revocation)
+        except StoreUnavailable as exc:
+            # A condition, not a bug: said once per outage, not once a second with a traceback.
+            if not outage:
+                log.warning("revocations made elsewhere not followed until the store answers again: %s", exc)
+                outage = True
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
         except Exception:
             log.exception("reading the revocation log failed; retrying")
             # A store that fails at once (unreachable) must not turn this into a busy loop.
@@ -239,7 +256,7 @@ async def follow_revocations(revocations: RevocationLog, apply: Callable[[Revoca
 
 async def _home(request: web.Request) -> web.Response:
     """What someone who opens the server's address in a browser finds: what this is, where MCP
-    clients connect, and the two pages a person uses (with the other pages' headers)."""
+    clients connect, and the pages a person uses (with the other pages' headers)."""
     mcp_url = request.app[SETTINGS].issuer + "/mcp"
     return pages.render("memory-mcp", (
         "<p>This is a <strong>memory-mcp</strong> server: a remote Model Context Protocol server that gives "
@@ -248,5 +265,6 @@ async def _home(request: web.Request) -> web.Response:
         f"<p>Point your MCP client at <code>{escape(mcp_url)}</code>; it will send you here to sign in "
         "and approve it.</p>"
         '<ul><li><a href="/login">Sign in</a></li>'
-        '<li><a href="/consents">Approved applications</a>: see and withdraw what you have approved</li>'
+        '<li><a href="/account">Your account</a>: the applications you approved, their live sessions, '
+        "your memory</li>"
         '<li><a href="/logout">Sign out everywhere</a></li></ul>'))

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from auth import accounts
+from auth import accounts, personal
+from auth.setup import SETUP_TTL, setup_link
 from auth.store import StoreUnavailable
 from auth.upstream.client import UpstreamClient
 from auth.upstream.http import BadResponse, Misconfigured, Unavailable
@@ -32,7 +33,7 @@ from server.keyfile import KEY_FILE
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
 from server.storage.redis.base import redacted
-from server.supervisor import INHERITED_FLAG, read_settings
+from server.supervisor import INHERITED_FLAG, read_brief
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -106,19 +107,38 @@ def _parser() -> argparse.ArgumentParser:
     keys = group("keys", "ID-token signing keys")
     action(keys, "rotate", "start signing with a new key (the old one stays published while its tokens live)")
 
-    tokens = group("tokens", "issued tokens")
-    action(tokens, "revoke", "sign a user out everywhere: end their browser logins, forget their remembered "
-           "approvals, revoke their tokens and end their MCP sessions (the password stays)").add_argument(
+    tokens = group("tokens", "personal access tokens, and signing users out everywhere")
+    create = action(tokens, "create", "create a personal access token for an agent that cannot sign in with a "
+                    "browser; the token is printed once, alone on the last line")
+    create.add_argument("--user", required=True, help="whose token it is")
+    create.add_argument("--name", help="a label to recognize it by in `tokens list`")
+    create.add_argument("--scope", help='space-separated scopes (default "memory:read memory:write")')
+    create.add_argument("--expires-in", metavar="DAYS", help=f"days until it expires (default "
+                        f"{personal.DEFAULT_DAYS}), or {personal.NEVER!r} for a token that does not expire")
+    _add_settings_flags(create, ["public_url"])
+    action(tokens, "list", "list a user's personal access tokens (never their secrets)").add_argument(
         "--user", required=True)
-    saved = commands.add_parser("backup", help="copy the SQLite data (memory and accounts) and the key file into a new "
-                                "directory, while the server runs")
+    revoke_token = action(tokens, "revoke", "revoke one personal access token (--id), ending the MCP sessions that "
+                          "used it; or with --user sign the user out everywhere: end their browser logins, forget "
+                          "their remembered approvals, revoke their tokens (personal ones too) and end their MCP "
+                          "sessions (the password stays)")
+    revoke_token.add_argument("--id", dest="token_id", help="a personal access token id, from `tokens list`")
+    revoke_token.add_argument("--user")
+    saved = commands.add_parser("backup", help="copy the data (memory and accounts) and the server key into a new "
+                                "directory, while the server runs (SQLite, or Redis when redis_url is set)")
     saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
-    _add_settings_flags(saved, ["data_dir"])
-    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be stopped)")
+    back = commands.add_parser("restore", help="put a backup back into the data directory (the server must be "
+                               "stopped), or with redis_url set into a Redis without memory-mcp data")
     back.add_argument("--from", dest="source", required=True, type=Path, help="a directory made by `memory-mcp backup`")
     back.add_argument("--replace", action="store_true", help="move the data directory's current files aside "
-                      "(into before-restore-<time>/) instead of refusing")
-    _add_settings_flags(back, ["data_dir"])
+                      "(into before-restore-<time>/) instead of refusing (SQLite only)")
+    moved = commands.add_parser("migrate", help="copy a SQLite data directory into a Redis without memory-mcp data "
+                                "(the server must be stopped); then set redis_url to it")
+    moved.add_argument("--to", dest="target", required=True, metavar="REDIS_URL",
+                       help="redis://, rediss:// or unix:// URL of the target (a password in it is never printed)")
+    for sub in (saved, back, moved):
+        sub.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
+        _add_settings_flags(sub, STORE_SETTINGS if sub is not moved else ["data_dir"])
     limits = group("throttle", "login throttles and registration limits (also of a running server)")
     action(limits, "list", "list the addresses and user names with attempts counted, and what is refused")
     clear = action(limits, "clear", "lift the throttle of an address or a user name, or every throttle")
@@ -236,6 +256,15 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if (args.command, args.action) == ("keys", "rotate"):
             print(await admin.keys_rotate(storage, settings.auth_settings()))
+        elif (args.command, args.action) == ("tokens", "create"):
+            if "public_url" not in settings.model_fields_set:
+                # The token is bound to the resource: made with a guessed URL, the server refuses it.
+                print(f"memory-mcp: warning: public_url is not set, so the token is bound to {settings.issuer}/mcp, "
+                      "which only a server reached at that address accepts; pass the server's --public-url (or "
+                      "set MEMORY_MCP_PUBLIC_URL or public_url in the config file) if clients use another URL",
+                      file=sys.stderr)
+            print(await admin.tokens_create(storage, settings.auth_settings(), args.user, name=args.name,
+                                            scope=args.scope, expires_in=args.expires_in))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
         else:
@@ -271,7 +300,14 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
             return await admin.sessions_list(storage, args.user)
         case "sessions", "revoke":
             return await admin.sessions_revoke(storage, args.session_id, args.user)
+        case "tokens", "list":
+            return await admin.tokens_list(storage, args.user)
         case "tokens", "revoke":
+            if (args.token_id is None) == (args.user is None):
+                raise admin.AdminError("name either --id ID (one personal access token) or --user NAME (sign the "
+                                       "user out everywhere)")
+            if args.token_id is not None:
+                return await admin.token_revoke(storage, args.token_id)
             return await admin.tokens_revoke(storage, args.user)
     raise AssertionError(f"unhandled command {command} {action}")
 
@@ -279,10 +315,9 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
 def _serve(settings: Settings) -> int:
     # Imported here: the MCP SDK takes a second to import, which `users` and a configuration error
     # should not pay.
-    from server import limits, logs, supervisor
+    from server import limits, logs, metrics, supervisor
     from server.app import build_app
     from server.malloc import keep_freed_memory
-    from server.metrics import MetricsListenError
 
     logs.configure(settings.log_level, settings.log_format, several_processes=settings.workers > 1)
     open_files = limits.raise_open_files_limit()
@@ -324,11 +359,16 @@ def _serve(settings: Settings) -> int:
                 loop.close()
                 return 2
         users = loop.run_until_complete(accounts.list_users(storage))
+        setup_link = None if users else _setup_link(settings, sockets, loop.run_until_complete(storage.cookie_key()))
         # With workers, the supervisor serves nothing: it opened the store to check it (and to
         # create or migrate it once, before the workers start together), and closes it.
+        metrics_socket = None
         try:
+            if settings.workers > 1 and settings.metrics_enabled and settings.metrics_address is not None:
+                # Bound here, passed to every worker: one listener whichever worker answers.
+                metrics_socket = metrics.listen(settings.metrics_address, protected=settings.metrics_bearer is not None)
             app = None if settings.workers > 1 else loop.run_until_complete(build_app(settings, backend))
-        except MetricsListenError as exc:
+        except metrics.MetricsListenError as exc:
             raise ListenError(str(exc)) from None
     except BaseException:
         loop.run_until_complete(limiter.close())
@@ -347,18 +387,40 @@ def _serve(settings: Settings) -> int:
         add = ("memory-mcp-admin users add <name> --password-stdin"
                if "INVOCATION_ID" in os.environ and shutil.which("memory-mcp-admin") else
                f"{_command()} users add <name> --password-stdin {store}")
-        print(f"No users yet. Add one (the password is read from standard input, or prompted for at a terminal):\n"
-              f"  {add}", file=sys.stderr)
+        if setup_link is not None:
+            port = settings.port
+            print(f"No users yet. Create the first account in a browser on this machine (the link works once, for "
+                  f"{SETUP_TTL // 60} minutes; from another machine: ssh -L {port}:localhost:{port} <this host>, then "
+                  f"open it there):\n  {setup_link}\nor on the command line (the password is read from standard "
+                  f"input, or prompted for at a terminal):\n  {add}", file=sys.stderr)
+        else:
+            print(f"No users yet. Add one (the password is read from standard input, or prompted for at a "
+                  f"terminal):\n  {add}", file=sys.stderr)
     where = ", ".join(_address(sock) for sock in sockets) + (", passed by the service manager" if passed else "")
     data = settings.data_dir if settings.redis_url is None else f"Redis at {redacted(settings.redis_url)}"
     if app is None:
         print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data}; "
               f"{settings.workers} workers)", file=sys.stderr)
-        return supervisor.run(settings, sockets)
+        return supervisor.run(settings, sockets, metrics_socket)
     keep_freed_memory()
     print(f"memory-mcp: serving MCP at {settings.issuer}/mcp (listening on {where}; data in {data})",
           file=sys.stderr)
     return _run(settings, app, backend[0], sockets, loop, worker=False)
+
+
+def _setup_link(settings: Settings, sockets: Sequence[socket.socket], cookie_key: bytes) -> str | None:
+    """The first account's one-time link (auth/setup.py), on a loopback address this server listens
+    on; None where there is none, where passwords do not sign in, or under a service manager,
+    whose journal is a log that others may read (the link is a credential): there the CLI path."""
+    if not settings.local_login or "INVOCATION_ID" in os.environ or "NOTIFY_SOCKET" in os.environ:
+        return None
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        if sock.family == socket.AF_INET and (host == "0.0.0.0" or host.startswith("127.")):  # noqa: S104
+            return setup_link(f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}", cookie_key)  # noqa: S104
+        if sock.family == socket.AF_INET6 and host in ("::", "::1"):
+            return setup_link(f"http://[::1]:{port}", cookie_key)
+    return None
 
 
 def _run(settings: Settings, app: web.Application, storage: Storage, sockets: Sequence[socket.socket],
@@ -414,8 +476,10 @@ def _serve_worker(fds: str) -> int:
     from server import limits, logs
     from server.app import build_app
     from server.malloc import keep_freed_memory
+    from server.metrics import Workers
 
-    settings = read_settings()
+    brief = read_brief()
+    settings = brief.settings
     logs.configure(settings.log_level, settings.log_format, several_processes=True)
     limits.raise_open_files_limit()
     sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",")]
@@ -425,7 +489,9 @@ def _serve_worker(fds: str) -> int:
         # Each worker, not only the supervisor: a worker still draining after its supervisor was
         # killed keeps `memory-mcp restore` away too.
         backup.hold_serve_lock(settings.data_dir)
-    app = loop.run_until_complete(build_app(settings, backend))
+    workers = Workers(brief.slot, brief.count, brief.directory)
+    metrics_socket = None if brief.metrics_fd is None else socket.socket(fileno=brief.metrics_fd)
+    app = loop.run_until_complete(build_app(settings, backend, workers=workers, metrics_socket=metrics_socket))
     keep_freed_memory()
     return _run(settings, app, backend[0], sockets, loop, worker=True)
 
@@ -548,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not worker:  # a worker takes its settings from its supervisor, already checked
         flags: dict[str, Any] = {k: v for k, v in vars(args).items() if k in Settings.model_fields or k == "config"}
         try:
-            settings = load(flags)
+            settings = load(dict(flags))
         except ConfigError as exc:
             print(f"memory-mcp: {exc}", file=sys.stderr)
             return 2
@@ -562,6 +628,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "restore":
             print(backup.restore(settings, args.source, replace=args.replace))
+            return 0
+        if args.command == "migrate":
+            try:
+                target = load({**flags, "redis_url": args.target})
+            except ConfigError as exc:
+                print(f"memory-mcp: --to: {exc}", file=sys.stderr)
+                return 2
+            print(backup.migrate(settings, target))
             return 0
         return asyncio.run(_administer(args, settings))
     except StoreUnreachable as exc:

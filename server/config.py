@@ -297,10 +297,6 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _metrics_secret(self) -> Settings:
-        if self.workers > 1 and (self.metrics_token or self.metrics_token_file or self.metrics_address):
-            # Each worker counts its own; a scrape would see one of them, at random.
-            raise ValueError("metrics are counted per process, and workers > 1 would each show their own: "
-                             "run one worker per instance to collect metrics, or leave the metrics_* settings unset")
         if self.metrics_token is not None and self.metrics_token_file is not None:
             raise ValueError("set metrics_token or metrics_token_file, not both")
         if self.metrics_token_file is not None:

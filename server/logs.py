@@ -247,6 +247,21 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+# A session id in another library's message (the SDK's "Terminating session: <id>", redis-py's
+# debug lines about pub/sub messages) is cut to the prefix our own lines show: it is not a
+# credential, but with a stolen token it names a live session. Ids are `secrets.token_urlsafe(32)`.
+_SESSION_ID = re.compile(rf"(?<![A-Za-z0-9_-])([A-Za-z0-9_-]{{{SESSION_PREFIX}}})[A-Za-z0-9_-]{{{43 - SESSION_PREFIX}}}"
+                         r"(?![A-Za-z0-9_-])")
+
+
+def message(record: logging.LogRecord) -> str:
+    """The record's message, as written: other libraries' with session ids cut."""
+    text = record.getMessage()
+    if record.name.partition(".")[0] in OWN_LOGGERS:
+        return text
+    return _SESSION_ID.sub("\\1…", text)
+
+
 class TextFormatter(logging.Formatter):
     """`time LEVEL logger [request id]: message` (no `[...]` outside a request, nor on access-log
     lines, which end with the id)."""
@@ -260,6 +275,10 @@ class TextFormatter(logging.Formatter):
         record.request_tag = f" [{request_id}]" if request_id else ""
         return super().format(record)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = message(record)
+        return super().formatMessage(record)
+
 
 class JSONFormatter(logging.Formatter):
     """One JSON object per line (module docstring)."""
@@ -269,7 +288,7 @@ class JSONFormatter(logging.Formatter):
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message(record),
         }
         request_id = getattr(record, "request_id", None)
         if request_id is not None:

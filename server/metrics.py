@@ -24,6 +24,14 @@ Off unless asked for (`metrics_token`, `metrics_token_file` or `metrics_address`
 * Cardinality: every label value comes from a fixed set (routes, methods, status codes, protocol
   versions, error codes, operation names, reasons); never a user, client, session, token or path.
 
+With several workers (`serve --workers N`, server/supervisor.py) each worker counts its own and a
+scrape, which reaches one of them, must still see them all: each worker also serves its own
+metrics on a Unix socket in the supervisor's private directory (`Workers`), and the worker that
+is scraped asks the others there and answers with every worker's series, each labelled
+`worker="<slot>"` (a replaced worker's counters start again from zero under the same slot, which
+Prometheus reads as a counter reset). A worker that does not answer within `PEER_TIMEOUT` (being
+replaced) is left out of that scrape, and `memory_mcp_workers_scraped` says how many answered.
+
 The request middleware is on the path of every tools/call: one perf_counter pair, a dict lookup
 for the label child (made once per route, method and status) and one histogram observation (its
 `_count` is the request count: no separate counter), plus a counter on /mcp; about 2.5 µs in all
@@ -32,6 +40,7 @@ for the label child (made once per route, method and status) and one histogram o
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hmac
 import inspect
@@ -42,15 +51,18 @@ import time
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
 from hashlib import sha256
 from itertools import accumulate
 from typing import ParamSpec, TypeVar
 
+import aiohttp
 import prometheus_client
 from aiohttp import web
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 from prometheus_client.aiohttp import make_aiohttp_handler
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -69,6 +81,8 @@ METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 VERSIONS = frozenset({*HANDSHAKE_PROTOCOL_VERSIONS, *MODERN_PROTOCOL_VERSIONS})
 VERSION_HEADER = "MCP-Protocol-Version"
 MCP_PATHS = frozenset({"/mcp", "/mcp/"})
+PEER_TIMEOUT = 2.0
+"""How long a scraped worker waits for each other worker's metrics."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 P = ParamSpec("P")
@@ -140,6 +154,39 @@ class Histogram:
         for labels, child in sorted(self.series.items()):
             family.add_metric(labels, list(zip(edges, accumulate(child[:-1]), strict=True)), child[-1])
         return family
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """Where this worker stands among its supervisor's: its slot (1..count) and the private
+    directory (0700, the supervisor's) holding each worker's metrics socket."""
+
+    slot: int
+    count: int
+    directory: str
+
+    def socket_path(self, slot: int) -> str:
+        return f"{self.directory}/metrics-{slot}.sock"
+
+
+class _Families(Collector):
+    """Families already collected, for the exposition code."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def _labelled(families: Iterable[Metric], worker: str, into: dict[str, Metric]) -> None:
+    """Add every sample of `families` to `into` (one family per name), labelled with `worker`."""
+    for family in families:
+        merged = into.get(family.name)
+        if merged is None:
+            merged = into[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+        merged.samples.extend(sample._replace(labels={**sample.labels, "worker": worker})
+                              for sample in family.samples)
 
 
 class Metrics(Collector):
@@ -260,9 +307,10 @@ class Metrics(Collector):
 
     # -- exposition ----------------------------------------------------------------------------
 
-    def handler(self, token: str | None) -> Handler:
-        """/metrics; with a `token`, only for requests that send it as their bearer token."""
-        expose = make_aiohttp_handler(self.registry)
+    def handler(self, token: str | None, workers: Workers | None = None) -> Handler:
+        """/metrics; with a `token`, only for requests that send it as their bearer token; with
+        `workers`, every worker's series (the module's docstring says how)."""
+        expose = make_aiohttp_handler(self.registry) if workers is None else self._gathering(workers)
         if token is None:
             return expose
         wanted = sha256(token.encode()).digest()
@@ -279,6 +327,57 @@ class Metrics(Collector):
             return await expose(request)
 
         return guarded
+
+
+    def _gathering(self, workers: Workers) -> Handler:
+        async def fetch(slot: int) -> str | None:
+            connector = aiohttp.UnixConnector(path=workers.socket_path(slot))
+            try:
+                async with aiohttp.ClientSession(connector=connector,
+                                                 timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT)) as client:
+                    async with client.get("http://worker" + PATH) as response:
+                        if response.status == 200:
+                            return await response.text()
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.debug("no metrics from worker %d: %s", slot, exc)
+            return None
+
+        async def gather(request: web.Request) -> web.StreamResponse:
+            others = [slot for slot in range(1, workers.count + 1) if slot != workers.slot]
+            texts = await asyncio.gather(*(fetch(slot) for slot in others))
+            families: dict[str, Metric] = {}
+            _labelled(self.registry.collect(), str(workers.slot), families)
+            answered = 1
+            for slot, text in zip(others, texts, strict=True):
+                if text is None:
+                    continue
+                try:
+                    _labelled(text_string_to_metric_families(text), str(slot), families)
+                except ValueError as exc:  # a worker of another version, mid-upgrade
+                    log.warning("worker %d's metrics cannot be read: %s", slot, exc)
+                    continue
+                answered += 1
+            scraped = GaugeMetricFamily(PREFIX + "workers_scraped", "Workers whose metrics this scrape holds "
+                                        "(of the workers setting: the others did not answer in time)")
+            scraped.add_metric((), answered)
+            return await make_aiohttp_handler(_Families([*families.values(), scraped]))(request)
+
+        return gather
+
+
+def worker_app(metrics: Metrics) -> web.Application:
+    """What a worker serves on its own Unix socket for the others: its own metrics, unlabelled."""
+    app = web.Application()
+    app.router.add_get(PATH, make_aiohttp_handler(metrics.registry))
+    return app
+
+
+async def serve_worker(app: web.Application, path: str) -> Callable[[], Awaitable[None]]:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    # A socket left by the worker this one replaces is removed first (asyncio does it).
+    await web.UnixSite(runner, path).start()
+    return runner.cleanup
 
 
 class MetricsListenError(Exception):
@@ -320,10 +419,10 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def listener_app(metrics: Metrics, token: str | None) -> web.Application:
+def listener_app(metrics: Metrics, token: str | None, workers: Workers | None = None) -> web.Application:
     """The metrics listener's own app: /metrics and nothing else."""
     app = web.Application()
-    app.router.add_get(PATH, metrics.handler(token))
+    app.router.add_get(PATH, metrics.handler(token, workers))
     return app
 
 

@@ -3,7 +3,7 @@
 The supervisor binds the listening sockets (`server.cli._listen`), prints the start-up messages,
 then starts each worker as a new program, `python -m server serve --inherited-sockets FD,...`,
 with the listening sockets passed as open file descriptors (`pass_fds`) and its settings as one
-line of JSON on its standard input. Every worker accepts connections from the same sockets: one
+line of JSON on its standard input (`Brief`). Every worker accepts connections from the same sockets: one
 accept queue, so a connection waits in it for whichever worker is free, and nothing queued is lost
 when a worker dies. Why not SO_REUSEPORT (each worker binding the port itself): the kernel spreads
 connections over one queue per worker by a hash, so the connections waiting in a dead worker's
@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+from pydantic import SecretStr
+
 from server import systemd
 from server.config import Settings
 
@@ -80,15 +82,31 @@ def worker_command(fds: Sequence[int]) -> list[str]:
     return [sys.executable, "-m", "server", "serve", INHERITED_FLAG, ",".join(map(str, fds))]
 
 
-def settings_line(settings: Settings) -> bytes:
-    """The settings a worker serves with, exactly the supervisor's (the port actually bound
-    included): read once from its standard input, never from the environment or a file that may
-    have changed since."""
-    return settings.model_dump_json().encode() + b"\n"
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """What a worker is told at its start: the settings it serves with, exactly the supervisor's
+    (the port actually bound included; never read again from the environment or a file that may
+    have changed since), its slot among `count` workers, the supervisor's private directory (where
+    the workers reach each other's metrics: server/metrics.py), and the descriptor of the
+    `metrics_address` listener when the supervisor bound one."""
+
+    settings: Settings
+    slot: int
+    count: int
+    directory: str
+    metrics_fd: int | None
+
+    def line(self) -> bytes:
+        settings = self.settings.model_dump(mode="json")
+        # Pydantic writes a secret as stars; the worker needs it itself (through a pipe only it reads).
+        settings.update({name: value.get_secret_value() for name, value in self.settings
+                         if isinstance(value, SecretStr)})
+        return json.dumps({"settings": settings, "slot": self.slot, "count": self.count,
+                           "directory": self.directory, "metrics_fd": self.metrics_fd}).encode() + b"\n"
 
 
-def read_settings(fd: int = 0) -> Settings:
-    """The worker's side of `settings_line`, read byte by byte so that nothing after the line is
+def read_brief(fd: int = 0) -> Brief:
+    """The worker's side of `Brief.line`, read byte by byte so that nothing after the line is
     consumed: the same pipe then tells the worker when the supervisor is gone."""
     line = bytearray()
     while not line.endswith(b"\n"):
@@ -96,13 +114,17 @@ def read_settings(fd: int = 0) -> Settings:
         if not chunk:
             raise RuntimeError("the supervisor closed the settings pipe before sending the settings")
         line += chunk
-    return Settings.model_validate(json.loads(line))
+    sent = json.loads(line)
+    return Brief(Settings.model_validate(sent["settings"]), sent["slot"], sent["count"], sent["directory"],
+                 sent["metrics_fd"])
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, sockets: Sequence[socket.socket]) -> None:
+    def __init__(self, settings: Settings, sockets: Sequence[socket.socket],
+                 metrics_socket: socket.socket | None = None) -> None:
         self._settings = settings
         self._fds = [sock.fileno() for sock in sockets]
+        self._metrics_fd = None if metrics_socket is None else metrics_socket.fileno()
         self._workers: dict[int, Worker | None] = dict.fromkeys(range(1, settings.workers + 1))
         self._failures = dict.fromkeys(self._workers, 0)
         self._not_before = dict.fromkeys(self._workers, 0.0)
@@ -246,8 +268,9 @@ class Supervisor:
     def _start(self, slot: int) -> None:
         try:
             # This program with a fixed argument list: nothing in it comes from a client.
+            passed = self._fds if self._metrics_fd is None else [*self._fds, self._metrics_fd]
             process = subprocess.Popen(worker_command(self._fds), stdin=subprocess.PIPE,  # noqa: S603
-                                       pass_fds=self._fds, env=self._worker_environment(slot))
+                                       pass_fds=passed, env=self._worker_environment(slot))
         except OSError as exc:
             self._failures[slot] += 1
             delay = min(MAX_DELAY, FIRST_DELAY * 2 ** (self._failures[slot] - 1))
@@ -256,7 +279,8 @@ class Supervisor:
             return
         if process.stdin is not None:
             try:
-                process.stdin.write(settings_line(self._settings))
+                process.stdin.write(Brief(self._settings, slot, len(self._workers), str(self._channels_dir),
+                                          self._metrics_fd).line())
                 process.stdin.flush()
             except BrokenPipeError:
                 pass  # it died at once: the next round sees it and says so
@@ -264,5 +288,5 @@ class Supervisor:
         log.info("worker %d started (pid %d)", slot, process.pid)
 
 
-def run(settings: Settings, sockets: Sequence[socket.socket]) -> int:
-    return Supervisor(settings, sockets).run()
+def run(settings: Settings, sockets: Sequence[socket.socket], metrics_socket: socket.socket | None = None) -> int:
+    return Supervisor(settings, sockets, metrics_socket).run()

@@ -34,7 +34,8 @@ INIT = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "attacker", "version": "1"}}}
 
 # Every table the server writes. A refused attack leaves all of them as they were.
-TABLES = ("auth_clients", "auth_client_use", "auth_users", "auth_codes", "auth_tokens", "auth_browser_sessions",
+TABLES = ("auth_clients", "auth_client_use", "auth_users", "auth_codes", "auth_tokens", "auth_personal_tokens",
+          "auth_browser_sessions",
           "auth_consents", "auth_revocations", "auth_signing_keys", "mcp_sessions", "mcp_events",
           "memory_entities", "memory_observations", "memory_relations")
 
@@ -70,10 +71,11 @@ Snapshot = dict[str, list[tuple[Any, ...]]]
 # records went) read alike on both. Left out: the indexes derived from the records (per user,
 # client or grant; name lookups; event costs), and, as SQLite keeps them outside TABLES too, the
 # rate limiter's counts and the server's cookie key.
-REDIS_RECORDS = (("token:", "auth_tokens"), ("code:", "auth_codes"), ("client:", "auth_clients"),
-                 ("user:", "auth_users"), ("login:", "auth_browser_sessions"), ("consent:", "auth_consents"),
-                 ("signing-key:", "auth_signing_keys"), ("revocations", "auth_revocations"),
-                 ("session:record:", "mcp_sessions"), ("events:log:", "mcp_events"), ("graph:", "memory_entities"))
+REDIS_RECORDS = (("token:", "auth_tokens"), ("pat:", "auth_personal_tokens"), ("code:", "auth_codes"),
+                 ("client:", "auth_clients"), ("user:", "auth_users"), ("login:", "auth_browser_sessions"),
+                 ("consent:", "auth_consents"), ("signing-key:", "auth_signing_keys"),
+                 ("revocations", "auth_revocations"), ("session:record:", "mcp_sessions"),
+                 ("events:log:", "mcp_events"), ("graph:", "memory_entities"))
 
 
 def snapshot(server: RunningServer) -> Snapshot:

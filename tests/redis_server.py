@@ -37,9 +37,10 @@ def _answers(port: int) -> bool:
 
 class RedisServer:
     """One redis-server process. `appendonly`: AOF with `appendfsync always`, so that every
-    acknowledged write survives a kill (the persistence docs/storage.md tells operators to use)."""
+    acknowledged write survives a kill (the persistence docs/storage.md tells operators to use).
+    It also listens on a Unix socket (`socket`), and `replica_of` starts it as a replica of another."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, replica_of: RedisServer | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: the Redis backend's tests need it "
@@ -47,6 +48,7 @@ class RedisServer:
         self.binary = binary
         self.directory = directory
         self.appendonly = appendonly
+        self.replica_of = replica_of
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -55,12 +57,21 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def socket(self) -> Path:
+        return self.directory / "redis.sock"
+
     def start(self) -> None:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                 "--save", "", "--daemonize", "no", "--logfile", str(self.directory / "redis.log"),
-                "--appendonly", "yes" if self.appendonly else "no"]
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--repl-diskless-sync-delay", "0"]  # a replica starts at once, not 5 s later
         if self.appendonly:
             args += ["--appendfsync", "always"]
+        if len(str(self.socket)) < 100:  # the limit of a Unix socket's path
+            args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
         while not _answers(self.port):
@@ -98,7 +109,31 @@ class RedisServer:
         self.process = None
 
     def flush(self) -> None:
+        if not self.command("FLUSHALL").startswith(b"+OK"):
+            raise RuntimeError("FLUSHALL failed on the test Redis")
+
+    def command(self, *words: str) -> bytes:
+        """Send one command; the first line of the answer (enough for +OK, an error, a count)."""
+        request = f"*{len(words)}\r\n".encode() + b"".join(
+            f"${len(w.encode())}\r\n{w}\r\n".encode() for w in words)
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
-            sock.sendall(b"FLUSHALL\r\n")
-            if not sock.recv(64).startswith(b"+OK"):
-                raise RuntimeError("FLUSHALL failed on the test Redis")
+            sock.sendall(request)
+            answer = b""
+            while not answer.endswith(b"\r\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            return answer.split(b"\r\n", 1)[0]
+
+    def role(self) -> str:
+        """"master" or "slave", as Redis says it (INFO replication)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+            sock.sendall(b"INFO replication\r\n")
+            answer = b""
+            while b"role:" not in answer or not answer.split(b"role:", 1)[1].count(b"\r\n"):
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.split(b"role:", 1)[1].split(b"\r\n", 1)[0].decode()

@@ -101,6 +101,9 @@ class Wire:
         for cookie in headers.getall("Set-Cookie", []) if hasattr(headers, "getall") else \
                 headers.get_list("Set-Cookie"):
             self.secret("cookie", cookie.partition(";")[0].partition("=")[2])
+        # A session id is not a credential (requests also need the bearer token), but with a stolen
+        # token it names a live session: only its first characters may be logged.
+        self.secret("session id", headers.get("Mcp-Session-Id"))
         if "Location" in headers:
             self.url(headers["Location"])
         if body and headers.get("Content-Type", "").startswith("application/json"):
@@ -215,7 +218,7 @@ async def test_no_secret_in_any_log_line_and_one_access_line_per_request(server:
     server_lines = lines.server_lines()
     secrets = wire.all_secrets
     for kind in ("authorize query", "state", "code_challenge", "code", "code_verifier", "access_token",
-                 "refresh_token", "bearer", "password", "cookie", csrf.FIELD, "request", "token"):
+                 "refresh_token", "bearer", "password", "cookie", csrf.FIELD, "request", "token", "session id"):
         assert wire.secrets.get(kind), f"the flow put no {kind} on the wire: the test would prove nothing"
     assert PASSWORD in secrets and WRONG_PASSWORD in secrets
     leaks = sorted({f"{secrets[s]} in a line of {name}" for name, line in server_lines for s in secrets if s in line})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import itertools
 import json
 import re
@@ -23,8 +24,10 @@ from urllib.parse import urlencode, urlsplit
 import httpx2
 import pytest
 
+from auth import personal
 from auth.models import Token
 from auth.server import AUTH_SERVER
+from server.app import SETTINGS
 from server.storage.redis import RedisStorage
 from tests.attackkit import (
     ALICE,
@@ -755,6 +758,75 @@ async def test_attack_token_request_for_a_foreign_resource(srv: RunningServer, h
     assert count(srv, "auth_tokens") == 0
 
 
+# Personal access tokens (auth.personal): bearer tokens for the MCP endpoints only, never a grant.
+
+
+async def personal_token(srv: RunningServer, issuer: str | None = None, scope: str | None = None) -> str:
+    """Alice's new personal access token, bound to `issuer`'s resource (default: this server's)."""
+    settings = srv.app[SETTINGS].auth_settings()
+    if issuer is not None:
+        settings = dataclasses.replace(settings, issuer=issuer)
+    user = await srv.storage.get_user_by_name("alice")
+    assert user is not None
+    created = await personal.create(srv.storage, settings, user, name="attack", days=1, now=time.time(),
+                                    scopes=personal.parse_scopes(scope, settings))
+    return created.secret
+
+
+async def test_attack_personal_token_at_the_token_endpoint(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    client = await register(http, srv)
+    before = snapshot(srv)
+    oauth_error(await refresh(http, srv, secret, client.client_id), 400, "invalid_grant")
+    oauth_error(await refresh(http, srv, secret, client.client_id, scope="memory:read openid"), 400, "invalid_grant")
+    resp = await http.post(srv.url + "/token", data={
+        "grant_type": "authorization_code", "code": secret, "code_verifier": "v" * 43, "client_id": client.client_id,
+        "redirect_uri": client.redirect_uri})
+    oauth_error(resp, 400, "invalid_grant")
+    resp = await http.post(srv.url + "/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange", "subject_token": secret,
+        "subject_token_type": "urn:ietf:params:oauth:token-type:access_token", "client_id": client.client_id})
+    oauth_error(resp, 400, "unsupported_grant_type")
+    assert_unchanged(srv, before)
+
+
+async def test_attack_personal_token_at_userinfo(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    before = snapshot(srv)
+    for method in ("GET", "POST"):
+        resp = await http.request(method, srv.url + "/userinfo", headers=bearer(secret))
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["error"] == "invalid_token"
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+        assert "sub" not in resp.json() and "preferred_username" not in resp.json()
+    assert_unchanged(srv, before)
+
+
+async def test_attack_personal_token_for_another_resource(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv, issuer="https://other.example")
+    before = snapshot(srv)
+    for method, path in (("POST", "/mcp"), ("GET", "/mcp"), ("GET", "/sse"), ("POST", "/messages?session_id=x")):
+        resp = await http.request(method, srv.url + path, headers=bearer(secret), content=json.dumps(INIT))
+        assert resp.status_code == 401, (path, resp.text)
+        assert 'error="invalid_token"' in resp.headers["www-authenticate"]
+    await asyncio.sleep(0.2)  # a use recorded by mistake would be written by now
+    assert_unchanged(srv, before)  # its last use included
+    assert len(srv.registry) == 0
+
+
+async def test_attack_forged_personal_tokens(srv: RunningServer, http: httpx2.AsyncClient) -> None:
+    secret = await personal_token(srv)
+    flipped = secret[:20] + ("a" if secret[20] != "a" else "b") + secret[21:]
+    before = snapshot(srv)
+    for forged in (flipped, personal.new_secret(), secret[:-1], secret + "0", secret.upper(), personal.PREFIX,
+                   secret.replace(personal.PREFIX, "mmcp_pat-")):
+        resp = await http.post(srv.url + "/mcp", headers=bearer(forged), json=INIT)
+        assert resp.status_code == 401, forged
+    await asyncio.sleep(0.2)
+    assert_unchanged(srv, before)
+    assert len(srv.registry) == 0
+
+
 # The resource server's sessions (MCP transports).
 
 
@@ -1093,7 +1165,9 @@ async def test_attack_clickjacking_headers_on_every_html_page(srv: RunningServer
             await get_page(anonymous, authorize_url(srv, client, pkce()[1])),
             await get_page(anonymous, srv.url + "/login"),
             await get_page(anonymous, srv.url + "/logout"),
-            await get_page(anonymous, srv.url + "/consents"),
+            await get_page(anonymous, srv.url + "/account"),
+            await get_page(anonymous, srv.url + "/account/memory"),
+            *[await post_page(anonymous, srv.url + path, {}) for path in ACCOUNT_FORMS],
             await post_page(anonymous, srv.url + "/login", {"username": "x", "password": "y"}),
             await post_page(anonymous, srv.url + "/consent", {}),
             await post_page(anonymous, srv.url + "/logout", {}),
@@ -1103,7 +1177,8 @@ async def test_attack_clickjacking_headers_on_every_html_page(srv: RunningServer
         pages.append(await post_page(anonymous, srv.url + "/login",
                                      {**login_page.form(), "username": "bob", "password": "wrong"}))
         pages.append(await consent_page(alice, srv, authorize_url(srv, client, pkce()[1])))
-        pages += [await get_page(alice, srv.url + p) for p in ("/login", "/logout", "/consents")]
+        pages += [await get_page(alice, srv.url + p) for p in ("/login", "/logout", "/account", "/account/memory",
+                                                               "/account/memory?q=x&page=2")]
         ipv6 = await register(http, srv, ["http://[::1]:9/cb"])
         pages.append(await consent_page(alice, srv, authorize_url(srv, ipv6, pkce()[1])))
     finally:
@@ -1189,8 +1264,9 @@ async def test_attack_session_fixation(srv: RunningServer) -> None:
         before = snapshot(srv)
         seen = await get_page(attacker, srv.url + "/login")
         assert "Signed in" not in seen.text and 'name="password"' in seen.text
-        consents = await get_page(attacker, srv.url + "/consents")
-        assert 'name="password"' in consents.text
+        for path in ("/account", "/account/memory"):
+            account = await get_page(attacker, srv.url + path)
+            assert 'name="password"' in account.text and "Your account" not in account.text
         assert_unchanged(srv, before)
     finally:
         await victim.close()
@@ -1289,8 +1365,10 @@ async def test_attack_cimd_client_id_pointing_at_a_private_address(tmp_path: Pat
 
 # Hostile input on every endpoint: a clear 4xx, never a 5xx or a trace.
 
+ACCOUNT_FORMS = ("/account/disconnect", "/account/sessions/end", "/account/tokens", "/account/tokens/revoke",
+                 "/account/memory/delete")
 ENDPOINTS = ["/register", "/authorize", "/login", "/consent", "/token", "/revoke", "/userinfo", "/mcp", "/messages",
-             "/logout", "/consents", "/sse"]
+             "/logout", "/consents", "/sse", "/account", "/account/memory", *ACCOUNT_FORMS]
 
 
 def no_crash(resp: httpx2.Response, what: object) -> None:
@@ -1315,7 +1393,8 @@ async def test_attack_oversized_bodies(srv: RunningServer, http: httpx2.AsyncCli
                                                                          "Connection": "close",
                                                                          "Accept": ACCEPT_JSON["Accept"]})
             no_crash(resp, (path, content_type, auth))
-            if path in ("/register", "/login", "/consent", "/token", "/revoke", "/logout", "/consents") and (
+            if path in ("/register", "/login", "/consent", "/token", "/revoke", "/logout", "/consents",
+                        *ACCOUNT_FORMS) and (
                     path != "/register" or content_type == "application/json") and (
                     content_type != "application/json" or path == "/register"):
                 assert resp.status_code == 413, (path, content_type, resp.status_code)
@@ -1360,7 +1439,7 @@ async def test_attack_malformed_bodies(srv: RunningServer, http: httpx2.AsyncCli
             no_crash(resp, (path, name, method))
             if method == "POST" and path in ("/register", "/token", "/revoke"):
                 assert 400 <= resp.status_code < 500 and resp.json()["error"], (path, name, resp.text)
-            if method == "POST" and path in ("/login", "/consent", "/logout", "/consents"):
+            if method == "POST" and path in ("/login", "/consent", "/logout", "/consents", *ACCOUNT_FORMS):
                 assert resp.status_code in (400, 401, 403, 413, 415), (path, name, resp.status_code)
     assert_unchanged(srv, before, ignore=("mcp_sessions", "mcp_events"))
     assert len(srv.registry) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -11,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from auth import accounts
+from auth import accounts, personal
 from auth.crypto import hash_secret
-from auth.models import AuthorizationCode, BrowserLogin, Rotation, Token
+from auth.models import AuthorizationCode, BrowserLogin, Principal, Rotation, Token
 from auth.rfc6750 import BearerError, BearerVerifier
 from auth.settings import AuthSettings
 from tests.authflow import AnyStore, Backend, Env, make_env, obtain_tokens, stored_bytes
@@ -108,6 +109,56 @@ async def test_expired_refresh_and_foreign_tokens(store: AnyStore, verifier: Bea
 async def test_resource_normalisation(store: AnyStore, verifier: BearerVerifier, resource: str) -> None:
     await save_access(store, "tok", resource=resource)
     assert (await verifier.verify("Bearer tok", "/mcp")).principal.subject == "user-1"
+
+
+async def test_personal_token_is_checked_like_an_access_token(store: AnyStore) -> None:
+    settings = AuthSettings(issuer=ISSUER)
+    user = await accounts.add_user(store, "alice", "password-1234")
+    clock = [time.time()]
+    verifier = BearerVerifier(settings, store, clock=lambda: clock[0])
+    created = await personal.create(store, settings, user, name="ci", scopes=("memory:read",), days=1, now=clock[0])
+    grant = await verifier.verify(f"Bearer {created.secret}", "/sse")
+    assert grant.principal == Principal(ISSUER, user.id, "pat:" + created.token.id)
+    assert grant.scopes == frozenset({"memory:read"}) and grant.resource == ISSUER + "/mcp"
+    # Expired: refused like an expired access token.
+    clock[0] += 86400 + 1
+    verifier.forget()
+    assert (await refused(verifier, f"Bearer {created.secret}")).reason == "invalid_or_expired"
+    never = await personal.create(store, settings, user, name="", scopes=("memory:read",), days=None, now=clock[0])
+    assert (await verifier.verify(f"Bearer {never.secret}", "/mcp")).expires_at == math.inf
+
+
+async def test_personal_token_last_use_is_written_at_most_once_a_minute(store: AnyStore) -> None:
+    settings = AuthSettings(issuer=ISSUER)
+    user = await accounts.add_user(store, "alice", "password-1234")
+    start = time.time()
+    clock = [start]
+    verifier = BearerVerifier(settings, store, clock=lambda: clock[0])
+    created = await personal.create(store, settings, user, name="", scopes=("memory:read",), days=1, now=start)
+
+    async def use(at: float) -> float | None:
+        clock[0] = at
+        verifier.forget()  # every use reaches the store, as after each second of a busy session
+        await verifier.verify(f"Bearer {created.secret}", "/mcp")
+        await asyncio.sleep(0.05)  # the write runs in a task of its own
+        for _ in range(50):
+            if not verifier._writes:
+                break
+            await asyncio.sleep(0.02)
+        [record] = await store.list_personal_tokens(user.id, at)
+        return record.last_used_at
+
+    assert await use(start + 1) == start + 1
+    assert await use(start + 30) == start + 1  # within the minute: not written
+    assert await use(start + 60.5) == start + 1
+    assert await use(start + 61.5) == start + 61.5
+    # Another process (a verifier of its own) that knows nothing of these writes still reads the
+    # stored last use, and does not write within its minute either.
+    other = BearerVerifier(settings, store, clock=lambda: start + 70)
+    await other.verify(f"Bearer {created.secret}", "/mcp")
+    await asyncio.sleep(0.1)
+    [record] = await store.list_personal_tokens(user.id, start + 70)
+    assert record.last_used_at == start + 61.5
 
 
 async def test_insufficient_scope(verifier: BearerVerifier) -> None:

@@ -13,7 +13,8 @@ import pytest
 
 from auth import accounts
 from auth.crypto import hash_secret
-from auth.models import AuthorizationCode, RememberedConsent, Revocation, SigningKey, Token
+from auth.models import AuthorizationCode, PersonalToken, RememberedConsent, Revocation, SigningKey, Token
+from auth.store import NotFirstUserError
 from tests.authflow import AnyStore, Backend
 
 ISSUER = "https://mcp.example.com"
@@ -135,6 +136,25 @@ async def test_rotation_edge_cases(store: AnyStore) -> None:
     assert await store.get_token(hash_secret("a1"), now) is None
 
 
+async def test_list_subject_tokens_is_the_users_unexpired_tokens_oldest_first(store: AnyStore) -> None:
+    now = time.time()
+    await store.save_tokens([token("r-late", now=now + 2), token("a-early", "access", now=now),
+                             token("r-other-client", grant="grant-2", client="client-2", now=now + 1),
+                             token("expired", "access", now=now - 700),
+                             token("bobs", subject="user-2", now=now)])
+    # Rotated: the superseded refresh token is still listed (it tells when the grant began).
+    rotation = await store.rotate_refresh_token(hash_secret("r-late"), [token("r-next", now=now + 3)], "s",
+                                                now + 3, 60)
+    assert rotation.status == "rotated"
+    listed = await store.list_subject_tokens("user-1", now + 3)
+    assert [t.token_hash for t in listed] == [hash_secret(s) for s in ("a-early", "r-other-client", "r-late",
+                                                                        "r-next")]
+    assert listed[2].superseded_at == now + 3 and {t.client_id for t in listed} == {"client-1", "client-2"}
+    assert await store.list_subject_tokens("nobody", now) == []
+    await store.revoke_subject("user-1", "client-2")
+    assert [t.client_id for t in await store.list_subject_tokens("user-1", now + 3)] == ["client-1"] * 3
+
+
 async def test_concurrent_add_user_keeps_one(store: AnyStore, reopen: Reopen) -> None:
     other = reopen()
     results = await asyncio.gather(*(accounts.add_user(store if i % 2 else other, "carol", f"password-{i:04d}")
@@ -142,6 +162,21 @@ async def test_concurrent_add_user_keeps_one(store: AnyStore, reopen: Reopen) ->
     assert sum(not isinstance(r, BaseException) for r in results) == 1
     assert all(isinstance(r, accounts.DuplicateUserError) for r in results if isinstance(r, BaseException))
     assert [u.username for u in await store.list_users()] == ["carol"]
+
+
+async def test_the_first_account_only_once(store: AnyStore, reopen: Reopen) -> None:
+    """`add_user(first=True)` (the setup link, auth/setup.py): of concurrent calls through two
+    connections with different usernames, one creates the account; later ones are refused, and a
+    plain add_user (the CLI) still works."""
+    other = reopen()
+    results = await asyncio.gather(*(accounts.add_user(store if i % 2 else other, f"first{i}", f"password-{i:04d}",
+                                                       first=True) for i in range(8)), return_exceptions=True)
+    assert sum(not isinstance(r, BaseException) for r in results) == 1, results
+    assert all(isinstance(r, NotFirstUserError) for r in results if isinstance(r, BaseException)), results
+    with pytest.raises(NotFirstUserError):
+        await accounts.add_user(store, "later", "password-later", first=True)
+    await accounts.add_user(store, "later", "password-later")
+    assert len(await store.list_users()) == 2
 
 
 # Accounts and their cascades
@@ -226,6 +261,80 @@ async def test_purge_keeps_clients_with_live_tokens_and_deletes_the_rest(store: 
     assert await store.purge_clients(now + 50, now + 50, now + 2000, 1) == 1
     assert await store.purge_clients(now + 50, now + 50, now + 2000, 1) == 1
     assert await store.list_clients() == []
+
+
+# Personal access tokens
+
+
+def pat(token_id: str, subject: str, now: float, expires_in: float | None = 600, secret: str | None = None,
+        name: str = "agent") -> PersonalToken:
+    return PersonalToken(token_id, hash_secret(secret or f"secret-{token_id}"), subject, name, ("memory:read",),
+                         ISSUER + "/mcp", now, None if expires_in is None else now + expires_in)
+
+
+async def test_personal_tokens_are_stored_listed_touched_and_deleted(store: AnyStore, reopen: Reopen) -> None:
+    alice = await accounts.add_user(store, "alice", "password-1234")
+    bob = await accounts.add_user(store, "bob", "password-1234")
+    now = time.time()
+    assert await store.save_personal_token(pat("a1" * 8, alice.id, now, name=""))
+    assert await store.save_personal_token(pat("a2" * 8, alice.id, now + 1, expires_in=None))
+    assert await store.save_personal_token(pat("a3" * 8, alice.id, now + 2, expires_in=10))
+    assert await store.save_personal_token(pat("b1" * 8, bob.id, now))
+    # Nobody's: refused, nothing stored.
+    assert not await store.save_personal_token(pat("c1" * 8, "nobody", now))
+    assert await store.get_personal_token(hash_secret("secret-" + "c1" * 8), now) is None
+
+    other = reopen()  # another process sees them
+    found = await other.get_personal_token(hash_secret("secret-" + "a1" * 8), now)
+    assert found == pat("a1" * 8, alice.id, now, name="")
+    never = await store.get_personal_token(hash_secret("secret-" + "a2" * 8), now + 10**9)
+    assert never is not None and never.expires_at is None
+    assert await store.get_personal_token(hash_secret("secret-" + "a3" * 8), now + 12) is None
+    assert [t.id for t in await other.list_personal_tokens(alice.id, now)] == ["a1" * 8, "a2" * 8, "a3" * 8]
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now + 12)] == ["a1" * 8, "a2" * 8]
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now + 10**9)] == ["a2" * 8]
+
+    await store.touch_personal_token("a1" * 8, now + 5)
+    await other.touch_personal_token("a1" * 8, now + 3)  # never backwards
+    [first, *_] = await store.list_personal_tokens(alice.id, now)
+    assert first.last_used_at == now + 5
+
+    deleted = await store.delete_personal_token("a1" * 8)
+    assert deleted is not None and deleted.subject == alice.id
+    assert deleted.token_hash == hash_secret("secret-" + "a1" * 8)
+    assert await other.delete_personal_token("a1" * 8) is None
+    await store.touch_personal_token("a1" * 8, now + 6)  # does not bring it back
+    assert await store.get_personal_token(hash_secret("secret-" + "a1" * 8), now) is None
+    assert [t.id for t in await store.list_personal_tokens(alice.id, now)] == ["a2" * 8, "a3" * 8]
+    assert [t.id for t in await store.list_personal_tokens(bob.id, now)] == ["b1" * 8]
+
+
+async def test_personal_tokens_go_with_their_user(store: AnyStore) -> None:
+    alice = await accounts.add_user(store, "alice", "password-1234")
+    bob = await accounts.add_user(store, "bob", "password-1234")
+    now = time.time()
+    for token_id, subject, expires_in in (("a1" * 8, alice.id, None), ("a2" * 8, alice.id, 600.0),
+                                          ("b1" * 8, bob.id, None)):
+        assert await store.save_personal_token(pat(token_id, subject, now, expires_in))
+    # One client's tokens revoked: personal access tokens are no client's, they stay.
+    assert await store.revoke_subject(alice.id, "client-1") == 0
+    assert len(await store.list_personal_tokens(alice.id, now)) == 2
+    # Signed out everywhere: they go.
+    assert await store.revoke_subject(alice.id) == 2
+    assert await store.list_personal_tokens(alice.id, now) == []
+    assert await store.get_personal_token(hash_secret("secret-" + "a1" * 8), now) is None
+    assert await store.delete_personal_token("a1" * 8) is None
+
+    assert await store.save_personal_token(pat("b2" * 8, bob.id, now))
+    removing = await store.begin_removal("bob")
+    assert removing is not None
+    assert await store.list_personal_tokens(bob.id, now) == []
+    # Being removed: no new token can be saved for it.
+    assert not await store.save_personal_token(pat("b3" * 8, bob.id, now))
+    assert await store.remove_user(bob.id)
+    for token_id in ("b1", "b2", "b3"):
+        assert await store.get_personal_token(hash_secret("secret-" + token_id * 8), now) is None
+        assert await store.delete_personal_token(token_id * 8) is None
 
 
 # The revocation log

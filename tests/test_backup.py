@@ -112,7 +112,7 @@ def test_backup_and_restore_refuse_what_they_cannot_do(tmp_path: Path) -> None:
     assert "not a memory-mcp backup" in run("restore", "--from", str(full), "--data-dir", str(data)).stderr
     redis = run("backup", "--to", str(tmp_path / "r"), "--data-dir", str(data),
                 env={"MEMORY_MCP_REDIS_URL": "redis://127.0.0.1:1/0"})
-    assert redis.returncode == 1 and "back it up there" in redis.stderr
+    assert redis.returncode == 1 and "cannot use Redis at redis://127.0.0.1:1/0" in redis.stderr, redis.stderr
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "memory.sqlite3").write_bytes(os.urandom(4096))

@@ -17,15 +17,18 @@ async def test_the_root_says_what_this_is_and_links_to_the_pages_a_person_uses(
     home = await http.get(server.url + "/")
     assert home.status_code == 200 and home.headers["content-type"].startswith("text/html")
     assert f"<code>{server.url}/mcp</code>" in home.text and "memory" in home.text.lower()
-    for link in ('href="/login"', 'href="/consents"'):
+    for link in ('href="/login"', 'href="/account"'):
         assert link in home.text
     # The other pages' protections: no framing, no scripts, no referrer, not cached.
     csp = home.headers["content-security-policy"]
     assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
     assert home.headers["x-frame-options"] == "DENY" and home.headers["referrer-policy"] == "no-referrer"
     assert home.headers["x-content-type-options"] == "nosniff" and home.headers["cache-control"] == "no-store"
-    for path in ("/login", "/consents"):
+    for path in ("/login", "/account", "/account/memory"):
         assert (await http.get(server.url + path)).status_code == 200
+    # The remembered approvals are part of the account page now; the old address leads there.
+    consents = await http.get(server.url + "/consents")
+    assert consents.status_code == 303 and consents.headers["location"] == server.url + "/account#applications"
 
 
 async def test_head_works_on_every_get_endpoint(http: httpx2.AsyncClient, server: RunningServer) -> None:
@@ -35,7 +38,7 @@ async def test_head_works_on_every_get_endpoint(http: httpx2.AsyncClient, server
                     and "path" in (info := route.resource.get_info() if route.resource else {})})
     assert {"/", "/healthz", "/.well-known/oauth-authorization-server", "/.well-known/jwks.json",
             "/.well-known/openid-configuration", "/.well-known/oauth-protected-resource/mcp", "/login",
-            "/consents", "/authorize", "/userinfo"} <= set(paths), paths
+            "/consents", "/authorize", "/userinfo", "/account", "/account/memory"} <= set(paths), paths
     for path in paths:
         get = await http.get(server.url + path)
         head = await http.head(server.url + path)
@@ -55,4 +58,4 @@ async def test_the_home_page_renders_in_a_real_browser(server: RunningServer) ->
         dom, _ = await asyncio.wait_for(proc.communicate(), 120)
     text = dom.decode()
     assert "<h1>memory-mcp</h1>" in text, text[:500]
-    assert 'href="/login"' in text and 'href="/consents"' in text and f"{server.url}/mcp" in text
+    assert 'href="/login"' in text and 'href="/account"' in text and f"{server.url}/mcp" in text

@@ -8,6 +8,10 @@ a second `codex exec` that reads the memory back. The tests below check each par
 against Codex's own files, the model stand-in's record, the server's access log and its store. The
 run is made twice: with the server on SQLite, and on a private Redis (the same tests, one more run).
 
+The same driver with `--personal-token` is the headless setup instead: a personal access token
+from `memory-mcp tokens create` in an environment variable (`codex mcp add --bearer-token-env-var`),
+no browser, no OAuth.
+
 Codex must be installed (`bash tests/interop/codex/install.sh`): without it these tests fail.
 """
 
@@ -86,13 +90,10 @@ def namespace_argv() -> list[str]:
     return argv
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
-def codex_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CodexRun:
+def drive_codex(work: Path, *flags: str) -> CodexRun:
+    """One run of the driver (run.py) in its namespaces, checked to have completed every step."""
     assert CODEX.exists(), f"Codex CLI not installed: run `bash {CODEX_DIR / 'install.sh'}`"
-    work = tmp_path_factory.mktemp("codex")
-    argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--codex", str(CODEX)]
-    if request.param == "redis":
-        argv.append("--redis")
+    argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--codex", str(CODEX), *flags]
     # Its own process group: on a timeout everything it started goes too.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -116,6 +117,17 @@ def codex_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
         f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
         + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.err"))))
     return run
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def codex_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CodexRun:
+    return drive_codex(tmp_path_factory.mktemp("codex"), *(["--redis"] if request.param == "redis" else []))
+
+
+@pytest.fixture(scope="module")
+def codex_token_run(tmp_path_factory: pytest.TempPathFactory) -> CodexRun:
+    """The headless setup: a personal access token in an environment variable, no sign-in."""
+    return drive_codex(tmp_path_factory.mktemp("codex-token"), "--personal-token")
 
 
 @pytest.fixture
@@ -227,6 +239,54 @@ async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: Storage) 
     graph = (await storage.read_graph(alice.id)).model()
     assert [e.model_dump() for e in graph.entities] == [ADA]
     assert graph.relations == []
+
+
+# A personal access token (auth.personal) instead of an OAuth sign-in
+
+
+def test_personal_token_mcp_add_needs_no_sign_in(codex_token_run: CodexRun) -> None:
+    run = codex_token_run
+    # Nothing of OAuth on the wire: no discovery, registration, authorization or token request.
+    for step in ("codex-mcp-add", "codex-exec-remember", "codex-exec-recall"):
+        paths = {path for _, path, _ in run.requests(step)}
+        assert paths <= {"/mcp"}, (step, paths)
+    [listed] = json.loads(run.text("codex-mcp-list.out"))
+    assert listed["auth_status"] == "bearer_token"
+    assert listed["transport"]["bearer_token_env_var"] == "MEMORY_TOKEN"
+    # Codex keeps the variable's name, never the token.
+    secret = run.text("tokens-create.out").splitlines()[-1]
+    home = Path(run.result["codex_home"])
+    assert not (home / ".credentials.json").exists()
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_personal_token_calls_the_tools_with_no_401(codex_token_run: CodexRun) -> None:
+    run = codex_token_run
+    calls = [e["item"] for e in run.jsonl("codex-exec-remember.out")
+             if e["type"] == "item.completed" and e["item"]["type"] == "mcp_tool_call"]
+    assert [(c["tool"], c["status"]) for c in calls] == [("create_entities", "completed"), ("read_graph", "completed")]
+    recalled = [e["item"] for e in run.jsonl("codex-exec-recall.out")
+                if e["type"] == "item.completed" and e["item"]["type"] == "mcp_tool_call"]
+    assert [(c["tool"], c["status"]) for c in recalled] == [("read_graph", "completed")]
+    assert recalled[0]["result"]["structured_content"] == {"entities": [ADA], "relations": []}
+    for step in ("codex-exec-remember", "codex-exec-recall"):
+        statuses = [status for _, _, status in run.requests(step)]
+        assert statuses and all(status in (200, 202) for status in statuses), (step, statuses)
+
+
+async def test_personal_token_reaches_alices_memory_and_records_its_use(codex_token_run: CodexRun) -> None:
+    async with store_after(codex_token_run.result) as db:
+        alice = await db.get_user_by_name("alice")
+        assert alice is not None
+        graph = (await db.read_graph(alice.id)).model()
+        assert [e.model_dump() for e in graph.entities] == [ADA]
+        [token] = await db.list_personal_tokens(alice.id, 0)
+        assert token.id == codex_token_run.result["token_id"] and token.name == "codex"
+        assert token.last_used_at is not None and token.last_used_at >= token.created_at
+    listed = codex_token_run.text("tokens-list.out")
+    assert codex_token_run.result["token_id"] in listed and "mmcp_pat_" not in listed
 
 
 def tool_output_json(output: str) -> Any:

@@ -28,7 +28,8 @@ import pytest
 from aiohttp import web
 
 from auth import accounts
-from server.app import build_app
+from server import admin
+from server.app import SETTINGS, build_app
 from server.config import Settings
 from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
@@ -383,6 +384,50 @@ async def test_inspector_cli(server: RunningServer, tmp_path: Path) -> None:
 
     assert (await alice_graph(server.storage))["entities"] == [
         {"name": "via inspector", "entityType": "test", "observations": ["sent by the Inspector CLI"]}]
+
+
+async def test_inspector_cli_with_a_personal_access_token(server: RunningServer, tmp_path: Path) -> None:
+    """A headless agent's setup: a token from `memory-mcp tokens create` in the `--header` flag,
+    on both transports; a read-only one cannot write; a revoked one is refused."""
+    settings = server.app[SETTINGS].auth_settings()
+    made = await admin.tokens_create(server.storage, settings, "alice", name="inspector", scope=None, expires_in=None)
+    token_id, secret = made.split()[4], made.splitlines()[-1]
+    read_only = (await admin.tokens_create(server.storage, settings, "alice", name="reader", scope="memory:read",
+                                           expires_in="1")).splitlines()[-1]
+    env = client_env(tmp_path / "home")
+
+    async def inspector(url: str, token: str, *args: str) -> tuple[int, Any, str]:
+        code, out, err = await run([*tool("mcp-inspector"), "--cli", url, "--header", f"Authorization: Bearer {token}",
+                                    "--stored-auth-only", "--format", "json", *args], env)
+        return code, (json.loads(out) if out.strip() else None), err
+
+    code, listed, err = await inspector(server.url + "/mcp", secret, "--method", "tools/list")
+    assert code == 0, err
+    assert {t["name"] for t in listed["result"]["tools"]} == TOOL_NAMES
+    code, called, err = await inspector(
+        server.url + "/mcp", secret, "--method", "tools/call", "--tool-name", "create_entities",
+        "--tool-args-json", json.dumps({"entities": [{"name": "via token", "entityType": "test", "observations": []}]}))
+    assert code == 0, err
+    assert [e["name"] for e in structured(called["result"])["entities"]] == ["via token"]
+    code, read, err = await inspector(server.url + "/sse", read_only, "--method", "tools/call",
+                                      "--tool-name", "read_graph")
+    assert code == 0, err
+    assert [e["name"] for e in structured(read["result"])["entities"]] == ["via token"]
+
+    code, refused, err = await inspector(
+        server.url + "/mcp", read_only, "--method", "tools/call", "--tool-name", "create_entities",
+        "--tool-args-json", json.dumps({"entities": [{"name": "not written", "entityType": "test",
+                                                      "observations": []}]}))
+    # The Inspector reads the 403's challenge and names the scope it would need.
+    assert code != 0 and refused is None and "Insufficient scope" in err and "memory:write" in err, err
+
+    assert "revoked" in await admin.token_revoke(server.storage, token_id)
+    await asyncio.sleep(1.1)  # past the bearer check's one-second memory of verified tokens
+    code, refused, err = await inspector(server.url + "/mcp", secret, "--method", "tools/list")
+    assert code != 0 and refused is None
+    envelope = json.loads(err.strip().splitlines()[-1])
+    assert envelope["error"]["code"] == "auth_required" and "invalid_token" in envelope["error"]["message"], err
+    assert [e["name"] for e in (await alice_graph(server.storage))["entities"]] == ["via token"]
 
 
 async def test_inspector_cli_signs_in_itself(server: RunningServer, tmp_path: Path) -> None:

@@ -651,3 +651,84 @@ async def test_workers_under_a_service_manager(tmp_path: Path) -> None:
             supervisor.wait()
         manager.close()
         shutil.rmtree(path.parent, ignore_errors=True)
+
+
+def _serving_workers(log_path: Path) -> dict[int, int]:
+    """slot -> pid of each worker that said it is ready, the latest last."""
+    return {int(slot): int(pid) for slot, pid in
+            re.findall(r"worker (\d) \(pid (\d+)\) is ready", log_path.read_text())}
+
+
+@pytest.mark.parametrize("where", ["main port", "metrics_address"])
+async def test_a_scrape_of_one_worker_shows_every_worker(tmp_path: Path, where: str) -> None:
+    """With `--workers 2` a scrape reaches one worker, and answers for both: each worker's series
+    labelled with its slot, counts that add up to what was served, whichever worker is scraped,
+    and again once a killed worker is replaced."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = secrets.token_hex(16)
+    log_path = tmp_path / "serve.log"
+    flags = ["--metrics-address", f"127.0.0.1:{free_socket().getsockname()[1]}"] if where == "metrics_address" else []
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen([*CLI, "serve", "--workers", "2", "--port", "0", "--data-dir",
+                                       str(tmp_path / "data"), *flags],
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      env={**os.environ, "MEMORY_MCP_METRICS_TOKEN": token})
+    try:
+        for _ in range(600):
+            if len(_serving_workers(log_path)) == 2:
+                break
+            assert supervisor.poll() is None, log_path.read_text()
+            await asyncio.sleep(0.05)
+        found = re.search(r"serving MCP at (\S+)/mcp", log_path.read_text())
+        assert found and len(_serving_workers(log_path)) == 2, log_path.read_text()
+        url = found.group(1)
+        scrape_url = (url if where == "main port" else f"http://{flags[1]}") + "/metrics"
+
+        async def scrape(http: httpx2.AsyncClient) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+            answer = await http.get(scrape_url, headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200, answer.text
+            samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+            for family in text_string_to_metric_families(answer.text):
+                for sample in family.samples:
+                    samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+            return samples
+
+        def healthz_served(samples: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> float:
+            return sum(value for labels, value in samples["memory_mcp_http_request_duration_seconds_count"].items()
+                       if ("endpoint", "/healthz") in labels)
+
+        no_keepalive = httpx2.Limits(max_keepalive_connections=0)  # each request may reach either worker
+        async with httpx2.AsyncClient(timeout=10, limits=no_keepalive) as http:
+            served = 60
+            for _ in range(served):
+                assert (await http.get(url + "/healthz")).status_code == 200
+            for _ in range(8):
+                samples = await scrape(http)
+                assert samples["memory_mcp_workers_scraped"] == {(): 2.0}
+                workers = {dict(labels)["worker"] for labels in samples["process_resident_memory_bytes"]}
+                assert workers == {"1", "2"}, samples["process_resident_memory_bytes"]
+                assert healthz_served(samples) == served
+            if where == "metrics_address":
+                assert (await http.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"})
+                        ).status_code == 404
+            assert (await http.get(scrape_url)).status_code == 401
+
+            victim = _serving_workers(log_path)[1]
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(600):
+                if _serving_workers(log_path).get(1, victim) != victim:
+                    break
+                await asyncio.sleep(0.05)
+            assert _serving_workers(log_path)[1] != victim, log_path.read_text()
+            for _ in range(8):
+                samples = await scrape(http)
+                assert samples["memory_mcp_workers_scraped"] == {(): 2.0}
+                assert {dict(labels)["worker"] for labels in samples["process_resident_memory_bytes"]} == {"1", "2"}
+        supervisor.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(supervisor.wait, 30) == 0, log_path.read_text()
+        assert "Traceback" not in log_path.read_text(), log_path.read_text()
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()

@@ -6,6 +6,7 @@ is tested on both in tests/test_auth_*.py, tests/test_auth_store.py and tests/te
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import subprocess
@@ -123,6 +124,37 @@ async def test_every_key_that_expires_has_a_ttl(env: Env) -> None:
     assert all(0 < ttl <= 3600 for name, ttl in ttls.items() if name.startswith("rate:"))
 
 
+async def test_personal_tokens_expire_with_a_ttl_unless_they_never_do(storage: RedisStorage) -> None:
+    from auth.models import PersonalToken, User
+
+    now = time.time()
+    await storage.add_user(User("u1", "alice", "x", now))
+
+    async def pttl(*parts: str) -> float:
+        return float(await storage.client.pttl(storage.key(*parts))) / 1000
+
+    def token(token_id: str, expires_at: float | None) -> PersonalToken:
+        return PersonalToken(token_id, "h-" + token_id, "u1", "", ("memory:read",), "r", now, expires_at)
+
+    assert await storage.save_personal_token(token("a" * 16, now + 600))
+    assert 590 < await pttl("pat", "h-" + "a" * 16) <= 600
+    assert 590 < await pttl("pat-id", "a" * 16) <= 600
+    assert 590 < await pttl("user-pats", "u1") <= 600
+    # A token that never expires: no TTL on its keys, nor on its user's index while it is there.
+    assert await storage.save_personal_token(token("b" * 16, None))
+    for key in (("pat", "h-" + "b" * 16), ("pat-id", "b" * 16), ("user-pats", "u1")):
+        assert await pttl(*key) == -0.001, key
+    assert await storage.save_personal_token(token("c" * 16, now + 60))
+    assert await pttl("user-pats", "u1") == -0.001
+    # Deleted: every key of it goes.
+    assert await storage.delete_personal_token("b" * 16) is not None
+    assert await storage.client.exists(storage.key("pat", "h-" + "b" * 16), storage.key("pat-id", "b" * 16)) == 0
+    assert await storage.client.zscore(storage.key("user-pats", "u1"), "h-" + "b" * 16) is None
+    # The next write gives the index a TTL again: as long as its longest-lived member, not the new one's.
+    assert await storage.save_personal_token(token("d" * 16, now + 60))
+    assert 590 < await pttl("user-pats", "u1") <= 600
+
+
 async def test_index_members_of_expired_records_are_pruned(storage: RedisStorage) -> None:
     from auth.models import Token
 
@@ -171,8 +203,11 @@ async def test_follow_revocations_is_woken_at_once(storage: RedisStorage, redis_
 
 async def test_follow_revocations_survives_a_redis_restart(storage: RedisStorage, redis_url: str,
                                                            redis_server: RedisServer,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
     from server import app
+
+    caplog.set_level(logging.INFO, logger="server.app")
 
     monkeypatch.setattr(app, "REVOCATION_POLL_SECONDS", 0.2)
     arrived: asyncio.Queue[Revocation] = asyncio.Queue()
@@ -188,6 +223,11 @@ async def test_follow_revocations_survives_a_redis_restart(storage: RedisStorage
     finally:
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
+    # An outage is a condition, said once when it starts and once when it ends, never a traceback
+    # per retry.
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "server.app"]
+    assert [level for level, _ in said] == ["WARNING", "INFO"], said
+    assert said[0][1].startswith("revocations made elsewhere not followed until the store answers again: Redis")
 
 
 async def test_revocation_log_is_trimmed_by_age(storage: RedisStorage, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -237,6 +237,7 @@ async def test_a_write_lock_held_elsewhere_blocks_nothing_and_writes_answer_retr
     assert int(register.headers["Retry-After"]) >= 1
     assert init.status_code == 503
     assert init.json()["error"]["code"] == -32000 and "retry" in init.json()["error"]["message"]
+    assert init.json()["id"] == 0  # the client matches the refusal to its request
     assert int(init.headers["Retry-After"]) >= 1
     assert login_status == 503 and int(login_headers["Retry-After"]) >= 1
     assert login_headers["Content-Type"].startswith("text/html") and "Try again" in login_page

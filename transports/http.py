@@ -23,10 +23,15 @@ def jsonrpc_error(status: int, code: int, message: str, *, headers: Mapping[str,
     return web.json_response(body, status=status, headers=headers)
 
 
-def store_unavailable_middleware(paths: frozenset[str]) -> Middleware:
+_BODY = web.RequestKey("body", bytes)
+"""Where `read_body` leaves the body it read, for an error response that needs the request's id."""
+
+
+def store_unavailable_middleware(paths: frozenset[str], max_body_bytes: int) -> Middleware:
     """The one place a store that cannot answer now becomes a response on the MCP endpoints:
-    503, Retry-After and a JSON-RPC error, never a 500. (A tool call that meets it mid-way is
-    answered by the tool, as an error result that says to retry.)"""
+    503, Retry-After and a JSON-RPC error carrying the request's id (a client matches answers by
+    id), never a 500. (A tool call that meets it mid-way is answered by the tool, as an error
+    result that says to retry.)"""
 
     @web.middleware
     async def middleware(request: web.Request,
@@ -38,9 +43,25 @@ def store_unavailable_middleware(paths: frozenset[str]) -> Middleware:
                 raise
             return jsonrpc_error(503, STORE_UNAVAILABLE, f"the server's store is temporarily unavailable "
                                  f"({exc.reason}); retry in {exc.retry_after} seconds",
-                                 headers={"Retry-After": str(exc.retry_after)})
+                                 headers={"Retry-After": str(exc.retry_after)},
+                                 request_id=await _request_id(request, max_body_bytes))
 
     return middleware
+
+
+async def _request_id(request: web.Request, limit: int) -> object:
+    """The id of the JSON-RPC request in the body, or None (not a request, or not readable): the
+    body was read by the handler, or, when the store failed before that (the token's lookup), is
+    read now, within the same limit."""
+    body = request.get(_BODY)
+    if body is None and request.method == "POST" and not request.content.at_eof():
+        try:
+            body = await read_body(request, limit)
+        except web.HTTPException:
+            return None
+    message = parse_json(body) if body else None
+    found = message.get("id") if isinstance(message, dict) else None
+    return found if isinstance(found, str | int) and not isinstance(found, bool) else None
 
 
 CORS_ALLOW_HEADERS = (
@@ -109,7 +130,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         body += chunk
         if len(body) > limit:
             raise too_large(len(body))
-    return bytes(body)
+    read = request[_BODY] = bytes(body)
+    return read
 
 
 def parse_json(body: bytes) -> Any:

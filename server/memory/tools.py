@@ -273,9 +273,11 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
         return _error("This account is being removed: its memory can no longer be changed, and nothing was"
                       " stored. Sign in with another account to keep using memory.")
     except StoreUnavailable as exc:
-        # The transaction was rolled back whole (or never began): retrying is safe.
-        return _error(f"The memory store is temporarily unavailable ({exc.reason}); nothing was changed."
-                      f" Retry this call in {exc.retry_after} seconds.")
+        # All or nothing, but not always known which: Redis may have run a script whose answer was
+        # lost with the connection. Retrying is safe either way, since no tool adds what exists.
+        return _error(f"The memory store is temporarily unavailable ({exc.reason}); this call did not complete"
+                      " and was applied either entirely or not at all. Retry it in"
+                      f" {exc.retry_after} seconds: a retry never adds anything twice.")
     if isinstance(result, GraphJSON):
         return GraphResult(result)
     return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(result).decode())],

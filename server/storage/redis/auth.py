@@ -5,6 +5,7 @@ Key names, value formats and TTLs: docs/storage.md ("Redis: authorization"). In 
 
 * one hash per record, keyed by what the protocol looks it up by: `client:<client_id>` (a
   string: the registration's JSON), `user:<id>`, `code:<sha256>`, `token:<sha256>`,
+  `pat:<sha256>` (a personal access token; `pat-id:<id>` holds its hash, for revocation by id),
   `login:<sha256>`, `consent:<sha256 of user, client, redirect URI, resource, scope set>`;
   secrets only ever as their SHA-256, as in SQLite;
 * a TTL on every record that expires, counted from a time the record carries that is never later
@@ -14,7 +15,8 @@ Key names, value formats and TTLs: docs/storage.md ("Redis: authorization"). In 
 * secondary indexes, one sorted set per (kind, owner), scored by the member's `expires_at`:
   `grant-tokens:<grant_id>`, `user-tokens:<subject>`, `client-tokens:<client_id>`,
   `user-codes:<subject>`, `client-codes:<client_id>`, `user-logins:<user_id>`,
-  `user-consents:<user_id>`, `client-consents:<client_id>`. They serve the bulk deletes
+  `user-consents:<user_id>`, `client-consents:<client_id>`, `user-pats:<user_id>` (a personal
+  access token that never expires is scored +inf, and keeps its index without a TTL). They serve the bulk deletes
   (by grant, subject, client) and the purge's "holds a live token" check (a ZCOUNT above now).
   Every delete of a record removes it from its indexes in the same script; members whose record
   expired are pruned when the index is next written (ZREMRANGEBYSCORE up to the writer's time),
@@ -58,6 +60,7 @@ from auth.models import (
     AuthorizationCode,
     BrowserLogin,
     Client,
+    PersonalToken,
     Redemption,
     RememberedConsent,
     Revocation,
@@ -66,7 +69,7 @@ from auth.models import (
     UpstreamLink,
     User,
 )
-from auth.store import UserExistsError
+from auth.store import NotFirstUserError, UserExistsError
 from server.storage.redis.base import RedisBase, guard_all
 
 # How long a revocation stays in the log: far longer than any reader's wait (as in SQLite).
@@ -129,6 +132,16 @@ local function del_login(h)
   return 1
 end
 
+local function del_pat(h)
+  local key = k('pat', h)
+  local t = redis.call('HMGET', key, 'id', 'subject')
+  if not t[1] then return 0 end
+  redis.call('DEL', key)
+  if redis.call('GET', k('pat-id', t[1])) == h then redis.call('DEL', k('pat-id', t[1])) end
+  redis.call('ZREM', k('user-pats', t[2]), h)
+  return 1
+end
+
 local function del_consent(id)
   local key = k('consent', id)
   local t = redis.call('HMGET', key, 'user_id', 'client_id')
@@ -168,6 +181,7 @@ end
 local function del_user_records(user_id)
   del_all(k('user-codes', user_id), del_code)
   del_all(k('user-tokens', user_id), del_token)
+  del_all(k('user-pats', user_id), del_pat)
   del_all(k('user-logins', user_id), del_login)
   del_all(k('user-consents', user_id), del_consent)
   -- The upstream identity and what is kept of it (`link_upstream_user`).
@@ -253,8 +267,11 @@ end
 return n
 """)
 
+# ARGV: prefix, id, username, password_hash, created_at, state, first ('1': only while no account
+# exists, auth.setup). -1: not the first; 0: the username is taken.
 _ADD_USER = _script("""
 local id, name = ARGV[2], ARGV[3]
+if ARGV[7] == '1' and redis.call('HLEN', k0('usernames')) > 0 then return -1 end
 if redis.call('HSETNX', k0('usernames'), name, id) == 0 then return 0 end
 redis.call('HSET', k('user', id), 'username', name, 'password_hash', ARGV[4], 'created_at', ARGV[5],
            'state', ARGV[6])
@@ -419,9 +436,64 @@ _REVOKE_SUBJECT = _script("""
 local subject, client = ARGV[2], ARGV[3]
 if client == '' then
   return del_all(k('user-tokens', subject), del_token) + del_all(k('user-codes', subject), del_code)
+       + del_all(k('user-pats', subject), del_pat)
 end
 return del_where(k('user-tokens', subject), 'token', 'client_id', client, del_token)
      + del_where(k('user-codes', subject), 'code', 'client_id', client, del_code)
+""")
+
+# ARGV: prefix, token_hash, id, subject, name, scopes, resource, created_at, expires_at ('' = never),
+# ttl_ms ('' = never), the ACTIVE state. The user's index keeps no TTL while it holds a token that
+# never expires (score +inf), and otherwise lives at least as long as its longest-lived member.
+_SAVE_PAT = _script("""
+local h, id, subject, created, expires, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[9], ARGV[10]
+if redis.call('HGET', k('user', subject), 'state') ~= ARGV[11] then return 0 end
+local key, index = k('pat', h), k('user-pats', subject)
+redis.call('DEL', key)
+redis.call('HSET', key, 'id', id, 'subject', subject, 'name', ARGV[5], 'scopes', ARGV[6], 'resource', ARGV[7],
+           'created_at', created)
+if expires == '' then
+  redis.call('SET', k('pat-id', id), h)
+  redis.call('ZADD', index, '+inf', h)
+else
+  redis.call('HSET', key, 'expires_at', expires)
+  redis.call('PEXPIRE', key, ttl)
+  redis.call('SET', k('pat-id', id), h, 'PX', ttl)
+  redis.call('ZADD', index, expires, h)
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', created)
+local top = redis.call('ZRANGE', index, -1, -1, 'WITHSCORES')[2]
+if top == 'inf' then
+  redis.call('PERSIST', index)
+else
+  local keep = math.max(tonumber(ttl), math.ceil((tonumber(top) - tonumber(created)) * 1000))
+  redis.call('PEXPIRE', index, string.format('%d', keep))
+end
+return 1
+""")
+
+_DELETE_PAT = _script("""
+local h = redis.call('GET', k('pat-id', ARGV[2]))
+if not h then return nil end
+local flat = redis.call('HGETALL', k('pat', h))
+redis.call('DEL', k('pat-id', ARGV[2]))
+if #flat == 0 then return nil end
+del_pat(h)
+flat[#flat + 1] = 'token_hash'
+flat[#flat + 1] = h
+return flat
+""")
+
+# HSET only on a record that exists: a use noted after a revocation must not recreate it.
+_TOUCH_PAT = _script("""
+local h = redis.call('GET', k('pat-id', ARGV[2]))
+if not h then return 0 end
+local key = k('pat', h)
+if redis.call('EXISTS', key) == 0 then return 0 end
+local last = redis.call('HGET', key, 'last_used_at')
+if last and tonumber(last) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', key, 'last_used_at', ARGV[3])
+return 1
 """)
 
 # ARGV: prefix, session_hash, user_id, password_hash, created_at, expires_at, ttl_ms.
@@ -522,6 +594,18 @@ def _token(token_hash: str, f: dict[str, str]) -> Token:
     )
 
 
+def _personal(token_hash: str, f: dict[str, str]) -> PersonalToken:
+    return PersonalToken(
+        id=f["id"], token_hash=token_hash, subject=f["subject"], name=f["name"], scopes=tuple(f["scopes"].split()),
+        resource=f["resource"], created_at=float(f["created_at"]), expires_at=_opt(f.get("expires_at")),
+        last_used_at=_opt(f.get("last_used_at")),
+    )
+
+
+def _live(f: dict[str, str] | None, now: float) -> bool:
+    return f is not None and ("expires_at" not in f or float(f["expires_at"]) > now)
+
+
 def _token_args(tokens: Sequence[Token]) -> list[str]:
     """The tokens as `put_tokens` reads them (TOKEN_ARGS strings each)."""
     args: list[str] = []
@@ -613,9 +697,11 @@ class RedisAuth(RedisBase):
 
     # Users
 
-    async def add_user(self, user: User) -> None:
+    async def add_user(self, user: User, *, first: bool = False) -> None:
         added = await self._auth_script(_ADD_USER, user.id, user.username, user.password_hash, _num(user.created_at),
-                                str(user.state))
+                                        str(user.state), "1" if first else "0")
+        if added == -1:
+            raise NotFirstUserError(user.username)
         if not added:
             raise UserExistsError(user.username)
 
@@ -744,8 +830,53 @@ class RedisAuth(RedisBase):
     async def revoke_grant(self, grant_id: str) -> int:
         return int(await self._auth_script(_REVOKE_GRANT, grant_id))
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        members: Any = await self.client.zrangebyscore(self.key("user-tokens", subject), f"({_num(now)}", "+inf")
+        hashes = [_text(m) for m in members]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for token_hash in hashes:
+                pipe.hgetall(self.key("token", token_hash))
+            rows = await pipe.execute()
+        found = [_token(h, f) for h, row in zip(hashes, rows, strict=True)
+                 if (f := _fields(row)) is not None and float(f["expires_at"]) > now]
+        return sorted(found, key=lambda t: (t.issued_at, t.token_hash))
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         return int(await self._auth_script(_REVOKE_SUBJECT, subject, client_id or ""))
+
+    # Personal access tokens
+
+    async def save_personal_token(self, token: PersonalToken) -> bool:
+        t = token
+        expires, ttl = ("", "") if t.expires_at is None else (_num(t.expires_at),
+                                                              str(ttl_ms(t.expires_at, t.created_at)))
+        return bool(await self._auth_script(
+            _SAVE_PAT, t.token_hash, t.id, t.subject, t.name, " ".join(t.scopes), t.resource, _num(t.created_at),
+            expires, ttl, str(AccountState.ACTIVE)))
+
+    async def get_personal_token(self, token_hash: str, now: float) -> PersonalToken | None:
+        found = _fields(await self.client.hgetall(self.key("pat", token_hash)))  # type: ignore[arg-type]
+        if found is None or not _live(found, now):
+            return None
+        return _personal(token_hash, found)
+
+    async def list_personal_tokens(self, subject: str, now: float) -> list[PersonalToken]:
+        members: Any = await self.client.zrangebyscore(self.key("user-pats", subject), f"({_num(now)}", "+inf")
+        hashes = [_text(m) for m in members]
+        async with self.client.pipeline(transaction=True) as pipe:
+            for h in hashes:
+                pipe.hgetall(self.key("pat", h))
+            rows = await pipe.execute()
+        found = [_personal(h, f) for h, row in zip(hashes, rows, strict=True)
+                 if (f := _fields(row)) is not None and _live(f, now)]
+        return sorted(found, key=lambda t: (t.created_at, t.id))
+
+    async def delete_personal_token(self, token_id: str) -> PersonalToken | None:
+        found = _fields(await self._auth_script(_DELETE_PAT, token_id))
+        return None if found is None else _personal(found["token_hash"], found)
+
+    async def touch_personal_token(self, token_id: str, used_at: float) -> None:
+        await self._auth_script(_TOUCH_PAT, token_id, _num(used_at))
 
     # Browser logins
 

@@ -56,7 +56,9 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
     """The `StorageUnavailable` a Redis error means, or None when it is not about availability."""
     if isinstance(exc, redis_errors.BusyLoadingError):
         return StorageUnavailable(f"Redis is loading its data: {exc}", "the store is starting", RETRY_AFTER_SECONDS)
-    if isinstance(exc, redis_errors.ReadOnlyError):
+    if isinstance(exc, redis_errors.ReadOnlyError) or (
+            isinstance(exc, redis_errors.ResponseError) and str(exc).startswith("UNBLOCKED")):
+        # UNBLOCKED: a blocking read (XREAD, BLPOP) that Redis ended because it became a replica.
         return StorageUnavailable(f"Redis is read-only (a replica, or a failover in progress): {exc}",
                                   "the store is failing over", RETRY_AFTER_SECONDS)
     if isinstance(exc, redis_errors.TimeoutError) and "connecting" not in str(exc):
@@ -76,7 +78,13 @@ def unavailable(exc: BaseException) -> StorageUnavailable | None:
 
 
 def guarded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """Run `method` with Redis's availability errors translated (see the module)."""
+    """Run `method` with Redis's availability errors translated (see the module).
+
+    A read-only answer also drops the pool's idle connections: after a failover the old primary,
+    now a replica, keeps answering on the connections made to it, so without this the server would
+    refuse every write for as long as they live, however long ago the address (DNS, a proxy, a
+    socket path) moved to the new primary. Connecting again follows the address; a connection in
+    use is dropped the next time it meets a read-only answer."""
 
     @functools.wraps(method)
     async def run(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -90,6 +98,9 @@ def guarded(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             translated = unavailable(exc)
             if translated is None:
                 raise
+            client = getattr(args[0], "client", None) if args else None
+            if isinstance(exc, redis_errors.ReadOnlyError) and isinstance(client, aioredis.Redis):
+                await client.connection_pool.disconnect(inuse_connections=False)
             raise translated from exc
 
     return run

@@ -472,6 +472,11 @@ class RedisSessions(RedisBase):
                         log.warning("messages for SSE session %s… not read until Redis answers again: %s: %s",
                                     session_id[:8], type(exc).__name__, exc)
                         outage = True
+                    if isinstance(exc, redis_errors.ReadOnlyError):
+                        # A replica since a failover (BLPOP writes): connect again, to wherever
+                        # the address leads now (base.guarded says more).
+                        await _quietly(client.aclose())
+                        client = self._dedicated_client(INBOX_WAIT_SECONDS)
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
                 outage = False

@@ -3,7 +3,7 @@
 Each table group lives in its own module with its schema documented beside the code that uses
 it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
 `sessions.py` (MCP session records and their resumable event streams), `keys.py` (ID-token
-signing keys).
+signing keys), `portable.py` (export and import, `server.storage.portable`).
 
 Every statement runs on the database's threads, never on the event loop (`db.py`: one writer
 thread with a queue, a few reader threads; a store that cannot answer in time raises the retryable
@@ -19,10 +19,11 @@ from server.storage.sqlite.auth import AuthTables, migrate
 from server.storage.sqlite.db import DEFAULT_BUSY_TIMEOUT, Database
 from server.storage.sqlite.graph import GraphTables
 from server.storage.sqlite.keys import SigningKeyTables
+from server.storage.sqlite.portable import SQLitePortable
 from server.storage.sqlite.sessions import EventTables, SessionTables
 
 
-class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables):
+class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables, SQLitePortable):
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.db = Database(path, busy_timeout)
         for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA):

@@ -19,6 +19,11 @@ Schema and the reasons for it:
   token keeps its `auth_tokens` row with `superseded_at`, `successor_hash` (the new refresh
   token's hash) and `successor` (the token response, AES-GCM under a key derived from the old
   token: ciphertext only), until it would have expired: to tell a retry from a replay.
+* `auth_personal_tokens`: personal access tokens (`auth.personal`), keyed by their public `id`
+  (what `memory-mcp tokens revoke --id` names) with the SHA-256 of the secret UNIQUE (the bearer
+  check's lookup). `expires_at` NULL means "never expires", only when asked for. `last_used_at`
+  is written at most once a minute per token and process (`touch_personal_token`), never
+  backwards. A user's go with their other tokens (removal, signing out everywhere).
 * `auth_consents`: approvals a user asked to remember (`auth.consent`), keyed by everything a
   request must match (user, client, redirect URI, resource, scope set as sorted space-joined
   string). Plain identifiers, no secret: nothing here lets anyone act as the user.
@@ -42,7 +47,7 @@ atomic against other coroutines of this process and against other processes.
 so of two concurrent redemptions or rotations exactly one wins and the other sees its outcome.
 
 Tables added after the first release (`auth_client_use`, `auth_consents`, `auth_upstream_links`,
-`auth_upstream_tokens`) reach older files through `CREATE TABLE IF NOT EXISTS` at every start.
+`auth_upstream_tokens`, `auth_personal_tokens`) reach older files through `CREATE TABLE IF NOT EXISTS` at every start.
 Columns added after the first release are added to older files by `migrate` (`ALTER TABLE ... ADD
 COLUMN`, nullable or with a constant default, so instant and safe on a live file).
 
@@ -63,6 +68,7 @@ from auth.models import (
     AuthorizationCode,
     BrowserLogin,
     Client,
+    PersonalToken,
     Redemption,
     RememberedConsent,
     Revocation,
@@ -71,7 +77,7 @@ from auth.models import (
     UpstreamLink,
     User,
 )
-from auth.store import UserExistsError
+from auth.store import NotFirstUserError, UserExistsError
 from server.storage.sqlite.db import Database
 
 SCHEMA = """
@@ -159,6 +165,19 @@ CREATE TABLE IF NOT EXISTS auth_upstream_tokens (
     user_id TEXT PRIMARY KEY,
     sealed TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS auth_personal_tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    subject TEXT NOT NULL,
+    name TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    last_used_at REAL
+);
+CREATE INDEX IF NOT EXISTS auth_personal_tokens_subject ON auth_personal_tokens (subject);
+CREATE INDEX IF NOT EXISTS auth_personal_tokens_expiry ON auth_personal_tokens (expires_at);
 CREATE TABLE IF NOT EXISTS auth_revocations (
     id INTEGER PRIMARY KEY,
     subject TEXT,
@@ -202,6 +221,7 @@ def _delete_user_records(conn: sqlite3.Connection, user_id: str) -> None:
     upstream tokens kept for it."""
     conn.execute("DELETE FROM auth_codes WHERE subject = ?", (user_id,))
     conn.execute("DELETE FROM auth_tokens WHERE subject = ?", (user_id,))
+    conn.execute("DELETE FROM auth_personal_tokens WHERE subject = ?", (user_id,))
     conn.execute("DELETE FROM auth_browser_sessions WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM auth_consents WHERE user_id = ?", (user_id,))
     conn.execute("DELETE FROM auth_upstream_links WHERE user_id = ?", (user_id,))
@@ -236,6 +256,14 @@ def _token(row: sqlite3.Row) -> Token:
         subject=row["subject"], scopes=_scopes(row["scopes"]), resource=row["resource"],
         issued_at=row["issued_at"], expires_at=row["expires_at"], auth_time=row["auth_time"],
         superseded_at=row["superseded_at"],
+    )
+
+
+def _personal(row: sqlite3.Row) -> PersonalToken:
+    return PersonalToken(
+        id=row["id"], token_hash=row["token_hash"], subject=row["subject"], name=row["name"],
+        scopes=_scopes(row["scopes"]), resource=row["resource"], created_at=row["created_at"],
+        expires_at=row["expires_at"], last_used_at=row["last_used_at"],
     )
 
 
@@ -340,15 +368,19 @@ class AuthTables:
 
     # Users
 
-    async def add_user(self, user: User) -> None:
+    async def add_user(self, user: User, *, first: bool = False) -> None:
         def write(conn: sqlite3.Connection) -> None:
+            # One statement, in the writer's transaction: no account can appear between the
+            # check and the insert.
+            only_first = " WHERE NOT EXISTS (SELECT 1 FROM auth_users)" if first else ""
             try:
-                conn.execute(
-                    "INSERT INTO auth_users (id, username, password_hash, created_at) VALUES (?, ?, ?, ?)",
-                    (user.id, user.username, user.password_hash, user.created_at),
-                )
+                added = conn.execute(
+                    "INSERT INTO auth_users (id, username, password_hash, created_at, state) SELECT ?, ?, ?, ?, ?"
+                    + only_first, (user.id, user.username, user.password_hash, user.created_at, user.state)).rowcount
             except sqlite3.IntegrityError as exc:
                 raise UserExistsError(user.username) from exc
+            if not added:
+                raise NotFirstUserError(user.username)
         await self.db.write(write)
 
     async def get_user(self, user_id: str) -> User | None:
@@ -536,14 +568,58 @@ class AuthTables:
     async def revoke_grant(self, grant_id: str) -> int:
         return await self.db.write(_count, "DELETE FROM auth_tokens WHERE grant_id = ?", (grant_id,))
 
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        rows = await self.db.read(
+            _all, "SELECT * FROM auth_tokens WHERE subject = ? AND expires_at > ? ORDER BY issued_at, token_hash",
+            (subject, now))
+        return [_token(r) for r in rows]
+
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
         where = "subject = ?" if client_id is None else "subject = ? AND client_id = ?"
         params = (subject,) if client_id is None else (subject, client_id)
         def write(conn: sqlite3.Connection) -> int:
             tokens = conn.execute(f"DELETE FROM auth_tokens WHERE {where}", params).rowcount  # noqa: S608
             codes = conn.execute(f"DELETE FROM auth_codes WHERE {where}", params).rowcount  # noqa: S608
-            return int(tokens + codes)
+            personal = 0 if client_id is not None else conn.execute(
+                "DELETE FROM auth_personal_tokens WHERE subject = ?", (subject,)).rowcount
+            return int(tokens + codes + personal)
         return await self.db.write(write)
+
+    # Personal access tokens
+
+    async def save_personal_token(self, token: PersonalToken) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM auth_personal_tokens WHERE expires_at <= ?", (token.created_at,))
+            inserted = conn.execute(
+                """INSERT INTO auth_personal_tokens (id, token_hash, subject, name, scopes, resource, created_at,
+                   expires_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?
+                   WHERE EXISTS (SELECT 1 FROM auth_users WHERE id = ? AND state = ?)""",
+                (token.id, token.token_hash, token.subject, token.name, " ".join(token.scopes), token.resource,
+                 token.created_at, token.expires_at, token.subject, AccountState.ACTIVE),
+            ).rowcount
+            return inserted > 0
+        return await self.db.write(write)
+
+    async def get_personal_token(self, token_hash: str, now: float) -> PersonalToken | None:
+        row = await self.db.read(
+            _one, "SELECT * FROM auth_personal_tokens WHERE token_hash = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (token_hash, now))
+        return _personal(row) if row else None
+
+    async def list_personal_tokens(self, subject: str, now: float) -> list[PersonalToken]:
+        rows = await self.db.read(
+            _all, """SELECT * FROM auth_personal_tokens WHERE subject = ? AND (expires_at IS NULL OR expires_at > ?)
+                     ORDER BY created_at, id""", (subject, now))
+        return [_personal(r) for r in rows]
+
+    async def delete_personal_token(self, token_id: str) -> PersonalToken | None:
+        rows = await self.db.write(_all, "DELETE FROM auth_personal_tokens WHERE id = ? RETURNING *", (token_id,))
+        return _personal(rows[0]) if rows else None
+
+    async def touch_personal_token(self, token_id: str, used_at: float) -> None:
+        await self.db.write(
+            _count, """UPDATE auth_personal_tokens SET last_used_at = ?
+                       WHERE id = ? AND (last_used_at IS NULL OR last_used_at < ?)""", (used_at, token_id, used_at))
 
     # Browser logins
 

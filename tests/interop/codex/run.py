@@ -16,6 +16,11 @@ a user does:
 5. `codex mcp logout`, `codex mcp login` (a second login), and a second `codex exec` that only
    reads the graph, with the new tokens.
 
+With `--personal-token` it is a headless agent's setup instead: no browser, no OAuth; after
+step 1, `memory-mcp tokens create` makes a personal access token (auth.personal), which Codex
+reads from an environment variable (`codex mcp add ... --bearer-token-env-var`); then both
+`codex exec` turns, and `memory-mcp tokens list` to show its last use.
+
 The driver asserts nothing: it leaves every artifact under --work (server log, Codex output,
 stub and browser records, CODEX_HOME, the SQLite data directory) and writes a summary to
 WORK/result.json; the test asserts on those. Every process it starts is stopped before it exits.
@@ -127,12 +132,17 @@ def main() -> int:
                         "instead of SQLite")
     parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
                         "(tests/upstream.py) instead of a local password")
+    parser.add_argument("--personal-token", action="store_true", help="no sign-in: give Codex a personal access "
+                        "token in an environment variable")
     args = parser.parse_args()
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.codex, args.python, results, args.upstream, args.redis)
+        if args.personal_token:
+            drive_personal_token(work, args.codex, args.python, results)
+        else:
+            drive(work, args.codex, args.python, results, args.upstream, args.redis)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -218,6 +228,70 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
         codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 60)
     if provider is not None:
         provider.stop()
+    results["server_log"] = str(work / "server.log")
+
+
+# The variable Codex reads the bearer token from (`codex mcp add --bearer-token-env-var`). Not
+# MEMORY_MCP_*: memory-mcp reads those as its settings, and refuses one it does not know.
+TOKEN_VARIABLE = "MEMORY_TOKEN"
+
+
+def drive_personal_token(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
+    loopback_up()
+    memory_mcp = str(Path(python).parent / "memory-mcp")
+    if not Path(memory_mcp).exists():
+        raise RuntimeError(f"{memory_mcp} missing: install the project (pip install -e .) into that venv")
+    if not codex.exists():
+        raise RuntimeError(f"{codex} missing: run tests/interop/codex/install.sh")
+    data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
+    cwd.mkdir(exist_ok=True)
+    port = free_port()
+    origin = f"http://127.0.0.1:{port}"
+    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home))
+    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
+    env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
+    # No browser: a sign-in attempt would show up as this failing.
+    env["BROWSER"] = "/bin/false"
+    store = ["--data-dir", str(data_dir)]
+    added = run_step("users-add", [memory_mcp, "users", "add", USERNAME, "--password-stdin", *store], work, env, 60,
+                     results, stdin=PASSWORD + "\n")
+    if added.returncode != 0:
+        raise RuntimeError(f"users add failed: {added.stderr}")
+
+    with processes() as procs:
+        server = procs.start([memory_mcp, "serve", "--port", str(port), *store], work / "server.log", env=env)
+        wait_http(origin + "/healthz", 30, server)
+        stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
+                           work / "model-stub.log", env=env)
+        stub_port = wait_stub_port(work / "model-stub.log", stub)
+        write_codex_config(codex_home, stub_port)
+
+        made = run_step("tokens-create", [memory_mcp, "tokens", "create", "--user", USERNAME, "--name", "codex",
+                                          "--public-url", origin, *store], work, env, 60, results)
+        if made.returncode != 0:
+            raise RuntimeError(f"tokens create failed: {made.stderr}")
+        env[TOKEN_VARIABLE] = made.stdout.splitlines()[-1]
+        results["token_id"] = made.stdout.split()[4]
+
+        codex_bin = str(codex)
+        server_log = work / "server.log"
+
+        def codex_step(name: str, argv: list[str], timeout: float) -> None:
+            first = len(server_log.read_text().splitlines())
+            run_step(name, [codex_bin, *argv], work, env, timeout, results)
+            time.sleep(0.2)  # the access log is written after the response is sent
+            results["steps"][-1]["server_log_lines"] = server_log.read_text().splitlines()[first:]
+
+        codex_step("codex-mcp-add", ["mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
+                                     "--bearer-token-env-var", TOKEN_VARIABLE], 60)
+        codex_step("codex-mcp-list", ["mcp", "list", "--json"], 30)
+        exec_argv = ["exec", "--skip-git-repo-check", "--json", "--cd", str(cwd),
+                     "-c", f'mcp_servers.{SERVER_NAME}.default_tools_approval_mode="approve"']
+        codex_step("codex-exec-remember", [*exec_argv, REMEMBER_PROMPT], 60)
+        codex_step("codex-exec-recall", [*exec_argv, RECALL_PROMPT], 60)
+        # Last use is written off the request path, at most once a minute: the first use is.
+        time.sleep(0.5)
+        run_step("tokens-list", [memory_mcp, "tokens", "list", "--user", USERNAME, *store], work, env, 60, results)
     results["server_log"] = str(work / "server.log")
 
 
