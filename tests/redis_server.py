@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.tls import TLSFiles
+
 START_TIMEOUT = 10.0
 
 
@@ -40,7 +42,8 @@ class RedisServer:
     acknowledged write survives a kill (the persistence docs/storage.md tells operators to use).
     It also listens on a Unix socket (`socket`), and `replica_of` starts it as a replica of another."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False, replica_of: RedisServer | None = None) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False, replica_of: RedisServer | None = None,
+                 tls: TLSFiles | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: the Redis backend's tests need it "
@@ -50,12 +53,22 @@ class RedisServer:
         self.appendonly = appendonly
         self.replica_of = replica_of
         self.port = _free_port()
+        # With `tls`, it also speaks TLS on a port of its own (`tls_url`); the plain port stays for
+        # the helpers below.
+        self.tls = tls
+        self.tls_port = _free_port() if tls is not None else None
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        if self.tls_port is None:
+            raise RuntimeError("this test Redis was started without TLS")
+        return f"rediss://127.0.0.1:{self.tls_port}/0"
 
     @property
     def socket(self) -> Path:
@@ -70,6 +83,9 @@ class RedisServer:
             args += ["--appendfsync", "always"]
         if len(str(self.socket)) < 100:  # the limit of a Unix socket's path
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
+        if self.tls is not None:
+            args += ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls.cert), "--tls-key-file",
+                     str(self.tls.key), "--tls-ca-cert-file", str(self.tls.cert), "--tls-auth-clients", "no"]
         if self.replica_of is not None:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

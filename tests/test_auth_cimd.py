@@ -4,7 +4,6 @@ SSRF guard, the client_id equality rule, redirect validation, caching and limits
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import json
 import ssl
@@ -15,47 +14,20 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from auth.cimd_fetch import ClientMetadataError, DocumentFetcher, cache_ttl, check_document_url, is_public_address
 from tests.authflow import SQLITE, Backend, Env, approve, authorize_path, login, make_env, pkce, query_of, token_request
 from tests.conftest import free_socket
+from tests.tls import TLSFiles, self_signed
 
 CALLBACK = "http://127.0.0.1/callback"
 HOST = "docs.test"  # resolved by the fake DNS below to 127.0.0.1
 
 
-@dataclass
-class TLSFiles:
-    cert: Path
-    key: Path
-    pem: bytes
-
-
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
     """A self-signed certificate for docs.test, localhost and 127.0.0.1."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName(HOST), x509.DNSName("localhost"), x509.IPAddress(ipaddress.IPv4Address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    directory = tmp_path_factory.mktemp("tls")
-    pem = cert.public_bytes(serialization.Encoding.PEM)
-    (directory / "cert.pem").write_bytes(pem)
-    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                          serialization.PrivateFormat.PKCS8,
-                                                          serialization.NoEncryption()))
-    return TLSFiles(directory / "cert.pem", directory / "key.pem", pem)
+    return self_signed(tmp_path_factory.mktemp("tls"), HOST)
 
 
 @dataclass

@@ -12,8 +12,6 @@ what to install; `.ci/run` installs both.
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import os
 import re
 import shutil
@@ -28,16 +26,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from mcp.types import TextContent
 
 from auth import accounts
 from auth.throttle import address_key
 from server.app import LIMITER
 from tests.conftest import OAuthUser, RunningServer, free_socket, start_server
+from tests.tls import self_signed
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
 CLIENT_ADDRESS = "127.0.0.2"  # the "internet" client: loopback, but not the proxy's address
@@ -57,25 +52,6 @@ def swap(text: str, old: str, new: str) -> str:
     if old not in text:
         raise AssertionError(f"docs/deploy.md's block no longer contains {old!r}")
     return text.replace(old, new)
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def binary(name: str) -> str:
@@ -145,7 +121,8 @@ def wait_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
 
 @pytest.fixture
 def cert(tmp_path: Path) -> tuple[Path, Path]:
-    return self_signed(tmp_path)
+    files = self_signed(tmp_path)
+    return files.cert, files.key
 
 
 @pytest.fixture(params=sorted(PROXIES))
