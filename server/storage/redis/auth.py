@@ -830,15 +830,20 @@ class RedisAuth(RedisBase):
     async def revoke_grant(self, grant_id: str) -> int:
         return int(await self._auth_script(_REVOKE_GRANT, grant_id))
 
-    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
-        members: Any = await self.client.zrangebyscore(self.key("user-tokens", subject), f"({_num(now)}", "+inf")
+    async def _indexed(self, index: str, kind: str, now: float) -> list[tuple[str, dict[str, str]]]:
+        """The records `kind:<hash>` an index (a sorted set of hashes by expiry) lists as unexpired
+        at `now`, read in one MULTI: (hash, fields) of each still there."""
+        members: Any = await self.client.zrangebyscore(index, f"({_num(now)}", "+inf")
         hashes = [_text(m) for m in members]
         async with self.client.pipeline(transaction=True) as pipe:
-            for token_hash in hashes:
-                pipe.hgetall(self.key("token", token_hash))
+            for h in hashes:
+                pipe.hgetall(self.key(kind, h))
             rows = await pipe.execute()
-        found = [_token(h, f) for h, row in zip(hashes, rows, strict=True)
-                 if (f := _fields(row)) is not None and float(f["expires_at"]) > now]
+        return [(h, f) for h, row in zip(hashes, rows, strict=True) if (f := _fields(row)) is not None]
+
+    async def list_subject_tokens(self, subject: str, now: float) -> list[Token]:
+        found = [_token(h, f) for h, f in await self._indexed(self.key("user-tokens", subject), "token", now)
+                 if float(f["expires_at"]) > now]
         return sorted(found, key=lambda t: (t.issued_at, t.token_hash))
 
     async def revoke_subject(self, subject: str, client_id: str | None = None) -> int:
@@ -861,14 +866,8 @@ class RedisAuth(RedisBase):
         return _personal(token_hash, found)
 
     async def list_personal_tokens(self, subject: str, now: float) -> list[PersonalToken]:
-        members: Any = await self.client.zrangebyscore(self.key("user-pats", subject), f"({_num(now)}", "+inf")
-        hashes = [_text(m) for m in members]
-        async with self.client.pipeline(transaction=True) as pipe:
-            for h in hashes:
-                pipe.hgetall(self.key("pat", h))
-            rows = await pipe.execute()
-        found = [_personal(h, f) for h, row in zip(hashes, rows, strict=True)
-                 if (f := _fields(row)) is not None and _live(f, now)]
+        found = [_personal(h, f) for h, f in await self._indexed(self.key("user-pats", subject), "pat", now)
+                 if _live(f, now)]
         return sorted(found, key=lambda t: (t.created_at, t.id))
 
     async def delete_personal_token(self, token_id: str) -> PersonalToken | None:

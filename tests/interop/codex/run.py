@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +152,46 @@ def main() -> int:
     return 0 if "error" not in results else 1
 
 
-def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False,
-          redis: bool = False) -> None:
+@dataclass
+class Run:
+    """What both ways of driving Codex share: where things are, the server's port, the environment."""
+
+    work: Path
+    codex: Path
+    python: str
+    results: dict[str, Any]
+    memory_mcp: str
+    data_dir: Path
+    codex_home: Path
+    cwd: Path
+    port: int
+    env: dict[str, str]
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_model_stub(self, procs: Any) -> None:
+        stub = procs.start([self.python, str(HERE / "model_stub.py"), "--record",
+                            str(self.work / "model-requests.jsonl")], self.work / "model-stub.log", env=self.env)
+        stub_port = wait_stub_port(self.work / "model-stub.log", stub)
+        self.results["stub_port"] = stub_port
+        write_codex_config(self.codex_home, stub_port)
+
+    def codex_step(self, name: str, argv: list[str], timeout: float, *, keep_credentials: bool = False) -> None:
+        """One Codex command; the server's access-log lines it caused and (if asked) the
+        credentials after it."""
+        server_log = self.work / "server.log"
+        first = len(server_log.read_text().splitlines())
+        run_step(name, [str(self.codex), *argv], self.work, self.env, timeout, self.results)
+        time.sleep(0.2)  # the access log is written after the response is sent
+        self.results["steps"][-1]["server_log_lines"] = server_log.read_text().splitlines()[first:]
+        credentials = self.codex_home / ".credentials.json"
+        if keep_credentials and credentials.exists():
+            shutil.copy(credentials, self.work / f"credentials-after-{name}.json")
+
+
+def prepare(work: Path, codex: Path, python: str, results: dict[str, Any]) -> Run:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -160,14 +199,21 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
         raise RuntimeError(f"{memory_mcp} missing: install the project (pip install -e .) into that venv")
     if not codex.exists():
         raise RuntimeError(f"{codex} missing: run tests/interop/codex/install.sh")
-    data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
-    cwd.mkdir(exist_ok=True)
-    port = free_port()
-    origin = f"http://127.0.0.1:{port}"
-    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home))
-
     env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
+    run = Run(work, codex, python, results, memory_mcp, work / "data", work / "codex-home", work / "project",
+              free_port(), env)
+    run.cwd.mkdir(exist_ok=True)
+    results.update(origin=run.origin, mcp_url=run.origin + "/mcp", data_dir=str(run.data_dir),
+                   codex_home=str(run.codex_home))
+    env.update(CODEX_HOME=str(run.codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
+    return run
+
+
+def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False,
+          redis: bool = False) -> None:
+    run = prepare(work, codex, python, results)
+    memory_mcp, data_dir, cwd, port, origin, env = (run.memory_mcp, run.data_dir, run.cwd, run.port, run.origin,
+                                                    run.env)
 
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
@@ -181,12 +227,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
         server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir),
                               *store_flags, *upstream_flags], work / "server.log", env=env)
         wait_http(origin + "/healthz", 30, server)
-
-        stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
-                           work / "model-stub.log", env=env)
-        stub_port = wait_stub_port(work / "model-stub.log", stub)
-        results["stub_port"] = stub_port
-        write_codex_config(codex_home, stub_port)
+        run.start_model_stub(procs)
 
         # $BROWSER: a one-line script, since Codex runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
@@ -199,18 +240,8 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
         browser.chmod(0o755)
         env["BROWSER"] = str(browser)
 
-        codex_bin = str(codex)
-        server_log = work / "server.log"
-
         def codex_step(name: str, argv: list[str], timeout: float) -> None:
-            """One Codex command; the server's access-log lines it caused and the credentials after it."""
-            first = len(server_log.read_text().splitlines())
-            run_step(name, [codex_bin, *argv], work, env, timeout, results)
-            time.sleep(0.2)  # the access log is written after the response is sent
-            results["steps"][-1]["server_log_lines"] = server_log.read_text().splitlines()[first:]
-            credentials = codex_home / ".credentials.json"
-            if credentials.exists():
-                shutil.copy(credentials, work / f"credentials-after-{name}.json")
+            run.codex_step(name, argv, timeout, keep_credentials=True)
 
         codex_step("codex-version", ["--version"], 30)
         # `mcp add` notices the server wants OAuth and logs in right away (browser_hook.py).
@@ -237,19 +268,9 @@ TOKEN_VARIABLE = "MEMORY_TOKEN"
 
 
 def drive_personal_token(work: Path, codex: Path, python: str, results: dict[str, Any]) -> None:
-    loopback_up()
-    memory_mcp = str(Path(python).parent / "memory-mcp")
-    if not Path(memory_mcp).exists():
-        raise RuntimeError(f"{memory_mcp} missing: install the project (pip install -e .) into that venv")
-    if not codex.exists():
-        raise RuntimeError(f"{codex} missing: run tests/interop/codex/install.sh")
-    data_dir, codex_home, cwd = work / "data", work / "codex-home", work / "project"
-    cwd.mkdir(exist_ok=True)
-    port = free_port()
-    origin = f"http://127.0.0.1:{port}"
-    results.update(origin=origin, mcp_url=origin + "/mcp", data_dir=str(data_dir), codex_home=str(codex_home))
-    env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
-    env.update(CODEX_HOME=str(codex_home), NO_COLOR="1", RUST_LOG=env.get("RUST_LOG", "warn"))
+    run = prepare(work, codex, python, results)
+    memory_mcp, data_dir, cwd, port, origin, env = (run.memory_mcp, run.data_dir, run.cwd, run.port, run.origin,
+                                                    run.env)
     # No browser: a sign-in attempt would show up as this failing.
     env["BROWSER"] = "/bin/false"
     store = ["--data-dir", str(data_dir)]
@@ -261,10 +282,7 @@ def drive_personal_token(work: Path, codex: Path, python: str, results: dict[str
     with processes() as procs:
         server = procs.start([memory_mcp, "serve", "--port", str(port), *store], work / "server.log", env=env)
         wait_http(origin + "/healthz", 30, server)
-        stub = procs.start([python, str(HERE / "model_stub.py"), "--record", str(work / "model-requests.jsonl")],
-                           work / "model-stub.log", env=env)
-        stub_port = wait_stub_port(work / "model-stub.log", stub)
-        write_codex_config(codex_home, stub_port)
+        run.start_model_stub(procs)
 
         made = run_step("tokens-create", [memory_mcp, "tokens", "create", "--user", USERNAME, "--name", "codex",
                                           "--public-url", origin, *store], work, env, 60, results)
@@ -273,15 +291,7 @@ def drive_personal_token(work: Path, codex: Path, python: str, results: dict[str
         env[TOKEN_VARIABLE] = made.stdout.splitlines()[-1]
         results["token_id"] = made.stdout.split()[4]
 
-        codex_bin = str(codex)
-        server_log = work / "server.log"
-
-        def codex_step(name: str, argv: list[str], timeout: float) -> None:
-            first = len(server_log.read_text().splitlines())
-            run_step(name, [codex_bin, *argv], work, env, timeout, results)
-            time.sleep(0.2)  # the access log is written after the response is sent
-            results["steps"][-1]["server_log_lines"] = server_log.read_text().splitlines()[first:]
-
+        codex_step = run.codex_step
         codex_step("codex-mcp-add", ["mcp", "add", SERVER_NAME, "--url", origin + "/mcp",
                                      "--bearer-token-env-var", TOKEN_VARIABLE], 60)
         codex_step("codex-mcp-list", ["mcp", "list", "--json"], 30)
