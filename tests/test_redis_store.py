@@ -254,3 +254,19 @@ async def test_session_records_expire_after_the_idle_timeout(redis_url: str) -> 
         assert await store.get_session("http") is None
     finally:
         await store.close()
+
+
+async def test_the_rate_limiter_is_refused_once_its_storage_is_closed(redis_url: str, tmp_path: Any) -> None:
+    """The limiter runs on the storage's client: after the storage closed it, a call is refused as
+    the server stopping, not a connection opened again that nothing would close."""
+    from server.config import Settings
+    from server.storage.backends import open_backend
+
+    options: dict[str, Any] = {"data_dir": tmp_path, "redis_url": redis_url}
+    storage, limiter = open_backend(Settings(**options))
+    assert await limiter.hit("k", 5, 60) is None
+    await storage.close()
+    with pytest.raises(StorageUnavailable) as refused:
+        await limiter.hit("k", 5, 60)
+    assert refused.value.reason == "the server is stopping"
+

@@ -16,7 +16,7 @@ def open_backend(settings: Settings) -> tuple[Storage, Limiter]:
     if settings.redis_url is not None:
         storage = RedisStorage(settings.redis_url, timeout=settings.store_busy_timeout,
                                session_ttl=settings.session_idle_timeout)
-        return storage, RedisLimiter(storage.client, storage.prefix)
+        return storage, RedisLimiter(storage.client, storage.prefix, closed=lambda: storage.closed)
     return (SQLiteStorage(settings.database_path, settings.store_busy_timeout),
             SQLiteRateLimiter(settings.data_dir / FILENAME, busy_timeout=settings.store_busy_timeout))
 

@@ -109,14 +109,22 @@ def _at(member: bytes) -> float:
 
 @guard_all
 class RedisLimiter:
-    def __init__(self, client: aioredis.Redis, prefix: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, clock: Callable[[], float] = time.time,
+                 closed: Callable[[], bool] = lambda: False) -> None:
         self.client = client
         self.prefix = prefix
         self._clock = clock
+        self._closed = closed
         self._hit = client.register_script(_HIT)
         self._admit = client.register_script(_ADMIT)
         self._forget_latest = client.register_script(_FORGET_LATEST)
         self._clear = client.register_script(_CLEAR)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the client it runs on was closed (by the storage that owns it): a call is then
+        refused (`guarded`), as redis-py would quietly open a connection nothing closes."""
+        return self._closed()
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}rate:{key}"
