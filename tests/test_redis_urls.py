@@ -1,7 +1,7 @@
-"""The Redis backend over TLS (`rediss://`): a test Redis speaking TLS with a certificate of a
-private CA. Trusted through the URL (`ssl_ca_certs`, redis-py's URL option), the server works as on
-plain Redis; without it, the system's trust store refuses the certificate, and `serve` stops with
-one line that says so, never the password."""
+"""What `redis_url` may say, each against a real test Redis: TLS (`rediss://`) with a certificate
+of a private CA, trusted through the URL (`ssl_ca_certs`, redis-py's URL option) or refused by the
+system's trust store; a password and a database number. Whatever fails stops `serve` with one line
+that says so, never the password. (unix:// is in tests/test_redis_outage.py.)"""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
+import redis.asyncio as aioredis
 
 from auth import accounts
 from server.memory.graph import Entity, Quota
@@ -54,3 +55,33 @@ def test_an_untrusted_certificate_stops_serve_with_one_clear_line(tls_redis: Red
     assert f"cannot use Redis at rediss://:***@127.0.0.1:{tls_redis.tls_port}/0 (redis_url)" in result.stderr
     assert "certificate verify failed" in result.stderr, result.stderr
     assert "hunter2" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+async def test_a_password_and_a_database_number(tmp_path: Path) -> None:
+    redis = RedisServer(tmp_path / "redis")
+    redis.start()
+    try:
+        assert redis.command("CONFIG", "SET", "requirepass", "s3cret-pw-9") == b"+OK"
+        url = f"redis://:s3cret-pw-9@127.0.0.1:{redis.port}/3"
+        running = await start_server(tmp_path / "data", redis_url=url)
+        try:
+            await accounts.add_user(running.storage, "alice", "alice-password-1")
+        finally:
+            await running.stop()
+        for database, expected in ((3, 1), (0, 0)):
+            client = aioredis.Redis.from_url(f"redis://:s3cret-pw-9@127.0.0.1:{redis.port}/{database}")
+            try:
+                assert await client.exists("memory-mcp:cookie-key", "memory-mcp:usernames") == 2 * expected
+            finally:
+                await client.aclose()
+
+        wrong = url.replace("s3cret-pw-9", "not-the-pw-7")
+        result = subprocess.run([sys.executable, "-m", "server", "serve", "--port", "0", "--data-dir",
+                                 str(tmp_path / "other")], env={"PATH": "/usr/bin:/bin", "MEMORY_MCP_REDIS_URL": wrong},
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert f"cannot use Redis at redis://:***@127.0.0.1:{redis.port}/3 (redis_url)" in result.stderr, result.stderr
+        assert "not-the-pw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+    finally:
+        redis.kill()  # its plain helpers would need the password now
+
