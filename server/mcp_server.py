@@ -51,7 +51,7 @@ class MemoryTools:
             return types.CallToolResult(is_error=True, content=[types.TextContent(
                 type="text", text=f"{params.name} needs the {needed} scope, which this token was not granted; "
                 "sign in again and approve it")])
-        return await call_tool(self.graph, caller.user, params.name, params.arguments, self.quota)
+        return await call_tool(self.graph, graph_owner(caller), params.name, params.arguments, self.quota)
 
     def server(self) -> Server[Any]:
         async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
@@ -72,6 +72,11 @@ class MemoryTools:
         # running tools/list for every call.
         return Server("memory-mcp", version=_version(), instructions=INSTRUCTIONS,
                       on_list_tools=list_tools, on_call_tool=tools_call, get_tool_input_schema=schemas.get)
+
+
+def graph_owner(caller: Caller) -> str:
+    """The graph (`GraphStore` owner key) the caller's tools work on."""
+    return caller.user
 
 
 def caller_from_grant(grant: AccessGrant) -> Caller:
