@@ -95,6 +95,9 @@ class GraphJSON:
 
     json_parts: tuple[bytes | memoryview, ...]
     text_parts: tuple[bytes | memoryview, ...]
+    next_key: tuple[int, ...] | None = None
+    """Set on a page of a paged query that has more after it: the sort key of the page's last
+    entity, which the next page starts after (`server.memory.paging` turns it into a cursor)."""
 
     @classmethod
     def of(cls, entities: Iterable[Piece], relations: Iterable[Piece]) -> GraphJSON:
