@@ -41,8 +41,10 @@ same file at once leave behind) are split; a graph saved as one `{"entities": [.
 "relations": [...]}` object on a line (a read_graph result) is read as its records.
 
 The file **cannot be read**, and nothing is imported, when: it cannot be opened or read (the OS
-error), it is not UTF-8 text (the line of the first bad byte is named), or not one of its
-non-blank lines holds JSON (not a JSON Lines file at all: a pretty-printed JSON document, a CSV).
+error), it is not UTF-8 text (UTF-16, or the line of the first bad byte is named), or not one of
+its non-blank lines holds a JSON object (not a JSON Lines file at all: a pretty-printed JSON
+document, a CSV). Such a file is refused whole because skipping every line of it would report an
+import of nothing as a success.
 
 A **record is skipped**, reported with its line number and the reason, and the rest imported,
 when: its line (or the rest of it) is not JSON (a line cut short by a crash), it is not an object,
@@ -209,6 +211,9 @@ def parse_file(path: Path, now: float) -> ParsedFile:
             for number, raw in enumerate(file, 1):
                 if number == 1:
                     raw = raw.removeprefix(_BOM)
+                if number == 1 and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+                    raise UnreadableFile(f"{path} is UTF-16 text; convert it to UTF-8 (the official server writes "
+                                         "UTF-8). Nothing was imported")
                 try:
                     text = raw.decode()
                 except UnicodeDecodeError as exc:
@@ -222,8 +227,8 @@ def parse_file(path: Path, now: float) -> ParsedFile:
             from None
     if reader.lines_with_text and not reader.lines_with_json:
         raise UnreadableFile(f"{path} is not a JSON Lines file: none of its {reader.lines_with_text} non-blank "
-                             "line(s) holds JSON (the official server's file has one JSON object per line). "
-                             "Nothing was imported")
+                             "line(s) holds a JSON object (the official server's file has one JSON object per line; "
+                             "a pretty-printed JSON document is not one). Nothing was imported")
     return parsed
 
 
@@ -232,7 +237,7 @@ class _Reader:
         self.parsed = parsed
         self.fallback = fallback
         self.lines_with_text = 0
-        self.lines_with_json = 0
+        self.lines_with_json = 0  # lines holding at least one JSON object
         self.entities: dict[str, tuple[int, int, set[str]]] = {}  # name -> (index, line, its observations)
         self.relations: dict[tuple[str, str, str], int] = {}  # identity -> line
 
@@ -252,9 +257,9 @@ class _Reader:
                 where = f"column {exc.colno}" + (" (after the records before it on the line)" if seen_json else "")
                 self.parsed.skipped.append(Problem(number, f"not valid JSON at {where}: {exc.msg.lower()}"))
                 break
-            if not seen_json:
-                seen_json = True
+            if not seen_json and isinstance(value, dict):
                 self.lines_with_json += 1
+            seen_json = True
             for record in _records(value):
                 try:
                     self.record(number, record)
