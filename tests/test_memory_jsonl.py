@@ -29,6 +29,7 @@ from server.memory.graph import (
     StoredEntity,
     StoredRelation,
 )
+from server.storage.redis import RedisStorage
 from tests.conftest import BACKENDS, OAuthUser, RunningServer
 from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store, check_store, ent, open_sqlite, rel
 from tests.test_end_to_end import structured
@@ -79,7 +80,8 @@ async def export_bytes(store: Store, owner: str = OWNER, batch_size: int = 3) ->
 
 
 async def read(store: Store, owner: str = OWNER) -> dict[str, Any]:
-    return json.loads((await store.read_graph(owner)).json)
+    graph: dict[str, Any] = json.loads((await store.read_graph(owner)).json)
+    return graph
 
 
 # --- reading the files as they are -----------------------------------------------------------
@@ -273,8 +275,7 @@ async def test_export_import_export_is_identical_on_every_backend_and_across(
         ops: list[tuple[str, list[Any], Origin]], batch: int, tmp_path_factory: pytest.TempPathFactory,
         redis_url: str) -> None:
     sqlite = open_sqlite(tmp_path_factory.mktemp("j") / "m.sqlite3")
-    redis = RedisBackend(redis_url)
-    redis_store = await redis.open()
+    redis_store = RedisStorage(redis_url)
     try:
         for source in (sqlite, redis_store):
             await redis_store.client.flushdb()
@@ -293,7 +294,7 @@ async def test_export_import_export_is_identical_on_every_backend_and_across(
             await check_store(source)
     finally:
         sqlite.db.close()
-        await redis.close()
+        await redis_store.close()
 
 
 # --- the command line, beside a running server ----------------------------------------------------
