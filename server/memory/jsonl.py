@@ -60,6 +60,7 @@ Provenance that cannot be read (a `createdAt` that is no time) is replaced by th
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
@@ -103,12 +104,16 @@ _WHITESPACE: Final = " \t\r\n"
 # --- writing --------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=1024)
 def iso_time(at: float) -> str:
-    """`createdAt`: the unix time `at` in ISO 8601, UTC, microseconds."""
+    """`createdAt`: the unix time `at` in ISO 8601, UTC, microseconds. Cached: the items a write
+    added share its time, and an export formats each time once, not once per observation."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+@functools.lru_cache(maxsize=1024)
 def _made(origin: Origin) -> dict[str, str]:
+    """An `observationsCreated` item; cached like `iso_time` (orjson only reads it)."""
     return {"at": iso_time(origin.at), "by": origin.by}
 
 
@@ -245,6 +250,22 @@ class _Reader:
         if not text.strip(_WHITESPACE):
             return
         self.lines_with_text += 1
+        try:
+            # The usual line: one record, parsed by orjson (which also refuses unpaired
+            # surrogates, so its strings need no check for them); anything else takes the slow
+            # path below, which finds each record of the line and says what is wrong.
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if isinstance(value, dict):
+                self.lines_with_json += 1
+            for record in _records(value):
+                try:
+                    self.record(number, record, checked=True)
+                except _Skip as skip:
+                    self.parsed.skipped.append(Problem(number, str(skip)))
+            return
         position, seen_json = 0, False
         while True:
             while position < len(text) and text[position] in _WHITESPACE:
@@ -266,30 +287,33 @@ class _Reader:
                 except _Skip as skip:
                     self.parsed.skipped.append(Problem(number, str(skip)))
 
-    def record(self, number: int, record: Any) -> None:
+    def record(self, number: int, record: Any, checked: bool = False) -> None:
+        """`checked`: the record's strings are known to be text (no unpaired surrogate)."""
         if not isinstance(record, dict):
             raise _Skip(f"not a JSON object but {_json_type(record)}")
         kind = record.get("type")
         if kind == "entity":
-            self.entity(number, record)
+            self.entity(number, record, checked)
         elif kind == "relation":
-            self.relation(number, record)
+            self.relation(number, record, checked)
         elif kind is None:
             raise _Skip('no "type" field (expected "entity" or "relation")')
         else:
             raise _Skip(f'unknown type {_shown(kind)} (expected "entity" or "relation")')
 
-    def entity(self, number: int, record: dict[str, Any]) -> None:
-        name = _text(record, "name", MAX_NAME_LENGTH, "entity")
-        entity_type = _text(record, "entityType", MAX_NAME_LENGTH, "entity")
+    def entity(self, number: int, record: dict[str, Any], checked: bool) -> None:
+        name = _text(record, "name", MAX_NAME_LENGTH, "entity", checked)
+        entity_type = _text(record, "entityType", MAX_NAME_LENGTH, "entity", checked)
         observations = record.get("observations")
         if observations is None:
             observations = []
         if not isinstance(observations, list):
             raise _Skip(f"entity {_shown(name)}: observations must be an array, not {_json_type(observations)}")
         for index, observation in enumerate(observations):
-            _check_text(observation, f"entity {_shown(name)}: observations[{index}]", MAX_OBSERVATION_LENGTH)
-        origin = self.origin(number, record, f"entity {_shown(name)}")
+            if not (checked and type(observation) is str and len(observation) <= MAX_OBSERVATION_LENGTH):
+                _check_text(observation, f"entity {_shown(name)}: observations[{index}]", MAX_OBSERVATION_LENGTH,
+                            checked)
+        origin = self.origin(number, record, "entity", name)
         origins = self.observation_origins(number, record, name, len(observations))
         earlier = self.entities.get(name)
         if earlier is None:
@@ -314,24 +338,25 @@ class _Reader:
         self.parsed.notes.append(Problem(number, f"entity {_shown(name)} is also on line {line}: its {len(new)} "
                                                  "observation(s) not there were added to it"))
 
-    def relation(self, number: int, record: dict[str, Any]) -> None:
-        source = _text(record, "from", MAX_NAME_LENGTH, "relation")
-        target = _text(record, "to", MAX_NAME_LENGTH, "relation")
-        relation_type = _text(record, "relationType", MAX_NAME_LENGTH, "relation")
+    def relation(self, number: int, record: dict[str, Any], checked: bool) -> None:
+        source = _text(record, "from", MAX_NAME_LENGTH, "relation", checked)
+        target = _text(record, "to", MAX_NAME_LENGTH, "relation", checked)
+        relation_type = _text(record, "relationType", MAX_NAME_LENGTH, "relation", checked)
         identity = (source, target, relation_type)
         if identity in self.relations:
             raise _Skip(f"relation {_shown(source)} {_shown(relation_type)} {_shown(target)} repeats the one on "
                         f"line {self.relations[identity]}")
-        origin = self.origin(number, record, "relation")
+        origin = self.origin(number, record, "relation", None)
         self.relations[identity] = number
         self.parsed.relations.append(StoredRelation(source, target, relation_type, origin))
 
-    def origin(self, number: int, record: dict[str, Any], what: str) -> Origin:
+    def origin(self, number: int, record: dict[str, Any], kind: str, name: str | None) -> Origin:
         at, by = record.get("createdAt"), record.get("createdBy")
         if at is None and by is None:
             return self.fallback
         found = _origin(at, by)
         if found is None:
+            what = kind if name is None else f"{kind} {_shown(name)}"
             self.parsed.notes.append(Problem(number, f"{what}: createdAt/createdBy {_shown(at)}/{_shown(by)} are "
                                                      "not a time and a client id; the import's are recorded"))
             return self.fallback
@@ -386,20 +411,23 @@ def _origin(at: Any, by: Any) -> Origin | None:
     return Origin(seconds, by)
 
 
-def _text(record: dict[str, Any], key: str, limit: int, what: str) -> str:
+def _text(record: dict[str, Any], key: str, limit: int, what: str, checked: bool) -> str:
+    value = record.get(key)
+    if checked and type(value) is str and len(value) <= limit:
+        return value  # the usual case, without building a message
     if key not in record:
         raise _Skip(f'{what} without "{key}"')
     value = record[key]
-    _check_text(value, f"{what} {key}", limit)
+    _check_text(value, f"{what} {key}", limit, checked)
     return str(value)
 
 
-def _check_text(value: Any, where: str, limit: int) -> None:
+def _check_text(value: Any, where: str, limit: int, checked: bool) -> None:
     if not isinstance(value, str):
         raise _Skip(f"{where} must be a string, not {_json_type(value)}")
     if len(value) > limit:
         raise _Skip(f"{where} is {len(value)} characters long; the limit is {limit}")
-    if not _encodable(value):
+    if not checked and not _encodable(value):
         raise _Skip(f"{where} contains an unpaired UTF-16 surrogate, which is not text")
 
 

@@ -67,6 +67,7 @@ Why it looks like this
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
@@ -845,7 +846,9 @@ def _origin_args(origin: Origin | None) -> tuple[bytes, bytes]:
     return (b"", b"") if origin is None else (repr(origin.at).encode(), origin.by.encode())
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_origin(at: bytes, by: bytes) -> Origin | None:
+    """An origin as stored (see `_origin_args`). Cached: the items one write added share it."""
     return None if not at else Origin(float(at), by.decode())
 
 
