@@ -388,13 +388,22 @@ class GraphTables:
                              " SELECT id, name_fold, type_fold FROM memory_entities WHERE id BETWEEN ? AND ?",
                              (entity_rows[0][0], entity_rows[-1][0]))
             _insert_observations(conn, observations)
+            # Ids assigned here too; a relation that exists is not inserted (ON CONFLICT), and what
+            # was is read back from the id range.
+            first = _next_id(conn, "memory_relations")
+            conn.executemany(
+                "INSERT INTO memory_relations (id, owner, from_name, to_name, relation_type, created_at, created_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, from_name, to_name, relation_type) DO NOTHING",
+                [(first + i, owner, r.from_, r.to, r.relation_type, *_origin_columns(r.origin))
+                 for i, r in enumerate(relations)])
             relation_ids: list[int] = []
-            for relation in relations:
-                cursor = conn.execute(_INSERT_RELATION, (owner, relation.from_, relation.to, relation.relation_type,
-                                                         *_origin_columns(relation.origin)))
-                if cursor.rowcount and cursor.lastrowid is not None:
-                    relation_ids.append(cursor.lastrowid)
-                    size += text_bytes(relation.from_, relation.to, relation.relation_type)
+            if relations:
+                for relation_id, relation_size in conn.execute(
+                        "SELECT id, length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))"
+                        " + length(CAST(relation_type AS BLOB)) FROM memory_relations WHERE id BETWEEN ? AND ?",
+                        (first, first + len(relations) - 1)):
+                    relation_ids.append(relation_id)
+                    size += relation_size
             stale(conn, owner, ENTITIES, touched)
             stale(conn, owner, RELATIONS, relation_ids)
             _account(conn, owner, quota, before, entities=len(entity_rows), observations=len(observations), size=size)
