@@ -130,6 +130,22 @@ def test_bad_records_are_skipped_with_their_line_and_reason() -> None:
     assert "not valid JSON" in reasons[11]  # a line cut short
 
 
+def test_provenance_in_a_file_is_kept_and_what_is_not_a_time_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "made.jsonl"
+    path.write_text('{"type":"entity","name":"A","entityType":"t","observations":["1","2"],'
+                    '"createdAt":"2026-01-02T03:04:05.000006Z","createdBy":"codex",'
+                    '"observationsCreated":[{"at":1700000000.5,"by":"claude"},null]}\n'
+                    '{"type":"relation","from":"A","to":"A","relationType":"r","createdAt":1e30,"createdBy":"x"}\n'
+                    '{"type":"entity","name":"B","entityType":"t","createdAt":"yesterday","createdBy":"y"}')
+    parsed = jsonl.parse_file(path, NOW)
+    fallback = Origin(NOW, "import")
+    a, b = parsed.entities
+    assert a.origin == Origin(1767323045.000006, "codex")
+    assert list(a.observation_origins) == [Origin(1700000000.5, "claude"), fallback]
+    assert parsed.relations[0].origin == fallback and b.origin == fallback
+    assert [n.line for n in parsed.notes] == [2, 3] and parsed.skipped == []
+
+
 def test_a_repeated_entity_with_new_observations_is_merged(tmp_path: Path) -> None:
     path = tmp_path / "twice.jsonl"
     path.write_text('{"type":"entity","name":"A","entityType":"t","observations":["1","2"]}\n'

@@ -97,6 +97,7 @@ EXPORT_BATCH: Final = 512
 """Items read from the store per step of an export."""
 
 _BOM: Final = b"\xef\xbb\xbf"
+_LAST_TIME: Final = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 _DECODER: Final = json.JSONDecoder()
 _WHITESPACE: Final = " \t\r\n"
 
@@ -406,8 +407,8 @@ def _origin(at: Any, by: Any) -> Origin | None:
         seconds = (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).timestamp()
     elif isinstance(at, int | float) and not isinstance(at, bool):
         seconds = float(at)  # unix seconds, as some tools write it
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return None
+    if seconds is None or not math.isfinite(seconds) or not 0 <= seconds <= _LAST_TIME:
+        return None  # also what an export could not write back as a date
     return Origin(seconds, by)
 
 
