@@ -109,6 +109,7 @@ atomic with respect to other coroutines and other processes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -375,11 +376,12 @@ class GraphTables:
                     size += text_bytes(entity.name, entity.entity_type)
                     touched.append(entity_id)
                 seen = present[entity_id]
-                for index, content in enumerate(entity.observations):
+                origins = itertools.chain(entity.observation_origins, itertools.repeat(None))
+                for content, origin in zip(entity.observations, origins, strict=False):
                     if content not in seen:
                         seen.add(content)
-                        observations.append((owner, entity_id, content, entity.observation_origin(index)))
-                        size += text_bytes(content)
+                        observations.append((owner, entity_id, content, origin))
+                        size += len(content.encode())
                         touched.append(entity_id)
             conn.executemany("INSERT INTO memory_entities (id, owner, name, entity_type, name_fold, type_fold,"
                              " created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entity_rows)
