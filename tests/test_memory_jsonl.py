@@ -76,7 +76,12 @@ async def import_file(store: Store, path: Path, owner: str = OWNER, quota: Quota
 
 
 async def export_bytes(store: Store, owner: str = OWNER, batch_size: int = 3) -> bytes:
-    return b"".join([chunk async for chunk in jsonl.export_lines(store.export_batches(owner, batch_size))])
+    async def batches() -> AsyncIterator[ExportBatch]:
+        async for batch in store.export_batches(owner, batch_size):
+            assert 0 < len(batch) <= batch_size  # streamed: never more than a batch at a time
+            yield batch
+
+    return b"".join([chunk async for chunk in jsonl.export_lines(batches())])
 
 
 async def read(store: Store, owner: str = OWNER) -> dict[str, Any]:
