@@ -152,7 +152,7 @@ async def rows_of(store: Store, owner: str) -> dict[str, int]:
                 for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
     keys = OwnerKeys.of(store, owner)
     counts: dict[str, int] = {}
-    for name in ("names", "entities", "folds", "triples", "relations", "chunks", "view"):
+    for name in ("names", "entities", "folds", "triples", "relations", "chunks", "view", "origins"):
         counts[name] = await store.client.hlen(getattr(keys, name))
     counts["ends"] = await store.client.zcard(keys.ends)
     return counts
@@ -198,9 +198,10 @@ async def check_owner(store: RedisStorage, owner: str) -> None:
     relations, triples = await _hash(store, keys.relations), await _hash(store, keys.triples)
     ends = {_bytes(member) for member in await store.client.zrange(keys.ends, 0, -1)}
     chunks, view = await _hash(store, keys.chunks), await _hash(store, keys.view)
+    origins = await _hash(store, keys.origins)
     where = f"owner {owner!r}"
     if meta.get("state") == "closed":
-        assert not (names or entities or folds or relations or triples or ends or chunks or view), where
+        assert not (names or entities or folds or relations or triples or ends or chunks or view or origins), where
         assert (meta["entities"], meta["observations"], meta["bytes"]) == ("0", "0", "0"), where
         return
     assert sorted(names.values()) == sorted(entities) == sorted(folds), where
@@ -213,6 +214,11 @@ async def check_owner(store: RedisStorage, owner: str) -> None:
         usage = Usage(usage.entities + 1, usage.observations + len(texts) - 2,
                       usage.bytes + sum(len(text.encode()) for text in texts))
         assert f"e{int(entity_id) // 128}".encode() in chunks, f"{where}: entity {entity_id!r} has no chunk"
+    # Provenance: one origin list per entity, a pair per text after the name; one pair per relation.
+    assert set(origins) == {b"e" + i for i in entities} | {b"r" + i for i in relations}, where
+    for entity_id, record in entities.items():
+        assert len(origins[b"e" + entity_id].split(SEP)) == 2 * (len(record.split(SEP)) - 1), where
+    assert all(len(origins[b"r" + i].split(SEP)) == 2 for i in relations), where
     assert {v: k for k, v in triples.items()} == relations, where
     expected_ends = set()
     for relation_id, record in relations.items():

@@ -172,6 +172,7 @@ class OwnerKeys:
     ends: str
     chunks: str
     view: str
+    origins: str
 
     @classmethod
     def of(cls, base: RedisBase, owner: str) -> OwnerKeys:
@@ -180,12 +181,12 @@ class OwnerKeys:
 
         return cls(owner=key("owner"), names=key("names"), entities=key("entities"), folds=key("folds"),
                    triples=key("triples"), relations=key("relations"), ends=key("ends"), chunks=key("chunks"),
-                   view=key("view"))
+                   view=key("view"), origins=key("origins"))
 
     @property
     def all(self) -> list[str]:
         return [self.owner, self.names, self.entities, self.folds, self.triples, self.relations, self.ends,
-                self.chunks, self.view]
+                self.chunks, self.view, self.origins]
 
 
 _WORK_PER_TURN: Final = 8
