@@ -244,7 +244,8 @@ def forged(payload: Any) -> str:
 @pytest.mark.parametrize("cursor", [
     "", "!!!", "a b", "Zm9v", "x" * 600, forged({"a": 1}), forged([2, "read_graph", [1], ""]),
     forged([1, "read_graph", [], ""]), forged([1, "read_graph", ["1"], ""]), forged([1, "read_graph", [True], ""]),
-    forged([1, "read_graph", [2**63], ""]), forged([1, "read_graph", [2**70], ""]), forged([1, "read_graph", [1, 2], ""]), forged([1, "read_graph", [1.5], ""]),
+    forged([1, "read_graph", [2**63], ""]), forged([1, "read_graph", [2**70], ""]),
+    forged([1, "read_graph", [1, 2], ""]), forged([1, "read_graph", [1.5], ""]),
     forged([1, "read_graph", [1], "", "extra"]), base64.urlsafe_b64encode(b"\xff\xfe").decode().rstrip("="),
 ])
 async def test_a_malformed_cursor_is_refused(store: Store, cursor: str) -> None:
@@ -262,12 +263,13 @@ async def test_a_cursor_continues_only_its_own_call(store: Store) -> None:
         "search_nodes": (await ok(store, "search_nodes", {"query": "common", "limit": 1}))["nextCursor"],
         "open_nodes": (await ok(store, "open_nodes", {"names": ["e0", "e1", "e2"], "limit": 1}))["nextCursor"],
     }
+    base: dict[str, dict[str, Any]] = {"read_graph": {}, "search_nodes": {"query": "common"},
+                                       "open_nodes": {"names": ["e0"]}}
     for tool in QUERIES:
         for other, cursor in cursors.items():
             if other == tool:
                 continue
-            arguments = {"read_graph": {}, "search_nodes": {"query": "common"}, "open_nodes": {"names": ["e0"]}}[tool]
-            message = await refused(store, tool, {**arguments, "cursor": cursor})
+            message = await refused(store, tool, {**base[tool], "cursor": cursor})
             assert f"cursor was issued by '{other}', not {tool}" in message
     message = await refused(store, "search_nodes", {"query": "Common", "cursor": cursors["search_nodes"]})
     assert "cursor was issued for a different query; call search_nodes with the same query" in message
@@ -279,11 +281,13 @@ async def test_a_cursor_continues_only_its_own_call(store: Store) -> None:
 
 
 def test_the_setting_is_checked() -> None:
-    assert Settings().memory_max_result_bytes == paging.DEFAULT_MAX_RESULT_BYTES
-    assert Settings(memory_max_result_bytes=0).memory_max_result_bytes == 0
-    for bad in (1, 4095, -1):
-        with pytest.raises(ValueError, match="memory_max_result_bytes"):
-            Settings(memory_max_result_bytes=bad)
+    assert Settings.model_validate({}).memory_max_result_bytes == paging.DEFAULT_MAX_RESULT_BYTES
+    assert Settings.model_validate({"memory_max_result_bytes": 0}).memory_max_result_bytes == 0
+    for bad in (1, 4095):
+        with pytest.raises(ValueError, match="must be 0 \\(no cap\\) or at least 4096 bytes"):
+            Settings.model_validate({"memory_max_result_bytes": bad})
+    with pytest.raises(ValueError, match="memory_max_result_bytes"):
+        Settings.model_validate({"memory_max_result_bytes": -1})
 
 
 # --- through real MCP calls ---------------------------------------------------------------------
@@ -361,6 +365,7 @@ async def test_a_capped_result_is_the_same_on_the_direct_path_and_the_sdks(data_
                 page = structured(on_direct)
                 assert "nextCursor" in page
             first = structured(answers[0][0])
-            assert "memory_max_result_bytes" in first["note"] and len(answers[0][0].content[0].text.encode()) <= 4096
+            assert "memory_max_result_bytes" in first["note"]
+            assert len(json.dumps(first, separators=(",", ":"), ensure_ascii=False).encode()) <= 4096
     finally:
         await server.stop()
