@@ -225,6 +225,6 @@ def _continued(tool: str, arguments: str, graph: GraphJSON, note: str | None) ->
 
 
 def _note(tool: str, max_bytes: int) -> str:
-    return (f"This result was cut at {max_bytes:,} bytes (the server's memory_max_result_bytes) and holds only its"
-            f" first entities. Call {tool} again with the same arguments and cursor set to nextCursor for the"
-            " rest; limit sets how many entities a page holds.")
+    return (f"This result was cut at {max_bytes:,} bytes (the server's memory_max_result_bytes): it holds only part"
+            f" of the answer. Call {tool} again with the same arguments and cursor set to nextCursor for the rest;"
+            " limit sets how many entities a page holds.")
