@@ -8,6 +8,11 @@ no wrong types, and the size limits below, which the official server does not ha
 server needs. A rejected call returns an `isError` result that says which field is wrong and why,
 and stores nothing.
 
+The one addition: read_graph, search_nodes and open_nodes take optional `limit` and `cursor`
+arguments and answer `nextCursor` (and a `note` when the server's size cap cut the result) when
+more follow; without them the answer is the official one, unless it exceeds the cap
+(`server.memory.paging`, docs/performance.md#paging).
+
 Strings are taken exactly as sent, NUL and every other character included (the store's contract,
 `server.memory.graph`); the only string refused is one with a lone UTF-16 surrogate, which is not
 text, with the same message in every tool (`_describe_problem`, "string_unicode"). A write that
