@@ -224,8 +224,9 @@ async def start_ours(workdir: Path, tag: str, *, args: Sequence[str] = (), data_
     log_path = workdir / f"ours-{tag}.log"
     # One user holds every session here: the idle scenario's 10,000, and the sessions scenario's
     # opens, which are never closed (~2,500/s for 3 rounds of 8 s, plus the warm-up).
+    # The whole graph in one read_graph, as the official server answers it (no size cap).
     env = {"MEMORY_MCP_MAX_SESSIONS": "200000", "MEMORY_MCP_MAX_SESSIONS_PER_USER": "200000",
-           "MEMORY_MCP_LOG_LEVEL": "warning"}
+           "MEMORY_MCP_LOG_LEVEL": "warning", "MEMORY_MCP_MEMORY_MAX_RESULT_BYTES": "0"}
     proc = spawn([*cli, "serve", "--port", str(port), "--data-dir", str(data_dir), *args], log_path, env)
     server = Server(OURS, proc, port, token or "", data_dir=data_dir, log_path=log_path)
     try:

@@ -31,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from server.memory.graph import Entity, GraphStore, ObservationAddition, Relation
+from server.memory.tools import call_tool
 from server.storage.redis import RedisStorage
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph import GraphTables
@@ -180,6 +181,15 @@ async def bench(args: argparse.Namespace, store: GraphStore, size: Callable[[], 
     report("open_nodes (10 names)", await timed(lambda: store.open_nodes(owner, picks), args.repeat))
     report("read_graph, first (every chunk built)", await timed(lambda: store.read_graph(owners[-1]), 1))
     report("read_graph (whole graph)", await timed(lambda: store.read_graph(owner), 5))
+    # Paging (docs/performance.md#paging): a page from the rows, in the middle of the graph; and
+    # what the tool does for an unpaged read_graph over the size cap (the whole graph, then a page).
+    middle = (await store.read_graph(owner, limit=len(names) // 2)).next_key
+    report("read_graph page of 100, mid-graph", await timed(lambda: store.read_graph(owner, after=middle, limit=100),
+                                                            args.repeat))
+    report("search_nodes 'person' page of 100", await timed(lambda: store.search_nodes(owner, "person", limit=100),
+                                                            args.repeat))
+    report("read_graph tool, unpaged, cut at 48 KiB",
+           await timed(lambda: call_tool(store, owner, "read_graph", {}), args.repeat))
 
     counter = iter(range(10**9))
     report(

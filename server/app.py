@@ -76,7 +76,7 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     # Before the authorization server's middleware: its forwarded-address one must run first.
     limits.install(app, max_connections=settings.max_connections, header_read_timeout=settings.header_read_timeout,
                    body_read_timeout=settings.body_read_timeout)
-    tools = MemoryTools(storage, settings.memory_quota)
+    tools = MemoryTools(storage, settings.memory_quota, settings.memory_max_result_bytes)
     # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
     # cannot carry: only its handshake takes the direct path.
     direct = DIRECT_METHODS if mcp_server is None else frozenset({"initialize"})

@@ -34,6 +34,7 @@ from auth.upstream.discovery import check_url
 from auth.upstream.http import Misconfigured
 from auth.upstream.settings import DEFAULT_SCOPES, RESERVED_PARAMS, AdmissionPolicy, UpstreamSettings
 from server.memory.graph import DEFAULT_MAX_BYTES, DEFAULT_MAX_ENTITIES, DEFAULT_MAX_OBSERVATIONS, Quota
+from server.memory.paging import DEFAULT_MAX_RESULT_BYTES, MIN_MAX_RESULT_BYTES
 
 ENV_PREFIX = "MEMORY_MCP_"
 # The authorization server's policy defaults live in AuthSettings; the settings below that share
@@ -107,6 +108,10 @@ class Settings(BaseModel):
     memory_max_bytes: int = Field(
         DEFAULT_MAX_BYTES, ge=0, description="bytes of text (UTF-8 of names, types, observations and relations) "
         "one user may store at most; 0 = unlimited")
+    memory_max_result_bytes: int = Field(
+        DEFAULT_MAX_RESULT_BYTES, ge=0, description="bytes of graph JSON one read_graph, search_nodes or open_nodes "
+        "result carries at most; a larger answer is cut at an entity boundary and says so, with a nextCursor to page "
+        f"through the rest. 0 = no cap (the official server's behaviour); else at least {MIN_MAX_RESULT_BYTES}")
     store_busy_timeout: float = Field(
         3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
         "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")
@@ -177,6 +182,14 @@ class Settings(BaseModel):
         if value.lower() not in ("debug", "info", "warning", "error"):
             raise ValueError("must be one of debug, info, warning, error")
         return value.lower()
+
+    @field_validator("memory_max_result_bytes")
+    @classmethod
+    def _result_cap(cls, value: int) -> int:
+        if 0 < value < MIN_MAX_RESULT_BYTES:
+            raise ValueError(f"must be 0 (no cap) or at least {MIN_MAX_RESULT_BYTES} bytes: a smaller page would be "
+                             "mostly its cursor and note")
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod

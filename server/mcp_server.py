@@ -14,6 +14,7 @@ from mcp.server import Server, ServerRequestContext
 from auth.models import AccessGrant, Principal
 from auth.rfc6750 import BearerVerifier
 from server.memory.graph import DEFAULT_QUOTA, GraphStore, Origin, Quota
+from server.memory.paging import DEFAULT_MAX_RESULT_BYTES
 from server.memory.tools import TOOL_SCOPES, TOOLS, GraphResult, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
 from transports.direct import prepared
@@ -36,9 +37,11 @@ class MemoryTools:
     """The memory tools as the MCP server's request handlers (`server()`). The transports' direct
     path runs the same server, through the SDK's own runner."""
 
-    def __init__(self, graph: GraphStore, quota: Quota = DEFAULT_QUOTA) -> None:
+    def __init__(self, graph: GraphStore, quota: Quota = DEFAULT_QUOTA,
+                 max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES) -> None:
         self.graph = graph
         self.quota = quota
+        self.max_result_bytes = max_result_bytes
 
     async def list_tools(self) -> types.ListToolsResult:
         return types.ListToolsResult(tools=TOOLS)
@@ -53,7 +56,7 @@ class MemoryTools:
                 type="text", text=f"{params.name} needs the {needed} scope, which this token was not granted; "
                 "sign in again and approve it")])
         return await call_tool(self.graph, graph_owner(caller), params.name, params.arguments, self.quota,
-                               origin_of(caller))
+                               origin_of(caller), self.max_result_bytes)
 
     def server(self) -> Server[Any]:
         async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None

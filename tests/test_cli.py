@@ -67,6 +67,8 @@ def test_users_lifecycle(tmp_path: Path) -> None:
     (["--host", "0.0.0.0"], {}, "set public_url"),
     (["--config", "/nonexistent.toml"], {}, "cannot read config file"),
     (["--memory-max-bytes", "-1"], {}, "memory_max_bytes='-1' (from flag --memory-max-bytes)"),
+    (["--memory-max-result-bytes", "100"], {}, "memory_max_result_bytes='100' (from flag --memory-max-result-bytes): "
+     "must be 0 (no cap) or at least 4096 bytes"),
     ([], {"MEMORY_MCP_MEMORY_MAX_ENTITIES": "lots"}, "memory_max_entities='lots' (from environment variable"),
     (["--redis-url", "http://:s3cret-pw@cache:6379/0"], {}, "redis_url (from flag --redis-url): must start with "
      "redis://, rediss:// or unix://"),

@@ -8,13 +8,15 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
+from auth import accounts
 from server.app import MCP_ENDPOINT
-from tests.conftest import RunningServer, access_token, on_both_backends
+from tests.conftest import RunningServer, access_token, on_both_backends, start_server
 
 # The tests about sessions and what is stored run on both backends; those about the wire (ids,
 # names, Accept, middleware) on SQLite only: the store does not see what they test.
@@ -97,11 +99,21 @@ async def test_sessions_are_parked_until_a_request_needs_the_sdk_transport(http:
     assert len(server.registry) == 0
 
 
-@on_both_backends()
-async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx2.AsyncClient,
-                                                                     server: RunningServer) -> None:
+@on_both_backends("store_settings")
+async def test_a_large_graph_is_answered_in_pieces_and_arrives_whole(http: httpx2.AsyncClient, data_dir: Path,
+                                                                     store_settings: dict[str, Any]) -> None:
     """Above 256 KiB the direct path writes the graph's JSON as separate pieces (transports.direct
-    ._PartsResponse); the client must still get one exact body of the announced length."""
+    ._PartsResponse); the client must still get one exact body of the announced length. (Without
+    the size cap of one result, memory_max_result_bytes, which would page it.)"""
+    server = await start_server(data_dir, memory_max_result_bytes=0, **store_settings)
+    try:
+        await accounts.add_user(server.storage, "alice", "alice-password-1")
+        await _read_a_large_graph(http, server)
+    finally:
+        await server.stop()
+
+
+async def _read_a_large_graph(http: httpx2.AsyncClient, server: RunningServer) -> None:
     token = await access_token(server, "alice", "alice-password-1")
     headers = await initialize(http, server, token, "2025-11-25")
     entities = [{"name": f"big {i:04d} \"q\"", "entityType": "t", "observations": [f"{i} ü \\ " + "x" * 1000]}

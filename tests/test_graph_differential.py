@@ -7,8 +7,9 @@ read_graph byte for byte."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from server.memory.graph import (
     Entity,
     EntityNotFoundError,
     GraphClosedError,
+    GraphJSON,
     ObservationAddition,
     ObservationDeletion,
     Origin,
@@ -94,7 +96,30 @@ async def final_reads(store: SQLiteStore | RedisStorage, owner: str, used: Seque
         reads.append((query, model_of(await store.search_nodes(owner, query))))
     reads.append(model_of(await store.open_nodes(owner, list(used))))
     reads.append([item async for batch in store.export_batches(owner, 3) for item in batch])
+    # Pages (server/memory/paging.py): the same pages, each store following its own keys (SQLite's
+    # ids count every owner's rows, Redis's one owner's).
+    for limit in (1, 2):
+        reads.append(await pages(lambda after, limit: store.read_graph(owner, after=after, limit=limit), limit))
+        reads.append(await pages(lambda after, limit: store.open_nodes(owner, list(used), after=after, limit=limit),
+                                 limit))
+        for query in ("", "a", "\0"):
+            reads.append(await pages(functools.partial(searched, store, owner, query), limit))
     return reads
+
+
+async def searched(store: SQLiteStore | RedisStorage, owner: str, query: str, after: tuple[int, ...] | None,
+                   limit: int) -> GraphJSON:
+    return await store.search_nodes(owner, query, after=after, limit=limit)
+
+
+async def pages(query: Callable[[tuple[int, ...] | None, int], Awaitable[GraphJSON]], limit: int) -> list[Any]:
+    got, after = [], None
+    while True:
+        page = await query(after, limit)
+        got.append(model_of(page))
+        if page.next_key is None:
+            return got
+        after = page.next_key
 
 
 def test_sqlite_and_redis_answer_every_sequence_alike(tmp_path: Path, redis_url: str) -> None:

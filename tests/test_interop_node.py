@@ -31,6 +31,7 @@ from auth import accounts
 from server import admin
 from server.app import SETTINGS, build_app
 from server.config import Settings
+from server.memory.graph import Entity
 from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
 from tests.browser import Browser
@@ -469,6 +470,9 @@ async def test_inspector_cli_signs_in_itself(server: RunningServer, tmp_path: Pa
 @on_both_backends()
 async def test_typescript_sdk_client(server: RunningServer, tmp_path: Path) -> None:
     cmd = [installed(BIN / "node"), str(TS_SDK_CLIENT), server.url + "/mcp", "via the TypeScript SDK"]
+    alice = await server.storage.get_user_by_name("alice")
+    assert alice is not None
+    await server.storage.create_entities(alice.id, [Entity(name="already there", entityType="t", observations=[])])
     events: dict[str, dict[str, Any]] = {}
     async with spawn(cmd, client_env(tmp_path / "home"), stdin=True) as proc:
         assert proc.stdout is not None and proc.stdin is not None and proc.stderr is not None
@@ -494,8 +498,13 @@ async def test_typescript_sdk_client(server: RunningServer, tmp_path: Path) -> N
     assert connected["tokenType"].lower() == "bearer" and connected["hasRefreshToken"]
     assert set(events["tools"]["names"]) == TOOL_NAMES
     assert [e["name"] for e in structured(events["created"]["result"])["entities"]] == ["via the TypeScript SDK"]
-    assert [e["name"] for e in structured(events["graph"]["result"])["entities"]] == ["via the TypeScript SDK"]
-    assert [e["name"] for e in (await alice_graph(server.storage))["entities"]] == ["via the TypeScript SDK"]
+    names = ["already there", "via the TypeScript SDK"]
+    assert [e["name"] for e in structured(events["graph"]["result"])["entities"]] == names
+    assert [e["name"] for e in (await alice_graph(server.storage))["entities"]] == names
+    # A page with nextCursor, then the last one without: both passed the SDK's output schema check.
+    page, rest = structured(events["page"]["result"]), structured(events["rest"]["result"])
+    assert [e["name"] for e in page["entities"]] == names[:1] and "nextCursor" in page
+    assert [e["name"] for e in rest["entities"]] == names[1:] and "nextCursor" not in rest
 
 
 # --- MCP conformance suite -----------------------------------------------------------------------

@@ -142,10 +142,18 @@ def expected_input_schemas() -> dict[str, dict[str, Any]]:
             False,
         ),
         "delete_relations": root({"relations": {"type": "array", "items": s["relation"]}}, False),
-        "read_graph": root({}, False),
-        "search_nodes": root({"query": STR}, False),
-        "open_nodes": root({"names": STRS}, False),
+        "read_graph": paged({}),
+        "search_nodes": paged({"query": STR}),
+        "open_nodes": paged({"names": STRS}),
     }
+
+
+def paged(properties: dict[str, Any]) -> dict[str, Any]:
+    """The official input schema with the optional paging arguments (issue 14) added."""
+    schema = root(properties, False)
+    schema["properties"] = {**properties, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "cursor": STR}
+    return schema
 
 
 def expected_output_schemas() -> dict[str, dict[str, Any]]:
@@ -154,6 +162,8 @@ def expected_output_schemas() -> dict[str, dict[str, Any]]:
         {"entities": {"type": "array", "items": s["entity"]}, "relations": {"type": "array", "items": s["relation"]}},
         True,
     )
+    # Paging (issue 14): optional, only in a result that is not the last page.
+    graph["properties"] |= {"nextCursor": STR, "note": STR}
     status = root({"success": {"type": "boolean"}, "message": STR}, True)
     added = official_object({"entityName": STR, "addedObservations": STRS}, True)
     return {
@@ -351,7 +361,7 @@ async def test_missing_entity_in_add_observations_fails_whole_call(store: Store)
             {"relations": [{"from_": "A", "to": "B", "relationType": "r"}]},
             "relations[0].from is required but missing",
         ),
-        ("read_graph", {"verbose": True}, "verbose is not an accepted field (accepted here: none)"),
+        ("read_graph", {"verbose": True}, "verbose is not an accepted field (accepted here: limit, cursor)"),
         ("search_nodes", {"query": None}, "query must be a string, not null"),
         ("open_nodes", {"names": [["A"]]}, "names[0] must be a string, not an array"),
         ("delete_entities", {"entityNames": [True]}, "entityNames[0] must be a string, not a boolean"),

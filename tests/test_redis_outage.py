@@ -431,12 +431,20 @@ async def until(check: Callable[[], bool], within: float, what: str, seen: Seen 
 
 
 async def entity_names(http: httpx2.AsyncClient, server: RunningServer, session: dict[str, str]) -> set[str]:
-    response = await http.post(server.url + "/mcp", headers=session, json={
-        "jsonrpc": "2.0", "id": "read", "method": "tools/call", "params": {"name": "read_graph", "arguments": {}}})
-    assert response.status_code == 200, response.text
-    result = sse_or_json(response)["result"]
-    assert not result.get("isError"), result
-    return {entity["name"] for entity in result["structuredContent"]["entities"]}
+    """Every entity of the graph, page after page (a large graph is cut by memory_max_result_bytes)."""
+    names: set[str] = set()
+    arguments: dict[str, Any] = {}
+    while True:
+        response = await http.post(server.url + "/mcp", headers=session, json={
+            "jsonrpc": "2.0", "id": "read", "method": "tools/call",
+            "params": {"name": "read_graph", "arguments": arguments}})
+        assert response.status_code == 200, response.text
+        result = sse_or_json(response)["result"]
+        assert not result.get("isError"), result
+        names |= {entity["name"] for entity in result["structuredContent"]["entities"]}
+        if "nextCursor" not in result["structuredContent"]:
+            return names
+        arguments = {"cursor": result["structuredContent"]["nextCursor"]}
 
 
 def check_writes(writes: Writes, present: set[str]) -> list[str]:

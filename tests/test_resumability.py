@@ -146,8 +146,9 @@ async def test_event_logs_are_bounded_per_session_and_per_user(http: httpx2.Asyn
     drops each stream; what is left stays resumable, an evicted point replays nothing, and
     delivered streams go after their grace period."""
     per_session, per_user = 600_000, 900_000
+    # No size cap of one result: each read_graph is the whole 100 kB graph.
     server = await start_server(tmp_path / "data", event_log_bytes_per_session=per_session,
-                                event_log_bytes_per_user=per_user, **store_settings)
+                                event_log_bytes_per_user=per_user, memory_max_result_bytes=0, **store_settings)
     try:
         await accounts.add_user(server.storage, "alice", "alice-password-1")
         writer = (await tokens_by_hand(server, "alice", "alice-password-1", "memory:write"))["access_token"]

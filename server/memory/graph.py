@@ -306,15 +306,26 @@ class GraphStore(Protocol):
         """Exact-triple removal; unknown relations are ignored."""
         ...
 
-    async def read_graph(self, owner: str) -> GraphJSON: ...
+    # The graph queries. With `after` or `limit` each answers one page of its result (at most
+    # `limit` entities, in its order, after the entity whose sort key is `after`; `next_key` set
+    # when more follow): the rules of a page are server/memory/paging.py's. Without them, the
+    # whole result, exactly as before paging existed.
 
-    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
+    async def read_graph(self, owner: str, *, after: tuple[int, ...] | None = None, limit: int | None = None
+                         ) -> GraphJSON:
+        """Every entity (sort key: (entity id,), creation order) and every relation."""
+        ...
+
+    async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
+                           limit: int | None = None) -> GraphJSON:
         """Entities whose name, type or any observation contains `query`, ignoring case, plus every
         relation with at least one endpoint among them."""
         ...
 
-    async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
-        """The named entities that exist, plus every relation with at least one endpoint among them."""
+    async def open_nodes(self, owner: str, names: Sequence[str], *, after: tuple[int, ...] | None = None,
+                         limit: int | None = None) -> GraphJSON:
+        """The named entities that exist (sort key: (entity id,)), plus every relation with at
+        least one endpoint among them."""
         ...
 
     async def usage(self, owner: str) -> Usage: ...

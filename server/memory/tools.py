@@ -8,6 +8,11 @@ no wrong types, and the size limits below, which the official server does not ha
 server needs. A rejected call returns an `isError` result that says which field is wrong and why,
 and stores nothing.
 
+The one addition: read_graph, search_nodes and open_nodes take optional `limit` and `cursor`
+arguments and answer `nextCursor` (and a `note` when the server's size cap cut the result) when
+more follow; without them the answer is the official one, unless it exceeds the cap
+(`server.memory.paging`, docs/performance.md#paging).
+
 Strings are taken exactly as sent, NUL and every other character included (the store's contract,
 `server.memory.graph`); the only string refused is one with a lone UTF-16 surrogate, which is not
 text, with the same message in every tool (`_describe_problem`, "string_unicode"). A write that
@@ -24,10 +29,11 @@ from typing import Annotated, Any, Final, Generic, TypeVar, get_args, get_origin
 import mcp_types as types
 import orjson
 from mcp.shared.exceptions import MCPError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from auth.settings import READ_SCOPE, WRITE_SCOPE
+from server.memory import paging
 from server.memory.graph import (
     DEFAULT_QUOTA,
     Entity,
@@ -42,6 +48,7 @@ from server.memory.graph import (
     QuotaExceededError,
     Relation,
 )
+from server.memory.paging import MAX_PAGE_SIZE
 from transports.store import StoreUnavailable
 
 MAX_ITEMS_PER_CALL: Final = 1_000
@@ -140,21 +147,52 @@ class _DeleteObservations(_Arguments):
         return self
 
 
-class _NoArguments(_Arguments):
-    pass
+def _check_limit(value: object) -> object:
+    if value is not None and (type(value) is not int or not 1 <= value <= MAX_PAGE_SIZE):
+        shown = repr(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+            else _JSON_TYPE_NAMES.get(type(value), "that")
+        raise ValueError(f"must be a whole number from 1 to {MAX_PAGE_SIZE} (the most entities per page), not {shown}")
+    return value
+
+
+# Paging (server/memory/paging.py): both optional; a null is the same as leaving it out.
+Limit = Annotated[int | None, BeforeValidator(_check_limit)]
+Cursor = str | None
+
+
+class _ReadGraph(_Arguments):
+    limit: Limit = None
+    cursor: Cursor = None
 
 
 class _SearchNodes(_Arguments):
     query: Query
+    limit: Limit = None
+    cursor: Cursor = None
 
 
 class _OpenNodes(_Arguments):
     names: Items[Name]
+    limit: Limit = None
+    cursor: Cursor = None
 
 
 # --- the operations ----------------------------------------------------------------------------
 
-Result = dict[str, Any] | GraphJSON
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """A graph query, run by `call_tool` through `paging.answer` (pages, cursors, the size cap)."""
+
+    tool: str
+    arguments: str
+    """What its cursors record of the arguments (`paging.digest`)."""
+    fetch: paging.Fetch
+    limit: int | None
+    cursor: str | None
+    key_parts: int | None
+
+
+Result = dict[str, Any] | _Query
 
 
 async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities, quota: Quota,
@@ -196,19 +234,26 @@ async def _delete_relations(graph: GraphStore, owner: str, args: _Relations, quo
     return {"success": True, "message": "Relations deleted successfully"}
 
 
-async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments, quota: Quota,
+async def _read_graph(graph: GraphStore, owner: str, args: _ReadGraph, quota: Quota,
                       origin: Origin | None) -> Result:
-    return await graph.read_graph(owner)
+    async def fetch(after: paging.Key | None, limit: int | None) -> GraphJSON:
+        return await graph.read_graph(owner, after=after, limit=limit)
+    return _Query("read_graph", paging.digest(), fetch, args.limit, args.cursor, key_parts=1)
 
 
 async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes, quota: Quota,
                         origin: Origin | None) -> Result:
-    return await graph.search_nodes(owner, args.query)
+    async def fetch(after: paging.Key | None, limit: int | None) -> GraphJSON:
+        return await graph.search_nodes(owner, args.query, after=after, limit=limit)
+    # The search ranks its hits with keys of its own making: their length is the store's.
+    return _Query("search_nodes", paging.digest(args.query), fetch, args.limit, args.cursor, key_parts=None)
 
 
 async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes, quota: Quota,
                       origin: Origin | None) -> Result:
-    return await graph.open_nodes(owner, args.names)
+    async def fetch(after: paging.Key | None, limit: int | None) -> GraphJSON:
+        return await graph.open_nodes(owner, args.names, after=after, limit=limit)
+    return _Query("open_nodes", paging.names_digest(args.names), fetch, args.limit, args.cursor, key_parts=1)
 
 
 A = TypeVar("A", bound=_Arguments)
@@ -227,7 +272,7 @@ _OPERATIONS: Final[dict[str, _Operation[Any]]] = {
     "delete_entities": _Operation(_DeleteEntities, _delete_entities),
     "delete_observations": _Operation(_DeleteObservations, _delete_observations),
     "delete_relations": _Operation(_Relations, _delete_relations),
-    "read_graph": _Operation(_NoArguments, _read_graph),
+    "read_graph": _Operation(_ReadGraph, _read_graph),
     "search_nodes": _Operation(_SearchNodes, _search_nodes),
     "open_nodes": _Operation(_OpenNodes, _open_nodes),
 }
@@ -246,9 +291,11 @@ TOOL_SCOPES: Final[dict[str, str]] = {
 
 
 async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None,
-                    quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None) -> types.CallToolResult | GraphResult:
+                    quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None,
+                    max_result_bytes: int = paging.DEFAULT_MAX_RESULT_BYTES) -> types.CallToolResult | GraphResult:
     """Run tool `name` for `owner`, whose writes may not take them past `quota`; what they add
-    records `origin` (when, and which client) as its provenance, which no result shows.
+    records `origin` (when, and which client) as its provenance, which no result shows. Graph
+    queries answer at most `max_result_bytes` of graph JSON at once (0: no cap; `paging.answer`).
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
     on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). A store that cannot
@@ -267,6 +314,12 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
         return _error(_describe_invalid(name, operation.arguments, exc))
     try:
         result = await operation.run(graph, owner, args, quota, origin)
+        if isinstance(result, _Query):
+            return GraphResult(await paging.answer(result.tool, result.arguments, result.fetch, limit=result.limit,
+                                                   cursor=result.cursor, max_bytes=max_result_bytes,
+                                                   key_parts=result.key_parts))
+    except paging.CursorError as exc:
+        return _error(f"Invalid arguments for {name}: {exc}. Nothing was changed.")
     except EntityNotFoundError as exc:
         return _error(
             f"{exc}. Nothing was added: every entity must exist before observations can be added to it."
@@ -289,8 +342,6 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
         return _error(f"The memory store is temporarily unavailable ({exc.reason}); this call did not complete"
                       " and was applied either entirely or not at all. Retry it in"
                       f" {exc.retry_after} seconds: a retry never adds anything twice.")
-    if isinstance(result, GraphJSON):
-        return GraphResult(result)
     return types.CallToolResult(content=[types.TextContent(text=orjson.dumps(result).decode())],
                                 structured_content=result)
 
@@ -456,7 +507,30 @@ def _relation_schema(closed: bool) -> dict[str, Any]:
 
 
 def _graph_output() -> dict[str, Any]:
-    return _root({"entities": _array(_entity_schema(True)), "relations": _array(_relation_schema(True))}, closed=True)
+    schema = _root({"entities": _array(_entity_schema(True)), "relations": _array(_relation_schema(True))},
+                   closed=True)
+    # Only in a result that is not the last page (server/memory/paging.py); not required.
+    schema["properties"]["nextCursor"] = _string(
+        "Present when more of the result follows: pass it as cursor, with the same other arguments, for the next page")
+    schema["properties"]["note"] = _string("Present when the server's size cap cut the result: says so, and how to"
+                                           " get the rest")
+    return schema
+
+
+def _paged_input(properties: dict[str, Any]) -> dict[str, Any]:
+    """An input schema whose properties are required, plus the optional paging ones."""
+    schema = _root(properties, closed=False)
+    schema["properties"] |= {
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE,
+                  "description": f"Most entities to return in this page (1 to {MAX_PAGE_SIZE}); default: all, up to"
+                                 " the server's size cap"},
+        "cursor": _string("The nextCursor of the previous page, to get the page after it; omit for the first page"),
+    }
+    return schema
+
+
+_PAGING_HELP = (" Large results come in pages: when a result has nextCursor, call again with the same arguments and"
+                " cursor set to it for the rest; limit sets how many entities a page holds.")
 
 
 def _status_output() -> dict[str, Any]:
@@ -579,8 +653,9 @@ TOOLS: Final[list[types.Tool]] = [
     types.Tool(
         name="read_graph",
         title="Read Graph",
-        description="Return the complete knowledge graph: every entity with its observations, and every relation.",
-        input_schema=_root({}, closed=False),
+        description="Return the complete knowledge graph: every entity with its observations, and every relation."
+        + _PAGING_HELP,
+        input_schema=_paged_input({}),
         output_schema=_graph_output(),
         annotations=_annotations(**_READING),
     ),
@@ -590,11 +665,10 @@ TOOLS: Final[list[types.Tool]] = [
         description=(
             "Find the entities whose name, type or any observation contains the query text, ignoring case"
             " (a substring match, not keywords). Returns those entities and every relation that has at least"
-            " one of them as an endpoint."
+            " one of them as an endpoint." + _PAGING_HELP
         ),
-        input_schema=_root(
-            {"query": _string("Text to look for in entity names, entity types and observations")}, closed=False
-        ),
+        input_schema=_paged_input(
+            {"query": _string("Text to look for in entity names, entity types and observations")}),
         output_schema=_graph_output(),
         annotations=_annotations(**_READING),
     ),
@@ -603,9 +677,9 @@ TOOLS: Final[list[types.Tool]] = [
         title="Open Nodes",
         description=(
             "Fetch entities by their exact (case-sensitive) names, with every relation that has at least one of"
-            " them as an endpoint. Names that are not in the graph are skipped."
+            " them as an endpoint. Names that are not in the graph are skipped." + _PAGING_HELP
         ),
-        input_schema=_root({"names": _array(_string(), "Names of the entities to fetch")}, closed=False),
+        input_schema=_paged_input({"names": _array(_string(), "Names of the entities to fetch")}),
         output_schema=_graph_output(),
         annotations=_annotations(**_READING),
     ),

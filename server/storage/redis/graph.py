@@ -67,6 +67,7 @@ Why it looks like this
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import cached_property
@@ -94,6 +95,7 @@ from server.memory.graph import (
     StoredRelation,
     Usage,
 )
+from server.memory.paging import Key, page_relations
 from server.storage.redis.base import RedisBase, guard_all, guarded
 from server.storage.redis.graph_view import (
     END,
@@ -648,6 +650,147 @@ return subgraph(ids)
 """
 
 
+# Pages (server/memory/paging.py says what a page holds): the page's entities, the relations
+# touching them, and the result's key (the entity id) of every other endpoint those relations name,
+# from which Python picks the relations the page holds. Each reply: {1 if more follow, {id, record
+# ...}, {relation id, record ...}, {endpoint name, entity id ...}}.
+_PAGE_LUA = """
+-- ids: the result's entity ids after the page start, sorted; records: theirs, or nil (fetched
+-- here); in_result(id): whether an entity belongs to the result; dangling: add the relations
+-- naming no existing entity when this is the last page (read_graph).
+local function page(ids, records, limit, in_result, dangling)
+  local more = limit > 0 and #ids > limit
+  local count = more and limit or #ids
+  if records == nil then
+    local wanted = {}
+    for i = 1, count do wanted[i] = ids[i] end
+    records = records_of(wanted)
+  end
+  local entities, names = {}, {}
+  for i = 1, count do
+    entities[#entities + 1] = ids[i]
+    entities[#entities + 1] = records[i]
+    names[string.sub(records[i], 1, string.find(records[i], SEP, 1, true) - 1)] = true
+  end
+  local found, order = {}, {}
+  for name in pairs(names) do
+    for _, relation in ipairs(relations_of(name)) do
+      local id = tonumber(relation)
+      if found[id] == nil then
+        found[id] = true
+        order[#order + 1] = id
+      end
+    end
+  end
+  if dangling and not more then
+    local all = redis.call('HGETALL', K.relations)
+    for i = 1, #all, 2 do
+      local id = tonumber(all[i])
+      if found[id] == nil then
+        local texts = split(all[i + 1])
+        if redis.call('HEXISTS', K.names, texts[1]) == 0 and redis.call('HEXISTS', K.names, texts[2]) == 0 then
+          found[id] = all[i + 1]
+          order[#order + 1] = id
+        end
+      end
+    end
+  end
+  table.sort(order)
+  local relations, ends, seen = {}, {}, {}
+  for _, id in ipairs(order) do
+    local record = found[id]
+    if record == true then record = redis.call('HGET', K.relations, id) end
+    relations[#relations + 1] = id
+    relations[#relations + 1] = record
+    if more then
+      local texts = split(record)
+      for j = 1, 2 do
+        local name = texts[j]
+        if not names[name] and not seen[name] then
+          seen[name] = true
+          local other = redis.call('HGET', K.names, name)
+          if other and in_result(tonumber(other)) then
+            ends[#ends + 1] = name
+            ends[#ends + 1] = other
+          end
+        end
+      end
+    end
+  end
+  return {more and 1 or 0, entities, relations, ends}
+end
+
+local function always() return true end
+"""
+
+# ARGV: after (an entity id; 0: from the first), limit (0: none). The owner's entity ids in order
+# without listing them all: the view's entity chunks ("e<n>", one per 128 ids that hold an entity,
+# graph_view.py) in order, each read with one HMGET, until the page is full.
+_GRAPH_PAGE = """
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local chunks = {}
+for _, field in ipairs(redis.call('HKEYS', K.chunks)) do
+  if string.sub(field, 1, 1) == 'e' then
+    local n = tonumber(string.sub(field, 2))
+    if (n + 1) * CHUNK - 1 > after then chunks[#chunks + 1] = n end
+  end
+end
+table.sort(chunks)
+local ids, records = {}, {}
+local wanted = limit > 0 and limit + 1 or math.huge
+for _, n in ipairs(chunks) do
+  local range = {}
+  for id = math.max(n * CHUNK, after + 1), (n + 1) * CHUNK - 1 do range[#range + 1] = id end
+  for i, record in ipairs(redis.call('HMGET', K.entities, unpack(range))) do
+    if record and #ids < wanted then
+      ids[#ids + 1] = range[i]
+      records[#records + 1] = record
+    end
+  end
+  if #ids >= wanted then break end
+end
+return page(ids, records, limit, always, true)
+"""
+
+# ARGV: query (folded), after, limit. The hits as _SEARCH finds them, in id order.
+_SEARCH_PAGE = """
+local query, after, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local hits, member = {}, {}
+for _, blob in ipairs(redis.call('HVALS', K.folds)) do
+  local position = 1
+  while true do
+    local found = string.find(blob, query, position, true)
+    if found == nil then break end
+    local mark = string.find(blob, TAG, found, true)
+    if mark == nil then break end
+    local stop = string.find(blob, TAG_END, mark, true)
+    local id = untag(string.sub(blob, mark + 1, stop - 1))
+    member[id] = true
+    if id > after then hits[#hits + 1] = id end
+    position = stop + 1
+  end
+end
+table.sort(hits)
+return page(hits, nil, limit, function(id) return member[id] == true end, false)
+"""
+
+# ARGV: after, limit, entity names (unique).
+_OPEN_PAGE = """
+local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local ids, member = {}, {}
+for i = 3, #ARGV do
+  local id = redis.call('HGET', K.names, ARGV[i])
+  if id then
+    id = tonumber(id)
+    member[id] = true
+    if id > after then ids[#ids + 1] = id end
+  end
+end
+table.sort(ids)
+return page(ids, nil, limit, function(id) return member[id] == true end, false)
+"""
+
+
 def _script_source(body: str, *parts: str) -> str:
     return PRELUDE + _KEYS_LUA + "".join(parts) + body
 
@@ -669,6 +812,9 @@ class _Scripts:
         self.import_graph = base.script(_script_source(_IMPORT))
         self.search = base.script(_script_source(_SEARCH, _SUBGRAPH_LUA))
         self.open_nodes = base.script(_script_source(_OPEN_NODES, _SUBGRAPH_LUA))
+        self.graph_page = base.script(_script_source(_GRAPH_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
+        self.search_page = base.script(_script_source(_SEARCH_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
+        self.open_page = base.script(_script_source(_OPEN_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
 
 
 @guard_all
@@ -784,8 +930,12 @@ class RedisGraph(RedisBase):
         counts = await self.client.hmget(self.graph_keys(owner).owner, ["entities", "observations", "bytes"])
         return Usage(*(int(count or 0) for count in counts))
 
-    async def read_graph(self, owner: str) -> GraphJSON:
-        return await self._view.read(owner)
+    async def read_graph(self, owner: str, *, after: Key | None = None, limit: int | None = None) -> GraphJSON:
+        if after is None and limit is None:
+            return await self._view.read(owner)
+        reply = await self._graph_scripts.graph_page(keys=self.graph_keys(owner).all,
+                                                     args=[_after(after), limit or 0])
+        return _page(reply)
 
     async def export_batches(self, owner: str, batch_size: int = 512) -> AsyncIterator[ExportBatch]:
         # By id range, `batch_size` ids a step (ids only grow, so every row is in one range): Redis
@@ -831,13 +981,23 @@ class RedisGraph(RedisBase):
             records, origins = await pipe.execute()
         return [(record, made) for record, made in zip(records, origins, strict=True) if record is not None]
 
-    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
+    async def search_nodes(self, owner: str, query: str, *, after: Key | None = None, limit: int | None = None
+                           ) -> GraphJSON:
+        if after is not None or limit is not None:
+            reply = await self._graph_scripts.search_page(keys=self.graph_keys(owner).all,
+                                                          args=[query.lower().encode(), _after(after), limit or 0])
+            return _page(reply)
         reply = await self._graph_scripts.search(keys=self.graph_keys(owner).all, args=[query.lower().encode()])
         return await _subgraph(reply)
 
-    async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
-        reply = await self._graph_scripts.open_nodes(keys=self.graph_keys(owner).all,
-                                                     args=[name.encode() for name in _unique(names)])
+    async def open_nodes(self, owner: str, names: Sequence[str], *, after: Key | None = None,
+                         limit: int | None = None) -> GraphJSON:
+        unique = [name.encode() for name in _unique(names)]
+        if after is not None or limit is not None:
+            reply = await self._graph_scripts.open_page(keys=self.graph_keys(owner).all,
+                                                        args=[_after(after), limit or 0, *unique])
+            return _page(reply)
+        reply = await self._graph_scripts.open_nodes(keys=self.graph_keys(owner).all, args=unique)
         return await _subgraph(reply)
 
 
@@ -890,6 +1050,26 @@ async def _pieces(joined: bytes, build: Callable[[list[list[str]]], Piece]) -> l
             await asyncio.sleep(0)
         pieces.append(build([texts_of(record) for record in records[start:start + SLICE]]))
     return pieces
+
+
+def _after(after: Key | None) -> int:
+    """A page's start as the scripts take it: the entity id it follows (0: the first page)."""
+    return 0 if after is None else after[0]
+
+
+def _page(reply: list[Any]) -> GraphJSON:
+    """A page script's reply as JSON, the relations it holds picked as paging.page_relations says.
+    A page is at most `MAX_PAGE_SIZE` entities: built at once, unlike `_subgraph`'s answers."""
+    more, entity_items, relation_items, ends = reply
+    entities = [texts_of(record) for record in entity_items[1::2]]
+    ids = [int(entity_id) for entity_id in entity_items[0::2]]
+    keys: dict[str, Key] = {texts[0]: (entity_id,) for texts, entity_id in zip(entities, ids, strict=True)}
+    keys.update((name.decode(), (int(entity_id),)) for name, entity_id in zip(ends[0::2], ends[1::2], strict=True))
+    last = (ids[-1],) if more else None
+    relations = page_relations(((texts[0], texts[1], texts) for texts in map(texts_of, relation_items[1::2])),
+                               keys.get, last)
+    graph = GraphJSON.of([entity_pieces(entities)], [relation_pieces(relations)])
+    return dataclasses.replace(graph, next_key=last)
 
 
 __all__ = ["RedisGraph"]

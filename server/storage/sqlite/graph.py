@@ -109,6 +109,7 @@ atomic with respect to other coroutines and other processes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import sqlite3
@@ -139,6 +140,7 @@ from server.memory.graph import (
     relation_json,
     text_bytes,
 )
+from server.memory.paging import Key, page_relations, window
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
@@ -487,8 +489,11 @@ class GraphTables:
             return Usage() if row is None else Usage(*row)
         return await self.db.read(read)
 
-    async def read_graph(self, owner: str) -> GraphJSON:
-        return await self._view.read(owner)
+    async def read_graph(self, owner: str, *, after: Key | None = None, limit: int | None = None) -> GraphJSON:
+        if after is None and limit is None:
+            return await self._view.read(owner)
+        # A page is read from the rows: the view's chunks are 128 ids each, a page any length.
+        return await self.db.read(_graph_page, owner, after, limit)
 
     async def export_batches(self, owner: str, batch_size: int = 512) -> AsyncIterator[ExportBatch]:
         # A connection of its own, one read transaction throughout (see the module); the rows are
@@ -513,7 +518,10 @@ class GraphTables:
         conn.execute("BEGIN")
         return conn
 
-    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
+    async def search_nodes(self, owner: str, query: str, *, after: Key | None = None, limit: int | None = None
+                           ) -> GraphJSON:
+        paged = after is not None or limit is not None
+
         def read(conn: sqlite3.Connection) -> GraphJSON:
             folded = query.lower()
             probe = _fold(query)
@@ -523,18 +531,19 @@ class GraphTables:
                 entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
             else:
                 entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
-            if _NUL_STAND_IN not in probe:
-                # The probe matched only where the stored text has neither NUL nor the stand-in,
-                # that is where the folded columns are the folded text itself: every hit is exact.
-                return _subgraph(conn, owner, entity_rows)
-
             def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
                 return any(folded in text.lower() for text in (name, entity_type, *observations))
 
-            return _subgraph(conn, owner, entity_rows, keep=contains)
+            # Without NUL or the stand-in the probe matched only where the stored text has neither,
+            # that is where the folded columns are the folded text itself: every hit is exact.
+            keep = contains if _NUL_STAND_IN in probe else None
+            if paged:
+                return _subgraph_page(conn, owner, entity_rows, after, limit, keep)
+            return _subgraph(conn, owner, entity_rows, keep=keep)
         return await self.db.read(read)
 
-    async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
+    async def open_nodes(self, owner: str, names: Sequence[str], *, after: Key | None = None,
+                         limit: int | None = None) -> GraphJSON:
         def read(conn: sqlite3.Connection) -> GraphJSON:
             entity_rows = _by_names(
                 # INDEXED BY: without statistics the planner would rather walk all of the owner's
@@ -542,6 +551,8 @@ class GraphTables:
                 conn, "SELECT id, name, entity_type FROM memory_entities INDEXED BY memory_entities_name"
                 " WHERE owner = ? AND name IN ({})", owner, _unique(names))
             entity_rows.sort(key=lambda row: int(row["id"]))
+            if after is not None or limit is not None:
+                return _subgraph_page(conn, owner, entity_rows, after, limit)
             return _subgraph(conn, owner, entity_rows)
         return await self.db.read(read)
 
@@ -871,3 +882,75 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
     relations = [relation_json(row["from_name"], row["to_name"], row["relation_type"]) for row in relation_rows]
     # Each kind as one run of items, so that the text is escaped once per kind, not per item.
     return GraphJSON.of([piece(entities)], [piece(relations)])
+
+
+# --- pages (server/memory/paging.py says what a page holds) ---------------------------------------
+
+_DANGLING_RELATIONS = """
+    SELECT r.id, r.from_name, r.to_name, r.relation_type FROM memory_relations AS r
+    WHERE r.owner = :owner
+      AND NOT EXISTS (SELECT 1 FROM memory_entities AS e WHERE e.owner = :owner AND e.name = r.from_name)
+      AND NOT EXISTS (SELECT 1 FROM memory_entities AS e WHERE e.owner = :owner AND e.name = r.to_name)
+"""
+
+
+def _graph_page(conn: sqlite3.Connection, owner: str, after: Key | None, limit: int | None) -> GraphJSON:
+    """A page of read_graph: the owner's entities after `after` in id order (one index range), and
+    the relations the page holds, looking up the other endpoint of each by name."""
+    sql = "SELECT id, name, entity_type FROM memory_entities WHERE owner = ? AND id > ? ORDER BY id"
+    params: tuple[object, ...] = (owner, after[0] if after else 0)
+    if limit is not None:
+        sql += " LIMIT ?"
+        params += (limit + 1,)
+    entity_rows = conn.execute(sql, params).fetchall()
+    more = limit is not None and len(entity_rows) > limit
+    entity_rows = entity_rows[:limit]
+    last = (int(entity_rows[-1]["id"]),) if more else None
+    keys = {row["name"]: (int(row["id"]),) for row in entity_rows}
+    relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "ids": json.dumps(
+        [row["id"] for row in entity_rows])}).fetchall()
+    if more:
+        others = _unique(name for row in relation_rows for name in (row["from_name"], row["to_name"])
+                         if name not in keys)
+        keys.update((name, (entity_id,)) for name, entity_id in _entity_ids(conn, owner, others).items())
+    else:
+        relation_rows = sorted([*relation_rows, *conn.execute(_DANGLING_RELATIONS, {"owner": owner})],
+                               key=lambda row: int(row["id"]))
+    return _page_json(conn, owner, entity_rows, relation_rows, keys.get, last)
+
+
+def _subgraph_page(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row], after: Key | None,
+                   limit: int | None, keep: Callable[[str, str, Sequence[str]], bool] | None = None) -> GraphJSON:
+    """A page of `_subgraph`'s answer for these entity rows (sorted by id): their key is (id,)."""
+    if keep is not None:
+        observations = _observations(conn, owner, [row["id"] for row in entity_rows])
+        entity_rows = [row for row in entity_rows if keep(row["name"], row["entity_type"], observations[row["id"]])]
+    keys = {row["name"]: (int(row["id"]),) for row in entity_rows}
+    start, end, more = window([(int(row["id"]),) for row in entity_rows], after, limit)
+    page = entity_rows[start:end]
+    relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "ids": json.dumps(
+        [row["id"] for row in page])}).fetchall()
+    return _page_json(conn, owner, page, relation_rows, keys.get, (int(page[-1]["id"]),) if more else None)
+
+
+def _page_json(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row],
+               relation_rows: Sequence[sqlite3.Row], key_of: Callable[[str], Key | None], last: Key | None
+               ) -> GraphJSON:
+    observations = _observations(conn, owner, [row["id"] for row in entity_rows])
+    entities = [entity_json(row["name"], row["entity_type"], observations[row["id"]]) for row in entity_rows]
+    relations = page_relations(
+        ((row["from_name"], row["to_name"], relation_json(row["from_name"], row["to_name"], row["relation_type"]))
+         for row in relation_rows), key_of, last)
+    return dataclasses.replace(GraphJSON.of([piece(entities)], [piece(relations)]), next_key=last)
+
+
+def _observations(conn: sqlite3.Connection, owner: str, ids: Sequence[int]) -> dict[int, list[str]]:
+    """Each entity's observations, in order."""
+    observations: dict[int, list[str]] = {entity_id: [] for entity_id in ids}
+    for row in conn.execute(
+        "SELECT entity_id, content FROM memory_observations"
+        " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, id",
+        (owner, json.dumps(list(ids))),
+    ):
+        observations[row["entity_id"]].append(row["content"])
+    return observations

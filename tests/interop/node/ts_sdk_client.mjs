@@ -124,6 +124,14 @@ const created = await client.callTool({
 emit({ event: "created", result: created });
 const graph = await client.callTool({ name: "read_graph", arguments: {} });
 emit({ event: "graph", result: graph });
+// Paging (issue 14): the SDK checks each structuredContent, nextCursor included, against the output schema.
+const page = await client.callTool({ name: "read_graph", arguments: { limit: 1 } });
+emit({ event: "page", result: page });
+const cursor = page.structuredContent?.nextCursor;
+if (cursor) {
+  const rest = await client.callTool({ name: "read_graph", arguments: { limit: 1, cursor } });
+  emit({ event: "rest", result: rest });
+}
 await client.close();
 stdin.close();
 emit({ event: "done" });
