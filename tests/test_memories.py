@@ -6,20 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
 
+from auth import memories as auth_memories
 from auth.crypto import hash_secret
-from auth.models import Principal
+from auth.models import PersonalToken, Principal, RememberedConsent, Token
 from server import memories
 from server.memory.graph import Entity
 from server.principals import owner_label, parse_owner
+from server.storage.sqlite import SQLiteStorage
+from server.storage.sqlite.auth import SCHEMA
+from tests.authflow import Backend, add_alice
 from tests.browser import Browser
 from tests.conftest import BACKENDS, OAuthUser, RunningServer, tokens_by_hand
+from tests.test_account import signed_in
 from tests.test_admin import cli, ended
 from tests.test_end_to_end import structured
 from tests.test_mcp_http import open_session, sse_or_json
@@ -341,3 +348,107 @@ def test_owner_labels_without_a_memory_are_on_the_default_memory() -> None:
     default = Principal("https://issuer", "u1", "client")
     assert owner_label(default) == "u1 client" and default == Principal("https://issuer", "u1", "client", "u1")
     assert owner_label(Principal("https://issuer", "u1", "client", "mem_x")) == "u1 client mem_x"
+
+
+# The memory directory itself, on both backends (tests/authflow.py's stores).
+
+async def test_the_directory_creates_renames_and_deletes_with_its_cascade(tmp_path: Path,
+                                                                          store_backend: Backend) -> None:
+    store = store_backend.open(tmp_path)
+    try:
+        alice = await add_alice(store)
+        now = time.time()
+        work = await auth_memories.create(store, alice, "work", limit=3, now=now)
+        assert work.id.startswith("mem_") and work.id != alice.id
+        with pytest.raises(auth_memories.MemoryExistsError):
+            await auth_memories.create(store, alice, "work", limit=3, now=now)
+        play = await auth_memories.create(store, alice, "play", limit=3, now=now + 1)
+        with pytest.raises(auth_memories.MemoryLimitError, match="max_memories_per_user"):
+            await auth_memories.create(store, alice, "third", limit=3, now=now)
+        assert [m.name for m in await auth_memories.memories_of(store, alice)] == ["default", "work", "play"]
+        with pytest.raises(auth_memories.MemoryExistsError):
+            await store.rename_memory(alice.id, play.id, "work")
+        assert await store.rename_memory(alice.id, play.id, "games")
+        assert not await store.rename_memory("someone else", play.id, "stolen")
+        assert await store.get_memory("someone else", play.id) is None
+        assert (await store.get_memory(alice.id, play.id)).name == "games"  # type: ignore[union-attr]
+        # The old name is free again, the new one taken.
+        renamed_back = await auth_memories.create(store, alice, "play", limit=4, now=now + 2)
+        await store.delete_memory(alice.id, renamed_back.id)
+
+        # Records bound to "work", and the same kinds on the default memory: only the first go.
+        def token(h: str, memory: str | None) -> Token:
+            return Token(h, "access", f"g-{h}", "c", alice.id, ("memory:read",), "https://r/mcp", now, now + 3600,
+                         memory=memory)
+        await store.save_tokens([token("t-work", work.id), token("t-default", None)])
+        for pid, memory in (("p-work", work.id), ("p-default", None)):
+            assert await store.save_personal_token(PersonalToken(pid, f"h-{pid}", alice.id, "", ("memory:read",),
+                                                                 "https://r/mcp", now, None, memory=memory))
+        for client, memory in (("c-work", work.id), ("c-default", None)):
+            await store.remember_consent(RememberedConsent(alice.id, client, "http://127.0.0.1/cb", "https://r/mcp",
+                                                           ("memory:read",), now, now + 3600, memory))
+        assert await store.delete_memory(alice.id, work.id)
+        assert not await store.delete_memory(alice.id, work.id)
+        assert await store.get_token("t-work", now) is None
+        assert (await store.get_token("t-default", now)) is not None
+        assert await store.get_personal_token("h-p-work", now) is None
+        assert (await store.get_personal_token("h-p-default", now)) is not None
+        assert [c.client_id for c in await store.list_consents(alice.id, now)] == ["c-default"]
+        assert [m.name for m in await store.list_memories(alice.id)] == ["games"]
+
+        # A user being removed gets no new memory; the removal's last step forgets theirs.
+        await store.begin_removal(alice.username)
+        with pytest.raises(auth_memories.MemoriesError, match="being removed"):
+            await store.create_memory(auth_memories.Memory("mem_late", alice.id, "late", now), 10)
+        assert [m.name for m in await store.list_memories(alice.id)] == ["games"]
+        await store.remove_user(alice.id)
+        assert await store.list_memories(alice.id) == []
+    finally:
+        await store.close()
+
+
+def test_memory_names_are_checked() -> None:
+    for bad in ("", " a", "a ", "a\nb", "\x00", "x" * 65, "default"):
+        with pytest.raises(auth_memories.MemoriesError):
+            auth_memories.check_name(bad)
+    for good in ("a", "Work notes", "ünïcode ✓", "x" * 64, "Default"):
+        assert auth_memories.check_name(good) == good
+
+
+async def test_an_older_database_gets_the_memory_columns(tmp_path: Path) -> None:
+    """A file made before named memories: its records gain a NULL `memory` (the default memory)."""
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA.replace(",\n    memory TEXT", ""))
+        conn.execute("INSERT INTO auth_tokens (token_hash, kind, grant_id, client_id, subject, scopes, resource, "
+                     "issued_at, expires_at) VALUES ('h', 'access', 'g', 'c', 'u', 'memory:read', 'r', 1, 9e9)")
+        assert "memory" not in {r[1] for r in conn.execute("PRAGMA table_info(auth_tokens)")}
+    storage = SQLiteStorage(path)
+    try:
+        token = await storage.get_token("h", time.time())
+        assert token is not None and token.memory is None
+        for table in ("auth_codes", "auth_tokens", "auth_consents", "auth_personal_tokens", "auth_revocations"):
+            columns = await storage.db.read(lambda c, t=table: [r[1] for r in c.execute(f"PRAGMA table_info({t})")])
+            assert "memory" in columns, table
+    finally:
+        await storage.close()
+
+
+async def test_the_account_memory_browser_shows_the_chosen_memory(server: RunningServer) -> None:
+    work = await memories.create_memory(server.storage, ALICE, "work", 20)
+    user, _ = await memories.resolve_memory(server.storage, ALICE)
+    await server.storage.create_entities(work.id, [Entity(name="at work", entityType="t", observations=["o"])])
+    await server.storage.create_entities(user.id, [Entity(name="at home", entityType="t", observations=[])])
+    browser = await signed_in(server)
+    try:
+        async with browser.session.get(server.url + "/account/memory") as resp:
+            home = await resp.text()
+        assert "at home" in home and "at work" not in home and '<option value="work">work</option>' in home
+        async with browser.session.get(server.url + "/account/memory?memory=work") as resp:
+            page = await resp.text()
+        assert "at work" in page and "at home" not in page
+        assert '<input type="hidden" name="memory" value="work">' in page  # the delete forms say which
+        async with browser.session.get(server.url + "/account/memory?memory=nope") as resp:
+            assert resp.status == 404 and "no memory named" in (await resp.text()).replace("&#x27;", "'")
+    finally:
+        await browser.close()
