@@ -242,6 +242,7 @@ async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: Storage) 
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     chosen = codex_run.result["memory"]
+    assert (chosen is not None) == bool(codex_run.result.get("redis_dir"))  # the Redis run picks one
     memory = alice.id if chosen is None else (await memories.find_by_name(storage, alice, chosen)).id  # type: ignore[union-attr]
     graph = (await storage.read_graph(memory)).model()
     assert [e.model_dump() for e in graph.entities] == [ADA]

@@ -173,10 +173,12 @@ def run_tty_step(name: str, argv: list[str], work: Path, env: dict[str, str], ti
     return text
 
 
-def paste_login(work: Path, origin: str, provider: str | None = None) -> Callable[[str], str | None]:
+def paste_login(work: Path, origin: str, provider: str | None = None,
+                memory: str | None = None) -> Callable[[str], str | None]:
     """The person at `claude mcp login --no-browser`: once Claude Code asks for the redirect URL,
     open the URL it printed in the scripted browser, log in, consent, and type back the address
-    the browser was sent to (which no listener need receive)."""
+    the browser was sent to (which no listener need receive). `memory`: the one to choose at
+    consent, as the first login did (a `--memory` run)."""
     record = work / "browser.jsonl"
 
     def respond(screen: str) -> str | None:
@@ -190,7 +192,7 @@ def paste_login(work: Path, origin: str, provider: str | None = None) -> Callabl
             f.write(json.dumps({"event": "printed", "url": url}) + "\n")
 
         async def authorize() -> str:
-            browser = Browser(USERNAME, PASSWORD, provider=provider)
+            browser = Browser(USERNAME, PASSWORD, provider=provider, memory=memory)
             try:
                 return (await browser.authorize(url, origin)).url
             finally:
@@ -354,7 +356,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
                                           "--", REMEMBER_PROMPT], 60)
         claude_step("claude-mcp-logout", ["mcp", "logout", SERVER_NAME], 30)
         claude_step("claude-mcp-login-paste", ["mcp", "login", SERVER_NAME, "--no-browser"], 45, tty=True,
-                    respond=paste_login(work, origin, issuer))
+                    respond=paste_login(work, origin, issuer, memory))
         # Time passes: the access token of the second login expires (Claude Code reads the
         # expiry it stored, `expiresAt` in ms), so the next command must refresh it first.
         expire_access_token(credentials, work / "credentials-expired.json")
