@@ -60,8 +60,12 @@ def first_party_navigation(request: web.Request) -> bool:
 async def remembered(server: AuthorizationServer, user: User, client_id: str, redirect_uri: str,
                      resource: str, scopes: tuple[str, ...]) -> RememberedConsent | None:
     """The approval that stands in for the consent page, if there is one; its `memory` is the
-    memory the new code is bound to (None: the default one)."""
-    return await server.store.find_consent(user.id, client_id, redirect_uri, resource, scopes, server.clock())
+    memory the new code is bound to (None: the default one). One whose memory is gone (deleted in
+    the moment it was remembered: deleting a memory forgets its approvals) stands for nothing."""
+    found = await server.store.find_consent(user.id, client_id, redirect_uri, resource, scopes, server.clock())
+    if found is None or await memories.find_by_id(server.store, user, found.memory) is None:
+        return None
+    return found
 
 
 async def remember(server: AuthorizationServer, user: User, client_id: str, redirect_uri: str, resource: str,

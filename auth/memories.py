@@ -50,6 +50,13 @@ class MemoryLimitError(MemoriesError):
     """The user has `max_memories_per_user` memories already."""
 
 
+def limit_reached(count: int, limit: int) -> MemoryLimitError:
+    """The error for a user who has `count` memories (the default one included), at the cap."""
+    return MemoryLimitError(f"the user has {count} memories, the most max_memories_per_user ({limit}) allows: "
+                            "use one of them, or have an administrator delete one (`memory-mcp memory delete`) "
+                            "or raise the setting")
+
+
 NAME_RULE = (f"a memory name is 1 to {NAME_MAX} printable characters without leading or trailing spaces, "
              f"and {DEFAULT_NAME!r} is the default memory's")
 

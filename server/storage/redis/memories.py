@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from auth.memories import MemoriesError, Memory, MemoryExistsError, MemoryLimitError
+from auth.memories import MemoriesError, Memory, MemoryExistsError, limit_reached
 from auth.models import AccountState
 from server.storage.redis.auth import _fields, _num, _script, _text
 from server.storage.redis.base import RedisBase, guard_all
@@ -109,9 +109,7 @@ class RedisMemories(RedisBase):
             raise MemoriesError("the account is being removed (or was): no memory can be added to it")
         if result == -1:
             count = int(await self.client.hlen(self.key("user-memories", memory.user_id))) + 1
-            raise MemoryLimitError(
-                f"the user has {count} memories, the most max_memories_per_user ({limit}) allows: delete one "
-                "(`memory-mcp memory delete`) or raise the setting")
+            raise limit_reached(count, limit)
         if result == 0:
             raise MemoryExistsError(f"there is a memory named {memory.name!r} already")
 

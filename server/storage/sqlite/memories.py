@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from auth.memories import MemoriesError, Memory, MemoryExistsError, MemoryLimitError
+from auth.memories import MemoriesError, Memory, MemoryExistsError, limit_reached
 from auth.models import AccountState
 from server.storage.sqlite.db import Database
 
@@ -69,9 +69,7 @@ class MemoryTables:
             count = conn.execute("SELECT count(*) FROM auth_memories WHERE user_id = ?",
                                  (memory.user_id,)).fetchone()[0]
             if count + 1 >= limit:
-                raise MemoryLimitError(
-                    f"the user has {count + 1} memories, the most max_memories_per_user ({limit}) allows: delete one "
-                    "(`memory-mcp memory delete`) or raise the setting")
+                raise limit_reached(count + 1, limit)
             try:
                 conn.execute("INSERT INTO auth_memories (id, user_id, name, created_at) VALUES (?, ?, ?, ?)",
                              (memory.id, memory.user_id, memory.name, memory.created_at))
