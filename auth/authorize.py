@@ -8,6 +8,12 @@ any registered client obtain tokens for whoever is logged in (FastMCP GHSA-6x8h-
 one exception is an approval the user explicitly chose to remember, for exactly this client,
 redirect URI, resource and scopes, on a first-party navigation (`auth.consent`).
 
+The consent page also asks which of the user's memories the application gets (`auth.memories`: a
+`memory` select, `default` preselected, or a `new_memory` to create there); the code, and so the
+grant, is bound to it, and a remembered approval stands for the memory chosen with it. A memory
+that cannot be used (an unknown name, a bad or taken new name, the cap) shows the page again with
+the reason, never an error page: the request is still valid.
+
 Every sealed request carries the hash of the browser-binding cookie (`auth.browser`), so the
 login and consent forms can only be completed by the browser that opened `/authorize`.
 
