@@ -452,3 +452,22 @@ async def test_the_account_memory_browser_shows_the_chosen_memory(server: Runnin
             assert resp.status == 404 and "no memory named" in (await resp.text()).replace("&#x27;", "'")
     finally:
         await browser.close()
+
+
+async def test_export_and_import_work_on_a_named_memory(server: RunningServer, tmp_path: Path) -> None:
+    """`memory export|import --memory NAME` resolve the name among the user's memories
+    (`server.admin.memory_owner`)."""
+    work = await memories.create_memory(server.storage, ALICE, "work", 20)
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"type": "entity", "name": "Imported", "entityType": "thing",
+                                  "observations": ["from a file"]}) + "\n")
+    done = await cli(server, "memory", "import", "--user", ALICE, "--memory", "work", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "memory 'work'" in done.stdout
+    user, _ = await memories.resolve_memory(server.storage, ALICE)
+    assert await graph_names(server, work.id) == ["Imported"]
+    assert await graph_names(server, user.id) == []
+    out = tmp_path / "out.jsonl"
+    exported = await cli(server, "memory", "export", "--user", ALICE, "--memory", "work", str(out))
+    assert exported.returncode == 0, exported.stderr
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == ["Imported"]
