@@ -8,6 +8,12 @@ any registered client obtain tokens for whoever is logged in (FastMCP GHSA-6x8h-
 one exception is an approval the user explicitly chose to remember, for exactly this client,
 redirect URI, resource and scopes, on a first-party navigation (`auth.consent`).
 
+The consent page also asks which of the user's memories the application gets (`auth.memories`: a
+`memory` select, `default` preselected, or a `new_memory` to create there); the code, and so the
+grant, is bound to it, and a remembered approval stands for the memory chosen with it. A memory
+that cannot be used (an unknown name, a bad or taken new name, the cap) shows the page again with
+the reason, never an error page: the request is still valid.
+
 Every sealed request carries the hash of the browser-binding cookie (`auth.browser`), so the
 login and consent forms can only be completed by the browser that opened `/authorize`.
 
@@ -38,7 +44,7 @@ from urllib.parse import urlencode, urlsplit
 from aiohttp import web
 from aiohttp_session import Session
 
-from auth import browser, cimd, consent, csrf, pages, rfc7636, signin
+from auth import browser, cimd, consent, csrf, memories, pages, rfc7636, signin
 from auth.cimd_fetch import ClientMetadataError
 from auth.crypto import hash_secret, new_secret
 from auth.errors import OAuth2Error, PageError
@@ -161,28 +167,37 @@ def _max_age(value: str | None) -> int | None:
     return int(value)
 
 
-def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationRequest, client: Client,
-                 user: User) -> web.Response:
+async def consent_page(server: AuthorizationServer, sess: Session, req: AuthorizationRequest, client: Client,
+                       user: User, *, chosen: str = memories.DEFAULT_NAME, new_memory: str = "",
+                       error: str | None = None) -> web.Response:
+    """The consent page, with the user's memories to choose from (`auth.memories`). `error`: the
+    memory chosen or to be created could not be used; the page is shown again saying why."""
     bound = req.model_copy(update={"subject": user.id})
     redirect_origin = origin(req.redirect_uri)
+    names = [m.name for m in await memories.memories_of(server.store, user)]
     return pages.consent(
         csrf.token(sess), browser.seal(server.sealer, bound), username=user.username,
         client_name=client.client_name, client_id=client.client_id,
         redirect_host=urlsplit(req.redirect_uri).netloc, loopback=is_loopback(req.redirect_uri),
         scopes=req.scopes, resource=req.resource, verified_host=client.verified_domain,
         form_action=(redirect_origin,) if redirect_origin else None,
+        memories=names, chosen=chosen if chosen in names else memories.DEFAULT_NAME, new_memory=new_memory,
+        error=error,
     )
 
 
-async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, login: browser.Login) -> str | None:
-    """Mint a code for `req` approved under `login`; the client's redirect URI carrying it, or
-    None when the login ended meanwhile (sign-out everywhere, `GrantStore.save_code`)."""
+async def issue_code(server: AuthorizationServer, req: AuthorizationRequest, login: browser.Login,
+                     memory: str | None = None) -> str | None:
+    """Mint a code for `req` approved under `login`, bound to `memory` (a memory id of the user's;
+    None: the default memory); the client's redirect URI carrying it, or None when the login ended
+    meanwhile (sign-out everywhere, `GrantStore.save_code`)."""
     code = new_secret()
     now = server.clock()
     saved = await server.store.save_code(AuthorizationCode(
         code_hash=hash_secret(code), client_id=req.client_id, redirect_uri=req.redirect_uri,
         code_challenge=req.code_challenge, scopes=req.scopes, resource=req.resource, subject=login.user.id,
         auth_time=login.auth_time, expires_at=now + server.settings.code_ttl, nonce=req.nonce,
+        memory=None if memory is None else memories.stored_id(login.user.id, memory),
     ), login.login_hash)
     if not saved:
         return None
@@ -208,13 +223,14 @@ async def resume(server: AuthorizationServer, sess: Session, req: AuthorizationR
     client = await server.store.get_client(req.client_id)
     if client is None:
         raise unknown_client()
-    if not req.prompt_consent and await consent.is_remembered(server, login.user, req.client_id, req.redirect_uri,
-                                                              req.resource, req.scopes):
-        location = await issue_code(server, req, login)
+    found = None if req.prompt_consent else await consent.remembered(
+        server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+    if found is not None:
+        location = await issue_code(server, req, login, found.memory)
         if location is None:
             raise signed_out()
         return pages.continue_to(location)
-    return consent_page(server, sess, req, client, login.user)
+    return await consent_page(server, sess, req, client, login.user)
 
 
 async def complete_approved(server: AuthorizationServer, sess: Session, req: AuthorizationRequest,
@@ -222,7 +238,8 @@ async def complete_approved(server: AuthorizationServer, sess: Session, req: Aut
     """For a sign-in method that took the approval before sending the browser away (the upstream
     provider's, `auth.signin`): the code, for the user who has just signed in. A page that
     navigates to the client, never a redirect: the provider's own sign-in form may be the form
-    submission this answer ends (`pages.continue_to`)."""
+    submission this answer ends (`pages.continue_to`). The approval was given before the user was
+    known, so before their memories could be listed: it is for the default memory."""
     if await server.store.get_client(req.client_id) is None:
         raise unknown_client()
     location = await issue_code(server, req, login)
@@ -250,10 +267,10 @@ async def handle_authorize(request: web.Request) -> web.Response:
     # A signed-in browser whose login is older than the request allows counts as signed out here.
     again = login is not None and req.needs_login(login.auth_time, server.clock())
     active = None if again else login
-    if (active is not None and not req.prompt_consent
-            and await consent.is_remembered(server, active.user, req.client_id, req.redirect_uri, req.resource,
-                                            req.scopes)):
-        location = await issue_code(server, req, active)
+    found = None if active is None or req.prompt_consent else await consent.remembered(
+        server, active.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+    if active is not None and found is not None:
+        location = await issue_code(server, req, active, found.memory)
         if location is None:
             raise signed_out()
         return redirect(location)
@@ -265,12 +282,12 @@ async def handle_authorize(request: web.Request) -> web.Response:
     if active is None:
         return signin.page(request, signin.SignInView(csrf.token(sess), browser.seal(server.sealer, req), req, client,
                                                       username=login.user.username if login else "", again=again))
-    return consent_page(server, sess, req, client, active.user)
+    return await consent_page(server, sess, req, client, active.user)
 
 
 async def handle_consent(request: web.Request) -> web.Response:
     server = request.app[AUTH_SERVER]
-    _, form = await browser.csrf_form(request)
+    sess, form = await browser.csrf_form(request)
     req = browser.unseal(server.sealer, form.get("request"), AuthorizationRequest)
     if req is None:
         raise PageError("This authorization request has expired or is invalid.")
@@ -289,9 +306,36 @@ async def handle_consent(request: web.Request) -> web.Response:
                             state=req.state, issuer=server.settings.issuer)
     if decision != "approve":
         raise PageError("Choose approve or deny.")
-    location = await issue_code(server, req, login)
+    chosen = form.get(MEMORY_FIELD) or memories.DEFAULT_NAME
+    new_name = form.get(NEW_MEMORY_FIELD) or ""
+    try:
+        memory = await _chosen_memory(server, login.user, chosen, new_name)
+    except memories.MemoriesError as exc:
+        page = await consent_page(server, sess, req, client, login.user, chosen=chosen, new_memory=new_name,
+                                  error=str(exc))
+        page.set_status(400)
+        return page
+    location = await issue_code(server, req, login, memory.id)
     if location is None:
         raise signed_out()
     if form.get(consent.REMEMBER_FIELD) == "1":
-        await consent.remember(server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes)
+        await consent.remember(server, login.user, req.client_id, req.redirect_uri, req.resource, req.scopes,
+                               memories.stored_id(login.user.id, memory.id))
     return redirect(location)
+
+
+MEMORY_FIELD = "memory"
+NEW_MEMORY_FIELD = "new_memory"
+
+
+async def _chosen_memory(server: AuthorizationServer, user: User, chosen: str, new_name: str) -> memories.Memory:
+    """The memory the consent form names: a new one when `new_name` is filled in (made now, for
+    this user), else the existing one named `chosen`. `MemoriesError` with what to do otherwise."""
+    if new_name:
+        return await memories.create(server.store, user, new_name, limit=server.settings.max_memories_per_user,
+                                     now=server.clock())
+    found = await memories.find_by_name(server.store, user, chosen)
+    if found is None:
+        raise memories.MemoriesError(f"you have no memory named {chosen!r} (it may have been renamed or deleted "
+                                     "meanwhile): choose one from the list, or create a new one")
+    return found

@@ -4,7 +4,11 @@ withdraws it.
 What is remembered: the consent page has a "Remember this approval" checkbox, off by default.
 Ticked, the approval is stored server-side (`auth.store.ConsentStore`) under the user, the
 client, the exact redirect URI, the canonical resource and the exact scope set, for
-`AuthSettings.consent_ttl`. A later `/authorize` skips the page only when all five are equal: a
+`AuthSettings.consent_ttl`, with the memory the user chose (`auth.memories`): a request the
+approval stands in for gets a code for that memory. The memory is what the approval says, not
+part of what a request must match (the request does not name a memory; the page would have asked):
+approving the same request again for another memory, and remembering it, replaces it. A later
+`/authorize` skips the page only when all five are equal: a
 new scope, another redirect URI (a loopback port included: native clients on ephemeral ports
 will be asked again, the safe direction), another resource or another user all show the page.
 Plain identifiers, no secret: a copy of the table lets no one act as the user. Server-side rather
@@ -37,7 +41,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from auth import browser, csrf, pages, signin
+from auth import browser, csrf, memories, pages, signin
 from auth.errors import PageError
 from auth.models import RememberedConsent, Revocation, User
 from auth.server import AUTH_SERVER, AuthorizationServer
@@ -53,18 +57,23 @@ def first_party_navigation(request: web.Request) -> bool:
     return site in _FIRST_PARTY_SITES and dest in (None, "document")
 
 
-async def is_remembered(server: AuthorizationServer, user: User, client_id: str, redirect_uri: str,
-                        resource: str, scopes: tuple[str, ...]) -> bool:
+async def remembered(server: AuthorizationServer, user: User, client_id: str, redirect_uri: str,
+                     resource: str, scopes: tuple[str, ...]) -> RememberedConsent | None:
+    """The approval that stands in for the consent page, if there is one; its `memory` is the
+    memory the new code is bound to (None: the default one). One whose memory is gone (deleted in
+    the moment it was remembered: deleting a memory forgets its approvals) stands for nothing."""
     found = await server.store.find_consent(user.id, client_id, redirect_uri, resource, scopes, server.clock())
-    return found is not None
+    if found is None or await memories.find_by_id(server.store, user, found.memory) is None:
+        return None
+    return found
 
 
 async def remember(server: AuthorizationServer, user: User, client_id: str, redirect_uri: str, resource: str,
-                   scopes: tuple[str, ...]) -> None:
+                   scopes: tuple[str, ...], memory: str | None = None) -> None:
     now = server.clock()
     await server.store.remember_consent(RememberedConsent(
         user_id=user.id, client_id=client_id, redirect_uri=redirect_uri, resource=resource, scopes=scopes,
-        created_at=now, expires_at=now + server.settings.consent_ttl,
+        created_at=now, expires_at=now + server.settings.consent_ttl, memory=memory,
     ))
 
 
@@ -75,12 +84,13 @@ async def handle_consents_page(request: web.Request) -> web.Response:
     if user is None:
         return signin.page(request, signin.SignInView(csrf.token(sess)))
     entries: list[pages.ConsentEntry] = []
+    names = {m.id: m.name for m in await memories.memories_of(server.store, user)}
     for item in await server.store.list_consents(user.id, server.clock()):
         client = await server.store.get_client(item.client_id)
         entries.append(pages.ConsentEntry(
             client_id=item.client_id, client_name=client.client_name if client else None,
             redirect_uri=item.redirect_uri, resource=item.resource, scopes=item.scopes,
-            expires_at=item.expires_at))
+            expires_at=item.expires_at, memory=names.get(item.memory or user.id, memories.DEFAULT_NAME)))
     return pages.consents(csrf.token(sess), user.username, entries)
 
 

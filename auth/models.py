@@ -17,15 +17,25 @@ from pydantic import BaseModel, ConfigDict
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: an MCP session is bound to exactly this triple (docs/decisions.md#4).
+    """Who is calling, and on which of the user's memories: an MCP session is bound to exactly
+    these (docs/decisions.md#4).
 
     A refreshed token of the same principal keeps its sessions; another user's or another client's
-    token on the same session id is treated as an unknown session.
+    token, or a token of the same client for another memory, on the same session id is treated as
+    an unknown session. `memory` is the id of the memory the grant was approved for
+    (`auth.memories`); left empty it is the user's default memory, whose id is the subject.
     """
 
     issuer: str
     subject: str
     client_id: str
+    memory: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.memory:
+            # Frozen: the one place the default memory's id is filled in, so that a principal
+            # built with or without it compares equal.
+            object.__setattr__(self, "memory", self.subject)
 
 
 class AccountState(StrEnum):
@@ -106,6 +116,8 @@ class AuthorizationCode:
     expires_at: float
     # OpenID Connect: the /authorize `nonce`, echoed in the ID token.
     nonce: str | None = None
+    # The memory the user chose on the consent page (`auth.memories`); None: the default memory.
+    memory: str | None = None
     # Set when the code is redeemed: the grant its tokens belong to. The redeemed record is kept
     # until the code would have expired, so a replay can revoke that grant (RFC 9700 4.2.1).
     grant_id: str | None = None
@@ -150,6 +162,8 @@ class Token:
     # Refresh tokens only: when it was rotated. A superseded token is not live (`get_token` skips
     # it); it is kept until it would have expired, to tell a retry from a replay.
     superseded_at: float | None = None
+    # The memory the grant is bound to (kept by every rotation); None: the default memory.
+    memory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +212,8 @@ class PersonalToken:
     created_at: float
     expires_at: float | None
     last_used_at: float | None = None
+    # The memory its sessions work on (`tokens create --memory`); None: the default memory.
+    memory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +262,10 @@ class RememberedConsent:
     scopes: tuple[str, ...]
     created_at: float
     expires_at: float
+    # The memory that was chosen with it, which the skipped page would have asked for (None: the
+    # default memory). Not part of what a request must match: one remembered approval per
+    # client, address, resource and scopes, the latest choice replacing an earlier one.
+    memory: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,3 +282,5 @@ class Revocation:
     subject: str | None
     client_id: str | None
     grant_id: str | None
+    # Only the sessions on this memory (a deleted memory); None: whatever their memory.
+    memory: str | None = None

@@ -27,7 +27,7 @@ from auth import csrf
 
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#222}
 h1{font-size:1.4rem}form{margin-top:1.5rem}label{display:block;margin:.8rem 0 .2rem}
-input,button{font:inherit}input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
+input,button,select{font:inherit}select{padding:.4rem;min-width:50%}input[type=text],input[type=password]{width:100%;padding:.5rem;box-sizing:border-box}
 button{padding:.5rem 1.2rem;margin:1rem .5rem 0 0;border:1px solid #888;border-radius:4px;background:#f3f3f3}
 button.primary{background:#1a56db;border-color:#1a56db;color:#fff}label.check{display:flex;gap:.5rem;align-items:baseline}
 .error{color:#b00020}.muted{color:#666;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}"""
@@ -175,11 +175,30 @@ def upstream_section(csrf_token: str, request_seal: str | None, *, provider: str
             '</button><button type="submit" name="decision" value="deny">Deny</button></form>')
 
 
+def _memory_choice(names: Sequence[str], chosen: str, new_memory: str, error: str | None) -> str:
+    """Which memory the application gets (`auth.memories`): one of the user's, `chosen` selected
+    (`default` unless the page is shown again), or a new one by name."""
+    options = "".join(f'<option value="{escape(n)}"{" selected" if n == chosen else ""}>{escape(n)}</option>'
+                      for n in names)
+    problem = (f'<p class="error" id="memory-error" role="alert">{escape(error)}</p>' if error else "")
+    described = ' aria-describedby="memory-error" aria-invalid="true"' if error else ""
+    return (f'{problem}<label for="memory">Memory it works on</label>'
+            f'<select id="memory" name="memory">{options}</select>'
+            '<label for="new_memory">Or create a new memory named</label>'
+            f'<input type="text" id="new_memory" name="new_memory" value="{escape(new_memory)}" maxlength="200" '
+            f'autocomplete="off"{described}>'
+            '<p class="muted">The application only ever sees the memory chosen here.</p>')
+
+
 def consent(csrf_token: str, request_seal: str, *, username: str, client_name: str | None, client_id: str,
             redirect_host: str, loopback: bool, scopes: tuple[str, ...], resource: str,
-            form_action: tuple[str, ...] | None, verified_host: str | None = None) -> web.Response:
+            form_action: tuple[str, ...] | None, verified_host: str | None = None,
+            memories: Sequence[str] = ("default",), chosen: str = "default", new_memory: str = "",
+            error: str | None = None) -> web.Response:
     """`verified_host`: the host a Client ID Metadata Document was fetched from, the one name on
-    this page a client cannot choose freely. The "remember" box is off by default (auth.consent)."""
+    this page a client cannot choose freely. The "remember" box is off by default (auth.consent).
+    `memories`: the user's memory names, to choose from (`chosen` selected); `error`: why the
+    memory asked for in the previous submission could not be used (the page is shown again)."""
     name = escape(client_name) if client_name else "An unnamed application"
     verified = (f"<p>Its description is published by <strong>{escape(verified_host)}</strong> "
                 "(client metadata document).</p>" if verified_host else "")
@@ -192,9 +211,10 @@ def consent(csrf_token: str, request_seal: str, *, username: str, client_name: s
             f'<p class="muted">Resource: <code>{escape(resource)}</code><br>Client id: <code>{escape(client_id)}</code>'
             "<br>Only approve if you started this login yourself.</p>"
             f'<form method="post" action="/consent">{_hidden(csrf.FIELD, csrf_token)}{_hidden("request", request_seal)}'
+            f"{_memory_choice(memories, chosen, new_memory, error)}"
             '<label class="check"><input type="checkbox" name="remember" value="1"><span>Remember this approval: '
-            'do not ask again for this application, address and access (you can withdraw it on the '
-            '<a href="/consents">remembered approvals</a> page)</span></label>'
+            'do not ask again for this application, address and access, and keep it on this memory (you can '
+            'withdraw it on the <a href="/consents">remembered approvals</a> page)</span></label>'
             '<button type="submit" name="decision" value="approve" class="primary">Approve</button>'
             '<button type="submit" name="decision" value="deny">Deny</button></form>'
             '<form method="get" action="/logout"><button type="submit">Not you? Sign out</button></form>')
@@ -233,6 +253,8 @@ class ConsentEntry:
     resource: str
     scopes: tuple[str, ...]
     expires_at: float
+    memory: str = "default"
+    """The name of the memory the approval is for."""
 
 
 def consents(csrf_token: str, username: str, entries: Sequence[ConsentEntry]) -> web.Response:
@@ -250,7 +272,7 @@ def consents(csrf_token: str, username: str, entries: Sequence[ConsentEntry]) ->
         title = escape(name) if name else "An unnamed application"
         rows = "".join(
             f"<li>to <code>{escape(e.redirect_uri)}</code> for <code>{escape(' '.join(e.scopes))}</code> "
-            f"on <code>{escape(e.resource)}</code>, until "
+            f"on <code>{escape(e.resource)}</code>, memory <strong>{escape(e.memory)}</strong>, until "
             f"{escape(time.strftime('%Y-%m-%d', time.gmtime(e.expires_at)))}</li>" for e in items)
         sections.append(
             f"<h2>{title}</h2><p class=\"muted\">Client id: <code>{escape(client_id)}</code></p><ul>{rows}</ul>"

@@ -27,6 +27,7 @@ import string
 import zlib
 from dataclasses import dataclass
 
+from auth import memories
 from auth.crypto import hash_secret
 from auth.models import PersonalToken, User
 from auth.scopes import join, parse
@@ -150,14 +151,16 @@ class Created:
 
 
 async def create(store: AuthStore, settings: AuthSettings, user: User, *, name: str, scopes: tuple[str, ...],
-                 days: int | None, now: float) -> Created:
-    """A new token for `user`, bound to this server's MCP resource. The secret is in the result
+                 days: int | None, now: float, memory: str | None = None) -> Created:
+    """A new token for `user`, bound to this server's MCP resource and to the user's memory
+    `memory` (an id, `auth.memories`; None: the default memory). The secret is in the result
     only: the store gets its hash."""
     secret = new_secret()
     token = PersonalToken(
         id=secrets.token_hex(8), token_hash=hash_secret(secret), subject=user.id, name=check_name(name),
         scopes=scopes, resource=settings.url(settings.resource_paths[0]), created_at=now,
-        expires_at=None if days is None else now + days * 86400.0)
+        expires_at=None if days is None else now + days * 86400.0,
+        memory=None if memory is None else memories.stored_id(user.id, memory))
     if not await store.save_personal_token(token):
         raise PersonalTokenError(f"user {user.username!r} was removed meanwhile; no token was created")
     return Created(secret, token)

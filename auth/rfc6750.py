@@ -122,7 +122,7 @@ class BearerVerifier:
                                          "invalid_or_expired")
             self._check_resource(record.resource, resource_path)
             grant = AccessGrant(
-                principal=Principal(self.settings.issuer, record.subject, record.client_id),
+                principal=Principal(self.settings.issuer, record.subject, record.client_id, record.memory or ""),
                 scopes=frozenset(record.scopes),
                 resource=record.resource,
                 expires_at=record.expires_at,
@@ -150,7 +150,7 @@ class BearerVerifier:
         self._note_use(record, now)
         owner = personal.client_id(record.id)
         return AccessGrant(
-            principal=Principal(self.settings.issuer, record.subject, owner),
+            principal=Principal(self.settings.issuer, record.subject, owner, record.memory or ""),
             scopes=frozenset(record.scopes),
             resource=record.resource,
             expires_at=math.inf if record.expires_at is None else record.expires_at,

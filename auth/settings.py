@@ -45,6 +45,9 @@ class AuthSettings:
     # How long a remembered approval (auth.consent) replaces the consent page.
     consent_ttl: int = 3600 * 24 * 30
     resource_name: str = "memory-mcp"
+    # Named memories (auth.memories) one user may have, the default one included: the storage
+    # quotas are per memory, so this bounds what one account can hold.
+    max_memories_per_user: int = 20
     # Client registration (auth.rfc7591, auth.cimd). Registrations (and metadata document
     # fetches, which create a client record too) per source address per hour; 0 = no limit.
     registration_rate_limit: int = 20

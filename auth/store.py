@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from auth.memories import MemoryDirectory
 from auth.models import (
     AuthorizationCode,
     BrowserLogin,
@@ -226,8 +227,8 @@ class ConsentStore(Protocol):
     or the client forgets them too."""
 
     async def remember_consent(self, consent: RememberedConsent) -> None:
-        """Insert, or renew the times of the approval with equal user, client, redirect URI,
-        resource and scope set."""
+        """Insert, or renew the times and memory of the approval with equal user, client, redirect
+        URI, resource and scope set (the memory is what it stands for, not part of its key)."""
         ...
 
     async def find_consent(self, user_id: str, client_id: str, redirect_uri: str, resource: str,
@@ -313,5 +314,5 @@ class UpstreamStore(Protocol):
 
 
 class AuthStore(ClientStore, UserStore, GrantStore, PersonalTokenStore, BrowserSessionStore, ConsentStore,
-                SigningKeyStore, RevocationLog, UpstreamStore, Protocol):
+                SigningKeyStore, RevocationLog, UpstreamStore, MemoryDirectory, Protocol):
     """Everything `auth/` stores."""

@@ -101,21 +101,23 @@ def open_successor(old_refresh: str, sealed: str, now: float) -> dict[str, objec
 
 async def _mint(server: AuthorizationServer, client: Client, *, subject: str, grant_id: str,
                 access_scopes: tuple[str, ...], refresh_scopes: tuple[str, ...], resource: str, auth_time: float,
-                nonce: str | None, now: float) -> tuple[dict[str, object], list[Token], float]:
-    """A token response, the records to store, and the access token's expiry."""
+                nonce: str | None, now: float, memory: str | None) -> tuple[dict[str, object], list[Token], float]:
+    """A token response, the records to store, and the access token's expiry. `memory`: the one
+    the grant is bound to (`auth.memories`), carried by every token of it."""
     settings = server.settings
     # The absolute cap: nothing of this grant lives past it, however often it was refreshed.
     end = auth_time + settings.refresh_token_max_lifetime
     access = new_secret()
     access_expires_at = min(now + settings.access_token_ttl, end)
     tokens = [Token(hash_secret(access), "access", grant_id, client.client_id, subject, access_scopes, resource,
-                    now, access_expires_at, auth_time=auth_time)]
+                    now, access_expires_at, auth_time=auth_time, memory=memory)]
     body: dict[str, object] = {"access_token": access, "token_type": "Bearer",
                                "expires_in": int(access_expires_at - now)}
     if "refresh_token" in client.grant_types:
         refresh = new_secret()
         tokens.append(Token(hash_secret(refresh), "refresh", grant_id, client.client_id, subject, refresh_scopes,
-                            resource, now, min(now + settings.refresh_token_ttl, end), auth_time=auth_time))
+                            resource, now, min(now + settings.refresh_token_ttl, end), auth_time=auth_time,
+                            memory=memory))
         body["refresh_token"] = refresh
     body["scope"] = join(access_scopes)
     if OPENID_SCOPE in access_scopes:
@@ -162,7 +164,8 @@ async def _code_grant(server: AuthorizationServer, client: Client, form: dict[st
     _check_resource(form, record.resource)
     body, tokens, _ = await _mint(server, client, subject=record.subject, grant_id=record.grant_id,
                                   access_scopes=record.scopes, refresh_scopes=record.scopes,
-                                  resource=record.resource, auth_time=record.auth_time, nonce=record.nonce, now=now)
+                                  resource=record.resource, auth_time=record.auth_time, nonce=record.nonce, now=now,
+                                  memory=record.memory)
     if not await server.store.save_code_tokens(code_hash, tokens):
         # Replayed between redemption and now: the grant is revoked, so nothing may be issued.
         raise OAuth2Error("invalid_grant", "the authorization code was already used")
@@ -203,7 +206,8 @@ async def _refresh_grant(server: AuthorizationServer, client: Client, form: dict
         auth_time = record.auth_time if record.auth_time is not None else record.issued_at
         body, tokens, access_expires_at = await _mint(
             server, client, subject=record.subject, grant_id=record.grant_id, access_scopes=access_scopes,
-            refresh_scopes=record.scopes, resource=record.resource, auth_time=auth_time, nonce=None, now=now)
+            refresh_scopes=record.scopes, resource=record.resource, auth_time=auth_time, nonce=None, now=now,
+            memory=record.memory)
         sealed = seal_successor(refresh, body, access_expires_at)
     rotation = await server.store.rotate_refresh_token(old_hash, tokens, sealed, now,
                                                        server.settings.refresh_grace_seconds)

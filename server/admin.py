@@ -1,4 +1,4 @@
-"""The administration commands behind `memory-mcp clients|sessions|tokens|throttle`.
+"""The administration commands behind `memory-mcp clients|sessions|tokens|memory|throttle`.
 
 They run beside the server, on the same storage. What they revoke is gone from the store at
 once (the next request with those tokens, or with a browser login they end, is refused), and each
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import ipaddress
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -36,8 +37,9 @@ from pathlib import Path
 from auth import accounts, personal, rfc7517, rfc7591, throttle
 from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
+from server import memories
 from server.memory.graph import Quota
-from server.principals import parse_owner_label
+from server.principals import parse_owner, parse_owner_label
 from server.storage import Limiter, Storage
 
 
@@ -91,12 +93,17 @@ async def sessions_list(storage: Storage, username: str | None) -> str:
     if not records:
         return "no MCP sessions"
     names = await _usernames(storage)
+    memory_names: dict[str, str] = {}
     rows = []
     for r in records:
-        _, client_id = parse_owner_label(r.owner)
-        rows.append((r.session_id, names.get(r.user, r.user), client_id, r.transport, r.protocol_version or "-",
-                     _when(r.created_at), _when(r.last_seen_at)))
-    return _table(("SESSION ID", "USER", "CLIENT", "TRANSPORT", "PROTOCOL", "OPENED", "LAST SEEN"), rows)
+        owner = parse_owner(r.owner)
+        if owner.memory not in memory_names:
+            found = await storage.get_memory(owner.subject, owner.memory)
+            memory_names[owner.memory] = ("default" if owner.memory == owner.subject
+                                          else found.name if found else "(deleted)")
+        rows.append((r.session_id, names.get(r.user, r.user), owner.client_id, memory_names[owner.memory],
+                     r.transport, r.protocol_version or "-", _when(r.created_at), _when(r.last_seen_at)))
+    return _table(("SESSION ID", "USER", "CLIENT", "MEMORY", "TRANSPORT", "PROTOCOL", "OPENED", "LAST SEEN"), rows)
 
 
 async def sessions_revoke(storage: Storage, session_id: str | None, username: str | None) -> str:
@@ -141,17 +148,19 @@ async def tokens_revoke(storage: Storage, username: str) -> str:
 
 
 async def tokens_create(storage: Storage, settings: AuthSettings, username: str, *, name: str | None,
-                        scope: str | None, expires_in: str | None) -> str:
-    """A personal access token for the user (`auth.personal`). The secret is the last line, alone,
-    so that a script can take it with `tail -n 1`; it is shown this once."""
+                        scope: str | None, expires_in: str | None, memory: str | None = None) -> str:
+    """A personal access token for the user (`auth.personal`), on their memory named `memory`
+    (the default one when None). The secret is the last line, alone, so that a script can take it
+    with `tail -n 1`; it is shown this once."""
     try:
         days = personal.parse_expiry(expires_in)
         scopes = personal.parse_scopes(scope, settings)
-        user = await storage.get_user_by_name(username)
-        if user is None:
-            raise AdminError(f"no user {username!r}; `memory-mcp users list` shows the accounts")
+        try:
+            user, chosen = await memories.resolve_memory(storage, username, memory)
+        except memories.MemoryCommandError as exc:
+            raise AdminError(f"--memory: {exc}" if memory is not None else str(exc)) from None
         created = await personal.create(storage, settings, user, name=name or "", scopes=scopes, days=days,
-                                        now=time.time())
+                                        now=time.time(), memory=chosen.id)
     except personal.PersonalTokenError as exc:
         raise AdminError(str(exc)) from None
     token = created.token
@@ -161,6 +170,7 @@ async def tokens_create(storage: Storage, settings: AuthSettings, username: str,
         f"created personal access token {token.id} for {username}",
         f"  name:     {token.name or '-'}",
         f"  scopes:   {' '.join(token.scopes)}",
+        f"  memory:   {chosen.name}",
         f"  resource: {token.resource} (clients must use this server's URL)",
         f"  expires:  {expires}",
         f"It is shown only now and stored as a hash: keep it in a secret store. Revoke it with "
@@ -222,7 +232,7 @@ async def users_remove(storage: Storage, username: str) -> str:
     1. the account is marked REMOVING and its codes, tokens, browser logins and approvals are
        deleted (one transaction): from then on it can neither sign in nor obtain a token;
     2. a revocation is recorded, so that running servers end its live MCP sessions;
-    3. its graph is closed, then deleted in short batches (`GraphStore.delete_graph`): a write
+    3. its graphs (one per memory) are closed, then deleted in short batches (`GraphStore.delete_graph`): a write
        still on its way (its token checked a moment before step 1) is refused in its own
        transaction once the graph is closed, and anything committed before is deleted;
     4. the account row goes last, so that until the end a re-run finds the removal by name.
@@ -232,12 +242,41 @@ async def users_remove(storage: Storage, username: str) -> str:
         raise AdminError(f"no user {username!r}: nothing of theirs is left to remove (a finished removal leaves "
                          "nothing behind); `memory-mcp users list` shows the accounts")
     await _revoke(storage, Revocation(user.id, None, None))
-    entities = await storage.delete_graph(user.id)
+    # Every memory's graph (`auth.memories`): the named ones stay listed until the account row goes.
+    entities = 0
+    for memory in await storage.list_memories(user.id):
+        entities += await storage.delete_graph(memory.id)
+    entities += await storage.delete_graph(user.id)
     await storage.remove_user(user.id)
     done = f"their tokens, browser logins, MCP sessions and memory ({entities} entities) are gone"
     if user.state is AccountState.REMOVING:
         return f"finished the interrupted removal of user {user.username}: {done}"
     return f"removed user {user.username}: {done}"
+
+
+async def memory_list(storage: Storage, username: str) -> str:
+    rows = [(m.name, m.id, str(entities), _when(m.created_at))
+            for m, entities in await memories.list_memories(storage, username)]
+    return _table(("NAME", "ID", "ENTITIES", "CREATED"), rows)
+
+
+async def memory_create(storage: Storage, username: str, name: str, limit: int) -> str:
+    memory = await memories.create_memory(storage, username, name, limit)
+    return (f"created memory {memory.name!r} ({memory.id}) for {username}; approve an application for it on the "
+            "consent page, or `memory-mcp tokens create --user "
+            f"{username} --memory {shlex.quote(memory.name)}`")
+
+
+async def memory_rename(storage: Storage, username: str, name: str, new_name: str) -> str:
+    memory = await memories.rename_memory(storage, username, name, new_name)
+    return (f"renamed memory {name!r} of {username} to {memory.name!r}; the applications approved for it keep "
+            "working on it")
+
+
+async def memory_delete(storage: Storage, username: str, name: str) -> str:
+    memory, entities = await memories.delete_memory(storage, username, name)
+    return (f"deleted memory {memory.name!r} of {username} ({entities} entities); the grants, personal access "
+            "tokens and remembered approvals bound to it are revoked and its MCP sessions end")
 
 
 async def keys_rotate(storage: Storage, auth_settings: AuthSettings) -> str:
@@ -296,20 +335,18 @@ async def throttle_clear(limiter: Limiter, *, address: str | None, username: str
 
 # --- memory import and export (the official server's JSON Lines format: server/memory/jsonl.py) ---
 
-DEFAULT_MEMORY = "default"
-
 
 async def memory_owner(storage: Storage, username: str, memory: str | None) -> tuple[str, str]:
     """The graph owner key of the user's memory named `memory` (None: the default one), and how to
-    name it in messages. The one place that resolves a memory name for the CLI."""
-    user = await storage.get_user_by_name(username)
-    if user is None or user.state is not AccountState.ACTIVE:
-        raise AdminError(f"no user {username!r}; `memory-mcp users list` shows the accounts")
-    name = memory or DEFAULT_MEMORY
-    if name == DEFAULT_MEMORY:
-        return user.id, f"{username}'s default memory"
-    raise AdminError(f"{username} has no memory named {name!r}: this server keeps one memory per user, "
-                     f"{DEFAULT_MEMORY!r}")
+    name it in messages. The one place that resolves a memory name for the CLI
+    (`server.memories.resolve_memory`)."""
+    try:
+        _, found = await memories.resolve_memory(storage, username, memory)
+    except memories.MemoryCommandError as exc:
+        raise AdminError(str(exc)) from None
+    if found.is_default:
+        return found.id, f"{username}'s default memory"
+    return found.id, f"{username}'s memory {found.name!r}"
 
 
 async def memory_export(storage: Storage, username: str, memory: str | None, path: Path | None) -> str:

@@ -120,7 +120,8 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
             owner = session.owner
             return isinstance(owner, Principal) and (
                 revocation.subject is None or owner.subject == revocation.subject) and (
-                revocation.client_id is None or owner.client_id == revocation.client_id)
+                revocation.client_id is None or owner.client_id == revocation.client_id) and (
+                revocation.memory is None or owner.memory == revocation.memory)
         closed = await registry.close_where(doomed)
         if closed:
             log.info("ended %d MCP session(s) after a revocation", closed)

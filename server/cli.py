@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +30,7 @@ from auth.upstream.settings import CALLBACK_PATH, UpstreamSettings
 from server import admin, backup
 from server.config import ConfigError, Settings, load
 from server.keyfile import KEY_FILE
+from server.memories import MemoryCommandError
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
 from server.storage.redis.base import redacted
@@ -112,6 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                     "browser; the token is printed once, alone on the last line")
     create.add_argument("--user", required=True, help="whose token it is")
     create.add_argument("--name", help="a label to recognize it by in `tokens list`")
+    create.add_argument("--memory", help="the user's memory it works on, by name (default: the default memory; "
+                        "`memory list` shows them)")
     create.add_argument("--scope", help='space-separated scopes (default "memory:read memory:write")')
     create.add_argument("--expires-in", metavar="DAYS", help=f"days until it expires (default "
                         f"{personal.DEFAULT_DAYS}), or {personal.NEVER!r} for a token that does not expire")
@@ -124,8 +127,20 @@ def _parser() -> argparse.ArgumentParser:
                           "sessions (the password stays)")
     revoke_token.add_argument("--id", dest="token_id", help="a personal access token id, from `tokens list`")
     revoke_token.add_argument("--user")
-    memory = group("memory", "a user's memory as a file in the official memory server's format (JSON Lines), "
-                   "also while the server runs")
+    # The `memory` group: one user's named memories (list, create, rename, delete) and their files in
+    # the official memory server's format (export, import). A new action adds its parser here and
+    # its handler to `MEMORY_ACTIONS` (or a branch of its own in `_administer`).
+    memory = group("memory", "a user's named memories (each its own knowledge graph; applications are bound to "
+                   "the one chosen on the consent page), and their files in the official memory server's format "
+                   "(JSON Lines); also while the server runs")
+    for name, text, args in (
+            ("list", "list the user's memories: name, id, entities, created", ()),
+            ("create", "create a memory for the user", ("memory",)),
+            ("rename", "rename one of the user's memories (applications approved for it stay on it)",
+             ("memory", "new_name")),
+            ("delete", "delete one of the user's memories with all its data, revoking the grants, personal access "
+             "tokens and remembered approvals bound to it and ending its MCP sessions", ("memory",))):
+        action(memory, name, text, *args).add_argument("--user", required=True, help="whose memories")
     exported = action(memory, "export", "write a user's memory in the official memory server's format, with when "
                       "and by which client each item was created: to FILE (written whole, then renamed into place) "
                       "or standard output")
@@ -279,7 +294,7 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
                       "set MEMORY_MCP_PUBLIC_URL or public_url in the config file) if clients use another URL",
                       file=sys.stderr)
             print(await admin.tokens_create(storage, settings.auth_settings(), args.user, name=args.name,
-                                            scope=args.scope, expires_in=args.expires_in))
+                                            scope=args.scope, expires_in=args.expires_in, memory=args.memory))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
         elif (args.command, args.action) == ("memory", "export"):
@@ -289,12 +304,26 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
         elif (args.command, args.action) == ("memory", "import"):
             print(await admin.memory_import(storage, args.user, args.memory, args.file,
                                             None if args.ignore_quota else settings.memory_quota))
+        elif args.command == "memory":
+            print(await MEMORY_ACTIONS[args.action](storage, settings, args))
         else:
             print(await _run_command(storage, args.command, args.action, args))
     finally:
         await limiter.close()
         await storage.close()
     return 0
+
+
+MemoryAction = Callable[[Storage, Settings, argparse.Namespace], Awaitable[str]]
+
+MEMORY_ACTIONS: dict[str, MemoryAction] = {
+    "list": lambda storage, _settings, args: admin.memory_list(storage, args.user),
+    "create": lambda storage, settings, args: admin.memory_create(storage, args.user, args.memory,
+                                                                  settings.max_memories_per_user),
+    "rename": lambda storage, _settings, args: admin.memory_rename(storage, args.user, args.memory, args.new_name),
+    "delete": lambda storage, _settings, args: admin.memory_delete(storage, args.user, args.memory),
+}
+"""What `memory-mcp memory ACTION` runs, by action."""
 
 
 async def _throttle(args: argparse.Namespace, settings: Settings, storage: Storage, limiter: Limiter) -> str:
@@ -664,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A configuration error like those above: the store named cannot be used.
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 2
-    except (accounts.AccountError, admin.AdminError, StoreUnavailable, DataDirError, ListenError,
+    except (accounts.AccountError, admin.AdminError, MemoryCommandError, StoreUnavailable, DataDirError, ListenError,
             backup.BackupError) as exc:
         print(f"memory-mcp: {exc}", file=sys.stderr)
         return 1

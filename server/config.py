@@ -112,6 +112,10 @@ class Settings(BaseModel):
         DEFAULT_MAX_RESULT_BYTES, ge=0, description="bytes of graph JSON one read_graph, search_nodes or open_nodes "
         "result carries at most; a larger answer is cut at an entity boundary and says so, with a nextCursor to page "
         f"through the rest. 0 = no cap (the official server's behaviour); else at least {MIN_MAX_RESULT_BYTES}")
+    max_memories_per_user: int = Field(
+        _AUTH["max_memories_per_user"], ge=1, le=1000,
+        description="named memories one user may have, the default one included (each has the memory_max_* "
+        "quotas, so this bounds one account's storage); creating one more is refused with this setting's name")
     store_busy_timeout: float = Field(
         3.0, gt=0, le=60, description="seconds a write waits for the database lock held by another process "
         "(an admin command, a backup tool) before it is refused with a retryable error (503, Retry-After)")

@@ -80,7 +80,11 @@ class MemoryTools:
 
 
 def graph_owner(caller: Caller) -> str:
-    """The graph (`GraphStore` owner key) the caller's tools work on."""
+    """The graph (`GraphStore` owner key) the caller's tools work on: the memory its grant is
+    bound to (`auth.memories`; the default memory's id is the user id)."""
+    owner = caller.owner
+    if isinstance(owner, Principal):
+        return owner.memory
     return caller.user
 
 

@@ -27,6 +27,7 @@ from server.storage.redis import RedisStorage
 from server.storage.sqlite.auth import AuthTables
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.keys import SigningKeyTables
+from server.storage.sqlite.memories import MemoryTables
 
 USERNAME = "alice"
 PASSWORD = "correct horse battery"
@@ -46,11 +47,12 @@ async def add_alice(store: AnyStore) -> User:
     return user
 
 
-class Store(AuthTables, SigningKeyTables):
+class Store(AuthTables, MemoryTables, SigningKeyTables):
     def __init__(self, db: Database) -> None:
         self.db = db
         # Idempotent; callers apply AuthTables.SCHEMA themselves.
         db.apply_schema(SigningKeyTables.SCHEMA)
+        db.apply_schema(MemoryTables.SCHEMA)
 
     async def close(self) -> None:
         await self.db.aclose()  # its threads and their connections

@@ -67,11 +67,17 @@ class Redirect:
 
 class Browser:
     def __init__(self, username: str, password: str, *, decision: str = "approve",
-                 ssl_context: ssl.SSLContext | None = None, provider: str | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, provider: str | None = None,
+                 memory: str | None = None, new_memory: str | None = None, remember: bool = False) -> None:
         """`ssl_context`: what to trust for https (a test's own certificate); default the system's.
         `provider`: the origin of an upstream OpenID provider to sign in through (the sign-in
         page's "sign in with" button, then the provider's own login form, where `username` is
-        typed as the login) instead of the password form."""
+        typed as the login) instead of the password form. `memory`: the memory to choose on the
+        consent page, by name (the page's preselected `default` otherwise); `new_memory`: a name
+        to type into its "create a new memory" field; `remember`: tick "remember this approval"."""
+        self.memory = memory
+        self.new_memory = new_memory
+        self.remember = remember
         self.username = username
         self.password = password
         self.decision = decision
@@ -134,6 +140,13 @@ class Browser:
                 data.update(login=self.username, password=self.password)
             elif "decision" in form.buttons:
                 data["decision"] = self.decision
+                # The select's preselected option is `default`: a person who changes nothing sends it.
+                if form.action.endswith("/consent"):
+                    data["memory"] = self.memory or "default"
+                    if self.new_memory is not None:
+                        data["new_memory"] = self.new_memory
+                    if self.remember:
+                        data["remember"] = "1"
             elif form.buttons:  # a click on the form's (first) named button submits its value
                 name, values = next(iter(form.buttons.items()))
                 data[name] = values[0]

@@ -196,12 +196,15 @@ class OAuthUser:
     redirects: list[str] = field(default_factory=list)
     ssl_context: ssl.SSLContext | None = None  # for a server behind a test's TLS proxy
     upstream: str | None = None  # sign in through this upstream OpenID provider (tests/browser.py)
+    memory: str | None = None  # the memory to choose on the consent page, by name (tests/browser.py)
+    new_memory: str | None = None  # a memory to create there
     _pending: asyncio.Future[AuthorizationCodeResult] | None = None
 
     def provider(self, path: str = "/mcp") -> OAuthClientProvider:
         async def redirect_handler(url: str) -> None:
             self.redirects.append(url)
-            browser = Browser(self.username, self.password, ssl_context=self.ssl_context, provider=self.upstream)
+            browser = Browser(self.username, self.password, ssl_context=self.ssl_context, provider=self.upstream,
+                              memory=self.memory, new_memory=self.new_memory)
             try:
                 result = await browser.authorize(url, self.base_url)
             finally:
@@ -259,9 +262,11 @@ async def access_token(server: RunningServer, username: str, password: str) -> s
 
 
 async def tokens_by_hand(server: RunningServer, username: str, password: str, scope: str,
-                         browser: Browser | None = None) -> dict[str, Any]:
+                         browser: Browser | None = None, memory: str | None = None,
+                         client_id: str | None = None) -> dict[str, Any]:
     """The authorization code flow step by step (register, authorize, token), for a chosen scope.
-    Pass a `browser` to keep its login (cookies) for later steps."""
+    Pass a `browser` to keep its login (cookies) for later steps; `memory` chooses the memory on
+    the consent page; `client_id` reuses a registered client instead of registering one."""
     import base64
     import hashlib
     import secrets
@@ -269,15 +274,15 @@ async def tokens_by_hand(server: RunningServer, username: str, password: str, sc
 
     redirect_uri = "http://127.0.0.1:9/callback"
     async with httpx2.AsyncClient() as http:
-        client = (await http.post(server.url + "/register", json={
-            "client_name": "by hand", "redirect_uris": [redirect_uri]})).json()
+        client = {"client_id": client_id} if client_id is not None else (await http.post(
+            server.url + "/register", json={"client_name": "by hand", "redirect_uris": [redirect_uri]})).json()
         verifier = secrets.token_urlsafe(48)
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         query = urlencode({"response_type": "code", "client_id": client["client_id"], "redirect_uri": redirect_uri,
                            "code_challenge": challenge, "code_challenge_method": "S256", "scope": scope,
                            "state": "s", "resource": server.url + "/mcp"})
         own = browser is None
-        browser = browser or Browser(username, password)
+        browser = browser or Browser(username, password, memory=memory)
         try:
             redirect = await browser.authorize(f"{server.url}/authorize?{query}", server.url)
         finally:

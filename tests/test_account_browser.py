@@ -12,6 +12,7 @@ reported: the pages need no script (axe is injected by the test, in its own cont
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,24 @@ import httpx2
 import pytest
 from playwright.async_api import Browser, Page
 
+from auth.crypto import hash_secret
+from server import memories
 from tests.conftest import BACKENDS, RunningServer
 from tests.test_account import ALICE, TOOLS_LIST, fill_memory
-from tests.test_pages_browser import Tab, browser, new_tab, sign_in
+from tests.test_pages_browser import (
+    ARRIVAL_TIMEOUT,
+    Callback,
+    Tab,
+    authorization,
+    browser,
+    callback,
+    new_tab,
+    redeem,
+    register,
+    sign_in,
+)
 
-__all__ = ["browser"]  # the fixture, imported for the tests here
+__all__ = ["browser", "callback"]  # the fixtures, imported for the tests here
 
 SERVER_BACKENDS = BACKENDS
 AXE = Path(__file__).parent / "interop" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
@@ -192,4 +206,46 @@ async def test_the_account_pages_pass_axe(server: RunningServer, browser: Browse
     serious = {name: [v for v in found if v["impact"] in ("serious", "critical")] for name, found in checked.items()}
     assert all(not found for found in serious.values()), serious
     # The pages have none of the lesser findings either (landmarks, heading order): keep it so.
+    assert all(not found for found in checked.values()), checked
+
+
+async def test_the_memory_is_chosen_on_the_consent_page(server: RunningServer, callback: Callback,
+                                                        browser: Browser) -> None:
+    """The select lists the user's memories with `default` preselected; the choice (or a memory
+    created in the text field) is what the tokens are bound to; a bad name is explained on the page
+    itself, which passes axe in both states."""
+    work = await memories.create_memory(server.storage, ALICE[0], "work", 20)
+    app = await register(server, callback)
+    # The pages' CSP forbids every script, axe's too: this context alone ignores it.
+    context = await browser.new_context(bypass_csp=True)
+    context.set_default_timeout(ARRIVAL_TIMEOUT * 1000)
+    page = await context.new_page()
+    source = axe_source()
+    await page.goto(app.url)
+    await sign_in(Tab(context, page, []), *ALICE)
+    await page.wait_for_selector("text=wants to access your memory")
+    assert await page.input_value("#memory") == "default"
+    checked = {"consent": await axe_violations(page, source)}
+    await page.select_option("#memory", "work")
+    await page.click("button:has-text('Approve')")
+    tokens = await redeem(server, app, await callback.next())
+    record = await server.storage.get_token(hash_secret(tokens["access_token"]), time.time())
+    assert record is not None and record.memory == work.id
+
+    again = authorization(server, app.client_id, callback.url)
+    await page.goto(again.url)
+    await page.wait_for_selector("text=wants to access your memory")
+    await page.fill("#new_memory", " padded")
+    await page.click("button:has-text('Approve')")
+    await page.wait_for_selector("#memory-error")
+    assert "starts or ends with a space" in await page.inner_text("#memory-error")
+    assert await page.input_value("#new_memory") == " padded"
+    checked["consent-error"] = await axe_violations(page, source)
+    await page.fill("#new_memory", "From the browser")
+    await page.click("button:has-text('Approve')")
+    tokens = await redeem(server, again, await callback.next())
+    _, made = await memories.resolve_memory(server.storage, ALICE[0], "From the browser")
+    record = await server.storage.get_token(hash_secret(tokens["access_token"]), time.time())
+    assert record is not None and record.memory == made.id
+    await context.close()
     assert all(not found for found in checked.values()), checked

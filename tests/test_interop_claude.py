@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from auth import memories
 from auth.crypto import hash_secret
 from server.storage import Storage
 from tests.interop.harness import store_after
@@ -119,7 +120,8 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     work = tmp_path_factory.mktemp("claude")
     argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--claude", str(CLAUDE)]
     if request.param == "redis":
-        argv.append("--redis")
+        # The Redis run also works on a named memory chosen at consent (auth.memories).
+        argv += ["--redis", "--memory", "Claude work"]
     # Its own process group: on a timeout everything it started goes too.
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -317,11 +319,18 @@ def test_second_login_reads_the_same_memory(claude_run: ClaudeRun) -> None:
 
 
 async def test_entity_is_in_alices_graph(claude_run: ClaudeRun, storage: Storage) -> None:
+    """In the memory chosen on the consent page: the Redis run picks a named one (`--memory`),
+    and nothing lands in the default memory then."""
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
-    graph = (await storage.read_graph(alice.id)).model()
+    chosen = claude_run.result["memory"]
+    assert (chosen is not None) == bool(claude_run.result.get("redis_dir"))  # the Redis run picks one
+    memory = alice.id if chosen is None else (await memories.find_by_name(storage, alice, chosen)).id  # type: ignore[union-attr]
+    graph = (await storage.read_graph(memory)).model()
     assert [e.model_dump() for e in graph.entities] == [ADA]
     assert graph.relations == []
+    if chosen is not None:
+        assert memory != alice.id and (await storage.read_graph(alice.id)).model().entities == []
 
 
 def assert_in_order(seen: list[tuple[str, str, int]], expected: list[tuple[str, str, int]]) -> None:

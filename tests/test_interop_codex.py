@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from auth import memories
 from auth.crypto import hash_secret
 from server.storage import Storage
 from tests.interop.harness import store_after
@@ -121,7 +122,9 @@ def drive_codex(work: Path, *flags: str) -> CodexRun:
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def codex_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> CodexRun:
-    return drive_codex(tmp_path_factory.mktemp("codex"), *(["--redis"] if request.param == "redis" else []))
+    # The Redis run also works on a named memory chosen at consent (auth.memories).
+    return drive_codex(tmp_path_factory.mktemp("codex"),
+                       *(["--redis", "--memory", "Codex work"] if request.param == "redis" else []))
 
 
 @pytest.fixture(scope="module")
@@ -234,11 +237,18 @@ def test_second_login_reads_the_same_memory(codex_run: CodexRun) -> None:
 
 
 async def test_entity_is_in_alices_graph(codex_run: CodexRun, storage: Storage) -> None:
+    """In the memory chosen on the consent page: the Redis run picks a named one (`--memory`),
+    and nothing lands in the default memory then."""
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
-    graph = (await storage.read_graph(alice.id)).model()
+    chosen = codex_run.result["memory"]
+    assert (chosen is not None) == bool(codex_run.result.get("redis_dir"))  # the Redis run picks one
+    memory = alice.id if chosen is None else (await memories.find_by_name(storage, alice, chosen)).id  # type: ignore[union-attr]
+    graph = (await storage.read_graph(memory)).model()
     assert [e.model_dump() for e in graph.entities] == [ADA]
     assert graph.relations == []
+    if chosen is not None:
+        assert memory != alice.id and (await storage.read_graph(alice.id)).model().entities == []
 
 
 # A personal access token (auth.personal) instead of an OAuth sign-in

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from auth.memories import Memory
 from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, User
 from server.memory.graph import Entity, ObservationAddition, ObservationDeletion, Origin, Relation
 from server.storage.portable import (
@@ -68,13 +69,15 @@ async def fill(store: PortableStore) -> None:
     await store.add_user(User("id-dave", "dave", "hash-d", NOW - 700))
     await store.begin_removal("dave")
     await store.add_user(User("id-eve", "eve", "hash-e", NOW - 600, AccountState.ACTIVE))
+    # A named memory, and records bound to it (auth.memories).
+    await store.create_memory(Memory("mem_work", "id-alice", "work", NOW - 950), 20)
     used = Client(client_id="c-used", client_id_issued_at=int(NOW - 500), redirect_uris=("http://127.0.0.1/cb",),
                   client_name="used", metadata={"extra": [1, "two"]})
     await store.save_client(used)
     await store.save_client(Client(client_id="https://cimd.example/app", client_id_issued_at=int(NOW - 400),
                                    redirect_uris=("https://app.example/cb",)))
     await store.remember_consent(RememberedConsent("id-alice", "c-used", "http://127.0.0.1/cb", "https://r/mcp",
-                                                   ("memory", "openid"), NOW - 10, NOW + 1000))
+                                                   ("memory", "openid"), NOW - 10, NOW + 1000, "mem_work"))
     await store.remember_consent(RememberedConsent("id-bob", "c-used", "http://127.0.0.1/cb", "https://r/mcp",
                                                    ("memory",), NOW - 10, NOW - 1))  # expired
     assert await store.create_browser_session("login-a", "id-alice", "hash-a", NOW - 5, NOW + 1000)
@@ -91,11 +94,13 @@ async def fill(store: PortableStore) -> None:
                                                           token("ref-2", "refresh", NOW - 1, NOW + 86400)],
                                                 "sealed-answer", NOW - 1, 60)
     assert rotation.status == "rotated"
+    await store.save_tokens([Token("acc-work", "access", "grant-3", "c-used", "id-alice", ("memory",), "https://r/mcp",
+                                   NOW - 30, NOW + 3600, memory="mem_work")])
     await store.save_tokens([Token("acc-bob", "access", "grant-2", "c-used", "id-bob", ("memory",), "https://r/mcp",
                                    NOW - 30, NOW + 3600)])
     # Personal access tokens: one used, one that never expires, one expired (not carried).
     assert await store.save_personal_token(PersonalToken("pat-1", "pat-hash-1", "id-alice", "ci", ("memory:read",),
-                                                         "https://r/mcp", NOW - 300, NOW + 3600))
+                                                         "https://r/mcp", NOW - 300, NOW + 3600, memory="mem_work"))
     await store.touch_personal_token("pat-1", NOW - 20)
     assert await store.save_personal_token(PersonalToken("pat-2", "pat-hash-2", "id-bob", "", ("memory:read",
                                                          "memory:write"), "https://r/mcp", NOW - 200, None))
@@ -135,12 +140,12 @@ async def test_every_kind_survives_the_trip_to_the_other_backend_and_back(
         await fill(stores[0])
         exported = await collect(stores[0].export_records(NOW))
         assert {k: len(v) for k, v in exported.items()} == {
-            "CookieKey": 1, "SigningKeyRecord": 2, "UserRecord": 5, "ClientRecord": 2, "ConsentRecord": 1,
-            "LoginRecord": 2, "TokenRecord": 5, "PersonalTokenRecord": 2, "EntityRecord": 7, "RelationRecord": 2,
-            "SessionRecordRecord": 2}
+            "CookieKey": 1, "SigningKeyRecord": 2, "UserRecord": 5, "MemoryRecord": 1, "ClientRecord": 2,
+            "ConsentRecord": 1, "LoginRecord": 2, "TokenRecord": 6, "PersonalTokenRecord": 2, "EntityRecord": 7,
+            "RelationRecord": 2, "SessionRecordRecord": 2}
         for source, target in itertools.pairwise(stores):
             counts = await import_records(target, source.export_records(NOW))
-            assert counts["tokens"] == 5 and counts["entities"] == 7
+            assert counts["tokens"] == 6 and counts["entities"] == 7 and counts["memories"] == 1
             assert await collect(target.export_records(NOW)) == exported
             for owner in ("owner-a", "owner-b"):
                 assert (await target.read_graph(owner)).json == (await stores[0].read_graph(owner)).json
@@ -148,6 +153,9 @@ async def test_every_kind_survives_the_trip_to_the_other_backend_and_back(
         # What the server reads back, through the protocols: logins, tokens, the rotation's retry.
         assert (await target.get_browser_session("login-a", NOW)) is not None
         assert (await target.get_token("acc-2", NOW)) is not None
+        work = await target.get_token("acc-work", NOW)
+        assert work is not None and work.memory == "mem_work"
+        assert [m.name for m in await target.list_memories("id-alice")] == ["work"]
         assert (await target.get_token("acc-old", NOW)) is None
         used = await target.get_personal_token("pat-hash-1", NOW)
         assert used is not None and used.last_used_at == NOW - 20

@@ -41,7 +41,7 @@ from html import escape
 
 from aiohttp import web
 
-from auth import browser, csrf, personal, signin
+from auth import browser, csrf, memories, personal, signin
 from auth.errors import PageError
 from auth.models import Revocation, User
 from auth.server import AUTH_SERVER
@@ -105,7 +105,8 @@ class AccountPages:
         csrf_token, user = viewer
         now = request.app[AUTH_SERVER].clock()
         records = await self.storage.list_sessions(user.id)
-        apps = await applications.connected(self.storage, user.id, now, records)
+        known = {m.id: m.name for m in await memories.memories_of(self.storage, user)}
+        apps = await applications.connected(self.storage, user.id, now, records, known)
         personal_tokens = await self.storage.list_personal_tokens(user.id, now)
         by_id = {t.id: t for t in personal_tokens}
         names: dict[str, str | None] = {a.client_id: a.name for a in apps}
@@ -200,40 +201,60 @@ class AccountPages:
             return viewer
         csrf_token, user = viewer
         query = request.query
+        chosen = await self._memory(user, query.get("memory", ""), "Your memory")
         view = memory.View(query=query.get("q", "").strip(), entity=query.get("entity", ""),
-                           page=memory.parse_page(query.get("page")))
+                           page=memory.parse_page(query.get("page")), memory=_shown_name(chosen))
         if view.entity:
-            graph = await self.storage.open_nodes(user.id, [view.entity])
+            graph = await self.storage.open_nodes(chosen.id, [view.entity])
         elif view.query:
-            graph = await self.storage.search_nodes(user.id, view.query)
+            graph = await self.storage.search_nodes(chosen.id, view.query)
         else:
-            graph = await self.storage.read_graph(user.id)
+            graph = await self.storage.read_graph(chosen.id)
         entities, relations = memory.decode(graph)
-        return page("Your memory", "/account/memory", memory.browser_body(csrf_token, view, entities, relations))
+        names = [m.name for m in await memories.memories_of(self.storage, user)]
+        return page("Your memory", "/account/memory",
+                    memory.browser_body(csrf_token, view, entities, relations, names))
+
+    async def _memory(self, user: User, name: str, title: str) -> memories.Memory:
+        """The user's memory of that name (the default one for no name); a 404 page otherwise."""
+        found = await memories.find_by_name(self.storage, user, name or memories.DEFAULT_NAME)
+        if found is None:
+            raise PageError(f"You have no memory named {name!r} (it may have been renamed or deleted).", 404, title,
+                            hint_html='<a href="/account/memory">Back to your memory</a>')
+        return found
 
     async def handle_delete(self, request: web.Request) -> web.Response:
         title = "Deleting failed"
         csrf_token, user, form = await _acting(request, title)
+        chosen = await self._memory(user, form.get("memory", ""), title)
+        shown = _shown_name(chosen)
         name = form.get("entity", "")
         wanted = form.get("observation")
-        entities, relations = memory.decode(await self.storage.open_nodes(user.id, [name])) if name else ([], [])
+        entities, relations = memory.decode(await self.storage.open_nodes(chosen.id, [name])) if name else ([], [])
         entity = next((e for e in entities if e["name"] == name), None)
         missing = "There is no such entity in your memory (it may have been deleted already)."
         if entity is None:
-            raise PageError(missing, 404, title, hint_html='<a href="/account/memory">Back to your memory</a>')
+            raise PageError(missing, 404, title,
+                            hint_html=f'<a href="{escape(memory.View(memory=shown).url())}">Back to your memory</a>')
         observation = next((o for o in entity["observations"] if memory.digest(o) == wanted), None)
         if wanted is not None and observation is None:
             raise PageError("That entity has no such observation (it may have been deleted already).", 404, title,
-                            hint_html=f'<a href="{escape(memory.View(entity=name).url())}">Back to the entity</a>')
+                            hint_html=f'<a href="{escape(memory.View(entity=name, memory=shown).url())}">Back to the '
+                            'entity</a>')
         if form.get("confirmed") != "yes":
             confirm = "Delete this observation?" if observation is not None else "Delete this entity?"
-            return page(confirm, "", memory.confirm_body(csrf_token, entity, observation, len(relations)))
+            return page(confirm, "", memory.confirm_body(csrf_token, entity, observation, len(relations), shown))
         try:
             if observation is not None:
-                await self.storage.delete_observations(user.id, [ObservationDeletion(entityName=name,
-                                                                                      observations=[observation])])
-                return _see_other(request, memory.View(entity=name).url())
-            await self.storage.delete_entities(user.id, [name])
+                await self.storage.delete_observations(chosen.id, [ObservationDeletion(entityName=name,
+                                                                                        observations=[observation])])
+                return _see_other(request, memory.View(entity=name, memory=shown).url())
+            await self.storage.delete_entities(chosen.id, [name])
         except GraphClosedError as exc:
             raise PageError(str(exc), 409, title, hint_html=_BACK) from None
-        return _see_other(request, "/account/memory")
+        return _see_other(request, memory.View(memory=shown).url())
+
+
+def _shown_name(chosen: memories.Memory) -> str:
+    """The memory as the browser's URLs name it: nothing for the default one."""
+    return "" if chosen.is_default else chosen.name

@@ -16,7 +16,7 @@ from auth import pages, personal
 from auth.models import RememberedConsent, Token
 from auth.rfc8252 import is_loopback
 from server.account.html import plain, post_form, when
-from server.principals import parse_owner_label
+from server.principals import parse_owner, parse_owner_label
 from server.storage import Storage
 from transports.store import SessionRecord
 
@@ -32,6 +32,8 @@ class Application:
     last_used: float | None
     remembered_until: float | None
     sessions: int
+    memories: tuple[str, ...] = ()
+    """The names of the memories its grants, approvals and sessions are bound to."""
 
 
 def session_client(record: SessionRecord) -> str:
@@ -47,7 +49,9 @@ def _where(uri: str) -> str:
 
 
 async def connected(storage: Storage, user_id: str, now: float,
-                    records: list[SessionRecord]) -> list[Application]:
+                    records: list[SessionRecord], names: dict[str, str] | None = None) -> list[Application]:
+    """`names`: memory id -> name (`auth.memories`), to say which memory each application is on."""
+    names = names or {}
     tokens: dict[str, list[Token]] = {}
     for token in await storage.list_subject_tokens(user_id, now):
         tokens.setdefault(token.client_id, []).append(token)
@@ -69,12 +73,16 @@ async def connected(storage: Storage, user_id: str, now: float,
         starts += [c.created_at for c in remembered] + [r.created_at for r in live]
         uses = [t.issued_at for t in held] + [r.last_seen_at for r in live]
         uris = client.redirect_uris if client else tuple(c.redirect_uri for c in remembered)
+        bound = [t.memory or user_id for t in current] + [c.memory or user_id for c in remembered]
+        bound += [parse_owner(r.owner).memory for r in live]
+        on = tuple(dict.fromkeys(names.get(m, "(deleted memory)") for m in bound))
         found.append(Application(
             client_id=client_id, name=client.client_name if client else None,
             verified_domain=client.verified_domain if client else None,
             returns_to=tuple(dict.fromkeys(_where(u) for u in uris)), scopes=tuple(sorted(scopes)),
             since=min(starts, default=None), last_used=max(uses, default=None),
-            remembered_until=max((c.expires_at for c in remembered), default=None), sessions=len(live)))
+            remembered_until=max((c.expires_at for c in remembered), default=None), sessions=len(live),
+            memories=on))
     return sorted(found, key=lambda a: (a.since or 0.0, a.client_id))
 
 
@@ -99,7 +107,8 @@ def applications_section(csrf_token: str, apps: list[Application]) -> str:
             f"<dt>Returns to</dt><dd>{escape(', '.join(app.returns_to)) or 'unknown'}</dd>{verified}"
             f'<dt>Access</dt><dd><ul class="items">{scopes}</ul></dd>'
             f"<dt>First used</dt><dd>{when(app.since)}</dd><dt>Last used</dt><dd>{when(app.last_used)}</dd>"
-            f"{remembered}<dt>Live sessions</dt><dd>{app.sessions}</dd>"
+            f"{remembered}<dt>Memory</dt><dd>{escape(', '.join(app.memories)) or 'default'}</dd>"
+            f"<dt>Live sessions</dt><dd>{app.sessions}</dd>"
             f"<dt>Client id</dt><dd><code>{escape(app.client_id)}</code></dd></dl>"
             + post_form("/account/disconnect", csrf_token, {"client_id": app.client_id}, "Disconnect",
                         what=app.name or app.client_id, danger=True)

@@ -1,8 +1,9 @@
 """The memory browser: the user's own knowledge graph, page by page, and deletion after a confirmation.
 
 What it shows comes from the same `GraphStore` queries as the tools (`read_graph`,
-`search_nodes`, `open_nodes`), always for the signed-in user as owner: there is no way to name
-another user's graph. A page shows `PAGE_SIZE` entities, each with its type, observations and the
+`search_nodes`, `open_nodes`), always on one of the signed-in user's own memories (`auth.memories`),
+chosen by name (`memory=`, the default memory when absent) and looked up among that user's: there
+is no way to name another user's graph. A page shows `PAGE_SIZE` entities, each with its type, observations and the
 relations from and to it. The store answers with the whole result as JSON, which is parsed with
 orjson and cut into pages here (a 10,000-entity graph is a few megabytes: milliseconds).
 
@@ -41,9 +42,11 @@ class View:
     query: str = ""
     entity: str = ""
     page: int = 1
+    memory: str = ""
+    """The memory's name; empty: the default memory."""
 
     def url(self, **changes: Any) -> str:
-        params = {"q": self.query, "entity": self.entity, "page": str(self.page)}
+        params = {"memory": self.memory, "q": self.query, "entity": self.entity, "page": str(self.page)}
         params.update({k: str(v) for k, v in changes.items()})
         kept = {k: v for k, v in params.items() if v and not (k == "page" and v == "1")}
         return "/account/memory" + (f"?{urlencode(kept)}" if kept else "")
@@ -65,33 +68,49 @@ def decode(graph: GraphJSON) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return data["entities"], data["relations"]
 
 
-def _entity_link(name: str) -> str:
-    return f'<a href="{escape(View(entity=name).url())}">{escape(name)}</a>'
+def _entity_link(name: str, memory: str) -> str:
+    return f'<a href="{escape(View(entity=name, memory=memory).url())}">{escape(name)}</a>'
 
 
 def _entity(csrf_token: str, entity: dict[str, Any], outgoing: list[dict[str, Any]],
-            incoming: list[dict[str, Any]]) -> str:
+            incoming: list[dict[str, Any]], memory: str) -> str:
     name = entity["name"]
+    on = {"memory": memory} if memory else {}
     observations = "".join(
         f"<li>{escape(text)}"
-        + post_form("/account/memory/delete", csrf_token, {"entity": name, "observation": digest(text)}, "Delete",
+        + post_form("/account/memory/delete", csrf_token, {**on, "entity": name, "observation": digest(text)}, "Delete",
                     what=f"observation of {name}", css="inline", danger=True) + "</li>"
         for text in entity["observations"]) or "<li>none</li>"
     relations = "".join(
-        f"<li>{escape(r['relationType'])} → {_entity_link(r['to'])}</li>" for r in outgoing) + "".join(
-        f"<li>{_entity_link(r['from'])} {escape(r['relationType'])} → this</li>" for r in incoming)
+        f"<li>{escape(r['relationType'])} → {_entity_link(r['to'], memory)}</li>" for r in outgoing) + "".join(
+        f"<li>{_entity_link(r['from'], memory)} {escape(r['relationType'])} → this</li>" for r in incoming)
     return (f"<li><h3>{escape(name)}</h3><dl>"
             f"<dt>Type</dt><dd>{escape(entity['entityType'])}</dd>"
             f'<dt>Observations</dt><dd><ul class="items">{observations}</ul></dd>'
             f'<dt>Relations</dt><dd><ul class="items">{relations or "<li>none</li>"}</ul></dd></dl>'
-            + post_form("/account/memory/delete", csrf_token, {"entity": name}, "Delete entity", what=name,
+            + post_form("/account/memory/delete", csrf_token, {**on, "entity": name}, "Delete entity", what=name,
                         danger=True)
             + "</li>")
 
 
+def _chooser(view: View, memories: list[str]) -> str:
+    """Which of the user's memories to browse (a GET form: choosing changes nothing)."""
+    if len(memories) < 2:
+        return ""
+    current = view.memory or memories[0]
+    options = "".join(f'<option value="{escape(n)}"{" selected" if n == current else ""}>{escape(n)}</option>'
+                      for n in memories)
+    return (f'<form class="search" method="get" action="/account/memory">'
+            f'<label for="memory">Memory</label><select id="memory" name="memory">{options}</select>'
+            '<button type="submit">Show</button></form>')
+
+
 def browser_body(csrf_token: str, view: View, entities: list[dict[str, Any]],
-                 relations: list[dict[str, Any]]) -> str:
-    search = (f'<form class="search" method="get" action="/account/memory" role="search">'
+                 relations: list[dict[str, Any]], memories: list[str] | None = None) -> str:
+    everything = escape(View(memory=view.memory).url())
+    search = (_chooser(view, memories or []) +
+              '<form class="search" method="get" action="/account/memory" role="search">'
+              + (hidden("memory", view.memory) if view.memory else "") +
               f'<label for="q">Search names, types and observations</label>'
               f'<input type="search" id="q" name="q" value="{escape(view.query)}">'
               '<button type="submit">Search</button></form>')
@@ -110,12 +129,13 @@ def browser_body(csrf_token: str, view: View, entities: list[dict[str, Any]],
     if view.entity:
         what = f"The entity <strong>{escape(view.entity)}</strong>" if total else (
             f"There is no entity named <strong>{escape(view.entity)}</strong> in your memory.")
-        summary = f'<p>{what} <a href="/account/memory">Show everything</a></p>'
+        summary = f'<p>{what} <a href="{everything}">Show everything</a></p>'
     elif view.query:
         summary = (f"<p>{total} {'entity matches' if total == 1 else 'entities match'} "
-                   f"<strong>{escape(view.query)}</strong>. <a href=\"/account/memory\">Show everything</a></p>")
+                   f"<strong>{escape(view.query)}</strong>. <a href=\"{everything}\">Show everything</a></p>")
     else:
-        summary = f"<p>Your memory holds {total} {'entity' if total == 1 else 'entities'}.</p>"
+        which = f"memory <strong>{escape(view.memory)}</strong>" if view.memory else "memory"
+        summary = f"<p>Your {which} holds {total} {'entity' if total == 1 else 'entities'}.</p>"
 
     def paging(where: str) -> str:
         if pages == 1:
@@ -125,26 +145,29 @@ def browser_body(csrf_token: str, view: View, entities: list[dict[str, Any]],
         return (f'<nav class="paging" aria-label="Pages, {where}">{previous}<span>Page {page} of {pages}</span>'
                 f"{following}</nav>")
 
-    cards = "".join(_entity(csrf_token, e, outgoing.get(e["name"], []), incoming.get(e["name"], [])) for e in shown)
+    cards = "".join(_entity(csrf_token, e, outgoing.get(e["name"], []), incoming.get(e["name"], []), view.memory)
+                    for e in shown)
     listing = f'<h2 class="vh">Entities</h2><ul class="cards">{cards}</ul>' if cards else ""
     return search + summary + paging("top") + listing + paging("bottom")
 
 
-def confirm_body(csrf_token: str, entity: dict[str, Any], observation: str | None, relations: int) -> str:
+def confirm_body(csrf_token: str, entity: dict[str, Any], observation: str | None, relations: int,
+                 memory: str = "") -> str:
     name = entity["name"]
+    on = hidden("memory", memory) if memory else ""
     if observation is not None:
         what = (f"<p>Delete this observation of <strong>{escape(name)}</strong>?</p>"
                 f"<blockquote>{escape(observation)}</blockquote>")
         fields = hidden("entity", name) + hidden("observation", digest(observation))
-        back = View(entity=name).url()
+        back = View(entity=name, memory=memory).url()
     else:
         count = len(entity["observations"])
         what = (f"<p>Delete the entity <strong>{escape(name)}</strong> ({escape(entity['entityType'])}), its "
                 f"{count} observation{'' if count == 1 else 's'} and the {relations} "
                 f"relation{'' if relations == 1 else 's'} from or to it?</p>")
         fields = hidden("entity", name)
-        back = View(entity=name).url()
+        back = View(entity=name, memory=memory).url()
     return (what + "<p>This cannot be undone.</p>"
-            f'<form method="post" action="/account/memory/delete">{hidden(csrf.FIELD, csrf_token)}{fields}'
+            f'<form method="post" action="/account/memory/delete">{hidden(csrf.FIELD, csrf_token)}{on}{fields}'
             f'{hidden("confirmed", "yes")}<button type="submit" class="danger">Delete</button></form>'
             f'<p><a href="{escape(back)}">Cancel, keep it</a></p>')

@@ -9,7 +9,8 @@ fold of the target is written by the code that always writes it; what the protoc
 stored) through the few `put_*` methods of `PortableStore`.
 
 Carried: the cookie key (signing keys and kept upstream tokens are encrypted under keys derived
-from it, and browser login cookies are sealed with it), accounts, OAuth clients and when each last
+from it, and browser login cookies are sealed with it), accounts, their named memories (the
+records bound to a memory carry its id), OAuth clients and when each last
 obtained a token, remembered approvals, tokens and personal access tokens that have not expired
 (their hashes, as stored, and a personal token's last use),
 browser logins, signing keys (the private key as its ciphertext), upstream links and kept upstream
@@ -25,11 +26,14 @@ fresh stream: no message is replayed twice) and records past their expiry.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from auth.memories import MemoriesError, Memory
 from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, UpstreamLink, User
 from server.memory.graph import Origin, Quota, StoredEntity, StoredRelation
 from server.storage import Storage
@@ -52,6 +56,13 @@ class UserRecord:
     link: UpstreamLink | None = None
     upstream_tokens: str | None = None
     """Sealed under the cookie key; opaque here."""
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryRecord:
+    """A named memory (`auth.memories`); the default ones are not stored, and not carried."""
+
+    memory: Memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,14 +124,15 @@ class SessionRecordRecord:
     record: SessionRecord
 
 
-Record = (CookieKey | SigningKeyRecord | UserRecord | ClientRecord | ConsentRecord | LoginRecord | TokenRecord
-          | PersonalTokenRecord | EntityRecord | RelationRecord | SessionRecordRecord)
+Record = (CookieKey | SigningKeyRecord | UserRecord | MemoryRecord | ClientRecord | ConsentRecord | LoginRecord
+          | TokenRecord | PersonalTokenRecord | EntityRecord | RelationRecord | SessionRecordRecord)
 
 # The order of an export, and the names counts are reported under. An importer relies on it: a
 # login names its user, a token its client, a relation entities created before it (per owner:
 # the owner's entities, then the owner's relations).
 KINDS: Final[dict[type, str]] = {
-    CookieKey: "cookie key", SigningKeyRecord: "signing keys", UserRecord: "accounts", ClientRecord: "clients",
+    CookieKey: "cookie key", SigningKeyRecord: "signing keys", UserRecord: "accounts", MemoryRecord: "memories",
+    ClientRecord: "clients",
     ConsentRecord: "approvals", LoginRecord: "browser logins", TokenRecord: "tokens",
     PersonalTokenRecord: "personal access tokens", EntityRecord: "entities",
     RelationRecord: "relations", SessionRecordRecord: "MCP sessions",
@@ -201,6 +213,13 @@ async def import_records(store: PortableStore, records: AsyncIterable[Record]) -
                 if upstream_tokens is not None:
                     await store.set_upstream_tokens(user.id, upstream_tokens)
                 passwords[user.id] = user.password_hash
+            case MemoryRecord(memory):
+                # No cap here: what the source holds is carried whatever this server's setting.
+                # An account whose removal was interrupted takes no memory (`create_memory`
+                # refuses); finishing its removal on the target deletes its default graph, and
+                # the operator is told to finish removals before moving data (docs/storage.md).
+                with contextlib.suppress(MemoriesError):
+                    await store.create_memory(memory, sys.maxsize)
             case ClientRecord(client, last_used_at):
                 await store.save_client(client)
                 if last_used_at is not None:

@@ -11,7 +11,7 @@ forked child and the command itself returns at once, as `xdg-open` does.
 
 Usage: browser_hook.py --config FILE URL (FILE: JSON with username, password, origin, log, and
 `provider`, the origin of an upstream OpenID provider to sign in through, for a driver's
-`--upstream` run).
+`--upstream` run, and `memory`, the memory to choose on the consent page, for a `--memory` run).
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def log(path: Path, entry: dict[str, Any]) -> None:
 async def authorize(config: dict[str, Any], url: str) -> tuple[str, list[str]]:
     """Log in and consent at `url`; the redirect (to the client's callback) the server answered
     with, and the pages visited on the way (without their queries)."""
-    browser = Browser(config["username"], config["password"], provider=config.get("provider"))
+    browser = Browser(config["username"], config["password"], provider=config.get("provider"),
+                      memory=config.get("memory"))
     try:
         return (await browser.authorize(url, config["origin"])).url, [u.split("?")[0] for u in browser.visited]
     finally:

@@ -16,6 +16,7 @@ from server.storage.redis.auth import RedisAuth
 from server.storage.redis.base import DEFAULT_PREFIX, RedisBase
 from server.storage.redis.graph import RedisGraph
 from server.storage.redis.keys import RedisKeys
+from server.storage.redis.memories import RedisMemories
 from server.storage.redis.portable import RedisPortable
 from server.storage.redis.ratelimit import RedisLimiter
 from server.storage.redis.sessions import RedisSessions
@@ -23,5 +24,5 @@ from server.storage.redis.sessions import RedisSessions
 __all__ = ["DEFAULT_PREFIX", "RedisLimiter", "RedisStorage"]
 
 
-class RedisStorage(RedisPortable, RedisAuth, RedisKeys, RedisGraph, RedisSessions, RedisBase):
+class RedisStorage(RedisPortable, RedisAuth, RedisMemories, RedisKeys, RedisGraph, RedisSessions, RedisBase):
     """Every storage protocol (`server.storage.Storage`) on one Redis connection pool."""

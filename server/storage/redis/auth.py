@@ -174,6 +174,23 @@ local function del_where(index, kind, field, value, del)
   return n
 end
 
+-- Delete the records an index names that are bound to the memory `value` (a record of the
+-- default memory has no `memory` field, and stays).
+local function del_bound(index, kind, value, del)
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('HGET', k(kind, m), 'memory') == value then n = n + del(m) end
+  end
+  return n
+end
+
+-- The user's named memories (`memories.py`): each one's record, then the name index.
+local function del_user_memories(user_id)
+  local index = k('user-memories', user_id)
+  for _, id in ipairs(redis.call('HVALS', index)) do redis.call('DEL', k('memory', id)) end
+  redis.call('DEL', index)
+end
+
 local function del_grant(grant_id)
   return del_all(k('grant-tokens', grant_id), del_token)
 end
@@ -207,7 +224,7 @@ local function delete_client(id)
 end
 
 -- Store the tokens ARGV[first..] (TOKEN_ARGS each, see `_token_args`) and mark their clients used.
-local TOKEN_ARGS = 11
+local TOKEN_ARGS = 12
 local function put_tokens(first)
   for i = first, #ARGV, TOKEN_ARGS do
     local h, grant, client, subject = ARGV[i], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -217,6 +234,7 @@ local function put_tokens(first)
     redis.call('HSET', key, 'kind', ARGV[i + 1], 'grant_id', grant, 'client_id', client, 'subject', subject,
                'scopes', ARGV[i + 5], 'resource', ARGV[i + 6], 'issued_at', issued, 'expires_at', expires)
     if ARGV[i + 9] ~= '' then redis.call('HSET', key, 'auth_time', ARGV[i + 9]) end
+    if ARGV[i + 11] ~= '' then redis.call('HSET', key, 'memory', ARGV[i + 11]) end
     redis.call('PEXPIRE', key, ttl)
     index_add(k('grant-tokens', grant), h, expires, issued, ttl)
     index_add(k('user-tokens', subject), h, expires, issued, ttl)
@@ -351,11 +369,13 @@ local name = redis.call('HGET', key, 'username')
 local existed = redis.call('DEL', key)
 if name and redis.call('HGET', k0('usernames'), name) == id then redis.call('HDEL', k0('usernames'), name) end
 del_user_records(id)
+-- Its memories last: until now a re-run of an interrupted removal still finds their graphs by them.
+del_user_memories(id)
 return existed
 """)
 
 # ARGV: prefix, login_hash, code_hash, client_id, redirect_uri, code_challenge, scopes, resource,
-# subject, auth_time, expires_at, nonce ('' = none), ttl_ms.
+# subject, auth_time, expires_at, nonce ('' = none), ttl_ms, memory ('' = the default one).
 _SAVE_CODE = _script("""
 local h, client, subject, auth_time, expires, ttl = ARGV[3], ARGV[4], ARGV[9], ARGV[10], ARGV[11], ARGV[13]
 if redis.call('HGET', k('login', ARGV[2]), 'user_id') ~= subject then return 0 end
@@ -365,6 +385,7 @@ redis.call('HSET', key, 'client_id', client, 'redirect_uri', ARGV[5], 'code_chal
            'scopes', ARGV[7], 'resource', ARGV[8], 'subject', subject, 'auth_time', auth_time,
            'expires_at', expires)
 if ARGV[12] ~= '' then redis.call('HSET', key, 'nonce', ARGV[12]) end
+if ARGV[14] ~= '' then redis.call('HSET', key, 'memory', ARGV[14]) end
 redis.call('PEXPIRE', key, ttl)
 index_add(k('user-codes', subject), h, expires, auth_time, ttl)
 index_add(k('client-codes', client), h, expires, auth_time, ttl)
@@ -443,8 +464,9 @@ return del_where(k('user-tokens', subject), 'token', 'client_id', client, del_to
 """)
 
 # ARGV: prefix, token_hash, id, subject, name, scopes, resource, created_at, expires_at ('' = never),
-# ttl_ms ('' = never), the ACTIVE state. The user's index keeps no TTL while it holds a token that
-# never expires (score +inf), and otherwise lives at least as long as its longest-lived member.
+# ttl_ms ('' = never), the ACTIVE state, memory ('' = the default one). The user's index keeps no
+# TTL while it holds a token that never expires (score +inf), and otherwise lives at least as long
+# as its longest-lived member.
 _SAVE_PAT = _script("""
 local h, id, subject, created, expires, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[9], ARGV[10]
 if redis.call('HGET', k('user', subject), 'state') ~= ARGV[11] then return 0 end
@@ -452,6 +474,7 @@ local key, index = k('pat', h), k('user-pats', subject)
 redis.call('DEL', key)
 redis.call('HSET', key, 'id', id, 'subject', subject, 'name', ARGV[5], 'scopes', ARGV[6], 'resource', ARGV[7],
            'created_at', created)
+if ARGV[12] ~= '' then redis.call('HSET', key, 'memory', ARGV[12]) end
 if expires == '' then
   redis.call('SET', k('pat-id', id), h)
   redis.call('ZADD', index, '+inf', h)
@@ -513,12 +536,13 @@ _DELETE_LOGIN = _script("return del_login(ARGV[2])")
 _END_LOGINS = _script("return del_all(k('user-logins', ARGV[2]), del_login)")
 
 # ARGV: prefix, consent id, user_id, client_id, redirect_uri, resource, scopes, created_at,
-# expires_at, ttl_ms.
+# expires_at, ttl_ms, memory ('' = the default one: a memory remembered before is dropped).
 _REMEMBER_CONSENT = _script("""
 local id, user, client, created, expires, ttl = ARGV[2], ARGV[3], ARGV[4], ARGV[8], ARGV[9], ARGV[10]
 local key = k('consent', id)
 redis.call('HSET', key, 'user_id', user, 'client_id', client, 'redirect_uri', ARGV[5], 'resource', ARGV[6],
            'scopes', ARGV[7], 'created_at', created, 'expires_at', expires)
+if ARGV[11] ~= '' then redis.call('HSET', key, 'memory', ARGV[11]) else redis.call('HDEL', key, 'memory') end
 redis.call('PEXPIRE', key, ttl)
 index_add(k('user-consents', user), id, expires, created, ttl)
 index_add(k('client-consents', client), id, expires, created, ttl)
@@ -581,7 +605,7 @@ def _code(code_hash: str, f: dict[str, str]) -> AuthorizationCode:
         code_hash=code_hash, client_id=f["client_id"], redirect_uri=f["redirect_uri"],
         code_challenge=f["code_challenge"], scopes=tuple(f["scopes"].split()), resource=f["resource"],
         subject=f["subject"], auth_time=float(f["auth_time"]), expires_at=float(f["expires_at"]),
-        nonce=f.get("nonce"), grant_id=f.get("grant_id"),
+        nonce=f.get("nonce"), grant_id=f.get("grant_id"), memory=f.get("memory"),
     )
 
 
@@ -590,7 +614,7 @@ def _token(token_hash: str, f: dict[str, str]) -> Token:
         token_hash=token_hash, kind="refresh" if f["kind"] == "refresh" else "access", grant_id=f["grant_id"],
         client_id=f["client_id"], subject=f["subject"], scopes=tuple(f["scopes"].split()), resource=f["resource"],
         issued_at=float(f["issued_at"]), expires_at=float(f["expires_at"]), auth_time=_opt(f.get("auth_time")),
-        superseded_at=_opt(f.get("superseded_at")),
+        superseded_at=_opt(f.get("superseded_at")), memory=f.get("memory"),
     )
 
 
@@ -598,7 +622,7 @@ def _personal(token_hash: str, f: dict[str, str]) -> PersonalToken:
     return PersonalToken(
         id=f["id"], token_hash=token_hash, subject=f["subject"], name=f["name"], scopes=tuple(f["scopes"].split()),
         resource=f["resource"], created_at=float(f["created_at"]), expires_at=_opt(f.get("expires_at")),
-        last_used_at=_opt(f.get("last_used_at")),
+        last_used_at=_opt(f.get("last_used_at")), memory=f.get("memory"),
     )
 
 
@@ -612,7 +636,7 @@ def _token_args(tokens: Sequence[Token]) -> list[str]:
     for t in tokens:
         args += [t.token_hash, t.kind, t.grant_id, t.client_id, t.subject, " ".join(t.scopes), t.resource,
                  _num(t.issued_at), _num(t.expires_at), "" if t.auth_time is None else _num(t.auth_time),
-                 str(ttl_ms(t.expires_at, t.issued_at))]
+                 str(ttl_ms(t.expires_at, t.issued_at)), t.memory or ""]
     return args
 
 
@@ -631,6 +655,7 @@ def _consent(f: dict[str, str]) -> RememberedConsent:
     return RememberedConsent(
         user_id=f["user_id"], client_id=f["client_id"], redirect_uri=f["redirect_uri"], resource=f["resource"],
         scopes=tuple(f["scopes"].split()), created_at=float(f["created_at"]), expires_at=float(f["expires_at"]),
+        memory=f.get("memory"),
     )
 
 
@@ -650,7 +675,7 @@ def _after(cursor: int, entries: Any) -> tuple[int, list[Revocation]]:
     found = []
     for _, raw in entries:
         f = _fields(raw) or {}
-        found.append(Revocation(f.get("subject"), f.get("client_id"), f.get("grant_id")))
+        found.append(Revocation(f.get("subject"), f.get("client_id"), f.get("grant_id"), f.get("memory")))
     return _cursor(entries[-1][0]), found
 
 
@@ -776,7 +801,7 @@ class RedisAuth(RedisBase):
         return bool(await self._auth_script(
             _SAVE_CODE, login_hash, code.code_hash, code.client_id, code.redirect_uri, code.code_challenge,
             " ".join(code.scopes), code.resource, code.subject, _num(code.auth_time), _num(code.expires_at),
-            code.nonce or "", str(ttl_ms(code.expires_at, code.auth_time))))
+            code.nonce or "", str(ttl_ms(code.expires_at, code.auth_time)), code.memory or ""))
 
     async def consume_code(self, code_hash: str, grant_id: str, now: float) -> Redemption:
         result = await self._auth_script(_CONSUME_CODE, code_hash, grant_id, _num(now))
@@ -857,7 +882,7 @@ class RedisAuth(RedisBase):
                                                               str(ttl_ms(t.expires_at, t.created_at)))
         return bool(await self._auth_script(
             _SAVE_PAT, t.token_hash, t.id, t.subject, t.name, " ".join(t.scopes), t.resource, _num(t.created_at),
-            expires, ttl, str(AccountState.ACTIVE)))
+            expires, ttl, str(AccountState.ACTIVE), t.memory or ""))
 
     async def get_personal_token(self, token_hash: str, now: float) -> PersonalToken | None:
         found = _fields(await self.client.hgetall(self.key("pat", token_hash)))  # type: ignore[arg-type]
@@ -904,7 +929,8 @@ class RedisAuth(RedisBase):
         await self._auth_script(_REMEMBER_CONSENT,
                                 consent_id(c.user_id, c.client_id, c.redirect_uri, c.resource, c.scopes),
                         c.user_id, c.client_id, c.redirect_uri, c.resource, _consent_scopes(c.scopes),
-                        _num(c.created_at), _num(c.expires_at), str(ttl_ms(c.expires_at, c.created_at)))
+                        _num(c.created_at), _num(c.expires_at), str(ttl_ms(c.expires_at, c.created_at)),
+                        c.memory or "")
 
     async def find_consent(self, user_id: str, client_id: str, redirect_uri: str, resource: str,
                            scopes: tuple[str, ...], now: float) -> RememberedConsent | None:
@@ -938,7 +964,8 @@ class RedisAuth(RedisBase):
     async def record_revocation(self, revocation: Revocation, now: float) -> None:
         entry = [(name, value) for name, value in (("subject", revocation.subject),
                                                    ("client_id", revocation.client_id),
-                                                   ("grant_id", revocation.grant_id)) if value is not None]
+                                                   ("grant_id", revocation.grant_id),
+                                                   ("memory", revocation.memory)) if value is not None]
         # A stream entry needs a field: "at" (the caller's time, for the operator's eye) is always there.
         fields = ["at", _num(now), *(part for pair in entry for part in pair)]
         await self._auth_script(_RECORD_REVOCATION, str(REVOCATION_LOG_SECONDS), *fields)

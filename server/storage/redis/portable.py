@@ -23,6 +23,7 @@ from server.storage.portable import (
     CookieKey,
     EntityRecord,
     LoginRecord,
+    MemoryRecord,
     PersonalTokenRecord,
     PortableError,
     Record,
@@ -37,13 +38,14 @@ from server.storage.redis.base import guard_all
 from server.storage.redis.graph import RedisGraph, parse_origin
 from server.storage.redis.graph_view import SEP, texts_of
 from server.storage.redis.keys import RedisKeys
+from server.storage.redis.memories import RedisMemories
 from server.storage.redis.sessions import RedisSessions, _record
 
 SCAN_COUNT = 512
 
 
 @guard_all
-class RedisPortable(RedisAuth, RedisKeys, RedisGraph, RedisSessions):
+class RedisPortable(RedisAuth, RedisMemories, RedisKeys, RedisGraph, RedisSessions):
     """Mixin: `server.storage.portable.PortableStore`'s additions."""
 
     async def _scan(self, kind: str) -> AsyncIterator[str]:
@@ -68,6 +70,9 @@ class RedisPortable(RedisAuth, RedisKeys, RedisGraph, RedisSessions):
         for user in users:
             link = await self.get_upstream_link(user.id)
             yield UserRecord(user, link, await self.get_upstream_tokens(user.id))
+        for user in users:
+            for memory in await self.list_memories(user.id):
+                yield MemoryRecord(memory)
         for client in await self.list_clients():
             used = await self.client.zscore(self.key("client-use"), client.client_id)
             yield ClientRecord(client, None if used is None else float(used))

@@ -1,7 +1,8 @@
 """The embedded storage backend: one SQLite file under the data directory.
 
 Each table group lives in its own module with its schema documented beside the code that uses
-it: `auth.py` (clients, users, codes, tokens, browser sessions), `graph.py` (the memory graphs),
+it: `auth.py` (clients, users, codes, tokens, browser sessions), `memories.py` (named memories),
+`graph.py` (the memory graphs),
 `sessions.py` (MCP session records and their resumable event streams), `keys.py` (ID-token
 signing keys), `portable.py` (export and import, `server.storage.portable`).
 
@@ -19,14 +20,17 @@ from server.storage.sqlite.auth import AuthTables, migrate
 from server.storage.sqlite.db import DEFAULT_BUSY_TIMEOUT, Database
 from server.storage.sqlite.graph import GraphTables
 from server.storage.sqlite.keys import SigningKeyTables
+from server.storage.sqlite.memories import MemoryTables
 from server.storage.sqlite.portable import SQLitePortable
 from server.storage.sqlite.sessions import EventTables, SessionTables
 
 
-class SQLiteStorage(AuthTables, SigningKeyTables, GraphTables, SessionTables, EventTables, SQLitePortable):
+class SQLiteStorage(AuthTables, MemoryTables, SigningKeyTables, GraphTables, SessionTables, EventTables,
+                    SQLitePortable):
     def __init__(self, path: Path, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
         self.db = Database(path, busy_timeout)
-        for schema in (AuthTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA, SessionTables.SCHEMA):
+        for schema in (AuthTables.SCHEMA, MemoryTables.SCHEMA, SigningKeyTables.SCHEMA, GraphTables.SCHEMA,
+                       SessionTables.SCHEMA):
             self.db.apply_schema(schema)
         migrate(self.db)
         EventTables.migrate(self.db)

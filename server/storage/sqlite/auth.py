@@ -110,7 +110,8 @@ CREATE TABLE IF NOT EXISTS auth_codes (
     auth_time REAL NOT NULL,
     expires_at REAL NOT NULL,
     nonce TEXT,
-    grant_id TEXT
+    grant_id TEXT,
+    memory TEXT
 );
 CREATE INDEX IF NOT EXISTS auth_codes_subject ON auth_codes (subject);
 CREATE INDEX IF NOT EXISTS auth_codes_client ON auth_codes (client_id);
@@ -128,7 +129,8 @@ CREATE TABLE IF NOT EXISTS auth_tokens (
     auth_time REAL,
     superseded_at REAL,
     successor_hash TEXT,
-    successor TEXT
+    successor TEXT,
+    memory TEXT
 );
 CREATE INDEX IF NOT EXISTS auth_tokens_grant ON auth_tokens (grant_id);
 CREATE INDEX IF NOT EXISTS auth_tokens_subject ON auth_tokens (subject);
@@ -150,6 +152,7 @@ CREATE TABLE IF NOT EXISTS auth_consents (
     scopes TEXT NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL,
+    memory TEXT,
     PRIMARY KEY (user_id, client_id, redirect_uri, resource, scopes)
 );
 CREATE INDEX IF NOT EXISTS auth_consents_client ON auth_consents (client_id);
@@ -174,7 +177,8 @@ CREATE TABLE IF NOT EXISTS auth_personal_tokens (
     resource TEXT NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL,
-    last_used_at REAL
+    last_used_at REAL,
+    memory TEXT
 );
 CREATE INDEX IF NOT EXISTS auth_personal_tokens_subject ON auth_personal_tokens (subject);
 CREATE INDEX IF NOT EXISTS auth_personal_tokens_expiry ON auth_personal_tokens (expires_at);
@@ -183,7 +187,8 @@ CREATE TABLE IF NOT EXISTS auth_revocations (
     subject TEXT,
     client_id TEXT,
     grant_id TEXT,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    memory TEXT
 )
 """
 
@@ -200,6 +205,13 @@ ADDED_COLUMNS = (
     ("auth_tokens", "successor_hash", "TEXT"),
     ("auth_tokens", "successor", "TEXT"),
     ("auth_users", "state", "TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'removing'))"),
+    # Named memories (auth.memories): NULL is the default memory, which is what every record made
+    # before them is bound to.
+    ("auth_codes", "memory", "TEXT"),
+    ("auth_tokens", "memory", "TEXT"),
+    ("auth_consents", "memory", "TEXT"),
+    ("auth_personal_tokens", "memory", "TEXT"),
+    ("auth_revocations", "memory", "TEXT"),
 )
 
 
@@ -246,7 +258,7 @@ def _code(row: sqlite3.Row) -> AuthorizationCode:
         code_hash=row["code_hash"], client_id=row["client_id"], redirect_uri=row["redirect_uri"],
         code_challenge=row["code_challenge"], scopes=_scopes(row["scopes"]), resource=row["resource"],
         subject=row["subject"], auth_time=row["auth_time"], expires_at=row["expires_at"], nonce=row["nonce"],
-        grant_id=row["grant_id"],
+        grant_id=row["grant_id"], memory=row["memory"],
     )
 
 
@@ -255,7 +267,7 @@ def _token(row: sqlite3.Row) -> Token:
         token_hash=row["token_hash"], kind=row["kind"], grant_id=row["grant_id"], client_id=row["client_id"],
         subject=row["subject"], scopes=_scopes(row["scopes"]), resource=row["resource"],
         issued_at=row["issued_at"], expires_at=row["expires_at"], auth_time=row["auth_time"],
-        superseded_at=row["superseded_at"],
+        superseded_at=row["superseded_at"], memory=row["memory"],
     )
 
 
@@ -263,7 +275,7 @@ def _personal(row: sqlite3.Row) -> PersonalToken:
     return PersonalToken(
         id=row["id"], token_hash=row["token_hash"], subject=row["subject"], name=row["name"],
         scopes=_scopes(row["scopes"]), resource=row["resource"], created_at=row["created_at"],
-        expires_at=row["expires_at"], last_used_at=row["last_used_at"],
+        expires_at=row["expires_at"], last_used_at=row["last_used_at"], memory=row["memory"],
     )
 
 
@@ -276,17 +288,17 @@ def _consent(row: sqlite3.Row) -> RememberedConsent:
     return RememberedConsent(
         user_id=row["user_id"], client_id=row["client_id"], redirect_uri=row["redirect_uri"],
         resource=row["resource"], scopes=_scopes(row["scopes"]), created_at=row["created_at"],
-        expires_at=row["expires_at"],
+        expires_at=row["expires_at"], memory=row["memory"],
     )
 
 
 _INSERT_TOKEN = """INSERT INTO auth_tokens (token_hash, kind, grant_id, client_id, subject, scopes, resource,
-                   issued_at, expires_at, auth_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""  # noqa: S105 - SQL
+                   issued_at, expires_at, auth_time, memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"""  # noqa: S105 - SQL
 
 
 def _token_row(t: Token) -> tuple[object, ...]:
     return (t.token_hash, t.kind, t.grant_id, t.client_id, t.subject, " ".join(t.scopes), t.resource,
-            t.issued_at, t.expires_at, t.auth_time)
+            t.issued_at, t.expires_at, t.auth_time, t.memory)
 
 
 def _record_client_use(conn: sqlite3.Connection, tokens: Sequence[Token]) -> None:
@@ -417,6 +429,9 @@ class AuthTables:
         def write(conn: sqlite3.Connection) -> int:
             deleted = conn.execute("DELETE FROM auth_users WHERE id = ?", (user_id,)).rowcount
             _delete_user_records(conn, user_id)
+            # Its memories last: until now a re-run of an interrupted removal still finds their
+            # graphs by them (`memory-mcp users remove`).
+            conn.execute("DELETE FROM auth_memories WHERE user_id = ?", (user_id,))
             return int(deleted)
         return await self.db.write(write) > 0
 
@@ -475,10 +490,11 @@ class AuthTables:
             conn.execute("DELETE FROM auth_codes WHERE expires_at <= ?", (code.auth_time,))
             inserted = conn.execute(
                 """INSERT INTO auth_codes (code_hash, client_id, redirect_uri, code_challenge, scopes, resource,
-                   subject, auth_time, expires_at, nonce) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
+                   subject, auth_time, expires_at, nonce, memory) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
                    WHERE EXISTS (SELECT 1 FROM auth_browser_sessions WHERE session_hash = ? AND user_id = ?)""",
                 (code.code_hash, code.client_id, code.redirect_uri, code.code_challenge, " ".join(code.scopes),
-                 code.resource, code.subject, code.auth_time, code.expires_at, code.nonce, login_hash, code.subject),
+                 code.resource, code.subject, code.auth_time, code.expires_at, code.nonce, code.memory, login_hash,
+                 code.subject),
             ).rowcount
             return inserted > 0
         return await self.db.write(write)
@@ -592,10 +608,10 @@ class AuthTables:
             conn.execute("DELETE FROM auth_personal_tokens WHERE expires_at <= ?", (token.created_at,))
             inserted = conn.execute(
                 """INSERT INTO auth_personal_tokens (id, token_hash, subject, name, scopes, resource, created_at,
-                   expires_at) SELECT ?, ?, ?, ?, ?, ?, ?, ?
+                   expires_at, memory) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?
                    WHERE EXISTS (SELECT 1 FROM auth_users WHERE id = ? AND state = ?)""",
                 (token.id, token.token_hash, token.subject, token.name, " ".join(token.scopes), token.resource,
-                 token.created_at, token.expires_at, token.subject, AccountState.ACTIVE),
+                 token.created_at, token.expires_at, token.memory, token.subject, AccountState.ACTIVE),
             ).rowcount
             return inserted > 0
         return await self.db.write(write)
@@ -655,11 +671,12 @@ class AuthTables:
             conn.execute("DELETE FROM auth_consents WHERE expires_at <= ?", (consent.created_at,))
             conn.execute(
                 """INSERT INTO auth_consents (user_id, client_id, redirect_uri, resource, scopes, created_at,
-                   expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                   expires_at, memory) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (user_id, client_id, redirect_uri, resource, scopes)
-                   DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at""",
+                   DO UPDATE SET created_at = excluded.created_at, expires_at = excluded.expires_at,
+                                 memory = excluded.memory""",
                 (consent.user_id, consent.client_id, consent.redirect_uri, consent.resource,
-                 _consent_scopes(consent.scopes), consent.created_at, consent.expires_at),
+                 _consent_scopes(consent.scopes), consent.created_at, consent.expires_at, consent.memory),
             )
         await self.db.write(write)
 
@@ -697,8 +714,9 @@ class AuthTables:
             # rowid readers' cursors are already past, and no running server would see it.
             conn.execute("DELETE FROM auth_revocations WHERE created_at < ? AND id < (SELECT max(id) FROM "
                          "auth_revocations)", (now - REVOCATION_LOG_SECONDS,))
-            conn.execute("INSERT INTO auth_revocations (subject, client_id, grant_id, created_at) VALUES (?, ?, ?, ?)",
-                         (revocation.subject, revocation.client_id, revocation.grant_id, now))
+            conn.execute("INSERT INTO auth_revocations (subject, client_id, grant_id, created_at, memory) "
+                         "VALUES (?, ?, ?, ?, ?)",
+                         (revocation.subject, revocation.client_id, revocation.grant_id, now, revocation.memory))
         await self.db.write(write)
 
     async def revocations_after(self, cursor: int | None) -> tuple[int, list[Revocation]]:
@@ -706,11 +724,12 @@ class AuthTables:
             rows = await self.db.read(_all, "SELECT coalesce(max(id), 0) FROM auth_revocations", ())
             return int(rows[0][0]), []
         rows = await self.db.read(
-            _all, "SELECT id, subject, client_id, grant_id FROM auth_revocations WHERE id > ? ORDER BY id",
+            _all, "SELECT id, subject, client_id, grant_id, memory FROM auth_revocations WHERE id > ? ORDER BY id",
             (cursor,))
         if not rows:
             return cursor, []
-        return int(rows[-1]["id"]), [Revocation(r["subject"], r["client_id"], r["grant_id"]) for r in rows]
+        return int(rows[-1]["id"]), [Revocation(r["subject"], r["client_id"], r["grant_id"], r["memory"])
+                                     for r in rows]
 
     async def wait_revocations(self, cursor: int, seconds: float) -> tuple[int, list[Revocation]]:
         # Nothing can wake a reader of a file: poll.

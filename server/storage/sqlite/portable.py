@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from itertools import islice
 from pathlib import Path
 
+from auth.memories import Memory
 from auth.models import AccountState, SigningKey, UpstreamLink, User
 from server.keyfile import KEY_FILE
 from server.memory.graph import Origin
@@ -26,6 +27,7 @@ from server.storage.portable import (
     CookieKey,
     EntityRecord,
     LoginRecord,
+    MemoryRecord,
     PersonalTokenRecord,
     PortableError,
     Record,
@@ -83,6 +85,8 @@ def _records(conn: sqlite3.Connection, key_file: Path, now: float) -> Iterator[R
         link = None if row["issuer"] is None else UpstreamLink(row["issuer"], row["subject"], user.id,
                                                                 row["linked_at"])
         yield UserRecord(user, link, row["sealed"])
+    for row in conn.execute("SELECT * FROM auth_memories ORDER BY created_at, id"):
+        yield MemoryRecord(Memory(row["id"], row["user_id"], row["name"], row["created_at"]))
     for row in conn.execute("""SELECT c.registration, u.last_used_at FROM auth_clients c
                                LEFT JOIN auth_client_use u USING (client_id) ORDER BY c.issued_at, c.client_id"""):
         yield ClientRecord(_client(row), row["last_used_at"])

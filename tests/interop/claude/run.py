@@ -173,10 +173,12 @@ def run_tty_step(name: str, argv: list[str], work: Path, env: dict[str, str], ti
     return text
 
 
-def paste_login(work: Path, origin: str, provider: str | None = None) -> Callable[[str], str | None]:
+def paste_login(work: Path, origin: str, provider: str | None = None,
+                memory: str | None = None) -> Callable[[str], str | None]:
     """The person at `claude mcp login --no-browser`: once Claude Code asks for the redirect URL,
     open the URL it printed in the scripted browser, log in, consent, and type back the address
-    the browser was sent to (which no listener need receive)."""
+    the browser was sent to (which no listener need receive). `memory`: the one to choose at
+    consent, as the first login did (a `--memory` run)."""
     record = work / "browser.jsonl"
 
     def respond(screen: str) -> str | None:
@@ -190,7 +192,7 @@ def paste_login(work: Path, origin: str, provider: str | None = None) -> Callabl
             f.write(json.dumps({"event": "printed", "url": url}) + "\n")
 
         async def authorize() -> str:
-            browser = Browser(USERNAME, PASSWORD, provider=provider)
+            browser = Browser(USERNAME, PASSWORD, provider=provider, memory=memory)
             try:
                 return (await browser.authorize(url, origin)).url
             finally:
@@ -223,12 +225,14 @@ def main() -> int:
                         "instead of SQLite")
     parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
                         "(tests/upstream.py) instead of a local password")
+    parser.add_argument("--memory", help="create this named memory for the user (`memory-mcp memory create`) and "
+                        "choose it on the consent page, instead of the default memory")
     args = parser.parse_args()
     work: Path = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"steps": [], "deadline": time.monotonic() + RUN_DEADLINE}
     try:
-        drive(work, args.claude, args.python, results, args.upstream, args.redis)
+        drive(work, args.claude, args.python, results, args.upstream, args.redis, args.memory)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -263,7 +267,7 @@ def claude_env(work: Path, home: Path, stub_port: int, browser: Path) -> dict[st
 
 
 def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstream: bool = False,
-          redis: bool = False) -> None:
+          redis: bool = False, memory: str | None = None) -> None:
     loopback_up()
     # The console script, as a user runs it (scripts/test installs the project into the venv).
     memory_mcp = str(Path(python).parent / "memory-mcp")
@@ -284,6 +288,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
     base_env = {k: v for k, v in os.environ.items() if not k.upper().endswith("_PROXY")}
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
+    results["memory"] = memory
     with run_store(work, redis) as store_flags, processes() as procs:
         results["redis_dir"] = str(work / "redis") if redis else None
         if not upstream:
@@ -292,6 +297,11 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
                              stdin=PASSWORD + "\n")
             if added.returncode != 0:
                 raise RuntimeError(f"users add failed: {added.stderr}")
+        if memory is not None:
+            made = run_step("memory-create", [memory_mcp, "memory", "create", "--user", USERNAME, memory, "--data-dir",
+                                              str(data_dir), *store_flags], work, base_env, 60, results)
+            if made.returncode != 0:
+                raise RuntimeError(f"memory create failed: {made.stderr}")
         server = procs.start([memory_mcp, "serve", "--port", str(server_port), "--data-dir", str(data_dir),
                               "--public-url", origin, *store_flags, *upstream_flags], work / "server.log",
                              env=base_env)
@@ -307,7 +317,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
         # $BROWSER: a one-line script, since Claude Code runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
         hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
-                                           "provider": issuer,
+                                           "provider": issuer, "memory": memory,
                                            "log": str(work / "browser.jsonl")}))
         browser = work / "browser.sh"
         browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE.parent / 'browser_hook.py'))} "
@@ -346,7 +356,7 @@ def drive(work: Path, claude: Path, python: str, results: dict[str, Any], upstre
                                           "--", REMEMBER_PROMPT], 60)
         claude_step("claude-mcp-logout", ["mcp", "logout", SERVER_NAME], 30)
         claude_step("claude-mcp-login-paste", ["mcp", "login", SERVER_NAME, "--no-browser"], 45, tty=True,
-                    respond=paste_login(work, origin, issuer))
+                    respond=paste_login(work, origin, issuer, memory))
         # Time passes: the access token of the second login expires (Claude Code reads the
         # expiry it stored, `expiresAt` in ms), so the next command must refresh it first.
         expire_access_token(credentials, work / "credentials-expired.json")

@@ -133,6 +133,8 @@ def main() -> int:
                         "instead of SQLite")
     parser.add_argument("--upstream", action="store_true", help="sign in through an upstream OpenID provider "
                         "(tests/upstream.py) instead of a local password")
+    parser.add_argument("--memory", help="create this named memory for the user (`memory-mcp memory create`) and "
+                        "choose it on the consent page, instead of the default memory")
     parser.add_argument("--personal-token", action="store_true", help="no sign-in: give Codex a personal access "
                         "token in an environment variable")
     args = parser.parse_args()
@@ -143,7 +145,7 @@ def main() -> int:
         if args.personal_token:
             drive_personal_token(work, args.codex, args.python, results)
         else:
-            drive(work, args.codex, args.python, results, args.upstream, args.redis)
+            drive(work, args.codex, args.python, results, args.upstream, args.redis, args.memory)
     except Exception as exc:
         results["error"] = repr(exc)
         results["traceback"] = traceback.format_exc()
@@ -210,13 +212,14 @@ def prepare(work: Path, codex: Path, python: str, results: dict[str, Any]) -> Ru
 
 
 def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstream: bool = False,
-          redis: bool = False) -> None:
+          redis: bool = False, memory: str | None = None) -> None:
     run = prepare(work, codex, python, results)
     memory_mcp, data_dir, cwd, port, origin, env = (run.memory_mcp, run.data_dir, run.cwd, run.port, run.origin,
                                                     run.env)
 
     provider, issuer, upstream_flags = start_upstream(work, origin) if upstream else (None, None, [])
     results["provider"] = issuer
+    results["memory"] = memory
     with run_store(work, redis) as store_flags, processes() as procs:
         results["redis_dir"] = str(work / "redis") if redis else None
         if not upstream:
@@ -224,6 +227,11 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
                                            str(data_dir), *store_flags], work, env, 60, results, stdin=PASSWORD + "\n")
             if added.returncode != 0:
                 raise RuntimeError(f"users add failed: {added.stderr}")
+        if memory is not None:
+            made = run_step("memory-create", [memory_mcp, "memory", "create", "--user", USERNAME, memory, "--data-dir",
+                                              str(data_dir), *store_flags], work, env, 60, results)
+            if made.returncode != 0:
+                raise RuntimeError(f"memory create failed: {made.stderr}")
         server = procs.start([memory_mcp, "serve", "--port", str(port), "--data-dir", str(data_dir),
                               *store_flags, *upstream_flags], work / "server.log", env=env)
         wait_http(origin + "/healthz", 30, server)
@@ -232,7 +240,7 @@ def drive(work: Path, codex: Path, python: str, results: dict[str, Any], upstrea
         # $BROWSER: a one-line script, since Codex runs it with the URL as its only argument.
         hook_config = work / "browser-hook.json"
         hook_config.write_text(json.dumps({"username": USERNAME, "password": PASSWORD, "origin": origin,
-                                           "provider": issuer,
+                                           "provider": issuer, "memory": memory,
                                            "log": str(work / "browser.jsonl")}))
         browser = work / "browser.sh"
         browser.write_text(f"#!/bin/sh\nexec {shlex.quote(python)} {shlex.quote(str(HERE.parent / 'browser_hook.py'))} "
