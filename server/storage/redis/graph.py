@@ -78,6 +78,7 @@ from server.memory.graph import (
     Relation,
     Usage,
 )
+from server.memory.search import Query, word_text
 from server.storage.redis.base import RedisBase, guard_all
 from server.storage.redis.graph_view import (
     END,
@@ -94,7 +95,8 @@ from server.storage.redis.graph_view import (
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
 _KEYS_LUA = """
 local K = {owner = KEYS[1], names = KEYS[2], entities = KEYS[3], folds = KEYS[4], triples = KEYS[5],
-           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9]}
+           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], words = KEYS[10],
+           index = KEYS[11]}
 local MEASURES = {'entities', 'observations', 'bytes'}
 
 local function closed()
@@ -198,6 +200,44 @@ local function drop_relation(id, touched, delta)
   touched[chunk_of('r', id)] = true
 end
 
+-- The word index (see the module). A word record is the entity's texts' words, each text's words
+-- separated by spaces, the texts by SEP (name, type, observations: as the record). Its words, each
+-- with the best field it occurs in (0 name, 1 type, 2 an observation).
+local function word_fields(words)
+  local fields = {}
+  if not words then return fields end
+  for j, text in ipairs(split(words)) do
+    local field = j < 3 and j - 1 or 2
+    for word in string.gmatch(text, '[^ ]+') do
+      if fields[word] == nil or fields[word] > field then fields[word] = field end
+    end
+  end
+  return fields
+end
+
+local function in_batches(command, key, items, stride)
+  for first = 1, #items, 512 * stride do
+    redis.call(command, key, unpack(items, first, math.min(#items, first + 512 * stride - 1)))
+  end
+end
+
+-- An entity's words changed from `old` to `new` (word records; nil: none): the index follows.
+local function reindex(id, old, new)
+  local before, after = word_fields(old), word_fields(new)
+  local gone, added = {}, {}
+  for word, field in pairs(before) do
+    if after[word] ~= field then gone[#gone + 1] = word .. SEP .. id .. SEP .. field end
+  end
+  for word, field in pairs(after) do
+    if before[word] ~= field then
+      added[#added + 1] = 0
+      added[#added + 1] = word .. SEP .. id .. SEP .. field
+    end
+  end
+  in_batches('ZREM', K.index, gone, 1)
+  in_batches('ZADD', K.index, added, 2)
+end
+
 -- The ids of the relations from or to `name` (graph:ends members are name FF id).
 local function relations_of(name)
   local ids = {}
@@ -209,12 +249,12 @@ end
 """
 
 # Every mutation's ARGV starts with its stamp (`stale`). Then here: the quota's three limits, then
-# per entity (names already unique): name, record, folded record, number of observations.
+# per entity (names already unique): name, record, folded record, number of observations, word record.
 # Returns {'ok', index of each created entity (from 0)...}.
 _CREATE_ENTITIES = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 5, #ARGV, 4 do
+for i = 5, #ARGV, 5 do
   if redis.call('HEXISTS', K.names, ARGV[i]) == 0 then
     local observations = tonumber(ARGV[i + 3])
     new[#new + 1] = i
@@ -226,13 +266,17 @@ end
 local refusal = refused(delta)
 if refusal then return refusal end
 local touched, created = {}, {'ok'}
+-- An owner without entities has a complete word index (empty): from here on it is kept.
+if #new > 0 and redis.call('HLEN', K.entities) == 0 then redis.call('HSET', K.owner, 'indexed', 1) end
 for _, i in ipairs(new) do
-  local id = redis.call('HINCRBY', K.owner, 'next_entity', 1)
+  local id = tostring(redis.call('HINCRBY', K.owner, 'next_entity', 1))
   redis.call('HSET', K.names, ARGV[i], id)
   redis.call('HSET', K.entities, id, ARGV[i + 1])
   set_fold(id, ARGV[i + 2])
+  redis.call('HSET', K.words, id, ARGV[i + 4])
+  reindex(id, nil, ARGV[i + 4])
   touched[chunk_of('e', id)] = true
-  created[#created + 1] = (i - 5) / 4
+  created[#created + 1] = (i - 5) / 5
 end
 save_folds()
 stale(touched)
@@ -266,8 +310,8 @@ account(delta)
 return created
 """
 
-# ARGV: the stamp, the quota's limits, then per addition: entity name, k, then k pairs (content, folded
-# content), contents unique within the addition. Returns {'missing', name...} (every unknown
+# ARGV: the stamp, the quota's limits, then per addition: entity name, k, then k triples (content,
+# folded content, its words), contents unique within the addition. Returns {'missing', name...} (every unknown
 # name, once, in order) or {'ok', {indexes of the contents added}...} (one list per addition).
 _ADD_OBSERVATIONS = """
 if closed() then return {'closed'} end
@@ -281,26 +325,29 @@ while i <= #ARGV do
     missing[#missing + 1] = name
   end
   additions[#additions + 1] = {ids[name], i + 2, k}
-  i = i + 2 + 2 * k
+  i = i + 2 + 3 * k
 end
 if #missing > 1 then return missing end
-local records, folds, present, delta, result = {}, {}, {}, {0, 0, 0}, {'ok'}
+local records, folds, words, present, delta, result = {}, {}, {}, {}, {0, 0, 0}, {'ok'}
 for _, addition in ipairs(additions) do
   local id, start, k = addition[1], addition[2], addition[3]
   if records[id] == nil then
     local record = redis.call('HGET', K.entities, id)
     records[id], folds[id] = {record}, {get_fold(id)}
+    -- false for an entity from before the word index (not indexed until the owner is: the module)
+    words[id] = {redis.call('HGET', K.words, id)}
     local set, texts = {}, split(record)
     for j = 3, #texts do set[texts[j]] = true end
     present[id] = set
   end
   local added = {}
   for j = 0, k - 1 do
-    local content = ARGV[start + 2 * j]
+    local content = ARGV[start + 3 * j]
     if not present[id][content] then
       present[id][content] = true
       table.insert(records[id], content)
-      table.insert(folds[id], ARGV[start + 2 * j + 1])
+      table.insert(folds[id], ARGV[start + 3 * j + 1])
+      table.insert(words[id], ARGV[start + 3 * j + 2])
       added[#added + 1] = j
       delta[2] = delta[2] + 1
       delta[3] = delta[3] + #content
@@ -315,6 +362,11 @@ for id, record in pairs(records) do
   if #record > 1 then
     redis.call('HSET', K.entities, id, table.concat(record, SEP))
     set_fold(id, table.concat(folds[id], SEP))
+    if words[id][1] then
+      local new = table.concat(words[id], SEP)
+      redis.call('HSET', K.words, id, new)
+      reindex(id, words[id][1], new)
+    end
     touched[chunk_of('e', id)] = true
   end
 end
@@ -339,6 +391,8 @@ for i = 2, #ARGV do
     redis.call('HDEL', K.names, name)
     redis.call('HDEL', K.entities, id)
     set_fold(id, nil)
+    reindex(id, redis.call('HGET', K.words, id), nil)
+    redis.call('HDEL', K.words, id)
     delta[1] = delta[1] - 1
     delta[2] = delta[2] - (seps - 1)
     delta[3] = delta[3] - (#record - seps)
@@ -362,13 +416,16 @@ while i <= #ARGV do
   if id then
     local entry = entries[id]
     if entry == nil then
-      entry = {split(redis.call('HGET', K.entities, id)), split(get_fold(id)), false}
+      local words = redis.call('HGET', K.words, id)
+      entry = {split(redis.call('HGET', K.entities, id)), split(get_fold(id)), false, words,
+               words and split(words)}
       entries[id] = entry
     end
     local doomed = {}
     for j = i + 2, i + 1 + k do doomed[ARGV[j]] = true end
-    local texts, folded = entry[1], entry[2]
+    local texts, folded, worded = entry[1], entry[2], entry[5]
     local kept, kept_folded = {texts[1], texts[2]}, {folded[1], folded[2]}
+    local kept_words = worded and {worded[1], worded[2]}
     for j = 3, #texts do
       if doomed[texts[j]] then
         delta[2] = delta[2] - 1
@@ -377,9 +434,10 @@ while i <= #ARGV do
       else
         kept[#kept + 1] = texts[j]
         kept_folded[#kept_folded + 1] = folded[j]
+        if worded then kept_words[#kept_words + 1] = worded[j] end
       end
     end
-    entry[1], entry[2] = kept, kept_folded
+    entry[1], entry[2], entry[5] = kept, kept_folded, kept_words
   end
   i = i + 2 + k
 end
@@ -387,6 +445,11 @@ for id, entry in pairs(entries) do
   if entry[3] then
     redis.call('HSET', K.entities, id, table.concat(entry[1], SEP))
     set_fold(id, table.concat(entry[2], SEP))
+    if entry[4] then
+      local words = table.concat(entry[5], SEP)
+      redis.call('HSET', K.words, id, words)
+      reindex(id, entry[4], words)
+    end
     touched[chunk_of('e', id)] = true
   end
 end
@@ -415,8 +478,9 @@ return {'ok'}
 _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
 redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
-redis.call('HDEL', K.owner, 'next_entity', 'next_relation')
-redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view)
+redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
+redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.words,
+           K.index)
 return count
 """
 
@@ -476,10 +540,10 @@ local function relations_touching(names, count)
   return out
 end
 
--- The entities with these ids and the relations touching them, each kind in id order as one
--- string of records joined by END.
-local function subgraph(ids)
-  table.sort(ids)
+-- The entities with these ids (in id order, or as given if `ordered`) and the relations touching
+-- them in id order, each kind as one string of records joined by END.
+local function subgraph(ids, ordered)
+  if not ordered then table.sort(ids) end
   local entities = records_of(ids)
   local names = {}
   for _, record in ipairs(entities) do names[string.sub(record, 1, string.find(record, SEP, 1, true) - 1)] = true end
@@ -487,23 +551,118 @@ local function subgraph(ids)
 end
 """
 
+# ARGV: the query lowered (the floor), the key to start after ("" or its four numbers, space
+# separated), the limit ("" for none), then the query's folded words. Returns {'unindexed'} for an
+# owner whose word index is not built yet (the module), else the subgraph of the page (entities in
+# rank order) and the key the next page starts after ("" if none).
 _SEARCH = """
-local query, hits = ARGV[1], {}
+if not redis.call('HGET', K.owner, 'indexed') and redis.call('HLEN', K.entities) > 0 then return {'unindexed'} end
+local phrase, n = ARGV[1], #ARGV - 3
+local facts = {}  -- entity id -> {where the phrase first occurs, then where each word does} (3: nowhere)
+local function facts_of(id)
+  local f = facts[id]
+  if f == nil then
+    f = {3}
+    for i = 1, n do f[i + 1] = 3 end
+    facts[id] = f
+  end
+  return f
+end
 for _, blob in ipairs(redis.call('HVALS', K.folds)) do
-  -- A match lies inside one folded record; the next tag after it names that record's entity,
-  -- and the search goes on after the tag (one hit per entity is enough).
-  local position = 1
+  -- A match lies inside one folded text; the first in a record is in its earliest text. The next
+  -- tag names the record's entity, the separators since the record's start the text; the search
+  -- goes on after the tag (the first match per entity is the one that counts).
+  local position, start = 1, 1
   while true do
-    local found = string.find(blob, query, position, true)
+    local found = string.find(blob, phrase, position, true)
     if found == nil then break end
     local mark = string.find(blob, TAG, found, true)
     if mark == nil then break end
+    while true do
+      local stop = string.find(blob, TAG_END, start, true)
+      if stop == nil or stop > found then break end
+      start = stop + 1
+    end
+    local field, at = 0, start
+    while field < 2 do
+      local sep = string.find(blob, SEP, at, true)
+      if sep == nil or sep >= found then break end
+      field, at = field + 1, sep + 1
+    end
     local stop = string.find(blob, TAG_END, mark, true)
-    hits[#hits + 1] = untag(string.sub(blob, mark + 1, stop - 1))
-    position = stop + 1
+    facts_of(untag(string.sub(blob, mark + 1, stop - 1)))[1] = field
+    position, start = stop + 1, stop + 1
   end
 end
-return subgraph(hits)
+-- Each word as a prefix: the index members word FF id FF field from [word, word FF FF] (no word
+-- holds FF, and ids are digits).
+for i = 1, n do
+  local word = ARGV[i + 3]
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', K.index, '[' .. word, '[' .. word .. SEP .. SEP)) do
+    local a = string.find(member, SEP, 1, true)
+    local b = string.find(member, SEP, a + 1, true)
+    local f = facts_of(tonumber(string.sub(member, a + 1, b - 1)))
+    local field = tonumber(string.sub(member, b + 1))
+    if field < f[i + 1] then f[i + 1] = field end
+  end
+end
+-- The rank key: server.memory.search.rank_key, line for line.
+local keyed = {}
+for id, f in pairs(facts) do
+  local matched, total, phrase_field = 0, 0, f[1]
+  for i = 1, n do
+    local tier = 99
+    if f[i + 1] ~= 3 then tier = 2 * f[i + 1] end
+    if phrase_field ~= 3 and 2 * phrase_field + 1 < tier then tier = 2 * phrase_field + 1 end
+    if tier ~= 99 then matched, total = matched + 1, total + tier end
+  end
+  if matched > 0 or phrase_field ~= 3 then keyed[#keyed + 1] = {-matched, total, phrase_field, id} end
+end
+local function before(x, y)
+  for j = 1, 4 do
+    if x[j] ~= y[j] then return x[j] < y[j] end
+  end
+  return false
+end
+table.sort(keyed, before)
+local after = nil
+if ARGV[2] ~= '' then
+  after = {}
+  for number in string.gmatch(ARGV[2], '[^ ]+') do after[#after + 1] = tonumber(number) end
+end
+local limit = tonumber(ARGV[3])
+local ids, last, more = {}, nil, false
+for _, key in ipairs(keyed) do
+  if after == nil or before(after, key) then
+    if limit ~= nil and #ids >= limit then
+      more = true
+      break
+    end
+    ids[#ids + 1] = key[4]
+    last = key
+  end
+end
+local out = subgraph(ids, true)
+out[3] = (more and last) and table.concat(last, ' ') or ''
+return out
+"""
+
+# Build the word index of an owner from before it (the module). ARGV: how many entities the
+# records were read from, then per entity: id, record, word record. Returns 0 (not built) if the
+# entities are no longer exactly those.
+_INDEX_WORDS = """
+if closed() then return 1 end
+if redis.call('HLEN', K.entities) ~= tonumber(ARGV[1]) then return 0 end
+for i = 2, #ARGV, 3 do
+  if redis.call('HGET', K.entities, ARGV[i]) ~= ARGV[i + 1] then return 0 end
+end
+redis.call('UNLINK', K.words, K.index)
+for i = 2, #ARGV, 3 do
+  redis.call('HSET', K.words, ARGV[i], ARGV[i + 2])
+  reindex(ARGV[i], nil, ARGV[i + 2])
+end
+redis.call('HSET', K.owner, 'indexed', 1)
+return 1
 """
 
 # ARGV: entity names (unique).
@@ -536,6 +695,7 @@ class _Scripts:
         self.delete_relations = base.script(_script_source(_DELETE_RELATIONS))
         self.delete_graph = base.script(_script_source(_DELETE_GRAPH))
         self.search = base.script(_script_source(_SEARCH, _SUBGRAPH_LUA))
+        self.index_words = base.script(_script_source(_INDEX_WORDS))
         self.open_nodes = base.script(_script_source(_OPEN_NODES, _SUBGRAPH_LUA))
 
 
@@ -566,7 +726,7 @@ class RedisGraph(RedisBase):
         args: list[bytes | int] = [*_limits(quota)]
         for entity in unique:
             texts = [entity.name, entity.entityType, *entity.observations]
-            args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations)]
+            args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations), _worded(texts)]
         reply = await self._mutate(self._graph_scripts.create_entities, owner, args)
         return [unique[index] for index in reply[1:]]
 
@@ -589,7 +749,7 @@ class RedisGraph(RedisBase):
         for addition, unique in zip(additions, contents, strict=True):
             args += [addition.entityName.encode(), len(unique)]
             for content in unique:
-                args += [content.encode(), content.lower().encode()]
+                args += [content.encode(), content.lower().encode(), word_text(content).encode()]
         reply = await self._mutate(self._graph_scripts.add_observations, owner, args)
         if reply[0] == b"missing":
             raise EntityNotFoundError([name.decode() for name in reply[1:]])
@@ -634,9 +794,32 @@ class RedisGraph(RedisBase):
     async def read_graph(self, owner: str) -> GraphJSON:
         return await self._view.read(owner)
 
-    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
-        reply = await self._graph_scripts.search(keys=self.graph_keys(owner).all, args=[query.lower().encode()])
-        return await _subgraph(reply)
+    async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
+                           limit: int | None = None) -> GraphJSON:
+        parsed = Query.parse(query)
+        args: list[bytes | str] = [parsed.phrase.encode(), " ".join(map(str, after)) if after is not None else "",
+                "" if limit is None else str(limit), *(word.encode() for word in parsed.words)]
+        keys = self.graph_keys(owner).all
+        reply = await self._graph_scripts.search(keys=keys, args=args)
+        while reply[0] == b"unindexed":
+            await self._index_words(owner)
+            reply = await self._graph_scripts.search(keys=keys, args=args)
+        graph = await _subgraph(reply[:2])
+        next_key = tuple(int(number) for number in reply[2].split()) if reply[2] else None
+        return GraphJSON(graph.json_parts, graph.text_parts, next_key)
+
+    async def _index_words(self, owner: str) -> None:
+        """Build the word index of an owner whose graph is from before it: read the records, word
+        them here (Lua cannot fold Unicode), and store the index if the records did not change
+        meanwhile; else read them again."""
+        keys = self.graph_keys(owner).all
+        while True:
+            records = await self.client.hgetall(keys[2])
+            args: list[bytes | str | int] = [len(records)]
+            for entity_id, record in records.items():
+                args += [entity_id, record, _worded(texts_of(record if isinstance(record, bytes) else record.encode()))]
+            if await self._graph_scripts.index_words(keys=keys, args=args):
+                return
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
         reply = await self._graph_scripts.open_nodes(keys=self.graph_keys(owner).all,
@@ -660,6 +843,11 @@ def _record(texts: Iterable[str]) -> bytes:
 
 def _folded(texts: Iterable[str]) -> bytes:
     return SEP.join(text.lower().encode() for text in texts)
+
+
+def _worded(texts: Iterable[str]) -> bytes:
+    """The word record of an entity's texts (see the module)."""
+    return SEP.join(word_text(text).encode() for text in texts)
 
 
 async def _subgraph(reply: list[bytes]) -> GraphJSON:

@@ -117,6 +117,18 @@ from server.memory.graph import (
     relation_json,
     text_bytes,
 )
+from server.memory.search import (
+    NAME,
+    NOWHERE,
+    OBSERVATION,
+    TYPE,
+    Query,
+    RankKey,
+    page,
+    phrase_field,
+    rank_key,
+    word_text,
+)
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
@@ -134,24 +146,34 @@ entities a second."""
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
 
-# CROSS JOIN fixes the join order: drive from the FTS hits and look each one up by rowid. Left to
-# itself the planner walks every observation of the owner and probes the FTS index per row.
-_SEARCH_INDEXED = """
-    SELECT id, name, entity_type FROM memory_entities
-    WHERE owner = :owner AND id IN (
-        SELECT rowid FROM memory_entity_search WHERE memory_entity_search MATCH :phrase
-        UNION ALL
-        SELECT o.entity_id FROM memory_observation_search AS s CROSS JOIN memory_observations AS o ON o.id = s.rowid
-        WHERE memory_observation_search MATCH :phrase AND o.owner = :owner)
-    ORDER BY id
+# The floor (the whole query as a substring), by field. CROSS JOIN fixes the join order: drive
+# from the FTS hits and look each one up by rowid. Left to itself the planner walks every row of
+# the owner and probes the FTS index per row.
+_PHRASE_IN_ENTITIES = """
+    SELECT e.id, e.name_fold, e.type_fold FROM memory_entity_search AS s CROSS JOIN memory_entities AS e
+    ON e.id = s.rowid WHERE memory_entity_search MATCH :phrase AND e.owner = :owner
 """
-
-# The observation subquery is not correlated: SQLite runs it once into a temporary index.
-_SEARCH_SCAN = """
-    SELECT id, name, entity_type FROM memory_entities
-    WHERE owner = :owner AND (instr(name_fold, :q) > 0 OR instr(type_fold, :q) > 0 OR id IN (
-        SELECT entity_id FROM memory_observations WHERE owner = :owner AND instr(content_fold, :q) > 0))
-    ORDER BY id
+_PHRASE_IN_OBSERVATIONS = """
+    SELECT DISTINCT o.entity_id FROM memory_observation_search AS s CROSS JOIN memory_observations AS o
+    ON o.id = s.rowid WHERE memory_observation_search MATCH :phrase AND o.owner = :owner
+"""
+# Shorter than a trigram: a scan of the owner's folded columns (instr of '' is 1: all match).
+_PHRASE_IN_ENTITIES_SCAN = """
+    SELECT id, name_fold, type_fold FROM memory_entities
+    WHERE owner = :owner AND (instr(name_fold, :phrase) > 0 OR instr(type_fold, :phrase) > 0)
+"""
+_PHRASE_IN_OBSERVATIONS_SCAN = """
+    SELECT DISTINCT entity_id FROM memory_observations WHERE owner = :owner AND instr(content_fold, :phrase) > 0
+"""
+# A query word as the prefix of a word (see server.memory.search), by field: the words' own
+# columns tell which field matched.
+_WORD_IN_ENTITIES = """
+    SELECT e.id, s.name_words, s.type_words FROM memory_entity_words AS s CROSS JOIN memory_entities AS e
+    ON e.id = s.rowid WHERE memory_entity_words MATCH :word AND e.owner = :owner
+"""
+_WORD_IN_OBSERVATIONS = """
+    SELECT DISTINCT o.entity_id FROM memory_observation_words AS s CROSS JOIN memory_observations AS o
+    ON o.id = s.rowid WHERE memory_observation_words MATCH :word AND o.owner = :owner
 """
 
 # Relations touching the given entities (by id): a UNION of two index seeks per entity, joined by
@@ -235,6 +257,12 @@ class GraphTables:
             content_fold,
             content = 'memory_observations', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
         );
+        CREATE VIRTUAL TABLE IF NOT EXISTS memory_entity_words USING fts5 (
+            name_words, type_words, tokenize = 'ascii', detail = 'column', prefix = '2 3'
+        );
+        CREATE VIRTUAL TABLE IF NOT EXISTS memory_observation_words USING fts5 (
+            words, tokenize = 'ascii', detail = 'none', prefix = '2 3'
+        );
     """
     SCHEMA += graph_view.SCHEMA
 
@@ -247,6 +275,7 @@ class GraphTables:
         with db.transaction() as conn:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_owners'").fetchone() is None:
                 _add_owners(conn)
+            _add_words(conn)
 
     @cached_property
     def _view(self) -> GraphView:
@@ -398,25 +427,18 @@ class GraphTables:
     async def read_graph(self, owner: str) -> GraphJSON:
         return await self._view.read(owner)
 
-    async def search_nodes(self, owner: str, query: str) -> GraphJSON:
+    async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
+                           limit: int | None = None) -> GraphJSON:
+        parsed = Query.parse(query)
+
         def read(conn: sqlite3.Connection) -> GraphJSON:
-            folded = query.lower()
-            probe = _fold(query)
-            if len(probe) >= _MIN_INDEXED_QUERY:
-                # A quoted FTS5 string is taken literally; only its quote character needs doubling.
-                phrase = '"' + probe.replace('"', '""') + '"'
-                entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
-            else:
-                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
-            if _NUL_STAND_IN not in probe:
-                # The probe matched only where the stored text has neither NUL nor the stand-in,
-                # that is where the folded columns are the folded text itself: every hit is exact.
-                return _subgraph(conn, owner, entity_rows)
-
-            def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
-                return any(folded in text.lower() for text in (name, entity_type, *observations))
-
-            return _subgraph(conn, owner, entity_rows, keep=contains)
+            keyed = [(key, entity_id) for entity_id, key in _ranked_hits(conn, owner, parsed).items()]
+            ids, next_key = page(keyed, after, limit)
+            rows = {row["id"]: row for row in conn.execute(
+                "SELECT id, name, entity_type FROM memory_entities"
+                " WHERE owner = ? AND id IN (SELECT value FROM json_each(?))", (owner, json.dumps(ids)))}
+            graph = _subgraph(conn, owner, [rows[entity_id] for entity_id in ids])
+            return GraphJSON(graph.json_parts, graph.text_parts, next_key)
         return await self.db.read(read)
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
@@ -557,6 +579,82 @@ def _add_owners(conn: sqlite3.Connection) -> None:
                      (row["id"], content_fold))
 
 
+def _add_words(conn: sqlite3.Connection) -> None:
+    """Fill the word indexes of a database from before them (they are empty while rows exist: every
+    entity and every observation has its row in them from its first write on). Runs once, at
+    startup, in the migration's transaction: about 20 s per million observations."""
+    if (conn.execute("SELECT 1 FROM memory_entity_words LIMIT 1").fetchone() is None
+            and conn.execute("SELECT 1 FROM memory_entities LIMIT 1").fetchone() is not None):
+        conn.executemany(
+            "INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+            ((row[0], word_text(row[1]), word_text(row[2]))
+             for row in conn.execute("SELECT id, name, entity_type FROM memory_entities").fetchall()))
+    if (conn.execute("SELECT 1 FROM memory_observation_words LIMIT 1").fetchone() is None
+            and conn.execute("SELECT 1 FROM memory_observations LIMIT 1").fetchone() is not None):
+        conn.executemany(
+            "INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)",
+            ((row[0], word_text(row[1]))
+             for row in conn.execute("SELECT id, content FROM memory_observations").fetchall()))
+
+
+def _ranked_hits(conn: sqlite3.Connection, owner: str, query: Query) -> dict[int, RankKey]:
+    """Every hit of the query among the owner's entities, with its rank key (server.memory.search):
+    the indexes say where the whole query occurs and where each word starts a word; `rank_key`
+    turns that into the key."""
+    phrases: dict[int, int] = {}
+    probe = _fold(query.phrase)
+    indexed = len(probe) >= _MIN_INDEXED_QUERY
+    # A quoted FTS5 string is taken literally; only its quote character needs doubling.
+    params = {"owner": owner, "phrase": '"' + probe.replace('"', '""') + '"' if indexed else probe}
+    for row in conn.execute(_PHRASE_IN_OBSERVATIONS if indexed else _PHRASE_IN_OBSERVATIONS_SCAN, params):
+        phrases[row[0]] = OBSERVATION
+    for row in conn.execute(_PHRASE_IN_ENTITIES if indexed else _PHRASE_IN_ENTITIES_SCAN, params):
+        if probe in row["name_fold"]:
+            phrases[row["id"]] = NAME
+        elif probe in row["type_fold"]:
+            phrases[row["id"]] = TYPE
+    if _NUL_STAND_IN in probe:
+        # The probe also matched where the stored text has NUL or the stand-in (see the module):
+        # where the query really occurs, if anywhere, is decided by the texts themselves.
+        phrases = _phrases_in_texts(conn, owner, query.phrase, phrases)
+    words: dict[int, list[int]] = {}
+    for i, word in enumerate(query.words):
+        # A word holds alphanumeric characters only: quoted, it is one token, and `*` its prefixes.
+        params = {"owner": owner, "word": f'"{word}"*'}
+        for row in conn.execute(_WORD_IN_OBSERVATIONS, params):
+            words.setdefault(row[0], [NOWHERE] * len(query.words))[i] = OBSERVATION
+        for row in conn.execute(_WORD_IN_ENTITIES, params):
+            fields = words.setdefault(row["id"], [NOWHERE] * len(query.words))
+            if f" {row['name_words']}".find(f" {word}") >= 0:
+                fields[i] = NAME
+            elif f" {row['type_words']}".find(f" {word}") >= 0:
+                fields[i] = TYPE
+    keys: dict[int, RankKey] = {}
+    no_words = [NOWHERE] * len(query.words)
+    for entity_id in phrases.keys() | words.keys():
+        key = rank_key(query, phrases.get(entity_id, NOWHERE), words.get(entity_id, no_words), entity_id)
+        if key is not None:
+            keys[entity_id] = key
+    return keys
+
+
+def _phrases_in_texts(conn: sqlite3.Connection, owner: str, phrase: str, candidates: dict[int, int]
+                      ) -> dict[int, int]:
+    """Of the candidates, those whose texts contain the phrase, with the field where it occurs first."""
+    ids = json.dumps(list(candidates))
+    observations: dict[int, list[str]] = {}
+    for row in conn.execute("SELECT entity_id, content FROM memory_observations"
+                            " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?))", (owner, ids)):
+        observations.setdefault(row[0], []).append(row[1])
+    found: dict[int, int] = {}
+    for row in conn.execute("SELECT id, name, entity_type FROM memory_entities"
+                            " WHERE owner = ? AND id IN (SELECT value FROM json_each(?))", (owner, ids)):
+        field = phrase_field(phrase, row["name"], row["entity_type"], observations.get(row["id"], []))
+        if field != NOWHERE:
+            found[row["id"]] = field
+    return found
+
+
 def _fold(text: str) -> str:
     """The folded form stored in the `*_fold` columns and searched for: see the module."""
     return text.lower().replace("\0", _NUL_STAND_IN)
@@ -613,11 +711,14 @@ def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int 
         "INSERT INTO memory_entity_search (rowid, name_fold, type_fold) VALUES (?, ?, ?)",
         (cursor.lastrowid, name_fold, type_fold),
     )
+    conn.execute("INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+                 (cursor.lastrowid, word_text(entity.name), word_text(entity.entityType)))
     return cursor.lastrowid
 
 
 def _insert_observations(conn: sqlite3.Connection, owner: str, entity_id: int, contents: Sequence[str]) -> None:
     indexed: list[tuple[int | None, str]] = []
+    worded: list[tuple[int | None, str]] = []
     for content in contents:
         folded = _fold(content)
         cursor = conn.execute(
@@ -625,7 +726,9 @@ def _insert_observations(conn: sqlite3.Connection, owner: str, entity_id: int, c
             (owner, entity_id, content, folded),
         )
         indexed.append((cursor.lastrowid, folded))
+        worded.append((cursor.lastrowid, word_text(content)))
     conn.executemany("INSERT INTO memory_observation_search (rowid, content_fold) VALUES (?, ?)", indexed)
+    conn.executemany("INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)", worded)
 
 
 def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence[object]) -> list[sqlite3.Row]:
@@ -637,10 +740,9 @@ def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence
         " VALUES ('delete', ?, ?)",
         [(row["id"], row["content_fold"]) for row in rows],
     )
-    conn.execute(
-        "DELETE FROM memory_observations WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps([row["id"] for row in rows]),),
-    )
+    ids = json.dumps([row["id"] for row in rows])
+    conn.execute("DELETE FROM memory_observation_words WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
+    conn.execute("DELETE FROM memory_observations WHERE id IN (SELECT value FROM json_each(?))", (ids,))
     return rows
 
 
@@ -660,6 +762,7 @@ def _delete_entity_rows(conn: sqlite3.Connection, owner: str, entity_rows: Seque
         " VALUES ('delete', ?, ?, ?)",
         [(row["id"], row["name_fold"], row["type_fold"]) for row in entity_rows],
     )
+    conn.execute("DELETE FROM memory_entity_words WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
     conn.execute("DELETE FROM memory_entities WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
                  (owner, ids))
     stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
