@@ -96,6 +96,7 @@ def test_rank_key_orders_by_words_then_fields_then_phrase_then_creation() -> Non
     name_and_type = rank_key(query, NOWHERE, [NAME, TYPE], 1)
     one_word = rank_key(query, NOWHERE, [NAME, NOWHERE], 0)
     in_observation = rank_key(query, OBSERVATION, [NOWHERE, NOWHERE], 0)
+    assert one_word and name_and_type and both_in_name and phrase_in_name and in_observation
     assert sorted([one_word, name_and_type, both_in_name, phrase_in_name, in_observation]) == [
         phrase_in_name, both_in_name, name_and_type, in_observation, one_word]
     assert in_observation == (-2, 10, OBSERVATION, 0)  # the phrase holds both words, at tier 5 each
