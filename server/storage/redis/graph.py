@@ -14,6 +14,11 @@ part is the owner, so that no owner's keys can be named through another's:
     graph:ends:<owner>       zset   "<endpoint name> FF <relation id>", all scored 0 (a lex index)
     graph:chunks:<owner>     hash   chunk -> generation, or "-<stamp>" when stale: graph_view.py
     graph:view:<owner>       hash   chunk -> its JSON: graph_view.py
+    graph:words:<owner>      hash   entity id -> word record: the words of each text (search.word_text,
+                                    space separated), the texts in the record's order, FF between them
+    graph:index:<owner>      zset   "<word> FF <entity id> FF <field>", all scored 0 (a lex index): one
+                                    member per word of an entity, field the best one it occurs in
+                                    (0 name, 1 type, 2 an observation)
 
 Why it looks like this
 ----------------------
@@ -30,14 +35,36 @@ Why it looks like this
   chunks of the read_graph view it touched stale. A script runs alone on the server, so each
   mutation is all-or-nothing and atomic against every other client, in this process or another;
   the quota and the closed state are checked in the same step as the write.
-* Search is a case-insensitive substring match with Python's `str.lower` (all of Unicode, as the
-  official server's `toLowerCase`); Lua cannot fold Unicode, so Python folds every text it writes
+* The search floor is a case-insensitive substring match with Python's `str.lower` (all of
+  Unicode, as the official server's `toLowerCase`); Lua cannot fold Unicode, so Python folds every text it writes
   and the query, and the scripts store the folded records beside the records. They are kept per
   chunk of 128 entities as one string, each folded record followed by a tag that holds its id in
   bytes that UTF-8 never uses: a query (valid UTF-8, so without FF or any tag byte) can match only
   inside one text, and the search is one `string.find` pass per chunk. Redis copies every value a
   script reads into Lua, and 80 strings cost a third of 10,000 (a 10,000-entity graph: 5-7 ms
   of Redis time per search, docs/performance.md); the scripts rewrite the chunks they touch.
+* search_nodes ranks (server/memory/search.py defines what it finds and in which order). Python
+  cuts every text it writes into words (`search.word_text`) and passes them beside the folded
+  text; the scripts keep each entity's word record and the lexicographic index, in the same
+  script as the write. A query word `w` is a prefix lookup, ZRANGEBYLEX [w .. [w FF FF (words
+  never hold FF; after a word's own bytes comes FF, then the id's digits). The index keeps one
+  member per (word, entity), with the best field the word occurs in: the best field of a prefix
+  is the best of its words', so nothing more is needed, and an observation deleted while another
+  observation of the entity has the same word leaves the member as it is. A write recomputes the
+  entity's words from its word record before and after (`reindex`) and changes only the members
+  that differ; deleting an entity removes all of its members; delete_graph UNLINKs both keys.
+* The search script finds, in one script (one state of the owner's keys): where the whole query
+  first occurs in each entity (the scan of the folded chunks below; the first match in a record
+  is in its earliest text, counted by the separators before it), and for each query word the
+  best field it is a prefix in. It turns that into each hit's rank key (`search.rank_key`, line
+  for line in Lua: the differential test holds the two stores to the same ranked answers), sorts,
+  takes the page (`after`, `limit`) and answers its records and the relations touching them.
+* Owners from before the word index: the owner hash's `indexed` field says the index is complete.
+  `create_entities` sets it when the owner has no entity yet (an empty index is complete); a
+  search of an owner without it gets 'unindexed' back, and Python builds the index
+  (`_index_words`: reads the records, words them, and a script stores the index only if the
+  records are still exactly those, else it reads them again). Until then writes keep the words
+  of new entities and of entities that have them, and leave the others to the build.
 * search_nodes and open_nodes answer, in one script, the hits' records and the relations touching
   them, each kind sorted by id and joined into one string: redis-py parses two strings instead of
   tens of thousands of replies on the event loop, and Python builds each kind's JSON with one

@@ -15,6 +15,8 @@ Schema
         INDEX memory_relations_to (owner, to_name)
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
     memory_observation_search  FTS5 (content_fold), trigram, external content memory_observations
+    memory_entity_words        FTS5 (name_words, type_words), ascii tokenizer, prefix 2 3, rowid = entity id
+    memory_observation_words   FTS5 (words), ascii tokenizer, prefix 2 3, rowid = observation id
     memory_graph_chunks, memory_graph_generation   the read_graph view: server/storage/sqlite/graph_view.py
     memory_owners        (owner PRIMARY KEY, state, entities, observations, bytes) WITHOUT ROWID
                          created by `migrate`, which also fills it for a database from before it
@@ -53,7 +55,33 @@ Why it looks like this
   millisecond for a selective query (scripts/bench_memory.py). The index costs about as much space
   as the text it indexes. Queries shorter than three characters, which trigrams cannot answer,
   fall back to an `instr` scan of the owner's folded columns.
-* The FTS tables are external-content tables over the folded columns, kept in step by this module
+* search_nodes ranks (server/memory/search.py defines what it finds and in which order): beside
+  the substring floor above, each query word is looked up as the prefix of a word. The words are
+  Python's (`search.word_text`: folded with NFKD, case folding and combining marks dropped, cut
+  into alphanumeric runs, joined by spaces), never SQLite's own tokenizers': unicode61 folds case
+  and diacritics by its own tables, which differ from Python's on "ß", "İ" and others, and the two
+  stores must find the same words. The word tables use the `ascii` tokenizer, which splits on
+  ASCII non-alphanumerics (the spaces between words), keeps every non-ASCII character in its
+  token and only lowers ASCII letters (already lower): each of its tokens is exactly one of
+  Python's words. A query word `w` is the FTS5 query `"w"*` (a word is alphanumeric, so it
+  needs no escaping), answered from the prefix indexes (`prefix '2 3'`) for short words and from
+  the term list for longer ones. The entity table's own copy of the words tells which field
+  matched (name before type); each query word and the floor is one index lookup per table, and
+  the rank key (`search.rank_key`) is computed from what they return, in Python, so that both
+  stores share one definition. The entities of the page are then fetched by id.
+* The word tables are ordinary FTS5 tables holding their own copy of the words (about the size
+  of the words, ~40% of the text): a row is deleted by rowid, without being told the words it
+  was indexed with. An external-content table would need the words at deletion, recomputed by
+  Python, whose Unicode tables change between versions (a word computed differently at deletion
+  than at insertion would corrupt the index); a contentless table that deletes by rowid needs
+  SQLite 3.43. `detail = 'none'` keeps only which rows hold a word, all the lookups need (no
+  phrases, no column filters: the row's own words tell which column matched).
+* The word tables are written by this module in the same transaction as their rows (no triggers:
+  triggers cannot call Python's folding, and `Database.apply_schema` splits on ';'). A database
+  from before them gets them filled by `migrate` at startup (`_add_words`), once: they are empty
+  while entities exist only then, since every entity and observation has its row from its first
+  write on.
+* The trigram tables are external-content tables over the folded columns, kept in step by this module
   in the same transaction as the rows (no triggers: `Database.apply_schema` splits on ';'). A
   deleted row is unindexed with the folded text read back from its row, so the index is always
   told exactly the text it was given. `INSERT INTO memory_observation_search
@@ -258,7 +286,7 @@ class GraphTables:
             content = 'memory_observations', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
         );
         CREATE VIRTUAL TABLE IF NOT EXISTS memory_entity_words USING fts5 (
-            name_words, type_words, tokenize = 'ascii', detail = 'column', prefix = '2 3'
+            name_words, type_words, tokenize = 'ascii', detail = 'none', prefix = '2 3'
         );
         CREATE VIRTUAL TABLE IF NOT EXISTS memory_observation_words USING fts5 (
             words, tokenize = 'ascii', detail = 'none', prefix = '2 3'
