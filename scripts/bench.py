@@ -1222,7 +1222,7 @@ async def scenario_search(cfg: Config, workdir: Path, results: Results) -> None:
     with private_redis(workdir) as redis:
         for backend in ("sqlite", "redis"):
             store: Any = (SQLiteGraph(Database(workdir / "search.sqlite3")) if backend == "sqlite"
-                          else RedisStorage(redis.url))
+                          else RedisStorage(redis.url, timeout=120))
             if backend == "sqlite":
                 store.db.apply_schema(GraphTables.SCHEMA)
                 GraphTables.migrate(store.db)
