@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from server.memory.graph import Entity, ObservationAddition, ObservationDeletion
 from server.memory.search import NAME, NOWHERE, OBSERVATION, TYPE, Query, fold, rank_key, reference_key, words
 from server.storage.redis import RedisStorage
+from server.storage.redis import graph as redis_graph
 from server.storage.redis.graph_view import OwnerKeys
 from server.storage.sqlite.graph import GraphTables
 from tests.graph_backends import (
@@ -250,11 +251,14 @@ async def test_sqlite_builds_the_word_index_of_an_older_file(tmp_path: Path) -> 
         reopened.db.close()
 
 
-async def test_redis_builds_the_word_index_of_an_older_graph(redis_url: str) -> None:
+async def test_redis_builds_the_word_index_of_an_older_graph(redis_url: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_graph, "_INDEX_BATCH", 2)  # several batches
     store = RedisStorage(redis_url)
     try:
         await store.create_entities(ALICE, [ent("Zürich", "City", "Grüezi mitenand"),
-                                            ent("Bern", "city", "Zurich is far")])
+                                            ent("Bern", "city", "Zurich is far"),
+                                            *(ent(f"filler {i}", "thing", "nothing here") for i in range(5))])
         keys = OwnerKeys.of(store, ALICE)
         await store.client.hdel(keys.owner, "indexed")
         await store.client.unlink(keys.words, keys.index)
@@ -264,6 +268,7 @@ async def test_redis_builds_the_word_index_of_an_older_graph(redis_url: str) -> 
         assert names(await store.search_nodes(ALICE, "zurich gruezi")) == ["Zürich", "Bern"]
         assert names(await store.search_nodes(ALICE, "capit")) == ["Bern"]
         assert await store.client.hget(keys.owner, "indexed") is not None
+        assert len(names(await store.search_nodes(ALICE, "fill"))) == 5
         await check_owner(store, ALICE)
     finally:
         await store.close()

@@ -62,9 +62,10 @@ Why it looks like this
 * Owners from before the word index: the owner hash's `indexed` field says the index is complete.
   `create_entities` sets it when the owner has no entity yet (an empty index is complete); a
   search of an owner without it gets 'unindexed' back, and Python builds the index
-  (`_index_words`: reads the records, words them, and a script stores the index only if the
-  records are still exactly those, else it reads them again). Until then writes keep the words
-  of new entities and of entities that have them, and leave the others to the build.
+  (`_index_words`: reads the records in batches, words them, and a script per batch stores the
+  words of the entities whose records are still those read; until every entity has them). Writes
+  keep the words of new entities and of entities that have them, and leave the others to the
+  build, so a batch stored stays exact while the next ones are read.
 * search_nodes and open_nodes answer, in one script, the hits' records and the relations touching
   them, each kind sorted by id and joined into one string: redis-py parses two strings instead of
   tens of thousands of replies on the event loop, and Python builds each kind's JSON with one
@@ -674,20 +675,19 @@ out[3] = (more and last) and table.concat(last, ' ') or ''
 return out
 """
 
-# Build the word index of an owner from before it (the module). ARGV: how many entities the
-# records were read from, then per entity: id, record, word record. Returns 0 (not built) if the
-# entities are no longer exactly those.
+# Build part of the word index of an owner from before it (the module). ARGV: per entity: id,
+# record as read, word record. An entity still holding that record and without words yet gets
+# them (one that has them is kept up to date by the writes already). Returns 1 once every entity
+# of the owner has its words, and marks the index complete; else 0.
 _INDEX_WORDS = """
 if closed() then return 1 end
-if redis.call('HLEN', K.entities) ~= tonumber(ARGV[1]) then return 0 end
-for i = 2, #ARGV, 3 do
-  if redis.call('HGET', K.entities, ARGV[i]) ~= ARGV[i + 1] then return 0 end
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', K.entities, ARGV[i]) == ARGV[i + 1] and redis.call('HEXISTS', K.words, ARGV[i]) == 0 then
+    redis.call('HSET', K.words, ARGV[i], ARGV[i + 2])
+    reindex(ARGV[i], nil, ARGV[i + 2])
+  end
 end
-redis.call('UNLINK', K.words, K.index)
-for i = 2, #ARGV, 3 do
-  redis.call('HSET', K.words, ARGV[i], ARGV[i + 2])
-  reindex(ARGV[i], nil, ARGV[i + 2])
-end
+if redis.call('HLEN', K.words) ~= redis.call('HLEN', K.entities) then return 0 end
 redis.call('HSET', K.owner, 'indexed', 1)
 return 1
 """
@@ -708,6 +708,8 @@ def _script_source(body: str, *parts: str) -> str:
 
 
 _NO_LIMIT: Final = (0, 0, 0)
+_INDEX_BATCH: Final = 1000
+"""Entities worded per script by `_index_words`."""
 SLICE: Final = 1000
 """Records turned into JSON between two yields to the event loop (`_pieces`)."""
 
@@ -836,16 +838,20 @@ class RedisGraph(RedisBase):
         return GraphJSON(graph.json_parts, graph.text_parts, next_key)
 
     async def _index_words(self, owner: str) -> None:
-        """Build the word index of an owner whose graph is from before it: read the records, word
-        them here (Lua cannot fold Unicode), and store the index if the records did not change
-        meanwhile; else read them again."""
-        keys = self.graph_keys(owner).all
+        """Build the word index of an owner whose graph is from before it: read the records in
+        batches (HSCAN), word them here (Lua cannot fold Unicode), and let a script store each
+        batch's words for the entities whose records did not change meanwhile; again until every
+        entity has its words. Batches keep each script short however large the graph."""
+        keys = self.graph_keys(owner)
         while True:
-            records = await self.client.hgetall(keys[2])
-            args: list[bytes | str | int] = [len(records)]
-            for entity_id, record in records.items():
-                args += [entity_id, record, _worded(texts_of(record if isinstance(record, bytes) else record.encode()))]
-            if await self._graph_scripts.index_words(keys=keys, args=args):
+            batch: list[bytes | str | int] = []
+            async for entity_id, record in self.client.hscan_iter(keys.entities, count=_INDEX_BATCH):
+                raw = record if isinstance(record, bytes) else record.encode()
+                batch += [entity_id, raw, _worded(texts_of(raw))]
+                if len(batch) >= 3 * _INDEX_BATCH:
+                    await self._graph_scripts.index_words(keys=keys.all, args=batch)
+                    batch = []
+            if await self._graph_scripts.index_words(keys=keys.all, args=batch):
                 return
 
     async def open_nodes(self, owner: str, names: Sequence[str]) -> GraphJSON:
