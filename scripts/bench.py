@@ -21,6 +21,9 @@ another. Everything listens on 127.0.0.1 only. Scenarios (see README, "Benchmark
             and the first request of a session on another instance of the same store (restore cost)
   search    ranked search_nodes in the store (server-side, in this process) on a 100,000-entity,
             500,000-observation graph on SQLite and on Redis: typical, broad and short queries
+  import    `memory-mcp memory import` of a 100,000-entity, 500,000-observation, 100,000-relation file in
+            the official server's format, on SQLite and Redis; then `memory export` of it
+            (`--import-entities N` for another size)
 """
 
 # A benchmark harness: it starts servers, wrk, npm and py-spy as subprocesses on purpose (S603,
@@ -40,6 +43,7 @@ import json
 import os
 import random
 import re
+import resource
 import secrets
 import shutil
 import socket
@@ -72,7 +76,7 @@ TARGET_ENTITIES = 10_000
 PROBE_NAME = "Entity 00042"
 OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL = "memory-mcp", "sdk-default", "sdk-fast", "official-memory"
 HTTP_SERVERS = (OURS, SDK_DEFAULT, SDK_FAST)
-SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile", "scale", "search")
+SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile", "scale", "search", "import")
 OFFICIAL_PACKAGE = BENCH_DIR / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 
 
@@ -91,6 +95,7 @@ class Config:
     open_concurrency: int = 16
     search_entities: int = 100_000
     search_observations: int = 500_000
+    import_entities: int | None = None
 
     @classmethod
     def make(cls, quick: bool) -> Config:
@@ -1440,10 +1445,101 @@ async def scenario_scale(cfg: Config, workdir: Path, results: Results) -> None:
                        f"{redis16:,.0f} vs {sqlite16:,.0f} req/s = {redis16 / sqlite16:.2f}x")
 
 
+IMPORT_ENTITIES = 100_000
+IMPORT_OBSERVATIONS = 5
+"""Per entity: 500,000 in all."""
+IMPORT_TARGET_S = 20.0
+
+
+def write_import_file(path: Path, entities: int) -> int:
+    """A graph in the official server's format (what its saveGraph writes: one compact JSON object a
+    line, no newline after the last), without provenance as a file from the official server has
+    none: `entities` entities of IMPORT_OBSERVATIONS observations of ~60 characters, and as many
+    relations. Deterministic. Returns its size in bytes."""
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    rnd = random.Random(14)
+    lines = []
+    for i in range(entities):
+        observations = [f"observation {j} of entity {i}: {' '.join(rnd.choices(words, k=5))}"
+                        for j in range(IMPORT_OBSERVATIONS)]
+        lines.append(orjson.dumps({"type": "entity", "name": f"entity {i}", "entityType": rnd.choice(
+            ["person", "project", "place"]), "observations": observations}))
+    for i in range(entities):
+        lines.append(orjson.dumps({"type": "relation", "from": f"entity {i}", "to": f"entity {(i * 7 + 1) % entities}",
+                                   "relationType": "relates to"}))
+    data = b"\n".join(lines)
+    path.write_bytes(data)
+    return len(data)
+
+
+async def scenario_import(cfg: Config, workdir: Path, results: Results) -> None:
+    """`memory-mcp memory import` of a large file (the command as an operator runs it, pinned to
+    the server's CPU, timed from start to exit: reading and checking the file, then writing it in
+    batches), then `memory export` of the imported graph to a file."""
+    entities = cfg.import_entities or (10_000 if cfg.quick else IMPORT_ENTITIES)
+    source = workdir / "import.jsonl"
+    size = write_import_file(source, entities)
+    label = f"{entities:,} entities, {entities * IMPORT_OBSERVATIONS:,} observations"
+    cli = ["taskset", "-c", ",".join(map(str, sorted(SERVER_CPUS))), sys.executable, "-m", "server"]
+    with private_redis(workdir) as redis:
+        for backend in ("sqlite", "redis"):
+            store = ["--data-dir", str(workdir / f"import-{backend}")]
+            store += [f"--redis-url={redis.url}"] if backend == "redis" else []
+            subprocess.run([*cli, "users", "add", USER, "--password-stdin", *store], input=PASSWORD.encode() + b"\n",
+                           check=True, cwd=ROOT, capture_output=True)
+            log(f"import: {label} ({size / 1e6:.0f} MB) into {backend}")
+            began, cpu = time.monotonic(), children_cpu() + await redis_cpu(redis, backend)
+            done = subprocess.run([*cli, "memory", "import", "--user", USER, str(source), *store], cwd=ROOT,
+                                  capture_output=True, text=True, check=False)
+            imported = time.monotonic() - began
+            imported_cpu = children_cpu() + await redis_cpu(redis, backend) - cpu
+            if done.returncode != 0 or f"imported {entities} entities" not in done.stdout:
+                raise RuntimeError(f"import into {backend} failed: {done.stdout}{done.stderr}")
+            began = time.monotonic()
+            done = subprocess.run([*cli, "memory", "export", "--user", USER, str(workdir / f"export-{backend}.jsonl"),
+                                   *store], cwd=ROOT, capture_output=True, text=True, check=False)
+            exported = time.monotonic() - began
+            if done.returncode != 0:
+                raise RuntimeError(f"export from {backend} failed: {done.stderr}")
+            results.add(f"import {label} ({backend})", "s", {OURS: [imported]}, "lower")
+            results.add(f"import {label} ({backend})", "CPU s", {OURS: [imported_cpu]}, "lower")
+            results.add(f"export of it ({backend})", "s", {OURS: [exported]}, "lower")
+            met = imported <= IMPORT_TARGET_S if entities >= IMPORT_ENTITIES else None
+            results.target(f"import of {IMPORT_ENTITIES:,} entities / {IMPORT_ENTITIES * IMPORT_OBSERVATIONS:,} "
+                           f"observations ({backend}) <= {IMPORT_TARGET_S:g} s", met,
+                           f"{imported:.1f} s for {label} ({imported_cpu:.1f} CPU s), export {exported:.1f} s")
+            redis.flush()
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        results.notes.append(f"import: the machine was busy (load average {os.getloadavg()[0]:.1f} on "
+                             f"{os.cpu_count()} CPUs): the CPU seconds (the command's, and Redis's for "
+                             "Redis) say more than the wall-clock time")
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of the child processes waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def redis_cpu(redis: Any, backend: str) -> float:
+    """CPU seconds the private redis-server has used (its scripts run there), 0 for SQLite."""
+    if backend != "redis":
+        return 0.0
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        info = await client.info("cpu")
+    finally:
+        await client.aclose()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 RUNNERS: dict[str, Callable[[Config, Path, Results], Awaitable[None]]] = {
     "toolcall": scenario_toolcall, "sessions": scenario_sessions, "refresh": scenario_refresh,
     "idle": scenario_idle, "memory": scenario_memory, "profile": scenario_profile, "scale": scenario_scale,
     "search": scenario_search,
+    "import": scenario_import,
 }
 
 
@@ -1459,6 +1555,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--search-entities", type=int,
                         help="entities of the search scenario's graph (default 100,000, --quick 5,000; "
                              "observations five times as many)")
+    parser.add_argument("--import-entities", type=int, help=f"entities in the import scenario's file (default "
+                        f"{IMPORT_ENTITIES:,}, --quick 10,000), each with {IMPORT_OBSERVATIONS} observations")
     return parser.parse_args(argv)
 
 
@@ -1479,9 +1577,10 @@ async def amain(args: argparse.Namespace) -> int:
     if args.search_entities:
         cfg = Config(**{**cfg.__dict__, "search_entities": args.search_entities,
                         "search_observations": 5 * args.search_entities})
-    if args.rounds or args.duration:
+    if args.rounds or args.duration or args.import_entities:
         cfg = Config(**{**cfg.__dict__, **({"rounds": args.rounds} if args.rounds else {}),
-                        **({"duration": args.duration} if args.duration else {})})
+                        **({"duration": args.duration} if args.duration else {}),
+                        **({"import_entities": args.import_entities} if args.import_entities else {})})
     scenarios = args.only or [s for s in SCENARIOS if not (cfg.quick and s == "profile")]
     os.sched_setaffinity(0, LOAD_CPUS)
     # The load generator gets the allocator settings the server runs with (server/malloc.py): a

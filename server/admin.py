@@ -10,6 +10,10 @@ Personal access tokens (`tokens create|list|revoke --id`, `auth.personal`) are c
 agents that cannot sign in with a browser. Signing a user out everywhere revokes theirs too:
 whoever knew the password could have made one.
 
+`memory export|import` move a user's memory out of and into files in the official memory server's
+format (server/memory/jsonl.py), also while the server runs: an export reads one state of the
+graph, an import writes in short transactions (SQLite) or scripts (Redis) beside the server's own.
+
 Which end browser logins: `users passwd`, `users remove`, `tokens revoke --user` and
 `sessions revoke --user` (the same command as `tokens revoke --user`) do, with the user's
 remembered approvals; `sessions revoke SESSION_ID` and `clients remove` do not (they end one
@@ -18,14 +22,21 @@ client's access, not the person's).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from auth import accounts, personal, rfc7517, rfc7591, throttle
 from auth.models import AccountState, Revocation
 from auth.settings import AuthSettings
+from server.memory.graph import Quota
 from server.principals import parse_owner_label
 from server.storage import Limiter, Storage
 
@@ -281,3 +292,83 @@ async def throttle_clear(limiter: Limiter, *, address: str | None, username: str
     count = await limiter.clear([throttle.address_key(str(ip)), rfc7591.registration_key(str(ip))])
     return (f"cleared the login and registration limits of {ip} "
             f"({throttle.address_key(str(ip)).removeprefix(throttle.ADDRESS_PREFIX)}; {count} counted attempt(s))")
+
+
+# --- memory import and export (the official server's JSON Lines format: server/memory/jsonl.py) ---
+
+DEFAULT_MEMORY = "default"
+
+
+async def memory_owner(storage: Storage, username: str, memory: str | None) -> tuple[str, str]:
+    """The graph owner key of the user's memory named `memory` (None: the default one), and how to
+    name it in messages. The one place that resolves a memory name for the CLI."""
+    user = await storage.get_user_by_name(username)
+    if user is None or user.state is not AccountState.ACTIVE:
+        raise AdminError(f"no user {username!r}; `memory-mcp users list` shows the accounts")
+    name = memory or DEFAULT_MEMORY
+    if name == DEFAULT_MEMORY:
+        return user.id, f"{username}'s default memory"
+    raise AdminError(f"{username} has no memory named {name!r}: this server keeps one memory per user, "
+                     f"{DEFAULT_MEMORY!r}")
+
+
+async def memory_export(storage: Storage, username: str, memory: str | None, path: Path | None) -> str:
+    """Write the memory to `path` (atomically: a temporary file beside it, renamed over it once
+    complete) or, without a path, to standard output; return the summary line."""
+    from server.memory import jsonl
+
+    owner, what = await memory_owner(storage, username, memory)
+    counts = jsonl.ExportCounts()
+    lines = jsonl.export_lines(storage.export_batches(owner, jsonl.EXPORT_BATCH), counts)
+    if path is None:
+        out = sys.stdout.buffer
+        async for chunk in lines:
+            await asyncio.to_thread(out.write, chunk)
+        await asyncio.to_thread(out.flush)
+        where = "standard output"
+    else:
+        fd, temporary, target = await asyncio.to_thread(_partial_file, path)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in lines:
+                    await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(out.flush)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            await asyncio.to_thread(os.replace, temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        where = str(path)
+    return (f"exported {what} to {where}: {counts.entities} entities, {counts.observations} observations, "
+            f"{counts.relations} relations")
+
+
+def _partial_file(path: Path) -> tuple[int, str, Path]:
+    """A new private file beside `path` to write the export into, renamed over `path` once complete."""
+    target = path.resolve()
+    if target.is_dir():
+        raise AdminError(f"{path} is a directory: name the file to write (for example {path / 'memory.jsonl'})")
+    try:
+        # mkstemp creates it 0600: a memory is as private as the data directory it comes from.
+        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    except OSError as exc:
+        raise AdminError(f"cannot write in {target.parent}: {(exc.strerror or str(exc)).lower()}") from None
+    return fd, temporary, target
+
+
+async def memory_import(storage: Storage, username: str, memory: str | None, path: Path, quota: Quota | None
+                        ) -> str:
+    """Import a file in the official format (`server.memory.jsonl`) into the memory: pass 1 reads
+    and checks the whole file (a file that cannot be read changes nothing), pass 2 writes it in
+    batches; what was imported, what was already there, and what was skipped (by line)."""
+    from server.memory import jsonl
+
+    owner, what = await memory_owner(storage, username, memory)
+    try:
+        parsed = await asyncio.to_thread(jsonl.parse_file, path, time.time())
+        imported = await jsonl.import_parsed(storage, owner, parsed, quota)
+    except (jsonl.UnreadableFile, jsonl.ImportRefused) as exc:
+        raise AdminError(str(exc)) from None
+    report = jsonl.ImportReport(parsed, imported)
+    return "\n".join([f"{path} into {what}:", *report.lines()])

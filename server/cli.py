@@ -124,6 +124,21 @@ def _parser() -> argparse.ArgumentParser:
                           "sessions (the password stays)")
     revoke_token.add_argument("--id", dest="token_id", help="a personal access token id, from `tokens list`")
     revoke_token.add_argument("--user")
+    memory = group("memory", "a user's memory as a file in the official memory server's format (JSON Lines), "
+                   "also while the server runs")
+    exported = action(memory, "export", "write a user's memory in the official memory server's format, with when "
+                      "and by which client each item was created: to FILE (written whole, then renamed into place) "
+                      "or standard output")
+    imported = action(memory, "import", "add a file in the official memory server's format (memory.jsonl, or the "
+                      "older memory.json) to a user's memory: what is already there is skipped, so importing twice "
+                      "adds nothing; prints what was imported and what was skipped (by line)")
+    for sub in (exported, imported):
+        sub.add_argument("--user", required=True, help="whose memory")
+        sub.add_argument("--memory", help='which of the user\'s memories (default: "default")')
+    exported.add_argument("file", nargs="?", type=Path, help="where to write (default: standard output)")
+    imported.add_argument("file", type=Path, help="the file to import")
+    imported.add_argument("--ignore-quota", action="store_true", help="import even beyond the memory_max_* limits")
+    _add_settings_flags(imported, ["memory_max_entities", "memory_max_observations", "memory_max_bytes"])
     saved = commands.add_parser("backup", help="copy the data (memory and accounts) and the server key into a new "
                                 "directory, while the server runs (SQLite, or Redis when redis_url is set)")
     saved.add_argument("--to", required=True, type=Path, help="a new (or empty) directory")
@@ -267,6 +282,13 @@ async def _administer(args: argparse.Namespace, settings: Settings) -> int:
                                             scope=args.scope, expires_in=args.expires_in))
         elif args.command == "throttle":
             print(await _throttle(args, settings, storage, limiter))
+        elif (args.command, args.action) == ("memory", "export"):
+            # The summary goes to standard error when the memory itself goes to standard output.
+            print(await admin.memory_export(storage, args.user, args.memory, args.file),
+                  file=sys.stderr if args.file is None else sys.stdout)
+        elif (args.command, args.action) == ("memory", "import"):
+            print(await admin.memory_import(storage, args.user, args.memory, args.file,
+                                            None if args.ignore_quota else settings.memory_quota))
         else:
             print(await _run_command(storage, args.command, args.action, args))
     finally:

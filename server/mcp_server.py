@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -10,9 +11,9 @@ import mcp_types as types
 from aiohttp import web
 from mcp.server import Server, ServerRequestContext
 
-from auth.models import AccessGrant
+from auth.models import AccessGrant, Principal
 from auth.rfc6750 import BearerVerifier
-from server.memory.graph import DEFAULT_QUOTA, GraphStore, Quota
+from server.memory.graph import DEFAULT_QUOTA, GraphStore, Origin, Quota
 from server.memory.tools import TOOL_SCOPES, TOOLS, GraphResult, call_tool
 from transports.caller import Caller, GuardMessage, current_caller
 from transports.direct import prepared
@@ -51,7 +52,8 @@ class MemoryTools:
             return types.CallToolResult(is_error=True, content=[types.TextContent(
                 type="text", text=f"{params.name} needs the {needed} scope, which this token was not granted; "
                 "sign in again and approve it")])
-        return await call_tool(self.graph, graph_owner(caller), params.name, params.arguments, self.quota)
+        return await call_tool(self.graph, graph_owner(caller), params.name, params.arguments, self.quota,
+                               origin_of(caller))
 
     def server(self) -> Server[Any]:
         async def list_tools(_ctx: ServerRequestContext[Any], _params: types.PaginatedRequestParams | None
@@ -77,6 +79,13 @@ class MemoryTools:
 def graph_owner(caller: Caller) -> str:
     """The graph (`GraphStore` owner key) the caller's tools work on."""
     return caller.user
+
+
+def origin_of(caller: Caller) -> Origin:
+    """The provenance a caller's writes record: now, and the client it calls through (the OAuth
+    client id of its principal; "pat:<id>" for a personal access token)."""
+    principal = caller.owner
+    return Origin(time.time(), principal.client_id if isinstance(principal, Principal) else str(principal))
 
 
 def caller_from_grant(grant: AccessGrant) -> Caller:

@@ -50,3 +50,17 @@ def test_bench_quick_memory_runs_both_servers_on_the_same_data(tmp_path: Path) -
     assert any(any(round_hits) for round_hits in hits["memory-mcp"])  # the searches found something
     # Quick runs a smaller graph than the targets are set for: printed, not judged.
     assert "NOT MEASURED  memory read_graph >= 10x" in done.stdout
+
+
+def test_bench_import_scenario_imports_and_exports_on_both_backends(tmp_path: Path) -> None:
+    """`--only import` with a small file: the command line imports all of it into SQLite and Redis
+    (the bench checks the printed count and exits non-zero otherwise) and exports it again."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--only", "import", "--import-entities",
+         "2000", "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=110, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {(row["scenario"], row["metric"]) for row in json.loads(out.read_text())["rows"]}
+    for backend in ("sqlite", "redis"):
+        assert (f"import 2,000 entities, 10,000 observations ({backend})", "s") in rows
+        assert (f"export of it ({backend})", "s") in rows

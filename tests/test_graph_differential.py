@@ -24,6 +24,7 @@ from server.memory.graph import (
     GraphClosedError,
     ObservationAddition,
     ObservationDeletion,
+    Origin,
     Quota,
     QuotaExceededError,
     Relation,
@@ -60,11 +61,14 @@ def op(method: str, *args: st.SearchStrategy[Any]) -> st.SearchStrategy[Op]:
     return st.builds(lambda owner, *values: Op(method, owner, values), st.integers(0, 1), *args)
 
 
+# Provenance: unknown (None) or one of a few, so that the stores' parallel lists are compared too.
+origins = st.one_of(st.none(), st.builds(Origin, st.sampled_from([0.0, 1.5, 1_780_000_000.123456]),
+                                         st.sampled_from(["c", "pat:1", ""])))
 operations = st.one_of(
-    op("create_entities", st.lists(entities, max_size=5), quotas),
-    op("create_relations", st.lists(relations, max_size=5), quotas),
+    op("create_entities", st.lists(entities, max_size=5), quotas, origins),
+    op("create_relations", st.lists(relations, max_size=5), quotas, origins),
     op("add_observations", st.lists(st.builds(lambda n, c: ObservationAddition(entityName=n, contents=c), names,
-                                              st.lists(texts, max_size=4)), max_size=3), quotas),
+                                              st.lists(texts, max_size=4)), max_size=3), quotas, origins),
     op("delete_entities", st.lists(names, max_size=3)),
     op("delete_observations", st.lists(st.builds(lambda n, c: ObservationDeletion(entityName=n, observations=c),
                                                  names, st.lists(texts, max_size=3)), max_size=3)),
@@ -107,6 +111,7 @@ async def final_reads(store: SQLiteStore | RedisStorage, owner: str, used: Seque
     for query in QUERIES[:8]:
         reads.append((query, await search_pages(store, owner, query, 2)))
     reads.append(model_of(await store.open_nodes(owner, list(used))))
+    reads.append([item async for batch in store.export_batches(owner, 3) for item in batch])
     return reads
 
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, User
-from server.memory.graph import Entity, ObservationDeletion, Relation
+from server.memory.graph import Entity, ObservationAddition, ObservationDeletion, Origin, Relation
 from server.storage.portable import (
     EntityRecord,
     PortableError,
@@ -102,11 +102,16 @@ async def fill(store: PortableStore) -> None:
     assert await store.save_personal_token(PersonalToken("pat-3", "pat-hash-3", "id-alice", "old", ("memory:read",),
                                                          "https://r/mcp", NOW - 7200, NOW - 3600))
     # Graphs: gaps in the ids (deleted entities and relations), observations deleted and added, odd text.
+    # Provenance: known (two clients), and unknown (written without an origin).
     await store.create_entities("owner-a", [Entity(name=n, entityType="t", observations=[f"{n} one", f"{n} two"])
-                                            for n in ("zeta", "alpha", "mid", "gone", "nul\x00x", "ünï")])
+                                            for n in ("zeta", "alpha", "mid", "gone", "nul\x00x", "ünï")],
+                                origin=Origin(NOW - 500.25, "c-used"))
+    await store.add_observations("owner-a", [ObservationAddition(entityName="zeta", contents=["zeta three"])],
+                                 origin=Origin(NOW - 400.5, "pat:0123456789abcdef"))
     await store.create_relations("owner-a", [Relation(from_="zeta", to="alpha", relationType="knows"),
                                              Relation(from_="gone", to="mid", relationType="x"),
-                                             Relation(from_="alpha", to="nobody", relationType="dangling")])
+                                             Relation(from_="alpha", to="nobody", relationType="dangling")],
+                                 origin=Origin(NOW - 300.0, "c-used"))
     await store.delete_entities("owner-a", ["gone"])
     await store.delete_observations("owner-a", [ObservationDeletion(entityName="zeta", observations=["zeta one"])])
     await store.create_entities("owner-a", [Entity(name="late", entityType="t", observations=[])])
@@ -174,8 +179,10 @@ async def test_an_import_refuses_another_server_key(tmp_path: Path, redis_url: s
 
 texts = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
 operations = st.lists(st.one_of(
-    st.tuples(st.just("entities"), st.lists(st.tuples(texts, texts, st.lists(texts, max_size=3)), max_size=4)),
-    st.tuples(st.just("relations"), st.lists(st.tuples(texts, texts, texts), max_size=4)),
+    st.tuples(st.just("entities"), st.lists(st.tuples(texts, texts, st.lists(texts, max_size=3)), max_size=4),
+              st.one_of(st.none(), st.builds(Origin, st.floats(0, 4e9), texts))),
+    st.tuples(st.just("relations"), st.lists(st.tuples(texts, texts, texts), max_size=4),
+              st.one_of(st.none(), st.builds(Origin, st.floats(0, 4e9), texts))),
     st.tuples(st.just("delete"), st.lists(texts, max_size=2)),
 ), max_size=8)
 
@@ -183,18 +190,19 @@ operations = st.lists(st.one_of(
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ops=operations)
 async def test_random_graphs_read_back_identically_on_the_other_backend(
-        ops: list[tuple[str, list[Any]]], tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> None:
+        ops: list[tuple[Any, ...]], tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> None:
     source = _sqlite(tmp_path_factory.mktemp("g"))
     target = _redis(redis_url)
     again = _sqlite(tmp_path_factory.mktemp("g"))
     try:
         await source.cookie_key()
-        for op, items in ops:
+        for op, items, *origin in ops:
             if op == "entities":
                 await source.create_entities("o", [Entity(name=n, entityType=t, observations=obs)
-                                                   for n, t, obs in items])
+                                                   for n, t, obs in items], origin=origin[0])
             elif op == "relations":
-                await source.create_relations("o", [Relation(from_=a, to=b, relationType=r) for a, b, r in items])
+                await source.create_relations("o", [Relation(from_=a, to=b, relationType=r) for a, b, r in items],
+                                              origin=origin[0])
             else:
                 await source.delete_entities("o", items)
         await import_records(target, source.export_records(NOW))

@@ -1,7 +1,7 @@
 """Ranked search (server/memory/search.py) on both stores: the folding and the words, the official
 substring semantics as a floor and the reference ranking on random graphs (hypothesis), paging by
 rank key (`after`, `limit`) with writes between pages, and the word index built for data from
-before it."""
+before it; what an import (`import_graph`) writes is searchable by its words like any other write."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server.memory.graph import Entity, ObservationAddition, ObservationDeletion
+from server.memory import jsonl
+from server.memory.graph import Entity, ObservationAddition, ObservationDeletion, Origin, StoredEntity, StoredRelation
 from server.memory.search import NAME, NOWHERE, OBSERVATION, TYPE, Query, fold, rank_key, reference_key, words
 from server.storage.redis import RedisStorage
 from server.storage.redis import graph as redis_graph
@@ -228,6 +229,81 @@ async def test_paging_neither_repeats_nor_skips_when_entities_come_and_go(store:
     original = [f"river {i}" for i in range(29)]
     assert len(seen) == len(set(seen))
     assert set(original) <= set(seen)
+
+
+# --- imported data ----------------------------------------------------------------------------
+
+OFFICIAL = Path(__file__).parent / "data" / "official"
+
+
+async def test_imported_data_is_found_by_ranked_words(store: Store) -> None:
+    """import_graph, into an empty owner and into one with entities, keeps the word index like
+    every other write: a multi-word query ranks imported entities and observations by their words."""
+    made = Origin(1_700_000_000.5, "import")
+    await store.import_graph(ALICE, [
+        StoredEntity("Charles Babbage", "person", ["Proposed the Difference Engine", "Built models"], made,
+                     [made, None]),
+        StoredEntity("Analytical Engine", "machine", ["Designed by Babbage"]),
+        StoredEntity("Ada Lovelace", "countess", ["Wrote notes on the engine"]),
+        StoredEntity("Ada Lovelace", "countess", ["Née Byron"]),  # a name twice: merged
+    ], [StoredRelation("Ada Lovelace", "Analytical Engine", "described", made)])
+    await check_store(store)
+    if isinstance(store, RedisStorage):  # an owner whose first write is an import has a complete index
+        assert await store.client.hget(OwnerKeys.of(store, ALICE).owner, "indexed") is not None
+    for query in ("engine babb", "babbage engine", "nee byr", "ada notes engine"):
+        found = names(await store.search_nodes(ALICE, query))
+        assert found == await expected_ranking(store, ALICE, query) and found, query
+    assert names(await store.search_nodes(ALICE, "engine babb"))[:2] == ["Charles Babbage", "Analytical Engine"]
+    assert names(await store.search_nodes(ALICE, "nee byr")) == ["Ada Lovelace"]
+    # Into an owner with entities: new observations of an existing entity, a new entity.
+    await store.create_entities(ALICE, [ent("Jacquard", "loom", "punched cards")])
+    await store.import_graph(ALICE, [StoredEntity("Jacquard", "loom", ["inspired the engine cards"]),
+                                     StoredEntity("Difference Engine", "machine", ["never finished"])], [])
+    await check_store(store)
+    assert names(await store.search_nodes(ALICE, "inspired card")) == ["Jacquard"]
+    assert names(await store.search_nodes(ALICE, "never fin")) == ["Difference Engine"]
+    assert (names(await store.search_nodes(ALICE, "engine difference"))
+            == await expected_ranking(store, ALICE, "engine difference"))
+    # What an import wrote is unindexed by the deletions like the rest.
+    await store.delete_observations(ALICE, [ObservationDeletion(entityName="Jacquard",
+                                                                observations=["inspired the engine cards"])])
+    await store.delete_entities(ALICE, ["Difference Engine"])
+    assert names(await store.search_nodes(ALICE, "inspired")) == []
+    assert names(await store.search_nodes(ALICE, "never fin")) == []
+    await check_store(store)
+
+
+async def test_an_official_file_imported_is_found_by_its_words(store: Store) -> None:
+    parsed = jsonl.parse_file(OFFICIAL / "memory.jsonl", 1_780_000_000.0)
+    await jsonl.import_parsed(store, ALICE, parsed, None)
+    # "Née Byron": folded words; "poetical science" is an Ada observation, "Difference Engine" Babbage's.
+    assert names(await store.search_nodes(ALICE, "nee byron")) == ["Ada Lovelace"]
+    found = names(await store.search_nodes(ALICE, "engine babbage"))
+    assert found == await expected_ranking(store, ALICE, "engine babbage")
+    assert found[:2] == ["Analytical Engine", "Charles Babbage"]  # a word in the name each: the file's order
+    assert names(await store.search_nodes(ALICE, "poetic sci")) == ["Ada Lovelace"]
+    await check_store(store)
+
+
+async def test_redis_import_into_an_older_graph_leaves_its_words_to_the_build(redis_url: str) -> None:
+    """An owner from before the word index: the import words the entities it creates, leaves an
+    older entity to the build (as add_observations does), and the first search finds everything."""
+    store = RedisStorage(redis_url)
+    try:
+        await store.create_entities(ALICE, [ent("Old Entity", "thing", "from before")])
+        keys = OwnerKeys.of(store, ALICE)
+        await store.client.hdel(keys.owner, "indexed")
+        await store.client.unlink(keys.words, keys.index)
+        await store.import_graph(ALICE, [StoredEntity("Old Entity", "thing", ["imported later"]),
+                                         StoredEntity("New Entity", "thing", ["imported fresh"])], [])
+        await check_owner(store, ALICE)
+        assert await store.client.hget(keys.owner, "indexed") is None
+        found = names(await store.search_nodes(ALICE, "imported entity"))
+        assert found == ["Old Entity", "New Entity"] == await expected_ranking(store, ALICE, "imported entity")
+        assert await store.client.hget(keys.owner, "indexed") is not None
+        await check_owner(store, ALICE)
+    finally:
+        await store.close()
 
 
 # --- data from before the word index -----------------------------------------------------------

@@ -22,6 +22,12 @@ client written against it works unchanged. Contract every `GraphStore` keeps:
 * Per-owner quota: the writes that add data (`create_entities`, `create_relations`,
   `add_observations`) take a `Quota`, and a write that would bring the owner above one of its
   limits raises `QuotaExceededError` and stores nothing. Deletions are never refused.
+* Provenance: every entity, observation and relation records when it was created and by which
+  client (`Origin`). The mutations that add take it as `origin` (None: unknown, as for data
+  stored before provenance existed); the tools' results never show it, `export_batches` gives it
+  and `import_graph` takes it, so that it survives an export and an import
+  (`server.memory.jsonl`). An observation keeps the origin of its first addition; adding it again
+  changes nothing.
 * Removal: `delete_graph` first closes the owner's graph; from then on every mutation for that
   owner raises `GraphClosedError` and stores nothing, in the same transaction as the write would
   have been, so that nothing written after the removal began can outlive it.
@@ -29,7 +35,7 @@ client written against it works unchanged. Contract every `GraphStore` keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -218,19 +224,70 @@ class GraphClosedError(Exception):
         super().__init__("this account is being removed: its memory can no longer be changed")
 
 
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Provenance: when (`at`, unix seconds) and by which client (`by`: the OAuth client id of the
+    principal, "stdio", "import"...) a piece of the graph was created."""
+
+    at: float
+    by: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntity:
+    """An entity with its provenance, as `export_batches` yields it and `import_graph` takes it.
+    `observation_origins` is parallel to `observations`; None anywhere means unknown."""
+
+    name: str
+    entity_type: str
+    observations: Sequence[str]
+    origin: Origin | None = None
+    observation_origins: Sequence[Origin | None] = ()
+
+    def observation_origin(self, index: int) -> Origin | None:
+        return self.observation_origins[index] if index < len(self.observation_origins) else None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRelation:
+    """A relation with its provenance (`StoredEntity`'s counterpart)."""
+
+    from_: str
+    to: str
+    relation_type: str
+    origin: Origin | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What an `import_graph` call added (what the owner did not have yet)."""
+
+    entities: int = 0
+    observations: int = 0
+    relations: int = 0
+
+    def __add__(self, other: Imported) -> Imported:
+        return Imported(self.entities + other.entities, self.observations + other.observations,
+                        self.relations + other.relations)
+
+
+ExportBatch = list[StoredEntity] | list[StoredRelation]
+
+
 class GraphStore(Protocol):
-    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
-                              ) -> list[Entity]:
+    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA,
+                              origin: Origin | None = None) -> list[Entity]:
         """Store the entities whose names are new; return exactly those, as stored."""
         ...
 
-    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
-                               ) -> list[Relation]:
+    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA,
+                               origin: Origin | None = None) -> list[Relation]:
         """Store the relations that are new; return exactly those."""
         ...
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
-                               quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
+                               quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None
+                               ) -> list[AddedObservations]:
         """One result per addition, listing what was actually new.
 
         Raises `EntityNotFoundError` (naming every missing entity) before storing anything.
@@ -265,6 +322,20 @@ class GraphStore(Protocol):
         ...
 
     async def usage(self, owner: str) -> Usage: ...
+
+    def export_batches(self, owner: str, batch_size: int = 512) -> AsyncIterator[ExportBatch]:
+        """The owner's graph with its provenance, in batches of at most `batch_size` items: every
+        entity in creation order (each with its observations in the order added), then every
+        relation in creation order. Memory stays bounded by a batch, whatever the graph's size."""
+        ...
+
+    async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
+                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+        """Add what the owner does not have yet, keeping the given provenance, in one transaction:
+        a new entity with its observations; to an existing entity (its type and origin kept) the
+        observations it lacks; a new relation. Idempotent: the same call again adds nothing.
+        Refused whole, like every write, by a closed graph or a quota it would cross."""
+        ...
 
     async def delete_graph(self, owner: str) -> int:
         """Close the owner's graph for good (see the module) and forget everything it holds;

@@ -37,6 +37,7 @@ from server.memory.graph import (
     GraphStore,
     ObservationAddition,
     ObservationDeletion,
+    Origin,
     Quota,
     QuotaExceededError,
     Relation,
@@ -156,48 +157,57 @@ class _OpenNodes(_Arguments):
 Result = dict[str, Any] | GraphJSON
 
 
-async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities, quota: Quota) -> Result:
+async def _create_entities(graph: GraphStore, owner: str, args: _CreateEntities, quota: Quota,
+                           origin: Origin | None) -> Result:
     entities = [Entity(name=e.name, entityType=e.entityType, observations=e.observations) for e in args.entities]
-    created = await graph.create_entities(owner, entities, quota)
+    created = await graph.create_entities(owner, entities, quota, origin)
     return {"entities": [e.model_dump() for e in created]}
 
 
-async def _create_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota) -> Result:
-    created = await graph.create_relations(owner, [r.to_relation() for r in args.relations], quota)
+async def _create_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota,
+                            origin: Origin | None) -> Result:
+    created = await graph.create_relations(owner, [r.to_relation() for r in args.relations], quota, origin)
     return {"relations": [r.model_dump() for r in created]}
 
 
-async def _add_observations(graph: GraphStore, owner: str, args: _AddObservations, quota: Quota) -> Result:
+async def _add_observations(graph: GraphStore, owner: str, args: _AddObservations, quota: Quota,
+                            origin: Origin | None) -> Result:
     additions = [ObservationAddition(entityName=a.entityName, contents=a.contents) for a in args.observations]
-    results = await graph.add_observations(owner, additions, quota)
+    results = await graph.add_observations(owner, additions, quota, origin)
     return {"results": [r.model_dump() for r in results]}
 
 
-async def _delete_entities(graph: GraphStore, owner: str, args: _DeleteEntities, quota: Quota) -> Result:
+async def _delete_entities(graph: GraphStore, owner: str, args: _DeleteEntities, quota: Quota,
+                           origin: Origin | None) -> Result:
     await graph.delete_entities(owner, args.entityNames)
     return {"success": True, "message": "Entities deleted successfully"}
 
 
-async def _delete_observations(graph: GraphStore, owner: str, args: _DeleteObservations, quota: Quota) -> Result:
+async def _delete_observations(graph: GraphStore, owner: str, args: _DeleteObservations, quota: Quota,
+                               origin: Origin | None) -> Result:
     deletions = [ObservationDeletion(entityName=d.entityName, observations=d.observations) for d in args.deletions]
     await graph.delete_observations(owner, deletions)
     return {"success": True, "message": "Observations deleted successfully"}
 
 
-async def _delete_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota) -> Result:
+async def _delete_relations(graph: GraphStore, owner: str, args: _Relations, quota: Quota,
+                            origin: Origin | None) -> Result:
     await graph.delete_relations(owner, [r.to_relation() for r in args.relations])
     return {"success": True, "message": "Relations deleted successfully"}
 
 
-async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments, quota: Quota) -> Result:
+async def _read_graph(graph: GraphStore, owner: str, args: _NoArguments, quota: Quota,
+                      origin: Origin | None) -> Result:
     return await graph.read_graph(owner)
 
 
-async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes, quota: Quota) -> Result:
+async def _search_nodes(graph: GraphStore, owner: str, args: _SearchNodes, quota: Quota,
+                        origin: Origin | None) -> Result:
     return await graph.search_nodes(owner, args.query)
 
 
-async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes, quota: Quota) -> Result:
+async def _open_nodes(graph: GraphStore, owner: str, args: _OpenNodes, quota: Quota,
+                      origin: Origin | None) -> Result:
     return await graph.open_nodes(owner, args.names)
 
 
@@ -207,7 +217,7 @@ A = TypeVar("A", bound=_Arguments)
 @dataclass(frozen=True, slots=True)
 class _Operation(Generic[A]):
     arguments: type[A]
-    run: Callable[[GraphStore, str, A, Quota], Awaitable[Result]]
+    run: Callable[[GraphStore, str, A, Quota, Origin | None], Awaitable[Result]]
 
 
 _OPERATIONS: Final[dict[str, _Operation[Any]]] = {
@@ -236,8 +246,9 @@ TOOL_SCOPES: Final[dict[str, str]] = {
 
 
 async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[str, Any] | None,
-                    quota: Quota = DEFAULT_QUOTA) -> types.CallToolResult | GraphResult:
-    """Run tool `name` for `owner`, whose writes may not take them past `quota`.
+                    quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None) -> types.CallToolResult | GraphResult:
+    """Run tool `name` for `owner`, whose writes may not take them past `quota`; what they add
+    records `origin` (when, and which client) as its provenance, which no result shows.
 
     Bad arguments and a missing entity come back as an `isError` result the model can read and act
     on; an unknown tool name is a protocol error (`MCPError`, INVALID_PARAMS). A store that cannot
@@ -255,7 +266,7 @@ async def call_tool(graph: GraphStore, owner: str, name: str, arguments: dict[st
     except ValidationError as exc:
         return _error(_describe_invalid(name, operation.arguments, exc))
     try:
-        result = await operation.run(graph, owner, args, quota)
+        result = await operation.run(graph, owner, args, quota, origin)
     except EntityNotFoundError as exc:
         return _error(
             f"{exc}. Nothing was added: every entity must exist before observations can be added to it."

@@ -14,7 +14,8 @@ obtained a token, remembered approvals, tokens and personal access tokens that h
 (their hashes, as stored, and a personal token's last use),
 browser logins, signing keys (the private key as its ciphertext), upstream links and kept upstream
 tokens (ciphertext), memory graphs (entities and relations in creation order, observations in the
-order added) and MCP session records. Not carried: rate-limit counts (they matter for minutes),
+order added, each with its provenance: when and by which client it was created) and MCP session
+records. Not carried: rate-limit counts (they matter for minutes),
 authorization codes (they live for minutes, and a client holding one simply signs in again),
 the revocation log (it tells the running processes of revocations made in the last seconds; the
 revoked records themselves are gone, so there is nothing to carry), the event logs of resumable
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from auth.models import AccountState, Client, PersonalToken, RememberedConsent, SigningKey, Token, UpstreamLink, User
-from server.memory.graph import Entity, Quota, Relation
+from server.memory.graph import Origin, Quota, StoredEntity, StoredRelation
 from server.storage import Storage
 from transports.store import SessionRecord
 
@@ -93,6 +94,9 @@ class EntityRecord:
     name: str
     entity_type: str
     observations: tuple[str, ...]
+    origin: Origin | None = None
+    observation_origins: tuple[Origin | None, ...] = ()
+    """Parallel to `observations` (shorter, or None in places: unknown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class RelationRecord:
     source: str
     target: str
     relation_type: str
+    origin: Origin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,13 +171,12 @@ async def import_records(store: PortableStore, records: AsyncIterable[Record]) -
         if not pending:
             return
         owner = pending[0].owner
-        if isinstance(pending[0], EntityRecord):
-            await store.create_entities(owner, [Entity(name=e.name, entityType=e.entity_type,
-                                                       observations=list(e.observations))
-                                                for e in pending if isinstance(e, EntityRecord)], _NO_QUOTA)
-        else:
-            await store.create_relations(owner, [Relation(from_=r.source, to=r.target, relationType=r.relation_type)
-                                                 for r in pending if isinstance(r, RelationRecord)], _NO_QUOTA)
+        # import_graph, not create_entities: it keeps each item's provenance.
+        entities = [StoredEntity(e.name, e.entity_type, e.observations, e.origin, e.observation_origins)
+                    for e in pending if isinstance(e, EntityRecord)]
+        relations = [StoredRelation(r.source, r.target, r.relation_type, r.origin)
+                     for r in pending if isinstance(r, RelationRecord)]
+        await store.import_graph(owner, entities, relations, _NO_QUOTA)
         pending.clear()
 
     async for record in records:

@@ -4,7 +4,8 @@ Keys (the full table, with formats: docs/storage.md). Per owner, a fixed set of 
 part is the owner, so that no owner's keys can be named through another's:
 
     graph:owner:<owner>      hash   state ("closed" once delete_graph began; absent: active),
-                                    entities, observations, bytes (`Usage`), next_entity, next_relation
+                                    entities, observations, bytes (`Usage`), next_entity, next_relation,
+                                    indexed (1 once the word index is complete: below)
     graph:names:<owner>      hash   entity name -> entity id
     graph:entities:<owner>   hash   entity id -> record: name FF type FF observation FF observation ...
     graph:folds:<owner>      hash   chunk (id // 128) -> its entities' records with every text folded
@@ -14,6 +15,11 @@ part is the owner, so that no owner's keys can be named through another's:
     graph:ends:<owner>       zset   "<endpoint name> FF <relation id>", all scored 0 (a lex index)
     graph:chunks:<owner>     hash   chunk -> generation, or "-<stamp>" when stale: graph_view.py
     graph:view:<owner>       hash   chunk -> its JSON: graph_view.py
+    graph:origins:<owner>    hash   "e<id>" -> provenance of the entity and of each observation:
+                                    at FF by FF at FF by ... (the entity's pair, then one pair per
+                                    observation, in the record's order); "r<id>" -> at FF by.
+                                    `at` is the unix time as Python's repr of the float, `by` the
+                                    client id; both empty where unknown
     graph:words:<owner>      hash   entity id -> word record: the words of each text (search.word_text,
                                     space separated), the texts in the record's order, FF between them
     graph:index:<owner>      zset   "<word> FF <entity id> FF <field>", all scored 0 (a lex index): one
@@ -60,12 +66,14 @@ Why it looks like this
   for line in Lua: the differential test holds the two stores to the same ranked answers), sorts,
   takes the page (`after`, `limit`) and answers its records and the relations touching them.
 * Owners from before the word index: the owner hash's `indexed` field says the index is complete.
-  `create_entities` sets it when the owner has no entity yet (an empty index is complete); a
-  search of an owner without it gets 'unindexed' back, and Python builds the index
-  (`_index_words`: reads the records in batches, words them, and a script per batch stores the
-  words of the entities whose records are still those read; until every entity has them). Writes
-  keep the words of new entities and of entities that have them, and leave the others to the
-  build, so a batch stored stays exact while the next ones are read.
+  `create_entities` and `import_graph` set it when the owner has no entity yet (an empty index
+  is complete); a search of an owner without it gets 'unindexed' back, and Python builds the
+  index (`_index_words`: reads the records in batches, words them, and a script per batch stores
+  the words of the entities whose records are still those read; until every entity has them).
+  Writes (every one: create_entities, add_observations, import_graph, the deletions) keep the
+  words of new entities and of entities that have them, and leave the others to the build, so a
+  batch stored stays exact while the next ones are read. Provenance and words are independent:
+  every script that changes a record changes its origins list and its word record in step.
 * search_nodes and open_nodes answer, in one script, the hits' records and the relations touching
   them, each kind sorted by id and joined into one string: redis-py parses two strings instead of
   tens of thousands of replies on the event loop, and Python builds each kind's JSON with one
@@ -74,6 +82,11 @@ Why it looks like this
   names" is found (delete_entities, search, open_nodes): every relation has one member per
   endpoint, and the members of one name are the lexical range [name FF, name FF FF], since no
   name contains FF. Relations may name entities that do not exist, as in the official server.
+* Provenance lives beside the records, not inside them, so that the records, the folds and the
+  view keep their formats (every reader of a record splits it into name, type, observations),
+  and a record from before provenance existed is simply one without an `origins` field: unknown
+  (`origins_of` pads a missing or short list with empty pairs). The scripts that change a record's
+  observations change its origins list in step (appended, or filtered by the same positions).
 * `delete_graph` is one script: it closes the owner (the state stays, for good: owners are never
   reused, and a write already on its way must find it closed) and UNLINKs the owner's other keys.
   UNLINK takes the keys out of the keyspace at once and frees their memory on Redis's lazy-free
@@ -85,7 +98,8 @@ Why it looks like this
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
 
@@ -96,18 +110,23 @@ from server.memory.graph import (
     AddedObservations,
     Entity,
     EntityNotFoundError,
+    ExportBatch,
     GraphClosedError,
     GraphJSON,
+    Imported,
     ObservationAddition,
     ObservationDeletion,
+    Origin,
     Piece,
     Quota,
     QuotaExceededError,
     Relation,
+    StoredEntity,
+    StoredRelation,
     Usage,
 )
 from server.memory.search import Query, word_text
-from server.storage.redis.base import RedisBase, guard_all
+from server.storage.redis.base import RedisBase, guard_all, guarded
 from server.storage.redis.graph_view import (
     END,
     PRELUDE,
@@ -123,8 +142,8 @@ from server.storage.redis.graph_view import (
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
 _KEYS_LUA = """
 local K = {owner = KEYS[1], names = KEYS[2], entities = KEYS[3], folds = KEYS[4], triples = KEYS[5],
-           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], words = KEYS[10],
-           index = KEYS[11]}
+           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], origins = KEYS[10],
+           words = KEYS[11], index = KEYS[12]}
 local MEASURES = {'entities', 'observations', 'bytes'}
 
 local function closed()
@@ -217,11 +236,21 @@ local function save_folds()
   end
 end
 
+-- An entity's provenance as a list of 2 * count texts (count: 1 + its observations), padded with
+-- empty texts (unknown) where nothing is stored.
+local function origins_of(id, count)
+  local stored = redis.call('HGET', K.origins, 'e' .. id)
+  local list = stored and split(stored) or {}
+  for i = #list + 1, 2 * count do list[i] = '' end
+  return list
+end
+
 local function drop_relation(id, touched, delta)
   local triple = redis.call('HGET', K.relations, id)
   if not triple then return end
   local texts = split(triple)
   redis.call('HDEL', K.relations, id)
+  redis.call('HDEL', K.origins, 'r' .. id)
   redis.call('HDEL', K.triples, triple)
   redis.call('ZREM', K.ends, texts[1] .. SEP .. id, texts[2] .. SEP .. id)
   delta[3] = delta[3] - (#triple - 2)
@@ -277,12 +306,12 @@ end
 """
 
 # Every mutation's ARGV starts with its stamp (`stale`). Then here: the quota's three limits, then
-# per entity (names already unique): name, record, folded record, number of observations, word record.
-# Returns {'ok', index of each created entity (from 0)...}.
+# per entity (names already unique): name, record, folded record, number of observations, origins,
+# word record. Returns {'ok', index of each created entity (from 0)...}.
 _CREATE_ENTITIES = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 5, #ARGV, 5 do
+for i = 5, #ARGV, 6 do
   if redis.call('HEXISTS', K.names, ARGV[i]) == 0 then
     local observations = tonumber(ARGV[i + 3])
     new[#new + 1] = i
@@ -300,11 +329,12 @@ for _, i in ipairs(new) do
   local id = tostring(redis.call('HINCRBY', K.owner, 'next_entity', 1))
   redis.call('HSET', K.names, ARGV[i], id)
   redis.call('HSET', K.entities, id, ARGV[i + 1])
+  redis.call('HSET', K.origins, 'e' .. id, ARGV[i + 4])
   set_fold(id, ARGV[i + 2])
-  redis.call('HSET', K.words, id, ARGV[i + 4])
-  reindex(id, nil, ARGV[i + 4])
+  redis.call('HSET', K.words, id, ARGV[i + 5])
+  reindex(id, nil, ARGV[i + 5])
   touched[chunk_of('e', id)] = true
-  created[#created + 1] = (i - 5) / 5
+  created[#created + 1] = (i - 5) / 6
 end
 save_folds()
 stale(touched)
@@ -312,11 +342,12 @@ account(delta)
 return created
 """
 
-# ARGV: the stamp, the quota's limits, then per relation (unique): record, from, to. Returns as above.
+# ARGV: the stamp, the quota's limits, then per relation (unique): record, from, to, origin (at FF by).
+# Returns as above.
 _CREATE_RELATIONS = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 5, #ARGV, 3 do
+for i = 5, #ARGV, 4 do
   if redis.call('HEXISTS', K.triples, ARGV[i]) == 0 then
     new[#new + 1] = i
     delta[3] = delta[3] + #ARGV[i] - 2
@@ -330,21 +361,23 @@ for _, i in ipairs(new) do
   redis.call('HSET', K.relations, id, ARGV[i])
   redis.call('HSET', K.triples, ARGV[i], id)
   redis.call('ZADD', K.ends, 0, ARGV[i + 1] .. SEP .. id, 0, ARGV[i + 2] .. SEP .. id)
+  redis.call('HSET', K.origins, 'r' .. id, ARGV[i + 3])
   touched[chunk_of('r', id)] = true
-  created[#created + 1] = (i - 5) / 3
+  created[#created + 1] = (i - 5) / 4
 end
 stale(touched)
 account(delta)
 return created
 """
 
-# ARGV: the stamp, the quota's limits, then per addition: entity name, k, then k triples (content,
-# folded content, its words), contents unique within the addition. Returns {'missing', name...} (every unknown
+# ARGV: the stamp, the quota's limits, the origin (at, by), then per addition: entity name, k, then k
+# triples (content, folded content, its words), contents unique within the addition. Returns
+# {'missing', name...} (every unknown
 # name, once, in order) or {'ok', {indexes of the contents added}...} (one list per addition).
 _ADD_OBSERVATIONS = """
 if closed() then return {'closed'} end
 local ids, additions, missing, reported = {}, {}, {'missing'}, {}
-local i = 5
+local i = 7
 while i <= #ARGV do
   local name, k = ARGV[i], tonumber(ARGV[i + 1])
   if ids[name] == nil then ids[name] = redis.call('HGET', K.names, name) end
@@ -356,7 +389,7 @@ while i <= #ARGV do
   i = i + 2 + 3 * k
 end
 if #missing > 1 then return missing end
-local records, folds, words, present, delta, result = {}, {}, {}, {}, {0, 0, 0}, {'ok'}
+local records, folds, words, origins, present, delta, result = {}, {}, {}, {}, {}, {0, 0, 0}, {'ok'}
 for _, addition in ipairs(additions) do
   local id, start, k = addition[1], addition[2], addition[3]
   if records[id] == nil then
@@ -367,6 +400,7 @@ for _, addition in ipairs(additions) do
     local set, texts = {}, split(record)
     for j = 3, #texts do set[texts[j]] = true end
     present[id] = set
+    origins[id] = origins_of(id, #texts - 1)
   end
   local added = {}
   for j = 0, k - 1 do
@@ -376,6 +410,8 @@ for _, addition in ipairs(additions) do
       table.insert(records[id], content)
       table.insert(folds[id], ARGV[start + 3 * j + 1])
       table.insert(words[id], ARGV[start + 3 * j + 2])
+      table.insert(origins[id], ARGV[5])
+      table.insert(origins[id], ARGV[6])
       added[#added + 1] = j
       delta[2] = delta[2] + 1
       delta[3] = delta[3] + #content
@@ -389,6 +425,7 @@ local touched = {}
 for id, record in pairs(records) do
   if #record > 1 then
     redis.call('HSET', K.entities, id, table.concat(record, SEP))
+    redis.call('HSET', K.origins, 'e' .. id, table.concat(origins[id], SEP))
     set_fold(id, table.concat(folds[id], SEP))
     if words[id][1] then
       local new = table.concat(words[id], SEP)
@@ -418,6 +455,7 @@ for i = 2, #ARGV do
     local seps = separators(record)
     redis.call('HDEL', K.names, name)
     redis.call('HDEL', K.entities, id)
+    redis.call('HDEL', K.origins, 'e' .. id)
     set_fold(id, nil)
     reindex(id, redis.call('HGET', K.words, id), nil)
     redis.call('HDEL', K.words, id)
@@ -444,15 +482,15 @@ while i <= #ARGV do
   if id then
     local entry = entries[id]
     if entry == nil then
-      local words = redis.call('HGET', K.words, id)
-      entry = {split(redis.call('HGET', K.entities, id)), split(get_fold(id)), false, words,
-               words and split(words)}
+      -- {texts, folded texts, changed, origins, word record (false: none yet, see the module), its texts' words}
+      local texts, words = split(redis.call('HGET', K.entities, id)), redis.call('HGET', K.words, id)
+      entry = {texts, split(get_fold(id)), false, origins_of(id, #texts - 1), words, words and split(words)}
       entries[id] = entry
     end
     local doomed = {}
     for j = i + 2, i + 1 + k do doomed[ARGV[j]] = true end
-    local texts, folded, worded = entry[1], entry[2], entry[5]
-    local kept, kept_folded = {texts[1], texts[2]}, {folded[1], folded[2]}
+    local texts, folded, origins, worded = entry[1], entry[2], entry[4], entry[6]
+    local kept, kept_folded, kept_origins = {texts[1], texts[2]}, {folded[1], folded[2]}, {origins[1], origins[2]}
     local kept_words = worded and {worded[1], worded[2]}
     for j = 3, #texts do
       if doomed[texts[j]] then
@@ -462,21 +500,24 @@ while i <= #ARGV do
       else
         kept[#kept + 1] = texts[j]
         kept_folded[#kept_folded + 1] = folded[j]
+        kept_origins[#kept_origins + 1] = origins[2 * j - 3]
+        kept_origins[#kept_origins + 1] = origins[2 * j - 2]
         if worded then kept_words[#kept_words + 1] = worded[j] end
       end
     end
-    entry[1], entry[2], entry[5] = kept, kept_folded, kept_words
+    entry[1], entry[2], entry[4], entry[6] = kept, kept_folded, kept_origins, kept_words
   end
   i = i + 2 + k
 end
 for id, entry in pairs(entries) do
   if entry[3] then
     redis.call('HSET', K.entities, id, table.concat(entry[1], SEP))
+    redis.call('HSET', K.origins, 'e' .. id, table.concat(entry[4], SEP))
     set_fold(id, table.concat(entry[2], SEP))
-    if entry[4] then
-      local words = table.concat(entry[5], SEP)
+    if entry[5] then
+      local words = table.concat(entry[6], SEP)
       redis.call('HSET', K.words, id, words)
-      reindex(id, entry[4], words)
+      reindex(id, entry[5], words)
     end
     touched[chunk_of('e', id)] = true
   end
@@ -501,14 +542,121 @@ account(delta)
 return {'ok'}
 """
 
+# `import_graph`. ARGV: the stamp, the quota's limits, the number of entities, then per entity: name,
+# type, folded name, folded type, name's words, type's words, at, by, k, then k quintuples (content,
+# folded content, its words, at, by) with contents unique within the entity; then per relation:
+# record, from, to, at, by. A name may come twice (the second adds what the first did not). Returns
+# {'ok', entities, observations, relations added} or a refusal.
+_IMPORT = """
+if closed() then return {'closed'} end
+local n, i = tonumber(ARGV[5]), 6
+local plans, ids, present, delta = {}, {}, {}, {0, 0, 0}
+for _ = 1, n do
+  local name, k = ARGV[i], tonumber(ARGV[i + 8])
+  if ids[name] == nil then
+    local id = redis.call('HGET', K.names, name)
+    local set = {}
+    if id then
+      local texts = split(redis.call('HGET', K.entities, id))
+      for j = 3, #texts do set[texts[j]] = true end
+    else
+      delta[1] = delta[1] + 1
+      delta[3] = delta[3] + #name + #ARGV[i + 1]
+    end
+    ids[name], present[name] = id or false, set
+  end
+  local added = {}
+  for j = 0, k - 1 do
+    local at = i + 9 + 5 * j
+    if not present[name][ARGV[at]] then
+      present[name][ARGV[at]] = true
+      added[#added + 1] = at
+      delta[2] = delta[2] + 1
+      delta[3] = delta[3] + #ARGV[at]
+    end
+  end
+  plans[#plans + 1] = {name, i, added}
+  i = i + 9 + 5 * k
+end
+local relations, seen = {}, {}
+while i <= #ARGV do
+  local record = ARGV[i]
+  if not seen[record] and redis.call('HEXISTS', K.triples, record) == 0 then
+    seen[record] = true
+    relations[#relations + 1] = i
+    delta[3] = delta[3] + #record - 2
+  end
+  i = i + 5
+end
+local refusal = refused(delta)
+if refusal then return refusal end
+-- An owner without entities has a complete word index (empty): from here on it is kept.
+if delta[1] > 0 and redis.call('HLEN', K.entities) == 0 then redis.call('HSET', K.owner, 'indexed', 1) end
+-- words[id]: {word record before (false: none, for a new entity or one from before the word
+-- index, which the build words later: see the module), the texts' words}
+local touched, records, folds, origins, words = {}, {}, {}, {}, {}
+local new_entities, new_observations = 0, 0
+for _, plan in ipairs(plans) do
+  local name, start, added = plan[1], plan[2], plan[3]
+  local id = ids[name]
+  if not id then
+    id = tostring(redis.call('HINCRBY', K.owner, 'next_entity', 1))
+    ids[name] = id
+    redis.call('HSET', K.names, name, id)
+    records[id], folds[id] = {name, ARGV[start + 1]}, {ARGV[start + 2], ARGV[start + 3]}
+    words[id] = {false, {ARGV[start + 4], ARGV[start + 5]}}
+    origins[id] = {ARGV[start + 6], ARGV[start + 7]}
+    new_entities = new_entities + 1
+  elseif records[id] == nil and #added > 0 then
+    records[id], folds[id] = split(redis.call('HGET', K.entities, id)), split(get_fold(id))
+    local old = redis.call('HGET', K.words, id)
+    words[id] = {old, old and split(old)}
+    origins[id] = origins_of(id, #records[id] - 1)
+  end
+  for _, at in ipairs(added) do
+    local record, origin, worded = records[id], origins[id], words[id][2]
+    record[#record + 1] = ARGV[at]
+    folds[id][#folds[id] + 1] = ARGV[at + 1]
+    if worded then worded[#worded + 1] = ARGV[at + 2] end
+    origin[#origin + 1] = ARGV[at + 3]
+    origin[#origin + 1] = ARGV[at + 4]
+    new_observations = new_observations + 1
+  end
+end
+for id, record in pairs(records) do
+  redis.call('HSET', K.entities, id, table.concat(record, SEP))
+  redis.call('HSET', K.origins, 'e' .. id, table.concat(origins[id], SEP))
+  set_fold(id, table.concat(folds[id], SEP))
+  local old, worded = words[id][1], words[id][2]
+  if worded then
+    local new = table.concat(worded, SEP)
+    redis.call('HSET', K.words, id, new)
+    reindex(id, old or nil, new)
+  end
+  touched[chunk_of('e', id)] = true
+end
+save_folds()
+for _, j in ipairs(relations) do
+  local id = redis.call('HINCRBY', K.owner, 'next_relation', 1)
+  redis.call('HSET', K.relations, id, ARGV[j])
+  redis.call('HSET', K.triples, ARGV[j], id)
+  redis.call('ZADD', K.ends, 0, ARGV[j + 1] .. SEP .. id, 0, ARGV[j + 2] .. SEP .. id)
+  redis.call('HSET', K.origins, 'r' .. id, ARGV[j + 3] .. SEP .. ARGV[j + 4])
+  touched[chunk_of('r', id)] = true
+end
+stale(touched)
+account(delta)
+return {'ok', new_entities, new_observations, #relations}
+"""
+
 # Close, zero the usage, and hand the rest to the lazy-free thread (see the module). Returns the
 # number of entities the graph had.
 _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
 redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
 redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
-redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.words,
-           K.index)
+redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins,
+           K.words, K.index)
 return count
 """
 
@@ -723,6 +871,7 @@ class _Scripts:
         self.delete_observations = base.script(_script_source(_DELETE_OBSERVATIONS))
         self.delete_relations = base.script(_script_source(_DELETE_RELATIONS))
         self.delete_graph = base.script(_script_source(_DELETE_GRAPH))
+        self.import_graph = base.script(_script_source(_IMPORT))
         self.search = base.script(_script_source(_SEARCH, _SUBGRAPH_LUA))
         self.index_words = base.script(_script_source(_INDEX_WORDS))
         self.open_nodes = base.script(_script_source(_OPEN_NODES, _SUBGRAPH_LUA))
@@ -745,36 +894,40 @@ class RedisGraph(RedisBase):
 
     # --- mutations ---------------------------------------------------------------------------
 
-    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
-                              ) -> list[Entity]:
+    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA,
+                              origin: Origin | None = None) -> list[Entity]:
         first: dict[str, Entity] = {}
         for entity in entities:
             first.setdefault(entity.name, entity)
         unique = [Entity(name=e.name, entityType=e.entityType, observations=_unique(e.observations))
                   for e in first.values()]
         args: list[bytes | int] = [*_limits(quota)]
+        at, by = _origin_args(origin)
         for entity in unique:
             texts = [entity.name, entity.entityType, *entity.observations]
-            args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations), _worded(texts)]
+            args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations),
+                     SEP.join([at, by] * (1 + len(entity.observations))), _worded(texts)]
         reply = await self._mutate(self._graph_scripts.create_entities, owner, args)
         return [unique[index] for index in reply[1:]]
 
-    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
-                               ) -> list[Relation]:
+    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA,
+                               origin: Origin | None = None) -> list[Relation]:
         first: dict[bytes, Relation] = {}
         for relation in relations:
             first.setdefault(_record((relation.from_, relation.to, relation.relationType)), relation)
         unique = list(first.items())
         args: list[bytes | int] = [*_limits(quota)]
+        made = SEP.join(_origin_args(origin))
         for record, relation in unique:
-            args += [record, relation.from_.encode(), relation.to.encode()]
+            args += [record, relation.from_.encode(), relation.to.encode(), made]
         reply = await self._mutate(self._graph_scripts.create_relations, owner, args)
         return [unique[index][1] for index in reply[1:]]
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
-                               quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
+                               quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None
+                               ) -> list[AddedObservations]:
         contents = [_unique(addition.contents) for addition in additions]
-        args: list[bytes | int] = [*_limits(quota)]
+        args: list[bytes | int] = [*_limits(quota), *_origin_args(origin)]
         for addition, unique in zip(additions, contents, strict=True):
             args += [addition.entityName.encode(), len(unique)]
             for content in unique:
@@ -784,6 +937,25 @@ class RedisGraph(RedisBase):
             raise EntityNotFoundError([name.decode() for name in reply[1:]])
         return [AddedObservations(entityName=addition.entityName, addedObservations=[unique[i] for i in added])
                 for addition, unique, added in zip(additions, contents, reply[1:], strict=True)]
+
+    async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
+                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+        args: list[bytes | int] = [*_limits(quota), len(entities)]
+        for entity in entities:
+            seen: dict[str, int] = {}  # each content once, at its first position
+            for index, content in enumerate(entity.observations):
+                seen.setdefault(content, index)
+            args += [entity.name.encode(), entity.entity_type.encode(), entity.name.lower().encode(),
+                     entity.entity_type.lower().encode(), word_text(entity.name).encode(),
+                     word_text(entity.entity_type).encode(), *_origin_args(entity.origin), len(seen)]
+            for content, index in seen.items():
+                args += [content.encode(), content.lower().encode(), word_text(content).encode(),
+                         *_origin_args(entity.observation_origin(index))]
+        for relation in relations:
+            args += [_record((relation.from_, relation.to, relation.relation_type)), relation.from_.encode(),
+                     relation.to.encode(), *_origin_args(relation.origin)]
+        reply = await self._mutate(self._graph_scripts.import_graph, owner, args)
+        return Imported(*(int(count) for count in reply[1:]))
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
         await self._mutate(self._graph_scripts.delete_entities, owner, [name.encode() for name in _unique(names)])
@@ -823,6 +995,51 @@ class RedisGraph(RedisBase):
     async def read_graph(self, owner: str) -> GraphJSON:
         return await self._view.read(owner)
 
+    async def export_batches(self, owner: str, batch_size: int = 512) -> AsyncIterator[ExportBatch]:
+        # By id range, `batch_size` ids a step (ids only grow, so every row is in one range): Redis
+        # has no snapshot across commands, so each batch is one state of its rows (one MULTI),
+        # not the whole export (see docs/storage.md).
+        keys = self.graph_keys(owner)
+        last_entity, last_relation = await self._last_ids(keys.owner)
+        for start in range(1, last_entity + 1, batch_size):
+            rows = await self._rows(keys.entities, keys.origins, "e",
+                                    range(start, min(start + batch_size, last_entity + 1)))
+            entities: list[StoredEntity] = []
+            for record, made in rows:
+                name, entity_type, *observations = texts_of(record)
+                pairs = made.split(SEP) if made else []
+                found = [parse_origin(pairs[i], pairs[i + 1]) if i + 1 < len(pairs) else None
+                         for i in range(0, 2 * (1 + len(observations)), 2)]
+                entities.append(StoredEntity(name, entity_type, observations, found[0], found[1:]))
+            if entities:
+                yield entities
+        for start in range(1, last_relation + 1, batch_size):
+            rows = await self._rows(keys.relations, keys.origins, "r",
+                                    range(start, min(start + batch_size, last_relation + 1)))
+            relations: list[StoredRelation] = []
+            for record, made in rows:
+                source, target, relation_type = texts_of(record)
+                relations.append(StoredRelation(source, target, relation_type,
+                                                parse_origin(*made.split(SEP)) if made else None))
+            if relations:
+                yield relations
+
+    @guarded
+    async def _last_ids(self, owner_key: str) -> tuple[int, int]:
+        entity, relation = await self.client.hmget(owner_key, ["next_entity", "next_relation"])
+        return int(entity or 0), int(relation or 0)
+
+    @guarded
+    async def _rows(self, records_key: str, origins_key: str, kind: str, ids: range
+                    ) -> list[tuple[bytes, bytes | None]]:
+        """The records with these ids that exist, with their origins (one MULTI: one state)."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.hmget(records_key, list(ids))
+            pipe.hmget(origins_key, [f"{kind}{i}" for i in ids])
+            records, origins = await pipe.execute()
+        return [(record, made) for record, made in zip(records, origins, strict=True) if record is not None]
+
+
     async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
                            limit: int | None = None) -> GraphJSON:
         parsed = Query.parse(query)
@@ -858,6 +1075,17 @@ class RedisGraph(RedisBase):
         reply = await self._graph_scripts.open_nodes(keys=self.graph_keys(owner).all,
                                                      args=[name.encode() for name in _unique(names)])
         return await _subgraph(reply)
+
+
+def _origin_args(origin: Origin | None) -> tuple[bytes, bytes]:
+    """An origin as the scripts store it (graph:origins): empty texts when unknown."""
+    return (b"", b"") if origin is None else (repr(origin.at).encode(), origin.by.encode())
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_origin(at: bytes, by: bytes) -> Origin | None:
+    """An origin as stored (see `_origin_args`). Cached: the items one write added share it."""
+    return None if not at else Origin(float(at), by.decode())
 
 
 def _limits(quota: Quota | None) -> tuple[int, int, int]:

@@ -34,8 +34,8 @@ from server.storage.portable import (
 )
 from server.storage.redis.auth import RedisAuth, _consent, _fields, _num, _text, _token
 from server.storage.redis.base import guard_all
-from server.storage.redis.graph import RedisGraph
-from server.storage.redis.graph_view import texts_of
+from server.storage.redis.graph import RedisGraph, parse_origin
+from server.storage.redis.graph_view import SEP, texts_of
 from server.storage.redis.keys import RedisKeys
 from server.storage.redis.sessions import RedisSessions, _record
 
@@ -101,16 +101,22 @@ class RedisPortable(RedisAuth, RedisKeys, RedisGraph, RedisSessions):
             pipe.hget(keys.owner, "state")
             pipe.hgetall(keys.entities)
             pipe.hgetall(keys.relations)
-            state, entities, relations = await pipe.execute()
+            pipe.hgetall(keys.origins)
+            state, entities, relations, origins = await pipe.execute()
         if state == b"closed":
             return
-        for _, record in sorted((int(ident), record) for ident, record in entities.items()):
+        for ident, record in sorted((int(ident), record) for ident, record in entities.items()):
             name, entity_type, *observations = texts_of(record)
-            yield EntityRecord(owner, name, entity_type, tuple(observations))
+            made = origins.get(f"e{ident}".encode())
+            pairs = made.split(SEP) if made else []
+            found = [parse_origin(pairs[i], pairs[i + 1]) if i + 1 < len(pairs) else None
+                     for i in range(0, 2 * (1 + len(observations)), 2)]
+            yield EntityRecord(owner, name, entity_type, tuple(observations), found[0], tuple(found[1:]))
         del entities
-        for _, record in sorted((int(ident), record) for ident, record in relations.items()):
+        for ident, record in sorted((int(ident), record) for ident, record in relations.items()):
             source, target, relation_type = texts_of(record)
-            yield RelationRecord(owner, source, target, relation_type)
+            made = origins.get(f"r{ident}".encode())
+            yield RelationRecord(owner, source, target, relation_type, parse_origin(*made.split(SEP)) if made else None)
 
     async def put_cookie_key(self, key: bytes) -> None:
         existing: Any = await self.client.set(self.key("cookie-key"), key, nx=True, get=True)

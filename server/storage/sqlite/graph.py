@@ -3,14 +3,17 @@
 Schema
 ------
 
-    memory_entities      (id INTEGER PRIMARY KEY, owner, name, entity_type, name_fold, type_fold)
+    memory_entities      (id INTEGER PRIMARY KEY, owner, name, entity_type, name_fold, type_fold,
+                          created_at, created_by)
         UNIQUE INDEX memory_entities_name  (owner, name)
         UNIQUE INDEX memory_entities_order (owner, id)
     memory_observations  (id INTEGER PRIMARY KEY, owner, entity_id, content, content_fold,
+                          created_at, created_by,
                           FOREIGN KEY (owner, entity_id) REFERENCES memory_entities (owner, id)
                           ON DELETE CASCADE)
         INDEX memory_observations_entity (owner, entity_id)
-    memory_relations     (id INTEGER PRIMARY KEY, owner, from_name, to_name, relation_type)
+    memory_relations     (id INTEGER PRIMARY KEY, owner, from_name, to_name, relation_type,
+                          created_at, created_by)
         UNIQUE INDEX memory_relations_identity (owner, from_name, to_name, relation_type)
         INDEX memory_relations_to (owner, to_name)
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
@@ -76,8 +79,10 @@ Why it looks like this
   than at insertion would corrupt the index); a contentless table that deletes by rowid needs
   SQLite 3.43. `detail = 'none'` keeps only which rows hold a word, all the lookups need (no
   phrases, no column filters: the row's own words tell which column matched).
-* The word tables are written by this module in the same transaction as their rows (no triggers:
-  triggers cannot call Python's folding, and `Database.apply_schema` splits on ';'). A database
+* The word tables are written by this module in the same transaction as their rows, by every
+  write that adds or removes one (`import_graph` included; observations always go through
+  `_insert_observations`). No triggers: they cannot call Python's folding, and
+  `Database.apply_schema` splits on ';'. A database
   from before them gets them filled by `migrate` at startup (`_add_words`), once: they are empty
   while entities exist only then, since every entity and observation has its row from its first
   write on.
@@ -104,6 +109,19 @@ Why it looks like this
   U+FFFD then matches exactly where it should; one with it (or with NUL) may also match at a
   NUL, so its hits are checked against the real text (`search_nodes`). Sizes use
   `length(CAST(x AS BLOB))`, the byte count.
+* Provenance (`server.memory.graph.Origin`): `created_at` (REAL, unix seconds) and `created_by`
+  (TEXT, the client id) on every entity, observation and relation row, both NULL when unknown:
+  rows written before the columns existed (`migrate` adds them to an older database with
+  ALTER TABLE ... ADD COLUMN, which fills NULL without rewriting the table), or written without
+  an origin. The client id is stored per row rather than through a table of clients: it is
+  short, and a join on every export and insert would cost more than the bytes it saves.
+* `import_graph` (and an import's many rows) assigns row ids itself, `max(id) + 1` onwards,
+  inside its BEGIN IMMEDIATE transaction (no other writer can take them meanwhile): the rows
+  then go in with `executemany`, several times faster than one statement per row with
+  `lastrowid`, and the ids are those SQLite would have chosen.
+* `export_batches` reads on a connection of its own, in one read transaction from its first batch
+  to its last (WAL: writers go on meanwhile), so an export is one state of the graph however long
+  it takes; it holds one batch in memory at a time.
 * `memory_owners` is one row per owner, created by their first write: the state of their graph
   (`OwnerState`) and their usage (`server.memory.graph.Usage`). Every mutation reads it first
   (`_writable`) and writes it last (`_account`) in its own transaction: a closed graph refuses
@@ -121,10 +139,11 @@ atomic with respect to other coroutines and other processes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
 from functools import cached_property
 from typing import Final
@@ -134,12 +153,17 @@ from server.memory.graph import (
     AddedObservations,
     Entity,
     EntityNotFoundError,
+    ExportBatch,
     GraphClosedError,
     GraphJSON,
+    Imported,
     ObservationAddition,
     ObservationDeletion,
+    Origin,
     Quota,
     Relation,
+    StoredEntity,
+    StoredRelation,
     Usage,
     entity_json,
     piece,
@@ -256,7 +280,9 @@ class GraphTables:
             name        TEXT NOT NULL,
             entity_type TEXT NOT NULL,
             name_fold   TEXT NOT NULL,
-            type_fold   TEXT NOT NULL
+            type_fold   TEXT NOT NULL,
+            created_at  REAL,
+            created_by  TEXT
         );
         CREATE UNIQUE INDEX IF NOT EXISTS memory_entities_name ON memory_entities (owner, name);
         CREATE UNIQUE INDEX IF NOT EXISTS memory_entities_order ON memory_entities (owner, id);
@@ -266,6 +292,8 @@ class GraphTables:
             entity_id    INTEGER NOT NULL,
             content      TEXT NOT NULL,
             content_fold TEXT NOT NULL,
+            created_at   REAL,
+            created_by   TEXT,
             FOREIGN KEY (owner, entity_id) REFERENCES memory_entities (owner, id) ON DELETE CASCADE
         );
         CREATE INDEX IF NOT EXISTS memory_observations_entity ON memory_observations (owner, entity_id);
@@ -274,7 +302,9 @@ class GraphTables:
             owner         TEXT NOT NULL,
             from_name     TEXT NOT NULL,
             to_name       TEXT NOT NULL,
-            relation_type TEXT NOT NULL
+            relation_type TEXT NOT NULL,
+            created_at    REAL,
+            created_by    TEXT
         );
         CREATE UNIQUE INDEX IF NOT EXISTS memory_relations_identity
             ON memory_relations (owner, from_name, to_name, relation_type);
@@ -305,6 +335,13 @@ class GraphTables:
         with db.transaction() as conn:
             if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'memory_owners'").fetchone() is None:
                 _add_owners(conn)
+            for table in ("memory_entities", "memory_observations", "memory_relations"):
+                columns = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+                # Provenance, for a database from before it: NULL (unknown) in every existing row.
+                if "created_at" not in columns:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN created_at REAL")
+                if "created_by" not in columns:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN created_by TEXT")
             _add_words(conn)
 
     @cached_property
@@ -315,18 +352,18 @@ class GraphTables:
     # Each opens with `_writable` (the owner's state and usage, in the write's own transaction)
     # and ends with `_account` (the quota, and the new usage): see the module.
 
-    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA
-                              ) -> list[Entity]:
+    async def create_entities(self, owner: str, entities: Sequence[Entity], quota: Quota = DEFAULT_QUOTA,
+                              origin: Origin | None = None) -> list[Entity]:
         created: list[Entity] = []
         def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             ids: list[int] = []
             for entity in entities:
-                entity_id = _insert_entity(conn, owner, entity)
+                entity_id = _insert_entity(conn, owner, entity.name, entity.entityType, origin)
                 if entity_id is None:
                     continue
                 observations = _unique(entity.observations)
-                _insert_observations(conn, owner, entity_id, observations)
+                _insert_observations(conn, [(owner, entity_id, content, origin) for content in observations])
                 created.append(Entity(name=entity.name, entityType=entity.entityType, observations=observations))
                 ids.append(entity_id)
             stale(conn, owner, ENTITIES, ids)
@@ -336,18 +373,16 @@ class GraphTables:
         await self.db.write(write)
         return created
 
-    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA
-                               ) -> list[Relation]:
+    async def create_relations(self, owner: str, relations: Sequence[Relation], quota: Quota = DEFAULT_QUOTA,
+                               origin: Origin | None = None) -> list[Relation]:
         created: list[Relation] = []
+        at, by = _origin_columns(origin)
         def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
             ids: list[int] = []
             for relation in relations:
-                cursor = conn.execute(
-                    "INSERT INTO memory_relations (owner, from_name, to_name, relation_type) VALUES (?, ?, ?, ?)"
-                    " ON CONFLICT (owner, from_name, to_name, relation_type) DO NOTHING",
-                    (owner, relation.from_, relation.to, relation.relationType),
-                )
+                cursor = conn.execute(_INSERT_RELATION,
+                                      (owner, relation.from_, relation.to, relation.relationType, at, by))
                 if cursor.rowcount and cursor.lastrowid is not None:
                     created.append(relation)
                     ids.append(cursor.lastrowid)
@@ -357,7 +392,8 @@ class GraphTables:
         return created
 
     async def add_observations(self, owner: str, additions: Sequence[ObservationAddition],
-                               quota: Quota = DEFAULT_QUOTA) -> list[AddedObservations]:
+                               quota: Quota = DEFAULT_QUOTA, origin: Origin | None = None
+                               ) -> list[AddedObservations]:
         results: list[AddedObservations] = []
         def write(conn: sqlite3.Connection) -> None:
             before = _writable(conn, owner)
@@ -371,13 +407,75 @@ class GraphTables:
                 entity_id = ids[addition.entityName]
                 new = [c for c in _unique(addition.contents) if c not in present[entity_id]]
                 present[entity_id].update(new)
-                _insert_observations(conn, owner, entity_id, new)
+                _insert_observations(conn, [(owner, entity_id, content, origin) for content in new])
                 results.append(AddedObservations(entityName=addition.entityName, addedObservations=new))
             stale(conn, owner, ENTITIES, [ids[r.entityName] for r in results if r.addedObservations])
             _account(conn, owner, quota, before, observations=sum(len(r.addedObservations) for r in results),
                      size=sum(text_bytes(*r.addedObservations) for r in results))
         await self.db.write(write)
         return results
+
+    async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
+                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+        def write(conn: sqlite3.Connection) -> Imported:
+            before = _writable(conn, owner)
+            ids = _entity_ids(conn, owner, [e.name for e in entities])
+            present = _observation_sets(conn, owner, ids.values())
+            next_entity = _next_id(conn, "memory_entities")
+            entity_rows: list[tuple[object, ...]] = []
+            entity_words: list[tuple[int, str, str]] = []
+            observations: list[tuple[str, int, str, Origin | None]] = []
+            touched: list[int] = []
+            size = 0
+            for entity in entities:
+                entity_id = ids.get(entity.name)
+                if entity_id is None:
+                    entity_id = ids[entity.name] = next_entity
+                    next_entity += 1
+                    present[entity_id] = set()
+                    entity_rows.append((entity_id, owner, entity.name, entity.entity_type, _fold(entity.name),
+                                        _fold(entity.entity_type), *_origin_columns(entity.origin)))
+                    entity_words.append((entity_id, word_text(entity.name), word_text(entity.entity_type)))
+                    size += text_bytes(entity.name, entity.entity_type)
+                    touched.append(entity_id)
+                seen = present[entity_id]
+                origins = itertools.chain(entity.observation_origins, itertools.repeat(None))
+                for content, origin in zip(entity.observations, origins, strict=False):
+                    if content not in seen:
+                        seen.add(content)
+                        observations.append((owner, entity_id, content, origin))
+                        size += len(content.encode())
+                        touched.append(entity_id)
+            conn.executemany("INSERT INTO memory_entities (id, owner, name, entity_type, name_fold, type_fold,"
+                             " created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", entity_rows)
+            if entity_rows:
+                conn.execute("INSERT INTO memory_entity_search (rowid, name_fold, type_fold)"
+                             " SELECT id, name_fold, type_fold FROM memory_entities WHERE id BETWEEN ? AND ?",
+                             (entity_rows[0][0], entity_rows[-1][0]))
+                conn.executemany("INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+                                 entity_words)
+            _insert_observations(conn, observations)
+            # Ids assigned here too; a relation that exists is not inserted (ON CONFLICT), and what
+            # was is read back from the id range.
+            first = _next_id(conn, "memory_relations")
+            conn.executemany(
+                "INSERT INTO memory_relations (id, owner, from_name, to_name, relation_type, created_at, created_by)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, from_name, to_name, relation_type) DO NOTHING",
+                [(first + i, owner, r.from_, r.to, r.relation_type, *_origin_columns(r.origin))
+                 for i, r in enumerate(relations)])
+            relation_ids: list[int] = []
+            if relations:
+                for relation_id, relation_size in conn.execute(
+                        "SELECT id, length(CAST(from_name AS BLOB)) + length(CAST(to_name AS BLOB))"
+                        " + length(CAST(relation_type AS BLOB)) FROM memory_relations WHERE id BETWEEN ? AND ?",
+                        (first, first + len(relations) - 1)):
+                    relation_ids.append(relation_id)
+                    size += relation_size
+            stale(conn, owner, ENTITIES, touched)
+            stale(conn, owner, RELATIONS, relation_ids)
+            _account(conn, owner, quota, before, entities=len(entity_rows), observations=len(observations), size=size)
+            return Imported(len(entity_rows), len(observations), len(relation_ids))
+        return await self.db.write(write)
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:
         def write(conn: sqlite3.Connection) -> None:
@@ -457,6 +555,29 @@ class GraphTables:
     async def read_graph(self, owner: str) -> GraphJSON:
         return await self._view.read(owner)
 
+    async def export_batches(self, owner: str, batch_size: int = 512) -> AsyncIterator[ExportBatch]:
+        # A connection of its own, one read transaction throughout (see the module); the rows are
+        # read a batch at a time on a worker thread.
+        with self.db._translated():
+            conn = await asyncio.to_thread(self._export_connection)
+        try:
+            batches = _export_rows(conn, owner, batch_size)
+            while True:
+                with self.db._translated():
+                    batch = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    return
+                yield batch
+        finally:
+            await asyncio.to_thread(conn.close)
+
+    def _export_connection(self) -> sqlite3.Connection:
+        # Worker threads take turns on it, never two at once.
+        conn = sqlite3.connect(self.db.path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self.db.busy_timeout * 1000)}")
+        conn.execute("BEGIN")
+        return conn
+
     async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
                            limit: int | None = None) -> GraphJSON:
         parsed = Query.parse(query)
@@ -481,6 +602,32 @@ class GraphTables:
             entity_rows.sort(key=lambda row: int(row["id"]))
             return _subgraph(conn, owner, entity_rows)
         return await self.db.read(read)
+
+
+def _export_rows(conn: sqlite3.Connection, owner: str, batch_size: int) -> Iterator[ExportBatch]:
+    """`export_batches`' batches: entities by id (each with its observations), then relations by id."""
+    last = 0
+    while entity_rows := conn.execute(
+            "SELECT id, name, entity_type, created_at, created_by FROM memory_entities WHERE owner = ? AND id > ?"
+            " ORDER BY id LIMIT ?", (owner, last, batch_size)).fetchall():
+        observations: dict[int, tuple[list[str], list[Origin | None]]] = {row[0]: ([], []) for row in entity_rows}
+        for entity_id, content, at, by in conn.execute(
+                "SELECT entity_id, content, created_at, created_by FROM memory_observations"
+                " WHERE owner = ? AND entity_id BETWEEN ? AND ? ORDER BY entity_id, id",
+                (owner, entity_rows[0][0], entity_rows[-1][0])):
+            contents, origins = observations[entity_id]
+            contents.append(content)
+            origins.append(_origin_of(at, by))
+        yield [StoredEntity(name, entity_type, observations[entity_id][0], _origin_of(at, by),
+                            observations[entity_id][1]) for entity_id, name, entity_type, at, by in entity_rows]
+        last = entity_rows[-1][0]
+    last = 0
+    while relation_rows := conn.execute(
+            "SELECT id, from_name, to_name, relation_type, created_at, created_by FROM memory_relations"
+            " WHERE owner = ? AND id > ? ORDER BY id LIMIT ?", (owner, last, batch_size)).fetchall():
+        yield [StoredRelation(source, target, relation_type, _origin_of(at, by))
+               for _, source, target, relation_type, at, by in relation_rows]
+        last = relation_rows[-1][0]
 
 
 def _close(conn: sqlite3.Connection, owner: str) -> None:
@@ -740,13 +887,22 @@ def _by_names(conn: sqlite3.Connection, sql: str, owner: str, names: Sequence[st
     return rows
 
 
-def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int | None:
+def _origin_columns(origin: Origin | None) -> tuple[float | None, str | None]:
+    return (None, None) if origin is None else (origin.at, origin.by)
+
+
+def _origin_of(at: float | None, by: str | None) -> Origin | None:
+    return None if at is None or by is None else Origin(at, by)
+
+
+def _insert_entity(conn: sqlite3.Connection, owner: str, name: str, entity_type: str, origin: Origin | None
+                   ) -> int | None:
     """The new row's id, or None when the owner already has an entity of that name."""
-    name_fold, type_fold = _fold(entity.name), _fold(entity.entityType)
+    name_fold, type_fold = _fold(name), _fold(entity_type)
     cursor = conn.execute(
-        "INSERT INTO memory_entities (owner, name, entity_type, name_fold, type_fold) VALUES (?, ?, ?, ?, ?)"
-        " ON CONFLICT (owner, name) DO NOTHING",
-        (owner, entity.name, entity.entityType, name_fold, type_fold),
+        "INSERT INTO memory_entities (owner, name, entity_type, name_fold, type_fold, created_at, created_by)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (owner, name) DO NOTHING",
+        (owner, name, entity_type, name_fold, type_fold, *_origin_columns(origin)),
     )
     if cursor.rowcount == 0 or cursor.lastrowid is None:
         return None
@@ -755,23 +911,39 @@ def _insert_entity(conn: sqlite3.Connection, owner: str, entity: Entity) -> int 
         (cursor.lastrowid, name_fold, type_fold),
     )
     conn.execute("INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
-                 (cursor.lastrowid, word_text(entity.name), word_text(entity.entityType)))
+                 (cursor.lastrowid, word_text(name), word_text(entity_type)))
     return cursor.lastrowid
 
 
-def _insert_observations(conn: sqlite3.Connection, owner: str, entity_id: int, contents: Sequence[str]) -> None:
-    indexed: list[tuple[int | None, str]] = []
-    worded: list[tuple[int | None, str]] = []
-    for content in contents:
-        folded = _fold(content)
-        cursor = conn.execute(
-            "INSERT INTO memory_observations (owner, entity_id, content, content_fold) VALUES (?, ?, ?, ?)",
-            (owner, entity_id, content, folded),
-        )
-        indexed.append((cursor.lastrowid, folded))
-        worded.append((cursor.lastrowid, word_text(content)))
-    conn.executemany("INSERT INTO memory_observation_search (rowid, content_fold) VALUES (?, ?)", indexed)
-    conn.executemany("INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)", worded)
+_INSERT_RELATION = """
+    INSERT INTO memory_relations (owner, from_name, to_name, relation_type, created_at, created_by)
+    VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (owner, from_name, to_name, relation_type) DO NOTHING
+"""
+
+
+def _next_id(conn: sqlite3.Connection, table: str) -> int:
+    """The id SQLite would give the next row of `table` (inside the caller's write transaction)."""
+    return int(conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])  # noqa: S608
+
+
+def _insert_observations(conn: sqlite3.Connection, observations: Sequence[tuple[str, int, str, Origin | None]]
+                         ) -> None:
+    """Insert (owner, entity id, content, origin) rows, in order, with ids assigned here (see the module)."""
+    if not observations:
+        return
+    first = _next_id(conn, "memory_observations")
+    rows = [(first + i, owner, entity_id, content, _fold(content), *_origin_columns(origin))
+            for i, (owner, entity_id, content, origin) in enumerate(observations)]
+    conn.executemany("INSERT INTO memory_observations (id, owner, entity_id, content, content_fold, created_at,"
+                     " created_by) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    # Indexed from the rows just written (their ids are this range, and only theirs): a third
+    # cheaper than binding every folded text a second time.
+    conn.execute("INSERT INTO memory_observation_search (rowid, content_fold)"
+                 " SELECT id, content_fold FROM memory_observations WHERE id BETWEEN ? AND ?",
+                 (first, first + len(rows) - 1))
+    # The words are Python's (see the module), so they are bound.
+    conn.executemany("INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)",
+                     [(row[0], word_text(row[3])) for row in rows])
 
 
 def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence[object]) -> list[sqlite3.Row]:

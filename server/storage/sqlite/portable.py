@@ -18,6 +18,7 @@ from pathlib import Path
 
 from auth.models import AccountState, SigningKey, UpstreamLink, User
 from server.keyfile import KEY_FILE
+from server.memory.graph import Origin
 from server.storage.portable import (
     BATCH,
     ClientRecord,
@@ -98,11 +99,15 @@ def _records(conn: sqlite3.Connection, key_file: Path, now: float) -> Iterator[R
     owners = [row[0] for row in conn.execute(
         """SELECT owner FROM (SELECT owner FROM memory_entities UNION SELECT owner FROM memory_relations)
            WHERE owner NOT IN (SELECT owner FROM memory_owners WHERE state = 'closed') ORDER BY owner""")]
+    # Provenance columns are absent from a database no server of this version opened yet: unknown.
+    made = {table: ("created_at, created_by" if "created_at" in {row[1] for row in conn.execute(
+        f"PRAGMA table_info({table})")} else "NULL, NULL") for table in ("memory_entities", "memory_observations",
+                                                                       "memory_relations")}
     for owner in owners:
-        yield from _entities(conn, owner)
-        for row in conn.execute("SELECT from_name, to_name, relation_type FROM memory_relations WHERE owner = ? "
-                                "ORDER BY id", (owner,)):
-            yield RelationRecord(owner, row[0], row[1], row[2])
+        yield from _entities(conn, owner, made)
+        for row in conn.execute(f"SELECT from_name, to_name, relation_type, {made['memory_relations']} "  # noqa: S608
+                                "FROM memory_relations WHERE owner = ? ORDER BY id", (owner,)):
+            yield RelationRecord(owner, row[0], row[1], row[2], _origin(row[3], row[4]))
     for row in conn.execute("SELECT * FROM mcp_sessions ORDER BY created_at, session_id"):
         yield SessionRecordRecord(SessionRecord(
             session_id=row["session_id"], owner=row["owner"], user=row["user"], transport=row["transport"],
@@ -110,21 +115,29 @@ def _records(conn: sqlite3.Connection, key_file: Path, now: float) -> Iterator[R
             last_seen_at=row["last_seen_at"], client_params=row["client_params"]))
 
 
-def _entities(conn: sqlite3.Connection, owner: str) -> Iterator[EntityRecord]:
-    current: tuple[int, str, str] | None = None
+def _origin(at: float | None, by: str | None) -> Origin | None:
+    return None if at is None or by is None else Origin(at, by)
+
+
+def _entities(conn: sqlite3.Connection, owner: str, made: dict[str, str]) -> Iterator[EntityRecord]:
+    current: tuple[int, str, str, Origin | None] | None = None
     observations: list[str] = []
-    for entity_id, name, entity_type, content in conn.execute(
-            """SELECT e.id, e.name, e.entity_type, o.content FROM memory_entities e
-               LEFT JOIN memory_observations o ON o.owner = e.owner AND o.entity_id = e.id
-               WHERE e.owner = ? ORDER BY e.id, o.id""", (owner,)):
+    origins: list[Origin | None] = []
+    entity_made = made["memory_entities"].replace("created", "e.created")
+    observation_made = made["memory_observations"].replace("created", "o.created")
+    for entity_id, name, entity_type, at, by, content, content_at, content_by in conn.execute(
+            f"""SELECT e.id, e.name, e.entity_type, {entity_made}, o.content, {observation_made}
+                FROM memory_entities e LEFT JOIN memory_observations o ON o.owner = e.owner AND o.entity_id = e.id
+                WHERE e.owner = ? ORDER BY e.id, o.id""", (owner,)):  # noqa: S608
         if current is not None and current[0] != entity_id:
-            yield EntityRecord(owner, current[1], current[2], tuple(observations))
-            observations = []
-        current = (entity_id, name, entity_type)
+            yield EntityRecord(owner, current[1], current[2], tuple(observations), current[3], tuple(origins))
+            observations, origins = [], []
+        current = (entity_id, name, entity_type, _origin(at, by))
         if content is not None:
             observations.append(content)
+            origins.append(_origin(content_at, content_by))
     if current is not None:
-        yield EntityRecord(owner, current[1], current[2], tuple(observations))
+        yield EntityRecord(owner, current[1], current[2], tuple(observations), current[3], tuple(origins))
 
 
 class SQLitePortable:
