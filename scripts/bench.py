@@ -19,6 +19,8 @@ another. Everything listens on 127.0.0.1 only. Scenarios (see README, "Benchmark
   profile   py-spy samples of memory-mcp under tools/call load: where the time goes
   scale     tools/call at 16/64 sessions on SQLite and Redis (a private redis-server), 1 and 2 workers;
             and the first request of a session on another instance of the same store (restore cost)
+  search    ranked search_nodes in the store (server-side, in this process) on a 100,000-entity,
+            500,000-observation graph on SQLite and on Redis: typical, broad and short queries
   import    `memory-mcp memory import` of a 100,000-entity, 500,000-observation, 100,000-relation file in
             the official server's format, on SQLite and Redis; then `memory export` of it
             (`--import-entities N` for another size)
@@ -36,6 +38,7 @@ import collections
 import contextlib
 import gc
 import importlib.util
+import itertools
 import json
 import os
 import random
@@ -73,7 +76,7 @@ TARGET_ENTITIES = 10_000
 PROBE_NAME = "Entity 00042"
 OURS, SDK_DEFAULT, SDK_FAST, OFFICIAL = "memory-mcp", "sdk-default", "sdk-fast", "official-memory"
 HTTP_SERVERS = (OURS, SDK_DEFAULT, SDK_FAST)
-SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile", "scale", "import")
+SCENARIOS = ("toolcall", "sessions", "refresh", "idle", "memory", "profile", "scale", "search", "import")
 OFFICIAL_PACKAGE = BENCH_DIR / "node_modules" / "@modelcontextprotocol" / "server-memory" / "dist" / "index.js"
 
 
@@ -90,13 +93,16 @@ class Config:
     read_graph_samples: int
     refresh_chains: int = 16
     open_concurrency: int = 16
+    search_entities: int = 100_000
+    search_observations: int = 500_000
     import_entities: int | None = None
 
     @classmethod
     def make(cls, quick: bool) -> Config:
         if quick:
             return cls(quick=True, rounds=1, duration=1.5, concurrencies=(1, 16, 64), idle_counts=(200, 1_000),
-                       graph_entities=1_000, graph_observations=5_000, op_samples=10, read_graph_samples=2)
+                       graph_entities=1_000, graph_observations=5_000, op_samples=10, read_graph_samples=2,
+                       search_entities=5_000, search_observations=25_000)
         return cls(quick=False, rounds=3, duration=8.0, concurrencies=(1, 16, 64), idle_counts=(1_000, 10_000),
                    graph_entities=TARGET_ENTITIES, graph_observations=50_000, op_samples=40, read_graph_samples=5)
 
@@ -993,7 +999,9 @@ async def measure_memory(call: Call, cfg: Config, new_prefix: str) -> dict[str, 
         new = {"name": f"{new_prefix} {k:05d}", "entityType": "event",
                "observations": [f"observation {j} of a new one" for j in range(5)]}
         await timed("create_entities", {"entities": [new]})
-        hits = await timed("search_nodes", {"query": f"Entity {rng.randrange(n // 10):04d}"})
+        # The number alone ("0424"): "Entity 0424" would find every entity here through the word
+        # "entity" (ranked search, server/memory/search.py), the official server ten of them.
+        hits = await timed("search_nodes", {"query": f"{rng.randrange(n // 10):04d}"})
         found.append(len(structured_content(hits)["entities"]))
         await timed("open_nodes", {"names": [f"Entity {rng.randrange(n):05d}" for _ in range(5)]})
     sizes: list[int] = []
@@ -1145,6 +1153,126 @@ async def scenario_memory(cfg: Config, workdir: Path, results: Results) -> None:
     search = median(p50s(OURS, "search_nodes"))
     results.target(f"search_nodes p50 <= 10 ms at {TARGET_ENTITIES:,} entities", search <= 10 if judged else None,
                    f"{search:.2f} ms" if judged else f"{search:.2f} ms{unjudged}")
+
+
+# --- ranked search on a large graph --------------------------------------------------------------
+
+SEARCH_TARGET_ENTITIES = 100_000
+SEARCH_TYPES = ("person", "project", "organization", "place", "event", "concept", "document", "tool", "meeting",
+                "preference", "habit", "goal", "skill", "device", "recipe", "book", "city", "company", "team", "topic")
+
+
+def search_vocabulary(rng: random.Random, count: int) -> list[str]:
+    """Distinct pronounceable words, as many as asked."""
+    syllables = [c + v for c in "bcdfghjklmnprstvz" for v in "aeiou"] + ["an", "el", "or", "is", "um"]
+    found: dict[str, None] = {}
+    while len(found) < count:
+        found.setdefault("".join(rng.choice(syllables) for _ in range(rng.randint(2, 4))))
+    return list(found)
+
+
+def search_graph(n_entities: int, n_observations: int) -> tuple[list[Any], list[str], list[str]]:
+    """Entities named "First Last" (with a number where a pair repeats) from 3,000 first and 8,000
+    last names, a type of 20, and observations of 6-14 words drawn Zipf-like (weight 1/rank) from
+    30,000 words: a few words are everywhere, most are rare, as in text. Returns the entities,
+    the vocabulary (most frequent first) and the names."""
+    from server.memory.graph import Entity
+
+    rng = random.Random(17)
+    vocabulary = search_vocabulary(rng, 41_000)
+    firsts, lasts, words = vocabulary[:3_000], vocabulary[3_000:11_000], vocabulary[11_000:]
+    weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
+    per = [n_observations // n_entities + (1 if i < n_observations % n_entities else 0) for i in range(n_entities)]
+    names: dict[str, None] = {}
+    entities = []
+    for i in range(n_entities):
+        name = f"{rng.choice(firsts).capitalize()} {rng.choice(lasts).capitalize()}"
+        if name in names:
+            name = f"{name} {i}"
+        names.setdefault(name)
+        observations = [" ".join(rng.choices(words, cum_weights=weights, k=rng.randint(6, 14))).capitalize() + "."
+                        for _ in range(per[i])]
+        entities.append(Entity(name=name, entityType=rng.choice(SEARCH_TYPES), observations=observations))
+    return entities, words, list(names)
+
+
+async def scenario_search(cfg: Config, workdir: Path, results: Results) -> None:
+    """The graph written straight through each store's batch writes (create_entities, 1,000 entities
+    a call), then search_nodes timed in the store: what the server spends on the call, without HTTP
+    or MCP. Several sorts of query, each a different query per sample."""
+    from server.storage.redis import RedisStorage
+    from server.storage.sqlite.db import Database
+    from server.storage.sqlite.graph import GraphTables
+
+    class SQLiteGraph(GraphTables):
+        def __init__(self, db: Database) -> None:
+            self.db = db
+
+    n, n_obs = cfg.search_entities, cfg.search_observations
+    log(f"search: generating {n:,} entities, {n_obs:,} observations")
+    entities, words, names = search_graph(n, n_obs)
+    rng = random.Random(23)
+    rare = words[len(words) // 2:]  # drawn a few dozen times in 500,000 observations, or less
+    samples = 10 if cfg.quick else 40
+    queries: dict[str, list[tuple[str, int | None]]] = {
+        "a rare word": [(rng.choice(rare), None) for _ in range(samples)],
+        "two rare words": [(f"{rng.choice(rare)} {rng.choice(rare)}", None) for _ in range(samples)],
+        "an entity's name": [(rng.choice(names), None) for _ in range(samples)],
+        "a word prefix": [(rng.choice(rare)[:5], None) for _ in range(samples)],
+        # Broad queries: a few samples each (each takes up to seconds at 100,000 entities).
+        "a common word, first 20": [(rng.choice(words[:20]), 20) for _ in range(max(3, samples // 4))],
+        "a common word, all hits": [(rng.choice(words[:20]), None) for _ in range(max(3, samples // 8))],
+        "1-2 characters, first 20": [(rng.choice(words)[:rng.randint(1, 2)], 20) for _ in range(max(3, samples // 4))],
+    }
+    raw: dict[str, Any] = {}
+    owner = "search-bench"
+    with private_redis(workdir) as redis:
+        for backend in ("sqlite", "redis"):
+            store: Any = (SQLiteGraph(Database(workdir / "search.sqlite3")) if backend == "sqlite"
+                          else RedisStorage(redis.url, timeout=120))
+            if backend == "sqlite":
+                store.db.apply_schema(GraphTables.SCHEMA)
+                GraphTables.migrate(store.db)
+            try:
+                started = time.perf_counter()
+                for i in range(0, len(entities), 1_000):
+                    await store.create_entities(owner, entities[i:i + 1_000], None)
+                load_s = time.perf_counter() - started
+                log(f"search: {backend} loaded in {load_s:.1f} s")
+                results.add(f"search {n:,} entities ({backend})", "write the graph (s)", {OURS: [load_s]}, "lower")
+                raw[backend] = {"load_s": load_s}
+                await store.search_nodes(owner, rng.choice(rare))  # warm: the first call loads the scripts
+                for label, asked in queries.items():
+                    times, hits = [], []
+                    for query, limit in asked:
+                        gc.collect()
+                        gc.disable()
+                        try:
+                            start = time.perf_counter()
+                            found = await store.search_nodes(owner, query, limit=limit)
+                            times.append((time.perf_counter() - start) * 1000)
+                        finally:
+                            gc.enable()
+                        hits.append(found.json.count(b'"entityType"'))
+                    raw[backend][label] = {"ms": times, "hits": hits}
+                    results.add(f"search {n:,} entities ({backend})", f"{label} p50 ms (median hits "
+                                f"{statistics.median(hits):,.0f})", {OURS: [pct(times, 50)]}, "lower")
+                    results.add(f"search {n:,} entities ({backend})", f"{label} p99 ms", {OURS: [pct(times, 99)]},
+                                "lower")
+            finally:
+                if backend == "sqlite":
+                    store.db.close()
+                else:
+                    await store.close()
+    results.raw["search"] = raw
+    judged = n == SEARCH_TARGET_ENTITIES
+    for backend in ("sqlite", "redis"):
+        typical = [t for label in ("a rare word", "two rare words", "an entity's name")
+                   for t in raw[backend][label]["ms"]]
+        detail = f"p50 {pct(typical, 50):.2f} ms over one and two rare words and names"
+        results.target(f"search_nodes p50 <= 5 ms server-side at {SEARCH_TARGET_ENTITIES:,} entities ({backend})",
+                       pct(typical, 50) <= 5 if judged else None,
+                       detail if judged else f"{detail}; this run had {n:,} entities")
 
 
 # --- profile -------------------------------------------------------------------------------------
@@ -1411,6 +1539,7 @@ async def redis_cpu(redis: Any, backend: str) -> float:
 RUNNERS: dict[str, Callable[[Config, Path, Results], Awaitable[None]]] = {
     "toolcall": scenario_toolcall, "sessions": scenario_sessions, "refresh": scenario_refresh,
     "idle": scenario_idle, "memory": scenario_memory, "profile": scenario_profile, "scale": scenario_scale,
+    "search": scenario_search,
     "import": scenario_import,
 }
 
@@ -1424,6 +1553,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, help="seconds per measurement (default 8, --quick 1.5)")
     parser.add_argument("--json", type=Path, help="write the raw numbers to this file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, databases, profile)")
+    parser.add_argument("--search-entities", type=int,
+                        help="entities of the search scenario's graph (default 100,000, --quick 5,000; "
+                             "observations five times as many)")
     parser.add_argument("--import-entities", type=int, help=f"entities in the import scenario's file (default "
                         f"{IMPORT_ENTITIES:,}, --quick 10,000), each with {IMPORT_OBSERVATIONS} observations")
     return parser.parse_args(argv)
@@ -1443,6 +1575,9 @@ def workdir(keep: bool) -> Iterator[Path]:
 
 async def amain(args: argparse.Namespace) -> int:
     cfg = Config.make(args.quick)
+    if args.search_entities:
+        cfg = Config(**{**cfg.__dict__, "search_entities": args.search_entities,
+                        "search_observations": 5 * args.search_entities})
     if args.rounds or args.duration or args.import_entities:
         cfg = Config(**{**cfg.__dict__, **({"rounds": args.rounds} if args.rounds else {}),
                         **({"duration": args.duration} if args.duration else {}),

@@ -172,10 +172,15 @@ async def bench(args: argparse.Namespace, store: GraphStore, size: Callable[[], 
     gc.set_threshold(7000, 10, 10)
 
     owner = owners[0]
-    for query in ("entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person", "qx"):
+    # Ranked search (server/memory/search.py): "entity 04242" finds every entity through the word
+    # "entity", the one named first; "04242" alone finds that one.
+    for query in ("04242", "entity 04242", "ZULU PROJECT", "coffee", "no such text anywhere", "person", "qx"):
         result = await store.search_nodes(owner, query)
         samples = await timed(lambda q=query: store.search_nodes(owner, q), args.repeat)  # type: ignore[misc]
         report(f"search_nodes {query!r} -> {len(result.model().entities)} entities", samples)
+    for query in ("entity 04242", "coffee"):
+        samples = await timed(lambda q=query: store.search_nodes(owner, q, limit=20), args.repeat)  # type: ignore[misc]
+        report(f"search_nodes {query!r}, first 20", samples)
 
     picks = rng.sample(names, 10)
     report("open_nodes (10 names)", await timed(lambda: store.open_nodes(owner, picks), args.repeat))

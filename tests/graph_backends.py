@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server.memory.graph import Entity, KnowledgeGraph, Relation, Usage
+from server.memory.search import word_text
 from server.storage.redis import RedisStorage
 from server.storage.redis.graph_view import SEP, OwnerKeys
 from server.storage.sqlite.db import Database
@@ -152,9 +153,10 @@ async def rows_of(store: Store, owner: str) -> dict[str, int]:
                 for table in ("memory_entities", "memory_observations", "memory_relations", "memory_graph_chunks")}
     keys = OwnerKeys.of(store, owner)
     counts: dict[str, int] = {}
-    for name in ("names", "entities", "folds", "triples", "relations", "chunks", "view", "origins"):
+    for name in ("names", "entities", "folds", "triples", "relations", "chunks", "view", "origins", "words"):
         counts[name] = await store.client.hlen(getattr(keys, name))
     counts["ends"] = await store.client.zcard(keys.ends)
+    counts["index"] = await store.client.zcard(keys.index)
     return counts
 
 
@@ -175,9 +177,21 @@ async def check_store(store: Store) -> None:
     Redis, for every owner: names, records and folds name the same entities; relations and their
     identity index are inverse; the endpoint index has exactly one member per endpoint; the usage
     counters equal what the rows hold; every row's chunk is listed and every fresh chunk has JSON;
-    a closed owner has nothing left."""
+    a closed owner has nothing left; the word index holds exactly each entity's words, each with
+    the best field it occurs in; the origins hash has one list per entity (a pair per text after the
+    name) and one pair per relation, and nothing else. SQLite: the word tables have exactly one row per entity and per
+    observation, holding its words."""
     if isinstance(store, SQLiteStore):
-        for table in ("memory_entity_search", "memory_observation_search"):
+        conn = store.db.conn
+        entity_words = {row[0]: (row[1], row[2]) for row in conn.execute(
+            "SELECT rowid, name_words, type_words FROM memory_entity_words")}
+        assert entity_words == {row[0]: (word_text(row[1]), word_text(row[2])) for row in conn.execute(
+            "SELECT id, name, entity_type FROM memory_entities")}
+        observation_words = dict(conn.execute("SELECT rowid, words FROM memory_observation_words").fetchall())
+        assert observation_words == {row[0]: word_text(row[1]) for row in conn.execute(
+            "SELECT id, content FROM memory_observations")}
+        for table in ("memory_entity_search", "memory_observation_search", "memory_entity_words",
+                      "memory_observation_words"):
             store.db.conn.execute(f"INSERT INTO {table} ({table}) VALUES ('integrity-check')")  # noqa: S608
         return
     prefix = store.key("graph", "owner", "").encode()
@@ -199,9 +213,12 @@ async def check_owner(store: RedisStorage, owner: str) -> None:
     ends = {_bytes(member) for member in await store.client.zrange(keys.ends, 0, -1)}
     chunks, view = await _hash(store, keys.chunks), await _hash(store, keys.view)
     origins = await _hash(store, keys.origins)
+    words = await _hash(store, keys.words)
+    index = {_bytes(member) for member in await store.client.zrange(keys.index, 0, -1)}
     where = f"owner {owner!r}"
     if meta.get("state") == "closed":
-        assert not (names or entities or folds or relations or triples or ends or chunks or view or origins), where
+        assert not (names or entities or folds or relations or triples or ends or chunks or view or origins
+                    or words or index), where
         assert (meta["entities"], meta["observations"], meta["bytes"]) == ("0", "0", "0"), where
         return
     assert sorted(names.values()) == sorted(entities) == sorted(folds), where
@@ -214,6 +231,23 @@ async def check_owner(store: RedisStorage, owner: str) -> None:
         usage = Usage(usage.entities + 1, usage.observations + len(texts) - 2,
                       usage.bytes + sum(len(text.encode()) for text in texts))
         assert f"e{int(entity_id) // 128}".encode() in chunks, f"{where}: entity {entity_id!r} has no chunk"
+    # The word index: an indexed owner (or one without entities) has every entity's words; an owner
+    # from before the index, those of the entities written or worded since (server/storage/redis/graph.py). Either
+    # way the index holds exactly the words of the entities that have word records.
+    if meta.get("indexed") or not entities:
+        assert sorted(words) == sorted(entities), where
+    assert set(words) <= set(entities), where
+    expected_index = set()
+    for entity_id in words:
+        texts = _texts(entities[entity_id])
+        assert words[entity_id] == SEP.join(word_text(text).encode() for text in texts), where
+        best: dict[str, int] = {}
+        for position, text in enumerate(texts):
+            for word in word_text(text).split():
+                best.setdefault(word, min(position, 2))
+        expected_index |= {word.encode() + SEP + entity_id + SEP + str(field).encode()
+                           for word, field in best.items()}
+    assert index == expected_index, where
     # Provenance: one origin list per entity, a pair per text after the name; one pair per relation.
     assert set(origins) == {b"e" + i for i in entities} | {b"r" + i for i in relations}, where
     for entity_id, record in entities.items():

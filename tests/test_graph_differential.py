@@ -1,4 +1,5 @@
-"""SQLite and Redis give the same answers: random sequences of graph operations (names and texts
+"""SQLite and Redis give the same answers (search_nodes: the same ranked results, whole and page by
+page): random sequences of graph operations (names and texts
 drawn from an alphabet of the characters that break things: NUL, U+FFFD, case pairs whose folding
 is not one character to one, combining marks, astral characters, quotes and backslashes), random
 quotas, two owners, applied to both stores; every result, refusal and read must be identical,
@@ -39,7 +40,7 @@ ALPHABET = ["a", "A", "b", "\0", "\ufffd", "İ", "i", "\u0307", "ß", "Σ", "\u0
 """İ lowers to two characters (i and a combining dot); capital sigma to small sigma, or at the end
 of a word to final sigma (ς); the Kelvin sign (U+212A) lowers to k; ǅ is titlecase."""
 QUERIES = ["", "a", "A", "\0", "İ", "i\u0307", "i", "\u03c3", "ς", "Σ", "ß", "ss", "\ufffd", "😀", "a\0", "k", "\u212a",
-           '"', "\\", "é", "%", "ǅ", "ǆ"]
+           '"', "\\", "é", "%", "ǅ", "ǆ", "a b", "b a", "e", "E\u0301", "ab", "a-", "i a"]
 
 texts = st.text(alphabet=st.sampled_from(ALPHABET), max_size=4)
 names = st.text(alphabet=st.sampled_from(["a", "A", "\0", "İ", "Σ", "😀"]), max_size=2)
@@ -76,6 +77,7 @@ operations = st.one_of(
     op("delete_relations", st.lists(relations, max_size=3)),
     op("read_graph"),
     op("search_nodes", texts),
+    op("search_pages", texts, st.integers(1, 3)),
     op("open_nodes", st.lists(names, max_size=4)),
     op("usage"),
 )
@@ -83,8 +85,22 @@ operations = st.one_of(
 sequences = st.lists(st.integers(0, 19).flatmap(lambda n: op("delete_graph") if n == 0 else operations), max_size=20)
 
 
+async def search_pages(store: SQLiteStore | RedisStorage, owner: str, query: str, size: int) -> list[Any]:
+    """search_nodes page by page (`after`, `limit`): each page's JSON, and whether a next one was
+    announced. The keys themselves are not compared: they end with each store's own ids."""
+    pages, after = [], None
+    while True:
+        result = await store.search_nodes(owner, query, after=after, limit=size)
+        pages.append((result.json, result.next_key is None))
+        if result.next_key is None:
+            return pages
+        after = result.next_key
+
+
 async def apply(store: SQLiteStore | RedisStorage, owner: str, operation: Op) -> Any:
     try:
+        if operation.method == "search_pages":
+            return await search_pages(store, owner, *operation.args)
         return model_of(await getattr(store, operation.method)(owner, *operation.args))
     except (EntityNotFoundError, QuotaExceededError, GraphClosedError) as exc:
         return type(exc).__name__, str(exc)
@@ -94,6 +110,8 @@ async def final_reads(store: SQLiteStore | RedisStorage, owner: str, used: Seque
     reads = [model_of(await store.read_graph(owner)), await store.usage(owner)]
     for query in [*QUERIES, *used]:
         reads.append((query, model_of(await store.search_nodes(owner, query))))
+    for query in QUERIES[:8]:
+        reads.append((query, await search_pages(store, owner, query, 2)))
     reads.append(model_of(await store.open_nodes(owner, list(used))))
     reads.append([item async for batch in store.export_batches(owner, 3) for item in batch])
     # Pages (server/memory/paging.py): the same pages, each store following its own keys (SQLite's

@@ -25,6 +25,7 @@ from server.memory.graph import (
     Relation,
     Usage,
 )
+from server.memory.search import Query, reference_key
 from server.storage.sqlite.graph import GraphTables
 from tests.graph_backends import (
     Backend,
@@ -264,20 +265,27 @@ async def searchable(store: Store) -> Store:
         ("ada", ["Ada Lovelace"]),  # name, other case
         ("MATHEMATICIAN", ["Ada Lovelace"]),  # type
         ("analytical engine", ["Charles Babbage"]),  # observation
-        ("babbage", ["Ada Lovelace", "Charles Babbage"]),  # observation of one, name of the other
+        ("babbage", ["Charles Babbage", "Ada Lovelace"]),  # the name match before the observation match
         ("ZÜRICH", ["Zürich"]),  # non-ASCII case folding
+        ("zurich", ["Zürich"]),  # accents folded away
+        ("GRUEZI", ["Zürich"]),
         ("grüezi", ["Zürich"]),
-        ('"grü', ["Zürich"]),  # a quote is just a character
+        ('"grü', ["Zürich"]),  # a quote is just a character (the substring floor)
         ("limmat river", ["Zürich"]),
-        ("program Worked", []),  # never across two observations
-        ("Lovelace Mathematician", []),  # nor across name and type
+        ("river limmat", ["Zürich"]),  # words in any order
+        ("program Worked", ["Ada Lovelace"]),  # words across two observations
+        ("Lovelace Mathematician", ["Ada Lovelace"]),  # and across name and type
+        ("lov wor", ["Ada Lovelace"]),  # prefixes of words
         ("zz", []),  # short queries take the scan path
-        ("ng", ["Charles Babbage", "Loner"]),  # "eNGine", "nothiNG"
+        ("ng", ["Loner", "Charles Babbage"]),  # "thiNG" (a type) before "eNGine" (an observation)
+        ("in", ["Charles Babbage", "Loner"]),  # "INventor" starts a word of the type, "thINg" does not
         ("ü", ["Zürich"]),
-        ("no such thing", []),
+        ("engine lovelace", ["Ada Lovelace", "Charles Babbage"]),  # one word each: the name match first
+        ("no such thing", ["Loner"]),  # "NOthing", "THING": any word is enough
+        ("xylophone quartz", []),
     ],
 )
-async def test_search_nodes_matches_substrings_ignoring_case(
+async def test_search_nodes_finds_substrings_and_word_prefixes_in_rank_order(
     searchable: Store, query: str, expected: list[str]
 ) -> None:
     assert names((await searchable.search_nodes(ALICE, query)).model()) == expected
@@ -301,7 +309,8 @@ async def test_search_nodes_returns_relations_touching_any_match(searchable: Sto
 
 
 async def test_search_nodes_agrees_with_a_plain_python_search(store: Store) -> None:
-    """Random text and queries, both search paths (index and scan), against the reference semantics."""
+    """Random text and queries, both search paths (index and scan), against the reference semantics
+    (server.memory.search.reference_key, computed from the texts)."""
     rng = random.Random(7)
     alphabet = "abcAB Çç\"'%_*"
     entities = [
@@ -316,13 +325,16 @@ async def test_search_nodes_agrees_with_a_plain_python_search(store: Store) -> N
     stored = (await store.read_graph(ALICE)).model().entities
     queries = ["".join(rng.choices(alphabet, k=rng.randint(1, 5))) for _ in range(150)]
     for query in queries:
+        parsed = Query.parse(query)
+        keyed = [(key, e.name) for i, e in enumerate(stored)
+                 if (key := reference_key(parsed, e.name, e.entityType, e.observations, i)) is not None]
+        expected = [name for _, name in sorted(keyed)]
+        found = names((await store.search_nodes(ALICE, query)).model())
+        assert found == expected, query
         q = query.lower()
-        expected = [
-            e.name
-            for e in stored
-            if q in e.name.lower() or q in e.entityType.lower() or any(q in o.lower() for o in e.observations)
-        ]
-        assert names((await store.search_nodes(ALICE, query)).model()) == expected, query
+        floor = {e.name for e in stored
+                 if q in e.name.lower() or q in e.entityType.lower() or any(q in o.lower() for o in e.observations)}
+        assert floor <= set(found), query
 
 
 # --- open_nodes --------------------------------------------------------------------------------
@@ -384,7 +396,7 @@ async def test_graph_survives_closing_and_reopening_the_store(backend: Backend) 
 
     second = await backend.open()  # SQLite: applying the schema again must keep the data
     assert (await second.read_graph(ALICE)).model() == before
-    assert names((await second.search_nodes(ALICE, "FACT TWO")).model()) == ["B"]
+    assert names((await second.search_nodes(ALICE, "FACT TWO")).model()) == ["B", "A"]
     assert await second.create_entities(ALICE, [ent("A")]) == []
 
 
@@ -420,16 +432,25 @@ async def test_large_graph(store: Store) -> None:
     await store.create_entities(BOB, [ent("Entity 00042", "person", "note 1 about item 42 color-0")])
     await store.create_relations(ALICE, [rel(f"Entity {i:05d}", f"Entity {i + 1:05d}") for i in range(0, 9999, 10)])
 
-    result = (await store.search_nodes(ALICE, "ITEM 4242 ")).model()
-    assert names(result) == ["Entity 04242"]
+    # Every entity has the word "item" (and "entity"): all match, the best first.
+    first = await store.search_nodes(ALICE, "ITEM 4242 ", limit=1)
+    result = first.model()
+    assert names(result) == ["Entity 04242"] and first.next_key is not None
     assert len(result.entities[0].observations) == 5
     assert result.relations == []
+    assert len((await store.search_nodes(ALICE, "ITEM 4242 ")).model().entities) == 10_000
 
-    result = (await store.search_nodes(ALICE, "entity 0424")).model()
+    result = (await store.search_nodes(ALICE, "entity 0424", limit=10)).model()
     assert names(result) == [f"Entity {i:05d}" for i in range(4240, 4250)]
     assert result.relations == [rel("Entity 04240", "Entity 04241")]
 
-    assert len((await store.search_nodes(ALICE, "color-3")).model().entities) == len(range(3, 10_000, 7))
+    # "color-3" as typed is in 1,429 entities; "color" and "3" (note 3) are words of every one.
+    colored = [f"Entity {i:05d}" for i in range(3, 10_000, 7)]
+    page = await store.search_nodes(ALICE, "color-3", limit=len(colored))
+    assert names(page.model()) == colored
+    assert page.next_key is not None
+    rest = await store.search_nodes(ALICE, "color-3", after=page.next_key, limit=10)
+    assert not set(names(rest.model())) & set(colored)
     opened = (await store.open_nodes(ALICE, ["Entity 09999", "Entity 00000"])).model()
     assert names(opened) == ["Entity 00000", "Entity 09999"]
     graph = (await store.read_graph(ALICE)).model()

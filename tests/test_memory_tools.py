@@ -17,6 +17,7 @@ from mcp.shared.exceptions import MCPError
 
 from auth.settings import READ_SCOPE, WRITE_SCOPE
 from server.memory.graph import Quota
+from server.memory.search import Query, reference_key
 from server.memory.tools import (
     MAX_ITEMS_PER_CALL,
     MAX_NAME_LENGTH,
@@ -444,6 +445,14 @@ def contains(entity: dict[str, Any], query: str) -> bool:
     return any(folded in text.lower() for text in (entity["name"], entity["entityType"], *entity["observations"]))
 
 
+def ranked(entities: list[dict[str, Any]], query: str) -> list[dict[str, Any]]:
+    """What search_nodes returns (server.memory.search): the hits, best first; `entities` in creation order."""
+    parsed = Query.parse(query)
+    keyed = [(key, e) for i, e in enumerate(entities)
+             if (key := reference_key(parsed, e["name"], e["entityType"], e["observations"], i)) is not None]
+    return [e for _, e in sorted(keyed, key=lambda item: item[0])]
+
+
 def touching(relations: list[dict[str, str]], names: set[str]) -> list[dict[str, str]]:
     return [r for r in relations if r["from"] in names or r["to"] in names]
 
@@ -486,7 +495,8 @@ def test_every_tool_treats_a_string_as_exactly_itself(backend: Backend, names: l
                    data.draw(odd_text)]
         for query in filter(None, queries):
             found = await call("search_nodes", {"query": query})
-            expected = [e for e in entities if contains(e, query)]
+            expected = ranked(entities, query)
+            assert all(e in expected for e in entities if contains(e, query)), query  # the official floor
             assert found == {"entities": expected, "relations": touching(relations, {e["name"] for e in expected})}, \
                 query
 
@@ -535,8 +545,10 @@ async def test_search_finds_text_after_a_nul(store: Store) -> None:
     await ok(store, "create_entities", {"entities": [hidden]})
     for query in ("needle", "NEEDLE", "c\0n", "\0", "abc\0needle in the hay"):
         assert (await ok(store, "search_nodes", {"query": query}))["entities"] == [hidden], query
-    # U+FFFD stands in for NUL in the search index, but is not NUL.
-    assert (await ok(store, "search_nodes", {"query": "c\ufffdn"}))["entities"] == []
+    # U+FFFD stands in for NUL in the search index, but is not NUL (and it is no word: only the
+    # substring floor can find it).
+    assert (await ok(store, "search_nodes", {"query": "\ufffd"}))["entities"] == []
+    assert (await ok(store, "search_nodes", {"query": "%c\ufffd"}))["entities"] == []
 
 
 @pytest.mark.parametrize(("tool", "arguments", "where"), [

@@ -318,8 +318,11 @@ class GraphStore(Protocol):
 
     async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
                            limit: int | None = None) -> GraphJSON:
-        """Entities whose name, type or any observation contains `query`, ignoring case, plus every
-        relation with at least one endpoint among them."""
+        """The entities `query` finds, in rank order (`server.memory.search`: every entity whose
+        name, type or any observation contains it ignoring case, and those where a query word starts
+        a word), plus every relation with at least one endpoint among them. With `limit`, at most
+        that many, those ranked after the key `after`; `next_key` is then the last one's rank key
+        when more remain."""
         ...
 
     async def open_nodes(self, owner: str, names: Sequence[str], *, after: tuple[int, ...] | None = None,

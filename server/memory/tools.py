@@ -663,12 +663,15 @@ TOOLS: Final[list[types.Tool]] = [
         name="search_nodes",
         title="Search Nodes",
         description=(
-            "Find the entities whose name, type or any observation contains the query text, ignoring case"
-            " (a substring match, not keywords). Returns those entities and every relation that has at least"
-            " one of them as an endpoint." + _PAGING_HELP
+            "Search the knowledge graph, best matches first. Finds every entity whose name, type or any"
+            " observation contains the query text, ignoring case, and every entity where a word of the query"
+            " starts a word of its name, type or observations (case and accents ignored, words in any order,"
+            " across fields). Entities matching more of the query's words come first, then name matches"
+            " before type matches before observation matches. Returns those entities and every relation"
+            " that has at least one of them as an endpoint." + _PAGING_HELP
         ),
         input_schema=_paged_input(
-            {"query": _string("Text to look for in entity names, entity types and observations")}),
+            {"query": _string("Words or text to look for in entity names, entity types and observations")}),
         output_schema=_graph_output(),
         annotations=_annotations(**_READING),
     ),

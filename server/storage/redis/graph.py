@@ -4,7 +4,8 @@ Keys (the full table, with formats: docs/storage.md). Per owner, a fixed set of 
 part is the owner, so that no owner's keys can be named through another's:
 
     graph:owner:<owner>      hash   state ("closed" once delete_graph began; absent: active),
-                                    entities, observations, bytes (`Usage`), next_entity, next_relation
+                                    entities, observations, bytes (`Usage`), next_entity, next_relation,
+                                    indexed (1 once the word index is complete: below)
     graph:names:<owner>      hash   entity name -> entity id
     graph:entities:<owner>   hash   entity id -> record: name FF type FF observation FF observation ...
     graph:folds:<owner>      hash   chunk (id // 128) -> its entities' records with every text folded
@@ -19,6 +20,11 @@ part is the owner, so that no owner's keys can be named through another's:
                                     observation, in the record's order); "r<id>" -> at FF by.
                                     `at` is the unix time as Python's repr of the float, `by` the
                                     client id; both empty where unknown
+    graph:words:<owner>      hash   entity id -> word record: the words of each text (search.word_text,
+                                    space separated), the texts in the record's order, FF between them
+    graph:index:<owner>      zset   "<word> FF <entity id> FF <field>", all scored 0 (a lex index): one
+                                    member per word of an entity, field the best one it occurs in
+                                    (0 name, 1 type, 2 an observation)
 
 Why it looks like this
 ----------------------
@@ -35,14 +41,39 @@ Why it looks like this
   chunks of the read_graph view it touched stale. A script runs alone on the server, so each
   mutation is all-or-nothing and atomic against every other client, in this process or another;
   the quota and the closed state are checked in the same step as the write.
-* Search is a case-insensitive substring match with Python's `str.lower` (all of Unicode, as the
-  official server's `toLowerCase`); Lua cannot fold Unicode, so Python folds every text it writes
+* The search floor is a case-insensitive substring match with Python's `str.lower` (all of
+  Unicode, as the official server's `toLowerCase`); Lua cannot fold Unicode, so Python folds every text it writes
   and the query, and the scripts store the folded records beside the records. They are kept per
   chunk of 128 entities as one string, each folded record followed by a tag that holds its id in
   bytes that UTF-8 never uses: a query (valid UTF-8, so without FF or any tag byte) can match only
   inside one text, and the search is one `string.find` pass per chunk. Redis copies every value a
   script reads into Lua, and 80 strings cost a third of 10,000 (a 10,000-entity graph: 5-7 ms
   of Redis time per search, docs/performance.md); the scripts rewrite the chunks they touch.
+* search_nodes ranks (server/memory/search.py defines what it finds and in which order). Python
+  cuts every text it writes into words (`search.word_text`) and passes them beside the folded
+  text; the scripts keep each entity's word record and the lexicographic index, in the same
+  script as the write. A query word `w` is a prefix lookup, ZRANGEBYLEX [w .. [w FF FF (words
+  never hold FF; after a word's own bytes comes FF, then the id's digits). The index keeps one
+  member per (word, entity), with the best field the word occurs in: the best field of a prefix
+  is the best of its words', so nothing more is needed, and an observation deleted while another
+  observation of the entity has the same word leaves the member as it is. A write recomputes the
+  entity's words from its word record before and after (`reindex`) and changes only the members
+  that differ; deleting an entity removes all of its members; delete_graph UNLINKs both keys.
+* The search script finds, in one script (one state of the owner's keys): where the whole query
+  first occurs in each entity (the scan of the folded chunks below; the first match in a record
+  is in its earliest text, counted by the separators before it), and for each query word the
+  best field it is a prefix in. It turns that into each hit's rank key (`search.rank_key`, line
+  for line in Lua: the differential test holds the two stores to the same ranked answers), sorts,
+  takes the page (`after`, `limit`) and answers its records and the relations touching them.
+* Owners from before the word index: the owner hash's `indexed` field says the index is complete.
+  `create_entities` and `import_graph` set it when the owner has no entity yet (an empty index
+  is complete); a search of an owner without it gets 'unindexed' back, and Python builds the
+  index (`_index_words`: reads the records in batches, words them, and a script per batch stores
+  the words of the entities whose records are still those read; until every entity has them).
+  Writes (every one: create_entities, add_observations, import_graph, the deletions) keep the
+  words of new entities and of entities that have them, and leave the others to the build, so a
+  batch stored stays exact while the next ones are read. Provenance and words are independent:
+  every script that changes a record changes its origins list and its word record in step.
 * search_nodes and open_nodes answer, in one script, the hits' records and the relations touching
   them, each kind sorted by id and joined into one string: redis-py parses two strings instead of
   tens of thousands of replies on the event loop, and Python builds each kind's JSON with one
@@ -96,6 +127,7 @@ from server.memory.graph import (
     Usage,
 )
 from server.memory.paging import Key, page_relations
+from server.memory.search import Query, reference_key, word_text
 from server.storage.redis.base import RedisBase, guard_all, guarded
 from server.storage.redis.graph_view import (
     END,
@@ -112,7 +144,8 @@ from server.storage.redis.graph_view import (
 # Every graph script gets the owner's keys in this order (`OwnerKeys.all`).
 _KEYS_LUA = """
 local K = {owner = KEYS[1], names = KEYS[2], entities = KEYS[3], folds = KEYS[4], triples = KEYS[5],
-           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], origins = KEYS[10]}
+           relations = KEYS[6], ends = KEYS[7], chunks = KEYS[8], view = KEYS[9], origins = KEYS[10],
+           words = KEYS[11], index = KEYS[12]}
 local MEASURES = {'entities', 'observations', 'bytes'}
 
 local function closed()
@@ -226,6 +259,44 @@ local function drop_relation(id, touched, delta)
   touched[chunk_of('r', id)] = true
 end
 
+-- The word index (see the module). A word record is the entity's texts' words, each text's words
+-- separated by spaces, the texts by SEP (name, type, observations: as the record). Its words, each
+-- with the best field it occurs in (0 name, 1 type, 2 an observation).
+local function word_fields(words)
+  local fields = {}
+  if not words then return fields end
+  for j, text in ipairs(split(words)) do
+    local field = j < 3 and j - 1 or 2
+    for word in string.gmatch(text, '[^ ]+') do
+      if fields[word] == nil or fields[word] > field then fields[word] = field end
+    end
+  end
+  return fields
+end
+
+local function in_batches(command, key, items, stride)
+  for first = 1, #items, 512 * stride do
+    redis.call(command, key, unpack(items, first, math.min(#items, first + 512 * stride - 1)))
+  end
+end
+
+-- An entity's words changed from `old` to `new` (word records; nil: none): the index follows.
+local function reindex(id, old, new)
+  local before, after = word_fields(old), word_fields(new)
+  local gone, added = {}, {}
+  for word, field in pairs(before) do
+    if after[word] ~= field then gone[#gone + 1] = word .. SEP .. id .. SEP .. field end
+  end
+  for word, field in pairs(after) do
+    if before[word] ~= field then
+      added[#added + 1] = 0
+      added[#added + 1] = word .. SEP .. id .. SEP .. field
+    end
+  end
+  in_batches('ZREM', K.index, gone, 1)
+  in_batches('ZADD', K.index, added, 2)
+end
+
 -- The ids of the relations from or to `name` (graph:ends members are name FF id).
 local function relations_of(name)
   local ids = {}
@@ -237,12 +308,12 @@ end
 """
 
 # Every mutation's ARGV starts with its stamp (`stale`). Then here: the quota's three limits, then
-# per entity (names already unique): name, record, folded record, number of observations, origins.
-# Returns {'ok', index of each created entity (from 0)...}.
+# per entity (names already unique): name, record, folded record, number of observations, origins,
+# word record. Returns {'ok', index of each created entity (from 0)...}.
 _CREATE_ENTITIES = """
 if closed() then return {'closed'} end
 local new, delta = {}, {0, 0, 0}
-for i = 5, #ARGV, 5 do
+for i = 5, #ARGV, 6 do
   if redis.call('HEXISTS', K.names, ARGV[i]) == 0 then
     local observations = tonumber(ARGV[i + 3])
     new[#new + 1] = i
@@ -254,14 +325,18 @@ end
 local refusal = refused(delta)
 if refusal then return refusal end
 local touched, created = {}, {'ok'}
+-- An owner without entities has a complete word index (empty): from here on it is kept.
+if #new > 0 and redis.call('HLEN', K.entities) == 0 then redis.call('HSET', K.owner, 'indexed', 1) end
 for _, i in ipairs(new) do
-  local id = redis.call('HINCRBY', K.owner, 'next_entity', 1)
+  local id = tostring(redis.call('HINCRBY', K.owner, 'next_entity', 1))
   redis.call('HSET', K.names, ARGV[i], id)
   redis.call('HSET', K.entities, id, ARGV[i + 1])
   redis.call('HSET', K.origins, 'e' .. id, ARGV[i + 4])
   set_fold(id, ARGV[i + 2])
+  redis.call('HSET', K.words, id, ARGV[i + 5])
+  reindex(id, nil, ARGV[i + 5])
   touched[chunk_of('e', id)] = true
-  created[#created + 1] = (i - 5) / 5
+  created[#created + 1] = (i - 5) / 6
 end
 save_folds()
 stale(touched)
@@ -298,7 +373,8 @@ return created
 """
 
 # ARGV: the stamp, the quota's limits, the origin (at, by), then per addition: entity name, k, then k
-# pairs (content, folded content), contents unique within the addition. Returns {'missing', name...} (every unknown
+# triples (content, folded content, its words), contents unique within the addition. Returns
+# {'missing', name...} (every unknown
 # name, once, in order) or {'ok', {indexes of the contents added}...} (one list per addition).
 _ADD_OBSERVATIONS = """
 if closed() then return {'closed'} end
@@ -312,15 +388,17 @@ while i <= #ARGV do
     missing[#missing + 1] = name
   end
   additions[#additions + 1] = {ids[name], i + 2, k}
-  i = i + 2 + 2 * k
+  i = i + 2 + 3 * k
 end
 if #missing > 1 then return missing end
-local records, folds, origins, present, delta, result = {}, {}, {}, {}, {0, 0, 0}, {'ok'}
+local records, folds, words, origins, present, delta, result = {}, {}, {}, {}, {}, {0, 0, 0}, {'ok'}
 for _, addition in ipairs(additions) do
   local id, start, k = addition[1], addition[2], addition[3]
   if records[id] == nil then
     local record = redis.call('HGET', K.entities, id)
     records[id], folds[id] = {record}, {get_fold(id)}
+    -- false for an entity from before the word index (not indexed until the owner is: the module)
+    words[id] = {redis.call('HGET', K.words, id)}
     local set, texts = {}, split(record)
     for j = 3, #texts do set[texts[j]] = true end
     present[id] = set
@@ -328,11 +406,12 @@ for _, addition in ipairs(additions) do
   end
   local added = {}
   for j = 0, k - 1 do
-    local content = ARGV[start + 2 * j]
+    local content = ARGV[start + 3 * j]
     if not present[id][content] then
       present[id][content] = true
       table.insert(records[id], content)
-      table.insert(folds[id], ARGV[start + 2 * j + 1])
+      table.insert(folds[id], ARGV[start + 3 * j + 1])
+      table.insert(words[id], ARGV[start + 3 * j + 2])
       table.insert(origins[id], ARGV[5])
       table.insert(origins[id], ARGV[6])
       added[#added + 1] = j
@@ -350,6 +429,11 @@ for id, record in pairs(records) do
     redis.call('HSET', K.entities, id, table.concat(record, SEP))
     redis.call('HSET', K.origins, 'e' .. id, table.concat(origins[id], SEP))
     set_fold(id, table.concat(folds[id], SEP))
+    if words[id][1] then
+      local new = table.concat(words[id], SEP)
+      redis.call('HSET', K.words, id, new)
+      reindex(id, words[id][1], new)
+    end
     touched[chunk_of('e', id)] = true
   end
 end
@@ -375,6 +459,8 @@ for i = 2, #ARGV do
     redis.call('HDEL', K.entities, id)
     redis.call('HDEL', K.origins, 'e' .. id)
     set_fold(id, nil)
+    reindex(id, redis.call('HGET', K.words, id), nil)
+    redis.call('HDEL', K.words, id)
     delta[1] = delta[1] - 1
     delta[2] = delta[2] - (seps - 1)
     delta[3] = delta[3] - (#record - seps)
@@ -398,14 +484,16 @@ while i <= #ARGV do
   if id then
     local entry = entries[id]
     if entry == nil then
-      local texts = split(redis.call('HGET', K.entities, id))
-      entry = {texts, split(get_fold(id)), false, origins_of(id, #texts - 1)}
+      -- {texts, folded texts, changed, origins, word record (false: none yet, see the module), its texts' words}
+      local texts, words = split(redis.call('HGET', K.entities, id)), redis.call('HGET', K.words, id)
+      entry = {texts, split(get_fold(id)), false, origins_of(id, #texts - 1), words, words and split(words)}
       entries[id] = entry
     end
     local doomed = {}
     for j = i + 2, i + 1 + k do doomed[ARGV[j]] = true end
-    local texts, folded, origins = entry[1], entry[2], entry[4]
+    local texts, folded, origins, worded = entry[1], entry[2], entry[4], entry[6]
     local kept, kept_folded, kept_origins = {texts[1], texts[2]}, {folded[1], folded[2]}, {origins[1], origins[2]}
+    local kept_words = worded and {worded[1], worded[2]}
     for j = 3, #texts do
       if doomed[texts[j]] then
         delta[2] = delta[2] - 1
@@ -416,9 +504,10 @@ while i <= #ARGV do
         kept_folded[#kept_folded + 1] = folded[j]
         kept_origins[#kept_origins + 1] = origins[2 * j - 3]
         kept_origins[#kept_origins + 1] = origins[2 * j - 2]
+        if worded then kept_words[#kept_words + 1] = worded[j] end
       end
     end
-    entry[1], entry[2], entry[4] = kept, kept_folded, kept_origins
+    entry[1], entry[2], entry[4], entry[6] = kept, kept_folded, kept_origins, kept_words
   end
   i = i + 2 + k
 end
@@ -427,6 +516,11 @@ for id, entry in pairs(entries) do
     redis.call('HSET', K.entities, id, table.concat(entry[1], SEP))
     redis.call('HSET', K.origins, 'e' .. id, table.concat(entry[4], SEP))
     set_fold(id, table.concat(entry[2], SEP))
+    if entry[5] then
+      local words = table.concat(entry[6], SEP)
+      redis.call('HSET', K.words, id, words)
+      reindex(id, entry[5], words)
+    end
     touched[chunk_of('e', id)] = true
   end
 end
@@ -451,16 +545,16 @@ return {'ok'}
 """
 
 # `import_graph`. ARGV: the stamp, the quota's limits, the number of entities, then per entity: name,
-# type, folded name, folded type, at, by, k, then k quadruples (content, folded content, at, by) with
-# contents unique within the entity; then per relation: record, from, to, at, by. A name may come
-# twice (the second adds what the first did not). Returns {'ok', entities, observations, relations
-# added} or a refusal.
+# type, folded name, folded type, name's words, type's words, at, by, k, then k quintuples (content,
+# folded content, its words, at, by) with contents unique within the entity; then per relation:
+# record, from, to, at, by. A name may come twice (the second adds what the first did not). Returns
+# {'ok', entities, observations, relations added} or a refusal.
 _IMPORT = """
 if closed() then return {'closed'} end
 local n, i = tonumber(ARGV[5]), 6
 local plans, ids, present, delta = {}, {}, {}, {0, 0, 0}
 for _ = 1, n do
-  local name, k = ARGV[i], tonumber(ARGV[i + 6])
+  local name, k = ARGV[i], tonumber(ARGV[i + 8])
   if ids[name] == nil then
     local id = redis.call('HGET', K.names, name)
     local set = {}
@@ -475,7 +569,7 @@ for _ = 1, n do
   end
   local added = {}
   for j = 0, k - 1 do
-    local at = i + 7 + 4 * j
+    local at = i + 9 + 5 * j
     if not present[name][ARGV[at]] then
       present[name][ARGV[at]] = true
       added[#added + 1] = at
@@ -484,7 +578,7 @@ for _ = 1, n do
     end
   end
   plans[#plans + 1] = {name, i, added}
-  i = i + 7 + 4 * k
+  i = i + 9 + 5 * k
 end
 local relations, seen = {}, {}
 while i <= #ARGV do
@@ -498,28 +592,36 @@ while i <= #ARGV do
 end
 local refusal = refused(delta)
 if refusal then return refusal end
-local touched, records, folds, origins = {}, {}, {}, {}
+-- An owner without entities has a complete word index (empty): from here on it is kept.
+if delta[1] > 0 and redis.call('HLEN', K.entities) == 0 then redis.call('HSET', K.owner, 'indexed', 1) end
+-- words[id]: {word record before (false: none, for a new entity or one from before the word
+-- index, which the build words later: see the module), the texts' words}
+local touched, records, folds, origins, words = {}, {}, {}, {}, {}
 local new_entities, new_observations = 0, 0
 for _, plan in ipairs(plans) do
   local name, start, added = plan[1], plan[2], plan[3]
   local id = ids[name]
   if not id then
-    id = redis.call('HINCRBY', K.owner, 'next_entity', 1)
+    id = tostring(redis.call('HINCRBY', K.owner, 'next_entity', 1))
     ids[name] = id
     redis.call('HSET', K.names, name, id)
     records[id], folds[id] = {name, ARGV[start + 1]}, {ARGV[start + 2], ARGV[start + 3]}
-    origins[id] = {ARGV[start + 4], ARGV[start + 5]}
+    words[id] = {false, {ARGV[start + 4], ARGV[start + 5]}}
+    origins[id] = {ARGV[start + 6], ARGV[start + 7]}
     new_entities = new_entities + 1
   elseif records[id] == nil and #added > 0 then
     records[id], folds[id] = split(redis.call('HGET', K.entities, id)), split(get_fold(id))
+    local old = redis.call('HGET', K.words, id)
+    words[id] = {old, old and split(old)}
     origins[id] = origins_of(id, #records[id] - 1)
   end
   for _, at in ipairs(added) do
-    local record, origin = records[id], origins[id]
+    local record, origin, worded = records[id], origins[id], words[id][2]
     record[#record + 1] = ARGV[at]
     folds[id][#folds[id] + 1] = ARGV[at + 1]
-    origin[#origin + 1] = ARGV[at + 2]
+    if worded then worded[#worded + 1] = ARGV[at + 2] end
     origin[#origin + 1] = ARGV[at + 3]
+    origin[#origin + 1] = ARGV[at + 4]
     new_observations = new_observations + 1
   end
 end
@@ -527,6 +629,12 @@ for id, record in pairs(records) do
   redis.call('HSET', K.entities, id, table.concat(record, SEP))
   redis.call('HSET', K.origins, 'e' .. id, table.concat(origins[id], SEP))
   set_fold(id, table.concat(folds[id], SEP))
+  local old, worded = words[id][1], words[id][2]
+  if worded then
+    local new = table.concat(worded, SEP)
+    redis.call('HSET', K.words, id, new)
+    reindex(id, old or nil, new)
+  end
   touched[chunk_of('e', id)] = true
 end
 save_folds()
@@ -548,8 +656,9 @@ return {'ok', new_entities, new_observations, #relations}
 _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
 redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
-redis.call('HDEL', K.owner, 'next_entity', 'next_relation')
-redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins)
+redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
+redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins,
+           K.words, K.index)
 return count
 """
 
@@ -609,10 +718,10 @@ local function relations_touching(names, count)
   return out
 end
 
--- The entities with these ids and the relations touching them, each kind in id order as one
--- string of records joined by END.
-local function subgraph(ids)
-  table.sort(ids)
+-- The entities with these ids (in id order, or as given if `ordered`) and the relations touching
+-- them in id order, each kind as one string of records joined by END.
+local function subgraph(ids, ordered)
+  if not ordered then table.sort(ids) end
   local entities = records_of(ids)
   local names = {}
   for _, record in ipairs(entities) do names[string.sub(record, 1, string.find(record, SEP, 1, true) - 1)] = true end
@@ -620,23 +729,117 @@ local function subgraph(ids)
 end
 """
 
+# ARGV: the query lowered (the floor), the key to start after ("" or its four numbers, space
+# separated), the limit ("" for none), then the query's folded words. Returns {'unindexed'} for an
+# owner whose word index is not built yet (the module), else the subgraph of the page (entities in
+# rank order) and the key the next page starts after ("" if none).
 _SEARCH = """
-local query, hits = ARGV[1], {}
+if not redis.call('HGET', K.owner, 'indexed') and redis.call('HLEN', K.entities) > 0 then return {'unindexed'} end
+local phrase, n = ARGV[1], #ARGV - 3
+local facts = {}  -- entity id -> {where the phrase first occurs, then where each word does} (3: nowhere)
+local function facts_of(id)
+  local f = facts[id]
+  if f == nil then
+    f = {3}
+    for i = 1, n do f[i + 1] = 3 end
+    facts[id] = f
+  end
+  return f
+end
 for _, blob in ipairs(redis.call('HVALS', K.folds)) do
-  -- A match lies inside one folded record; the next tag after it names that record's entity,
-  -- and the search goes on after the tag (one hit per entity is enough).
-  local position = 1
+  -- A match lies inside one folded text; the first in a record is in its earliest text. The next
+  -- tag names the record's entity, the separators since the record's start the text; the search
+  -- goes on after the tag (the first match per entity is the one that counts).
+  local position, start = 1, 1
   while true do
-    local found = string.find(blob, query, position, true)
+    local found = string.find(blob, phrase, position, true)
     if found == nil then break end
     local mark = string.find(blob, TAG, found, true)
     if mark == nil then break end
+    while true do
+      local stop = string.find(blob, TAG_END, start, true)
+      if stop == nil or stop > found then break end
+      start = stop + 1
+    end
+    local field, at = 0, start
+    while field < 2 do
+      local sep = string.find(blob, SEP, at, true)
+      if sep == nil or sep >= found then break end
+      field, at = field + 1, sep + 1
+    end
     local stop = string.find(blob, TAG_END, mark, true)
-    hits[#hits + 1] = untag(string.sub(blob, mark + 1, stop - 1))
-    position = stop + 1
+    facts_of(untag(string.sub(blob, mark + 1, stop - 1)))[1] = field
+    position, start = stop + 1, stop + 1
   end
 end
-return subgraph(hits)
+-- Each word as a prefix: the index members word FF id FF field from [word, word FF FF] (no word
+-- holds FF, and ids are digits).
+for i = 1, n do
+  local word = ARGV[i + 3]
+  for _, member in ipairs(redis.call('ZRANGEBYLEX', K.index, '[' .. word, '[' .. word .. SEP .. SEP)) do
+    local a = string.find(member, SEP, 1, true)
+    local b = string.find(member, SEP, a + 1, true)
+    local f = facts_of(tonumber(string.sub(member, a + 1, b - 1)))
+    local field = tonumber(string.sub(member, b + 1))
+    if field < f[i + 1] then f[i + 1] = field end
+  end
+end
+-- The rank key: server.memory.search.rank_key, line for line.
+local keyed = {}
+for id, f in pairs(facts) do
+  local matched, total, phrase_field = 0, 0, f[1]
+  for i = 1, n do
+    local tier = 99
+    if f[i + 1] ~= 3 then tier = 2 * f[i + 1] end
+    if phrase_field ~= 3 and 2 * phrase_field + 1 < tier then tier = 2 * phrase_field + 1 end
+    if tier ~= 99 then matched, total = matched + 1, total + tier end
+  end
+  if matched > 0 or phrase_field ~= 3 then keyed[#keyed + 1] = {-matched, total, phrase_field, id} end
+end
+local function before(x, y)
+  for j = 1, 4 do
+    if x[j] ~= y[j] then return x[j] < y[j] end
+  end
+  return false
+end
+table.sort(keyed, before)
+local after = nil
+if ARGV[2] ~= '' then
+  after = {}
+  for number in string.gmatch(ARGV[2], '[^ ]+') do after[#after + 1] = tonumber(number) end
+end
+local limit = tonumber(ARGV[3])
+local ids, last, more = {}, nil, false
+for _, key in ipairs(keyed) do
+  if after == nil or before(after, key) then
+    if limit ~= nil and #ids >= limit then
+      more = true
+      break
+    end
+    ids[#ids + 1] = key[4]
+    last = key
+  end
+end
+local out = subgraph(ids, true)
+out[3] = (more and last) and table.concat(last, ' ') or ''
+return out
+"""
+
+# Build part of the word index of an owner from before it (the module). ARGV: per entity: id,
+# record as read, word record. An entity still holding that record and without words yet gets
+# them (one that has them is kept up to date by the writes already). Returns 1 once every entity
+# of the owner has its words, and marks the index complete; else 0.
+_INDEX_WORDS = """
+if closed() then return 1 end
+for i = 1, #ARGV, 3 do
+  if redis.call('HGET', K.entities, ARGV[i]) == ARGV[i + 1] and redis.call('HEXISTS', K.words, ARGV[i]) == 0 then
+    redis.call('HSET', K.words, ARGV[i], ARGV[i + 2])
+    reindex(ARGV[i], nil, ARGV[i + 2])
+  end
+end
+if redis.call('HLEN', K.words) ~= redis.call('HLEN', K.entities) then return 0 end
+redis.call('HSET', K.owner, 'indexed', 1)
+return 1
 """
 
 # ARGV: entity names (unique).
@@ -752,28 +955,6 @@ end
 return page(ids, records, limit, always, true)
 """
 
-# ARGV: query (folded), after, limit. The hits as _SEARCH finds them, in id order.
-_SEARCH_PAGE = """
-local query, after, limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local hits, member = {}, {}
-for _, blob in ipairs(redis.call('HVALS', K.folds)) do
-  local position = 1
-  while true do
-    local found = string.find(blob, query, position, true)
-    if found == nil then break end
-    local mark = string.find(blob, TAG, found, true)
-    if mark == nil then break end
-    local stop = string.find(blob, TAG_END, mark, true)
-    local id = untag(string.sub(blob, mark + 1, stop - 1))
-    member[id] = true
-    if id > after then hits[#hits + 1] = id end
-    position = stop + 1
-  end
-end
-table.sort(hits)
-return page(hits, nil, limit, function(id) return member[id] == true end, false)
-"""
-
 # ARGV: after, limit, entity names (unique).
 _OPEN_PAGE = """
 local after, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -796,6 +977,8 @@ def _script_source(body: str, *parts: str) -> str:
 
 
 _NO_LIMIT: Final = (0, 0, 0)
+_INDEX_BATCH: Final = 1000
+"""Entities worded per script by `_index_words`."""
 SLICE: Final = 1000
 """Records turned into JSON between two yields to the event loop (`_pieces`)."""
 
@@ -811,9 +994,9 @@ class _Scripts:
         self.delete_graph = base.script(_script_source(_DELETE_GRAPH))
         self.import_graph = base.script(_script_source(_IMPORT))
         self.search = base.script(_script_source(_SEARCH, _SUBGRAPH_LUA))
+        self.index_words = base.script(_script_source(_INDEX_WORDS))
         self.open_nodes = base.script(_script_source(_OPEN_NODES, _SUBGRAPH_LUA))
         self.graph_page = base.script(_script_source(_GRAPH_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
-        self.search_page = base.script(_script_source(_SEARCH_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
         self.open_page = base.script(_script_source(_OPEN_PAGE, _SUBGRAPH_LUA, _PAGE_LUA))
 
 
@@ -846,7 +1029,7 @@ class RedisGraph(RedisBase):
         for entity in unique:
             texts = [entity.name, entity.entityType, *entity.observations]
             args += [entity.name.encode(), _record(texts), _folded(texts), len(entity.observations),
-                     SEP.join([at, by] * (1 + len(entity.observations)))]
+                     SEP.join([at, by] * (1 + len(entity.observations))), _worded(texts)]
         reply = await self._mutate(self._graph_scripts.create_entities, owner, args)
         return [unique[index] for index in reply[1:]]
 
@@ -871,7 +1054,7 @@ class RedisGraph(RedisBase):
         for addition, unique in zip(additions, contents, strict=True):
             args += [addition.entityName.encode(), len(unique)]
             for content in unique:
-                args += [content.encode(), content.lower().encode()]
+                args += [content.encode(), content.lower().encode(), word_text(content).encode()]
         reply = await self._mutate(self._graph_scripts.add_observations, owner, args)
         if reply[0] == b"missing":
             raise EntityNotFoundError([name.decode() for name in reply[1:]])
@@ -886,9 +1069,11 @@ class RedisGraph(RedisBase):
             for index, content in enumerate(entity.observations):
                 seen.setdefault(content, index)
             args += [entity.name.encode(), entity.entity_type.encode(), entity.name.lower().encode(),
-                     entity.entity_type.lower().encode(), *_origin_args(entity.origin), len(seen)]
+                     entity.entity_type.lower().encode(), word_text(entity.name).encode(),
+                     word_text(entity.entity_type).encode(), *_origin_args(entity.origin), len(seen)]
             for content, index in seen.items():
-                args += [content.encode(), content.lower().encode(), *_origin_args(entity.observation_origin(index))]
+                args += [content.encode(), content.lower().encode(), word_text(content).encode(),
+                         *_origin_args(entity.observation_origin(index))]
         for relation in relations:
             args += [_record((relation.from_, relation.to, relation.relation_type)), relation.from_.encode(),
                      relation.to.encode(), *_origin_args(relation.origin)]
@@ -981,14 +1166,64 @@ class RedisGraph(RedisBase):
             records, origins = await pipe.execute()
         return [(record, made) for record, made in zip(records, origins, strict=True) if record is not None]
 
-    async def search_nodes(self, owner: str, query: str, *, after: Key | None = None, limit: int | None = None
-                           ) -> GraphJSON:
-        if after is not None or limit is not None:
-            reply = await self._graph_scripts.search_page(keys=self.graph_keys(owner).all,
-                                                          args=[query.lower().encode(), _after(after), limit or 0])
-            return _page(reply)
-        reply = await self._graph_scripts.search(keys=self.graph_keys(owner).all, args=[query.lower().encode()])
-        return await _subgraph(reply)
+    async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
+                           limit: int | None = None) -> GraphJSON:
+        parsed = Query.parse(query)
+        args: list[bytes | str] = [parsed.phrase.encode(), " ".join(map(str, after)) if after is not None else "",
+                "" if limit is None else str(limit), *(word.encode() for word in parsed.words)]
+        keys = self.graph_keys(owner).all
+        reply = await self._graph_scripts.search(keys=keys, args=args)
+        while reply[0] == b"unindexed":
+            await self._index_words(owner)
+            reply = await self._graph_scripts.search(keys=keys, args=args)
+        next_key = tuple(int(number) for number in reply[2].split()) if reply[2] else None
+        if after is None and limit is None:
+            return await _subgraph(reply[:2])
+        return await self._search_page(owner, parsed, reply[0], reply[1], next_key)
+
+    async def _search_page(self, owner: str, query: Query, entity_records: bytes, relation_records: bytes,
+                           last: Key | None) -> GraphJSON:
+        """A page of search hits with the relations it holds (server/memory/paging.py): those whose
+        endpoints among the hits all rank up to the page's last entity. An endpoint off the page is
+        ranked here with `reference_key`, the definition the script's ranking is tested against."""
+        entities = [texts_of(record) for record in entity_records.split(END)] if entity_records else []
+        relations = [texts_of(record) for record in relation_records.split(END)] if relation_records else []
+        on_page = {texts[0] for texts in entities}
+        others = sorted({name for texts in relations for name in texts[:2]} - on_page)
+        keys: dict[str, Key] = {}
+        if others and last is not None:
+            graph_keys = self.graph_keys(owner)
+            ids = await self.client.hmget(graph_keys.names, others)
+            found = [(name, int(entity_id)) for name, entity_id in zip(others, ids, strict=True) if entity_id]
+            records = await self.client.hmget(graph_keys.entities, [entity_id for _, entity_id in found]
+                                              ) if found else []
+            for (name, entity_id), record in zip(found, records, strict=True):
+                if record is not None:
+                    texts = texts_of(record if isinstance(record, bytes) else record.encode())
+                    key = reference_key(query, texts[0], texts[1], texts[2:], entity_id)
+                    if key is not None:
+                        keys[name] = key
+        kept = page_relations(((texts[0], texts[1], texts) for texts in relations),
+                              lambda name: None if name in on_page else keys.get(name), last)
+        graph = GraphJSON.of([entity_pieces(entities)] if entities else [], [relation_pieces(kept)] if kept else [])
+        return dataclasses.replace(graph, next_key=last)
+
+    async def _index_words(self, owner: str) -> None:
+        """Build the word index of an owner whose graph is from before it: read the records in
+        batches (HSCAN), word them here (Lua cannot fold Unicode), and let a script store each
+        batch's words for the entities whose records did not change meanwhile; again until every
+        entity has its words. Batches keep each script short however large the graph."""
+        keys = self.graph_keys(owner)
+        while True:
+            batch: list[bytes | str | int] = []
+            async for entity_id, record in self.client.hscan_iter(keys.entities, count=_INDEX_BATCH):
+                raw = record if isinstance(record, bytes) else record.encode()
+                batch += [entity_id, raw, _worded(texts_of(raw))]
+                if len(batch) >= 3 * _INDEX_BATCH:
+                    await self._graph_scripts.index_words(keys=keys.all, args=batch)
+                    batch = []
+            if await self._graph_scripts.index_words(keys=keys.all, args=batch):
+                return
 
     async def open_nodes(self, owner: str, names: Sequence[str], *, after: Key | None = None,
                          limit: int | None = None) -> GraphJSON:
@@ -1028,6 +1263,11 @@ def _record(texts: Iterable[str]) -> bytes:
 
 def _folded(texts: Iterable[str]) -> bytes:
     return SEP.join(text.lower().encode() for text in texts)
+
+
+def _worded(texts: Iterable[str]) -> bytes:
+    """The word record of an entity's texts (see the module)."""
+    return SEP.join(word_text(text).encode() for text in texts)
 
 
 async def _subgraph(reply: list[bytes]) -> GraphJSON:

@@ -173,6 +173,8 @@ class OwnerKeys:
     chunks: str
     view: str
     origins: str
+    words: str
+    index: str
 
     @classmethod
     def of(cls, base: RedisBase, owner: str) -> OwnerKeys:
@@ -181,12 +183,12 @@ class OwnerKeys:
 
         return cls(owner=key("owner"), names=key("names"), entities=key("entities"), folds=key("folds"),
                    triples=key("triples"), relations=key("relations"), ends=key("ends"), chunks=key("chunks"),
-                   view=key("view"), origins=key("origins"))
+                   view=key("view"), origins=key("origins"), words=key("words"), index=key("index"))
 
     @property
     def all(self) -> list[str]:
         return [self.owner, self.names, self.entities, self.folds, self.triples, self.relations, self.ends,
-                self.chunks, self.view, self.origins]
+                self.chunks, self.view, self.origins, self.words, self.index]
 
 
 _WORK_PER_TURN: Final = 8

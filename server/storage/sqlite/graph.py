@@ -18,6 +18,8 @@ Schema
         INDEX memory_relations_to (owner, to_name)
     memory_entity_search       FTS5 (name_fold, type_fold), trigram, external content memory_entities
     memory_observation_search  FTS5 (content_fold), trigram, external content memory_observations
+    memory_entity_words        FTS5 (name_words, type_words), ascii tokenizer, prefix 2 3, rowid = entity id
+    memory_observation_words   FTS5 (words), ascii tokenizer, prefix 2 3, rowid = observation id
     memory_graph_chunks, memory_graph_generation   the read_graph view: server/storage/sqlite/graph_view.py
     memory_owners        (owner PRIMARY KEY, state, entities, observations, bytes) WITHOUT ROWID
                          created by `migrate`, which also fills it for a database from before it
@@ -56,7 +58,35 @@ Why it looks like this
   millisecond for a selective query (scripts/bench_memory.py). The index costs about as much space
   as the text it indexes. Queries shorter than three characters, which trigrams cannot answer,
   fall back to an `instr` scan of the owner's folded columns.
-* The FTS tables are external-content tables over the folded columns, kept in step by this module
+* search_nodes ranks (server/memory/search.py defines what it finds and in which order): beside
+  the substring floor above, each query word is looked up as the prefix of a word. The words are
+  Python's (`search.word_text`: folded with NFKD, case folding and combining marks dropped, cut
+  into alphanumeric runs, joined by spaces), never SQLite's own tokenizers': unicode61 folds case
+  and diacritics by its own tables, which differ from Python's on "ß", "İ" and others, and the two
+  stores must find the same words. The word tables use the `ascii` tokenizer, which splits on
+  ASCII non-alphanumerics (the spaces between words), keeps every non-ASCII character in its
+  token and only lowers ASCII letters (already lower): each of its tokens is exactly one of
+  Python's words. A query word `w` is the FTS5 query `"w"*` (a word is alphanumeric, so it
+  needs no escaping), answered from the prefix indexes (`prefix '2 3'`) for short words and from
+  the term list for longer ones. The entity table's own copy of the words tells which field
+  matched (name before type); each query word and the floor is one index lookup per table, and
+  the rank key (`search.rank_key`) is computed from what they return, in Python, so that both
+  stores share one definition. The entities of the page are then fetched by id.
+* The word tables are ordinary FTS5 tables holding their own copy of the words (about the size
+  of the words, ~40% of the text): a row is deleted by rowid, without being told the words it
+  was indexed with. An external-content table would need the words at deletion, recomputed by
+  Python, whose Unicode tables change between versions (a word computed differently at deletion
+  than at insertion would corrupt the index); a contentless table that deletes by rowid needs
+  SQLite 3.43. `detail = 'none'` keeps only which rows hold a word, all the lookups need (no
+  phrases, no column filters: the row's own words tell which column matched).
+* The word tables are written by this module in the same transaction as their rows, by every
+  write that adds or removes one (`import_graph` included; observations always go through
+  `_insert_observations`). No triggers: they cannot call Python's folding, and
+  `Database.apply_schema` splits on ';'. A database
+  from before them gets them filled by `migrate` at startup (`_add_words`), once: they are empty
+  while entities exist only then, since every entity and observation has its row from its first
+  write on.
+* The trigram tables are external-content tables over the folded columns, kept in step by this module
   in the same transaction as the rows (no triggers: `Database.apply_schema` splits on ';'). A
   deleted row is unindexed with the folded text read back from its row, so the index is always
   told exactly the text it was given. `INSERT INTO memory_observation_search
@@ -112,6 +142,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from enum import StrEnum
@@ -141,6 +172,18 @@ from server.memory.graph import (
     text_bytes,
 )
 from server.memory.paging import Key, page_relations, window
+from server.memory.search import (
+    NAME,
+    NOWHERE,
+    OBSERVATION,
+    TYPE,
+    Query,
+    RankKey,
+    page,
+    phrase_field,
+    rank_key,
+    word_text,
+)
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
 from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
@@ -158,24 +201,35 @@ entities a second."""
 # Trigrams need a query of at least three characters to use the index.
 _MIN_INDEXED_QUERY = 3
 
-# CROSS JOIN fixes the join order: drive from the FTS hits and look each one up by rowid. Left to
-# itself the planner walks every observation of the owner and probes the FTS index per row.
-_SEARCH_INDEXED = """
-    SELECT id, name, entity_type FROM memory_entities
-    WHERE owner = :owner AND id IN (
-        SELECT rowid FROM memory_entity_search WHERE memory_entity_search MATCH :phrase
-        UNION ALL
-        SELECT o.entity_id FROM memory_observation_search AS s CROSS JOIN memory_observations AS o ON o.id = s.rowid
-        WHERE memory_observation_search MATCH :phrase AND o.owner = :owner)
-    ORDER BY id
+# The floor (the whole query as a substring), by field. CROSS JOIN fixes the join order: drive
+# from the FTS hits and look each one up by rowid. Left to itself the planner walks every row of
+# the owner and probes the FTS index per row.
+_PHRASE_IN_ENTITIES = """
+    SELECT e.id, e.name_fold, e.type_fold FROM memory_entity_search AS s CROSS JOIN memory_entities AS e
+    ON e.id = s.rowid WHERE memory_entity_search MATCH :part AND e.owner = :owner
 """
-
-# The observation subquery is not correlated: SQLite runs it once into a temporary index.
-_SEARCH_SCAN = """
-    SELECT id, name, entity_type FROM memory_entities
-    WHERE owner = :owner AND (instr(name_fold, :q) > 0 OR instr(type_fold, :q) > 0 OR id IN (
-        SELECT entity_id FROM memory_observations WHERE owner = :owner AND instr(content_fold, :q) > 0))
-    ORDER BY id
+_PHRASE_IN_OBSERVATIONS = """
+    SELECT DISTINCT o.entity_id FROM memory_observation_search AS s CROSS JOIN memory_observations AS o
+    ON o.id = s.rowid WHERE memory_observation_search MATCH :part AND o.owner = :owner
+    AND instr(o.content_fold, :phrase) > 0
+"""
+# Shorter than a trigram: a scan of the owner's folded columns (instr of '' is 1: all match).
+_PHRASE_IN_ENTITIES_SCAN = """
+    SELECT id, name_fold, type_fold FROM memory_entities
+    WHERE owner = :owner AND (instr(name_fold, :phrase) > 0 OR instr(type_fold, :phrase) > 0)
+"""
+_PHRASE_IN_OBSERVATIONS_SCAN = """
+    SELECT DISTINCT entity_id FROM memory_observations WHERE owner = :owner AND instr(content_fold, :phrase) > 0
+"""
+# A query word as the prefix of a word (see server.memory.search), by field: the words' own
+# columns tell which field matched.
+_WORD_IN_ENTITIES = """
+    SELECT e.id, s.name_words, s.type_words FROM memory_entity_words AS s CROSS JOIN memory_entities AS e
+    ON e.id = s.rowid WHERE memory_entity_words MATCH :word AND e.owner = :owner
+"""
+_WORD_IN_OBSERVATIONS = """
+    SELECT DISTINCT o.entity_id FROM memory_observation_words AS s CROSS JOIN memory_observations AS o
+    ON o.id = s.rowid WHERE memory_observation_words MATCH :word AND o.owner = :owner
 """
 
 # Relations touching the given entities (by id): a UNION of two index seeks per entity, joined by
@@ -265,6 +319,12 @@ class GraphTables:
             content_fold,
             content = 'memory_observations', content_rowid = 'id', tokenize = 'trigram case_sensitive 1'
         );
+        CREATE VIRTUAL TABLE IF NOT EXISTS memory_entity_words USING fts5 (
+            name_words, type_words, tokenize = 'ascii', detail = 'none', prefix = '2 3'
+        );
+        CREATE VIRTUAL TABLE IF NOT EXISTS memory_observation_words USING fts5 (
+            words, tokenize = 'ascii', detail = 'none', prefix = '2 3'
+        );
     """
     SCHEMA += graph_view.SCHEMA
 
@@ -284,6 +344,7 @@ class GraphTables:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN created_at REAL")
                 if "created_by" not in columns:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN created_by TEXT")
+            _add_words(conn)
 
     @cached_property
     def _view(self) -> GraphView:
@@ -364,6 +425,7 @@ class GraphTables:
             present = _observation_sets(conn, owner, ids.values())
             next_entity = _next_id(conn, "memory_entities")
             entity_rows: list[tuple[object, ...]] = []
+            entity_words: list[tuple[int, str, str]] = []
             observations: list[tuple[str, int, str, Origin | None]] = []
             touched: list[int] = []
             size = 0
@@ -375,6 +437,7 @@ class GraphTables:
                     present[entity_id] = set()
                     entity_rows.append((entity_id, owner, entity.name, entity.entity_type, _fold(entity.name),
                                         _fold(entity.entity_type), *_origin_columns(entity.origin)))
+                    entity_words.append((entity_id, word_text(entity.name), word_text(entity.entity_type)))
                     size += text_bytes(entity.name, entity.entity_type)
                     touched.append(entity_id)
                 seen = present[entity_id]
@@ -391,6 +454,8 @@ class GraphTables:
                 conn.execute("INSERT INTO memory_entity_search (rowid, name_fold, type_fold)"
                              " SELECT id, name_fold, type_fold FROM memory_entities WHERE id BETWEEN ? AND ?",
                              (entity_rows[0][0], entity_rows[-1][0]))
+                conn.executemany("INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+                                 entity_words)
             _insert_observations(conn, observations)
             # Ids assigned here too; a relation that exists is not inserted (ON CONFLICT), and what
             # was is read back from the id range.
@@ -518,28 +583,30 @@ class GraphTables:
         conn.execute("BEGIN")
         return conn
 
-    async def search_nodes(self, owner: str, query: str, *, after: Key | None = None, limit: int | None = None
-                           ) -> GraphJSON:
-        paged = after is not None or limit is not None
+    async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
+                           limit: int | None = None) -> GraphJSON:
+        parsed = Query.parse(query)
 
         def read(conn: sqlite3.Connection) -> GraphJSON:
-            folded = query.lower()
-            probe = _fold(query)
-            if len(probe) >= _MIN_INDEXED_QUERY:
-                # A quoted FTS5 string is taken literally; only its quote character needs doubling.
-                phrase = '"' + probe.replace('"', '""') + '"'
-                entity_rows = conn.execute(_SEARCH_INDEXED, {"owner": owner, "phrase": phrase}).fetchall()
-            else:
-                entity_rows = conn.execute(_SEARCH_SCAN, {"owner": owner, "q": probe}).fetchall()
-            def contains(name: str, entity_type: str, observations: Sequence[str]) -> bool:
-                return any(folded in text.lower() for text in (name, entity_type, *observations))
+            hits = _ranked_hits(conn, owner, parsed)
+            ids, next_key = page([(key, entity_id) for entity_id, key in hits.items()], after, limit)
+            rows = {row["id"]: row for row in conn.execute(
+                "SELECT id, name, entity_type FROM memory_entities"
+                " WHERE owner = ? AND id IN (SELECT value FROM json_each(?))", (owner, json.dumps(ids)))}
+            page_rows = [rows[entity_id] for entity_id in ids]
+            if after is None and limit is None:
+                return _subgraph(conn, owner, page_rows)
+            # A page holds the relations whose endpoints among the hits all rank up to its last
+            # entity (server/memory/paging.py): the other endpoints' rank keys decide.
+            relation_rows = conn.execute(_RELATIONS_TOUCHING, {"owner": owner, "ids": json.dumps(ids)}).fetchall()
+            ends = _entity_ids(conn, owner, [name for row in relation_rows
+                                             for name in (row["from_name"], row["to_name"])])
 
-            # Without NUL or the stand-in the probe matched only where the stored text has neither,
-            # that is where the folded columns are the folded text itself: every hit is exact.
-            keep = contains if _NUL_STAND_IN in probe else None
-            if paged:
-                return _subgraph_page(conn, owner, entity_rows, after, limit, keep)
-            return _subgraph(conn, owner, entity_rows, keep=keep)
+            def key_of(name: str) -> Key | None:
+                entity_id = ends.get(name)
+                return None if entity_id is None else hits.get(entity_id)
+
+            return _page_json(conn, owner, page_rows, relation_rows, key_of, next_key)
         return await self.db.read(read)
 
     async def open_nodes(self, owner: str, names: Sequence[str], *, after: Key | None = None,
@@ -709,6 +776,95 @@ def _add_owners(conn: sqlite3.Connection) -> None:
                      (row["id"], content_fold))
 
 
+def _add_words(conn: sqlite3.Connection) -> None:
+    """Fill the word indexes of a database from before them (they are empty while rows exist: every
+    entity and every observation has its row in them from its first write on). Runs once, at
+    startup, in the migration's transaction: about 20 s per million observations."""
+    if (conn.execute("SELECT 1 FROM memory_entity_words LIMIT 1").fetchone() is None
+            and conn.execute("SELECT 1 FROM memory_entities LIMIT 1").fetchone() is not None):
+        conn.executemany(
+            "INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+            ((row[0], word_text(row[1]), word_text(row[2]))
+             for row in conn.execute("SELECT id, name, entity_type FROM memory_entities").fetchall()))
+    if (conn.execute("SELECT 1 FROM memory_observation_words LIMIT 1").fetchone() is None
+            and conn.execute("SELECT 1 FROM memory_observations LIMIT 1").fetchone() is not None):
+        conn.executemany(
+            "INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)",
+            ((row[0], word_text(row[1]))
+             for row in conn.execute("SELECT id, content FROM memory_observations").fetchall()))
+
+
+def _ranked_hits(conn: sqlite3.Connection, owner: str, query: Query) -> dict[int, RankKey]:
+    """Every hit of the query among the owner's entities, with its rank key (server.memory.search):
+    the indexes say where the whole query occurs and where each word starts a word; `rank_key`
+    turns that into the key."""
+    phrases: dict[int, int] = {}
+    probe = _fold(query.phrase)
+    indexed = len(probe) >= _MIN_INDEXED_QUERY
+    # The index is asked for a part of the query, the rows it returns checked for the whole (`instr`,
+    # and `in` below): see `_selective_part`. A quoted FTS5 string is taken literally; only its
+    # quote character needs doubling.
+    part = _selective_part(probe)
+    params = {"owner": owner, "phrase": probe, "part": '"' + part.replace('"', '""') + '"'}
+    for row in conn.execute(_PHRASE_IN_OBSERVATIONS if indexed else _PHRASE_IN_OBSERVATIONS_SCAN, params):
+        phrases[row[0]] = OBSERVATION
+    for row in conn.execute(_PHRASE_IN_ENTITIES if indexed else _PHRASE_IN_ENTITIES_SCAN, params):
+        if probe in row["name_fold"]:
+            phrases[row["id"]] = NAME
+        elif probe in row["type_fold"]:
+            phrases[row["id"]] = TYPE
+    if _NUL_STAND_IN in probe:
+        # The probe also matched where the stored text has NUL or the stand-in (see the module):
+        # where the query really occurs, if anywhere, is decided by the texts themselves.
+        phrases = _phrases_in_texts(conn, owner, query.phrase, phrases)
+    words: dict[int, list[int]] = {}
+    for i, word in enumerate(query.words):
+        # A word holds alphanumeric characters only: quoted, it is one token, and `*` its prefixes.
+        params = {"owner": owner, "word": f'"{word}"*'}
+        for row in conn.execute(_WORD_IN_OBSERVATIONS, params):
+            words.setdefault(row[0], [NOWHERE] * len(query.words))[i] = OBSERVATION
+        for row in conn.execute(_WORD_IN_ENTITIES, params):
+            fields = words.setdefault(row["id"], [NOWHERE] * len(query.words))
+            if f" {row['name_words']}".find(f" {word}") >= 0:
+                fields[i] = NAME
+            elif f" {row['type_words']}".find(f" {word}") >= 0:
+                fields[i] = TYPE
+    keys: dict[int, RankKey] = {}
+    no_words = [NOWHERE] * len(query.words)
+    for entity_id in phrases.keys() | words.keys():
+        key = rank_key(query, phrases.get(entity_id, NOWHERE), words.get(entity_id, no_words), entity_id)
+        if key is not None:
+            keys[entity_id] = key
+    return keys
+
+
+def _selective_part(probe: str) -> str:
+    """The part of a (folded) query the trigram index is asked for: its longest run of
+    alphanumeric characters if that has three or more, else all of it. Trigrams with a space or a
+    punctuation mark in them ("e f", "s, ") are in most texts, and FTS5 reads the list of every
+    trigram of a phrase: "jukifael fonurelu" took 13-36 ms over 500,000 observations, "jukifael"
+    then an `instr` of the rows it finds 1.4 ms (docs/performance.md, "Ranked search")."""
+    runs = re.findall(r"[^\W_]{3,}", probe)
+    return max(runs, key=len) if runs else probe
+
+
+def _phrases_in_texts(conn: sqlite3.Connection, owner: str, phrase: str, candidates: dict[int, int]
+                      ) -> dict[int, int]:
+    """Of the candidates, those whose texts contain the phrase, with the field where it occurs first."""
+    ids = json.dumps(list(candidates))
+    observations: dict[int, list[str]] = {}
+    for row in conn.execute("SELECT entity_id, content FROM memory_observations"
+                            " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?))", (owner, ids)):
+        observations.setdefault(row[0], []).append(row[1])
+    found: dict[int, int] = {}
+    for row in conn.execute("SELECT id, name, entity_type FROM memory_entities"
+                            " WHERE owner = ? AND id IN (SELECT value FROM json_each(?))", (owner, ids)):
+        field = phrase_field(phrase, row["name"], row["entity_type"], observations.get(row["id"], []))
+        if field != NOWHERE:
+            found[row["id"]] = field
+    return found
+
+
 def _fold(text: str) -> str:
     """The folded form stored in the `*_fold` columns and searched for: see the module."""
     return text.lower().replace("\0", _NUL_STAND_IN)
@@ -774,6 +930,8 @@ def _insert_entity(conn: sqlite3.Connection, owner: str, name: str, entity_type:
         "INSERT INTO memory_entity_search (rowid, name_fold, type_fold) VALUES (?, ?, ?)",
         (cursor.lastrowid, name_fold, type_fold),
     )
+    conn.execute("INSERT INTO memory_entity_words (rowid, name_words, type_words) VALUES (?, ?, ?)",
+                 (cursor.lastrowid, word_text(name), word_text(entity_type)))
     return cursor.lastrowid
 
 
@@ -803,6 +961,9 @@ def _insert_observations(conn: sqlite3.Connection, observations: Sequence[tuple[
     conn.execute("INSERT INTO memory_observation_search (rowid, content_fold)"
                  " SELECT id, content_fold FROM memory_observations WHERE id BETWEEN ? AND ?",
                  (first, first + len(rows) - 1))
+    # The words are Python's (see the module), so they are bound.
+    conn.executemany("INSERT INTO memory_observation_words (rowid, words) VALUES (?, ?)",
+                     [(row[0], word_text(row[3])) for row in rows])
 
 
 def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence[object]) -> list[sqlite3.Row]:
@@ -814,10 +975,9 @@ def _delete_observations(conn: sqlite3.Connection, select: str, params: Sequence
         " VALUES ('delete', ?, ?)",
         [(row["id"], row["content_fold"]) for row in rows],
     )
-    conn.execute(
-        "DELETE FROM memory_observations WHERE id IN (SELECT value FROM json_each(?))",
-        (json.dumps([row["id"] for row in rows]),),
-    )
+    ids = json.dumps([row["id"] for row in rows])
+    conn.execute("DELETE FROM memory_observation_words WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
+    conn.execute("DELETE FROM memory_observations WHERE id IN (SELECT value FROM json_each(?))", (ids,))
     return rows
 
 
@@ -837,6 +997,7 @@ def _delete_entity_rows(conn: sqlite3.Connection, owner: str, entity_rows: Seque
         " VALUES ('delete', ?, ?, ?)",
         [(row["id"], row["name_fold"], row["type_fold"]) for row in entity_rows],
     )
+    conn.execute("DELETE FROM memory_entity_words WHERE rowid IN (SELECT value FROM json_each(?))", (ids,))
     conn.execute("DELETE FROM memory_entities WHERE owner = ? AND id IN (SELECT value FROM json_each(?))",
                  (owner, ids))
     stale(conn, owner, ENTITIES, [row["id"] for row in entity_rows])
