@@ -1,0 +1,209 @@
+"""`memory-mcp stdio`: the memory tools over stdin/stdout, as a local client starts them (the SDK's
+stdio client spawning the real command), on the same store as the HTTP server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import stdio_client as sdk_stdio_client
+
+from tests.conftest import BACKENDS, OAuthUser, RunningServer
+from tests.test_end_to_end import TOOL_NAMES, structured
+
+# Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
+SERVER_BACKENDS = BACKENDS
+
+CLI = [sys.executable, "-m", "server"]
+# The tree under test, whatever the environment's editable install points at.
+REPO = str(Path(__file__).resolve().parents[1])
+ENV = {"PYTHONPATH": REPO}
+
+
+def stdio_args(server: RunningServer, *args: str) -> list[str]:
+    return ["-m", "server", "stdio", *args, *server.store_args()]
+
+
+@asynccontextmanager
+async def stdio_client(server: RunningServer, tmp_path: Path, *args: str, mode: str = "auto",
+                       env: dict[str, str] | None = None) -> AsyncIterator[tuple[Client, Path]]:
+    """The SDK's client, spawning `memory-mcp stdio` as a local client does; its stderr in a file."""
+    errlog = tmp_path / f"stdio-{time.monotonic_ns()}.err"
+    params = StdioServerParameters(command=sys.executable, args=stdio_args(server, *args),
+                                   env={**ENV, **(env or {})}, cwd=str(tmp_path))
+    with errlog.open("w") as err:
+        async with Client(sdk_stdio_client(params, errlog=err), mode=mode) as client:
+            yield client, errlog
+
+
+def run(*args: str, stdin: str = "", env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd,
+                          env={**os.environ, **ENV, **(env or {})})
+
+
+async def every_tool(client: Client) -> None:
+    """The nine tools, each checked, leaving Ada (no observations) in the graph."""
+    assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES
+    made = structured(await client.call_tool("create_entities", {"entities": [
+        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
+        {"name": "Analytical Engine", "entityType": "machine", "observations": []},
+    ]}))
+    assert [e["name"] for e in made["entities"]] == ["Ada", "Analytical Engine"]
+    rel = {"from": "Ada", "to": "Analytical Engine", "relationType": "programmed"}
+    assert structured(await client.call_tool("create_relations", {"relations": [rel]}))["relations"] == [rel]
+    added = structured(await client.call_tool("add_observations", {"observations": [
+        {"entityName": "Analytical Engine", "contents": ["designed by Babbage"]}]}))
+    assert added["results"] == [{"entityName": "Analytical Engine", "addedObservations": ["designed by Babbage"]}]
+    found = structured(await client.call_tool("search_nodes", {"query": "BABBAGE"}))
+    assert [e["name"] for e in found["entities"]] == ["Analytical Engine"]
+    assert found["relations"] == [rel]
+    opened = structured(await client.call_tool("open_nodes", {"names": ["Ada", "nobody"]}))
+    assert [e["name"] for e in opened["entities"]] == ["Ada"]
+    structured(await client.call_tool("delete_observations", {"deletions": [
+        {"entityName": "Ada", "observations": ["wrote the first program"]}]}))
+    structured(await client.call_tool("delete_relations", {"relations": [rel]}))
+    structured(await client.call_tool("delete_entities", {"entityNames": ["Analytical Engine"]}))
+    graph = structured(await client.call_tool("read_graph", {}))
+    assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}], "relations": []}
+
+
+@pytest.mark.parametrize("mode,era", [("auto", "2026-07-28"), ("legacy", "2025-11-25")])
+async def test_every_tool_over_stdio_is_the_memory_the_http_server_serves(
+        server: RunningServer, tmp_path: Path, mode: str, era: str) -> None:
+    """A separate process on the same data directory (or Redis) while the HTTP server runs: what
+    one writes the other reads, both ways, and it is the user's memory, not another's."""
+    async with stdio_client(server, tmp_path, "--user", "alice", mode=mode) as (client, errlog):
+        assert client.protocol_version == era
+        await every_tool(client)
+    assert "serving memory 'default' of user 'alice' over stdio" in errlog.read_text()
+
+    alice = OAuthUser(server.url, "alice", "alice-password-1")
+    async with alice.client() as (http, _):
+        graph = structured(await http.call_tool("read_graph", {}))
+        assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}],
+                         "relations": []}
+        await http.call_tool("add_observations", {"observations": [{"entityName": "Ada",
+                                                                    "contents": ["written over HTTP"]}]})
+    bob = OAuthUser(server.url, "bob", "bob-password-22")
+    async with bob.client() as (http, _):
+        assert structured(await http.call_tool("read_graph", {})) == {"entities": [], "relations": []}
+
+    async with stdio_client(server, tmp_path, "--user", "alice", "--memory", "default") as (client, _):
+        graph = structured(await client.call_tool("read_graph", {}))
+        assert graph["entities"] == [{"name": "Ada", "entityType": "person", "observations": ["written over HTTP"]}]
+    async with stdio_client(server, tmp_path, "--user", "bob") as (client, _):
+        assert structured(await client.call_tool("open_nodes", {"names": ["Ada"]}))["entities"] == []
+
+
+async def test_the_stdio_process_has_no_session_and_no_token(server: RunningServer, tmp_path: Path) -> None:
+    """Nothing of the OAuth server is used or left behind: no client registered, no token
+    issued, no MCP session recorded."""
+    async with stdio_client(server, tmp_path, "--user", "alice", mode="legacy") as (client, _):
+        structured(await client.call_tool("create_entities", {"entities": [
+            {"name": "x", "entityType": "t", "observations": []}]}))
+    assert await server.storage.list_clients() == []
+    assert len(server.registry) == 0
+    sessions = await server.storage.list_sessions()
+    assert sessions == []
+
+
+def test_the_protocol_alone_is_on_stdout_and_eof_ends_the_process(tmp_path: Path) -> None:
+    """Raw JSON-RPC lines in, and every stdout line is a JSON-RPC message; closing stdin ends the
+    process with status 0. Logging at debug puts nothing on stdout and no memory content on stderr."""
+    data = str(tmp_path / "data")
+    assert run("users", "add", "alice", "--password-stdin", "--data-dir", data, stdin="alice-password-1\n"
+               ).returncode == 0
+    secret = "observation-that-must-stay-private-4711"
+    lines = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_entities", "arguments": {
+            "entities": [{"name": "private", "entityType": "t", "observations": [secret]}]}}},
+        {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "search_nodes", "arguments": {
+            "query": "nothing-matches-this"}}},
+    ]
+    proc = subprocess.Popen([*CLI, "stdio", "--user", "alice", "--data-dir", data, "--log-level", "debug"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **ENV})
+    out, err = proc.communicate("".join(json.dumps(line) + "\n" for line in lines), timeout=60)
+    assert proc.returncode == 0, err
+    # Requests are handled concurrently: answers come in any order, each exactly once, and the
+    # ones still in flight at end of input are answered before the process ends.
+    answers = sorted((json.loads(line) for line in out.splitlines()), key=lambda a: a["id"])
+    assert [a.get("id") for a in answers] == [1, 2, 3], out
+    assert all(a["jsonrpc"] == "2.0" and "result" in a for a in answers), out
+    assert answers[0]["result"]["serverInfo"]["name"] == "memory-mcp"
+    assert json.loads(answers[1]["result"]["content"][0]["text"])["entities"][0]["observations"] == [secret]
+    assert json.loads(answers[2]["result"]["content"][0]["text"]) == {"entities": [], "relations": []}
+    assert secret not in err, [line for line in err.splitlines() if secret in line][:3]
+    assert "Traceback" not in err, err
+
+
+async def test_sigterm_ends_it_cleanly(server: RunningServer, tmp_path: Path) -> None:
+    """A client stopping its server with SIGTERM: exit status 0, and the write it had answered is kept."""
+    proc = subprocess.Popen([sys.executable, *stdio_args(server, "--user", "alice")], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    assert proc.stdin is not None and proc.stdout is not None
+    for line in [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_entities", "arguments": {
+            "entities": [{"name": "kept", "entityType": "t", "observations": []}]}}},
+    ]:
+        proc.stdin.write(json.dumps(line) + "\n")
+        proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["id"] == 1
+    assert "result" in json.loads(proc.stdout.readline())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err
+    user = await server.storage.get_user_by_name("alice")
+    assert user is not None
+    graph = json.loads((await server.storage.read_graph(user.id)).json)
+    assert [e["name"] for e in graph["entities"]] == ["kept"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--user", "carol"], "no user named 'carol' in this store; create it first: memory-mcp users add carol"),
+    (["--user", "bad name"], "--user 'bad name' is not a valid user name"),
+    (["--user", "alice", "--memory", "work"], "--memory 'work'"),
+])
+def test_a_user_or_memory_it_cannot_serve_is_one_line_and_a_failure(
+        tmp_path: Path, args: list[str], needle: str) -> None:
+    data = str(tmp_path / "data")
+    assert run("users", "add", "alice", "--password-stdin", "--data-dir", data, stdin="alice-password-1\n"
+               ).returncode == 0
+    result = run("stdio", *args, "--data-dir", data)
+    assert result.returncode == 1, result
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memory-mcp: ") and needle in lines[0], result.stderr
+    assert "serving" not in result.stderr
+
+
+def test_no_user_flag_is_a_usage_error(tmp_path: Path) -> None:
+    result = run("stdio", "--data-dir", str(tmp_path / "data"))
+    assert result.returncode == 2 and "--user" in result.stderr, result.stderr
+
+
+def test_an_unusable_data_directory_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.write_text("not a directory")
+    result = run("stdio", "--user", "alice", "--data-dir", str(data))
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith("memory-mcp: ") and str(data) in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
