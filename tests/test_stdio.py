@@ -12,12 +12,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.stdio import stdio_client as sdk_stdio_client
 
+from server.import_offer import OfferMarks, offer_import
+from server.memory.graph import Entity, GraphStore, Relation
 from tests.conftest import BACKENDS, OAuthUser, RunningServer
 from tests.test_end_to_end import TOOL_NAMES, structured
 
@@ -207,3 +210,137 @@ def test_an_unusable_data_directory_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.startswith("memory-mcp: ") and str(data) in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- MEMORY_FILE_PATH: the offer to import the official server's file ---------------------------
+
+OFFICIAL_FILE = [
+    {"type": "entity", "name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
+    {"type": "entity", "name": "Charles", "entityType": "person", "observations": []},
+    {"type": "relation", "from": "Ada", "to": "Charles", "relationType": "corresponded with"},
+]
+
+
+def official_file(path: Path, records: list[dict[str, Any]] = OFFICIAL_FILE) -> Path:
+    """A memory file as @modelcontextprotocol/server-memory writes it: one JSON object per line."""
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    return path
+
+
+async def stderr_of_a_start(server: RunningServer, tmp_path: Path, env: dict[str, str]) -> str:
+    async with stdio_client(server, tmp_path, "--user", "alice", env=env) as (client, errlog):
+        await client.list_tools()
+    return errlog.read_text()
+
+
+async def test_the_offer_is_made_once_per_version_of_the_file(server: RunningServer, tmp_path: Path) -> None:
+    """Without an import in this version, the offer names the exact command; it is not repeated
+    at the next start, and is made again once the official server has written the file again."""
+    path = official_file(tmp_path / "memory.jsonl")
+    env = {"MEMORY_FILE_PATH": str(path)}
+    first = await stderr_of_a_start(server, tmp_path, env)
+    store = (f"--data-dir {server.settings.data_dir}" if server.settings.redis_url is None
+             else "(with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
+    command = f"memory-mcp memory import --user alice {path} {store}"
+    offers = [line for line in first.splitlines() if "MEMORY_FILE_PATH" in line]
+    assert len(offers) == 1 and command in offers[0], first
+    assert "serving memory 'default'" in first
+
+    assert "MEMORY_FILE_PATH" not in await stderr_of_a_start(server, tmp_path, env)
+
+    official_file(path, [*OFFICIAL_FILE, {"type": "entity", "name": "Babbage", "entityType": "person",
+                                          "observations": []}])
+    assert command in await stderr_of_a_start(server, tmp_path, env)
+    # Another user's memory is another offer.
+    async with stdio_client(server, tmp_path, "--user", "bob", env=env) as (client, errlog):
+        await client.list_tools()
+    assert "memory-mcp memory import --user bob" in errlog.read_text()
+
+
+@pytest.mark.parametrize("value,needle", [
+    ("{tmp}/absent.jsonl", "absent.jsonl': no such file or directory; nothing imported"),
+    ("memory.jsonl", "MEMORY_FILE_PATH='memory.jsonl' is relative, and there is no such file in"),
+    ("{tmp}", "is not a file; nothing imported"),
+])
+async def test_a_file_that_is_not_there_is_said_and_serving_goes_on(
+        server: RunningServer, tmp_path: Path, value: str, needle: str) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    async with stdio_client(server, work, "--user", "alice",
+                            env={"MEMORY_FILE_PATH": value.format(tmp=work)}) as (client, errlog):
+        structured(await client.call_tool("read_graph", {}))
+    assert needle in errlog.read_text(), errlog.read_text()
+
+
+class StandInImport:
+    """An import of the official file for the offer's own tests (the offer is under test, not the
+    import): entities and relations through the graph store, counted."""
+
+    def __init__(self, graph: GraphStore, owner: str, failure: str | None = None) -> None:
+        self.graph, self.owner, self.failure, self.calls = graph, owner, failure, 0
+
+    async def __call__(self, path: Path) -> str:
+        self.calls += 1
+        if self.failure is not None:
+            raise ValueError(self.failure)
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        entities = [Entity(**{k: v for k, v in r.items() if k != "type"}) for r in records if r["type"] == "entity"]
+        relations = [Relation(**{k: v for k, v in r.items() if k != "type"}) for r in records
+                     if r["type"] == "relation"]
+        await self.graph.create_entities(self.owner, entities)
+        await self.graph.create_relations(self.owner, relations)
+        return f"{len(entities)} entities, {len(relations)} relations"
+
+
+async def offer(server: RunningServer, path: Path, owner: str, importer: StandInImport | None,
+                marks: OfferMarks) -> list[str]:
+    said: list[str] = []
+    await offer_import(str(path), server.storage, owner, importer, marks, who="memory 'default' of user 'alice'",
+                       command=lambda p: f"memory-mcp memory import --user alice {p}", say=said.append)
+    return said
+
+
+async def test_an_empty_memory_gets_the_file_imported_once(server: RunningServer, tmp_path: Path) -> None:
+    owner = "owner-of-an-empty-memory"
+    path, marks = official_file(tmp_path / "memory.jsonl"), OfferMarks(tmp_path / "data")
+    importer = StandInImport(server.storage, owner)
+    [said] = await offer(server, path, owner, importer, marks)
+    assert said == (f"imported {path} (MEMORY_FILE_PATH, the official memory server's file) into the memory "
+                    "'default' of user 'alice', which was empty: 2 entities, 1 relations; the file itself is unchanged")
+    graph = json.loads((await server.storage.read_graph(owner)).json)
+    assert [e["name"] for e in graph["entities"]] == ["Ada", "Charles"] and len(graph["relations"]) == 1
+    assert await offer(server, path, owner, importer, marks) == [] and importer.calls == 1
+    # Written again by the official server: the memory is no longer empty, so only the command.
+    official_file(path, OFFICIAL_FILE[:1])
+    [said] = await offer(server, path, owner, importer, marks)
+    assert importer.calls == 1
+    assert "already holds 2 entities, so it is not imported automatically" in said
+    assert said.endswith(f"memory-mcp memory import --user alice {path}")
+
+
+async def test_a_memory_with_data_is_never_merged_into(server: RunningServer, tmp_path: Path) -> None:
+    owner = "owner-with-data"
+    await server.storage.create_entities(owner, [Entity(name="Here", entityType="t", observations=[])])
+    importer = StandInImport(server.storage, owner)
+    [said] = await offer(server, official_file(tmp_path / "memory.jsonl"), owner, importer, OfferMarks(tmp_path))
+    assert importer.calls == 0 and "already holds 1 entities" in said
+    graph = json.loads((await server.storage.read_graph(owner)).json)
+    assert [e["name"] for e in graph["entities"]] == ["Here"]
+
+
+async def test_a_failed_import_is_said_and_tried_again(server: RunningServer, tmp_path: Path) -> None:
+    owner = "owner-of-a-bad-file"
+    path, marks = official_file(tmp_path / "memory.jsonl"), OfferMarks(tmp_path)
+    importer = StandInImport(server.storage, owner, failure="line 2 is not JSON")
+    [said] = await offer(server, path, owner, importer, marks)
+    assert "could not be imported: line 2 is not JSON; the memory 'default' of user 'alice' is unchanged" in said
+    assert f"by hand: memory-mcp memory import --user alice {path}" in said
+    assert len(await offer(server, path, owner, importer, marks)) == 1 and importer.calls == 2
+
+
+async def test_an_offer_that_cannot_be_remembered_is_said(server: RunningServer, tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    said = await offer(server, official_file(tmp_path / "memory.jsonl"), "someone", None,
+                       OfferMarks(tmp_path / "not-a-directory"))
+    assert len(said) == 2 and "this version cannot import it by itself" in said[0]
+    assert said[1].startswith(f"cannot remember the offer in {tmp_path / 'not-a-directory' / 'import-offers.json'}")
