@@ -214,7 +214,7 @@ def test_an_unusable_data_directory_is_one_line(tmp_path: Path) -> None:
 
 # --- MEMORY_FILE_PATH: the offer to import the official server's file ---------------------------
 
-OFFICIAL_FILE = [
+OFFICIAL_FILE: list[dict[str, Any]] = [
     {"type": "entity", "name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
     {"type": "entity", "name": "Charles", "entityType": "person", "observations": []},
     {"type": "relation", "from": "Ada", "to": "Charles", "relationType": "corresponded with"},
