@@ -31,6 +31,8 @@ CLI = [sys.executable, "-m", "server"]
 # The tree under test, whatever the environment's editable install points at.
 REPO = str(Path(__file__).resolve().parents[1])
 ENV = {"PYTHONPATH": REPO}
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}}
 
 
 def stdio_args(server: RunningServer, *args: str) -> list[str]:
@@ -129,8 +131,7 @@ def test_the_protocol_alone_is_on_stdout_and_eof_ends_the_process(tmp_path: Path
                ).returncode == 0
     secret = "observation-that-must-stay-private-4711"
     lines = [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_entities", "arguments": {
             "entities": [{"name": "private", "entityType": "t", "observations": [secret]}]}}},
@@ -160,8 +161,7 @@ async def test_sigterm_ends_it_cleanly(server: RunningServer, tmp_path: Path) ->
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
     assert proc.stdin is not None and proc.stdout is not None
     for line in [
-        {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_entities", "arguments": {
             "entities": [{"name": "kept", "entityType": "t", "observations": []}]}}},
@@ -344,3 +344,25 @@ async def test_an_offer_that_cannot_be_remembered_is_said(server: RunningServer,
                        OfferMarks(tmp_path / "not-a-directory"))
     assert len(said) == 2 and "this version cannot import it by itself" in said[0]
     assert said[1].startswith(f"cannot remember the offer in {tmp_path / 'not-a-directory' / 'import-offers.json'}")
+
+
+def test_restore_waits_for_the_stdio_process_too(tmp_path: Path) -> None:
+    """The stdio process holds the data directory's serve lock, as `serve` does: a restore cannot
+    replace the database under it."""
+    data = str(tmp_path / "data")
+    assert run("users", "add", "alice", "--password-stdin", "--data-dir", data, stdin="alice-password-1\n"
+               ).returncode == 0
+    assert run("backup", "--to", str(tmp_path / "saved"), "--data-dir", data).returncode == 0
+    proc = subprocess.Popen([*CLI, "stdio", "--user", "alice", "--data-dir", data], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **ENV})
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(json.dumps(INITIALIZE) + "\n")
+        proc.stdin.flush()
+        assert json.loads(proc.stdout.readline())["id"] == 1  # serving, so the lock is held
+        refused = run("restore", "--from", str(tmp_path / "saved"), "--replace", "--data-dir", data)
+        assert refused.returncode == 1 and "a memory-mcp server is running" in refused.stderr, refused.stderr
+    finally:
+        proc.communicate("", timeout=30)  # end of input: the process ends
+    assert proc.returncode == 0
+    assert run("restore", "--from", str(tmp_path / "saved"), "--replace", "--data-dir", data).returncode == 0
