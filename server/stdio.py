@@ -35,6 +35,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from mcp.server.stdio import stdio_server
+
 from auth.accounts import USERNAME_RULE, valid_username
 from auth.models import AccessGrant, AccountState, Principal, User
 from auth.settings import READ_SCOPE, WRITE_SCOPE
@@ -101,9 +103,6 @@ def stdio_caller(issuer: str, target: Target) -> Caller:
 
 async def serve(storage: Storage, settings: Settings, target: Target) -> None:
     """Serve MCP on stdin/stdout until the client closes stdin (or SIGTERM/SIGINT)."""
-    # Imported here: the SDK's import takes a second that a start-up error should not pay.
-    from mcp.server.stdio import stdio_server
-
     server = MemoryTools(storage, settings.memory_quota).server()
     # Set before the transport starts its reader task: that task copies this context, and the SDK's
     # context streams hand each message's context to the handler that serves it
