@@ -110,7 +110,7 @@ def examine(value: str) -> tuple[Path, str] | str:
     return path.resolve(), version
 
 
-async def offer_import(value: str, graph: GraphStore, owner: str, importer: Importer | None, marks: OfferMarks, *,
+async def offer_import(value: str, graph: GraphStore, owner: str, importer: Importer, marks: OfferMarks, *,
                        who: str, command: Callable[[Path], str], say: Callable[[str], None]) -> None:
     """Make the offer for `value` (MEMORY_FILE_PATH as set) and the memory `owner` (named `who`
     for the person), saying what happened through `say`. Files are looked at on a thread: nothing
@@ -124,7 +124,7 @@ async def offer_import(value: str, graph: GraphStore, owner: str, importer: Impo
     if await asyncio.to_thread(marks.made, key, version):
         return  # offered (or imported) before, and the file has not changed since
     usage = await graph.usage(owner)
-    if usage.entities == 0 and usage.bytes == 0 and importer is not None:
+    if usage.entities == 0 and usage.bytes == 0:
         try:
             report = await importer(path)
         except (ValueError, OSError) as exc:
@@ -132,14 +132,12 @@ async def offer_import(value: str, graph: GraphStore, owner: str, importer: Impo
                 f"is tried again at the next start (to run it by hand: {command(path)})")
             return
         say(f"imported {path} (MEMORY_FILE_PATH, the official memory server's file) into the {who}, which was "
-            f"empty: {report}; the file itself is unchanged")
-    elif importer is None:
-        say(f"MEMORY_FILE_PATH names {path} (the official memory server's file); this version cannot import it "
-            f"by itself; to import it into the {who}: {command(path)}")
+            f"empty: {report}; the file itself is unchanged (importing it again adds nothing and lists any record "
+            f"skipped: {command(path)})")
     else:
         say(f"MEMORY_FILE_PATH names {path} (the official memory server's file), but the {who} already holds "
             f"{usage.entities} entities, so it is not imported automatically (a merge could bring back what was "
-            f"deleted here); to import it anyway (entities and relations already here are kept, none duplicated): "
+            f"deleted here); to import it anyway (what is already here is skipped, nothing is duplicated): "
             f"{command(path)}")
     problem = await asyncio.to_thread(marks.record, key, version)
     if problem is not None:

@@ -32,6 +32,7 @@ import math
 import shlex
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,10 +143,24 @@ def say(line: str) -> None:
     print(f"memory-mcp: {line}", file=sys.stderr, flush=True)
 
 
-def importer_for(storage: Storage, target: Target) -> Importer | None:
-    """The import of the official server's file into the target memory (`memory-mcp memory
-    import`'s), or None where this version has none: the offer then names the command only."""
-    return None
+def importer_for(storage: Storage, settings: Settings, target: Target) -> Importer:
+    """The import of the official server's file into the target memory: `memory-mcp memory
+    import`'s two passes (`server.memory.jsonl`: a file that cannot be read changes nothing; what is
+    already there is skipped), within the memory's quota; records without provenance are marked
+    as imported now."""
+
+    async def run(path: Path) -> str:
+        from server.memory import jsonl
+
+        try:
+            parsed = await asyncio.to_thread(jsonl.parse_file, path, time.time())
+            imported = await jsonl.import_parsed(storage, target.memory_id, parsed, settings.memory_quota)
+        except (jsonl.UnreadableFile, jsonl.ImportRefused) as exc:
+            raise ValueError(str(exc)) from None
+        summary = jsonl.ImportReport(parsed, imported).lines()[0]
+        return summary + (f", {len(parsed.skipped)} record(s) skipped" if parsed.skipped else "")
+
+    return run
 
 
 async def run(storage: Storage, settings: Settings, username: str, memory: str, memory_file: str | None) -> None:
@@ -157,7 +172,7 @@ async def run(storage: Storage, settings: Settings, username: str, memory: str, 
     stdio_caller(settings.issuer, target)  # refuses a target it cannot serve, before anything starts
     if memory_file:
         memory_flag = "" if memory == DEFAULT_MEMORY else f" --memory {shlex.quote(memory)}"
-        await offer_import(memory_file, storage, target.memory_id, importer_for(storage, target),
+        await offer_import(memory_file, storage, target.memory_id, importer_for(storage, settings, target),
                            OfferMarks(settings.data_dir), who=f"memory {memory!r} of user {username!r}",
                            command=lambda path: import_command(username, memory_flag, path, flags), say=say)
     where = settings.data_dir if settings.redis_url is None else "Redis (redis_url)"

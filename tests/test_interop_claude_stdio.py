@@ -21,11 +21,14 @@ from pathlib import Path
 import pytest
 
 from server.import_offer import MARKS_FILE, file_version
+from server.memory.graph import StoredEntity
 from server.storage import Storage
+from tests.interop.claude.run_stdio import OFFICIAL_FILE
 from tests.interop.harness import store_after
 from tests.test_interop_claude import ADA, CLAUDE, CLAUDE_DIR, ClaudeRun, namespace_argv
 
 DRIVER = CLAUDE_DIR / "run_stdio.py"
+BABBAGE = {k: v for k, v in OFFICIAL_FILE[0].items() if k != "type"}
 RUN_TIMEOUT = 95  # the driver gives up by itself after 80 s (run_stdio.RUN_DEADLINE)
 
 
@@ -80,7 +83,9 @@ def test_print_mode_calls_our_tools_over_stdio(claude_run: ClaudeRun) -> None:
                for block in event["message"]["content"] if block.get("type") == "tool_result"}
     assert not [r for r in results.values() if r.get("is_error")]
     assert json.loads(results["toolu_memory_0"]["content"]) == {"entities": [ADA]}
-    assert json.loads(results["toolu_memory_1"]["content"]) == {"entities": [ADA], "relations": []}
+    # The official server's file was imported into the empty memory at the first start (`claude mcp
+    # list`), so the graph holds its entity before the one created here.
+    assert json.loads(results["toolu_memory_1"]["content"]) == {"entities": [BABBAGE, ADA], "relations": []}
     [final] = [event for event in stream if event["type"] == "result"]
     assert final["subtype"] == "success" and final["permission_denials"] == []
     # Claude Code's account of the connection: our stderr reached its log, nothing else did.
@@ -94,14 +99,23 @@ async def test_what_claude_code_wrote_is_alices_memory_beside_the_http_server(
     alice = await storage.get_user_by_name("alice")
     assert alice is not None
     graph = (await storage.read_graph(alice.id)).model()
-    assert [e.model_dump() for e in graph.entities] == [ADA]
+    assert [e.model_dump() for e in graph.entities] == [BABBAGE, ADA]
+    # Provenance: Ada came through Claude Code over the pipe, Babbage from the imported file.
+    origins = {e.name: e.origin.by for e in await exported(storage, alice.id) if e.origin is not None}
+    assert origins == {"Ada Lovelace": "stdio", "Charles Babbage": "import"}
     # The HTTP server ran on the same store the whole time and served its health check throughout.
     assert "serving MCP at" in claude_run.text("server.log")
     assert await storage.list_clients() == []  # no OAuth client: the pipe needs none
 
 
-def test_the_import_offer_was_made_once_for_the_official_file(claude_run: ClaudeRun) -> None:
+def test_the_official_file_was_imported_once(claude_run: ClaudeRun) -> None:
     official = Path(claude_run.result["official_file"])
+    assert official.read_text() == "".join(json.dumps(r) + "\n" for r in OFFICIAL_FILE)  # only read
     marks = json.loads((Path(claude_run.result["data_dir"]) / MARKS_FILE).read_text())
     assert list(marks.values()) == [file_version(official)]
     assert [key.split(" ", 1)[1] for key in marks] == [str(official)]
+
+
+async def exported(storage: Storage, owner: str) -> list[StoredEntity]:
+    return [item async for batch in storage.export_batches(owner) for item in batch
+            if isinstance(item, StoredEntity)]

@@ -19,8 +19,10 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.client.stdio import stdio_client as sdk_stdio_client
 
+from auth.models import User
 from server.import_offer import OfferMarks, offer_import
-from server.memory.graph import Entity, GraphStore, Relation
+from server.memory.graph import Entity
+from server.stdio import Target, importer_for
 from tests.conftest import BACKENDS, OAuthUser, RunningServer
 from tests.test_end_to_end import TOOL_NAMES, structured
 
@@ -92,6 +94,10 @@ async def test_every_tool_over_stdio_is_the_memory_the_http_server_serves(
         assert client.protocol_version == era
         await every_tool(client)
     assert "serving memory 'default' of user 'alice' over stdio" in errlog.read_text()
+    alice_id = (await server.storage.get_user_by_name("alice")).id  # type: ignore[union-attr]
+    # Provenance: what came over the pipe was created by the client "stdio".
+    [ada] = [json.loads(line) for line in (await export_text(server, alice_id)).splitlines()]
+    assert (ada["name"], ada["createdBy"]) == ("Ada", "stdio")
 
     alice = OAuthUser(server.url, "alice", "alice-password-1")
     async with alice.client() as (http, _):
@@ -233,28 +239,51 @@ async def stderr_of_a_start(server: RunningServer, tmp_path: Path, env: dict[str
     return errlog.read_text()
 
 
-async def test_the_offer_is_made_once_per_version_of_the_file(server: RunningServer, tmp_path: Path) -> None:
-    """Without an import in this version, the offer names the exact command; it is not repeated
-    at the next start, and is made again once the official server has written the file again."""
+async def test_an_empty_memory_gets_the_file_at_the_first_start_only(server: RunningServer, tmp_path: Path) -> None:
+    """The move from the official server: its file, named by MEMORY_FILE_PATH, is imported into the
+    empty memory at the first start, with its counts on stderr; the next start says nothing; once
+    the official server has written the file again, the memory is not empty, so only the command
+    that would import it is printed."""
     path = official_file(tmp_path / "memory.jsonl")
     env = {"MEMORY_FILE_PATH": str(path)}
-    first = await stderr_of_a_start(server, tmp_path, env)
     store = (f"--data-dir {server.settings.data_dir}" if server.settings.redis_url is None
              else "(with the same redis_url: --redis-url or MEMORY_MCP_REDIS_URL)")
     command = f"memory-mcp memory import --user alice {path} {store}"
-    offers = [line for line in first.splitlines() if "MEMORY_FILE_PATH" in line]
-    assert len(offers) == 1 and command in offers[0], first
-    assert "serving memory 'default'" in first
+    async with stdio_client(server, tmp_path, "--user", "alice", env=env) as (client, errlog):
+        graph = structured(await client.call_tool("read_graph", {}))
+    assert graph == {"entities": [{k: v for k, v in r.items() if k != "type"} for r in OFFICIAL_FILE[:2]],
+                     "relations": [{k: v for k, v in OFFICIAL_FILE[2].items() if k != "type"}]}
+    [said] = [line for line in errlog.read_text().splitlines() if "MEMORY_FILE_PATH" in line]
+    assert said == (f"memory-mcp: imported {path} (MEMORY_FILE_PATH, the official memory server's file) into the "
+                    "memory 'default' of user 'alice', which was empty: imported 2 entities, 1 observations, "
+                    "1 relations; the file itself is unchanged (importing it again adds nothing and lists any "
+                    f"record skipped: {command})")
+    user = await server.storage.get_user_by_name("alice")
+    assert user is not None
+    # What the file did not say the origin of is marked as imported, not as written over stdio.
+    exported = [json.loads(line) for line in (await export_text(server, user.id)).splitlines()]
+    assert {record.get("createdBy") for record in exported} == {"import"}
 
     assert "MEMORY_FILE_PATH" not in await stderr_of_a_start(server, tmp_path, env)
 
     official_file(path, [*OFFICIAL_FILE, {"type": "entity", "name": "Babbage", "entityType": "person",
                                           "observations": []}])
-    assert command in await stderr_of_a_start(server, tmp_path, env)
-    # Another user's memory is another offer.
+    [said] = [line for line in (await stderr_of_a_start(server, tmp_path, env)).splitlines()
+              if "MEMORY_FILE_PATH" in line]
+    assert "already holds 2 entities, so it is not imported automatically" in said and said.endswith(command)
+    assert "MEMORY_FILE_PATH" not in await stderr_of_a_start(server, tmp_path, env)
+    async with stdio_client(server, tmp_path, "--user", "alice", env=env) as (client, _):
+        assert structured(await client.call_tool("open_nodes", {"names": ["Babbage"]}))["entities"] == []
+    # Another user's memory is another offer: bob's, empty, gets the file.
     async with stdio_client(server, tmp_path, "--user", "bob", env=env) as (client, errlog):
-        await client.list_tools()
-    assert "memory-mcp memory import --user bob" in errlog.read_text()
+        assert len(structured(await client.call_tool("read_graph", {}))["entities"]) == 3
+    assert "into the memory 'default' of user 'bob', which was empty: imported 3 entities" in errlog.read_text()
+
+
+async def export_text(server: RunningServer, owner: str) -> str:
+    from server.memory import jsonl
+
+    return b"".join([chunk async for chunk in jsonl.export_lines(server.storage.export_batches(owner, 100))]).decode()
 
 
 @pytest.mark.parametrize("value,needle", [
@@ -272,77 +301,50 @@ async def test_a_file_that_is_not_there_is_said_and_serving_goes_on(
     assert needle in errlog.read_text(), errlog.read_text()
 
 
-class StandInImport:
-    """An import of the official file for the offer's own tests (the offer is under test, not the
-    import): entities and relations through the graph store, counted."""
-
-    def __init__(self, graph: GraphStore, owner: str, failure: str | None = None) -> None:
-        self.graph, self.owner, self.failure, self.calls = graph, owner, failure, 0
-
-    async def __call__(self, path: Path) -> str:
-        self.calls += 1
-        if self.failure is not None:
-            raise ValueError(self.failure)
-        records = [json.loads(line) for line in path.read_text().splitlines()]
-        entities = [Entity(**{k: v for k, v in r.items() if k != "type"}) for r in records if r["type"] == "entity"]
-        relations = [Relation(**{k: v for k, v in r.items() if k != "type"}) for r in records
-                     if r["type"] == "relation"]
-        await self.graph.create_entities(self.owner, entities)
-        await self.graph.create_relations(self.owner, relations)
-        return f"{len(entities)} entities, {len(relations)} relations"
-
-
-async def offer(server: RunningServer, path: Path, owner: str, importer: StandInImport | None,
-                marks: OfferMarks) -> list[str]:
+async def offer(server: RunningServer, path: Path, owner: str, marks: OfferMarks) -> list[str]:
+    """The offer as `memory-mcp stdio` makes it, with the real import, for the memory `owner`."""
     said: list[str] = []
+    user = User(id=owner, username="alice", password_hash="", created_at=0)
+    importer = importer_for(server.storage, server.settings, Target(user, "default", owner))
     await offer_import(str(path), server.storage, owner, importer, marks, who="memory 'default' of user 'alice'",
                        command=lambda p: f"memory-mcp memory import --user alice {p}", say=said.append)
     return said
 
 
-async def test_an_empty_memory_gets_the_file_imported_once(server: RunningServer, tmp_path: Path) -> None:
-    owner = "owner-of-an-empty-memory"
-    path, marks = official_file(tmp_path / "memory.jsonl"), OfferMarks(tmp_path / "data")
-    importer = StandInImport(server.storage, owner)
-    [said] = await offer(server, path, owner, importer, marks)
-    assert said == (f"imported {path} (MEMORY_FILE_PATH, the official memory server's file) into the memory "
-                    "'default' of user 'alice', which was empty: 2 entities, 1 relations; the file itself is unchanged")
-    graph = json.loads((await server.storage.read_graph(owner)).json)
-    assert [e["name"] for e in graph["entities"]] == ["Ada", "Charles"] and len(graph["relations"]) == 1
-    assert await offer(server, path, owner, importer, marks) == [] and importer.calls == 1
-    # Written again by the official server: the memory is no longer empty, so only the command.
-    official_file(path, OFFICIAL_FILE[:1])
-    [said] = await offer(server, path, owner, importer, marks)
-    assert importer.calls == 1
-    assert "already holds 2 entities, so it is not imported automatically" in said
-    assert said.endswith(f"memory-mcp memory import --user alice {path}")
-
-
 async def test_a_memory_with_data_is_never_merged_into(server: RunningServer, tmp_path: Path) -> None:
     owner = "owner-with-data"
     await server.storage.create_entities(owner, [Entity(name="Here", entityType="t", observations=[])])
-    importer = StandInImport(server.storage, owner)
-    [said] = await offer(server, official_file(tmp_path / "memory.jsonl"), owner, importer, OfferMarks(tmp_path))
-    assert importer.calls == 0 and "already holds 1 entities" in said
+    [said] = await offer(server, official_file(tmp_path / "memory.jsonl"), owner, OfferMarks(tmp_path))
+    assert "already holds 1 entities" in said
     graph = json.loads((await server.storage.read_graph(owner)).json)
     assert [e["name"] for e in graph["entities"]] == ["Here"]
 
 
-async def test_a_failed_import_is_said_and_tried_again(server: RunningServer, tmp_path: Path) -> None:
+async def test_a_file_that_cannot_be_imported_is_said_and_tried_again(server: RunningServer, tmp_path: Path) -> None:
     owner = "owner-of-a-bad-file"
-    path, marks = official_file(tmp_path / "memory.jsonl"), OfferMarks(tmp_path)
-    importer = StandInImport(server.storage, owner, failure="line 2 is not JSON")
-    [said] = await offer(server, path, owner, importer, marks)
-    assert "could not be imported: line 2 is not JSON; the memory 'default' of user 'alice' is unchanged" in said
-    assert f"by hand: memory-mcp memory import --user alice {path}" in said
-    assert len(await offer(server, path, owner, importer, marks)) == 1 and importer.calls == 2
+    path, marks = tmp_path / "memory.json", OfferMarks(tmp_path)
+    path.write_text(json.dumps(OFFICIAL_FILE, indent=2))  # one pretty-printed document: not JSON Lines
+    [said] = await offer(server, path, owner, marks)
+    assert "could not be imported: " in said and "is not a JSON Lines file" in said, said
+    assert "the memory 'default' of user 'alice' is unchanged, and the import is tried again at the next start" in said
+    assert said.endswith(f"by hand: memory-mcp memory import --user alice {path})")
+    assert (await server.storage.usage(owner)).entities == 0
+    assert len(await offer(server, path, owner, marks)) == 1  # not remembered: said again
+    official_file(path)
+    assert "which was empty: imported 2 entities" in (await offer(server, path, owner, marks))[0]
+
+
+async def test_skipped_records_are_counted(server: RunningServer, tmp_path: Path) -> None:
+    path = official_file(tmp_path / "memory.jsonl", [*OFFICIAL_FILE, {"type": "entity", "name": 7}])
+    [said] = await offer(server, path, "owner-of-a-flawed-file", OfferMarks(tmp_path))
+    assert "imported 2 entities, 1 observations, 1 relations, 1 record(s) skipped;" in said, said
 
 
 async def test_an_offer_that_cannot_be_remembered_is_said(server: RunningServer, tmp_path: Path) -> None:
     (tmp_path / "not-a-directory").write_text("")
-    said = await offer(server, official_file(tmp_path / "memory.jsonl"), "someone", None,
+    said = await offer(server, official_file(tmp_path / "memory.jsonl"), "someone",
                        OfferMarks(tmp_path / "not-a-directory"))
-    assert len(said) == 2 and "this version cannot import it by itself" in said[0]
+    assert len(said) == 2 and "which was empty: imported 2 entities" in said[0]
     assert said[1].startswith(f"cannot remember the offer in {tmp_path / 'not-a-directory' / 'import-offers.json'}")
 
 

@@ -12,7 +12,8 @@ fresh network and PID namespaces, tests/test_interop_claude_stdio.py does that),
 3. `claude mcp add --transport stdio memory --env MEMORY_FILE_PATH=WORK/official.jsonl --env
    PYTHONPATH=<repository> -- <venv>/bin/memory-mcp stdio --user alice <store flags>`
    (PYTHONPATH points the console script at the tree under test; a user needs none);
-4. `claude mcp list`: Claude Code starts the server and checks it;
+4. `claude mcp list`: Claude Code starts the server and checks it; at this first start the server
+   imports the official server's file (MEMORY_FILE_PATH) into alice's memory, which is empty;
 5. `claude -p` with a prompt that makes the stand-in model call create_entities, then read_graph.
 
 Like run.py it asserts nothing: artifacts under --work, a summary in WORK/result.json.
@@ -46,7 +47,7 @@ from tests.interop.claude.run import (  # noqa: E402 - needs the repository on s
 from tests.interop.harness import free_port, loopback_up, processes, run_store, wait_http  # noqa: E402
 
 RUN_DEADLINE = 80.0
-# The official server's file, as a user's old configuration names it (the offer is on stderr).
+# The official server's file, as a user's old configuration names it.
 OFFICIAL_FILE = [{"type": "entity", "name": "Charles Babbage", "entityType": "person",
                   "observations": ["designed the Analytical Engine"]}]
 
