@@ -104,7 +104,7 @@ def stdio_caller(issuer: str, target: Target) -> Caller:
 
 async def serve(storage: Storage, settings: Settings, target: Target) -> None:
     """Serve MCP on stdin/stdout until the client closes stdin (or SIGTERM/SIGINT)."""
-    server = MemoryTools(storage, settings.memory_quota).server()
+    server = MemoryTools(storage, settings.memory_quota, settings.memory_max_result_bytes).server()
     # Set before the transport starts its reader task: that task copies this context, and the SDK's
     # context streams hand each message's context to the handler that serves it
     # (transports/caller.py), so every tool call sees this caller.

@@ -368,3 +368,15 @@ def test_restore_waits_for_the_stdio_process_too(tmp_path: Path) -> None:
         proc.communicate("", timeout=30)  # end of input: the process ends
     assert proc.returncode == 0
     assert run("restore", "--from", str(tmp_path / "saved"), "--replace", "--data-dir", data).returncode == 0
+
+
+async def test_the_settings_of_serve_apply_over_stdio(server: RunningServer, tmp_path: Path) -> None:
+    """The same settings as `serve` (here from the environment, as a client's `env` gives them):
+    the result size cap pages a large read_graph."""
+    big = "x" * 3000
+    async with stdio_client(server, tmp_path, "--user", "alice", mode="legacy",
+                            env={"MEMORY_MCP_MEMORY_MAX_RESULT_BYTES": "4096"}) as (client, _):
+        structured(await client.call_tool("create_entities", {"entities": [
+            {"name": f"e{i}", "entityType": "t", "observations": [big]} for i in range(3)]}))
+        page = structured(await client.call_tool("read_graph", {}))
+        assert len(page["entities"]) < 3 and "nextCursor" in page, page.keys()
