@@ -41,6 +41,7 @@ from mcp.server.stdio import stdio_server
 from auth.accounts import USERNAME_RULE, valid_username
 from auth.models import AccessGrant, AccountState, Principal, User
 from auth.settings import READ_SCOPE, WRITE_SCOPE
+from server import memories
 from server.config import Settings
 from server.import_offer import Importer, OfferMarks, offer_import
 from server.mcp_server import MemoryTools, caller_from_grant
@@ -80,26 +81,24 @@ async def find_user(storage: Storage, username: str, store_flags: str) -> User:
 
 
 async def resolve_memory(storage: Storage, user: User, name: str) -> str:
-    """The graph owner key of the user's memory called `name`: the one place where `--memory`
-    is resolved. The default memory's key is the user's id (docs/storage.md: a user's existing
-    data is their default memory)."""
-    if name == DEFAULT_MEMORY:
-        return user.id
-    raise StdioError(f"--memory {name!r}: this version has only the memory {DEFAULT_MEMORY!r}; leave --memory out "
-                     "or pass --memory default")
+    """The graph owner key (the memory id) of the user's memory called `name`: the one place
+    where `--memory` is resolved, by `server.memories.resolve_memory` (the default memory's id is
+    the user's id, so a user's existing data is their default memory)."""
+    try:
+        _, memory = await memories.resolve_memory(storage, user.username, name)
+    except memories.MemoryCommandError as exc:
+        raise StdioError(f"--memory {name!r}: {exc}") from None
+    return memory.id
 
 
 def stdio_caller(issuer: str, target: Target) -> Caller:
     """The fixed caller of every request on this process's stdin: the user, as client "stdio",
     with both memory scopes, on the target memory. Built as a bearer token's grant is, so that
-    `graph_owner` and provenance see what they see over HTTP."""
-    principal = Principal(issuer=issuer, subject=target.user.id, client_id=CLIENT_ID)
+    `graph_owner` (the principal's memory) and provenance (its client id) see what they see over HTTP."""
+    principal = Principal(issuer=issuer, subject=target.user.id, client_id=CLIENT_ID, memory=target.memory_id)
     # Never expires: the grant lives as long as the process, which the user started themselves.
     grant = AccessGrant(principal=principal, scopes=SCOPES, resource=f"{issuer}/mcp", expires_at=math.inf)
-    caller = caller_from_grant(grant)
-    if target.memory_id != target.user.id:  # until memories other than the default exist
-        raise StdioError(f"memory {target.memory_name!r} cannot be served by this version")
-    return caller
+    return caller_from_grant(grant)
 
 
 async def serve(storage: Storage, settings: Settings, target: Target) -> None:
@@ -169,7 +168,6 @@ async def run(storage: Storage, settings: Settings, username: str, memory: str, 
     flags = store_flags(settings)
     user = await find_user(storage, username, flags)
     target = Target(user, memory, await resolve_memory(storage, user, memory))
-    stdio_caller(settings.issuer, target)  # refuses a target it cannot serve, before anything starts
     if memory_file:
         memory_flag = "" if memory == DEFAULT_MEMORY else f" --memory {shlex.quote(memory)}"
         await offer_import(memory_file, storage, target.memory_id, importer_for(storage, settings, target),

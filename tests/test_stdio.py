@@ -189,7 +189,8 @@ async def test_sigterm_ends_it_cleanly(server: RunningServer, tmp_path: Path) ->
 @pytest.mark.parametrize("args,needle", [
     (["--user", "carol"], "no user named 'carol' in this store; create it first: memory-mcp users add carol"),
     (["--user", "bad name"], "--user 'bad name' is not a valid user name"),
-    (["--user", "alice", "--memory", "work"], "--memory 'work'"),
+    (["--user", "alice", "--memory", "work"], "--memory 'work': user 'alice' has no memory named 'work'; "
+     "`memory-mcp memory list --user alice` shows theirs"),
 ])
 def test_a_user_or_memory_it_cannot_serve_is_one_line_and_a_failure(
         tmp_path: Path, args: list[str], needle: str) -> None:
@@ -380,3 +381,25 @@ async def test_the_settings_of_serve_apply_over_stdio(server: RunningServer, tmp
             {"name": f"e{i}", "entityType": "t", "observations": [big]} for i in range(3)]}))
         page = structured(await client.call_tool("read_graph", {}))
         assert len(page["entities"]) < 3 and "nextCursor" in page, page.keys()
+
+
+async def test_a_named_memory_over_stdio(server: RunningServer, tmp_path: Path) -> None:
+    """`--memory NAME` serves that memory of the user: its graph, not the default one; the import
+    offer names it."""
+    made = run("memory", "create", "--user", "alice", "work", *server.store_args())
+    assert made.returncode == 0, made.stderr
+    path = official_file(tmp_path / "memory.jsonl")
+    async with stdio_client(server, tmp_path, "--user", "alice", "--memory", "work",
+                            env={"MEMORY_FILE_PATH": str(path)}) as (client, errlog):
+        assert len(structured(await client.call_tool("read_graph", {}))["entities"]) == 2  # imported into work
+        structured(await client.call_tool("create_entities", {"entities": [
+            {"name": "only at work", "entityType": "t", "observations": []}]}))
+    text = errlog.read_text()
+    assert "into the memory 'work' of user 'alice', which was empty" in text
+    assert f"memory-mcp memory import --user alice --memory work {path}" in text
+    assert "serving memory 'work' of user 'alice' over stdio" in text
+    async with stdio_client(server, tmp_path, "--user", "alice") as (client, _):
+        assert structured(await client.call_tool("read_graph", {})) == {"entities": [], "relations": []}
+    async with stdio_client(server, tmp_path, "--user", "alice", "--memory", "work") as (client, _):
+        names = [e["name"] for e in structured(await client.call_tool("read_graph", {}))["entities"]]
+        assert names == ["Ada", "Charles", "only at work"]
