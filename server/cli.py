@@ -69,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
     # How the supervisor of `--workers N` starts a worker (server/supervisor.py); not for people.
     serve.add_argument(INHERITED_FLAG, dest="inherited_sockets", default=None, help=argparse.SUPPRESS)
 
+    stdio = commands.add_parser(
+        "stdio", help="serve one user's memory over standard input and output, for a local MCP client (in place "
+        "of npx -y @modelcontextprotocol/server-memory); with MEMORY_FILE_PATH set, offers to import that file",
+        description="Serve the memory tools over stdin/stdout to the local client that started this process, as "
+        "the user --user (created with `memory-mcp users add`), on the same store as `memory-mcp serve`. Messages "
+        "go to stderr. With MEMORY_FILE_PATH set (the official server's file), an empty memory gets that file "
+        "imported at the first start; a memory with data gets the import command printed once (docs/local.md).")
+    stdio.add_argument("--user", required=True, help="the account whose memory is served")
+    stdio.add_argument("--memory", default="default", help="which of the user's memories (default: default)")
+    stdio.add_argument("--config", default=argparse.SUPPRESS, help="TOML file with settings (env MEMORY_MCP_CONFIG)")
+    _add_settings_flags(stdio, [*STORE_SETTINGS, "log_level"])
+
     def group(name: str, text: str) -> argparse._SubParsersAction[argparse.ArgumentParser]:
         parser = commands.add_parser(name, help=text)
         parser.add_argument("--config", default=argparse.SUPPRESS,
@@ -361,6 +373,30 @@ async def _run_command(storage: Storage, command: str, action: str, args: argpar
                 return await admin.token_revoke(storage, args.token_id)
             return await admin.tokens_revoke(storage, args.user)
     raise AssertionError(f"unhandled command {command} {action}")
+
+
+def _stdio(settings: Settings, username: str, memory: str) -> int:
+    """`memory-mcp stdio` (server/stdio.py): the store opened and the account checked before
+    anything is served, every message on stderr."""
+    from server import logs, stdio
+
+    logs.configure(settings.log_level, settings.log_format)
+    loop = _event_loop()  # one loop from the first call on the store to the last (see _serve)
+    try:
+        storage, limiter = loop.run_until_complete(_open_backend(settings))
+        try:
+            if settings.redis_url is None:
+                backup.hold_serve_lock(settings.data_dir)  # `memory-mcp restore` waits for this process too
+            loop.run_until_complete(stdio.run(storage, settings, username, memory, os.environ.get("MEMORY_FILE_PATH")))
+        except stdio.StdioError as exc:
+            print(f"memory-mcp: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            loop.run_until_complete(limiter.close())
+            loop.run_until_complete(storage.close())
+    finally:
+        loop.close()
+    return 0
 
 
 def _serve(settings: Settings) -> int:
@@ -674,6 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve_worker(args.inherited_sockets)
         if args.command == "serve":
             return _serve(settings)
+        if args.command == "stdio":
+            return _stdio(settings, args.user, args.memory)
         if args.command == "backup":
             print(backup.backup(settings, args.to))
             return 0
