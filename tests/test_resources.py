@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +34,7 @@ from server.storage.sqlite import SQLiteStorage
 from tests.conftest import BACKENDS, RunningServer
 from tests.test_end_to_end import structured
 from tests.test_mcp_http import ACCEPT, INIT
+from tests.test_memory_jsonl import OFFICIAL
 
 SERVER_BACKENDS = BACKENDS
 # The SDK's client warns that resources/subscribe is gone from 2026-07-28 on; these sessions are
@@ -316,3 +319,18 @@ async def test_a_server_without_sessions_does_not_offer_subscriptions(tmp_path: 
             assert [r.uri for r in (await client.list_resources()).resources] == [GRAPH_URI]
     finally:
         await storage.close()
+
+
+async def test_memory_import_from_the_command_line_is_notified(server: RunningServer) -> None:
+    """`memory-mcp memory import` run beside the server writes through the store: subscribers hear it."""
+    updates = Updates()
+    async with streamable(server, await token_for(server, "alice"), updates) as subscriber:
+        await subscribed_stream(server, subscriber)
+        imported = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "server", "memory", "import", "--user", "alice",
+                             str(OFFICIAL / "quirks.jsonl"), *server.store_args()],
+            capture_output=True, text=True, timeout=120)
+        assert imported.returncode == 0, imported.stderr
+        await updates.next(0)
+        graph = json.loads((await subscriber.read_resource(GRAPH_URI)).contents[0].text)  # type: ignore[union-attr]
+        assert len(graph["entities"]) == 4  # what the file holds
