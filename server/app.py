@@ -26,6 +26,7 @@ from server.account import AccountPages
 from server.config import Settings
 from server.mcp_server import MemoryTools, caller_from_grant, scope_guard
 from server.principals import owner_label
+from server.resources import ResourceFeed
 from server.storage import Limiter, Storage
 from server.storage.backends import open_backend
 from transports.caller import Caller, GuardMessage, Refusal
@@ -80,7 +81,8 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     # Another server's tools may talk back to the client mid-call, which an answer in one JSON body
     # cannot carry: only its handshake takes the direct path.
     direct = DIRECT_METHODS if mcp_server is None else frozenset({"initialize"})
-    mcp_server = mcp_server or tools.server()
+    serves_memory = mcp_server is None
+    mcp_server = mcp_server or tools.server(subscribable=True)
     registry = SessionRegistry(
         mcp_server, storage, owner_label=owner_label,
         idle_timeout=settings.session_idle_timeout, max_sessions=settings.max_sessions,
@@ -88,6 +90,8 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
         event_limits=EventLimits(per_session=settings.event_log_bytes_per_session,
                                  per_user=settings.event_log_bytes_per_user))
     app[REGISTRY] = registry
+    tools.subscriptions = registry
+    feed = ResourceFeed(storage, registry, tools.nudge) if serves_memory else None
     if measured is not None:
         measured.watch_sessions(registry.sessions)
     auth_conf = settings.auth_settings()
@@ -164,6 +168,7 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await registry.start()
         follower = asyncio.create_task(follow_revocations(storage, end_sessions), name="revocation-follower")
+        notifier = asyncio.create_task(feed.run(), name="resource-feed") if feed is not None else None
         stops = []
         if measured is not None and metrics_socket is not None:
             stops.append(await metrics.serve(metrics.listener_app(measured, settings.metrics_bearer, workers),
@@ -173,9 +178,11 @@ async def build_app(settings: Settings, backend: tuple[Storage, Limiter] | None 
         yield
         for stop in stops:
             await stop()
-        follower.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await follower
+        for task in (follower, notifier):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await registry.stop()
         await limiter.close()
         await storage.close()

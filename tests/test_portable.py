@@ -124,7 +124,8 @@ async def fill(store: PortableStore) -> None:
     await store.create_entities("owner-closed", [Entity(name="x", entityType="t", observations=[])])
     await store.delete_graph("owner-closed")
     await store.save_session(SessionRecord("sess-1", "id-alice|c-used", "id-alice", "streamable-http", "2025-11-25",
-                                           NOW - 100, NOW - 10, '{"clientInfo":{"name":"codex"}}'))
+                                           NOW - 100, NOW - 10, '{"clientInfo":{"name":"codex"}}',
+                                           ("memory://knowledge-graph",)))
     await store.save_session(SessionRecord("sess-2", "id-bob|c-used", "id-bob", "sse", None, NOW - 50, NOW - 50))
 
 

@@ -30,6 +30,11 @@ class Caller:
 
 current_caller: ContextVar[Caller] = ContextVar("memory_mcp_caller")
 
+current_session: ContextVar[str | None] = ContextVar("memory_mcp_session", default=None)
+"""The id of the MCP session the request being served belongs to (None: no session, the
+2026-07-28 era), set beside `current_caller`: a handler that keeps something per session
+(resource subscriptions) reads it here, as the SDK's connection of a legacy SSE session has no id."""
+
 class Refusal(Exception):
     """Authentication failed; `response` (a 401 with its WWW-Authenticate challenge) says why."""
 

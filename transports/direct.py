@@ -52,7 +52,8 @@ Fragments = Mapping[tuple[str | int, ...], Sequence[bytes | memoryview]]
 """JSON values already serialised, by their path in a result: each as the byte strings it is the
 concatenation of."""
 
-DIRECT_METHODS = frozenset({"initialize", "tools/list", "tools/call"})
+DIRECT_METHODS = frozenset({"initialize", "tools/list", "tools/call", "resources/list", "resources/read",
+                            "resources/subscribe", "resources/unsubscribe"})
 """What the memory server lets this path answer: methods whose handlers need no back-channel."""
 
 _SEPARATE_WRITES_FROM = 256 * 1024

@@ -30,6 +30,9 @@ several at once. What each must then take from the store rather than from its ow
 * That it ended: deleting the record announces the end (`TransportStore.session_endings`), and
   every process that holds the session ends its transport and streams (`_follow_endings`), within
   a second on SQLite.
+* Its resource subscriptions: kept in the record (`subscribe`, `subscriptions`), as the
+  `resources/subscribe` may reach one process and the stream that carries the notifications be
+  held by another (`listening`, `notify`).
 * The per-user cap: counted over the user's live records, not only those held here. Sessions held
   elsewhere are ended to make room only when their record shows no use for two touch intervals
   (every holder refreshes it while a request or stream is open); see `_victim`.
@@ -145,6 +148,12 @@ class Session:
     """Set once an ended session's transport, stream, record and events are gone."""
     _delivered: deque[tuple[float, str, str]] = field(default_factory=deque)
     """Streams delivered whole: (when their events go, stream id, its last event id)."""
+    caller: Caller | None = None
+    """Who made the session's latest request here (the same owner as every request's): what
+    server/ needs to know whose data a notification for the session is about."""
+    _connection: sdk.Connection | None = None
+    """The SDK connection of the running transport or SSE stream: server-initiated messages
+    (`SessionRegistry.notify`) go through it."""
 
     @property
     def state(self) -> SessionState:
@@ -166,6 +175,13 @@ class Session:
         client request its SDK dispatcher still handles (an SSE session's are answered on its
         stream, after the POST that carried them got its 202)."""
         return self._in_flight > self._streams or sdk.dispatcher_serving(self._dispatcher)
+
+    @property
+    def listening(self) -> bool:
+        """This process holds the session's stream for server-initiated messages: an SSE
+        session's stream, or a Streamable HTTP session's open GET stream."""
+        return self._connection is not None and (
+            self._state is SessionState.SSE or (self._state is SessionState.ACTIVE and self._streams > 0))
 
     @property
     def last_seen_at(self) -> float:
@@ -405,10 +421,13 @@ class SessionRegistry:
         return list(self._sessions.values())
 
     @contextlib.asynccontextmanager
-    async def using(self, session: Session, *, stream: bool = False) -> AsyncIterator[Session]:
+    async def using(self, session: Session, *, stream: bool = False,
+                    caller: Caller | None = None) -> AsyncIterator[Session]:
         """Serve one request of the session: it is in flight (never idle, never parked) until the
         block ends, streams included, and the session counts as seen at both ends. `stream`: a GET
-        that opens a stream, which a shutdown does not wait for (`drain`)."""
+        that opens a stream, which a shutdown does not wait for (`drain`). `caller`: who sent it."""
+        if caller is not None:
+            session.caller = caller
         session._in_flight += 1
         session._streams += stream
         try:
@@ -421,6 +440,38 @@ class SessionRegistry:
             session._in_flight -= 1
             session._streams -= stream
             session._last_seen_at = time.time()
+
+    def listening(self) -> list[Session]:
+        """The sessions whose stream for server-initiated messages this process holds
+        (`Session.listening`): the only ones it can notify."""
+        return [session for session in self._sessions.values() if session.listening]
+
+    async def notify(self, session: Session, method: str, params: Mapping[str, Any] | None) -> None:
+        """Send a notification on the session's stream (best effort, as the SDK's
+        `Connection.notify`: dropped if the stream is gone)."""
+        connection = session._connection
+        if connection is not None and session.listening:
+            await connection.notify(method, params)
+
+    async def subscriptions(self, session_id: str) -> tuple[str, ...]:
+        """The resources the session subscribed to, from its record: a subscription may have
+        been made through another process than the one holding its stream."""
+        record = await self._store.get_session(session_id)
+        return () if record is None else record.subscriptions
+
+    async def subscribe(self, session_id: str, uri: str, subscribed: bool) -> bool:
+        """Add `uri` to the session's subscriptions, or take it out (`subscribed` False), in its
+        record (the only copy: any process may hold the session's stream). False when the
+        session has no record (ended meanwhile). Read, then written: two changes to one
+        session's subscriptions at the same instant, on two processes, may lose one; a client
+        waits for the answer to one before it sends the next."""
+        record = await self._store.get_session(session_id)
+        if record is None:
+            return False
+        uris = tuple(u for u in record.subscriptions if u != uri) + ((uri,) if subscribed else ())
+        if uris == record.subscriptions:
+            return True
+        return await self._store.set_subscriptions(session_id, uris)
 
     async def delivered(self, session: Session, stream_id: str, last_event_id: str) -> None:
         """A response of the session's SDK transport was written whole (transports/events.py): if
@@ -490,7 +541,8 @@ class SessionRegistry:
             else:  # held elsewhere, or by nobody: its holders end it on the announcement
                 await self._store.delete_session(victim.session_id)
                 await self._store.delete_events(victim.session_id)
-        session = Session(session_id, caller.owner, caller.user, kind, now, state, now, _stored_seen_at=now)
+        session = Session(session_id, caller.owner, caller.user, kind, now, state, now, _stored_seen_at=now,
+                          caller=caller)
         self._sessions[session_id] = session
         self._per_user.setdefault(caller.user, []).append(session)
         return session
@@ -550,11 +602,11 @@ class SessionRegistry:
         return session
 
     async def open_sse(self, caller: Caller, session_id: str, cancel: Callable[[], Awaitable[None]],
-                       dispatcher: sdk.Dispatcher | None) -> Session:
+                       dispatcher: sdk.Dispatcher | None, connection: sdk.Connection | None = None) -> Session:
         """Record a 2024-11-05 session whose stream is open; `cancel` ends that stream, and
-        `dispatcher` is the SDK's, which serves its requests."""
+        `dispatcher` is the SDK's, which serves its requests on `connection`."""
         session = await self._admit(caller, "sse", session_id, SessionState.SSE)
-        session._cancel, session._dispatcher = cancel, dispatcher
+        session._cancel, session._dispatcher, session._connection = cancel, dispatcher, connection
         try:
             await self.established(session, "2024-11-05")
         except BaseException:
@@ -633,7 +685,7 @@ class SessionRegistry:
                     or session.client_params is None):
                 return
             _move(session, SessionState.PARKED)
-            session._transport = session._dispatcher = session._events = None
+            session._transport = session._dispatcher = session._events = session._connection = None
             with anyio.CancelScope(shield=True):
                 await transport.terminate()
 
@@ -661,7 +713,7 @@ class SessionRegistry:
                 dispatcher, connection = sdk.session_loop(
                     read_stream, write_stream, session_id=session.session_id, client_params=session.client_params,
                     protocol_version=session.protocol_version)
-                session._dispatcher = dispatcher
+                session._dispatcher, session._connection = dispatcher, connection
                 task_status.started()
                 await sdk.serve_connection(self._server, dispatcher, connection=connection,
                                            lifespan_state=self._lifespan_state)
@@ -710,8 +762,8 @@ class SessionRegistry:
         (always for an SSE session: it cannot outlive its stream)."""
         try:
             with anyio.CancelScope(shield=True):
-                transport, session._transport, session._dispatcher, session._events = (
-                    session._transport, None, None, None)
+                transport, session._transport, session._dispatcher, session._events, session._connection = (
+                    session._transport, None, None, None, None)
                 if transport is not None and not transport.is_terminated:
                     await transport.terminate()
                 if session._cancel is not None:

@@ -32,10 +32,10 @@ from mcp_types import jsonrpc_message_adapter
 from pydantic import ValidationError
 
 from transports.asgi_bridge import Message, Receive, Scope, Send, call_asgi, post_detached
-from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
+from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller, current_session
 from transports.http import check_origin, cors_preflight, parse_json, read_body
 from transports.registry import Session, SessionLimitError, SessionRegistry
-from transports.sdk import Dispatcher, serve_connection, session_loop, sse_endpoint_session_id
+from transports.sdk import Connection, Dispatcher, serve_connection, session_loop, sse_endpoint_session_id
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +83,14 @@ class SSEEndpoint:
         holder: dict[str, Session] = {}
         admitted = anyio.Event()
         dispatcher: Dispatcher | None = None
+        connection: Connection | None = None
         lifespan_state = self._registry.lifespan_state
 
         async def admit(session_id: str) -> bool:
             try:
                 with anyio.CancelScope(shield=True):  # registered and held, or not registered
                     holder["session"] = await self._registry.open_sse(caller, session_id, _canceller(cancel_scope),
-                                                                      dispatcher)
+                                                                      dispatcher, connection)
             except SessionLimitError as exc:
                 log.warning("closing SSE stream: %s", exc)
                 cancel_scope.cancel()
@@ -116,7 +117,7 @@ class SSEEndpoint:
                         return
                 await send(message)
 
-            nonlocal dispatcher
+            nonlocal dispatcher, connection
             with cancel_scope:
                 async with (transport.connect_sse(scope, receive, watch) as (read_stream, write_stream),
                             anyio.create_task_group() as relaying):
@@ -175,7 +176,8 @@ class SSEEndpoint:
         if session is None or transport is None:
             return await self._queue(session_id, caller, body)
         current_caller.set(caller)
-        async with self._registry.using(session):
+        current_session.set(session_id)
+        async with self._registry.using(session, caller=caller):
             return await call_asgi(transport.handle_post_message, request, body, {"caller": caller})
 
     async def _queue(self, session_id: str, caller: Caller, body: bytes) -> web.StreamResponse:
@@ -199,6 +201,7 @@ class SSEEndpoint:
             return
         caller = replace(opener, scopes=scopes)
         current_caller.set(caller)
+        current_session.set(session_id)
         status = await post_detached(transport.handle_post_message, MESSAGES_PATH, f"session_id={session_id}", body,
                                      {"caller": caller})
         if status != 202:

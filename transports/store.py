@@ -41,6 +41,10 @@ class SessionRecord:
     client_params: str | None = None
     """The client's `initialize` params (JSON): what a restarted server needs to serve the
     session again without a new handshake."""
+    subscriptions: tuple[str, ...] = ()
+    """The resource URIs the session subscribed to (`resources/subscribe`), in the order
+    subscribed: kept with the record so that whichever process holds the session's stream knows
+    them, and gone with it."""
 
 
 class SessionStore(Protocol):
@@ -52,6 +56,11 @@ class SessionStore(Protocol):
         """Set the record's `last_seen_at` (only ever forward). May return before it is written:
         it is bookkeeping no request should wait for. Every process touches the sessions it serves,
         open streams included, so that the record tells all of them when the session was last used."""
+        ...
+
+    async def set_subscriptions(self, session_id: str, uris: tuple[str, ...]) -> bool:
+        """Replace the record's `subscriptions`, leaving the rest of it (and its expiry) as it is;
+        False, and nothing stored, when there is no record (the session ended meanwhile)."""
         ...
 
     async def delete_session(self, session_id: str) -> None:

@@ -20,7 +20,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 
 from transports import sdk
 from transports.asgi_bridge import call_asgi
-from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller
+from transports.caller import Authenticate, Caller, GuardMessage, Refusal, current_caller, current_session
 from transports.direct import DirectPath, Handshake
 from transports.events import DeliveryWatch
 from transports.http import check_origin, cors_preflight, jsonrpc_error, parse_json, read_body
@@ -108,7 +108,8 @@ class StreamableHTTPEndpoint:
                 return _too_many(exc)
         if session is None:
             return _session_not_found()
-        async with self._registry.using(session, stream=request.method == "GET"):
+        current_session.set(session.session_id)
+        async with self._registry.using(session, stream=request.method == "GET", caller=caller):
             try:
                 return await self._serve(request, caller, session, body, message, version)
             except SessionGoneError:

@@ -21,6 +21,7 @@ from typing import Protocol
 from auth.ratelimit import RateLimiter
 from auth.store import AuthStore
 from auth.store import StoreUnavailable as AuthStoreUnavailable
+from server.memory.changes import GraphChanges
 from server.memory.graph import GraphStore
 from transports.store import StoreUnavailable as TransportStoreUnavailable
 from transports.store import TransportStore
@@ -38,7 +39,7 @@ class StorageUnavailable(AuthStoreUnavailable, TransportStoreUnavailable):
         self.retry_after = retry_after
 
 
-class Storage(AuthStore, GraphStore, TransportStore, Protocol):
+class Storage(AuthStore, GraphStore, GraphChanges, TransportStore, Protocol):
     """Everything the server stores."""
 
     async def cookie_key(self) -> bytes:

@@ -25,6 +25,8 @@ part is the owner, so that no owner's keys can be named through another's:
     graph:index:<owner>      zset   "<word> FF <entity id> FF <field>", all scored 0 (a lex index): one
                                     member per word of an entity, field the best one it occurs in
                                     (0 name, 1 type, 2 an observation)
+    graph:owner:<owner>      channel "1", published by every script that changed the graph: its
+                                    change feed (server/memory/changes.py, `graph_changes`)
 
 Why it looks like this
 ----------------------
@@ -98,14 +100,20 @@ Why it looks like this
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
 
+import redis.asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
+from server.memory.changes import CHANGES_GATHER_SECONDS
 from server.memory.graph import (
     DEFAULT_QUOTA,
     AddedObservations,
@@ -177,11 +185,17 @@ local function account(delta)
 end
 
 -- Mark the view's chunks of the touched rows stale with this call's stamp (ARGV[1]: random, new
--- for every call; graph_view.py says why).
+-- for every call; graph_view.py says why), and announce the change once per call on the graph's
+-- channel (named as its owner key; server/memory/changes.py): in the same atomic step as the write.
+local ANNOUNCED = false
 local function stale(touched)
   if next(touched) == nil then return end
   local marker = '-' .. ARGV[1]
   for field in pairs(touched) do redis.call('HSET', K.chunks, field, marker) end
+  if not ANNOUNCED then
+    redis.call('PUBLISH', K.owner, '1')
+    ANNOUNCED = true
+  end
 end
 
 local function chunk_of(kind, id)
@@ -657,8 +671,10 @@ _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
 redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
 redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
+local had = redis.call('EXISTS', K.names, K.relations)
 redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins,
            K.words, K.index)
+if had > 0 then redis.call('PUBLISH', K.owner, '1') end
 return count
 """
 
@@ -976,6 +992,13 @@ def _script_source(body: str, *parts: str) -> str:
     return PRELUDE + _KEYS_LUA + "".join(parts) + body
 
 
+log = logging.getLogger(__name__)
+
+CHANGES_WAIT_SECONDS: Final = 0.25
+"""How long one wait for a change message lasts: the longest a newly watched graph waits before
+its channel is subscribed."""
+CHANGES_RETRY_SECONDS: Final = 1.0
+
 _NO_LIMIT: Final = (0, 0, 0)
 _INDEX_BATCH: Final = 1000
 """Entities worded per script by `_index_words`."""
@@ -1098,6 +1121,61 @@ class RedisGraph(RedisBase):
         deleted = int(await self._graph_scripts.delete_graph(keys=self.graph_keys(owner).all))
         self._view.forget(owner)
         return deleted
+
+    async def graph_changes(self, watched: Callable[[], Collection[str]],
+                            nudge: asyncio.Event) -> AsyncGenerator[frozenset[str], None]:
+        """`server.memory.changes.GraphChanges`: the channels of the watched graphs (each named
+        as the graph's owner key; the mutation scripts publish on it), subscribed on one
+        connection of this iterator's own. A change this process makes arrives through Redis
+        like any other, so `nudge` is not needed (it is cleared)."""
+        client = aioredis.Redis.from_url(self.url, single_connection_client=True, socket_connect_timeout=3.0,
+                                         socket_timeout=CHANGES_WAIT_SECONDS + 3.0)
+        pubsub: PubSub | None = None
+        channels: dict[str, str] = {}  # channel -> owner
+        outage = False
+        try:
+            while True:
+                nudge.clear()
+                wanted = {self.graph_keys(owner).owner: owner for owner in watched()}
+                try:
+                    if pubsub is None:
+                        pubsub = client.pubsub(ignore_subscribe_messages=True)
+                        channels = {}
+                    gone = [channel for channel in channels if channel not in wanted]
+                    new = [channel for channel in wanted if channel not in channels]
+                    if gone:
+                        await pubsub.unsubscribe(*gone)
+                    if new:
+                        await pubsub.subscribe(*new)
+                    channels = wanted
+                    if not channels:
+                        await asyncio.sleep(CHANGES_WAIT_SECONDS)
+                        continue
+                    changed = await _gathered(pubsub, channels)
+                except (redis_errors.RedisError, OSError) as exc:
+                    # Pub/sub keeps nothing for a subscriber that is away: changes made until the
+                    # next subscription are not reported.
+                    if not outage:
+                        log.warning("graph changes not followed until Redis answers again: %s: %s",
+                                    type(exc).__name__, exc)
+                        outage = True
+                    if pubsub is not None:
+                        with contextlib.suppress(redis_errors.RedisError, OSError):
+                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                        pubsub = None
+                    await asyncio.sleep(CHANGES_RETRY_SECONDS)
+                    continue
+                if outage:
+                    log.warning("graph changes followed again")
+                    outage = False
+                if changed:
+                    yield changed
+        finally:
+            if pubsub is not None:
+                with contextlib.suppress(redis_errors.RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await client.aclose()
 
     async def _mutate(self, script: AsyncScript, owner: str, args: Sequence[bytes | int]) -> list[Any]:
         """Run a mutation; its refusals (closed graph, quota) as the errors the contract names."""
@@ -1245,6 +1323,26 @@ def _origin_args(origin: Origin | None) -> tuple[bytes, bytes]:
 def parse_origin(at: bytes, by: bytes) -> Origin | None:
     """An origin as stored (see `_origin_args`). Cached: the items one write added share it."""
     return None if not at else Origin(float(at), by.decode())
+
+
+async def _gathered(pubsub: PubSub, channels: dict[str, str]) -> frozenset[str]:
+    """The graphs whose channel got a message: the first waited for (up to
+    CHANGES_WAIT_SECONDS), then those arriving within CHANGES_GATHER_SECONDS after it."""
+    loop = asyncio.get_running_loop()
+    owners: set[str] = set()
+    deadline = loop.time() + CHANGES_WAIT_SECONDS
+    while (wait := deadline - loop.time()) > 0:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+        if message is None:
+            break
+        if message.get("type") == "message":
+            channel = message["channel"]
+            owner = channels.get(channel.decode() if isinstance(channel, bytes) else str(channel))
+            if owner is not None and not owners:
+                deadline = loop.time() + CHANGES_GATHER_SECONDS
+            if owner is not None:
+                owners.add(owner)
+    return frozenset(owners)
 
 
 def _limits(quota: Quota | None) -> tuple[int, int, int]:

@@ -3,7 +3,9 @@
 Keys (formats and TTLs in docs/storage.md):
 
     session:record:<session id>  hash    owner, user, transport, protocol_version, created_at,
-                                         last_seen_at, client_params (absent fields: None)
+                                         last_seen_at, client_params, subscriptions (the
+                                         subscribed resource URIs, a JSON list) (absent fields:
+                                         None, no subscriptions)
     session:all                  zset    session id scored by created_at: every record, listing order
     session:user:<user>          set     the user's session ids (the per-user cap's count)
     session:inbox:<session id>   list    messages posted for a legacy SSE session, oldest first
@@ -51,6 +53,7 @@ allows; Redis Cluster does not, and is not supported.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Mapping
 from functools import cached_property
@@ -251,6 +254,19 @@ if expiry ~= '' and transport ~= 'sse' then redis.call('PEXPIREAT', record, expi
 return 1
 """
 
+# ARGV: prefix, the session, its subscriptions (JSON; "" for none). Returns 1 when there was a
+# record, else 0 (nothing written: a record must not come back without its other fields).
+_SUBSCRIBE = _SESSION_LUA + """
+local record = record_key(ARGV[2])
+if redis.call('EXISTS', record) == 0 then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', record, 'subscriptions')
+else
+  redis.call('HSET', record, 'subscriptions', ARGV[3])
+end
+return 1
+"""
+
 # ARGV: prefix, the session. Returns 1 when there was a record (its end announced), else 0.
 _FORGET = _SESSION_LUA + """
 return forget(ARGV[2])
@@ -341,6 +357,7 @@ class _Scripts:
         self.delete = base.script(_DELETE)
         self.drop_orphans = base.script(_DROP_ORPHANS)
         self.save = base.script(_SAVE)
+        self.subscribe = base.script(_SUBSCRIBE)
         self.forget = base.script(_FORGET)
         self.purge = base.script(_PURGE)
         self.count = base.script(_COUNT)
@@ -375,11 +392,17 @@ class RedisSessions(RedisBase):
         for name in _FIELDS:
             if getattr(record, name) is not None:
                 args += [name, _encode(getattr(record, name))]
+        if record.subscriptions:
+            args += ["subscriptions", json.dumps(list(record.subscriptions))]
         await self._session_scripts.save(args=[*args, record.transport, self._expiry(record.last_seen_at)])
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         fields = await self.client.hgetall(self.key("session", "record", session_id))
         return _record(session_id, fields) if fields else None
+
+    async def set_subscriptions(self, session_id: str, uris: tuple[str, ...]) -> bool:
+        encoded = json.dumps(list(uris)) if uris else ""
+        return bool(await self._session_scripts.subscribe(args=[self.prefix, session_id, encoded]))
 
     async def touch_session(self, session_id: str, now: float) -> None:
         # A hint for a later restore or purge: a request neither fails nor waits past one round
@@ -555,7 +578,8 @@ def _record(session_id: str, fields: Mapping[Any, Any]) -> SessionRecord:
         session_id=session_id,
         owner=text["owner"], user=text["user"], transport=text["transport"],
         protocol_version=text.get("protocol_version"), created_at=float(text["created_at"]),
-        last_seen_at=float(text["last_seen_at"]), client_params=text.get("client_params"))
+        last_seen_at=float(text["last_seen_at"]), client_params=text.get("client_params"),
+        subscriptions=tuple(json.loads(text["subscriptions"])) if "subscriptions" in text else ())
 
 
 __all__ = ["RedisSessions"]

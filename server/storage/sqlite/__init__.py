@@ -34,6 +34,7 @@ class SQLiteStorage(AuthTables, MemoryTables, SigningKeyTables, GraphTables, Ses
             self.db.apply_schema(schema)
         migrate(self.db)
         EventTables.migrate(self.db)
+        SessionTables.migrate(self.db)
         GraphTables.migrate(self.db)
 
     async def ping(self) -> None:

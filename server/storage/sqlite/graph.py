@@ -21,8 +21,9 @@ Schema
     memory_entity_words        FTS5 (name_words, type_words), ascii tokenizer, prefix 2 3, rowid = entity id
     memory_observation_words   FTS5 (words), ascii tokenizer, prefix 2 3, rowid = observation id
     memory_graph_chunks, memory_graph_generation   the read_graph view: server/storage/sqlite/graph_view.py
-    memory_owners        (owner PRIMARY KEY, state, entities, observations, bytes) WITHOUT ROWID
+    memory_owners        (owner PRIMARY KEY, state, entities, observations, bytes, changes) WITHOUT ROWID
                          created by `migrate`, which also fills it for a database from before it
+                         (and adds `changes` to one from before the change feed)
 
 Why it looks like this
 ----------------------
@@ -139,16 +140,19 @@ atomic with respect to other coroutines and other processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
 from functools import cached_property
 from typing import Final
 
+from server.memory.changes import CHANGES_POLL_SECONDS
 from server.memory.graph import (
     DEFAULT_QUOTA,
     AddedObservations,
@@ -184,9 +188,12 @@ from server.memory.search import (
     rank_key,
     word_text,
 )
+from server.storage import StorageUnavailable
 from server.storage.sqlite import graph_view
 from server.storage.sqlite.db import Database
-from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView, stale
+from server.storage.sqlite.graph_view import ENTITIES, RELATIONS, GraphView
+
+log = logging.getLogger(__name__)
 
 DELETE_BATCH: Final = 200
 """Entities (with their observations) or relations deleted per transaction by `delete_graph`: a
@@ -262,7 +269,8 @@ _OWNERS_SCHEMA = """
         state        TEXT NOT NULL CHECK (state IN ('active', 'closed')),
         entities     INTEGER NOT NULL,
         observations INTEGER NOT NULL,
-        bytes        INTEGER NOT NULL
+        bytes        INTEGER NOT NULL,
+        changes      INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID
 """
 
@@ -345,10 +353,42 @@ class GraphTables:
                 if "created_by" not in columns:
                     conn.execute(f"ALTER TABLE {table} ADD COLUMN created_by TEXT")
             _add_words(conn)
+            if "changes" not in [row[1] for row in conn.execute("PRAGMA table_info(memory_owners)")]:
+                # A database from before the change feed: every graph starts at 0.
+                conn.execute("ALTER TABLE memory_owners ADD COLUMN changes INTEGER NOT NULL DEFAULT 0")
 
     @cached_property
     def _view(self) -> GraphView:
         return GraphView(self.db)
+
+    async def graph_changes(self, watched: Callable[[], Collection[str]],
+                            nudge: asyncio.Event) -> AsyncGenerator[frozenset[str], None]:
+        """`server.memory.changes.GraphChanges`: the watched graphs' counters, read every
+        CHANGES_POLL_SECONDS (at once when nudged), compared with the last read."""
+        known: dict[str, int] = {}
+        outage = False
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(nudge.wait(), CHANGES_POLL_SECONDS)
+            nudge.clear()
+            owners = sorted(set(watched()))
+            if not owners:
+                known.clear()
+                continue
+            try:
+                counters = await self.db.read(_change_counters, owners)
+            except StorageUnavailable as exc:
+                if not outage:
+                    log.warning("graph changes not followed until the store answers again: %s", exc)
+                    outage = True
+                continue
+            if outage:
+                log.warning("graph changes followed again")
+                outage = False
+            changed = frozenset(owner for owner in owners if owner in known and counters.get(owner, 0) != known[owner])
+            known = {owner: counters.get(owner, 0) for owner in owners}
+            if changed:
+                yield changed
 
     # --- mutations ---------------------------------------------------------------------------
     # Each opens with `_writable` (the owner's state and usage, in the write's own transaction)
@@ -650,6 +690,15 @@ def _export_rows(conn: sqlite3.Connection, owner: str, batch_size: int) -> Itera
         last = relation_rows[-1][0]
 
 
+def stale(conn: sqlite3.Connection, owner: str, kind: int, ids: Sequence[int]) -> None:
+    """Rows of the owner's graph changed (these ids, of `kind`): their chunks of the view are
+    stale (`graph_view.stale`), and the graph's change counter moves, in the same transaction as
+    the change, so that every process following the graph sees it (server/memory/changes.py)."""
+    graph_view.stale(conn, owner, kind, ids)
+    if ids:
+        conn.execute("UPDATE memory_owners SET changes = changes + 1 WHERE owner = ?", (owner,))
+
+
 def _close(conn: sqlite3.Connection, owner: str) -> None:
     conn.execute(
         "INSERT INTO memory_owners (owner, state, entities, observations, bytes) VALUES (?, ?, 0, 0, 0)"
@@ -718,6 +767,16 @@ _USAGE_BY_OWNER = """
         FROM memory_relations GROUP BY owner)
     GROUP BY owner
 """
+
+
+def _change_counters(conn: sqlite3.Connection, owners: Sequence[str]) -> dict[str, int]:
+    counters: dict[str, int] = {}
+    for chunk in _chunks(owners):
+        counters.update(conn.execute(_CHANGE_COUNTERS.format(_marks(chunk)), _padded(chunk)).fetchall())
+    return counters
+
+
+_CHANGE_COUNTERS = "SELECT owner, changes FROM memory_owners WHERE owner IN ({})"
 
 
 def _size(*row_lists: Sequence[sqlite3.Row]) -> int:

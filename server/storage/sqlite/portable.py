@@ -10,6 +10,7 @@ not grow with the database.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -116,7 +117,8 @@ def _records(conn: sqlite3.Connection, key_file: Path, now: float) -> Iterator[R
         yield SessionRecordRecord(SessionRecord(
             session_id=row["session_id"], owner=row["owner"], user=row["user"], transport=row["transport"],
             protocol_version=row["protocol_version"], created_at=row["created_at"],
-            last_seen_at=row["last_seen_at"], client_params=row["client_params"]))
+            last_seen_at=row["last_seen_at"], client_params=row["client_params"],
+            subscriptions=tuple(json.loads(row["subscriptions"])) if row["subscriptions"] else ()))
 
 
 def _origin(at: float | None, by: str | None) -> Origin | None:

@@ -1,7 +1,9 @@
 """MCP session records on SQLite (`transports.store.SessionStore`, `SessionInbox`).
 
     mcp_sessions(session_id PK, owner, user, transport, protocol_version, created_at, last_seen_at,
-                 client_params: the initialize params, JSON)
+                 client_params: the initialize params, JSON,
+                 subscriptions: the subscribed resource URIs, a JSON list; NULL for none. Added
+                 by `SessionTables.migrate` to a file from before it)
     index on user: `memory-mcp sessions list --user`, teardown of one user's sessions, and the
     per-user cap counted across processes.
     mcp_session_endings(id AUTOINCREMENT, session_id, created_at): the ends announced by
@@ -40,7 +42,8 @@ CREATE TABLE IF NOT EXISTS mcp_sessions (
     protocol_version TEXT,
     created_at REAL NOT NULL,
     last_seen_at REAL NOT NULL,
-    client_params TEXT
+    client_params TEXT,
+    subscriptions TEXT
 );
 CREATE INDEX IF NOT EXISTS mcp_sessions_user ON mcp_sessions(user);
 CREATE TABLE IF NOT EXISTS mcp_session_endings (
@@ -76,15 +79,27 @@ class SessionTables:
     db: Database
     _inbox: _Inbox | None = None
 
+    @staticmethod
+    def migrate(db: Database) -> None:
+        """Add the columns a file from an earlier version lacks (run after `SCHEMA`)."""
+        with db.transaction() as conn:
+            if "subscriptions" not in [row[1] for row in conn.execute("PRAGMA table_info(mcp_sessions)")]:
+                conn.execute("ALTER TABLE mcp_sessions ADD COLUMN subscriptions TEXT")
+
     async def save_session(self, record: SessionRecord) -> None:
         await self.db.write(
-            _execute, "INSERT OR REPLACE INTO mcp_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _execute, "INSERT OR REPLACE INTO mcp_sessions (session_id, owner, user, transport, protocol_version,"
+            " created_at, last_seen_at, client_params, subscriptions) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (record.session_id, record.owner, record.user, record.transport, record.protocol_version,
-             record.created_at, record.last_seen_at, record.client_params))
+             record.created_at, record.last_seen_at, record.client_params, _uris(record.subscriptions)))
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
         rows = await self.db.read(_rows, "SELECT * FROM mcp_sessions WHERE session_id = ?", (session_id,))
-        return SessionRecord(**dict(rows[0])) if rows else None
+        return _record(rows[0]) if rows else None
+
+    async def set_subscriptions(self, session_id: str, uris: tuple[str, ...]) -> bool:
+        return bool(await self.db.write(
+            _execute, "UPDATE mcp_sessions SET subscriptions = ? WHERE session_id = ?", (_uris(uris), session_id)))
 
     async def touch_session(self, session_id: str, now: float) -> None:
         # Not awaited: a request must not wait for the lock (or fail) for the sake of this hint.
@@ -105,7 +120,7 @@ class SessionTables:
             rows = await self.db.read(_rows, "SELECT * FROM mcp_sessions ORDER BY created_at", ())
         else:
             rows = await self.db.read(_rows, "SELECT * FROM mcp_sessions WHERE user = ? ORDER BY created_at", (user,))
-        return [SessionRecord(**dict(row)) for row in rows]
+        return [_record(row) for row in rows]
 
     async def count_sessions(self, user: str, limit: int) -> int:
         rows = await self.db.read(_rows, "SELECT count(*) FROM (SELECT 1 FROM mcp_sessions WHERE user = ? LIMIT ?)",
@@ -370,3 +385,13 @@ def _execute(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> in
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[sqlite3.Row]:
     return conn.execute(sql, params).fetchall()
+
+
+def _uris(uris: tuple[str, ...]) -> str | None:
+    return json.dumps(list(uris)) if uris else None
+
+
+def _record(row: sqlite3.Row) -> SessionRecord:
+    fields = dict(row)
+    subscriptions = fields.pop("subscriptions", None)
+    return SessionRecord(**fields, subscriptions=tuple(json.loads(subscriptions)) if subscriptions else ())
