@@ -28,6 +28,9 @@ from server.storage import Storage
 from server.storage.sqlite import SQLiteStorage
 from tests.authflow import Backend
 from tests.browser import Browser
+
+# The graph tests' `backend` (SQLite and Redis) and `store` fixtures, shared by every graph test module.
+from tests.graph_backends import backend, store  # noqa: F401
 from tests.redis_server import RedisServer
 
 
@@ -156,8 +159,8 @@ def store_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
 @pytest.fixture
 async def server(data_dir: Path, request: pytest.FixtureRequest) -> AsyncIterator[RunningServer]:
     """The real server with alice and bob; on SQLite unless the module parametrises it (above)."""
-    backend = getattr(request, "param", "sqlite")
-    overrides = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    chosen = getattr(request, "param", "sqlite")
+    overrides = {"redis_url": request.getfixturevalue("redis_url")} if chosen == "redis" else {}
     running = await start_server(data_dir, **overrides)
     await accounts.add_user(running.storage, "alice", "alice-password-1")
     await accounts.add_user(running.storage, "bob", "bob-password-22")

@@ -6,9 +6,11 @@ SQLite: `GraphTables` on one file. Redis: `RedisStorage` on the private test Red
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from server.memory.graph import Entity, KnowledgeGraph, Relation, Usage
 from server.memory.search import word_text
@@ -276,3 +278,20 @@ def model_of(value: Any) -> Any:
     if hasattr(value, "model_dump"):
         return value.model_dump()
     return value
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each graph test on both backends (import this fixture with `store` into a test module)."""
+    chosen: Backend
+    if request.param == "sqlite":
+        chosen = SQLiteBackend(tmp_path / "m.sqlite3")
+    else:
+        chosen = RedisBackend(request.getfixturevalue("redis_url"))
+    yield chosen
+    await chosen.close()
+
+
+@pytest.fixture
+async def store(backend: Backend) -> Store:
+    return await backend.open()

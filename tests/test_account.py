@@ -185,7 +185,7 @@ async def test_memory_browser_pages_searches_and_deletes_after_confirmation(
         assert "knows → " in first.text and "likes → this" in first.text
         second = await get_page(browser, server.url + "/account/memory?page=2")
         assert "Page 2 of 2" in second.text and "<h3>entity 29</h3>" in second.text
-        found = await get_page(browser, server.url + "/account/memory?q=FACT+7+one")
+        found = await get_page(browser, server.url + "/account/memory?q=07")
         assert "1 entity matches" in found.text and "<h3>entity 07</h3>" in found.text
         one = await get_page(browser, server.url + "/account/memory?entity=entity+00")
         assert "<h3>entity 00</h3>" in one.text and "<h3>entity 01</h3>" not in one.text

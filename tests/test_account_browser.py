@@ -82,7 +82,7 @@ async def test_the_account_flow_in_a_browser(server: RunningServer, browser: Bro
     await shoot(page, tmp_path, "memory")
     await page.get_by_role("link", name="Next page").first.click()
     await page.wait_for_selector("h3:has-text('entity 29')")
-    await page.get_by_label("Search names, types and observations").fill("fact 2 one")
+    await page.get_by_label("Search names, types and observations").fill("02")
     await page.get_by_role("button", name="Search").click()
     await page.wait_for_selector("text=1 entity matches")
     await page.get_by_role("link", name="entity 00").click()  # its relation, followed

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import pytest
@@ -18,7 +18,7 @@ from server.memory.graph import ObservationAddition
 from server.storage import StorageUnavailable
 from server.storage.redis import RedisStorage
 from server.storage.sqlite import SQLiteStorage
-from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store, ent, rel
+from tests.graph_backends import Backend, SQLiteBackend, Store, ent, rel
 from tests.redis_server import RedisServer
 
 ALICE = "alice-subject"
@@ -26,17 +26,6 @@ BOB = "bob-subject"
 HEARD_WITHIN = 5.0
 QUIET = 1.2
 """Long enough to be sure nothing comes: two SQLite polls, several Redis waits."""
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    chosen: Backend
-    if request.param == "sqlite":
-        chosen = SQLiteBackend(tmp_path / "m.sqlite3")
-    else:
-        chosen = RedisBackend(request.getfixturevalue("redis_url"))
-    yield chosen
-    await chosen.close()
 
 
 class Heard:

@@ -100,6 +100,13 @@ class ClaudeRun:
         return [message["method"] for record in self.wire(step) if record["path"] == "/mcp"
                 for message in record.get("request") or [] if "method" in message]
 
+    def tool_methods(self, step: str) -> list[str]:
+        """`mcp_methods` without the one resources/list a `claude -p` turn sends beside its tool list
+        (the server offers memory://knowledge-graph), in whichever order the two go."""
+        methods = self.mcp_methods(step)
+        assert methods.count("resources/list") == 1, methods
+        return [method for method in methods if method != "resources/list"]
+
     def stream(self, step: str) -> list[dict[str, Any]]:
         """Claude Code's stream-json account of a `claude -p` turn."""
         return self.jsonl(f"{step}.out")
@@ -302,7 +309,7 @@ def test_print_mode_calls_create_entities_then_read_graph(claude_run: ClaudeRun)
     assert final["subtype"] == "success" and final["result"] == "Done with the memory tools."
     assert final["permission_denials"] == []
     # On the wire: discovery, the tool list, then our two calls.
-    assert claude_run.mcp_methods("claude-p-remember") == ["server/discover", "tools/list", "tools/call", "tools/call"]
+    assert claude_run.tool_methods("claude-p-remember") == ["server/discover", "tools/list", "tools/call", "tools/call"]
     calls_on_wire = [m["name"] for r in claude_run.wire("claude-p-remember") for m in r.get("request") or []
                      if m.get("method") == "tools/call"]
     assert calls_on_wire == ["create_entities", "read_graph"]
@@ -315,7 +322,7 @@ def test_second_login_reads_the_same_memory(claude_run: ClaudeRun) -> None:
                for block in event["message"]["content"] if block.get("type") == "tool_result"
                and block["tool_use_id"] == "toolu_memory_2"]
     assert [json.loads(r["content"]) for r in results] == [{"entities": [ADA], "relations": []}]
-    assert claude_run.mcp_methods("claude-p-recall") == ["server/discover", "tools/list", "tools/call"]
+    assert claude_run.tool_methods("claude-p-recall") == ["server/discover", "tools/list", "tools/call"]
 
 
 async def test_entity_is_in_alices_graph(claude_run: ClaudeRun, storage: Storage) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,6 @@ from server.memory.search import Query, reference_key
 from server.storage.sqlite.graph import GraphTables
 from tests.graph_backends import (
     Backend,
-    RedisBackend,
-    SQLiteBackend,
     SQLiteStore,
     Store,
     check_store,
@@ -44,22 +42,6 @@ from tests.graph_backends import (
 
 ALICE = "alice-subject"
 BOB = "bob-subject"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    chosen: Backend
-    if request.param == "sqlite":
-        chosen = SQLiteBackend(tmp_path / "m.sqlite3")
-    else:
-        chosen = RedisBackend(request.getfixturevalue("redis_url"))
-    yield chosen
-    await chosen.close()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> Store:
-    return await backend.open()
 
 
 @pytest.fixture

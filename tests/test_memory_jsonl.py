@@ -31,7 +31,7 @@ from server.memory.graph import (
 )
 from server.storage.redis import RedisStorage
 from tests.conftest import BACKENDS, OAuthUser, RunningServer
-from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store, check_store, ent, open_sqlite, rel
+from tests.graph_backends import Backend, Store, check_store, ent, open_sqlite, rel
 from tests.test_end_to_end import structured
 
 OFFICIAL = Path(__file__).parent / "data" / "official"
@@ -39,19 +39,6 @@ CLI = [sys.executable, "-m", "server"]
 NOW = 1_780_000_000.25
 OWNER = "owner-1"
 SERVER_BACKENDS = BACKENDS  # the tests through a running server: both backends
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    chosen: Backend = (SQLiteBackend(tmp_path / "m.sqlite3") if request.param == "sqlite"
-                       else RedisBackend(request.getfixturevalue("redis_url")))
-    yield chosen
-    await chosen.close()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> Store:
-    return await backend.open()
 
 
 def official_graph(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

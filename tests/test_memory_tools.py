@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import mcp_types as types
@@ -28,7 +26,7 @@ from server.memory.tools import (
     GraphResult,
     call_tool,
 )
-from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store
+from tests.graph_backends import Backend, Store
 
 OWNER = "user-1"
 OFFICIAL_NAMES = [
@@ -42,19 +40,6 @@ OFFICIAL_NAMES = [
     "search_nodes",
     "open_nodes",
 ]
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return SQLiteBackend(tmp_path / "m.sqlite3")
-    return RedisBackend(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
-    yield await backend.open()
-    await backend.close()
 
 
 def text_of(result: types.CallToolResult) -> str:

@@ -8,7 +8,6 @@ import base64
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,23 +24,10 @@ from server.memory import paging
 from server.memory.paging import MAX_PAGE_SIZE
 from server.memory.tools import GraphResult, call_tool
 from tests.conftest import OAuthUser, on_both_backends, start_server
-from tests.graph_backends import Backend, RedisBackend, SQLiteBackend, Store
+from tests.graph_backends import Backend, Store
 
 OWNER = "pager"
 QUERIES = ("read_graph", "search_nodes", "open_nodes")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "sqlite":
-        return SQLiteBackend(tmp_path / "m.sqlite3")
-    return RedisBackend(request.getfixturevalue("redis_url"))
-
-
-@pytest.fixture
-async def store(backend: Backend) -> AsyncIterator[Store]:
-    yield await backend.open()
-    await backend.close()
 
 
 async def call(store: Store, tool: str, arguments: dict[str, Any], owner: str = OWNER,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,6 @@ from server.storage.redis import graph as redis_graph
 from server.storage.redis.graph_view import OwnerKeys
 from server.storage.sqlite.graph import GraphTables
 from tests.graph_backends import (
-    Backend,
-    RedisBackend,
-    SQLiteBackend,
     SQLiteStore,
     Store,
     check_owner,
@@ -35,22 +31,6 @@ from tests.graph_backends import (
 )
 
 ALICE = "alice-subject"
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    chosen: Backend
-    if request.param == "sqlite":
-        chosen = SQLiteBackend(tmp_path / "s.sqlite3")
-    else:
-        chosen = RedisBackend(request.getfixturevalue("redis_url"))
-    yield chosen
-    await chosen.close()
-
-
-@pytest.fixture
-async def store(backend: Backend) -> Store:
-    return await backend.open()
 
 
 def names(graph_json: object) -> list[str]:

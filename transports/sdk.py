@@ -45,7 +45,7 @@ from mcp.shared.inbound import (
     find_duplicated_routing_header,
 )
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, handler_exception_to_error_data
-from mcp.shared.message import ServerMessageMetadata
+from mcp.shared.message import ServerMessageMetadata, SessionMessage
 from mcp.shared.transport_context import TransportContext
 from mcp_types import (
     ErrorData,
@@ -69,6 +69,7 @@ __all__ = [
     "JSONRPCRequest",
     "ModernRoute",
     "Server",
+    "SessionMessage",
     "SseServerTransport",
     "dispatcher_busy",
     "dispatcher_serving",

@@ -18,7 +18,8 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-from mcp.shared.message import SessionMessage
+
+from transports.sdk import SessionMessage
 
 
 def _key(request_id: Any) -> str:
