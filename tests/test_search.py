@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
+import sys
+import unicodedata
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -88,6 +91,36 @@ def test_words_are_folded_alphanumeric_runs(text: str, expected: list[str]) -> N
 
 def test_fold_drops_marks_and_case() -> None:
     assert fold("Ångström") == fold("ANGSTROM") == "angstrom"
+
+
+def _words_by_characters(text: str) -> list[str]:
+    """`words` spelled out character by character (what it was before the regular expression):
+    the definition the fast one is checked against."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    found: dict[str, None] = {}
+    current: list[str] = []
+    for c in decomposed:
+        if unicodedata.combining(c):
+            continue
+        if c.isalnum():
+            current.append(c)
+        elif current:
+            found.setdefault("".join(current))
+            current = []
+    if current:
+        found.setdefault("".join(current))
+    return list(found)
+
+
+def test_the_word_pattern_is_isalnum_for_every_code_point() -> None:
+    pattern = re.compile(r"[^\W_]")
+    assert [c for c in map(chr, range(sys.maxunicode + 1)) if bool(pattern.fullmatch(c)) != c.isalnum()] == []
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text() | st.text(alphabet="aB9 _-.,É\u0301ßİ\u212a²"))
+def test_words_match_the_character_by_character_definition(text: str) -> None:
+    assert words(text) == _words_by_characters(text)
 
 
 def test_rank_key_orders_by_words_then_fields_then_phrase_then_creation() -> None:
