@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import sqlite3
 import sys
 import unicodedata
 from collections.abc import AsyncIterator
@@ -357,6 +358,32 @@ async def test_sqlite_builds_the_word_index_of_an_older_file(tmp_path: Path) -> 
         await check_store(reopened)
         # A second start finds the index there and leaves it alone.
         GraphTables.migrate(reopened.db)
+        await check_store(reopened)
+    finally:
+        reopened.db.close()
+
+
+async def test_sqlite_trigram_indexes_merge_sixteen_segments_also_in_an_older_file(tmp_path: Path) -> None:
+    store = open_sqlite(tmp_path / "old.sqlite3")
+    await store.create_entities(ALICE, [ent("Zürich", "City", "Grüezi mitenand")])
+    configs = ("memory_entity_search_config", "memory_observation_search_config")
+
+    def automerge(conn: sqlite3.Connection) -> list[object]:
+        rows = [conn.execute(f"SELECT v FROM {c} WHERE k = 'automerge'").fetchone() for c in configs]  # noqa: S608
+        return [None if row is None else row[0] for row in rows]
+
+    conn = store.db.conn
+    assert automerge(conn) == [16, 16]
+    for config in configs:  # as a file from before: FTS5's default (4), no row
+        conn.execute(f"DELETE FROM {config} WHERE k = 'automerge'")  # noqa: S608
+    conn.commit()
+    assert automerge(conn) == [None, None]
+    store.db.close()
+    reopened = open_sqlite(tmp_path / "old.sqlite3")
+    try:
+        assert automerge(reopened.db.conn) == [16, 16]
+        await reopened.add_observations(ALICE, [ObservationAddition(entityName="Zürich", contents=["am See"])])
+        assert names(await reopened.search_nodes(ALICE, "am se")) == ["Zürich"]
         await check_store(reopened)
     finally:
         reopened.db.close()
