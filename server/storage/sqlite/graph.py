@@ -876,8 +876,8 @@ _TRIGRAM_AUTOMERGE: Final = 16
 """FTS5's `automerge` for the trigram indexes: merge a level's segments once 16 of them are there
 (FTS5's default is 4). A 60-character observation has ~58 trigrams, and with 4 each of them was
 rewritten by a merge about twice as often: indexing 500,000 observations took 6.3-7.1 CPU s with
-4 and 3.5-4.0 with 16, and a phrase query was not slower on the index built so (measured on the
-import bench's observations: docs/performance.md, "Import ... after"). Every write pays it."""
+4 and 3.5-4.0 with 16, and phrase queries on the index built so were within run-to-run noise
+(docs/performance.md, "Import and search after the performance pass"). Every write gains it."""
 
 
 def _fold(text: str) -> str:
