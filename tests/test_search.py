@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
+import sqlite3
+import sys
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -68,6 +72,36 @@ def test_words_are_folded_alphanumeric_runs(text: str, expected: list[str]) -> N
 
 def test_fold_drops_marks_and_case() -> None:
     assert fold("Ångström") == fold("ANGSTROM") == "angstrom"
+
+
+def _words_by_characters(text: str) -> list[str]:
+    """`words` spelled out character by character (what it was before the regular expression):
+    the definition the fast one is checked against."""
+    decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    found: dict[str, None] = {}
+    current: list[str] = []
+    for c in decomposed:
+        if unicodedata.combining(c):
+            continue
+        if c.isalnum():
+            current.append(c)
+        elif current:
+            found.setdefault("".join(current))
+            current = []
+    if current:
+        found.setdefault("".join(current))
+    return list(found)
+
+
+def test_the_word_pattern_is_isalnum_for_every_code_point() -> None:
+    pattern = re.compile(r"[^\W_]")
+    assert [c for c in map(chr, range(sys.maxunicode + 1)) if bool(pattern.fullmatch(c)) != c.isalnum()] == []
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text() | st.text(alphabet="aB9 _-.,É\u0301ßİ\u212a²"))
+def test_words_match_the_character_by_character_definition(text: str) -> None:
+    assert words(text) == _words_by_characters(text)
 
 
 def test_rank_key_orders_by_words_then_fields_then_phrase_then_creation() -> None:
@@ -304,6 +338,32 @@ async def test_sqlite_builds_the_word_index_of_an_older_file(tmp_path: Path) -> 
         await check_store(reopened)
         # A second start finds the index there and leaves it alone.
         GraphTables.migrate(reopened.db)
+        await check_store(reopened)
+    finally:
+        reopened.db.close()
+
+
+async def test_sqlite_trigram_indexes_merge_sixteen_segments_also_in_an_older_file(tmp_path: Path) -> None:
+    store = open_sqlite(tmp_path / "old.sqlite3")
+    await store.create_entities(ALICE, [ent("Zürich", "City", "Grüezi mitenand")])
+    configs = ("memory_entity_search_config", "memory_observation_search_config")
+
+    def automerge(conn: sqlite3.Connection) -> list[object]:
+        rows = [conn.execute(f"SELECT v FROM {c} WHERE k = 'automerge'").fetchone() for c in configs]  # noqa: S608
+        return [None if row is None else row[0] for row in rows]
+
+    conn = store.db.conn
+    assert automerge(conn) == [16, 16]
+    for config in configs:  # as a file from before: FTS5's default (4), no row
+        conn.execute(f"DELETE FROM {config} WHERE k = 'automerge'")  # noqa: S608
+    conn.commit()
+    assert automerge(conn) == [None, None]
+    store.db.close()
+    reopened = open_sqlite(tmp_path / "old.sqlite3")
+    try:
+        assert automerge(reopened.db.conn) == [16, 16]
+        await reopened.add_observations(ALICE, [ObservationAddition(entityName="Zürich", contents=["am See"])])
+        assert names(await reopened.search_nodes(ALICE, "am se")) == ["Zürich"]
         await check_store(reopened)
     finally:
         reopened.db.close()

@@ -43,6 +43,7 @@ hold both stores to.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -59,23 +60,25 @@ RankKey = tuple[int, int, int, int]
 
 def fold(text: str) -> str:
     """The folded form of a text, which words are cut from (see the module)."""
+    if text.isascii():
+        # The same result, ~20x cheaper: NFKD leaves ASCII as it is, casefold is lower on ASCII,
+        # and ASCII has no combining marks. Most texts are ASCII; an import folds every one.
+        return text.lower()
     decomposed = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    if decomposed.isascii():
+        return decomposed
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
 def words(text: str) -> list[str]:
     """The distinct words of a text, folded, in order of first occurrence."""
-    found: dict[str, None] = {}
-    current: list[str] = []
-    for c in fold(text):
-        if c.isalnum():
-            current.append(c)
-        elif current:
-            found.setdefault("".join(current))
-            current = []
-    if current:
-        found.setdefault("".join(current))
-    return list(found)
+    return list(dict.fromkeys(_WORD.findall(fold(text))))
+
+
+_WORD: Final = re.compile(r"[^\W_]+")
+"""A maximal run of `str.isalnum` characters: `\\w` is exactly `isalnum` plus "_" (checked for every
+code point by tests/test_search.py), done in C instead of a Python loop per character (an import
+cuts the words of every text it writes: this was a third of its time)."""
 
 
 def word_text(text: str) -> str:
