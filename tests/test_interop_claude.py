@@ -313,7 +313,8 @@ def test_print_mode_calls_create_entities_then_read_graph(claude_run: ClaudeRun)
     calls_on_wire = [m["name"] for r in claude_run.wire("claude-p-remember") for m in r.get("request") or []
                      if m.get("method") == "tools/call"]
     assert calls_on_wire == ["create_entities", "read_graph"]
-    assert [status for _, path, status in claude_run.requests("claude-p-remember") if path == "/mcp"] == [200] * 4
+    # Discovery, the tool list, the resource list and the two calls.
+    assert [status for _, path, status in claude_run.requests("claude-p-remember") if path == "/mcp"] == [200] * 5
 
 
 def test_second_login_reads_the_same_memory(claude_run: ClaudeRun) -> None:
