@@ -22,6 +22,7 @@ from server.memory.graph import Entity, ObservationAddition, ObservationDeletion
 from server.memory.search import NAME, NOWHERE, OBSERVATION, TYPE, Query, fold, rank_key, reference_key, words
 from server.storage.redis import RedisStorage
 from server.storage.redis import graph as redis_graph
+from server.storage.redis.folds_copy import FoldsCopy
 from server.storage.redis.graph_view import OwnerKeys
 from server.storage.sqlite.graph import GraphTables
 from tests.graph_backends import (
@@ -132,15 +133,18 @@ graphs = st.lists(st.builds(lambda n, t, o: Entity(name=n, entityType=t, observa
 edits = st.lists(st.tuples(st.integers(0, 7), texts, st.booleans()), max_size=4)
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "redis", "redis-scan"])
 def test_search_keeps_the_substring_floor_and_the_reference_ranking(kind: str, tmp_path: Path,
                                                                    request: pytest.FixtureRequest) -> None:
     """Random graphs, then random observation additions and deletions (the index follows every
     write), then random queries: every entity containing the query (lowered) is found, and the
-    result is exactly the reference ranking."""
+    result is exactly the reference ranking. On Redis both ways of finding the floor: in this
+    process's copy of the folds, and (a copy with no room) the search script's own scan."""
     runner = asyncio.Runner()
     store: Store = (open_sqlite(tmp_path / "p.sqlite3") if kind == "sqlite"
                     else RedisStorage(request.getfixturevalue("redis_url")))
+    if kind == "redis-scan" and isinstance(store, RedisStorage):
+        store._folds = FoldsCopy(store, budget=0)
     examples = itertools.count()
 
     @settings(max_examples=120, deadline=None, database=None,
@@ -402,3 +406,85 @@ async def test_delete_graph_takes_the_word_index_along(store: Store) -> None:
     else:
         assert store.db.conn.execute("SELECT count(*) FROM memory_entity_words").fetchone()[0] == 0
         assert store.db.conn.execute("SELECT count(*) FROM memory_observation_words").fetchone()[0] == 0
+
+
+# --- Redis: the floor found in this process's copy of the folds (server/storage/redis/folds_copy.py)
+
+
+def _chosen(store: RedisStorage, owner: str, piece: str, *, prefix: bool) -> list[int]:
+    """The blocks (16 entity ids) of the copy a search reads for a piece of a word (or a word's start)."""
+    copy = store._folds.held(owner)
+    assert copy is not None
+    bits = copy.vocabulary.holding(piece.encode(), prefix=prefix)
+    return [n for n in range(bits.bit_length()) if bits >> n & 1]
+
+
+async def test_redis_copy_filters_chunks_and_misses_no_hit(redis_url: str) -> None:
+    """Entities over five chunks, written every way a write can: every entity is found by a piece
+    from inside one of its words, ASCII or not, and the search reads its chunk and no other."""
+    store = RedisStorage(redis_url)
+    try:
+        def entity(i: int) -> Entity:
+            return ent(f"Entity {i}", "kind", f"marker{i:04d}x and common words", f"Zürichsee{i:04d}")
+
+        await store.create_entities(ALICE, [entity(0)])
+        await store.create_entities(ALICE, [entity(i) for i in range(1, 150)])
+        await store.import_graph(ALICE, [StoredEntity(f"Entity {i}", "kind", [*entity(i).observations])
+                                         for i in range(150, 400)], [])
+        await store.create_entities(ALICE, [entity(i) for i in range(400, 520)])
+        for i in (3, 140, 260, 515):
+            await store.add_observations(ALICE, [ObservationAddition(entityName=f"Entity {i}",
+                                                                     contents=[f"later addition qwerty{i}"])])
+        for i in (0, 1, 127, 128, 149, 150, 255, 256, 399, 400, 519):
+            for piece in (f"arker{i:04d}", f"ÜRICHSEE{i:04d}", f"richsee{i:04d}"):
+                assert names(await store.search_nodes(ALICE, piece)) == [f"Entity {i}"], piece
+            assert _chosen(store, ALICE, f"arker{i:04d}", prefix=False) == [(i + 1) // 16]  # ids from 1
+            assert _chosen(store, ALICE, f"zurichsee{i:04d}", prefix=True) == [(i + 1) // 16]
+        for i in (3, 140, 260, 515):
+            assert names(await store.search_nodes(ALICE, f"rty{i}")) == [f"Entity {i}"]
+        # A query without words reads every chunk.
+        assert len(names(await store.search_nodes(ALICE, " "))) == 520
+        assert _chosen(store, ALICE, "and", prefix=True) == list(range(33))  # ids 1 to 520
+        await check_owner(store, ALICE)
+    finally:
+        await store.close()
+
+
+async def test_redis_copy_follows_writes_of_other_processes(redis_url: str) -> None:
+    """Two stores stand for two processes on one Redis: each search answers the graph as it is,
+    whoever wrote last; a copy fetches again only the chunks a write touched."""
+    searcher, writer = RedisStorage(redis_url), RedisStorage(redis_url)
+    try:
+        await writer.create_entities(ALICE, [ent(f"Old {i}", "thing", f"sentence number{i} of the past")
+                                             for i in range(600)])
+        keys = OwnerKeys.of(writer, ALICE)
+        await writer.client.hdel(keys.owner, "version")  # as a graph written before the version existed
+        assert names(await searcher.search_nodes(ALICE, "umber77")) == ["Old 77"]
+        before = searcher._folds.held(ALICE)
+        assert before is not None and before.version == b"" and len(before.chunks) == 5
+        await writer.add_observations(ALICE, [ObservationAddition(entityName="Old 598", contents=["brand new"])])
+        assert names(await searcher.search_nodes(ALICE, "rand")) == ["Old 598"]
+        after = searcher._folds.held(ALICE)
+        assert after is not None and after.version != b""
+        changed = [chunk for chunk in after.chunks if after.chunks[chunk] is not before.chunks[chunk]]
+        assert changed == [b"e4"]  # Old 598 is id 599
+        assert _chosen(searcher, ALICE, "brand", prefix=True) == [599 // 16]
+        await writer.delete_entities(ALICE, ["Old 77"])
+        assert names(await searcher.search_nodes(ALICE, "umber77")) == []
+        await writer.delete_graph(ALICE)
+        assert names(await searcher.search_nodes(ALICE, "sentence")) == []
+    finally:
+        await searcher.close()
+        await writer.close()
+
+
+async def test_redis_scans_in_redis_when_the_copy_does_not_fit(redis_url: str) -> None:
+    store = RedisStorage(redis_url)
+    try:
+        store._folds = FoldsCopy(store, budget=1000)
+        await store.create_entities(ALICE, [ent(f"Entity {i}", "kind", f"marker{i:04d}x") for i in range(40)])
+        assert names(await store.search_nodes(ALICE, "ker0007")) == ["Entity 7"]
+        assert store._folds.held(ALICE) is None and store._folds.oversized(ALICE)
+        assert names(await store.search_nodes(ALICE, "ker0031")) == ["Entity 31"]
+    finally:
+        await store.close()

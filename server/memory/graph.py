@@ -35,7 +35,7 @@ client written against it works unchanged. Contract every `GraphStore` keeps:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -340,11 +340,16 @@ class GraphStore(Protocol):
         ...
 
     async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
-                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+                           quota: Quota = DEFAULT_QUOTA, ready: Awaitable[object] | None = None) -> Imported:
         """Add what the owner does not have yet, keeping the given provenance, in one transaction:
         a new entity with its observations; to an existing entity (its type and origin kept) the
         observations it lacks; a new relation. Idempotent: the same call again adds nothing.
-        Refused whole, like every write, by a closed graph or a quota it would cross."""
+        Refused whole, like every write, by a closed graph or a quota it would cross.
+
+        `ready`, when given, is awaited after the call has prepared what it writes and before it
+        writes; if it raises, nothing is written and the call raises the same. An import passes
+        the call before it, so that it prepares a batch while the store writes the one before, and
+        writes in the file's order (server/memory/jsonl.py, `import_parsed`)."""
         ...
 
     async def delete_graph(self, owner: str) -> int:

@@ -10,20 +10,21 @@ Changed only on the event loop.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence, Sized
 from typing import Generic, TypeVar
-
-from server.memory.graph import Piece
 
 K = TypeVar("K")
 G = TypeVar("G")
+V = TypeVar("V", bound=Sequence[Sized])
 
 
-class HeldChunks(Generic[K, G]):
-    """Owners' chunks, each with its generation (of type G) and its JSON, keyed by K."""
+class HeldChunks(Generic[K, G, V]):
+    """Owners' chunks, each with its generation (of type G) and its content (V: byte strings, by
+    the views' JSON, `server.memory.graph.Piece`), keyed by K."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self._held: OrderedDict[str, tuple[dict[K, tuple[G, Piece]], int]] = OrderedDict()
+        self._held: OrderedDict[str, tuple[dict[K, tuple[G, V]], int]] = OrderedDict()
         self._size = 0
 
     def forget(self, owner: str) -> None:
@@ -37,10 +38,10 @@ class HeldChunks(Generic[K, G]):
         """Least recently read first."""
         return list(self._held)
 
-    def _keep(self, owner: str, chunks: dict[K, tuple[G, Piece]]) -> None:
+    def _keep(self, owner: str, chunks: dict[K, tuple[G, V]]) -> None:
         if owner in self._held:
             self._size -= self._held.pop(owner)[1]
-        size = sum(len(data) + len(text) for _, (data, text) in chunks.values())
+        size = sum(len(part) for _, content in chunks.values() for part in content)
         if not chunks or size > self.budget:
             return
         self._held[owner] = (chunks, size)

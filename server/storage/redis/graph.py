@@ -104,7 +104,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Sequence
 from functools import cached_property
 from typing import Any, Final
 
@@ -136,7 +136,9 @@ from server.memory.graph import (
 )
 from server.memory.paging import Key, page_relations
 from server.memory.search import Query, reference_key, word_text
+from server.storage.redis import folds_copy
 from server.storage.redis.base import RedisBase, guard_all, guarded
+from server.storage.redis.folds_copy import FoldsCopy
 from server.storage.redis.graph_view import (
     END,
     PRELUDE,
@@ -185,14 +187,23 @@ local function account(delta)
 end
 
 -- Mark the view's chunks of the touched rows stale with this call's stamp (ARGV[1]: random, new
--- for every call; graph_view.py says why), and announce the change once per call on the graph's
--- channel (named as its owner key; server/memory/changes.py): in the same atomic step as the write.
+-- for every call; graph_view.py says why), make the stamp the graph's version (the search copy's
+-- check: folds_copy.py), and announce the change once per call on the graph's channel (named as
+-- its owner key; server/memory/changes.py): in the same atomic step as the write.
 local ANNOUNCED = false
-local function stale(touched)
-  if next(touched) == nil then return end
+local function mark(touched)
   local marker = '-' .. ARGV[1]
   for field in pairs(touched) do redis.call('HSET', K.chunks, field, marker) end
+  redis.call('HSET', K.owner, 'version', ARGV[1])
+end
+
+local function stale(touched)
+  if next(touched) == nil then return end
+  mark(touched)
   if not ANNOUNCED then
+    -- The lexicographic word index of the version before this one (a sorted set, four times the
+    -- graph's size) is not used any more: the first write drops it (the module).
+    redis.call('UNLINK', K.index)
     redis.call('PUBLISH', K.owner, '1')
     ANNOUNCED = true
   end
@@ -273,44 +284,6 @@ local function drop_relation(id, touched, delta)
   touched[chunk_of('r', id)] = true
 end
 
--- The word index (see the module). A word record is the entity's texts' words, each text's words
--- separated by spaces, the texts by SEP (name, type, observations: as the record). Its words, each
--- with the best field it occurs in (0 name, 1 type, 2 an observation).
-local function word_fields(words)
-  local fields = {}
-  if not words then return fields end
-  for j, text in ipairs(split(words)) do
-    local field = j < 3 and j - 1 or 2
-    for word in string.gmatch(text, '[^ ]+') do
-      if fields[word] == nil or fields[word] > field then fields[word] = field end
-    end
-  end
-  return fields
-end
-
-local function in_batches(command, key, items, stride)
-  for first = 1, #items, 512 * stride do
-    redis.call(command, key, unpack(items, first, math.min(#items, first + 512 * stride - 1)))
-  end
-end
-
--- An entity's words changed from `old` to `new` (word records; nil: none): the index follows.
-local function reindex(id, old, new)
-  local before, after = word_fields(old), word_fields(new)
-  local gone, added = {}, {}
-  for word, field in pairs(before) do
-    if after[word] ~= field then gone[#gone + 1] = word .. SEP .. id .. SEP .. field end
-  end
-  for word, field in pairs(after) do
-    if before[word] ~= field then
-      added[#added + 1] = 0
-      added[#added + 1] = word .. SEP .. id .. SEP .. field
-    end
-  end
-  in_batches('ZREM', K.index, gone, 1)
-  in_batches('ZADD', K.index, added, 2)
-end
-
 -- The ids of the relations from or to `name` (graph:ends members are name FF id).
 local function relations_of(name)
   local ids = {}
@@ -348,7 +321,6 @@ for _, i in ipairs(new) do
   redis.call('HSET', K.origins, 'e' .. id, ARGV[i + 4])
   set_fold(id, ARGV[i + 2])
   redis.call('HSET', K.words, id, ARGV[i + 5])
-  reindex(id, nil, ARGV[i + 5])
   touched[chunk_of('e', id)] = true
   created[#created + 1] = (i - 5) / 6
 end
@@ -446,7 +418,6 @@ for id, record in pairs(records) do
     if words[id][1] then
       local new = table.concat(words[id], SEP)
       redis.call('HSET', K.words, id, new)
-      reindex(id, words[id][1], new)
     end
     touched[chunk_of('e', id)] = true
   end
@@ -473,7 +444,6 @@ for i = 2, #ARGV do
     redis.call('HDEL', K.entities, id)
     redis.call('HDEL', K.origins, 'e' .. id)
     set_fold(id, nil)
-    reindex(id, redis.call('HGET', K.words, id), nil)
     redis.call('HDEL', K.words, id)
     delta[1] = delta[1] - 1
     delta[2] = delta[2] - (seps - 1)
@@ -533,7 +503,6 @@ for id, entry in pairs(entries) do
     if entry[5] then
       local words = table.concat(entry[6], SEP)
       redis.call('HSET', K.words, id, words)
-      reindex(id, entry[5], words)
     end
     touched[chunk_of('e', id)] = true
   end
@@ -647,7 +616,6 @@ for id, record in pairs(records) do
   if worded then
     local new = table.concat(worded, SEP)
     redis.call('HSET', K.words, id, new)
-    reindex(id, old or nil, new)
   end
   touched[chunk_of('e', id)] = true
 end
@@ -670,7 +638,7 @@ return {'ok', new_entities, new_observations, #relations}
 _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
 redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
-redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
+redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed', 'version')
 local had = redis.call('EXISTS', K.names, K.relations)
 redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins,
            K.words, K.index)
@@ -746,12 +714,19 @@ end
 """
 
 # ARGV: the query lowered (the floor), the key to start after ("" or its four numbers, space
-# separated), the limit ("" for none), then the query's folded words. Returns {'unindexed'} for an
-# owner whose word index is not built yet (the module), else the subgraph of the page (entities in
-# rank order) and the key the next page starts after ("" if none).
+# separated), the limit ("" for none), where the facts come from ('scan': found here; 'copy': found
+# in this process's copy of the folds and words, folds_copy.py), the graph's version that copy is
+# of, the number n of query words, the n folded words, then (copy) n + 1 lists of facts "<entity
+# id> <field> ...": where the phrase first occurs in each entity holding it, then for each word
+# the best field of each entity where it starts a word. Returns {'unindexed'} for an owner whose
+# word records are not all there yet (the module), {'stale'} when the copy is not of the graph's
+# version, else the subgraph of the page (entities in rank order) and the key the next page starts
+# after ("" if none).
 _SEARCH = """
 if not redis.call('HGET', K.owner, 'indexed') and redis.call('HLEN', K.entities) > 0 then return {'unindexed'} end
-local phrase, n = ARGV[1], #ARGV - 3
+local copy = ARGV[4] == 'copy'
+if copy and (redis.call('HGET', K.owner, 'version') or '') ~= ARGV[5] then return {'stale'} end
+local phrase, n = ARGV[1], tonumber(ARGV[6])
 local facts = {}  -- entity id -> {where the phrase first occurs, then where each word does} (3: nowhere)
 local function facts_of(id)
   local f = facts[id]
@@ -762,42 +737,57 @@ local function facts_of(id)
   end
   return f
 end
-for _, blob in ipairs(redis.call('HVALS', K.folds)) do
-  -- A match lies inside one folded text; the first in a record is in its earliest text. The next
-  -- tag names the record's entity, the separators since the record's start the text; the search
-  -- goes on after the tag (the first match per entity is the one that counts).
-  local position, start = 1, 1
-  while true do
-    local found = string.find(blob, phrase, position, true)
-    if found == nil then break end
-    local mark = string.find(blob, TAG, found, true)
-    if mark == nil then break end
-    while true do
-      local stop = string.find(blob, TAG_END, start, true)
-      if stop == nil or stop > found then break end
-      start = stop + 1
-    end
-    local field, at = 0, start
-    while field < 2 do
-      local sep = string.find(blob, SEP, at, true)
-      if sep == nil or sep >= found then break end
-      field, at = field + 1, sep + 1
-    end
-    local stop = string.find(blob, TAG_END, mark, true)
-    facts_of(untag(string.sub(blob, mark + 1, stop - 1)))[1] = field
-    position, start = stop + 1, stop + 1
+if copy then
+  for i = 0, n do
+    for id, field in string.gmatch(ARGV[7 + n + i], '(%d+) (%d)') do facts_of(tonumber(id))[i + 1] = tonumber(field) end
   end
-end
--- Each word as a prefix: the index members word FF id FF field from [word, word FF FF] (no word
--- holds FF, and ids are digits).
-for i = 1, n do
-  local word = ARGV[i + 3]
-  for _, member in ipairs(redis.call('ZRANGEBYLEX', K.index, '[' .. word, '[' .. word .. SEP .. SEP)) do
-    local a = string.find(member, SEP, 1, true)
-    local b = string.find(member, SEP, a + 1, true)
-    local f = facts_of(tonumber(string.sub(member, a + 1, b - 1)))
-    local field = tonumber(string.sub(member, b + 1))
-    if field < f[i + 1] then f[i + 1] = field end
+else
+  for _, blob in ipairs(redis.call('HVALS', K.folds)) do
+    -- A match lies inside one folded text; the first in a record is in its earliest text. The next
+    -- tag names the record's entity, the separators since the record's start the text; the search
+    -- goes on after the tag (the first match per entity is the one that counts).
+    local position, start = 1, 1
+    while true do
+      local found = string.find(blob, phrase, position, true)
+      if found == nil then break end
+      local mark = string.find(blob, TAG, found, true)
+      if mark == nil then break end
+      while true do
+        local stop = string.find(blob, TAG_END, start, true)
+        if stop == nil or stop > found then break end
+        start = stop + 1
+      end
+      local field, at = 0, start
+      while field < 2 do
+        local sep = string.find(blob, SEP, at, true)
+        if sep == nil or sep >= found then break end
+        field, at = field + 1, sep + 1
+      end
+      local stop = string.find(blob, TAG_END, mark, true)
+      facts_of(untag(string.sub(blob, mark + 1, stop - 1)))[1] = field
+      position, start = stop + 1, stop + 1
+    end
+  end
+  -- Each word as a prefix: with every text of a word record led by a space (as each of its words
+  -- then is), the first ' ' .. word is in the best field (a record's texts are name, type, then
+  -- the observations).
+  if n > 0 then
+    local listing = redis.call('HGETALL', K.words)
+    for j = 1, #listing, 2 do
+      local spaced = ' ' .. string.gsub(listing[j + 1], SEP, SEP .. ' ')
+      for i = 1, n do
+        local found = string.find(spaced, ' ' .. ARGV[6 + i], 1, true)
+        if found then
+          local field, at = 0, 1
+          while field < 2 do
+            local sep = string.find(spaced, SEP, at, true)
+            if sep == nil or sep >= found then break end
+            field, at = field + 1, sep + 1
+          end
+          facts_of(tonumber(listing[j]))[i + 1] = field
+        end
+      end
+    end
   end
 end
 -- The rank key: server.memory.search.rank_key, line for line.
@@ -841,18 +831,22 @@ out[3] = (more and last) and table.concat(last, ' ') or ''
 return out
 """
 
-# Build part of the word index of an owner from before it (the module). ARGV: per entity: id,
-# record as read, word record. An entity still holding that record and without words yet gets
-# them (one that has them is kept up to date by the writes already). Returns 1 once every entity
-# of the owner has its words, and marks the index complete; else 0.
+# Give the entities of an owner from before the word records theirs (the module). ARGV: a stamp,
+# then per entity: id, record as read, word record. An entity still holding that record and
+# without words yet gets them (one that has them is kept up to date by the writes already); their
+# chunks are marked changed, as by a write, for the copies of the words (folds_copy.py), though
+# nothing a client sees changed (no announcement). Returns 1 once every entity of the owner has
+# its words, and marks the owner indexed; else 0.
 _INDEX_WORDS = """
 if closed() then return 1 end
-for i = 1, #ARGV, 3 do
+local touched = {}
+for i = 2, #ARGV, 3 do
   if redis.call('HGET', K.entities, ARGV[i]) == ARGV[i + 1] and redis.call('HEXISTS', K.words, ARGV[i]) == 0 then
     redis.call('HSET', K.words, ARGV[i], ARGV[i + 2])
-    reindex(ARGV[i], nil, ARGV[i + 2])
+    touched[chunk_of('e', ARGV[i])] = true
   end
 end
+if next(touched) ~= nil then mark(touched) end
 if redis.call('HLEN', K.words) ~= redis.call('HLEN', K.entities) then return 0 end
 redis.call('HSET', K.owner, 'indexed', 1)
 return 1
@@ -1000,6 +994,8 @@ its channel is subscribed."""
 CHANGES_RETRY_SECONDS: Final = 1.0
 
 _NO_LIMIT: Final = (0, 0, 0)
+_COPY_ATTEMPTS: Final = 3
+"""Searches on this process's copy of the folds before one scans in Redis (folds_copy.py)."""
 _INDEX_BATCH: Final = 1000
 """Entities worded per script by `_index_words`."""
 SLICE: Final = 1000
@@ -1037,6 +1033,10 @@ class RedisGraph(RedisBase):
     @cached_property
     def _view(self) -> RedisGraphView:
         return RedisGraphView(self)
+
+    @cached_property
+    def _folds(self) -> FoldsCopy:
+        return FoldsCopy(self)
 
     # --- mutations ---------------------------------------------------------------------------
 
@@ -1085,7 +1085,7 @@ class RedisGraph(RedisBase):
                 for addition, unique, added in zip(additions, contents, reply[1:], strict=True)]
 
     async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
-                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+                           quota: Quota = DEFAULT_QUOTA, ready: Awaitable[object] | None = None) -> Imported:
         args: list[bytes | int] = [*_limits(quota), len(entities)]
         for entity in entities:
             seen: dict[str, int] = {}  # each content once, at its first position
@@ -1100,6 +1100,8 @@ class RedisGraph(RedisBase):
         for relation in relations:
             args += [_record((relation.from_, relation.to, relation.relation_type)), relation.from_.encode(),
                      relation.to.encode(), *_origin_args(relation.origin)]
+        if ready is not None:
+            await ready  # the arguments are ready: the batch before this one may still be running
         reply = await self._mutate(self._graph_scripts.import_graph, owner, args)
         return Imported(*(int(count) for count in reply[1:]))
 
@@ -1120,6 +1122,7 @@ class RedisGraph(RedisBase):
     async def delete_graph(self, owner: str) -> int:
         deleted = int(await self._graph_scripts.delete_graph(keys=self.graph_keys(owner).all))
         self._view.forget(owner)
+        self._folds.forget(owner)
         return deleted
 
     async def graph_changes(self, watched: Callable[[], Collection[str]],
@@ -1161,7 +1164,7 @@ class RedisGraph(RedisBase):
                         outage = True
                     if pubsub is not None:
                         with contextlib.suppress(redis_errors.RedisError, OSError):
-                            await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                            await pubsub.aclose()
                         pubsub = None
                     await asyncio.sleep(CHANGES_RETRY_SECONDS)
                     continue
@@ -1173,7 +1176,7 @@ class RedisGraph(RedisBase):
         finally:
             if pubsub is not None:
                 with contextlib.suppress(redis_errors.RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    await pubsub.aclose()
             with contextlib.suppress(redis_errors.RedisError, OSError):
                 await client.aclose()
 
@@ -1247,13 +1250,26 @@ class RedisGraph(RedisBase):
     async def search_nodes(self, owner: str, query: str, *, after: tuple[int, ...] | None = None,
                            limit: int | None = None) -> GraphJSON:
         parsed = Query.parse(query)
+        keys = self.graph_keys(owner)
         args: list[bytes | str] = [parsed.phrase.encode(), " ".join(map(str, after)) if after is not None else "",
-                "" if limit is None else str(limit), *(word.encode() for word in parsed.words)]
-        keys = self.graph_keys(owner).all
-        reply = await self._graph_scripts.search(keys=keys, args=args)
-        while reply[0] == b"unindexed":
-            await self._index_words(owner)
-            reply = await self._graph_scripts.search(keys=keys, args=args)
+                                   "" if limit is None else str(limit)]
+        words = [word.encode() for word in parsed.words]
+        copy = None if self._folds.oversized(owner) else self._folds.held(owner)
+        attempts = 0
+        while True:
+            if copy is None and attempts < _COPY_ATTEMPTS and not self._folds.oversized(owner):
+                copy = await self._folds.sync(owner, (keys.owner, keys.chunks, keys.folds, keys.words))
+            attempts += 1
+            source: list[bytes | str] = (
+                [b"scan", b"", str(len(words)), *words] if copy is None or attempts > _COPY_ATTEMPTS
+                else [b"copy", copy.version, str(len(words)), *words, *await folds_copy.facts(copy, parsed)])
+            reply = await self._graph_scripts.search(keys=keys.all, args=[*args, *source])
+            if reply[0] == b"unindexed":
+                await self._index_words(owner)
+            elif reply[0] == b"stale":
+                copy = None
+            else:
+                break
         next_key = tuple(int(number) for number in reply[2].split()) if reply[2] else None
         if after is None and limit is None:
             return await _subgraph(reply[:2])
@@ -1298,9 +1314,9 @@ class RedisGraph(RedisBase):
                 raw = record if isinstance(record, bytes) else record.encode()
                 batch += [entity_id, raw, _worded(texts_of(raw))]
                 if len(batch) >= 3 * _INDEX_BATCH:
-                    await self._graph_scripts.index_words(keys=keys.all, args=batch)
+                    await self._graph_scripts.index_words(keys=keys.all, args=[new_stamp(), *batch])
                     batch = []
-            if await self._graph_scripts.index_words(keys=keys.all, args=batch):
+            if await self._graph_scripts.index_words(keys=keys.all, args=[new_stamp(), *batch]):
                 return
 
     async def open_nodes(self, owner: str, names: Sequence[str], *, after: Key | None = None,

@@ -206,7 +206,7 @@ _Held = tuple[bytes, Piece]
 """A chunk's generation (as Redis has it; b"" when not stored) and its JSON."""
 
 
-class RedisGraphView(HeldChunks[ChunkKey, bytes]):
+class RedisGraphView(HeldChunks[ChunkKey, bytes, Piece]):
     """`read_graph` from the view, through this process's copy of the chunks (see the module)."""
 
     def __init__(self, base: RedisBase, budget: int = VIEW_CACHE_BYTES) -> None:

@@ -461,7 +461,7 @@ class RedisSessions(RedisBase):
                                     "again: %s: %s", type(exc).__name__, exc)
                         outage = True
                     if pubsub is not None:
-                        await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                        await _quietly(pubsub.aclose())
                         pubsub = None
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
@@ -472,7 +472,7 @@ class RedisSessions(RedisBase):
                     yield _text(message["data"])
         finally:
             if pubsub is not None:
-                await _quietly(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                await _quietly(pubsub.aclose())
             await _quietly(client.aclose())
 
     # --- inboxes of legacy SSE sessions ------------------------------------------------------

@@ -147,7 +147,7 @@ import json
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Sequence
 from enum import StrEnum
 from functools import cached_property
 from typing import Final
@@ -464,7 +464,7 @@ class GraphTables:
         return results
 
     async def import_graph(self, owner: str, entities: Sequence[StoredEntity], relations: Sequence[StoredRelation],
-                           quota: Quota = DEFAULT_QUOTA) -> Imported:
+                           quota: Quota = DEFAULT_QUOTA, ready: Awaitable[object] | None = None) -> Imported:
         def write(conn: sqlite3.Connection) -> Imported:
             before = _writable(conn, owner)
             ids = _entity_ids(conn, owner, [e.name for e in entities])
@@ -523,6 +523,10 @@ class GraphTables:
             stale(conn, owner, RELATIONS, relation_ids)
             _account(conn, owner, quota, before, entities=len(entity_rows), observations=len(observations), size=size)
             return Imported(len(entity_rows), len(observations), len(relation_ids))
+        # What a batch writes is prepared in the transaction, on the writer thread: nothing to do
+        # before `ready` but wait for it.
+        if ready is not None:
+            await ready
         return await self.db.write(write)
 
     async def delete_entities(self, owner: str, names: Sequence[str]) -> None:

@@ -136,7 +136,7 @@ def stale(conn: sqlite3.Connection, owner: str, kind: int, ids: Iterable[int]) -
         )
 
 
-class GraphView(HeldChunks[ChunkKey, int]):
+class GraphView(HeldChunks[ChunkKey, int, Piece]):
     """`read_graph` from the view, through this process's copy of the chunks (see the module)."""
 
     def __init__(self, db: Database, budget: int = VIEW_CACHE_BYTES) -> None:
