@@ -24,7 +24,7 @@ from server.storage.redis import RedisStorage
 from server.storage.redis import graph as redis_graph
 from server.storage.redis.folds_copy import FoldsCopy
 from server.storage.redis.graph_view import OwnerKeys
-from server.storage.sqlite.graph import GraphTables
+from server.storage.sqlite.graph import GraphTables, _trigram_query, _TrigramCounts
 from tests.graph_backends import (
     SQLiteStore,
     Store,
@@ -371,6 +371,40 @@ async def test_sqlite_trigram_indexes_merge_sixteen_segments_also_in_an_older_fi
         await check_store(reopened)
     finally:
         reopened.db.close()
+
+
+def test_sqlite_asks_the_trigram_index_for_the_two_rarest_trigrams_of_the_longest_run() -> None:
+    counts = {"kib": 40, "ibu": 2, "bum": 9, "ume": 300, "mel": 1, "ele": 80}
+    assert _trigram_query("jo kibumele!", counts) == '"ibu" AND "mel"'  # in the run's order
+    assert _trigram_query("jo kibumele!", {}) == '"kib" AND "ele"'  # nothing known: first and last
+    assert _trigram_query("x kib", counts) == '"kib"'
+    assert _trigram_query("kibu", {}) == '"kib" AND "ibu"'
+    assert _trigram_query("a-b \"c", {}) == '"a-b ""c"'  # no run of three: the whole query, quoted
+
+
+@pytest.mark.parametrize("resample", [False, True])
+async def test_sqlite_rows_with_the_asked_trigrams_but_not_the_query_are_no_hits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, resample: bool) -> None:
+    """The index is asked for two trigrams of the query only (`_trigram_query`); the rows having
+    both are checked for the whole query. The rarity sample is either the one taken on the empty
+    graph (stale: the first and last trigram are asked) or taken again by every search."""
+    if resample:
+        monkeypatch.setattr(_TrigramCounts, "SAMPLE_SECONDS", -1.0)
+    store = open_sqlite(tmp_path / "t.sqlite3")
+    try:
+        assert names(await store.search_nodes(ALICE, "lovelace")) == []  # takes the sample
+        await store.create_entities(ALICE, [
+            ent("Grace", "person", "love and grace, lovely space"),  # every trigram, never the query
+            ent("Inside", "note", "adalovelacey wrote it"),  # the query inside a word: the floor
+            ent("Lovelace", "person"),
+            ent("Ace", "lovelace fan"),
+            ent("Elsewhere", "place", "nothing here"),
+        ])
+        for query in ("lovelace", "ovelac", "LOVELACE!", "love", "ace", "a lovelace"):
+            assert names(await store.search_nodes(ALICE, query)) == await expected_ranking(store, ALICE, query), query
+        assert names(await store.search_nodes(ALICE, "lovelace")) == ["Lovelace", "Ace", "Inside"]
+    finally:
+        store.db.close()
 
 
 async def test_redis_builds_the_word_index_of_an_older_graph(redis_url: str,

@@ -54,11 +54,14 @@ Why it looks like this
   the text, folded once on write: SQLite's `lower()` folds ASCII only, and the official server
   folds all of Unicode (JavaScript `toLowerCase`). A substring match is a full scan for a B-tree
   (about 20-50 ms over 50,000 observations), so the folded text is also indexed by FTS5 with the
-  trigram tokenizer (`case_sensitive 1`, as the text is already folded): a quoted phrase of three
-  or more characters is then an exact substring match answered from the index, in well under a
-  millisecond for a selective query (scripts/bench_memory.py). The index costs about as much space
-  as the text it indexes. Queries shorter than three characters, which trigrams cannot answer,
-  fall back to an `instr` scan of the owner's folded columns.
+  trigram tokenizer (`case_sensitive 1`, as the text is already folded). The index is asked for
+  two trigrams of the query (`_trigram_query`: of its longest alphanumeric run, the two rarest by
+  a small random sample of the texts, `_TrigramCounts`), and each row it returns is checked for the
+  whole query with `instr`: exact whatever trigrams are asked (a text containing the query
+  contains each of them), and FTS5 reads two trigram lists instead of every one of the run's.
+  The index costs about as much space as the text it indexes. Queries shorter than three
+  characters, which trigrams cannot answer, fall back to an `instr` scan of the owner's folded
+  columns.
 * search_nodes ranks (server/memory/search.py defines what it finds and in which order): beside
   the substring floor above, each query word is looked up as the prefix of a word. The words are
   Python's (`search.word_text`: folded with NFKD, case folding and combining marks dropped, cut
@@ -72,7 +75,8 @@ Why it looks like this
   the term list for longer ones. The entity table's own copy of the words tells which field
   matched (name before type); each query word and the floor is one index lookup per table, and
   the rank key (`search.rank_key`) is computed from what they return, in Python, so that both
-  stores share one definition. The entities of the page are then fetched by id.
+  stores share one definition. The entities of the page are then fetched by id. The statements
+  that return many rows read plain tuples (`_tuples`), not `sqlite3.Row`s.
 * The word tables are ordinary FTS5 tables holding their own copy of the words (about the size
   of the words, ~40% of the text): a row is deleted by rowid, without being told the words it
   was indexed with. An external-content table would need the words at deletion, recomputed by
@@ -140,14 +144,27 @@ atomic with respect to other coroutines and other processes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import itertools
 import json
 import logging
+import random
 import re
 import sqlite3
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection, Iterable, Iterator, Sequence
+import time
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from enum import StrEnum
 from functools import cached_property
 from typing import Final
@@ -362,6 +379,10 @@ class GraphTables:
                 if row is None or row[0] != _TRIGRAM_AUTOMERGE:
                     conn.execute(f"INSERT INTO {table} ({table}, rank) VALUES ('automerge', ?)",  # noqa: S608
                                  (_TRIGRAM_AUTOMERGE,))
+
+    @cached_property
+    def _trigram_counts(self) -> _TrigramCounts:
+        return _TrigramCounts()
 
     @cached_property
     def _view(self) -> GraphView:
@@ -638,11 +659,13 @@ class GraphTables:
         parsed = Query.parse(query)
 
         def read(conn: sqlite3.Connection) -> GraphJSON:
-            hits = _ranked_hits(conn, owner, parsed)
+            hits = _ranked_hits(conn, owner, parsed, self._trigram_counts.current(conn))
             ids, next_key = page([(key, entity_id) for entity_id, key in hits.items()], after, limit)
+            # Driven from the ids, each a rowid lookup (the planner would rather go through
+            # memory_entities_order and then the table: twice the time for ~100 hits).
             rows = {row["id"]: row for row in conn.execute(
-                "SELECT id, name, entity_type FROM memory_entities"
-                " WHERE owner = ? AND id IN (SELECT value FROM json_each(?))", (owner, json.dumps(ids)))}
+                "SELECT e.id, e.name, e.entity_type FROM json_each(?) AS j CROSS JOIN memory_entities AS e"
+                " ON e.id = j.value WHERE e.owner = ?", (json.dumps(ids), owner))}
             page_rows = [rows[entity_id] for entity_id in ids]
             if after is None and limit is None:
                 return _subgraph(conn, owner, page_rows)
@@ -863,40 +886,43 @@ def _add_words(conn: sqlite3.Connection) -> None:
              for row in conn.execute("SELECT id, content FROM memory_observations").fetchall()))
 
 
-def _ranked_hits(conn: sqlite3.Connection, owner: str, query: Query) -> dict[int, RankKey]:
+def _ranked_hits(conn: sqlite3.Connection, owner: str, query: Query, counts: _Sample) -> dict[int, RankKey]:
     """Every hit of the query among the owner's entities, with its rank key (server.memory.search):
     the indexes say where the whole query occurs and where each word starts a word; `rank_key`
-    turns that into the key."""
+    turns that into the key. `counts` only decides which trigrams the index is asked for."""
+    cursor = _tuples(conn)
     phrases: dict[int, int] = {}
     probe = _fold(query.phrase)
     indexed = len(probe) >= _MIN_INDEXED_QUERY
-    # The index is asked for a part of the query, the rows it returns checked for the whole (`instr`,
-    # and `in` below): see `_selective_part`. A quoted FTS5 string is taken literally; only its
-    # quote character needs doubling.
-    part = _selective_part(probe)
-    params = {"owner": owner, "phrase": probe, "part": '"' + part.replace('"', '""') + '"'}
-    for row in conn.execute(_PHRASE_IN_OBSERVATIONS if indexed else _PHRASE_IN_OBSERVATIONS_SCAN, params):
-        phrases[row[0]] = OBSERVATION
-    for row in conn.execute(_PHRASE_IN_ENTITIES if indexed else _PHRASE_IN_ENTITIES_SCAN, params):
-        if probe in row["name_fold"]:
-            phrases[row["id"]] = NAME
-        elif probe in row["type_fold"]:
-            phrases[row["id"]] = TYPE
+    # The index is asked for a few trigrams of the query, the rows it returns checked for the whole
+    # (`instr`, and `in` below): see `_trigram_query`.
+    params = {"owner": owner, "phrase": probe, "part": _trigram_query(probe, counts.observations)}
+    for (entity_id,) in cursor.execute(_PHRASE_IN_OBSERVATIONS if indexed else _PHRASE_IN_OBSERVATIONS_SCAN, params):
+        phrases[entity_id] = OBSERVATION
+    params["part"] = _trigram_query(probe, counts.entities)
+    for entity_id, name_fold, type_fold in cursor.execute(
+            _PHRASE_IN_ENTITIES if indexed else _PHRASE_IN_ENTITIES_SCAN, params):
+        if probe in name_fold:
+            phrases[entity_id] = NAME
+        elif probe in type_fold:
+            phrases[entity_id] = TYPE
     if _NUL_STAND_IN in probe:
         # The probe also matched where the stored text has NUL or the stand-in (see the module):
         # where the query really occurs, if anywhere, is decided by the texts themselves.
         phrases = _phrases_in_texts(conn, owner, query.phrase, phrases)
     words: dict[int, list[int]] = {}
+    count = len(query.words)
     for i, word in enumerate(query.words):
         # A word holds alphanumeric characters only: quoted, it is one token, and `*` its prefixes.
         params = {"owner": owner, "word": f'"{word}"*'}
-        for row in conn.execute(_WORD_IN_OBSERVATIONS, params):
-            words.setdefault(row[0], [NOWHERE] * len(query.words))[i] = OBSERVATION
-        for row in conn.execute(_WORD_IN_ENTITIES, params):
-            fields = words.setdefault(row["id"], [NOWHERE] * len(query.words))
-            if f" {row['name_words']}".find(f" {word}") >= 0:
+        for (entity_id,) in cursor.execute(_WORD_IN_OBSERVATIONS, params):
+            words.setdefault(entity_id, [NOWHERE] * count)[i] = OBSERVATION
+        starts = f" {word}"
+        for entity_id, name_words, type_words in cursor.execute(_WORD_IN_ENTITIES, params):
+            fields = words.setdefault(entity_id, [NOWHERE] * count)
+            if f" {name_words}".find(starts) >= 0:
                 fields[i] = NAME
-            elif f" {row['type_words']}".find(f" {word}") >= 0:
+            elif f" {type_words}".find(starts) >= 0:
                 fields[i] = TYPE
     keys: dict[int, RankKey] = {}
     no_words = [NOWHERE] * len(query.words)
@@ -907,14 +933,91 @@ def _ranked_hits(conn: sqlite3.Connection, owner: str, query: Query) -> dict[int
     return keys
 
 
-def _selective_part(probe: str) -> str:
-    """The part of a (folded) query the trigram index is asked for: its longest run of
-    alphanumeric characters if that has three or more, else all of it. Trigrams with a space or a
-    punctuation mark in them ("e f", "s, ") are in most texts, and FTS5 reads the list of every
-    trigram of a phrase: "jukifael fonurelu" took 13-36 ms over 500,000 observations, "jukifael"
-    then an `instr` of the rows it finds 1.4 ms (docs/performance.md, "Ranked search")."""
-    runs = re.findall(r"[^\W_]{3,}", probe)
-    return max(runs, key=len) if runs else probe
+def _trigram_query(probe: str, counts: Mapping[str, int]) -> str:
+    """The FTS5 query a trigram index is asked for a (folded) query of three or more characters:
+    two trigrams of the query's longest run of alphanumeric characters (when that has three or
+    more; else the whole query as one phrase), the two rarest by `counts` (`_TrigramCounts`),
+    of equally rare ones the run's first and last. Every text that contains the query contains any
+    part of it, so the rows found are a superset of the hits, and the `instr` check keeps exactly
+    the hits: which trigrams are asked only changes how much FTS5 reads.
+
+    FTS5 reads the whole list of every trigram it is asked for, positions included, and most
+    trigrams are in thousands of rows (in text, as in the bench's vocabulary of syllables):
+    trigrams with a space or a punctuation mark ("e f", "s, ") are in most texts ("jukifael
+    fonurelu" as a phrase took 13-36 ms over 500,000 observations), and each further trigram of a
+    word is one more list. Two rare trigrams leave few rows that hold both but not the query; one
+    alone leaves thousands to check. Over the bench's typical queries (both tables, warm): the run
+    as a phrase 1.44 ms, its first and last trigram 0.66 ms, the two rarest 0.45 ms
+    (docs/performance.md, "SQLite search below 5 ms")."""
+    runs = _ALNUM_RUN.findall(probe)
+    if not runs:
+        # A quoted FTS5 string is taken literally; only its quote character needs doubling.
+        return '"' + probe.replace('"', '""') + '"'
+    run = max(runs, key=len)
+    trigrams = list(dict.fromkeys(run[i:i + 3] for i in range(len(run) - 2)))
+    if len(trigrams) > 2:
+        last = len(trigrams) - 1
+        rarest = sorted(range(len(trigrams)), key=lambda i: (counts.get(trigrams[i], 0), 0 < i < last))[:2]
+        trigrams = [trigrams[i] for i in sorted(rarest)]
+    # A run is alphanumeric: no quote to escape, and a quoted trigram is one token.
+    return " AND ".join(f'"{trigram}"' for trigram in trigrams)
+
+
+_ALNUM_RUN: Final = re.compile(r"[^\W_]{3,}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Sample:
+    """In how many of a sample of rows each trigram occurs, per trigram table."""
+
+    observations: Mapping[str, int]
+    entities: Mapping[str, int]
+    taken: float
+
+
+class _TrigramCounts:
+    """Which trigrams are rare, estimated from a random sample of the folded texts (all owners':
+    the index's lists are too), taken by the first search and again by the first after
+    `SAMPLE_SECONDS`. FTS5 cannot say how long a trigram's list is without reading it (fts5vocab
+    reads it: 0.3 ms a trigram, more than the search saves), and the queries the bench times hardly
+    ever repeat a trigram. A sample of 1,000 rows per table (~25 ms at 500,000 observations, once
+    per 5 minutes, in the search that takes it) finds two trigrams as cheap to ask as the two a
+    count of the whole index would pick (docs/performance.md). It is an estimate only and may be
+    stale or empty (a new file): that changes the time of a search, never its hits. Reader threads
+    may race to replace it; either sample does."""
+
+    SAMPLE_ROWS: Final = 1_000
+    SAMPLE_SECONDS: Final = 300.0
+
+    def __init__(self) -> None:
+        self._sample: _Sample | None = None
+
+    def current(self, conn: sqlite3.Connection) -> _Sample:
+        sample = self._sample
+        if sample is None or time.monotonic() - sample.taken > self.SAMPLE_SECONDS:
+            sample = self._sample = _Sample(
+                observations=_sampled_trigrams(conn, "memory_observations", "content_fold", self.SAMPLE_ROWS),
+                entities=_sampled_trigrams(conn, "memory_entities", "name_fold, type_fold", self.SAMPLE_ROWS),
+                taken=time.monotonic())
+        return sample
+
+
+def _sampled_trigrams(conn: sqlite3.Connection, table: str, columns: str, rows: int) -> dict[str, int]:
+    """In how many of about `rows` random rows of the table each trigram of `columns` occurs."""
+    cursor = _tuples(conn)
+    # max(id) alone is one seek to the last row (min and max together would scan); ids are dense
+    # enough that random ones below it mostly exist.
+    # The table and columns are this module's constants, never input.
+    (top,) = cursor.execute(f"SELECT max(id) FROM {table}").fetchone()  # noqa: S608
+    counts: collections.Counter[str] = collections.Counter()
+    if top is None:
+        return counts
+    # Not a secret: which rows are read changes only the estimate.
+    ids = json.dumps([random.randint(1, top) for _ in range(rows)])  # noqa: S311
+    for texts in cursor.execute(
+            f"SELECT {columns} FROM {table} WHERE id IN (SELECT value FROM json_each(?))", (ids,)):  # noqa: S608
+        counts.update({text[i:i + 3] for text in texts for i in range(len(text) - 2)})
+    return counts
 
 
 def _phrases_in_texts(conn: sqlite3.Connection, owner: str, phrase: str, candidates: dict[int, int]
@@ -1105,13 +1208,7 @@ def _subgraph(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite
               keep: Callable[[str, str, Sequence[str]], bool] | None = None) -> GraphJSON:
     """The given entities (those `keep` accepts, given name, type and observations) with their
     observations, and the relations touching any of them."""
-    observations: dict[int, list[str]] = {row["id"]: [] for row in entity_rows}
-    for row in conn.execute(
-        "SELECT entity_id, content FROM memory_observations"
-        " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, id",
-        (owner, json.dumps(list(observations))),
-    ):
-        observations[row["entity_id"]].append(row["content"])
+    observations = _observations(conn, owner, [row["id"] for row in entity_rows])
     if keep is not None:
         entity_rows = [row for row in entity_rows
                        if keep(row["name"], row["entity_type"], observations[row["id"]])]
@@ -1186,10 +1283,18 @@ def _page_json(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlit
 def _observations(conn: sqlite3.Connection, owner: str, ids: Sequence[int]) -> dict[int, list[str]]:
     """Each entity's observations, in order."""
     observations: dict[int, list[str]] = {entity_id: [] for entity_id in ids}
-    for row in conn.execute(
+    for entity_id, content in _tuples(conn).execute(
         "SELECT entity_id, content FROM memory_observations"
         " WHERE owner = ? AND entity_id IN (SELECT value FROM json_each(?)) ORDER BY entity_id, id",
         (owner, json.dumps(list(ids))),
     ):
-        observations[row["entity_id"]].append(row["content"])
+        observations[entity_id].append(content)
     return observations
+
+
+def _tuples(conn: sqlite3.Connection) -> sqlite3.Cursor:
+    """A cursor of plain tuples: for the statements of many rows, where a `sqlite3.Row` and the
+    lookups by name are a measurable part of the time (a search fetches ~600 observations)."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return cursor
