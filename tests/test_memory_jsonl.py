@@ -237,6 +237,46 @@ async def test_a_quota_refuses_an_import_before_it_writes(store: Store) -> None:
     assert imported.entities == 4
 
 
+class _MeanwhileWriter:
+    """A store whose second import_graph call first writes an entity itself, as the server may
+    while an import runs (the store under it is real; only the timing is arranged)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.calls = 0
+
+    async def usage(self, owner: str) -> Any:
+        return await self.store.usage(owner)
+
+    async def import_graph(self, owner: str, entities: Any, relations: Any, quota: Quota, ready: Any = None) -> Any:
+        self.calls += 1
+        if self.calls == 2:
+            await self.store.create_entities(owner, [ent("written meanwhile")])
+        return await self.store.import_graph(owner, entities, relations, quota, ready=ready)
+
+
+async def test_an_import_refused_midway_keeps_the_batches_before_and_writes_none_after(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches overlap (the next is prepared while the one before is written), yet one refused
+    stops the import: the relations batch already prepared after it writes nothing."""
+    monkeypatch.setattr(jsonl, "ENTITY_BATCH", 2)
+    monkeypatch.setattr(jsonl, "RELATION_BATCH", 1)
+    path = tmp_path / "memory.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in [
+        *({"type": "entity", "name": f"E{i}", "entityType": "t", "observations": []} for i in range(4)),
+        {"type": "relation", "from": "E0", "to": "E1", "relationType": "r"},
+        {"type": "relation", "from": "E1", "to": "E2", "relationType": "r"}]))
+    writer = _MeanwhileWriter(store)
+    with pytest.raises(jsonl.ImportRefused, match=r"grew while importing\. Imported so far: 2 entities, 0 "
+                                                   r"observations, 0 relations"):
+        await jsonl.import_parsed(writer, OWNER, jsonl.parse_file(path, NOW), Quota(entities=4))  # type: ignore[arg-type]
+    graph = await read(store)
+    assert sorted(e["name"] for e in graph["entities"]) == ["E0", "E1", "written meanwhile"]
+    assert graph["relations"] == [] and writer.calls == 3
+    _, imported = await import_file(store, path, quota=Quota(entities=7))  # the rest, once there is room
+    assert (imported.entities, imported.relations) == (2, 2)
+
+
 # --- round trips (hypothesis) --------------------------------------------------------------------
 
 texts = st.text(st.characters(codec="utf-8"), max_size=5)

@@ -6,11 +6,13 @@ before it; what an import (`import_graph`) writes is searchable by its words lik
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import re
 import sqlite3
 import sys
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from server.memory.graph import Entity, ObservationAddition, ObservationDeletion
 from server.memory.search import NAME, NOWHERE, OBSERVATION, TYPE, Query, fold, rank_key, reference_key, words
 from server.storage.redis import RedisStorage
 from server.storage.redis import graph as redis_graph
-from server.storage.redis.folds_copy import FoldsCopy
+from server.storage.redis.folds_copy import Copy, FoldsCopy
 from server.storage.redis.graph_view import OwnerKeys
 from server.storage.sqlite.graph import GraphTables, _trigram_query, _TrigramCounts
 from tests.graph_backends import (
@@ -522,3 +524,60 @@ async def test_redis_scans_in_redis_when_the_copy_does_not_fit(redis_url: str) -
         assert names(await store.search_nodes(ALICE, "ker0031")) == ["Entity 31"]
     finally:
         await store.close()
+
+
+async def test_redis_scans_when_the_copy_keeps_falling_behind(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph that changes between every sync and search (simulated: each sync brings a copy
+    of a version that is already gone) is searched by the script's own scan after three tries."""
+    store = RedisStorage(redis_url)
+    try:
+        await store.create_entities(ALICE, [ent("Zürich", "City", "Grüezi mitenand"), ent("Bern", "city", "Zurich")])
+        syncs = 0
+        real_sync = FoldsCopy.sync
+
+        async def behind(self: FoldsCopy, owner: str, keys: Sequence[str]) -> Copy | None:
+            nonlocal syncs
+            syncs += 1
+            copy = await real_sync(self, owner, keys)
+            return None if copy is None else dataclasses.replace(copy, version=b"gone")
+
+        monkeypatch.setattr(FoldsCopy, "sync", behind)
+        assert names(await store.search_nodes(ALICE, "zurich gruezi")) == ["Zürich", "Bern"]
+        assert syncs == 3
+    finally:
+        await store.close()
+
+
+async def test_redis_drops_the_word_index_of_the_version_before(redis_url: str) -> None:
+    store = RedisStorage(redis_url)
+    try:
+        await store.create_entities(ALICE, [ent("Ada", "person", "counts")])
+        keys = OwnerKeys.of(store, ALICE)
+        await store.client.zadd(keys.index, {b"ada\xff1\xff0": 0})  # as the version before left it
+        assert names(await store.search_nodes(ALICE, "ada")) == ["Ada"]  # not read
+        await store.add_observations(ALICE, [ObservationAddition(entityName="Ada", contents=["and writes"])])
+        assert await store.client.exists(keys.index) == 0
+        await check_owner(store, ALICE)
+    finally:
+        await store.close()
+
+
+async def test_redis_copy_held_while_the_words_are_built_is_brought_up_to_date(redis_url: str) -> None:
+    """A copy read while an older graph had no word records: the build marks what it words as
+    changed, so the copy fetches it again and the words are found."""
+    searcher, writer = RedisStorage(redis_url), RedisStorage(redis_url)
+    try:
+        await writer.create_entities(ALICE, [ent(f"Old {i}", "thing", f"stone{i} age") for i in range(200)])
+        keys = OwnerKeys.of(writer, ALICE)
+        await writer.client.hdel(keys.owner, "indexed")
+        await writer.client.unlink(keys.words)
+        await searcher._folds.sync(ALICE, (keys.owner, keys.chunks, keys.folds, keys.words))
+        held = searcher._folds.held(ALICE)
+        assert held is not None and all(not chunk.words for _, chunk in held.chunks.values())
+        assert names(await searcher.search_nodes(ALICE, "stone150")) == ["Old 150"]
+        held = searcher._folds.held(ALICE)
+        assert held is not None and all(chunk.words for _, chunk in held.chunks.values())
+        assert names(await searcher.search_nodes(ALICE, "ston")) == [f"Old {i}" for i in range(200)]
+    finally:
+        await searcher.close()
+        await writer.close()

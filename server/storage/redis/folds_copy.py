@@ -1,33 +1,43 @@
-"""This process's copy of an owner's folded text, where search_nodes finds its floor on Redis.
+"""This process's copy of an owner's folds and words, where search_nodes finds its facts on Redis.
 
-The search floor (server/memory/search.py) must find every entity whose lowered name, type or
-observation contains the query. Redis has no substring index, and whatever a script reads it
-copies into Lua first, at ~400 MB/s: scanning the folds of 100,000 entities and 500,000
-observations (~35 MB) costs 100-130 ms of Redis per query, during which it serves nobody else
-(docs/performance.md). So each process keeps a copy of the folds of the owners it searches, with a
-filter per chunk (server/storage/redis/grams.py), finds the floor's matches here, and lets the
-search script do the rest (the word index, the rank, the page, the records) with those matches,
+A search needs two kinds of facts (server/memory/search.py): the entities whose lowered name,
+type or observation contains the query (the floor), and for each query word the entities with a
+word starting with it. Redis has neither index, and whatever a script reads it first copies into
+Lua, at ~400 MB/s: the folds alone of 100,000 entities and 500,000 observations (~35 MB) cost
+100-130 ms of Redis per query, during which it serves nobody else (docs/performance.md). So each
+process keeps a copy of the folds and word records of the graphs it searches, finds the facts
+here, and gives them to the search script, which does the rest (the rank, the page, the records)
 provided the copy is of the graph as it is when the script runs:
 
 * Every mutation script makes its random stamp the graph's `version` (graph:owner), in the same
-  atomic step as its write (graph.py, `stale`), and marks the view chunks of what it touched stale
-  with the same stamp (graph_view.py). The copy holds, per chunk of folds, the view chunk's marker
-  it was read under, and the version of the graph it was read at.
-* `sync` is one script (`_SYNC`): the version, and the folds of every chunk whose marker is not
-  the one held (`_SYNC` is told which), so after a write the copy fetches what the write touched,
-  not the graph. A chunk's folds change only in a script that also changes its marker, so chunks
-  whose marker is unchanged hold the same folds; markers and versions are 64 random bits, never
-  reused for other contents, as in the view (even after Redis lost writes).
+  atomic step as its write (graph.py, `mark`), and marks the view chunks of what it touched stale
+  with the same stamp (graph_view.py). The copy holds, per chunk, the view chunk's marker it was
+  read under, and the version of the graph it was read at.
+* `sync` is one script (`_SYNC`): the version, and the folds and word records of every chunk
+  whose marker is not the one held (`_SYNC` is told which), so after a write the copy fetches
+  what the write touched, not the graph. A chunk's folds and words change only in a script that
+  also changes its marker, so a chunk whose marker is unchanged holds the same texts; markers and
+  versions are 64 random bits, never reused for other contents, as in the view (even after Redis
+  lost writes).
 * The search script compares the version the copy is of with the graph's, in the same script as
   everything it reads; if they differ it answers 'stale', and the search syncs and tries again (a
-  few times, then it scans in Redis as before). A search answer is therefore one state of the
-  graph, exactly as when the script scanned the folds itself.
+  few times, then the script scans everything itself, as it did before this copy existed). A
+  search answer is therefore one state of the graph, exactly as when the script scanned.
+* What a search reads of the copy: a chunk's blobs are cut into blocks of 16 entity ids (~6 KB),
+  and the copy's `Vocabulary` knows, for each token (a run of ASCII letters and digits and of
+  non-ASCII bytes: `_TOKEN`), which blocks hold it. Where the query occurs in a text, each of its
+  own tokens lies inside one token of that text; a query word starts a word, so it starts a
+  token. The floor reads the blocks holding, for every token of the query, a token that contains
+  it; a word, the blocks holding a token that starts with it (`facts`). Finding those tokens is a
+  `bytes.find` over the vocabulary's lines (~300 KB at 100,000 entities), reading the blocks one
+  `bytes.find` per needle: a typical query reads a few dozen blocks instead of 35 MB.
+* A copy is never changed once made: a sync builds the next (`Edit` copies the vocabulary and
+  applies the blocks' changes), giving the event loop a turn every few chunks, and a search works
+  on the copy it started with.
 
 The copy is bounded like the view's (`FOLDS_CACHE_BYTES`, least recently searched owners first);
-an owner whose folds do not fit is searched by the script's own scan, and remembered as such for
-`OVERSIZED_SECONDS`, so that its searches do not fetch the folds each time. The floor's work here
-(filter, `bytes.find`, counting separators) runs on the event loop, given a turn between every
-few chunks, as the view's rebuilds are.
+an owner whose folds and words do not fit is searched by the script's own scan, and remembered as
+such for `OVERSIZED_SECONDS`, so that its searches do not fetch them each time.
 """
 
 from __future__ import annotations

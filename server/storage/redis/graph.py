@@ -5,7 +5,8 @@ part is the owner, so that no owner's keys can be named through another's:
 
     graph:owner:<owner>      hash   state ("closed" once delete_graph began; absent: active),
                                     entities, observations, bytes (`Usage`), next_entity, next_relation,
-                                    indexed (1 once the word index is complete: below)
+                                    indexed (1 once every entity has its word record: below),
+                                    version (the stamp of the last change: folds_copy.py)
     graph:names:<owner>      hash   entity name -> entity id
     graph:entities:<owner>   hash   entity id -> record: name FF type FF observation FF observation ...
     graph:folds:<owner>      hash   chunk (id // 128) -> its entities' records with every text folded
@@ -22,9 +23,9 @@ part is the owner, so that no owner's keys can be named through another's:
                                     client id; both empty where unknown
     graph:words:<owner>      hash   entity id -> word record: the words of each text (search.word_text,
                                     space separated), the texts in the record's order, FF between them
-    graph:index:<owner>      zset   "<word> FF <entity id> FF <field>", all scored 0 (a lex index): one
-                                    member per word of an entity, field the best one it occurs in
-                                    (0 name, 1 type, 2 an observation)
+    graph:index:<owner>      zset   the word index of the version before 2026-12-04, unused: the
+                                    first write drops it (a lexical index of every word of every
+                                    entity, it was four times the rest of the graph)
     graph:owner:<owner>      channel "1", published by every script that changed the graph: its
                                     change feed (server/memory/changes.py, `graph_changes`)
 
@@ -53,25 +54,26 @@ Why it looks like this
   of Redis time per search, docs/performance.md); the scripts rewrite the chunks they touch.
 * search_nodes ranks (server/memory/search.py defines what it finds and in which order). Python
   cuts every text it writes into words (`search.word_text`) and passes them beside the folded
-  text; the scripts keep each entity's word record and the lexicographic index, in the same
-  script as the write. A query word `w` is a prefix lookup, ZRANGEBYLEX [w .. [w FF FF (words
-  never hold FF; after a word's own bytes comes FF, then the id's digits). The index keeps one
-  member per (word, entity), with the best field the word occurs in: the best field of a prefix
-  is the best of its words', so nothing more is needed, and an observation deleted while another
-  observation of the entity has the same word leaves the member as it is. A write recomputes the
-  entity's words from its word record before and after (`reindex`) and changes only the members
-  that differ; deleting an entity removes all of its members; delete_graph UNLINKs both keys.
-* The search script finds, in one script (one state of the owner's keys): where the whole query
-  first occurs in each entity (the scan of the folded chunks below; the first match in a record
-  is in its earliest text, counted by the separators before it), and for each query word the
-  best field it is a prefix in. It turns that into each hit's rank key (`search.rank_key`, line
-  for line in Lua: the differential test holds the two stores to the same ranked answers), sorts,
-  takes the page (`after`, `limit`) and answers its records and the relations touching them.
-* Owners from before the word index: the owner hash's `indexed` field says the index is complete.
-  `create_entities` and `import_graph` set it when the owner has no entity yet (an empty index
-  is complete); a search of an owner without it gets 'unindexed' back, and Python builds the
-  index (`_index_words`: reads the records in batches, words them, and a script per batch stores
-  the words of the entities whose records are still those read; until every entity has them).
+  text; the scripts keep each entity's word record, in the same script as the write.
+* The search script answers from one state of the owner's keys. It needs two kinds of facts:
+  where the whole query first occurs in each entity (the first match in a record is in its
+  earliest text, counted by the separators before it), and for each query word the best field
+  where it starts a word. They are found in this process's copy of the folds and word records
+  (folds_copy.py: a version check in the script makes them the facts of the state the script
+  sees), or, when the copy cannot be used (a graph larger than its budget, or a graph changing
+  faster than the copy follows), by the script itself, scanning every folded chunk and every
+  word record. It turns them into each hit's rank key (`search.rank_key`, line for line in Lua:
+  the differential test holds the two stores to the same ranked answers), sorts, takes the page
+  (`after`, `limit`) and answers its records and the relations touching them. A sorted set of
+  every (word, entity) answered the word prefixes before: at 100,000 entities it was 4.5 million
+  members, three quarters of the graph's Redis memory and 40% of an import's Redis time
+  (docs/performance.md).
+* Owners from before the word records: the owner hash's `indexed` field says every entity has
+  one. `create_entities` and `import_graph` set it when the owner has no entity yet; a search of
+  an owner without it gets 'unindexed' back, and Python writes them (`_index_words`: reads the
+  records in batches, words them, and a script per batch stores the words of the entities whose
+  records are still those read, marking their chunks changed for the copies; until every entity
+  has them).
   Writes (every one: create_entities, add_observations, import_graph, the deletions) keep the
   words of new entities and of entities that have them, and leave the others to the build, so a
   batch stored stays exact while the next ones are read. Provenance and words are independent:
