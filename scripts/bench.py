@@ -1235,8 +1235,13 @@ async def scenario_search(cfg: Config, workdir: Path, results: Results) -> None:
     reused = cfg.search_db is not None and cfg.search_db.exists()
     with private_redis(workdir) if "redis" in backends else contextlib.nullcontext() as redis:
         for backend in backends:
-            store: Any = (SQLiteGraph(Database(db_path)) if backend == "sqlite"
-                          else RedisStorage(redis.url, timeout=120))
+            store: Any
+            if backend == "sqlite":
+                store = SQLiteGraph(Database(db_path))
+            elif redis is not None:
+                store = RedisStorage(redis.url, timeout=120)
+            else:  # not reached: a private redis-server is started whenever Redis is searched
+                raise RuntimeError("the search scenario on Redis needs its private redis-server")
             if backend == "sqlite":
                 store.db.apply_schema(GraphTables.SCHEMA)
                 GraphTables.migrate(store.db)

@@ -581,3 +581,19 @@ async def test_redis_copy_held_while_the_words_are_built_is_brought_up_to_date(r
     finally:
         await searcher.close()
         await writer.close()
+
+
+async def test_redis_copy_of_a_graph_without_version_sees_it_deleted(redis_url: str) -> None:
+    """A graph written before versions existed, never written since, copied by one process and
+    deleted by another: the deletion gives it a version, so the copy is not taken for it."""
+    searcher, writer = RedisStorage(redis_url), RedisStorage(redis_url)
+    try:
+        await writer.create_entities(ALICE, [ent("Ada", "person", "counts")])
+        keys = OwnerKeys.of(writer, ALICE)
+        await writer.client.hdel(keys.owner, "version")
+        assert names(await searcher.search_nodes(ALICE, "ada")) == ["Ada"]
+        await writer.delete_graph(ALICE)
+        assert names(await searcher.search_nodes(ALICE, "ada")) == []
+    finally:
+        await searcher.close()
+        await writer.close()

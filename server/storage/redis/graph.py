@@ -639,8 +639,10 @@ return {'ok', new_entities, new_observations, #relations}
 # number of entities the graph had.
 _DELETE_GRAPH = """
 local count = redis.call('HLEN', K.entities)
-redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0)
-redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed', 'version')
+-- A new version (ARGV[1], a stamp), never none: a copy of a graph written before versions existed
+-- holds none, and must not match the emptied graph (folds_copy.py).
+redis.call('HSET', K.owner, 'state', 'closed', 'entities', 0, 'observations', 0, 'bytes', 0, 'version', ARGV[1])
+redis.call('HDEL', K.owner, 'next_entity', 'next_relation', 'indexed')
 local had = redis.call('EXISTS', K.names, K.relations)
 redis.call('UNLINK', K.names, K.entities, K.folds, K.triples, K.relations, K.ends, K.chunks, K.view, K.origins,
            K.words, K.index)
@@ -1122,7 +1124,7 @@ class RedisGraph(RedisBase):
         await self._mutate(self._graph_scripts.delete_relations, owner, args)
 
     async def delete_graph(self, owner: str) -> int:
-        deleted = int(await self._graph_scripts.delete_graph(keys=self.graph_keys(owner).all))
+        deleted = int(await self._graph_scripts.delete_graph(keys=self.graph_keys(owner).all, args=[new_stamp()]))
         self._view.forget(owner)
         self._folds.forget(owner)
         return deleted
