@@ -239,9 +239,14 @@ async def complete_approved(server: AuthorizationServer, sess: Session, req: Aut
     provider's, `auth.signin`): the code, for the user who has just signed in. A page that
     navigates to the client, never a redirect: the provider's own sign-in form may be the form
     submission this answer ends (`pages.continue_to`). The approval was given before the user was
-    known, so before their memories could be listed: it is for the default memory."""
-    if await server.store.get_client(req.client_id) is None:
+    known, so before their memories could be listed: a user who has only the default memory gets
+    the code for it; one with others is shown the consent page now, to choose (the approval
+    already given is not taken as a choice of memory)."""
+    client = await server.store.get_client(req.client_id)
+    if client is None:
         raise unknown_client()
+    if len(await memories.memories_of(server.store, login.user)) > 1:
+        return await consent_page(server, sess, req, client, login.user)
     location = await issue_code(server, req, login)
     if location is None:
         raise signed_out()

@@ -33,6 +33,7 @@ from aiohttp import web
 from playwright.async_api import Browser as Chromium
 from playwright.async_api import async_playwright
 
+from auth import memories
 from auth.crypto import hash_secret
 from server import admin
 from server.storage.redis import RedisStorage
@@ -265,6 +266,26 @@ async def test_sign_in_page_is_the_consent_and_leaves_by_navigation(make: Any) -
     async with httpx2.AsyncClient() as http:
         refused = await http.post(setup.server.url + "/login", data={"username": "x", "password": "y"})
     assert refused.status_code == 403 and "turned off" in refused.text
+
+
+async def test_an_account_with_several_memories_chooses_one_after_the_provider(make: Any) -> None:
+    """The approval on the sign-in page is given before the account is known: an account with one
+    memory gets its code at once; one with several is shown the consent page after the provider,
+    and the memory chosen there is the grant's."""
+    setup = await make()
+    first, _ = await sign_in(setup)
+    [account] = await setup.server.storage.list_users()
+    record = await setup.server.storage.get_token(hash_secret(first["access_token"]), time.time())
+    assert record is not None and record.memory is None  # the default memory, no page in between
+    work = await memories.create(setup.server.storage, account, "work", limit=20, now=time.time())
+    browser = Browser("alice", "any password", provider=setup.idp.issuer, memory="work")
+    try:
+        tokens, _ = await sign_in(setup, browser=browser)
+    finally:
+        await browser.close()
+    assert any('name="memory"' in page and "work" in page for page in browser.pages)
+    record = await setup.server.storage.get_token(hash_secret(tokens["access_token"]), time.time())
+    assert record is not None and record.memory == memories.stored_id(account.id, work.id)
 
 
 @on_both_backends("store_settings")

@@ -29,7 +29,8 @@ admits the claims (`auth.upstream.admission`), *before* any account is created; 
 mapped to its local account (`link_upstream_user`: created on the first sign-in, linked by
 (issuer, identity claim) and never by email); with `upstream_check=refresh` its refresh token is
 kept (`auth.upstream.kept`); the browser signs in (a new session) and the original authorization
-completes with this server's own code, on a page that navigates to the client.
+completes with this server's own code, on a page that navigates to the client (for an account
+with several memories, the consent page first, to choose one: `auth.authorize.complete_approved`).
 
 The provider's tokens never leave this server and never appear in a URL or log of ours; MCP
 clients only ever hold this server's tokens.

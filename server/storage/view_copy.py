@@ -38,6 +38,12 @@ class HeldChunks(Generic[K, G, V]):
         """Least recently read first."""
         return list(self._held)
 
+    def _known(self, owner: str) -> tuple[dict[K, tuple[G, V]], list[K | G]]:
+        """The chunks held for an owner, and the pairs (chunk, generation) of those that have a
+        generation, as a read is told what this process holds."""
+        held = self._held[owner][0] if owner in self._held else {}
+        return held, [part for chunk, (generation, _) in held.items() if generation for part in (chunk, generation)]
+
     def _keep(self, owner: str, chunks: dict[K, tuple[G, V]]) -> None:
         if owner in self._held:
             self._size -= self._held.pop(owner)[1]

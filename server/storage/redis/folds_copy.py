@@ -254,8 +254,7 @@ class FoldsCopy(HeldChunks[bytes, bytes, Chunk]):
         None when the owner's graph does not fit the budget. The copy before is not changed (a
         search may be using it): the new one replaces it once complete."""
         before = self.held(owner) or Copy(b"", {}, Vocabulary())
-        held = before.chunks
-        known = [part for chunk, (marker, _) in held.items() for part in (chunk, marker)]
+        held, known = self._known(owner)
         version, listing = await self._sync(keys=list(keys), args=known)
         chunks: dict[bytes, tuple[bytes, Chunk]] = {}
         vocabulary = Edit(before.vocabulary)

@@ -217,8 +217,7 @@ class RedisGraphView(HeldChunks[ChunkKey, bytes, Piece]):
 
     async def read(self, owner: str) -> GraphJSON:
         keys = OwnerKeys.of(self.base, owner)
-        held = self._held[owner][0] if owner in self._held else {}
-        known = [part for chunk, (generation, _) in held.items() if generation for part in (chunk, generation)]
+        held, known = self._known(owner)
         reply: list[list[Any]] = await self._read(keys=[keys.chunks, keys.view, keys.entities, keys.relations],
                                                   args=known)
         chunks: dict[ChunkKey, _Held] = {}
