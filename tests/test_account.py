@@ -8,10 +8,12 @@ tests/test_account_attacks.py."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import httpx2
 
+from auth import memories
 from server.account.memory import digest
 from tests.attackkit import BOTH, Page, call_tool, get_page, open_session, post_page
 from tests.browser import Browser, parse_forms
@@ -275,3 +277,35 @@ async def test_personal_tokens_are_created_used_and_revoked(server: RunningServe
         assert again.status == 404
     finally:
         await browser.close()
+
+
+async def test_a_personal_token_is_bound_to_the_memory_chosen_on_the_form(server: RunningServer,
+                                                                          http: httpx2.AsyncClient) -> None:
+    alice = await server.storage.get_user_by_name(ALICE[0])
+    assert alice is not None
+    work = await memories.create(server.storage, alice, "Work notes", limit=20, now=time.time())
+    browser = await signed_in(server)
+    try:
+        page = await get_page(browser, server.url + "/account")
+        assert re.search(r'<select id="token-memory" name="memory"><option value="default" selected>default</option>'
+                         r'<option value="Work notes">Work notes</option></select>', page.text)
+        form = {**form_for(page, "/account/tokens"), "name": "work agent", "expires": "30"}
+        refused = await post_page(browser, server.url + "/account/tokens", {**form, "memory": "Holidays"})
+        assert refused.status == 400 and "no memory named &#x27;Holidays&#x27;" in refused.text
+        assert await server.storage.list_personal_tokens(alice.id, 0) == []
+        made = await post_page(browser, server.url + "/account/tokens", {**form, "memory": "Work notes"})
+        assert made.status == 200
+        [secret] = re.findall(r'value="(mmcp_pat_[A-Za-z0-9]+)"', made.text)
+        [token] = await server.storage.list_personal_tokens(alice.id, 0)
+        assert token.memory == work.id
+        page = await get_page(browser, server.url + "/account")
+        assert "<dt>Memory</dt><dd>Work notes</dd>" in page.text
+        # What the token writes is in that memory, not in the default one.
+        session = await open_session(http, server, secret)
+        await call_tool(http, server, session, "create_entities",
+                        {"entities": [{"name": "Quarterly plan", "entityType": "doc", "observations": []}]})
+        assert [e.name for e in (await server.storage.read_graph(work.id)).model().entities] == ["Quarterly plan"]
+        assert (await server.storage.read_graph(alice.id)).model().entities == []
+    finally:
+        await browser.close()
+

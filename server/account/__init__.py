@@ -119,7 +119,7 @@ class AccountPages:
         body = (f"<p>Signed in as <strong>{escape(user.username)}</strong>.</p>"
                 + applications.applications_section(csrf_token, apps)
                 + applications.sessions_section(csrf_token, records, names)
-                + tokens.section(csrf_token, personal_tokens, settings)
+                + tokens.section(csrf_token, personal_tokens, settings, user.id, known)
                 + '<h2 id="memory">Memory</h2><p><a href="/account/memory">Browse your memory</a>: '
                   "its entities, observations and relations; search it and delete what should go.</p>"
                 + '<h2 id="sign-out">Sign out everywhere</h2><p>Signs you out in every browser, forgets your '
@@ -175,10 +175,14 @@ class AccountPages:
         problem = tokens.form_problem(name, wanted, expires)
         if problem is not None:
             raise PageError(problem, 400, title, hint_html=back)
+        chosen = await memories.find_by_name(self.storage, user, form.get("memory") or memories.DEFAULT_NAME)
+        if chosen is None:
+            raise PageError(f"You have no memory named {form.get('memory', '')!r} (it may have been renamed or "
+                            "deleted): choose one from the list.", 400, title, hint_html=back)
         try:
             created = await personal.create(
                 server.store, settings, user, name=name, scopes=personal.parse_scopes(wanted, settings),
-                days=personal.parse_expiry(expires), now=server.clock())
+                days=personal.parse_expiry(expires), now=server.clock(), memory=chosen.id)
         except personal.PersonalTokenError as exc:  # the account is being removed
             raise PageError(str(exc), 409, title, hint_html=_BACK) from None
         return page("Token created", "", tokens.created_body(created.secret, created.token))

@@ -1256,11 +1256,8 @@ def _graph_page(conn: sqlite3.Connection, owner: str, after: Key | None, limit: 
 
 
 def _subgraph_page(conn: sqlite3.Connection, owner: str, entity_rows: Sequence[sqlite3.Row], after: Key | None,
-                   limit: int | None, keep: Callable[[str, str, Sequence[str]], bool] | None = None) -> GraphJSON:
+                   limit: int | None) -> GraphJSON:
     """A page of `_subgraph`'s answer for these entity rows (sorted by id): their key is (id,)."""
-    if keep is not None:
-        observations = _observations(conn, owner, [row["id"] for row in entity_rows])
-        entity_rows = [row for row in entity_rows if keep(row["name"], row["entity_type"], observations[row["id"]])]
     keys = {row["name"]: (int(row["id"]),) for row in entity_rows}
     start, end, more = window([(int(row["id"]),) for row in entity_rows], after, limit)
     page = entity_rows[start:end]
