@@ -15,6 +15,11 @@ scopes. The principal goes through `caller_from_grant` like a bearer token's gra
 pick their graph through `graph_owner(caller)` exactly as they do over HTTP, and provenance records
 "stdio" as the client.
 
+The knowledge-graph resource is subscribable here too (the process is one session): after
+`resources/subscribe`, every change of the memory, made by this client or any other (the HTTP
+server, another stdio process, an import), is sent as `notifications/resources/updated`, from the
+store's change feed as the HTTP server does (server/memory/changes.py, server/resources.py).
+
 Standard output is the protocol: nothing else may write there. The SDK points fd 1 at stderr while
 it serves, so a stray print cannot corrupt the stream; our messages and logs go to stderr, and
 never hold a secret (nor memory content: only names of files, users and counts).
@@ -28,6 +33,7 @@ replace the data under it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import shlex
 import signal
@@ -35,7 +41,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import mcp_types as types
 from mcp.server.stdio import stdio_server
 
 from auth.accounts import USERNAME_RULE, valid_username
@@ -44,13 +52,17 @@ from auth.settings import READ_SCOPE, WRITE_SCOPE
 from server import memories
 from server.config import Settings
 from server.import_offer import Importer, OfferMarks, offer_import
-from server.mcp_server import MemoryTools, caller_from_grant
+from server.mcp_server import GRAPH_URI, MemoryTools, caller_from_grant
+from server.resources import UPDATED
 from server.storage import Storage
-from transports.caller import Caller, current_caller
+from transports.caller import Caller, current_caller, current_session
+from transports.sdk import SessionMessage
 from transports.stdio import Draining
 
 CLIENT_ID = "stdio"
 """The OAuth client id of the stdio principal: what provenance records as `created_by`."""
+SESSION_ID = "stdio"
+"""The one session of the process (subscriptions are kept per session)."""
 SCOPES = frozenset({READ_SCOPE, WRITE_SCOPE})
 DEFAULT_MEMORY = "default"
 
@@ -101,13 +113,70 @@ def stdio_caller(issuer: str, target: Target) -> Caller:
     return caller_from_grant(grant)
 
 
+FOLLOW_WAIT_SECONDS = 2.0
+"""The longest `resources/subscribe` waits for the change feed to follow the graph."""
+
+
+class Subscription:
+    """The process's subscription to the resource (`MemoryTools.subscriptions`): one session,
+    one resource, so a flag. `resources/subscribe` is answered once the store's change feed
+    follows the graph, so that a change made right after the answer is notified: the feed asks
+    `watched` before each look at the store, so its second call since the subscription means the
+    first look (SQLite: reading the counter it compares with; Redis: subscribing the channel) is
+    done. The first call nudges the feed, so that SQLite looks again at once (Redis looks again
+    within CHANGES_WAIT_SECONDS)."""
+
+    def __init__(self, graph: str, nudge: asyncio.Event) -> None:
+        self.on = False
+        self._graph = graph
+        self._nudge = nudge
+        self._looks = 0
+        self._followed = asyncio.Event()
+
+    def watched(self) -> set[str]:
+        if not self.on:
+            return set()
+        self._looks += 1
+        if self._looks == 1:
+            self._nudge.set()
+        else:
+            self._followed.set()
+        return {self._graph}
+
+    async def subscribe(self, session_id: str, uri: str, subscribed: bool) -> bool:
+        if subscribed and not self.on:
+            self.on, self._looks, self._followed = True, 0, asyncio.Event()
+            self._nudge.set()
+            with contextlib.suppress(TimeoutError):
+                # Not followed in time (the store slow or away): answered all the same, as the
+                # HTTP server answers; the feed follows once it can.
+                await asyncio.wait_for(self._followed.wait(), FOLLOW_WAIT_SECONDS)
+        elif not subscribed:
+            self.on = False
+        return True
+
+
+async def follow(storage: Storage, subscription: Subscription, nudge: asyncio.Event, write: Any) -> None:
+    """Send `notifications/resources/updated` on `write` for every change of the graph while the
+    client is subscribed: the store's change feed, watching the graph only then."""
+    async with contextlib.aclosing(storage.graph_changes(subscription.watched, nudge)) as changes:
+        async for changed in changes:
+            if subscription.on and changed:
+                await write.send(SessionMessage(types.JSONRPCNotification(
+                    jsonrpc="2.0", method=UPDATED, params={"uri": GRAPH_URI})))
+
+
 async def serve(storage: Storage, settings: Settings, target: Target) -> None:
     """Serve MCP on stdin/stdout until the client closes stdin (or SIGTERM/SIGINT)."""
-    server = MemoryTools(storage, settings.memory_quota, settings.memory_max_result_bytes).server()
+    tools = MemoryTools(storage, settings.memory_quota, settings.memory_max_result_bytes)
+    subscription = Subscription(target.memory_id, tools.nudge)
+    tools.subscriptions = subscription
+    server = tools.server(subscribable=True)
     # Set before the transport starts its reader task: that task copies this context, and the SDK's
     # context streams hand each message's context to the handler that serves it
-    # (transports/caller.py), so every tool call sees this caller.
+    # (transports/caller.py), so every tool call sees this caller and this session.
     current_caller.set(stdio_caller(settings.issuer, target))
+    current_session.set(SESSION_ID)
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     stopping = False
@@ -127,7 +196,13 @@ async def serve(storage: Storage, settings: Settings, target: Target) -> None:
             # At end of input, the requests still in flight get shutdown_timeout to be answered
             # (transports/stdio.py), as over HTTP.
             streams = Draining(read_stream, write_stream, settings.shutdown_timeout)
-            await server.run(streams.read, streams.write, server.create_initialization_options())
+            follower = asyncio.create_task(follow(storage, subscription, tools.nudge, write_stream))
+            try:
+                await server.run(streams.read, streams.write, server.create_initialization_options())
+            finally:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
     except asyncio.CancelledError:
         if not stopping:
             raise

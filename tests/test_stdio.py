@@ -3,6 +3,7 @@ stdio client spawning the real command), on the same store as the HTTP server.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -184,6 +185,60 @@ async def test_sigterm_ends_it_cleanly(server: RunningServer, tmp_path: Path) ->
     assert user is not None
     graph = json.loads((await server.storage.read_graph(user.id)).json)
     assert [e["name"] for e in graph["entities"]] == ["kept"]
+
+
+async def test_the_resource_is_subscribable_over_stdio(server: RunningServer) -> None:
+    """After resources/subscribe, a change of the memory, by this client or another (here the
+    store the HTTP server serves, written from outside the process), is sent as
+    notifications/resources/updated; after resources/unsubscribe, nothing more."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *stdio_args(server, "--user", "alice"), stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, **ENV})
+    assert proc.stdin is not None and proc.stdout is not None
+    user = await server.storage.get_user_by_name("alice")
+    assert user is not None
+
+    async def send(message: dict[str, Any]) -> None:
+        assert proc.stdin is not None
+        proc.stdin.write((json.dumps(message) + "\n").encode())
+        await proc.stdin.drain()
+
+    async def next_message(timeout: float = 10.0) -> dict[str, Any]:
+        assert proc.stdout is not None
+        return json.loads(await asyncio.wait_for(proc.stdout.readline(), timeout))  # type: ignore[no-any-return]
+
+    def create(request_id: int, name: str) -> dict[str, Any]:
+        entity = {"name": name, "entityType": "t", "observations": []}
+        return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+                "params": {"name": "create_entities", "arguments": {"entities": [entity]}}}
+
+    updated = {"jsonrpc": "2.0", "method": "notifications/resources/updated",
+               "params": {"uri": "memory://knowledge-graph"}}
+    try:
+        await send(INITIALIZE)
+        assert (await next_message())["result"]["capabilities"]["resources"]["subscribe"] is True
+        await send({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        await send({"jsonrpc": "2.0", "id": 2, "method": "resources/subscribe",
+                    "params": {"uri": "memory://knowledge-graph"}})
+        assert await next_message() == {"jsonrpc": "2.0", "id": 2, "result": {}}
+        await send(create(3, "written over stdio"))
+        received = [await next_message(), await next_message()]
+        assert updated in received and any(m.get("id") == 3 for m in received), received
+        await server.storage.create_entities(user.id, [Entity(name="written elsewhere", entityType="t",
+                                                              observations=[])])
+        assert await next_message() == updated
+        await send({"jsonrpc": "2.0", "id": 4, "method": "resources/unsubscribe",
+                    "params": {"uri": "memory://knowledge-graph"}})
+        assert await next_message() == {"jsonrpc": "2.0", "id": 4, "result": {}}
+        await send(create(5, "after unsubscribing"))
+        assert (await next_message())["id"] == 5
+        await server.storage.create_entities(user.id, [Entity(name="also after", entityType="t", observations=[])])
+        with pytest.raises(TimeoutError):
+            await next_message(timeout=1.5)  # three polls of SQLite's counters; Redis publishes at once
+    finally:
+        proc.stdin.close()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and b"Traceback" not in err, err
 
 
 @pytest.mark.parametrize("args,needle", [
