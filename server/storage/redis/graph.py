@@ -140,7 +140,6 @@ from server.memory.paging import Key, page_relations
 from server.memory.search import Query, reference_key, word_text
 from server.storage.redis import folds_copy
 from server.storage.redis.base import RedisBase, guard_all, guarded
-from server.storage.redis.folds_copy import FoldsCopy
 from server.storage.redis.graph_view import (
     END,
     PRELUDE,
@@ -1039,8 +1038,8 @@ class RedisGraph(RedisBase):
         return RedisGraphView(self)
 
     @cached_property
-    def _folds(self) -> FoldsCopy:
-        return FoldsCopy(self)
+    def _folds(self) -> folds_copy.FoldsCopy:
+        return folds_copy.FoldsCopy(self)
 
     # --- mutations ---------------------------------------------------------------------------
 
