@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from mcp import Client
 
 from tests.conftest import BACKENDS, OAuthUser, RunningServer, start_server
 
@@ -25,35 +26,37 @@ def structured(result: Any) -> Any:
     return text
 
 
+async def every_tool(client: Client) -> None:
+    """The nine tools, each checked, leaving Ada (no observations) in the graph."""
+    assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES
+    made = structured(await client.call_tool("create_entities", {"entities": [
+        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
+        {"name": "Analytical Engine", "entityType": "machine", "observations": []},
+    ]}))
+    assert [e["name"] for e in made["entities"]] == ["Ada", "Analytical Engine"]
+    rel = {"from": "Ada", "to": "Analytical Engine", "relationType": "programmed"}
+    assert structured(await client.call_tool("create_relations", {"relations": [rel]}))["relations"] == [rel]
+    added = structured(await client.call_tool("add_observations", {"observations": [
+        {"entityName": "Analytical Engine", "contents": ["designed by Babbage"]}]}))
+    assert added["results"] == [{"entityName": "Analytical Engine", "addedObservations": ["designed by Babbage"]}]
+    found = structured(await client.call_tool("search_nodes", {"query": "BABBAGE"}))
+    assert [e["name"] for e in found["entities"]] == ["Analytical Engine"]
+    assert found["relations"] == [rel]
+    opened = structured(await client.call_tool("open_nodes", {"names": ["Ada", "nobody"]}))
+    assert [e["name"] for e in opened["entities"]] == ["Ada"]
+    structured(await client.call_tool("delete_observations", {"deletions": [
+        {"entityName": "Ada", "observations": ["wrote the first program"]}]}))
+    structured(await client.call_tool("delete_relations", {"relations": [rel]}))
+    structured(await client.call_tool("delete_entities", {"entityNames": ["Analytical Engine"]}))
+    graph = structured(await client.call_tool("read_graph", {}))
+    assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}], "relations": []}
+
+
 async def test_login_and_every_tool(server: RunningServer) -> None:
     alice = OAuthUser(server.url, "alice", "alice-password-1")
     async with alice.client() as (client, _oauth):
-        tools = (await client.list_tools()).tools
-        assert {t.name for t in tools} == TOOL_NAMES
-        assert all(t.annotations is not None for t in tools)
-
-        made = structured(await client.call_tool("create_entities", {"entities": [
-            {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
-            {"name": "Analytical Engine", "entityType": "machine", "observations": []},
-        ]}))
-        assert [e["name"] for e in made["entities"]] == ["Ada", "Analytical Engine"]
-        rel = {"from": "Ada", "to": "Analytical Engine", "relationType": "programmed"}
-        assert structured(await client.call_tool("create_relations", {"relations": [rel]}))["relations"] == [rel]
-        added = structured(await client.call_tool("add_observations", {"observations": [
-            {"entityName": "Analytical Engine", "contents": ["designed by Babbage"]}]}))
-        assert added["results"] == [{"entityName": "Analytical Engine", "addedObservations": ["designed by Babbage"]}]
-        found = structured(await client.call_tool("search_nodes", {"query": "BABBAGE"}))
-        assert [e["name"] for e in found["entities"]] == ["Analytical Engine"]
-        assert found["relations"] == [rel]
-        opened = structured(await client.call_tool("open_nodes", {"names": ["Ada", "nobody"]}))
-        assert [e["name"] for e in opened["entities"]] == ["Ada"]
-        structured(await client.call_tool("delete_observations", {"deletions": [
-            {"entityName": "Ada", "observations": ["wrote the first program"]}]}))
-        structured(await client.call_tool("delete_relations", {"relations": [rel]}))
-        structured(await client.call_tool("delete_entities", {"entityNames": ["Analytical Engine"]}))
-        graph = structured(await client.call_tool("read_graph", {}))
-        assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}],
-                         "relations": []}
+        assert all(t.annotations is not None for t in (await client.list_tools()).tools)
+        await every_tool(client)
 
     # One login: discovery, registration, authorization and token exchange happened exactly once,
     # and the authorization request carried PKCE S256 and the resource of /mcp.

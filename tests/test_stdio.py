@@ -25,7 +25,7 @@ from server.import_offer import OfferMarks, offer_import
 from server.memory.graph import Entity
 from server.stdio import Target, importer_for
 from tests.conftest import BACKENDS, OAuthUser, RunningServer
-from tests.test_end_to_end import TOOL_NAMES, structured
+from tests.test_end_to_end import every_tool, structured
 
 # Every test here that takes `server` runs on SQLite and on Redis (tests/conftest.py).
 SERVER_BACKENDS = BACKENDS
@@ -58,32 +58,6 @@ def run(*args: str, stdin: str = "", env: dict[str, str] | None = None,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd,
                           env={**os.environ, **ENV, **(env or {})})
-
-
-async def every_tool(client: Client) -> None:
-    """The nine tools, each checked, leaving Ada (no observations) in the graph."""
-    assert {t.name for t in (await client.list_tools()).tools} == TOOL_NAMES
-    made = structured(await client.call_tool("create_entities", {"entities": [
-        {"name": "Ada", "entityType": "person", "observations": ["wrote the first program"]},
-        {"name": "Analytical Engine", "entityType": "machine", "observations": []},
-    ]}))
-    assert [e["name"] for e in made["entities"]] == ["Ada", "Analytical Engine"]
-    rel = {"from": "Ada", "to": "Analytical Engine", "relationType": "programmed"}
-    assert structured(await client.call_tool("create_relations", {"relations": [rel]}))["relations"] == [rel]
-    added = structured(await client.call_tool("add_observations", {"observations": [
-        {"entityName": "Analytical Engine", "contents": ["designed by Babbage"]}]}))
-    assert added["results"] == [{"entityName": "Analytical Engine", "addedObservations": ["designed by Babbage"]}]
-    found = structured(await client.call_tool("search_nodes", {"query": "BABBAGE"}))
-    assert [e["name"] for e in found["entities"]] == ["Analytical Engine"]
-    assert found["relations"] == [rel]
-    opened = structured(await client.call_tool("open_nodes", {"names": ["Ada", "nobody"]}))
-    assert [e["name"] for e in opened["entities"]] == ["Ada"]
-    structured(await client.call_tool("delete_observations", {"deletions": [
-        {"entityName": "Ada", "observations": ["wrote the first program"]}]}))
-    structured(await client.call_tool("delete_relations", {"relations": [rel]}))
-    structured(await client.call_tool("delete_entities", {"entityNames": ["Analytical Engine"]}))
-    graph = structured(await client.call_tool("read_graph", {}))
-    assert graph == {"entities": [{"name": "Ada", "entityType": "person", "observations": []}], "relations": []}
 
 
 @pytest.mark.parametrize("mode,era", [("auto", "2026-07-28"), ("legacy", "2025-11-25")])
