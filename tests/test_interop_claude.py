@@ -18,9 +18,6 @@ Claude Code must be installed (`bash tests/interop/claude/install.sh`): without 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ import pytest
 from auth import memories
 from auth.crypto import hash_secret
 from server.storage import Storage
-from tests.interop.harness import store_after
+from tests.interop.harness import drive, namespace_argv, store_after
 
 CLAUDE_DIR = Path(__file__).parent / "interop" / "claude"
 CLAUDE = CLAUDE_DIR / "node_modules" / ".bin" / "claude"
@@ -112,15 +109,6 @@ class ClaudeRun:
         return self.jsonl(f"{step}.out")
 
 
-def namespace_argv() -> list[str]:
-    """A private network (only loopback) and PID namespace: nothing can leave the machine, and
-    when the driver (PID 1 there) ends, the kernel kills whatever it left running."""
-    argv = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
-    if os.geteuid() != 0:
-        argv.insert(1, "--map-root-user")  # an unprivileged user namespace grants what root would
-    return argv
-
-
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
 def claude_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> ClaudeRun:
     assert CLAUDE.exists(), f"Claude Code not installed: run `bash {CLAUDE_DIR / 'install.sh'}`"
@@ -129,27 +117,7 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     if request.param == "redis":
         # The Redis run also works on a named memory chosen at consent (auth.memories).
         argv += ["--redis", "--memory", "Claude work"]
-    # Its own process group: on a timeout everything it started goes too.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the Claude Code run took over {RUN_TIMEOUT}s; artifacts in {work}\n{output}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    result_file = work / "result.json"
-    assert result_file.exists(), f"driver exited {proc.returncode} without a result:\n{output}"
-    result = json.loads(result_file.read_text())
-    failed = [s["name"] for s in result["steps"] if s["returncode"] != 0]
-    assert "error" not in result and not failed, (
-        f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
-        + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.out")) if p.stat().st_size))
+    result = drive(argv, work, RUN_TIMEOUT, "Claude Code", "*.out")
     return ClaudeRun(work, result)
 
 

@@ -11,9 +11,6 @@ Claude Code must be installed (`bash tests/interop/claude/install.sh`): without 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,8 +21,8 @@ from server.import_offer import MARKS_FILE, file_version
 from server.memory.graph import StoredEntity
 from server.storage import Storage
 from tests.interop.claude.run_stdio import OFFICIAL_FILE
-from tests.interop.harness import store_after
-from tests.test_interop_claude import ADA, CLAUDE, CLAUDE_DIR, ClaudeRun, namespace_argv
+from tests.interop.harness import drive, namespace_argv, store_after
+from tests.test_interop_claude import ADA, CLAUDE, CLAUDE_DIR, ClaudeRun
 
 DRIVER = CLAUDE_DIR / "run_stdio.py"
 BABBAGE = {k: v for k, v in OFFICIAL_FILE[0].items() if k != "type"}
@@ -39,26 +36,7 @@ def claude_run(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--claude", str(CLAUDE)]
     if request.param == "redis":
         argv.append("--redis")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the Claude Code run took over {RUN_TIMEOUT}s; artifacts in {work}\n{output}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    result_file = work / "result.json"
-    assert result_file.exists(), f"driver exited {proc.returncode} without a result:\n{output}"
-    result = json.loads(result_file.read_text())
-    failed = [s["name"] for s in result["steps"] if s["returncode"] != 0]
-    assert "error" not in result and not failed, (
-        f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
-        + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.out")) if p.stat().st_size))
+    result = drive(argv, work, RUN_TIMEOUT, "Claude Code", "*.out")
     return ClaudeRun(work, result)
 
 

@@ -18,9 +18,6 @@ Codex must be installed (`bash tests/interop/codex/install.sh`): without it thes
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ import pytest
 from auth import memories
 from auth.crypto import hash_secret
 from server.storage import Storage
-from tests.interop.harness import store_after
+from tests.interop.harness import drive, namespace_argv, store_after
 
 CODEX_DIR = Path(__file__).parent / "interop" / "codex"
 CODEX = CODEX_DIR / "node_modules" / ".bin" / "codex"
@@ -82,42 +79,11 @@ class CodexRun:
         return seen
 
 
-def namespace_argv() -> list[str]:
-    """A private network (only loopback) and PID namespace: nothing can leave the machine, and
-    when the driver (PID 1 there) ends, the kernel kills whatever it left running."""
-    argv = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
-    if os.geteuid() != 0:
-        argv.insert(1, "--map-root-user")  # an unprivileged user namespace grants what root would
-    return argv
-
-
 def drive_codex(work: Path, *flags: str) -> CodexRun:
     """One run of the driver (run.py) in its namespaces, checked to have completed every step."""
     assert CODEX.exists(), f"Codex CLI not installed: run `bash {CODEX_DIR / 'install.sh'}`"
     argv = [*namespace_argv(), sys.executable, str(DRIVER), "--work", str(work), "--codex", str(CODEX), *flags]
-    # Its own process group: on a timeout everything it started goes too.
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the Codex run took over {RUN_TIMEOUT}s; artifacts in {work}\n{output}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    result_file = work / "result.json"
-    assert result_file.exists(), f"driver exited {proc.returncode} without a result:\n{output}"
-    result = json.loads(result_file.read_text())
-    run = CodexRun(work, result)
-    failed = [s["name"] for s in result["steps"] if s["returncode"] != 0]
-    assert "error" not in result and not failed, (
-        f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
-        + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.err"))))
-    return run
+    return CodexRun(work, drive(argv, work, RUN_TIMEOUT, "Codex", "*.err"))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "redis"])

@@ -11,9 +11,6 @@ and use them for the memory tools; the provider's tokens reach neither the CLI n
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,9 @@ import pytest
 
 from auth.crypto import hash_secret
 from server.storage.sqlite import SQLiteStorage
+from tests.interop.harness import drive, namespace_argv
 from tests.test_interop_claude import CLAUDE, CLAUDE_DIR, ClaudeRun
-from tests.test_interop_codex import ADA, CODEX, CODEX_DIR, CodexRun, namespace_argv, tool_output_json
+from tests.test_interop_codex import ADA, CODEX, CODEX_DIR, CodexRun, tool_output_json
 from tests.upstream import INSTALLED, OIDC_DIR
 
 RUN_TIMEOUT = 200
@@ -32,26 +30,7 @@ RUN_TIMEOUT = 200
 def run_driver(driver: Path, work: Path, *args: str) -> dict[str, Any]:
     assert INSTALLED.exists(), f"oidc-provider not installed: run `bash {OIDC_DIR / 'install.sh'}`"
     argv = [*namespace_argv(), sys.executable, str(driver), "--work", str(work), "--upstream", *args]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=RUN_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"the run took over {RUN_TIMEOUT}s; artifacts in {work}\n{output}")
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    result_file = work / "result.json"
-    assert result_file.exists(), f"driver exited {proc.returncode} without a result:\n{output}"
-    result: dict[str, Any] = json.loads(result_file.read_text())
-    failed = [s["name"] for s in result["steps"] if s["returncode"] != 0]
-    assert "error" not in result and not failed, (
-        f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
-        + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob("*.err")) if p.stat().st_size))
-    return result
+    return drive(argv, work, RUN_TIMEOUT, driver.parent.name, "*.err")
 
 
 @pytest.fixture(scope="module")

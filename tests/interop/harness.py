@@ -4,6 +4,7 @@ namespace brought up, child processes started and always stopped, a server waite
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -156,3 +157,42 @@ async def store_after(result: dict[str, Any]) -> AsyncIterator[Any]:
         yield sqlite
     finally:
         await sqlite.close()
+
+
+def namespace_argv() -> list[str]:
+    """A private network (only loopback) and PID namespace: nothing can leave the machine, and
+    when the driver (PID 1 there) ends, the kernel kills whatever it left running."""
+    argv = ["unshare", "--net", "--pid", "--fork", "--kill-child"]
+    if os.geteuid() != 0:
+        argv.insert(1, "--map-root-user")  # an unprivileged user namespace grants what root would
+    return argv
+
+
+def drive(argv: list[str], work: Path, timeout: float, client: str, logs: str) -> dict[str, Any]:
+    """Run a client's driver (in its namespaces: `namespace_argv` first in `argv`) and return its
+    result.json, checked to have completed every step; on a failure the test fails with the
+    driver's output and the tails of its logs (`logs`: a glob in `work`)."""
+    import pytest  # here: the drivers import this module too, and run without pytest's machinery
+
+    # Its own process group: on a timeout everything it started goes too.
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the {client} run took over {timeout}s; artifacts in {work}\n{output}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    result_file = work / "result.json"
+    assert result_file.exists(), f"driver exited {proc.returncode} without a result:\n{output}"
+    result: dict[str, Any] = json.loads(result_file.read_text())
+    failed = [s["name"] for s in result["steps"] if s["returncode"] != 0]
+    assert "error" not in result and not failed, (
+        f"{result.get('error')} / failed steps {failed}; artifacts in {work}\n"
+        + "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(work.glob(logs)) if p.stat().st_size))
+    return result
