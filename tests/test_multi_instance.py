@@ -107,8 +107,11 @@ class RoundRobin:
         headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP)
         upstream: aiohttp.ClientResponse | None = None
         port = 0
-        for _ in self.ports:
-            port = self.ports[next(self._turn) % len(self.ports)]
+        # This request's turn, then each other instance once: concurrent requests take turns of
+        # their own meanwhile, and must not send this one back to an instance that refused it.
+        start = next(self._turn)
+        for offset in range(len(self.ports)):
+            port = self.ports[(start + offset) % len(self.ports)]
             try:
                 upstream = await self._client.request(request.method, f"http://127.0.0.1:{port}{request.rel_url}",
                                                       headers=headers, data=body or None, allow_redirects=False)
